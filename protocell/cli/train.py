@@ -1,0 +1,159 @@
+"""``train.py``: compose the config, check it, build everything with ``instantiate``, train, push,
+evaluate, and leave a complete run folder:
+
+    .hydra/config.yaml        resolved config (Hydra)     config.yaml   the same, resolved
+    checkpoints/last.ckpt     Lightning checkpoint         prototypes.pt vectors + push provenance
+    metrics.csv               per-epoch logs (CSV logger)  metrics.json  test metrics
+    test_predictions.csv      per test cell: ids, labels, scores, min distances
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from protocell.data.synthetic import WellSpec, build_store
+from protocell.metrics.ground_truth import cell_metrics
+from protocell.model.backbones import BACKBONES
+from protocell.model.module import LAST_LAYER_MODES, ProtoPNetModule
+from protocell.training.phases import PhaseCallback, build_plan
+from protocell.training.push import PushCallback, prototype_record, save_prototypes
+
+log = logging.getLogger("protocell.train")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; raised before any work starts."""
+
+
+def _check(cond: bool, key: str, value, need: str) -> None:
+    if not cond:
+        raise ConfigError(f"config value {key}={value!r} is invalid: {need}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse bad values with a message naming the key, before data or models are built."""
+    b, d, s, m = cfg.backbone, cfg.data, cfg.schedule, cfg.model
+    _check(b.name in BACKBONES, "backbone.name", b.name, f"one of {BACKBONES}")
+    _check(b.get("max_rf") is None or b.max_rf > 0, "backbone.max_rf", b.get("max_rf"), "a positive number or null")
+    _check(cfg.last_layer.mode in LAST_LAYER_MODES, "last_layer.mode", cfg.last_layer.mode, f"one of {LAST_LAYER_MODES}")
+    _check(isinstance(d.crop_size, int) and d.crop_size >= 16, "data.crop_size", d.crop_size, "an integer ≥ 16")
+    _check(isinstance(d.batch_size, int) and d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer ≥ 1")
+    _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "a fraction in (0, 1)")
+    _check(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "a fraction in [0, 1)")
+    _check(isinstance(m.prototypes_per_class, int) and m.prototypes_per_class >= 1,
+           "model.prototypes_per_class", m.prototypes_per_class, "an integer ≥ 1")
+    _check(isinstance(m.prototype_dim, int) and m.prototype_dim >= 1, "model.prototype_dim", m.prototype_dim, "an integer ≥ 1")
+    for k in ("clst", "sep", "l1"):
+        _check(cfg.loss[k] >= 0, f"loss.{k}", cfg.loss[k], "≥ 0")
+    for k, v in cfg.optim.lr.items():
+        _check(v > 0, f"optim.lr.{k}", v, "> 0")
+    _check(s.epochs >= 1, "schedule.epochs", s.epochs, "≥ 1")
+    _check(s.push_every >= 1, "schedule.push_every", s.push_every, "≥ 1")
+    _check(0 <= s.warm_epochs < s.epochs, "schedule.warm_epochs", s.warm_epochs, f"in [0, schedule.epochs={s.epochs})")
+    _check(s.get("pretrain_epochs", 0) >= 0, "schedule.pretrain_epochs", s.get("pretrain_epochs"), "≥ 0")
+    _check(s.last_layer_epochs >= 0, "schedule.last_layer_epochs", s.last_layer_epochs, "≥ 0")
+    _check(cfg.resume is None or Path(cfg.resume).exists(), "resume", cfg.resume, "an existing checkpoint file")
+
+
+def prepare_data(cfg: DictConfig) -> L.LightningDataModule:
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    spec = data_cfg.pop("synthetic", None)
+    if spec is not None:
+        spec["affected_fraction"] = dict(spec["affected_fraction"])
+        t0 = time.time()
+        data_cfg["path"] = str(build_store(Path(cfg.paths.cache_dir), WellSpec(**spec)))
+        log.info("synthetic wells at %s (%.1f s)", data_cfg["path"], time.time() - t0)
+    dm = instantiate(data_cfg)
+    dm.setup("fit")
+    return dm
+
+
+def build_module(cfg: DictConfig, in_channels: int, class_names: list[str]) -> ProtoPNetModule:
+    backbone = instantiate(cfg.backbone, in_channels=in_channels)
+    # _partial_: Hydra would turn the Backbone dataclass into a config node if passed to instantiate
+    net = instantiate(cfg.model, _partial_=True)(backbone=backbone, num_classes=len(class_names))
+    return ProtoPNetModule(net, last_layer=cfg.last_layer.mode, lr=dict(cfg.optim.lr),
+                           weight_decay=cfg.optim.weight_decay, lr_step_epochs=cfg.optim.lr_step_epochs,
+                           lr_gamma=cfg.optim.lr_gamma, class_names=class_names, **cfg.loss)
+
+
+def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
+    cat = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    probs = cat["probs"].numpy()
+    pos = len(class_names) - 1  # the exposed population is the last class (Exp after Ref)
+    df = pd.DataFrame({"cell_id": cat["cell_id"].numpy(), "label": cat["label"].numpy(),
+                       "pred": probs.argmax(1), "score": probs[:, pos]})
+    for j in range(cat["min_distances"].shape[1]):
+        df[f"min_d_{j}"] = cat["min_distances"][:, j].numpy()
+    info = manifest.set_index("cell_id")[["image_id", "well", "condition", "true_label"]]
+    return df.join(info, on="cell_id")
+
+
+def run(cfg: DictConfig) -> dict:
+    validate(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+    t_start = time.time()
+
+    dm = prepare_data(cfg)
+    module = build_module(cfg, dm.in_channels, dm.class_names)
+    s = cfg.schedule
+    plan = build_plan(s.epochs, s.warm_epochs, s.push_every, s.get("push_start"), s.last_layer_epochs,
+                      train_last_layer=cfg.last_layer.mode == "trained",
+                      pretrain_epochs=s.get("pretrain_epochs", 0))
+    meta = {"store": str(dm.path), "norm_lo": dm.norm_lo.tolist(), "norm_hi": dm.norm_hi.tolist(),
+            "zero_background": bool(dm.zero_background), "channels": [dm.store.channels[i] for i in dm.channel_index]}
+    push_cb = PushCallback(plan, out_dir, meta)
+    callbacks = [PhaseCallback(plan), push_cb,
+                 ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_epochs=1, save_on_train_epoch_end=True)]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, max_epochs=len(plan), callbacks=callbacks, logger=logger,
+                          default_root_dir=str(out_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
+    train_seconds = time.time() - t_start
+
+    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    preds = trainer.predict(module, dataloaders=dm.predict_dataloader())
+    metrics = {"test_well_label_accuracy_batch": test.get("test/acc")}
+    if trainer.is_global_zero:
+        df = predictions_frame(preds, dm.store.manifest, dm.class_names)
+        df.to_csv(out_dir / "test_predictions.csv", index=False)
+        metrics = {**cell_metrics(df, positive=len(dm.class_names) - 1), "train_seconds": round(train_seconds, 1),
+                   "epochs": len(plan), "pushes": int(module.net.pushes), "receptive_field": module.net.rf.as_dict(),
+                   "backbone": cfg.backbone.name, "mask": OmegaConf.to_container(cfg.mask),
+                   "last_layer": cfg.last_layer.mode, "seed": cfg.seed}
+        latent = push_cb.last_record["latent_size"] if push_cb.last_record else [0, 0]
+        record = prototype_record(module.net, dm.crop_size, latent, dm.class_names,
+                                  {**meta, "epoch": trainer.current_epoch, "global_step": trainer.global_step})
+        save_prototypes(record, out_dir / "prototypes.pt")
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        log.info("test: %s", {k: v for k, v in metrics.items() if "accuracy" in k or "auroc" in k})
+        if cfg.get("explain"):
+            _explain(out_dir)
+    return metrics
+
+
+def _explain(out_dir: Path) -> None:
+    try:
+        from protocell.explain.run import explain_run
+    except ImportError:
+        log.info("explain is not installed in this version; skipping report")
+        return
+    explain_run(out_dir)

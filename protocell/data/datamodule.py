@@ -1,0 +1,155 @@
+"""``CellDataModule``: the crop store split by source image, as DataLoaders.
+
+Splits: when the manifest's ``split`` column is filled (by ``prepare``) it is used, with ``val``
+carved out of the training images; otherwise images are split here, stratified by condition:
+``test_fraction`` of each condition's images to test, ``val_fraction`` of the rest to val. A source
+image never lands in two splits; offline augmentations follow their original into train and are
+never evaluated or pushed. Normalisation ranges come from training crops only.
+
+Loaders: ``train_dataloader`` (shuffled, online flips/rotations when ``augment``),
+``val/test_dataloader``, ``push_dataloader`` (training originals, no augmentation: push projects
+prototypes onto real cells) and ``predict_dataloader`` (test).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from protocell.data.dataset import CellDataset
+from protocell.data.store import CropStore, StoreError
+
+
+def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int) -> np.ndarray:
+    """Split labels ('train'/'val'/'test') per row; every image lies in one split only."""
+    rng = np.random.default_rng(seed)
+    given = manifest["split"].astype(str).to_numpy()
+    originals = manifest["aug_of"].to_numpy() < 0
+    image_of = manifest["image_id"].astype(str).to_numpy()
+    split_of_image: dict[str, str] = {}
+    if (given[originals] != "").all():
+        for img, s in zip(image_of, given):
+            split_of_image.setdefault(img, s)
+        train_images = sorted(i for i, s in split_of_image.items() if s == "train")
+        by_cond = manifest.drop_duplicates("image_id").set_index("image_id")["condition"]
+        for cond in sorted(set(by_cond[train_images])):
+            imgs = [i for i in train_images if by_cond[i] == cond]
+            n_val = int(round(val_fraction * len(imgs))) if len(imgs) > 1 else 0
+            for img in rng.permutation(imgs)[:n_val]:
+                split_of_image[img] = "val"
+    else:
+        first = manifest[originals].drop_duplicates("image_id")
+        for cond, group in first.groupby("condition", sort=True):
+            imgs = rng.permutation(sorted(group["image_id"].astype(str)))
+            n_test = int(round(test_fraction * len(imgs)))
+            n_val = int(round(val_fraction * (len(imgs) - n_test)))
+            for k, img in enumerate(imgs):
+                split_of_image[img] = "test" if k < n_test else ("val" if k < n_test + n_val else "train")
+    out = np.array([split_of_image.get(i, "train") for i in image_of], dtype=object)
+    # augmented rows train only (their images are train images by construction)
+    out[~originals & (out != "train")] = "drop"
+    return out
+
+
+class CellDataModule(L.LightningDataModule):
+    def __init__(self, path: str, crop_size: int = 64, channels: list[str] | None = None,
+                 zero_background: bool = False, augment: bool = True, normalize: str = "dataset",
+                 test_fraction: float = 0.5, val_fraction: float = 0.2, batch_size: int = 64,
+                 eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool | None = None,
+                 seed: int = 0):
+        super().__init__()
+        self.path = Path(path)
+        self.crop_size = crop_size
+        self.channel_names = channels
+        self.zero_background = zero_background
+        self.augment = augment
+        if normalize not in ("dataset", "none"):
+            raise StoreError(f"data.normalize must be 'dataset' or 'none', got '{normalize}'")
+        self.normalize = normalize
+        self.test_fraction, self.val_fraction = test_fraction, val_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed = seed
+        self.store: CropStore | None = None
+
+    # --------------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.store is not None:
+            return
+        self.store = store = CropStore(self.path)
+        names = self.channel_names or store.channels
+        unknown = [c for c in names if c not in store.channels]
+        if unknown:
+            raise StoreError(f"data.channels {unknown} not in the store {self.path} (it has {store.channels})")
+        self.channel_index = [store.channels.index(c) for c in names]
+        self.in_channels = len(names)
+        m = store.manifest
+        self.num_classes = int(m["label"].max()) + 1
+        self.class_names = [m.loc[m["label"] == k, "condition"].iloc[0] for k in range(self.num_classes)]
+        self.splits = split_by_image(m, self.test_fraction, self.val_fraction, self.seed)
+        originals = m["aug_of"].to_numpy() < 0
+        self.rows = {s: np.flatnonzero(self.splits == s) for s in ("train", "val", "test")}
+        self.rows["push"] = np.flatnonzero((self.splits == "train") & originals)
+        for s in ("train", "test"):
+            if len(self.rows[s]) == 0:
+                raise StoreError(f"{self.path}: the '{s}' split is empty; the store needs at least two "
+                                 "source images per condition")
+        if len(set(m.loc[self.rows["train"], "label"])) < 2:
+            raise StoreError(f"{self.path}: training images hold only one condition; need both")
+        self.norm_lo, self.norm_hi = self._norm_ranges()
+
+    def _norm_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        C = len(self.channel_index)
+        if self.normalize == "none":
+            return np.zeros(C, np.float32), np.ones(C, np.float32)
+        rng = np.random.default_rng(self.seed)
+        rows = self.rows["push"]
+        sample = rng.choice(rows, size=min(256, len(rows)), replace=False)
+        pix = np.stack([self.store.crop(int(r))[self.channel_index] for r in sample]).astype(np.float32)
+        pix = pix.transpose(1, 0, 2, 3).reshape(C, -1)
+        if not np.isfinite(pix).all():
+            raise StoreError(f"{self.path}: crops contain NaN or inf pixels; re-run prepare on clean images")
+        lo, hi = np.percentile(pix, 1, axis=1), np.percentile(pix, 99.8, axis=1)
+        return lo.astype(np.float32), np.maximum(hi, lo + 1e-6).astype(np.float32)
+
+    def dataset(self, split: str, augment: bool = False) -> CellDataset:
+        self.setup()
+        return CellDataset(self.store, self.rows[split], self.channel_index, self.crop_size,
+                           self.norm_lo, self.norm_hi, self.zero_background, augment, self.seed)
+
+    # --------------------------------------------------------------------- loaders
+    def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                          drop_last=False)
+
+    def train_dataloader(self):
+        return self._loader(self.dataset("train", self.augment), True, self.batch_size)
+
+    def val_dataloader(self):
+        if len(self.rows["val"]) == 0:
+            return []
+        return self._loader(self.dataset("val"), False, self.eval_batch_size)
+
+    def test_dataloader(self):
+        return self._loader(self.dataset("test"), False, self.eval_batch_size)
+
+    def predict_dataloader(self):
+        return self.test_dataloader()
+
+    def push_dataloader(self):
+        return self._loader(self.dataset("push"), False, self.eval_batch_size)
+
+    # normalisation and split travel with checkpoints, so explain and resume see the same data
+    def state_dict(self):
+        return {"norm_lo": self.norm_lo.tolist(), "norm_hi": self.norm_hi.tolist()}
+
+    def load_state_dict(self, state):
+        self.norm_lo = np.asarray(state["norm_lo"], np.float32)
+        self.norm_hi = np.asarray(state["norm_hi"], np.float32)

@@ -1,0 +1,55 @@
+"""``CellDataset``: crops of a crop store as tensors.
+
+Item ``i`` → ``(image (C, S, S) float32, mask (1, S, S) float32, label int64, cell_id int64)``
+where S = ``crop_size``. Steps, in order: channel selection, per-channel normalisation with fixed
+(lo, hi) per channel (``(x − lo) / (hi − lo)``, computed once on training crops), optional
+resize, optional zeroing of the background (pixels outside this cell's mask), optional random
+flips / 90° rotations (training only; image and mask together).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from protocell.data.store import CropStore
+
+
+class CellDataset(Dataset):
+    def __init__(self, store: CropStore, rows: np.ndarray, channels: list[int], crop_size: int,
+                 norm_lo: np.ndarray, norm_hi: np.ndarray, zero_background: bool = False,
+                 augment: bool = False, seed: int = 0):
+        self.store = store
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.channels = list(channels)
+        self.crop_size = int(crop_size)
+        self.lo = torch.as_tensor(norm_lo, dtype=torch.float32).view(-1, 1, 1)
+        self.scale = 1.0 / torch.as_tensor(np.maximum(norm_hi - norm_lo, 1e-6), dtype=torch.float32).view(-1, 1, 1)
+        self.zero_background = zero_background
+        self.augment = augment
+        self.labels = store.manifest["label"].to_numpy()[self.rows].astype(np.int64)
+        self.cell_ids = store.manifest["cell_id"].to_numpy()[self.rows].astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        r = int(self.rows[i])
+        crop = torch.from_numpy(self.store.crop(r)[self.channels].astype(np.float32))
+        mask = torch.from_numpy(self.store.mask(r).astype(np.float32))[None]
+        image = (crop - self.lo) * self.scale
+        if image.shape[-1] != self.crop_size:
+            image = F.interpolate(image[None], size=self.crop_size, mode="bilinear", align_corners=False,
+                                  antialias=True)[0]
+            mask = F.interpolate(mask[None], size=self.crop_size, mode="nearest")[0]
+        if self.zero_background:
+            image = image * mask
+        if self.augment:
+            k = int(torch.randint(4, ()))
+            flip = bool(torch.randint(2, ()))
+            image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (1, 2))
+            if flip:
+                image, mask = image.flip(2), mask.flip(2)
+        return image.contiguous(), mask.contiguous(), int(self.labels[i]), int(self.cell_ids[i])

@@ -1,0 +1,221 @@
+"""The crop store: the one on-disk format for single-cell crops.
+
+Both the synthetic generator and the prepare pipeline write it; the DataModule reads it.
+
+Layout of a store folder::
+
+    store.json                     format, version, channels, crop size, dtype, source
+    manifest.csv                   one row per cell (columns: ``MANIFEST_COLUMNS``)
+    shards/<shard>.crops.npy       (n, C, S, S) crops in their native dtype (uint8/uint16/float32)
+    shards/<shard>.masks.npy       (n, S, S) uint8 binary cell masks (1 = this cell)
+    shards/<shard>.texture.npy     optional (n, S, S) uint8 ground-truth change masks (synthetic)
+
+A shard is the unit of writing (one source image, or one field of a synthetic well): it is
+written atomically (temporary name, then rename), so a killed writer never leaves half a shard.
+Rows of the manifest point into shards with ``shard`` and ``shard_index``. Reading is lazy:
+shards are memory-mapped, so a store larger than memory trains fine.
+
+Manifest columns:
+
+- ``cell_id``      unique integer over the store (the index the DataModule yields)
+- ``image_id``     source image (the split unit: never one image in two splits)
+- ``plate``, ``well``, ``field``   where the cell came from
+- ``condition``    population name (e.g. ``Ref`` / ``Exp``), ``label`` its class index
+- ``bbox_y0, bbox_x0, bbox_y1, bbox_x1``  the crop window in source-image pixels
+  (may extend past the image border, which is then zero padded)
+- ``centroid_y, centroid_x``  cell centroid in source-image pixels
+- ``split``        ``train`` / ``val`` / ``test``, or empty: the DataModule splits by image
+- ``true_label``   per-cell ground truth (1 affected, 0 not) when known, else -1
+- ``aug_of``       ``cell_id`` of the original when this row is an offline augmentation, else -1
+- ``aug``          augmentation description (empty for originals)
+- ``shard``, ``shard_index``  where the pixels are
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FORMAT = "protocell-cells"
+VERSION = 1
+
+MANIFEST_COLUMNS = [
+    "cell_id", "image_id", "plate", "well", "field", "condition", "label",
+    "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x",
+    "split", "true_label", "aug_of", "aug", "shard", "shard_index",
+]
+
+
+class StoreError(ValueError):
+    """A crop store that cannot be read or written as asked; the message names the path and fix."""
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class StoreInfo:
+    channels: list[str]
+    crop_size: int
+    dtype: str
+    source: str
+    extra: dict
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"format": FORMAT, "version": VERSION, "channels": self.channels,
+             "crop_size": self.crop_size, "dtype": self.dtype, "source": self.source,
+             **self.extra},
+            indent=2,
+        )
+
+
+class CropStoreWriter:
+    """Writes shards, then the manifest and ``store.json`` last (a store without them is unfinished).
+
+    >>> w = CropStoreWriter(root, channels=["actin", "nuclei"], crop_size=64, source="synthetic")
+    >>> w.write_shard("plate1_A01_f0", crops, masks, rows)   # rows: list of dicts, one per crop
+    >>> w.finish()
+    """
+
+    def __init__(self, root: str | Path, channels: list[str], crop_size: int, source: str,
+                 extra: dict | None = None):
+        self.root = Path(root)
+        self.channels = list(channels)
+        self.crop_size = int(crop_size)
+        self.source = source
+        self.extra = dict(extra or {})
+        self.rows: list[dict] = []
+        self.dtype: str | None = None
+        (self.root / "shards").mkdir(parents=True, exist_ok=True)
+
+    def shard_done(self, shard: str) -> bool:
+        return (self.root / "shards" / f"{shard}.masks.npy").exists()
+
+    def write_shard(self, shard: str, crops: np.ndarray, masks: np.ndarray, rows: list[dict],
+                    texture: np.ndarray | None = None) -> None:
+        n, c, s = len(crops), len(self.channels), self.crop_size
+        if crops.shape != (n, c, s, s):
+            raise StoreError(f"shard {shard}: crops have shape {crops.shape}, expected ({n}, {c}, {s}, {s})")
+        if masks.shape != (n, s, s) or len(rows) != n:
+            raise StoreError(f"shard {shard}: {len(rows)} rows and masks {masks.shape} for {n} crops")
+        if self.dtype is None:
+            self.dtype = str(crops.dtype)
+        elif str(crops.dtype) != self.dtype:
+            raise StoreError(f"shard {shard}: dtype {crops.dtype} differs from the store's {self.dtype}")
+        base = self.root / "shards"
+        if texture is not None:
+            _atomic_save_npy(base / f"{shard}.texture.npy", texture.astype(np.uint8))
+        _atomic_save_npy(base / f"{shard}.crops.npy", np.ascontiguousarray(crops))
+        # masks last: their presence marks the shard complete (see shard_done)
+        _atomic_save_npy(base / f"{shard}.masks.npy", (masks > 0).astype(np.uint8))
+        self.add_rows(shard, rows)
+
+    def add_rows(self, shard: str, rows: list[dict]) -> None:
+        """Record manifest rows for an existing shard (used when resuming a writer)."""
+        for i, row in enumerate(rows):
+            full = {"split": "", "true_label": -1, "aug_of": -1, "aug": "", "field": 0, "plate": "plate1"}
+            full.update(row)
+            full["shard"], full["shard_index"] = shard, i
+            self.rows.append(full)
+
+    def finish(self) -> pd.DataFrame:
+        if not self.rows:
+            raise StoreError(f"{self.root}: no cells were written, so there is no store to finish")
+        df = pd.DataFrame(self.rows)
+        if "cell_id" not in df:
+            df["cell_id"] = np.arange(len(df))
+        missing = [c for c in MANIFEST_COLUMNS if c not in df]
+        if missing:
+            raise StoreError(f"{self.root}: manifest rows lack columns {missing}")
+        if df["cell_id"].duplicated().any():
+            raise StoreError(f"{self.root}: duplicate cell_id values in the manifest")
+        df = df[MANIFEST_COLUMNS + [c for c in df.columns if c not in MANIFEST_COLUMNS]]
+        atomic_write_text(self.root / "manifest.csv", df.to_csv(index=False))
+        info = StoreInfo(self.channels, self.crop_size, self.dtype or "uint16", self.source, self.extra)
+        atomic_write_text(self.root / "store.json", info.to_json())
+        return df
+
+
+class CropStore:
+    """Lazy reader: ``store[i]`` → (crop (C, S, S) native dtype, mask (S, S) uint8) for manifest row i.
+
+    Shards are memory-mapped on first use in each process (safe with DataLoader workers).
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        info_path = self.root / "store.json"
+        if not info_path.exists():
+            raise StoreError(
+                f"{self.root} is not a finished crop store (no store.json). Create one with "
+                "`python prepare.py ...` or use data=synthetic; a killed prepare run is resumed by "
+                "running it again with the same config.")
+        info = json.loads(info_path.read_text())
+        if info.get("format") != FORMAT or int(info.get("version", -1)) > VERSION:
+            raise StoreError(f"{info_path}: format {info.get('format')} v{info.get('version')} is not "
+                             f"{FORMAT} v≤{VERSION}; upgrade protocell or re-create the store")
+        self.info = info
+        self.channels: list[str] = list(info["channels"])
+        self.crop_size: int = int(info["crop_size"])
+        self.manifest = pd.read_csv(self.root / "manifest.csv", keep_default_na=False,
+                                    dtype={"split": str, "aug": str, "well": str, "plate": str,
+                                           "image_id": str, "condition": str, "shard": str})
+        self._shards: dict[tuple[str, str], np.ndarray] = {}
+        self._shard_col = self.manifest["shard"].to_numpy()
+        self._index_col = self.manifest["shard_index"].to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _array(self, shard: str, kind: str) -> np.ndarray | None:
+        key = (shard, kind)
+        if key not in self._shards:
+            path = self.root / "shards" / f"{shard}.{kind}.npy"
+            if not path.exists():
+                if kind == "texture":
+                    self._shards[key] = None
+                    return None
+                raise StoreError(f"{path} is missing: the store is incomplete; re-create it")
+            self._shards[key] = np.load(path, mmap_mode="r")
+        return self._shards[key]
+
+    def __getstate__(self):  # DataLoader workers re-open their own memory maps
+        state = self.__dict__.copy()
+        state["_shards"] = {}
+        return state
+
+    def crop(self, i: int) -> np.ndarray:
+        return np.asarray(self._array(self._shard_col[i], "crops")[self._index_col[i]])
+
+    def mask(self, i: int) -> np.ndarray:
+        return np.asarray(self._array(self._shard_col[i], "masks")[self._index_col[i]])
+
+    def texture(self, i: int) -> np.ndarray | None:
+        arr = self._array(self._shard_col[i], "texture")
+        return None if arr is None else np.asarray(arr[self._index_col[i]])
+
+    @property
+    def has_texture(self) -> bool:
+        return len(self) > 0 and self.texture(0) is not None
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.crop(i), self.mask(i)

@@ -1,0 +1,316 @@
+"""Built-in ground-truth cell wells: a seeded generator of two-channel fluorescence fields.
+
+Real experiments never know which exposed cell reacted; these wells do, so every claim of the
+paper can be measured. Per field the generator draws non-overlapping irregular cells, each with
+
+- a nucleus (channel ``nuclei``: an ellipse with chromatin texture), and
+- an actin-like cytoplasm (channel ``actin``: diffuse level, a bright cortical rim, a bundle of
+  roughly parallel stress fibres, a few isolated puncta that every cell may have);
+- in *affected* cells, a **planted local change**: a tight cluster of puncta in one part of the
+  cytoplasm (about 12 px across, so a receptive field much smaller than the cell isolates it).
+  The puncta look like the isolated ones; only their clustering differs: a subtle, local texture.
+
+Labels are per well and noisy: by default 50 % of Exp cells and 5 % of Ref cells are affected.
+A **background confound** (debris specks of the same size and brightness as puncta, and an
+illumination offset, both stronger in Exp wells) lives outside the cells, so a model that reads
+the background can predict the well label without looking at any cell: the mask ablation has
+something to show. Fields then get optics blur, per-well gain, Poisson and Gaussian noise.
+
+Outputs (``write_fields``): ``fields/<image_id>.tif`` (uint16 (2, H, W), channels [actin,
+nuclei]), ``fields/<image_id>.labels.tif`` (uint16 cell instance ids), ``fields/<image_id>.texture.tif``
+(uint8 planted-change mask), ``cells.csv`` (per-cell truth) and ``plate_map.csv``. ``build_store``
+also writes the crop store (see ``protocell.data.store``) directly, cached by a hash of its
+parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from protocell.data.store import CropStoreWriter, atomic_write_text
+
+CHANNELS = ["actin", "nuclei"]
+CONDITIONS = ["Ref", "Exp"]
+
+
+@dataclass
+class WellSpec:
+    """Parameters of the synthetic plate. Defaults are the embedded data set of ``make run``."""
+
+    wells_per_condition: int = 6
+    fields_per_well: int = 4
+    field_size: int = 512
+    cells_per_field: int = 60          # attempted; fewer fit when the field is crowded
+    cell_radius: tuple[float, float] = (15.0, 21.0)
+    affected_fraction: dict = field(default_factory=lambda: {"Ref": 0.05, "Exp": 0.5})
+    confound: bool = True              # background debris + illumination offset, stronger in Exp
+    confound_under_cells: bool = False # the Exp offset also under cells (e.g. product autofluorescence):
+                                       # a confound no mask can remove, for experiments only
+    crop_size: int = 64
+    photons: float = 600.0             # expected counts at the brightest actin structure
+    read_noise: float = 6.0
+    seed: int = 0
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- drawing helpers
+
+def _gaussian_spots(shape, ys, xs, sigma, amps) -> np.ndarray:
+    """Sum of isotropic Gaussian spots on an (H, W) grid."""
+    out = np.zeros(shape, np.float32)
+    if len(ys) == 0:
+        return out
+    r = int(np.ceil(3 * sigma))
+    g = np.arange(-r, r + 1, dtype=np.float32)
+    for y, x, a in zip(ys, xs, amps):
+        iy, ix = int(round(y)), int(round(x))
+        dy, dx = g[:, None] + iy - y, g[None, :] + ix - x
+        spot = a * np.exp(-(dy ** 2 + dx ** 2) / (2 * sigma ** 2))
+        y0, x0 = iy - r, ix - r
+        ys0, xs0 = max(0, y0), max(0, x0)
+        ys1, xs1 = min(shape[0], iy + r + 1), min(shape[1], ix + r + 1)
+        if ys1 > ys0 and xs1 > xs0:
+            out[ys0:ys1, xs0:xs1] += spot[ys0 - y0:ys1 - y0, xs0 - x0:xs1 - x0]
+    return out
+
+
+def _cell_shape(rng, radius, size):
+    """Boolean (size, size) body of an irregular cell centred in the window, and its radius map."""
+    c = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    dy, dx = yy - c, xx - c
+    theta = np.arctan2(dy, dx)
+    # elongation along a random axis, plus low harmonics for an irregular outline
+    phi = rng.uniform(0, np.pi)
+    elong = rng.uniform(1.0, 1.35)
+    u = dx * np.cos(phi) + dy * np.sin(phi)
+    v = -dx * np.sin(phi) + dy * np.cos(phi)
+    rho = np.sqrt((u / elong) ** 2 + (v * elong ** 0.5) ** 2)
+    boundary = np.ones_like(theta)
+    for k in range(2, 6):
+        boundary += rng.normal(0, 0.07 / k ** 0.5) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    body = rho <= radius * boundary
+    return body, rho / (radius * boundary)
+
+
+def _fibres(rng, body, n, amp):
+    """A bundle of roughly parallel straight fibres clipped to the body."""
+    size = body.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = np.zeros(body.shape, np.float32)
+    base = rng.uniform(0, np.pi)
+    c = (size - 1) / 2
+    for _ in range(n):
+        ang = base + rng.normal(0, 0.15)
+        off = rng.uniform(-0.6, 0.6) * size / 2.5
+        d = np.abs((xx - c) * np.sin(ang) - (yy - c) * np.cos(ang) - off)
+        out += amp * rng.uniform(0.6, 1.0) * np.exp(-d ** 2 / (2 * 0.7 ** 2))
+    return out * body
+
+
+def _render_cell(rng, radius, affected, p):
+    """One cell in its own window: (actin, nuclei, body mask, texture mask), all (w, w)."""
+    w = int(2 * radius * 1.5) | 1
+    body, rel = _cell_shape(rng, radius, w)
+    # cortical rim: bright within ~2 px of the outline
+    dist_in = ndi.distance_transform_edt(body)
+    rim = np.exp(-((dist_in - 1.0) ** 2) / (2 * 1.3 ** 2)) * body
+    # nucleus: ellipse, slightly off centre
+    c = (w - 1) / 2
+    yy, xx = np.mgrid[0:w, 0:w].astype(np.float32)
+    ny, nx = c + rng.normal(0, radius * 0.08, 2)
+    a, b = radius * rng.uniform(0.32, 0.42, 2)
+    ang = rng.uniform(0, np.pi)
+    u = (xx - nx) * np.cos(ang) + (yy - ny) * np.sin(ang)
+    v = -(xx - nx) * np.sin(ang) + (yy - ny) * np.cos(ang)
+    nucleus = ((u / a) ** 2 + (v / b) ** 2 <= 1) & body
+    chromatin = ndi.gaussian_filter(rng.normal(0, 1, (w, w)).astype(np.float32), 1.2)
+    nuclei = nucleus * (0.75 + 0.25 * chromatin / (chromatin.std() + 1e-6)).clip(0.3, 1.3)
+
+    cyto = body & ~ndi.binary_dilation(nucleus, iterations=2)
+    actin = (0.28 * body + 0.9 * rim + _fibres(rng, body, int(rng.integers(3, 7)), 0.45)).astype(np.float32)
+    actin *= 1 + 0.15 * ndi.gaussian_filter(rng.normal(0, 1, (w, w)), 4).astype(np.float32)
+
+    # isolated puncta that any cell may have: the planted change differs only by clustering
+    cy_idx, cx_idx = np.nonzero(cyto)
+    k = int(rng.poisson(p["isolated_puncta"]))
+    texture = np.zeros((w, w), bool)
+    if k and len(cy_idx):
+        sel = rng.integers(0, len(cy_idx), k)
+        actin += _gaussian_spots((w, w), cy_idx[sel], cx_idx[sel], 1.0, rng.uniform(0.5, 0.8, k))
+    if affected and len(cy_idx):
+        # cluster centre in the cytoplasm, at least 4 px inside the outline
+        deep = cyto & (dist_in >= 5)
+        ys, xs = np.nonzero(deep if deep.any() else cyto)
+        j = rng.integers(0, len(ys))
+        y0, x0 = ys[j], xs[j]
+        n = int(rng.integers(7, 12))
+        rr = p["cluster_radius"] * np.sqrt(rng.uniform(0, 1, n))
+        th = rng.uniform(0, 2 * np.pi, n)
+        py, px = y0 + rr * np.sin(th), x0 + rr * np.cos(th)
+        actin += _gaussian_spots((w, w), py, px, 1.0, rng.uniform(0.5, 0.8, n)) * body
+        texture = ((yy - y0) ** 2 + (xx - x0) ** 2 <= (p["cluster_radius"] + 2) ** 2) & body
+    return actin * body, nuclei.astype(np.float32), body, texture
+
+
+# ----------------------------------------------------------------------------- fields
+
+def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain: float):
+    """Render one field. Returns image (2, H, W) uint16, labels (H, W) uint16, texture (H, W)
+    uint8, and a list of per-cell dicts (``label_id``, centroid, ``true_label``)."""
+    H = W = spec.field_size
+    p = {"isolated_puncta": 2.0, "cluster_radius": 5.0}
+    actin = np.zeros((H, W), np.float32)
+    nuclei = np.zeros((H, W), np.float32)
+    labels = np.zeros((H, W), np.uint16)
+    texture = np.zeros((H, W), np.uint8)
+    cells, centres = [], []
+    lo, hi = spec.cell_radius
+    for _ in range(spec.cells_per_field * 4):
+        if len(cells) >= spec.cells_per_field:
+            break
+        r = rng.uniform(lo, hi)
+        margin = int(r * 1.5) + 2
+        cy, cx = rng.integers(margin, H - margin), rng.integers(margin, W - margin)
+        if any((cy - y) ** 2 + (cx - x) ** 2 < (1.25 * (r + rr)) ** 2 for y, x, rr in centres):
+            continue
+        affected = bool(rng.random() < spec.affected_fraction[condition])
+        a, n, body, tex = _render_cell(rng, r, affected, p)
+        w = a.shape[0]
+        y0, x0 = cy - w // 2, cx - w // 2
+        win = (slice(y0, y0 + w), slice(x0, x0 + w))
+        free = labels[win] == 0
+        body = body & free
+        if body.sum() < 50:
+            continue
+        label_id = len(cells) + 1
+        labels[win][body] = label_id
+        actin[win] += a * body
+        nuclei[win] += n * body
+        texture[win][tex & body] = 1
+        ys, xs = np.nonzero(labels == label_id)
+        cells.append({"label_id": label_id, "centroid_y": float(ys.mean()), "centroid_x": float(xs.mean()),
+                      "true_label": int(affected)})
+        centres.append((cy, cx, r))
+
+    # background: illumination offset and debris specks, both stronger in Exp when confounded
+    exp = condition == "Exp"
+    offset = 0.04 + (0.03 if (spec.confound and exp) else 0.0)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) / H
+    illum = 1 + 0.1 * np.sin(2 * np.pi * (yy * rng.uniform(0.3, 1) + xx * rng.uniform(0.3, 1)))
+    n_debris = int(rng.poisson(H * W / (2500 if (spec.confound and exp) else 12000)))
+    dy, dx = rng.uniform(0, H, n_debris), rng.uniform(0, W, n_debris)
+    outside = labels[dy.astype(int), dx.astype(int)] == 0
+    debris = _gaussian_spots((H, W), dy[outside], dx[outside], 1.0, rng.uniform(0.5, 0.8, outside.sum()))
+    # the offset lies on the background; only with confound_under_cells does it reach into cells
+    extra = offset - 0.04
+    where = np.ones((H, W), np.float32) if spec.confound_under_cells else (labels == 0).astype(np.float32)
+    offset_map = 0.04 + extra * where
+    actin = (actin + debris + offset_map) * illum
+    nuclei = (nuclei + 0.3 * debris + 0.6 * offset_map) * illum
+
+    out = np.empty((2, H, W), np.uint16)
+    for c, img in enumerate((actin, nuclei)):
+        img = ndi.gaussian_filter(img, 0.8) * gain * spec.photons
+        img = rng.poisson(np.clip(img, 0, None)).astype(np.float32) + rng.normal(100, spec.read_noise, img.shape)
+        out[c] = np.clip(img, 0, 65535).astype(np.uint16)
+    return out, labels, texture, cells
+
+
+def _iter_fields(spec: WellSpec):
+    rng = np.random.default_rng(spec.seed)
+    for cond in CONDITIONS:
+        for w in range(spec.wells_per_condition):
+            well = f"{'AB'[CONDITIONS.index(cond)]}{w + 1:02d}"
+            gain = float(rng.uniform(0.8, 1.2))
+            for f in range(spec.fields_per_well):
+                seed = int(rng.integers(2 ** 31))
+                yield cond, well, f, gain, np.random.default_rng(seed)
+
+
+def crop_cell(image: np.ndarray, labels: np.ndarray, label_id: int, cy: float, cx: float, size: int):
+    """Fixed-size crop centred on (cy, cx), zero padded past the image border.
+
+    Returns crop (C, size, size), mask (size, size) of this cell only, and the bbox (y0, x0, y1, x1)."""
+    y0, x0 = int(round(cy)) - size // 2, int(round(cx)) - size // 2
+    y1, x1 = y0 + size, x0 + size
+    C, H, W = image.shape
+    crop = np.zeros((C, size, size), image.dtype)
+    mask = np.zeros((size, size), np.uint8)
+    sy0, sx0, sy1, sx1 = max(0, y0), max(0, x0), min(H, y1), min(W, x1)
+    crop[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[:, sy0:sy1, sx0:sx1]
+    mask[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = labels[sy0:sy1, sx0:sx1] == label_id
+    return crop, mask, (y0, x0, y1, x1)
+
+
+def write_fields(out_dir: str | Path, spec: WellSpec | None = None, **overrides) -> Path:
+    """Write the synthetic plate as TIFF fields + ground truth + plate map; returns ``out_dir``."""
+    import tifffile
+
+    spec = spec or WellSpec(**overrides)
+    out = Path(out_dir)
+    (out / "fields").mkdir(parents=True, exist_ok=True)
+    plate_rows, cell_rows = [], []
+    for cond, well, f, gain, rng in _iter_fields(spec):
+        image_id = f"plate1_{well}_f{f}"
+        img, labels, tex, cells = render_field(rng, spec, cond, gain)
+        tifffile.imwrite(out / "fields" / f"{image_id}.tif", img, metadata={"axes": "CYX", "channels": CHANNELS})
+        tifffile.imwrite(out / "fields" / f"{image_id}.labels.tif", labels)
+        tifffile.imwrite(out / "fields" / f"{image_id}.texture.tif", tex)
+        plate_rows.append({"image": f"fields/{image_id}.tif", "plate": "plate1", "well": well,
+                           "field": f, "condition": cond})
+        cell_rows += [{"image_id": image_id, **c} for c in cells]
+    pd.DataFrame(plate_rows).to_csv(out / "plate_map.csv", index=False)
+    pd.DataFrame(cell_rows).to_csv(out / "cells.csv", index=False)
+    return out
+
+
+def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> Path:
+    """Generate the synthetic wells straight into a crop store at ``root/<hash>``; cached.
+
+    Returns the store folder. A finished store with the same parameters is reused as it is.
+    """
+    spec = spec or WellSpec(**overrides)
+    store_dir = Path(root) / f"synthetic-{spec.key()}"
+    if (store_dir / "store.json").exists():
+        return store_dir
+    tmp_dir = store_dir.with_name(store_dir.name + ".partial")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    writer = CropStoreWriter(tmp_dir, CHANNELS, spec.crop_size, source="synthetic",
+                             extra={"synthetic": asdict(spec), "conditions": CONDITIONS})
+    next_id = 0
+    for cond, well, f, gain, rng in _iter_fields(spec):
+        image_id = f"plate1_{well}_f{f}"
+        img, labels, tex, cells = render_field(rng, spec, cond, gain)
+        crops, masks, texs, rows = [], [], [], []
+        for c in cells:
+            crop, mask, (y0, x0, y1, x1) = crop_cell(img, labels, c["label_id"], c["centroid_y"],
+                                                     c["centroid_x"], spec.crop_size)
+            t, _, _ = crop_cell(tex[None], labels, c["label_id"], c["centroid_y"], c["centroid_x"], spec.crop_size)
+            crops.append(crop)
+            masks.append(mask)
+            texs.append(t[0] * mask)
+            rows.append({"cell_id": next_id, "image_id": image_id, "plate": "plate1", "well": well,
+                         "field": f, "condition": cond, "label": CONDITIONS.index(cond),
+                         "bbox_y0": y0, "bbox_x0": x0, "bbox_y1": y1, "bbox_x1": x1,
+                         "centroid_y": round(c["centroid_y"], 2), "centroid_x": round(c["centroid_x"], 2),
+                         "true_label": c["true_label"], "label_id": c["label_id"]})
+            next_id += 1
+        if rows:
+            writer.write_shard(image_id, np.stack(crops), np.stack(masks), rows, texture=np.stack(texs))
+    writer.finish()
+    atomic_write_text(tmp_dir / "spec.json", json.dumps(asdict(spec), indent=2))
+    shutil.rmtree(store_dir, ignore_errors=True)
+    tmp_dir.rename(store_dir)
+    return store_dir

@@ -1,0 +1,149 @@
+"""``ProtoPNetModule``: the LightningModule holding the network, the objective and the optimiser.
+
+*What trains when* is not decided here: the phase callback calls ``set_phase`` (``pretrain``,
+``warm``, ``joint``, ``last_layer``), the push callback projects prototypes.
+
+``pretrain`` stands in for ImageNet weights when there are none (the offline default): the backbone
+learns the task through a linear *probe* (1×1 conv → max over in-cell latent units → logits,
+cross-entropy only), so that the ProtoPNet phases start from useful features, as in the paper. The
+probe is not part of the prototype network and is never used after this phase. Parameter groups (features,
+add-on, prototypes, last layer) each have their own learning rate; a phase freezes groups by
+``requires_grad`` (a frozen group gets no gradient, so Adam leaves it untouched) and puts frozen
+feature layers in eval mode, so their batch-norm statistics do not drift either.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from protocell.model.losses import protopnet_loss
+from protocell.model.protopnet import ProtoPNet
+
+PHASES = ("pretrain", "warm", "joint", "last_layer")
+LAST_LAYER_MODES = ("trained", "frozen")
+
+
+class ProtoPNetModule(L.LightningModule):
+    def __init__(self, net: ProtoPNet, last_layer: str = "trained", lr: dict | None = None,
+                 weight_decay: float = 1e-3, lr_step_epochs: int = 0, lr_gamma: float = 0.1,
+                 clst: float = 0.8, sep: float = 0.08, l1: float = 1e-4, ramp_epochs: int = 0,
+                 class_names: list[str] | None = None):
+        super().__init__()
+        if last_layer not in LAST_LAYER_MODES:
+            raise ValueError(f"last_layer must be one of {LAST_LAYER_MODES}, got '{last_layer}'")
+        self.net = net
+        self.last_layer_mode = last_layer
+        self.lr = {"features": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-3, **(lr or {})}
+        self.lr.setdefault("probe", self.lr.get("pretrain", self.lr["features"]))
+        self.weight_decay = weight_decay
+        self.lr_step_epochs, self.lr_gamma = lr_step_epochs, lr_gamma
+        self.coef = {"clst": clst, "sep": sep, "l1": l1}
+        # From scratch, the cluster cost can collapse all features onto the prototypes before the
+        # cross-entropy has found anything that differs between the classes; ramping λ_clst and
+        # λ_sep linearly from 0 over ``ramp_epochs`` lets the features form first.
+        self.ramp_epochs = ramp_epochs
+        self.class_names = class_names or [str(k) for k in range(net.num_classes)]
+        self.phase = "joint"
+        self.probe = torch.nn.Conv2d(net.add_on[0].in_channels, net.num_classes, 1)
+        if last_layer == "frozen":
+            net.last_layer.weight.requires_grad_(False)
+
+    # ------------------------------------------------------------------ phases
+    def groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {"probe": list(self.probe.parameters()),
+                "features": list(self.net.features.parameters()),
+                "add_on": list(self.net.add_on.parameters()),
+                "prototypes": [self.net.prototypes],
+                "last_layer": [self.net.last_layer.weight]}
+
+    def trainable_groups(self, phase: str) -> set[str]:
+        train_last = self.last_layer_mode == "trained"
+        return {"pretrain": {"features", "probe"},
+                "warm": {"add_on", "prototypes"},
+                "joint": {"features", "add_on", "prototypes"} | ({"last_layer"} if train_last else set()),
+                "last_layer": {"last_layer"} if train_last else set()}[phase]
+
+    def set_phase(self, phase: str) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase '{phase}'")
+        self.phase = phase
+        on = self.trainable_groups(phase)
+        for name, params in self.groups().items():
+            for p in params:
+                p.requires_grad_(name in on)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and "features" not in self.trainable_groups(self.phase):
+            self.net.features.eval()
+        if mode and "add_on" not in self.trainable_groups(self.phase):
+            self.net.add_on.eval()
+        return self
+
+    # ------------------------------------------------------------------ steps
+    def probe_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pretrain head: (B, K) logits from the max over in-cell latent units of a 1×1 conv."""
+        f = self.probe(self.net.features(x))                              # (B, K, H, W)
+        inside = self.net.inside(mask, f.shape[-2:])
+        if inside is not None:
+            f = f.masked_fill(~inside, torch.finfo(f.dtype).min)
+        return f.flatten(2).amax(2)
+
+    def _step(self, batch, stage: str):
+        x, mask, y, _ = batch
+        if self.phase == "pretrain":
+            logits = self.probe_logits(x, mask)
+            ce = F.cross_entropy(logits, y)
+            self.log(f"{stage}/ce", ce.detach(), on_step=False, on_epoch=True, batch_size=x.shape[0],
+                     sync_dist=stage != "train")
+            self.log(f"{stage}/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True,
+                     batch_size=x.shape[0], prog_bar=True, sync_dist=stage != "train")
+            return ce
+        out = self.net(x, mask)
+        use_l1 = self.net.last_layer.weight.requires_grad
+        ramp = min(1.0, self.current_epoch / self.ramp_epochs) if (self.ramp_epochs and stage == "train") else 1.0
+        losses = protopnet_loss(out["logits"], out["min_distances"], y, self.net.prototype_class,
+                                self.net.last_layer.weight, ramp * self.coef["clst"], ramp * self.coef["sep"],
+                                self.coef["l1"] if use_l1 else 0.0)
+        acc = (out["logits"].argmax(1) == y).float().mean()
+        bs = x.shape[0]
+        self.log_dict({f"{stage}/{k}": v.detach() for k, v in losses.items()}, on_step=False, on_epoch=True,
+                      batch_size=bs, sync_dist=stage != "train")
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, batch_size=bs, prog_bar=True,
+                 sync_dist=stage != "train")
+        return losses["loss"]
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        x, mask, y, cell_id = batch
+        out = self.net(x, mask)
+        return {"cell_id": cell_id, "label": y, "probs": F.softmax(out["logits"], 1),
+                "min_distances": out["min_distances"]}
+
+    def on_train_epoch_start(self):
+        self.log("phase", float(PHASES.index(self.phase)), on_step=False, on_epoch=True)
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        groups = [{"params": params, "lr": self.lr[name], "name": name,
+                   "weight_decay": self.weight_decay if name in ("features", "add_on", "probe") else 0.0}
+                  for name, params in self.groups().items()
+                  if not (name == "last_layer" and self.last_layer_mode == "frozen")]
+        opt = torch.optim.Adam(groups)
+        if not self.lr_step_epochs:
+            return opt
+        step, gamma = self.lr_step_epochs, self.lr_gamma
+        decays = [(lambda e: gamma ** (e // step)) if g["name"] != "last_layer" else (lambda e: 1.0) for g in groups]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, decays)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

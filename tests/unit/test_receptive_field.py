@@ -1,0 +1,79 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from protocell.model.backbones import BACKBONES, BackboneError, build_backbone
+from protocell.model.receptive_field import ReceptiveField, receptive_field
+
+
+def empirical_rf(features: nn.Module, in_channels: int, size: int) -> int:
+    """Side of the input region that reaches the centre latent unit, by gradient.
+
+    Max pools pass gradient to one input only, so they are swapped for average pools of the same
+    geometry; weights are made positive so that no path cancels."""
+    net = copy.deepcopy(features).double().eval()
+    for name, m in list(net.named_modules()):
+        for cname, child in list(m.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(m, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.constant_(m.weight, 1.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1]))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    x = torch.ones(1, in_channels, size, size, dtype=torch.double, requires_grad=True)
+    out = net(x)
+    h, w = out.shape[-2:]
+    out[0, :, h // 2, w // 2].sum().backward()
+    cols = (x.grad[0].abs().sum(0).sum(0) > 0).nonzero().flatten()
+    return int(cols.max() - cols.min() + 1)
+
+
+def test_vgg11_receptive_field_is_150():
+    assert build_backbone("vgg11", 2).rf.size == 150
+    assert build_backbone("vgg11_narrow", 2, width=0.125).rf.size == 150
+
+
+@pytest.mark.parametrize("name,size", [("vgg11_narrow", 320), ("vgg11", 320), ("resnet18", 800),
+                                       ("resnet50", 800), ("vgg16", 448)])
+def test_analytic_rf_matches_gradient_rf(name, size):
+    b = build_backbone(name, 2, width=0.125)
+    assert empirical_rf(b.features, 2, size) == b.rf.size
+
+
+def test_densenet_rf_matches_gradient_rf_on_a_cut():
+    # the whole DenseNet-121 sees 2071 px: check its first two dense blocks exactly (a 2071-px
+    # input would take minutes); the same rule composes the later blocks
+    b = build_backbone("densenet121", 2, max_rf=400)
+    assert b.rf.size <= 400
+    assert empirical_rf(b.features, 2, 640) == b.rf.size
+    assert build_backbone("densenet121", 2).rf.size == 2071
+
+
+def test_max_rf_cuts_at_the_deepest_layer_within_the_limit():
+    for limit, expect in [(30, 30), (46, 46), (50, 46), (149, 134), (150, 150)]:
+        assert build_backbone("vgg11_narrow", 2, width=0.125, max_rf=limit).rf.size == expect
+    with pytest.raises(BackboneError, match="max_rf"):
+        build_backbone("vgg11_narrow", 2, max_rf=2)
+
+
+def test_rf_box_is_centred_and_clipped():
+    rf = ReceptiveField(size=30, jump=8, start=3.5)
+    y0, x0, y1, x1 = rf.box(3, 4)
+    assert (y1 - y0, x1 - x0) == (30, 30)
+    assert abs((y0 + y1 - 1) / 2 - rf.centre(3)) <= 0.5 and abs((x0 + x1 - 1) / 2 - rf.centre(4)) <= 0.5
+    assert rf.box(0, 7, clip=64) == (0, max(0, rf.box(0, 7)[1]), rf.box(0, 7)[2], 64)
+
+
+def test_unknown_backbone_lists_the_choices():
+    with pytest.raises(BackboneError, match="vgg11"):
+        build_backbone("alexnet", 2)
+    assert set(BACKBONES) >= {"vgg11", "vgg16", "densenet121", "resnet18", "resnet50"}
+
+
+def test_receptive_field_of_a_plain_chain():
+    layers = [nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, dilation=2)]
+    rf = receptive_field(layers)
+    assert (rf.size, rf.jump) == (3 + 1 + 2 * 2 * 2, 2)
