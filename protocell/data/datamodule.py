@@ -24,11 +24,19 @@ from protocell.data.dataset import CellDataset
 from protocell.data.store import CropStore, StoreError
 
 
-def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int) -> np.ndarray:
-    """Split labels ('train'/'val'/'test') per row; every image lies in one split only."""
+def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int,
+                   unit: str = "image") -> np.ndarray:
+    """Split labels ('train'/'val'/'test') per row; every image lies in one split only.
+
+    ``unit="well"`` keeps whole wells together (all fields of a well in one split): per-well batch
+    effects (intensity, focus) then cannot carry a well's label from training into test."""
     rng = np.random.default_rng(seed)
     given = manifest["split"].astype(str).to_numpy()
     originals = manifest["aug_of"].to_numpy() < 0
+    if unit not in ("image", "well"):
+        raise StoreError(f"data.split_by must be 'image' or 'well', got '{unit}'")
+    if unit == "well":
+        manifest = manifest.assign(image_id=manifest["plate"].astype(str) + "/" + manifest["well"].astype(str))
     image_of = manifest["image_id"].astype(str).to_numpy()
     split_of_image: dict[str, str] = {}
     if (given[originals] != "").all():
@@ -60,7 +68,7 @@ class CellDataModule(L.LightningDataModule):
                  zero_background: bool = False, augment: bool = True, normalize: str = "dataset",
                  test_fraction: float = 0.5, val_fraction: float = 0.2, batch_size: int = 64,
                  eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool | None = None,
-                 seed: int = 0):
+                 split_by: str = "image", seed: int = 0):
         super().__init__()
         self.path = Path(path)
         self.crop_size = crop_size
@@ -75,6 +83,7 @@ class CellDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.split_by = split_by
         self.seed = seed
         self.store: CropStore | None = None
 
@@ -92,7 +101,7 @@ class CellDataModule(L.LightningDataModule):
         m = store.manifest
         self.num_classes = int(m["label"].max()) + 1
         self.class_names = [m.loc[m["label"] == k, "condition"].iloc[0] for k in range(self.num_classes)]
-        self.splits = split_by_image(m, self.test_fraction, self.val_fraction, self.seed)
+        self.splits = split_by_image(m, self.test_fraction, self.val_fraction, self.seed, self.split_by)
         originals = m["aug_of"].to_numpy() < 0
         self.rows = {s: np.flatnonzero(self.splits == s) for s in ("train", "val", "test")}
         self.rows["push"] = np.flatnonzero((self.splits == "train") & originals)

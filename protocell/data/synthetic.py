@@ -160,7 +160,8 @@ def _render_cell(rng, radius, affected, p):
         th = rng.uniform(0, 2 * np.pi, n)
         py, px = y0 + rr * np.sin(th), x0 + rr * np.cos(th)
         actin += _gaussian_spots((w, w), py, px, 1.0, rng.uniform(0.5, 0.8, n)) * body
-        texture = ((yy - y0) ** 2 + (xx - x0) ** 2 <= (p["cluster_radius"] + 2) ** 2) & body
+        # the mask covers every punctum out to 3 sigma of its Gaussian (sigma = 1 px)
+        texture = ((yy - y0) ** 2 + (xx - x0) ** 2 <= (p["cluster_radius"] + 3) ** 2) & body
     return actin * body, nuclei.astype(np.float32), body, texture
 
 

@@ -4,7 +4,7 @@
 ``warm``, ``joint``, ``last_layer``), the push callback projects prototypes.
 
 ``pretrain`` stands in for ImageNet weights when there are none (the offline default): the backbone
-learns the task through a linear *probe* (1×1 conv → max over in-cell latent units → logits,
+learns the task through a linear *probe* (1×1 conv → mean over in-cell latent units → logits,
 cross-entropy only), so that the ProtoPNet phases start from useful features, as in the paper. The
 probe is not part of the prototype network and is never used after this phase. Parameter groups (features,
 add-on, prototypes, last layer) each have their own learning rate; a phase freezes groups by
@@ -36,7 +36,9 @@ class ProtoPNetModule(L.LightningModule):
         self.net = net
         self.last_layer_mode = last_layer
         self.lr = {"features": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-3, **(lr or {})}
-        self.lr.setdefault("probe", self.lr.get("pretrain", self.lr["features"]))
+        # the pretrain phase trains features + probe at lr["pretrain"] (a from-scratch rate)
+        self.lr.setdefault("pretrain", self.lr["features"])
+        self.lr["probe"] = self.lr["pretrain"]
         self.weight_decay = weight_decay
         self.lr_step_epochs, self.lr_gamma = lr_step_epochs, lr_gamma
         self.coef = {"clst": clst, "sep": sep, "l1": l1}
@@ -69,6 +71,10 @@ class ProtoPNetModule(L.LightningModule):
         if phase not in PHASES:
             raise ValueError(f"unknown phase '{phase}'")
         self.phase = phase
+        if self._trainer is not None and self.trainer.optimizers:
+            for group in self.trainer.optimizers[0].param_groups:
+                if group["name"] == "features":
+                    group["lr"] = self.lr["pretrain"] if phase == "pretrain" else self.lr["features"]
         on = self.trainable_groups(phase)
         for name, params in self.groups().items():
             for p in params:
@@ -84,13 +90,18 @@ class ProtoPNetModule(L.LightningModule):
         return self
 
     # ------------------------------------------------------------------ steps
-    def probe_logits(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Pretrain head: (B, K) logits from the max over in-cell latent units of a 1×1 conv."""
+    def probe_logits(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Pretrain head: (B, K) logits, the mean over in-cell latent units of a 1×1 conv.
+
+        A mean, not a max: at random initialisation the brightest structure of every cell (its
+        cortical rim) wins a max everywhere, so a max routes no gradient to the local change and
+        training sits on a plateau of random length; the mean lets every unit learn."""
         f = self.probe(self.net.features(x))                              # (B, K, H, W)
         inside = self.net.inside(mask, f.shape[-2:])
-        if inside is not None:
-            f = f.masked_fill(~inside, torch.finfo(f.dtype).min)
-        return f.flatten(2).amax(2)
+        if inside is None:
+            return f.mean(dim=(2, 3))
+        w = inside.to(f.dtype)
+        return (f * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1)
 
     def _step(self, batch, stage: str):
         x, mask, y, _ = batch
@@ -136,7 +147,8 @@ class ProtoPNetModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        groups = [{"params": params, "lr": self.lr[name], "name": name,
+        groups = [{"params": params, "name": name,
+                   "lr": self.lr["pretrain"] if (name == "features" and self.phase == "pretrain") else self.lr[name],
                    "weight_decay": self.weight_decay if name in ("features", "add_on", "probe") else 0.0}
                   for name, params in self.groups().items()
                   if not (name == "last_layer" and self.last_layer_mode == "frozen")]

@@ -1,0 +1,68 @@
+"""train.py end to end, as a user runs it (a subprocess with Hydra overrides), at tiny size."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["data.synthetic.wells_per_condition=2", "data.synthetic.fields_per_well=2",
+        "data.synthetic.field_size=192", "data.synthetic.cells_per_field=12", "data.val_fraction=0.3",
+        "schedule.pretrain_epochs=1", "schedule.epochs=3", "schedule.warm_epochs=1", "schedule.push_every=2",
+        "schedule.push_start=2", "schedule.last_layer_epochs=1", "model.prototypes_per_class=2",
+        "explain=false", "trainer.enable_progress_bar=false", "threads=1"]
+
+
+def train(tmp_path, *overrides, check=True):
+    env = {**os.environ, "PROTOCELL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *TINY, *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def test_train_writes_a_complete_run_folder(tmp_path):
+    train(tmp_path)
+    run = tmp_path / "run"
+    for name in ("config.yaml", ".hydra/config.yaml", "checkpoints/last.ckpt", "prototypes.pt", "metrics.csv",
+                 "metrics.json", "test_predictions.csv"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("well_label_accuracy", "well_label_auroc", "true_label_accuracy", "true_label_auroc"):
+        assert 0 <= metrics[key] <= 1
+    assert metrics["pushes"] == 2 and metrics["receptive_field"]["size"] == 46
+    rec = torch.load(run / "prototypes.pt", weights_only=True)
+    assert rec["format"] == "protocell-prototypes" and rec["vectors"].shape == (4, 64)
+    assert (rec["cell_id"] >= 0).all() and rec["class_names"] == ["Ref", "Exp"]
+    preds = pd.read_csv(run / "test_predictions.csv")
+    manifest = pd.read_csv(Path(rec["store"]) / "manifest.csv")
+    # predictions cover the test cells exactly once, and no test image was trained on
+    assert preds["cell_id"].is_unique
+    train_cells = set(rec["cell_id"].tolist())
+    assert not train_cells & set(preds["cell_id"])
+    test_images = set(manifest.set_index("cell_id").loc[preds["cell_id"], "image_id"])
+    assert not test_images & set(manifest.set_index("cell_id").loc[list(train_cells), "image_id"])
+    log = pd.read_csv(run / "metrics.csv")
+    assert set(log["phase"].dropna().astype(int)) == {0, 1, 2, 3}      # pretrain, warm, joint, last layer
+
+
+@pytest.mark.parametrize("override,message", [
+    ("backbone=alexnet", "Could not find 'backbone/alexnet'"),
+    ("mask=maybe", "Could not find 'mask/maybe'"),
+    ("schedule.epochs=0", "schedule.epochs=0 is invalid"),
+    ("data.test_fraction=1.5", "data.test_fraction=1.5 is invalid"),
+    ("model.prototypes_per_class=0", "model.prototypes_per_class=0 is invalid"),
+    ("loss.clst=-1", "loss.clst=-1 is invalid"),
+    ("last_layer.mode=sometimes", "last_layer.mode='sometimes' is invalid"),
+])
+def test_bad_config_values_are_refused_before_any_work(tmp_path, override, message):
+    proc = train(tmp_path, override, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "cache").exists()          # nothing generated, nothing trained

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import tifffile
+
+from protocell.data.datamodule import CellDataModule, split_by_image
+from protocell.data.store import CropStore, StoreError
+from protocell.data.synthetic import WellSpec, build_store, crop_cell, render_field, write_fields
+
+
+def test_generator_is_deterministic_and_cached(tmp_path):
+    spec = WellSpec(wells_per_condition=1, fields_per_well=1, field_size=160, cells_per_field=6, seed=5)
+    a = build_store(tmp_path / "a", spec)
+    b = build_store(tmp_path / "b", spec)
+    sa, sb = CropStore(a), CropStore(b)
+    assert len(sa) == len(sb) > 0
+    for i in range(len(sa)):
+        assert np.array_equal(sa.crop(i), sb.crop(i)) and np.array_equal(sa.mask(i), sb.mask(i))
+    mtime = (a / "store.json").stat().st_mtime
+    assert build_store(tmp_path / "a", spec) == a and (a / "store.json").stat().st_mtime == mtime
+    other = build_store(tmp_path / "a", WellSpec(**{**spec.__dict__, "seed": 6}))
+    assert other != a
+
+
+def test_true_labels_and_masks_line_up_with_the_pixels():
+    spec = WellSpec(field_size=256, cells_per_field=20, affected_fraction={"Ref": 0.0, "Exp": 1.0})
+    rng = np.random.default_rng(0)
+    img, labels, texture, cells = render_field(rng, spec, "Exp", 1.0)
+    assert len(cells) >= 5 and img.dtype == np.uint16 and img.shape == (2, 256, 256)
+    for c in cells:
+        body = labels == c["label_id"]
+        assert c["true_label"] == 1
+        tex = (texture > 0) & body
+        assert tex.sum() > 20                      # every affected cell carries its change
+        cy, cx = np.nonzero(body)
+        assert abs(cy.mean() - c["centroid_y"]) < 1e-6
+    _, labels_ref, texture_ref, cells_ref = render_field(np.random.default_rng(1), spec, "Ref", 1.0)
+    assert texture_ref.sum() == 0 and all(c["true_label"] == 0 for c in cells_ref)
+    # the crop's mask is exactly this cell's pixels
+    c = cells[0]
+    crop, mask, (y0, x0, y1, x1) = crop_cell(img, labels, c["label_id"], c["centroid_y"], c["centroid_x"], 64)
+    assert mask.sum() == (labels == c["label_id"]).sum() and crop.shape == (2, 64, 64)
+
+
+def test_planted_change_is_exactly_where_its_mask_says():
+    """Same cell drawn twice from one seed, with and without the change: the pixels differ only
+    inside the texture mask (noise-free rendering, before optics and noise)."""
+    from protocell.data.synthetic import _render_cell
+
+    p = {"isolated_puncta": 2.0, "cluster_radius": 5.0}
+    for seed in range(5):
+        a, _, body, tex = _render_cell(np.random.default_rng(seed), 18.0, True, p)
+        b, _, body_b, tex_b = _render_cell(np.random.default_rng(seed), 18.0, False, p)
+        diff = a - b
+        assert np.array_equal(body, body_b) and not tex_b.any()
+        assert diff[~tex].max() < 0.01 * diff.max()        # outside: at most the 3-sigma tail of a punctum
+        assert diff[tex].max() > 0.3                       # bright puncta inside it
+        assert tex.sum() < 0.35 * body.sum()               # local: a part of the cytoplasm
+
+
+def test_write_fields_writes_tiffs_with_ground_truth(tmp_path):
+    out = write_fields(tmp_path, WellSpec(wells_per_condition=1, fields_per_well=1, field_size=128,
+                                          cells_per_field=4, seed=2))
+    img = tifffile.imread(out / "fields" / "plate1_A01_f0.tif")
+    lab = tifffile.imread(out / "fields" / "plate1_A01_f0.labels.tif")
+    assert img.shape == (2, 128, 128) and lab.shape == (128, 128) and lab.max() >= 1
+    plate = (out / "plate_map.csv").read_text().splitlines()
+    assert plate[0] == "image,plate,well,field,condition" and len(plate) == 3
+
+
+def test_split_keeps_each_image_and_well_in_one_split(tiny_store):
+    m = CropStore(tiny_store).manifest
+    for unit, key in (("image", "image_id"), ("well", "well")):
+        s = split_by_image(m, 0.5, 0.3, seed=0, unit=unit)
+        per = m.assign(split=s).groupby(key)["split"].nunique()
+        assert (per == 1).all()
+        assert {"train", "test"} <= set(s)
+    with pytest.raises(StoreError, match="split_by"):
+        split_by_image(m, 0.5, 0.3, 0, unit="plate")
+
+
+def test_datamodule_items_zeroed_background_and_channel_selection(tiny_store):
+    dm = CellDataModule(tiny_store, crop_size=48, zero_background=True, channels=["actin"], seed=0)
+    dm.setup()
+    x, m, y, cid = dm.dataset("train")[0]
+    assert x.shape == (1, 48, 48) and m.shape == (1, 48, 48)
+    assert (x[m.expand_as(x) == 0] == 0).all()
+    with pytest.raises(StoreError, match="dapi"):
+        CellDataModule(tiny_store, channels=["dapi"]).setup()
+
+
+def test_missing_store_names_the_fix(tmp_path):
+    with pytest.raises(StoreError, match="prepare.py"):
+        CropStore(tmp_path)
