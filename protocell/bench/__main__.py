@@ -1,0 +1,217 @@
+"""``make bench``: speed and memory of every stage, written to outputs/bench/bench.{json,md}.
+
+Ratios are taken within one run (the machines here are noisy); each figure is the median over
+repeats; threads are set explicitly. ``python -m protocell.bench --quick`` is a smaller pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "outputs" / "bench"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "cuda": torch.cuda.is_available()}
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _module(backbone: str, crop: int, width: float = 0.125, max_rf=46):
+    from protocell.model.backbones import build_backbone
+    from protocell.model.module import ProtoPNetModule
+    from protocell.model.protopnet import ProtoPNet
+
+    b = build_backbone(backbone, 2, width=width, max_rf=max_rf)
+    net = ProtoPNet(b, 2, prototypes_per_class=10, prototype_dim=64)
+    return ProtoPNetModule(net)
+
+
+def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -> dict:
+    """protocell's training step per phase vs the bare backbone's forward + backward."""
+    torch.manual_seed(0)
+    module = _module(backbone, crop, **kw)
+    x = torch.rand(batch, 2, crop, crop)
+    mask = torch.zeros(batch, 1, crop, crop)
+    mask[:, :, crop // 8: -crop // 8, crop // 8: -crop // 8] = 1
+    y = torch.arange(batch) % 2
+    batch_t = (x, mask, y, torch.arange(batch))
+    opt = torch.optim.Adam(module.parameters(), 1e-4)
+    module.log = module.log_dict = lambda *a, **k: None    # Lightning logging is not what we measure
+
+    bare = module.net.features
+    head = nn.Conv2d(module.probe.in_channels, 2, 1)
+    bare_opt = torch.optim.Adam(list(bare.parameters()) + list(head.parameters()), 1e-4)
+
+    def bare_step():
+        for p in bare.parameters():
+            p.requires_grad_(True)
+        bare.train()
+        out = head(bare(x)).mean((2, 3))
+        loss = F.cross_entropy(out, y)
+        bare_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        bare_opt.step()
+
+    def phase_step(phase):
+        def step():
+            module.set_phase(phase)
+            module.train()
+            loss = module.training_step(batch_t, 0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    t_bare = timed(bare_step, repeats)
+    res = {"backbone": backbone, "crop": crop, "batch": batch, "bare_cells_per_s": batch / t_bare}
+    for phase in ("joint", "warm", "last_layer", "pretrain"):
+        t = timed(phase_step(phase), repeats)
+        res[f"{phase}_cells_per_s"] = batch / t
+    res["joint_over_bare"] = res["joint_cells_per_s"] / res["bare_cells_per_s"]
+    # share of a joint step spent in the prototype layer, losses and masking
+    with torch.no_grad():
+        module.eval()
+        z = module.net.latent(x)
+
+    def head_only():
+        zz = z.detach().requires_grad_(True)
+        d = module.net.distances(zz, mask)
+        min_d = d.flatten(2).amin(2)
+        from protocell.model.losses import protopnet_loss
+        from protocell.model.prototypes import log_similarity
+        logits = module.net.last_layer(log_similarity(min_d))
+        protopnet_loss(logits, min_d, y, module.net.prototype_class, module.net.last_layer.weight,
+                       0.8, 0.08, 1e-4)["loss"].backward()
+
+    res["prototype_head_share_of_joint_step"] = timed(head_only, repeats) / (batch / res["joint_cells_per_s"])
+    return res
+
+
+def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
+    from protocell.data.datamodule import CellDataModule
+    from protocell.data.synthetic import WellSpec, build_store
+    from protocell.training.push import find_nearest_patches
+
+    store = build_store(ROOT / "outputs" / "cache", WellSpec(wells_per_condition=n_wells, fields_per_well=4))
+    dm = CellDataModule(store, zero_background=True, batch_size=64, eval_batch_size=256)
+    dm.setup()
+    module = _module("vgg11_narrow", 64)
+    net = module.net.eval()
+    n_push = len(dm.rows["push"])
+
+    def data_pass():
+        for _ in dm.train_dataloader():
+            pass
+
+    def inference():
+        with torch.no_grad():
+            for x, m, y, c in dm.push_dataloader():
+                net(x, m)
+
+    def push():
+        find_nearest_patches(net, dm.push_dataloader())
+
+    t_data = timed(data_pass, repeats, warmup=1)
+    t_inf = timed(inference, repeats)
+    t_push = timed(push, repeats)
+    return {"cells_train": len(dm.rows["train"]), "cells_push": n_push,
+            "data_path_cells_per_s": len(dm.rows["train"]) / t_data,
+            "inference_cells_per_s": n_push / t_inf, "push_seconds": t_push, "push_over_inference": t_push / t_inf}
+
+
+def push_peak_rss(n_wells: int) -> float:
+    """Peak RSS (MB) of a fresh process that builds the store and runs one push."""
+    code = (f"import resource, torch; torch.set_num_threads({torch.get_num_threads()});"
+            f"from protocell.bench.__main__ import bench_data_push_inference as b; b({n_wells}, 1);"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_make_run() -> dict:
+    run_dir = OUT / "make_run"
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "train.py", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false",
+                    f"threads={torch.get_num_threads()}"], cwd=ROOT, check=True, capture_output=True)
+    wall = time.perf_counter() - t
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return {"wall_seconds": wall, "true_label_accuracy": m.get("true_label_accuracy"),
+            "true_label_auroc": m.get("true_label_auroc"), "well_label_accuracy": m.get("well_label_accuracy")}
+
+
+def table(results: dict) -> str:
+    lines = [f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+             f"{results['machine']['threads']} threads, torch {results['machine']['torch']}", "",
+             "| stage | figure | value |", "|---|---|---|"]
+    for section, vals in results.items():
+        if section == "machine" or not isinstance(vals, dict):
+            continue
+        for k, v in vals.items():
+            if isinstance(v, float):
+                v = f"{v:.3g}"
+            lines.append(f"| {section} | {k} | {v} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, no full VGG-11, no make run")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    reps = 3 if args.quick else 7
+    results = {"machine": machine()}
+    results["train_default"] = bench_train_step("vgg11_narrow", 64, 64, reps)
+    if not args.quick:
+        results["train_vgg11_128px"] = bench_train_step("vgg11", 128, 32, 3, width=1.0, max_rf=None)
+    results["data_push_inference"] = bench_data_push_inference(4 if args.quick else 8, 2 if args.quick else 3)
+    results["push_memory"] = {"peak_rss_mb_small": push_peak_rss(2), "peak_rss_mb_large": push_peak_rss(8)}
+    try:
+        from protocell.bench.prepare_bench import run as prepare_run
+        results["prepare"] = prepare_run(quick=args.quick)
+    except ImportError:
+        pass
+    if not args.quick:
+        results["make_run"] = bench_make_run()
+    (OUT / "bench.json").write_text(json.dumps(results, indent=2))
+    (OUT / "bench.md").write_text(table(results))
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
