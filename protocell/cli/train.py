@@ -4,7 +4,10 @@ evaluate, and leave a complete run folder:
     .hydra/config.yaml        resolved config (Hydra)     config.yaml   the same, resolved
     checkpoints/last.ckpt     Lightning checkpoint         prototypes.pt vectors + push provenance
     metrics.csv               per-epoch logs (CSV logger)  metrics.json  test metrics
-    test_predictions.csv      per test cell: ids, labels, scores, min distances
+    test_predictions.csv      per test cell: ids, labels, scores, calibrated call, min distances
+
+Cell calls: the Exp score is Platt-calibrated on the *validation* cells' well labels (no ground
+truth involved), and a cell is called Exp when its calibrated well-label posterior exceeds 0.5.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from protocell.data.synthetic import WellSpec, build_store
-from protocell.metrics.ground_truth import cell_metrics
+from protocell.metrics.ground_truth import cell_metrics, platt_apply, platt_fit
 from protocell.model.backbones import BACKBONES
 from protocell.model.module import LAST_LAYER_MODES, ProtoPNetModule
 from protocell.training.phases import PhaseCallback, build_plan
@@ -129,13 +132,25 @@ def run(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
     train_seconds = time.time() - t_start
 
-    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    trainer.test(module, datamodule=dm, verbose=False)
     preds = trainer.predict(module, dataloaders=dm.predict_dataloader())
-    metrics = {"test_well_label_accuracy_batch": test.get("test/acc")}
+    val_preds = trainer.predict(module, dataloaders=dm.val_dataloader()) if len(dm.rows["val"]) else []
+    metrics = {}
     if trainer.is_global_zero:
         df = predictions_frame(preds, dm.store.manifest, dm.class_names)
+        pos = len(dm.class_names) - 1
+        calibration = None
+        if val_preds:
+            val = predictions_frame(val_preds, dm.store.manifest, dm.class_names)
+            a, b = platt_fit(val["score"].to_numpy(), (val["label"] == pos).to_numpy())
+            calibration = {"method": "platt on validation well labels", "a": a, "b": b, "n_cells": len(val)}
+            df["calibrated"] = platt_apply(df["score"].to_numpy(), a, b)
+            df["call"] = (df["calibrated"] > 0.5).astype(int)
+        else:
+            log.warning("no validation cells (data.val_fraction=0): cell calls are the raw argmax")
         df.to_csv(out_dir / "test_predictions.csv", index=False)
-        metrics = {**cell_metrics(df, positive=len(dm.class_names) - 1), "train_seconds": round(train_seconds, 1),
+        metrics = {**cell_metrics(df, positive=pos), "calibration": calibration,
+                   "train_seconds": round(train_seconds, 1),
                    "epochs": len(plan), "pushes": int(module.net.pushes), "receptive_field": module.net.rf.as_dict(),
                    "backbone": cfg.backbone.name, "mask": OmegaConf.to_container(cfg.mask),
                    "last_layer": cfg.last_layer.mode, "seed": cfg.seed}

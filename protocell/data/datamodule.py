@@ -75,8 +75,8 @@ class CellDataModule(L.LightningDataModule):
         self.channel_names = channels
         self.zero_background = zero_background
         self.augment = augment
-        if normalize not in ("dataset", "none"):
-            raise StoreError(f"data.normalize must be 'dataset' or 'none', got '{normalize}'")
+        if normalize not in ("dataset", "cell", "none"):
+            raise StoreError(f"data.normalize must be 'dataset', 'cell' or 'none', got '{normalize}'")
         self.normalize = normalize
         self.test_fraction, self.val_fraction = test_fraction, val_fraction
         self.batch_size = batch_size
@@ -130,7 +130,8 @@ class CellDataModule(L.LightningDataModule):
     def dataset(self, split: str, augment: bool = False) -> CellDataset:
         self.setup()
         return CellDataset(self.store, self.rows[split], self.channel_index, self.crop_size,
-                           self.norm_lo, self.norm_hi, self.zero_background, augment, self.seed)
+                           self.norm_lo, self.norm_hi, self.zero_background, augment, self.seed,
+                           per_cell=self.normalize == "cell")
 
     # --------------------------------------------------------------------- loaders
     def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:

@@ -1,8 +1,10 @@
 """``CellDataset``: crops of a crop store as tensors.
 
 Item ``i`` → ``(image (C, S, S) float32, mask (1, S, S) float32, label int64, cell_id int64)``
-where S = ``crop_size``. Steps, in order: channel selection, per-channel normalisation with fixed
-(lo, hi) per channel (``(x − lo) / (hi − lo)``, computed once on training crops), optional
+where S = ``crop_size``. Steps, in order: channel selection, per-channel normalisation
+``(x − lo) / (hi − lo)`` with (lo, hi) either fixed per channel (``dataset``: 1st / 99.8th
+percentiles of training crops) or per cell (``cell``: the same percentiles of this cell's own
+pixels, which removes per-well and per-image gain and offset — batch effects — from the cells), optional
 resize, optional zeroing of the background (pixels outside this cell's mask), optional random
 flips / 90° rotations (training only; image and mask together).
 """
@@ -20,7 +22,7 @@ from protocell.data.store import CropStore
 class CellDataset(Dataset):
     def __init__(self, store: CropStore, rows: np.ndarray, channels: list[int], crop_size: int,
                  norm_lo: np.ndarray, norm_hi: np.ndarray, zero_background: bool = False,
-                 augment: bool = False, seed: int = 0):
+                 augment: bool = False, seed: int = 0, per_cell: bool = False):
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.channels = list(channels)
@@ -29,6 +31,7 @@ class CellDataset(Dataset):
         self.scale = 1.0 / torch.as_tensor(np.maximum(norm_hi - norm_lo, 1e-6), dtype=torch.float32).view(-1, 1, 1)
         self.zero_background = zero_background
         self.augment = augment
+        self.per_cell = per_cell
         self.labels = store.manifest["label"].to_numpy()[self.rows].astype(np.int64)
         self.cell_ids = store.manifest["cell_id"].to_numpy()[self.rows].astype(np.int64)
 
@@ -39,7 +42,12 @@ class CellDataset(Dataset):
         r = int(self.rows[i])
         crop = torch.from_numpy(self.store.crop(r)[self.channels].astype(np.float32))
         mask = torch.from_numpy(self.store.mask(r).astype(np.float32))[None]
-        image = (crop - self.lo) * self.scale
+        if self.per_cell:
+            inside = crop[:, mask[0] > 0] if mask.sum() > 0 else crop.flatten(1)
+            q = torch.quantile(inside, torch.tensor([0.01, 0.998]), dim=1)       # (2, C)
+            image = (crop - q[0].view(-1, 1, 1)) / (q[1] - q[0]).clamp_min(1e-6).view(-1, 1, 1)
+        else:
+            image = (crop - self.lo) * self.scale
         if image.shape[-1] != self.crop_size:
             image = F.interpolate(image[None], size=self.crop_size, mode="bilinear", align_corners=False,
                                   antialias=True)[0]

@@ -91,3 +91,24 @@ def test_datamodule_items_zeroed_background_and_channel_selection(tiny_store):
 def test_missing_store_names_the_fix(tmp_path):
     with pytest.raises(StoreError, match="prepare.py"):
         CropStore(tmp_path)
+
+
+def test_platt_calibration_recovers_a_known_posterior_and_metrics_use_the_call():
+    import pandas as pd
+
+    from protocell.metrics.ground_truth import cell_metrics, platt_apply, platt_fit
+
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0.05, 0.95, 20000)
+    a_true, b_true = 1.7, -0.6
+    p = 1 / (1 + np.exp(-(a_true * np.log(s / (1 - s)) + b_true)))
+    y = rng.random(len(s)) < p
+    a, b = platt_fit(s, y)
+    assert abs(a - a_true) < 0.1 and abs(b - b_true) < 0.1
+    assert np.allclose(platt_apply(np.array([0.5]), a, b), 1 / (1 + np.exp(-b)))
+    df = pd.DataFrame({"label": [1, 1, 0, 0], "pred": [1, 1, 1, 0], "score": [0.9, 0.6, 0.55, 0.1],
+                       "true_label": [1, 0, 0, 0], "call": [1, 0, 0, 0]})
+    m = cell_metrics(df)
+    assert m["true_label_accuracy"] == 1.0 and m["true_label_accuracy_argmax"] == 0.5
+    assert m["well_label_accuracy"] == 0.75 and m["well_label_accuracy_argmax"] == 0.75
+    assert m["true_label_auroc"] == 1.0
