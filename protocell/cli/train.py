@@ -87,9 +87,17 @@ def build_module(cfg: DictConfig, in_channels: int, class_names: list[str]) -> P
     backbone = instantiate(cfg.backbone, in_channels=in_channels)
     # _partial_: Hydra would turn the Backbone dataclass into a config node if passed to instantiate
     net = instantiate(cfg.model, _partial_=True)(backbone=backbone, num_classes=len(class_names))
-    return ProtoPNetModule(net, last_layer=cfg.last_layer.mode, lr=dict(cfg.optim.lr),
-                           weight_decay=cfg.optim.weight_decay, lr_step_epochs=cfg.optim.lr_step_epochs,
-                           lr_gamma=cfg.optim.lr_gamma, class_names=class_names, **cfg.loss)
+    perf = cfg.get("performance", {})
+    module = ProtoPNetModule(net, last_layer=cfg.last_layer.mode, lr=dict(cfg.optim.lr),
+                             weight_decay=cfg.optim.weight_decay, lr_step_epochs=cfg.optim.lr_step_epochs,
+                             lr_gamma=cfg.optim.lr_gamma, class_names=class_names,
+                             channels_last=bool(perf.get("channels_last", False)), **cfg.loss)
+    if perf.get("channels_last"):
+        module.to(memory_format=torch.channels_last)
+    if perf.get("compile"):
+        # the backbone is where the time goes; the prototype head is small and shape-dynamic
+        module.net.features = torch.compile(module.net.features, backend=perf.get("compile_backend", "inductor"))
+    return module
 
 
 def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:

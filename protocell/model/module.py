@@ -29,7 +29,7 @@ class ProtoPNetModule(L.LightningModule):
     def __init__(self, net: ProtoPNet, last_layer: str = "trained", lr: dict | None = None,
                  weight_decay: float = 1e-3, lr_step_epochs: int = 0, lr_gamma: float = 0.1,
                  clst: float = 0.8, sep: float = 0.08, l1: float = 1e-4, ramp_epochs: int = 0,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None, channels_last: bool = False):
         super().__init__()
         if last_layer not in LAST_LAYER_MODES:
             raise ValueError(f"last_layer must be one of {LAST_LAYER_MODES}, got '{last_layer}'")
@@ -48,6 +48,8 @@ class ProtoPNetModule(L.LightningModule):
         self.ramp_epochs = ramp_epochs
         self.class_names = class_names or [str(k) for k in range(net.num_classes)]
         self.phase = "joint"
+        # NHWC tensors: faster convolutions on GPUs with tensor cores (cuDNN), neutral on CPU
+        self.channels_last = channels_last
         self.probe = torch.nn.Conv2d(net.add_on[0].in_channels, net.num_classes, 1)
         if last_layer == "frozen":
             net.last_layer.weight.requires_grad_(False)
@@ -90,6 +92,12 @@ class ProtoPNetModule(L.LightningModule):
         return self
 
     # ------------------------------------------------------------------ steps
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        if self.channels_last:
+            x, mask, *rest = batch
+            batch = (x.contiguous(memory_format=torch.channels_last), mask, *rest)
+        return batch
+
     def probe_logits(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Pretrain head: (B, K) logits, the mean over in-cell latent units of a 1×1 conv.
 
@@ -139,8 +147,9 @@ class ProtoPNetModule(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         x, mask, y, cell_id = batch
         out = self.net(x, mask)
-        return {"cell_id": cell_id, "label": y, "probs": F.softmax(out["logits"], 1),
-                "min_distances": out["min_distances"]}
+        # float32 on the way out: under bf16-mixed the outputs are bfloat16, which numpy cannot hold
+        return {"cell_id": cell_id, "label": y, "probs": F.softmax(out["logits"].float(), 1),
+                "min_distances": out["min_distances"].float()}
 
     def on_train_epoch_start(self):
         self.log("phase", float(PHASES.index(self.phase)), on_step=False, on_epoch=True)
