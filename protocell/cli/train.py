@@ -151,9 +151,14 @@ def run(cfg: DictConfig) -> dict:
         if val_preds:
             val = predictions_frame(val_preds, dm.store.manifest, dm.class_names)
             a, b = platt_fit(val["score"].to_numpy(), (val["label"] == pos).to_numpy())
-            calibration = {"method": "platt on validation well labels", "a": a, "b": b, "n_cells": len(val)}
-            df["calibrated"] = platt_apply(df["score"].to_numpy(), a, b)
-            df["call"] = (df["calibrated"] > 0.5).astype(int)
+            calibration = {"method": "platt on validation well labels", "a": a, "b": b, "n_cells": len(val),
+                           "used": a > 0}
+            if a > 0:
+                df["calibrated"] = platt_apply(df["score"].to_numpy(), a, b)
+                df["call"] = (df["calibrated"] > 0.5).astype(int)
+            else:  # validation scores rank the wells backwards: a fit that would invert the calls
+                log.warning("calibration rejected (slope %.3g ≤ 0 on %d validation cells): cell calls are "
+                            "the raw argmax; more validation wells (data.val_fraction) make it usable", a, len(val))
         else:
             log.warning("no validation cells (data.val_fraction=0): cell calls are the raw argmax")
         df.to_csv(out_dir / "test_predictions.csv", index=False)
