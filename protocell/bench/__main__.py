@@ -49,6 +49,21 @@ def timed(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def timed_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median time of each function, measured round-robin so that drifting machine load hits all
+    of them alike (ratios between them are then meaningful on a noisy machine)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _module(backbone: str, crop: int, width: float = 0.125, max_rf=46):
     from protocell.model.backbones import build_backbone
     from protocell.model.module import ProtoPNetModule
@@ -85,21 +100,23 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
         loss.backward()
         bare_opt.step()
 
-    def phase_step(phase):
+    def step_in(phase):
         def step():
-            module.set_phase(phase)
-            module.train()
+            if module.phase != phase:    # a phase change happens once per epoch in training
+                module.set_phase(phase)
+                module.train()
             loss = module.training_step(batch_t, 0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         return step
 
-    t_bare = timed(bare_step, repeats)
-    res = {"backbone": backbone, "crop": crop, "batch": batch, "bare_cells_per_s": batch / t_bare}
-    for phase in ("joint", "warm", "last_layer", "pretrain"):
-        t = timed(phase_step(phase), repeats)
-        res[f"{phase}_cells_per_s"] = batch / t
+    phases = ("joint", "warm", "last_layer", "pretrain")
+    t = timed_interleaved({"bare": bare_step, **{p: step_in(p) for p in phases}}, repeats)
+    res = {"backbone": backbone, "crop": crop, "batch": batch, "bare_cells_per_s": batch / t["bare"]}
+    for phase in phases:
+        res[f"{phase}_cells_per_s"] = batch / t[phase]
+    module.set_phase("joint")
     res["joint_over_bare"] = res["joint_cells_per_s"] / res["bare_cells_per_s"]
     # share of a joint step spent in the prototype layer, losses and masking
     with torch.no_grad():

@@ -4,6 +4,7 @@ evaluate, and leave a complete run folder:
     .hydra/config.yaml        resolved config (Hydra)     config.yaml   the same, resolved
     checkpoints/last.ckpt     Lightning checkpoint         prototypes.pt vectors + push provenance
     metrics.csv               per-epoch logs (CSV logger)  metrics.json  test metrics
+    training_curves.png       losses, accuracy, push distance per epoch, phases shaded
     test_predictions.csv      per test cell: ids, labels, scores, calibrated call, min distances
 
 Cell calls: the Exp score is Platt-calibrated on the *validation* cells' well labels (no ground
@@ -30,6 +31,7 @@ from protocell.data.synthetic import WellSpec, build_store
 from protocell.metrics.ground_truth import cell_metrics, platt_apply, platt_fit
 from protocell.model.backbones import BACKBONES
 from protocell.model.module import LAST_LAYER_MODES, ProtoPNetModule
+from protocell.training.figures import plot_training_curves
 from protocell.training.phases import PhaseCallback, build_plan
 from protocell.training.push import PushCallback, prototype_record, save_prototypes
 
@@ -172,6 +174,8 @@ def run(cfg: DictConfig) -> dict:
                                   {**meta, "epoch": trainer.current_epoch, "global_step": trainer.global_step})
         save_prototypes(record, out_dir / "prototypes.pt")
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if (out_dir / "metrics.csv").exists():
+            plot_training_curves(out_dir / "metrics.csv", out_dir / "training_curves.png")
         log.info("test: %s", {k: v for k, v in metrics.items() if "accuracy" in k or "auroc" in k})
         if cfg.get("explain"):
             _explain(out_dir)

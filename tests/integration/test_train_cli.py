@@ -31,7 +31,7 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     train(tmp_path)
     run = tmp_path / "run"
     for name in ("config.yaml", ".hydra/config.yaml", "checkpoints/last.ckpt", "prototypes.pt", "metrics.csv",
-                 "metrics.json", "test_predictions.csv"):
+                 "metrics.json", "test_predictions.csv", "training_curves.png"):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("well_label_accuracy", "well_label_auroc", "true_label_accuracy", "true_label_auroc"):
