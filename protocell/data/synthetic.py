@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -286,8 +288,8 @@ def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> 
     store_dir = Path(root) / f"synthetic-{spec.key()}"
     if (store_dir / "store.json").exists():
         return store_dir
-    tmp_dir = store_dir.with_name(store_dir.name + ".partial")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    # a private folder per builder: parallel runs (Hydra multirun) may build the same store at once
+    tmp_dir = store_dir.with_name(f"{store_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     writer = CropStoreWriter(tmp_dir, CHANNELS, spec.crop_size, source="synthetic",
                              extra={"synthetic": asdict(spec), "conditions": CONDITIONS})
     next_id = 0
@@ -312,6 +314,10 @@ def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> 
             writer.write_shard(image_id, np.stack(crops), np.stack(masks), rows, texture=np.stack(texs))
     writer.finish()
     atomic_write_text(tmp_dir / "spec.json", json.dumps(asdict(spec), indent=2))
-    shutil.rmtree(store_dir, ignore_errors=True)
-    tmp_dir.rename(store_dir)
+    try:
+        tmp_dir.rename(store_dir)        # atomic; fails if another builder finished first
+    except OSError:
+        if not (store_dir / "store.json").exists():
+            raise
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return store_dir

@@ -112,3 +112,16 @@ def test_platt_calibration_recovers_a_known_posterior_and_metrics_use_the_call()
     assert m["true_label_accuracy"] == 1.0 and m["true_label_accuracy_argmax"] == 0.5
     assert m["well_label_accuracy"] == 0.75 and m["well_label_accuracy_argmax"] == 0.75
     assert m["true_label_auroc"] == 1.0
+
+
+def test_parallel_builders_of_one_store_do_not_collide(tmp_path):
+    """Hydra multiruns start several jobs that build the same synthetic store at once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    spec = WellSpec(wells_per_condition=2, fields_per_well=2, field_size=160, cells_per_field=8, seed=11)
+    with ProcessPoolExecutor(3) as pool:
+        paths = list(pool.map(build_store, [tmp_path] * 3, [spec] * 3))
+    assert len(set(paths)) == 1
+    store = CropStore(paths[0])
+    assert len(store) > 0 and store.crop(len(store) - 1).shape == (2, 64, 64)
+    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]   # no partial folders left
