@@ -1,0 +1,267 @@
+"""``explain_run(run_dir)``: figures, tables and report.html for a trained, pushed run.
+
+Reads only the run folder: ``config.yaml``, ``prototypes.pt`` (push provenance),
+``checkpoints/last.ckpt``, ``test_predictions.csv``, ``metrics.json``, and the crop store named in
+``prototypes.pt``. Writes ``explain/`` (PNG, CSV, ``explain_metrics.json``) and ``report.html``.
+
+Passes over data: one inference pass over the push set (the 20 nearest patches of each prototype,
+for mosaics and localisation); the prototypes' own boxes come from the stored provenance; the
+population statistics come from the test predictions train.py saved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from protocell.data.datamodule import CellDataModule
+from protocell.explain.boxes import boxes_overlap, percentile_box, upsample
+from protocell.explain.similarity import population_means, rank_differences, similarity_from_distance
+from protocell.model.prototypes import log_similarity
+from protocell.training.push import PROTOTYPES_FORMAT, PROTOTYPES_VERSION
+
+log = logging.getLogger("protocell.explain")
+N_NEAREST = 20
+
+
+class ExplainError(ValueError):
+    """A run folder explain cannot read; the message names the file and the fix."""
+
+
+@dataclass
+class Run:
+    dir: Path
+    cfg: object
+    record: dict
+    net: torch.nn.Module
+    dm: CellDataModule
+
+
+def load_run(run_dir: str | Path) -> Run:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExplainError(f"run folder {run_dir} does not exist; pass run=outputs/train/<date_time>")
+    proto_path, cfg_path, ckpt = run_dir / "prototypes.pt", run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    for p in (cfg_path, proto_path, ckpt):
+        if not p.exists():
+            raise ExplainError(f"{p} is missing: {run_dir} is not a finished protocell training run "
+                               "(train.py writes it; a run killed before its first push has no prototypes.pt)")
+    record = torch.load(proto_path, weights_only=True)
+    if record.get("format") != PROTOTYPES_FORMAT or int(record.get("version", -1)) != PROTOTYPES_VERSION:
+        raise ExplainError(f"{proto_path} is format {record.get('format')} v{record.get('version')}, this protocell "
+                           f"reads {PROTOTYPES_FORMAT} v{PROTOTYPES_VERSION}: explain it with the version that trained it")
+    if int(record.get("pushes", 0)) < 1 or (record["cell_id"] < 0).any():
+        raise ExplainError(f"{proto_path}: the prototypes were never pushed, so they are not cell patches yet; "
+                           "train until the first push (schedule.push_every)")
+    cfg = OmegaConf.load(cfg_path)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg.pop("synthetic", None)
+    data_cfg["path"] = record["store"]
+    dm = instantiate(data_cfg)
+    dm.setup()
+    backbone = instantiate(cfg.backbone, in_channels=dm.in_channels)
+    net = instantiate(cfg.model, _partial_=True)(backbone=backbone, num_classes=len(record["class_names"]))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+    net.eval()
+    return Run(run_dir, cfg, record, net, dm)
+
+
+@torch.no_grad()
+def nearest_patches(run: Run, k: int = N_NEAREST) -> dict:
+    """For every prototype, the k push-set cells whose best in-cell patch is nearest to it (one
+    patch per cell, at the cell's max activation): cell ids, latent positions, distances."""
+    net, P = run.net, run.net.prototypes.shape[0]
+    dists, ids, yx = [], [], []
+    for x, mask, y, cid in tqdm(run.dm.push_dataloader(), desc="nearest patches", leave=False):
+        d = net.distances(net.latent(x), mask)                                 # (B, P, H, W) masked
+        B, _, H, W = d.shape
+        v, i = d.flatten(2).min(2)                                             # (B, P)
+        dists.append(v)
+        ids.append(cid[:, None].expand(B, P))
+        yx.append(torch.stack([i // W, i % W], -1))                            # (B, P, 2)
+    dists, ids, yx = torch.cat(dists), torch.cat(ids), torch.cat(yx)
+    order = dists.argsort(0)[:k]                                               # (k, P)
+    ar = torch.arange(P)
+    return {"distance": dists[order, ar], "cell_id": ids[order, ar], "latent_yx": yx[order, ar]}
+
+
+def _crop(run: Run, cell_id: int):
+    row = int(run.dm.store.manifest.index[run.dm.store.manifest["cell_id"] == cell_id][0])
+    ds = run.dm.dataset("push") if row in set(run.dm.rows["push"]) else run.dm.dataset("test")
+    ds.rows, ds.labels, ds.cell_ids = np.array([row]), ds.labels[:1], ds.cell_ids[:1]
+    x, m, _, _ = ds[0]
+    return row, x, m
+
+
+def _where(run: Run, row: int) -> str:
+    r = run.dm.store.manifest.iloc[row]
+    return (f"{r['condition']} · image {r['image_id']} · well {r['well']} · field {r['field']} · cell {r['cell_id']}"
+            f" · centre (y={r['centroid_y']:.0f}, x={r['centroid_x']:.0f})")
+
+
+def render_prototype(run: Run, j: int, out: Path) -> dict:
+    """Figure 1: the prototype's source crop, RF box at max activation vs the 95th-percentile box."""
+    import matplotlib.pyplot as plt
+
+    rec, net = run.record, run.net
+    row, x, m = _crop(run, int(rec["cell_id"][j]))
+    with torch.no_grad():
+        d = net.distances(net.latent(x[None]), m[None])[0, j]
+    sim = log_similarity(d).numpy()
+    S = x.shape[-1]
+    up = upsample(sim, S)
+    rf_box = [int(v) for v in rec["box_clipped"][j]]
+    pct_box = percentile_box(up)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
+    for ax, box, title in ((axes[0], rf_box, f"receptive-field box ({int(rec['rf']['size'])} px)"),
+                           (axes[1], pct_box, "95th-percentile box (ProtoPNet)")):
+        ax.imshow(x[0], cmap="gray")
+        if ax is axes[1]:
+            ax.imshow(up, cmap="jet", alpha=0.35)
+        ax.contour(m[0], [0.5], colors="lime", linewidths=0.8)
+        y0, x0, y1, x1 = box
+        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.5))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    cls = rec["class_names"][int(rec["prototype_class"][j])]
+    fig.suptitle(f"prototype {j} (class {cls})\n{_where(run, row)}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return {"prototype": j, "rf_box": rf_box, "percentile_box": list(pct_box), "row": row}
+
+
+def render_mosaic(run: Run, j: int, near: dict, out: Path) -> list[int]:
+    """Figure 2: the 20 nearest training patches (RF-sized, around each cell's max activation)."""
+    import matplotlib.pyplot as plt
+
+    rf = run.net.rf
+    k = near["cell_id"].shape[0]
+    cols = 5
+    fig, axes = plt.subplots((k + cols - 1) // cols, cols, figsize=(cols * 1.6, ((k + cols - 1) // cols) * 1.8))
+    rows = []
+    for i, ax in enumerate(np.atleast_1d(axes).flat):
+        ax.axis("off")
+        if i >= k:
+            continue
+        row, x, m = _crop(run, int(near["cell_id"][i, j]))
+        rows.append(row)
+        y0, x0, y1, x1 = rf.box(int(near["latent_yx"][i, j, 0]), int(near["latent_yx"][i, j, 1]), clip=x.shape[-1])
+        ax.imshow(x[0, y0:y1, x0:x1], cmap="gray")
+        ax.contour(m[0, y0:y1, x0:x1], [0.5], colors="lime", linewidths=0.5)
+        cond = run.dm.store.manifest.iloc[row]["condition"]
+        ax.set_title(f"{cond} d={float(near['distance'][i, j]):.2f}", fontsize=7)
+    fig.suptitle(f"prototype {j}: {k} nearest training patches (nearest first)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return rows
+
+
+def localisation(run: Run, near: dict) -> dict:
+    """Ground-truth checks on data with planted-change masks: for each prototype of the exposed
+    class, the share of its nearest patches whose RF box overlaps the planted texture; and the share
+    of all prototypes whose source patch (max activation) lies in background."""
+    store, rec, rf = run.dm.store, run.record, run.net.rf
+    manifest = store.manifest.reset_index(drop=True)
+    row_of = dict(zip(manifest["cell_id"], manifest.index))
+    S = store.crop_size
+    out = {}
+    if store.has_texture:
+        exp_class = len(rec["class_names"]) - 1
+        shares = {}
+        for j in np.flatnonzero(rec["prototype_class"].numpy() == exp_class):
+            hits = []
+            for i in range(near["cell_id"].shape[0]):
+                tex = store.texture(row_of[int(near["cell_id"][i, j])])
+                ty, tx = np.nonzero(tex)
+                if len(ty) == 0:
+                    hits.append(False)
+                    continue
+                box = rf.box(int(near["latent_yx"][i, j, 0]), int(near["latent_yx"][i, j, 1]), clip=S)
+                hits.append(boxes_overlap(box, (ty.min(), tx.min(), ty.max() + 1, tx.max() + 1)))
+            shares[int(j)] = float(np.mean(hits))
+        out["exp_prototype_texture_share"] = shares
+        out["exp_prototype_texture_share_mean"] = float(np.mean(list(shares.values()))) if shares else None
+    from protocell.model.prototypes import latent_inside
+    H, W = rec["latent_size"]
+    in_bg = []
+    for j in range(len(rec["cell_id"])):
+        mask = torch.tensor(store.mask(row_of[int(rec["cell_id"][j])]), dtype=torch.float32)[None, None]
+        if mask.shape[-1] != run.dm.crop_size:
+            mask = torch.nn.functional.interpolate(mask, size=run.dm.crop_size, mode="nearest")
+        inside = latent_inside(mask, (H, W))[0, 0]
+        yy, xx = (int(v) for v in rec["latent_yx"][j])
+        in_bg.append(not bool(inside[yy, xx]))
+    out["background_prototype_share"] = float(np.mean(in_bg))
+    return out
+
+
+def explain_run(run_dir: str | Path, n_boot: int = 1000) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = load_run(run_dir)
+    out = run.dir / "explain"
+    (out / "prototypes").mkdir(parents=True, exist_ok=True)
+    (out / "mosaics").mkdir(exist_ok=True)
+    rec = run.record
+    P = len(rec["cell_id"])
+    near = nearest_patches(run)
+    protos = []
+    for j in tqdm(range(P), desc="prototypes", leave=False):
+        info = render_prototype(run, j, out / "prototypes" / f"prototype_{j:02d}.png")
+        render_mosaic(run, j, near, out / "mosaics" / f"mosaic_{j:02d}.png")
+        protos.append(info)
+
+    preds = pd.read_csv(run.dir / "test_predictions.csv", dtype={"well": str})
+    cols = [f"min_d_{j}" for j in range(P)]
+    sims = pd.DataFrame(similarity_from_distance(preds[cols].to_numpy()), columns=[f"p{j}" for j in range(P)])
+    cells = pd.concat([preds[["cell_id", "well", "condition"]], sims], axis=1)
+    ref, exp = rec["class_names"][0], rec["class_names"][-1]
+    names = list(sims.columns)
+    pop = population_means(cells, names, ref, exp, n_boot=n_boot)
+    pop.insert(1, "class", [rec["class_names"][int(c)] for c in rec["prototype_class"]])
+    pop.to_csv(out / "population_similarity.csv", index=False)
+    ranked = rank_differences(cells, names, ref, exp)
+    ranked.to_csv(out / "prototype_differences.csv", index=False)
+
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, P * 0.45), 6), sharex=True)
+    xs = np.arange(P)
+    for off, cond, colour in ((-0.2, ref, "tab:blue"), (0.2, exp, "tab:red")):
+        m = pop[f"mean_{cond}"].to_numpy()
+        err = np.stack([m - pop[f"ci_low_{cond}"], pop[f"ci_high_{cond}"] - m])
+        axes[0].bar(xs + off, m, 0.4, yerr=err, color=colour, label=cond, capsize=2)
+    axes[0].set_ylabel("mean max-similarity")
+    axes[0].legend(fontsize=8)
+    d = pop["difference"].to_numpy()
+    axes[1].bar(xs, d, 0.6, yerr=np.stack([d - pop["diff_ci_low"], pop["diff_ci_high"] - d]),
+                color=["tab:red" if v > 0 else "tab:blue" for v in d], capsize=2)
+    axes[1].axhline(0, color="k", lw=0.5)
+    axes[1].set_ylabel(f"{exp} − {ref}")
+    axes[1].set_xticks(xs, [f"{j}\n{pop['class'][j]}" for j in range(P)], fontsize=7)
+    fig.suptitle("prototype similarity by population (test cells; 95 % CI: bootstrap over wells)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "population_similarity.png", dpi=80)
+    plt.close(fig)
+
+    metrics = json.loads((run.dir / "metrics.json").read_text()) if (run.dir / "metrics.json").exists() else {}
+    em = {k: metrics.get(k) for k in ("true_label_accuracy", "true_label_auroc", "well_label_accuracy")}
+    em.update(localisation(run, near))
+    (out / "explain_metrics.json").write_text(json.dumps(em, indent=2))
+    from protocell.explain.report import write_report
+    write_report(run, protos, pop, ranked, em, metrics)
+    log.info("explain: %s", out)
+    return out

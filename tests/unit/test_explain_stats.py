@@ -1,0 +1,52 @@
+import numpy as np
+import pandas as pd
+
+from protocell.explain.boxes import boxes_overlap, percentile_box, upsample
+from protocell.explain.similarity import benjamini_hochberg, population_means, rank_differences
+
+
+def test_percentile_box_equals_direct_computation():
+    rng = np.random.default_rng(0)
+    up = upsample(rng.random((8, 8)), 64)
+    assert up.shape == (64, 64)
+    thr = np.percentile(up, 95)
+    ys, xs = np.nonzero(up >= thr)
+    assert percentile_box(up) == (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+    yy, xx = np.mgrid[0:64, 0:64]
+    peak = np.exp(-((yy - 12) ** 2 + (xx - 42) ** 2) / (2 * 3.0 ** 2))   # a smooth activation blob
+    y0, x0, y1, x1 = percentile_box(peak)
+    assert (y0 + y1 - 1) / 2 == 12 and (x0 + x1 - 1) / 2 == 42 and 4 < y1 - y0 < 20
+    assert boxes_overlap((0, 0, 5, 5), (4, 4, 9, 9)) and not boxes_overlap((0, 0, 5, 5), (5, 0, 9, 5))
+
+
+def _cells(seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cond, shift in (("Ref", 0.0), ("Exp", 0.5)):
+        for w in range(4):
+            well_effect = rng.normal(0, 0.1)
+            for _ in range(rng.integers(5, 15)):
+                rows.append({"well": f"{cond}{w}", "condition": cond,
+                             "p0": rng.normal(1 + shift + well_effect, 0.2), "p1": rng.normal(1, 0.2)})
+    return pd.DataFrame(rows)
+
+
+def test_population_means_equal_a_direct_loop_and_ci_brackets_them():
+    cells = _cells()
+    pop = population_means(cells, ["p0", "p1"], "Ref", "Exp", n_boot=300)
+    for j, name in enumerate(["p0", "p1"]):
+        for cond in ("Ref", "Exp"):
+            vals = [r[name] for _, r in cells.iterrows() if r["condition"] == cond]
+            assert np.isclose(pop.loc[j, f"mean_{cond}"], sum(vals) / len(vals))
+            assert pop.loc[j, f"ci_low_{cond}"] <= pop.loc[j, f"mean_{cond}"] <= pop.loc[j, f"ci_high_{cond}"]
+    assert pop.loc[0, "diff_ci_low"] > 0            # the planted difference is detected ...
+    assert pop.loc[1, "diff_ci_low"] < 0 < pop.loc[1, "diff_ci_high"]   # ... the null one is not
+
+
+def test_benjamini_hochberg_matches_hand_values_and_ranking_uses_wells():
+    q = benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.5]))
+    # sorted p 0.01, 0.03, 0.04, 0.5 → p·n/rank 0.04, 0.06, 0.0533, 0.5 → running min from the top
+    assert np.allclose(q, [0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    ranked = rank_differences(_cells(), ["p0", "p1"], "Ref", "Exp")
+    assert ranked.loc[0, "prototype"] == "p0" and ranked.loc[0, "n_wells_ref"] == 4
+    assert ranked.loc[0, "p_value"] < 0.05 and ranked.loc[0, "cohens_d"] > 1
