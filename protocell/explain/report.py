@@ -12,7 +12,8 @@ def _table(df: pd.DataFrame, digits: int = 3) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0, classes="t")
 
 
-def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFrame, em: dict, metrics: dict) -> None:
+def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFrame, em: dict, metrics: dict,
+                 health: pd.DataFrame | None = None, cells: list[int] | None = None) -> None:
     rec, cfg = run.record, run.cfg
     rf = rec["rf"]
     summary = {
@@ -29,6 +30,7 @@ def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFram
         f'<figcaption>prototype {p["prototype"]} · {html.escape(rec["class_names"][int(rec["prototype_class"][p["prototype"]])])}'
         f' · click for its 20 nearest patches</figcaption></figure>' for p in protos)
     loc = {k: v for k, v in em.items() if not isinstance(v, dict)}
+    loc.update({f"affected fraction {k}": v for k, v in em.get("affected_fraction", {}).items()})
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>protocell report · {html.escape(run.dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}} figure{{display:inline-block;margin:4px;width:360px}}
 img{{max-width:100%}} table.t{{border-collapse:collapse;font-size:12px}} table.t td,table.t th{{padding:2px 6px;border-bottom:1px solid #ddd}}</style>
@@ -45,6 +47,16 @@ error bars are 95 % confidence intervals from a bootstrap over wells.</p>
 <h2>Prototypes</h2><p>Each prototype's source cell: the receptive-field box centred on the maximum activation (left)
 and ProtoPNet's 95th-percentile box over the heat map (right); green: cell outline.</p>
 {grid}
+<h2>Cell scores and the affected fraction</h2>
+<p>Exp score of every test cell per population. The affected fraction of the exposed population is estimated as
+1 − P<sub>Exp</sub>(s ≤ t) / P<sub>Ref</sub>(s ≤ t) with t the Ref median, assuming Ref cells are (nearly) all unaffected and
+affected cells score above the Ref median; 95 % CI from a bootstrap over wells.</p>
+<img src="explain/cell_scores.png" alt="cell scores">
+<h2>This looks like that: sample test cells</h2>
+{"".join(f'<figure style="width:560px"><img src="explain/cells/cell_{c}.png" alt="cell {c}"></figure>' for c in (cells or []))}
+<h2>Prototype health</h2><p>Flags: <b>duplicate</b> (same source patch or squared distance &lt; 1e-3),
+<b>on border</b> (most of its 20 nearest patches straddle the cell outline), <b>impure</b> (fewer than half of them from its own class).</p>
+{_table(health) if health is not None else ""}
 <h2>Ground truth checks</h2>{_table(pd.DataFrame(loc.items(), columns=["metric", "value"]))}
 </body></html>"""
     (run.dir / "report.html").write_text(page)

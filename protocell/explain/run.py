@@ -25,6 +25,8 @@ from tqdm import tqdm
 
 from protocell.data.datamodule import CellDataModule
 from protocell.explain.boxes import boxes_overlap, percentile_box, upsample
+from protocell.explain.health import border_share, duplicate_pairs, purity
+from protocell.explain.scores import affected_fraction_ci
 from protocell.explain.similarity import population_means, rank_differences, similarity_from_distance
 from protocell.model.prototypes import log_similarity
 from protocell.training.push import PROTOTYPES_FORMAT, PROTOTYPES_VERSION
@@ -207,7 +209,97 @@ def localisation(run: Run, near: dict) -> dict:
     return out
 
 
-def explain_run(run_dir: str | Path, n_boot: int = 1000) -> Path:
+def render_scores(run: Run, preds: pd.DataFrame, n_boot: int, out: Path) -> dict:
+    """Figure 5: Exp score per population, and the estimated affected fraction of Exp."""
+    import matplotlib.pyplot as plt
+
+    ref, exp = run.record["class_names"][0], run.record["class_names"][-1]
+    frac = affected_fraction_ci(preds[["well", "condition", "score"]], ref, exp, n_boot=n_boot)
+    known = preds[(preds["condition"] == exp) & (preds["true_label"] >= 0)]
+    if len(known):
+        frac["true"] = float((known["true_label"] == 1).mean())
+        frac["error"] = frac["estimate"] - frac["true"]
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    bins = np.linspace(0, 1, 41)
+    for cond, colour in ((ref, "tab:blue"), (exp, "tab:red")):
+        ax.hist(preds.loc[preds["condition"] == cond, "score"], bins, alpha=0.5, density=True, color=colour, label=cond)
+    ax.axvline(np.median(preds.loc[preds["condition"] == ref, "score"]), color="k", ls="--", lw=0.8,
+               label=f"{ref} median (threshold)")
+    title = f"affected fraction of {exp}: {frac['estimate']:.2f} (95 % CI {frac['ci_low']:.2f}–{frac['ci_high']:.2f})"
+    if "true" in frac:
+        title += f"; true {frac['true']:.2f}"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(f"{exp} score of a test cell")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return frac
+
+
+def prototype_health(run: Run, near: dict) -> pd.DataFrame:
+    """Figure 7 as a table: duplicates, border-straddling nearest patches, purity."""
+    rec, store = run.record, run.dm.store
+    row_of = dict(zip(store.manifest["cell_id"], range(len(store.manifest))))
+    labels = store.manifest["label"].to_numpy()
+    dups = duplicate_pairs(rec["vectors"], rec["cell_id"], rec["latent_yx"])
+    rows = []
+    for j in range(len(rec["cell_id"])):
+        cells = [row_of[int(c)] for c in near["cell_id"][:, j]]
+        masks = torch.stack([torch.tensor(store.mask(r), dtype=torch.float32)[None] for r in cells])
+        if masks.shape[-1] != run.dm.crop_size:
+            masks = torch.nn.functional.interpolate(masks, size=run.dm.crop_size, mode="nearest")
+        cls = int(rec["prototype_class"][j])
+        rows.append({"prototype": j, "class": rec["class_names"][cls],
+                     "duplicate_of": ",".join(str(a if b == j else b) for a, b in dups if j in (a, b)),
+                     "border_share": border_share(masks, near["latent_yx"][:, j], rec["latent_size"]),
+                     "purity": purity(labels[cells], cls)})
+    df = pd.DataFrame(rows)
+    df["flag"] = [", ".join(f for f, on in (("duplicate", bool(r.duplicate_of)), ("on border", r.border_share > 0.5),
+                                             ("impure", r.purity < 0.5)) if on) for r in df.itertuples()]
+    return df
+
+
+def render_cell(run: Run, cell_id: int, out: Path, top: int = 3) -> None:
+    """Figure 4: "this looks like that" for one test cell: its top prototypes by contribution
+    (similarity × last-layer weight to the predicted class) and where each matched."""
+    import matplotlib.pyplot as plt
+
+    rec, net, rf = run.record, run.net, run.net.rf
+    row, x, m = _crop(run, cell_id)
+    with torch.no_grad():
+        outd = net(x[None], m[None])
+    sims = outd["similarities"][0]
+    pred = int(outd["logits"][0].argmax())
+    contrib = sims * net.last_layer.weight[pred]
+    order = contrib.argsort(descending=True)[:top].tolist()
+    fig, axes = plt.subplots(2, top + 1, figsize=(2.2 * (top + 1), 4.6))
+    axes[0, 0].imshow(x[0], cmap="gray")
+    axes[0, 0].contour(m[0], [0.5], colors="lime", linewidths=0.6)
+    axes[0, 0].set_title(f"this cell → {rec['class_names'][pred]}", fontsize=8)
+    axes[1, 0].axis("off")
+    axes[1, 0].text(0, 0.5, _where(run, row).replace(" · ", "\n"), fontsize=6.5, va="center")
+    for k, j in enumerate(order, start=1):
+        d = outd["distances"][0, j]
+        iy, ix = divmod(int(d.argmin()), d.shape[1])
+        y0, x0, y1, x1 = rf.box(iy, ix, clip=x.shape[-1])
+        axes[0, k].imshow(x[0], cmap="gray")
+        axes[0, k].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.2))
+        w = float(net.last_layer.weight[pred, j].detach())
+        axes[0, k].set_title(f"looks like p{j}: {float(sims[j]):.2f}×{w:.1f}"
+                             f"={float(contrib[j]):.2f}", fontsize=7)
+        _, px, pm = _crop(run, int(rec["cell_id"][j]))
+        b = [int(v) for v in rec["box_clipped"][j]]
+        axes[1, k].imshow(px[0, b[0]:b[2], b[1]:b[3]], cmap="gray")
+        axes[1, k].set_title(f"that: prototype {j} ({rec['class_names'][int(rec['prototype_class'][j])]})", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
+def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,11 +349,24 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000) -> Path:
     fig.savefig(out / "population_similarity.png", dpi=80)
     plt.close(fig)
 
+    frac = render_scores(run, preds, n_boot, out / "cell_scores.png")
+    health = prototype_health(run, near)
+    health.to_csv(out / "prototype_health.csv", index=False)
+    (out / "cells").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    sample = []
+    for cond in (ref, exp):   # a fixed, seeded sample of test cells from each population
+        ids = preds.loc[preds["condition"] == cond, "cell_id"].to_numpy()
+        sample += rng.choice(ids, size=min(n_cells // 2, len(ids)), replace=False).tolist()
+    for cid in sample:
+        render_cell(run, int(cid), out / "cells" / f"cell_{int(cid)}.png")
+
     metrics = json.loads((run.dir / "metrics.json").read_text()) if (run.dir / "metrics.json").exists() else {}
     em = {k: metrics.get(k) for k in ("true_label_accuracy", "true_label_auroc", "well_label_accuracy")}
     em.update(localisation(run, near))
+    em["affected_fraction"] = frac
     (out / "explain_metrics.json").write_text(json.dumps(em, indent=2))
     from protocell.explain.report import write_report
-    write_report(run, protos, pop, ranked, em, metrics)
+    write_report(run, protos, pop, ranked, em, metrics, health=health, cells=[int(c) for c in sample])
     log.info("explain: %s", out)
     return out

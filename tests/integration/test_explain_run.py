@@ -72,3 +72,33 @@ def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
     (broken / "prototypes.pt").unlink()
     with pytest.raises(ExplainError, match="prototypes.pt is missing"):
         load_run(broken)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium): "
+                    "the report is then checked only for files, not in a browser")
+def test_report_loads_every_image_in_a_real_headless_browser(tiny_run, tmp_path):
+    explain_run(tiny_run, n_boot=20)
+    probe = tmp_path / "probe.html"
+    # the report in an iframe of a probe page that lists each image's natural size once loaded
+    probe.write_text(f"""<html><body><iframe id="r" src="{(tiny_run / 'report.html').as_uri()}" width=1200 height=800></iframe>
+<pre id="out">pending</pre><script>
+document.getElementById('r').onload = () => {{
+  const imgs = [...document.getElementById('r').contentDocument.images];
+  const wait = imgs.map(i => i.complete ? Promise.resolve() : new Promise(ok => {{ i.onload = ok; i.onerror = ok; }}));
+  Promise.all(wait).then(() => {{
+    document.getElementById('out').textContent = 'IMAGES ' + imgs.length + ' BROKEN ' +
+      imgs.filter(i => !i.naturalWidth).map(i => i.getAttribute('src')).join(',') + ' END';
+  }});
+}};</script></body></html>""")
+    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'profile'}",
+                           "--virtual-time-budget=15000", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r"IMAGES (\d+) BROKEN (.*?) END", proc.stdout)
+    assert found, proc.stdout[-2000:] + proc.stderr[-2000:]
+    n, broken = int(found.group(1)), found.group(2)
+    assert n >= 3 and broken == "", f"{n} images, broken: {broken}"
