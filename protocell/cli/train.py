@@ -114,6 +114,40 @@ def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: 
     return df.join(info, on="cell_id")
 
 
+def hydra_choices() -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/") and v is not None}
+
+
+def build_logger(cfg: DictConfig, out_dir: Path):
+    if not cfg.get("logger"):
+        return False
+    if "WandbLogger" not in cfg.logger.get("_target_", ""):
+        return instantiate(cfg.logger)
+    # a dashboard groups and filters runs by factor: tags and config from the Hydra choices
+    choices = hydra_choices()
+    group = cfg.logger.get("group") or choices.get("experiment") or "default"
+    make = instantiate(cfg.logger, _partial_=True)   # `config` would clash with instantiate's own argument
+    logger = make(group=group, tags=[f"{k}={v}" for k, v in sorted(choices.items())],
+                  config={**OmegaConf.to_container(cfg, resolve=True), "choices": choices})
+    (out_dir / "wandb_run_id.txt").write_text(logger.experiment.id)   # starts the (offline) run
+    return logger
+
+
+def log_explain_media(logger, explain_dir: Path) -> None:
+    """The explain figures as W&B media (population, scores, each prototype and cell)."""
+    groups = {"explain/population": ["population_similarity.png"], "explain/cell_scores": ["cell_scores.png"],
+              "explain/prototypes": sorted(p.relative_to(explain_dir).as_posix() for p in (explain_dir / "prototypes").glob("*.png")),
+              "explain/cells": sorted(p.relative_to(explain_dir).as_posix() for p in (explain_dir / "cells").glob("*.png"))}
+    for key, files in groups.items():
+        files = [str(explain_dir / f) for f in files if (explain_dir / f).exists()]
+        if files:
+            logger.log_image(key=key, images=files, caption=[Path(f).stem for f in files])
+
+
 def run(cfg: DictConfig) -> dict:
     validate(cfg)
     if cfg.get("threads"):
@@ -136,7 +170,7 @@ def run(cfg: DictConfig) -> dict:
     callbacks = [PhaseCallback(plan), push_cb,
                  ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_epochs=1, save_on_train_epoch_end=True)]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = build_logger(cfg, out_dir)
     trainer = instantiate(cfg.trainer, max_epochs=len(plan), callbacks=callbacks, logger=logger,
                           default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
@@ -178,14 +212,13 @@ def run(cfg: DictConfig) -> dict:
             plot_training_curves(out_dir / "metrics.csv", out_dir / "training_curves.png")
         log.info("test: %s", {k: v for k, v in metrics.items() if "accuracy" in k or "auroc" in k})
         if cfg.get("explain"):
-            _explain(out_dir)
+            from protocell.explain.run import explain_run
+
+            explain_dir = explain_run(out_dir)
+            if logger and "Wandb" in type(logger).__name__:
+                log_explain_media(logger, explain_dir)
+    if logger and "Wandb" in type(logger).__name__:
+        import wandb
+
+        wandb.finish()
     return metrics
-
-
-def _explain(out_dir: Path) -> None:
-    try:
-        from protocell.explain.run import explain_run
-    except ImportError:
-        log.info("explain is not installed in this version; skipping report")
-        return
-    explain_run(out_dir)

@@ -1,0 +1,33 @@
+"""logger=wandb: offline, factors as tags, explain figures as media, and no secret in the run folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_cli import TINY  # noqa: E402
+
+SECRET = "0123456789abcdef0123456789abcdef01234567"   # a fake, key-shaped API key
+
+
+def test_wandb_offline_run_logs_factors_and_media_and_never_writes_the_key(tmp_path):
+    env = {**os.environ, "PROTOCELL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "WANDB_API_KEY": SECRET, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = [a for a in TINY if a != "explain=false"] + ["logger=wandb", "explain=true", "last_layer=frozen"]
+    subprocess.run([sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *args], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=400)
+    run = tmp_path / "run"
+    run_id = (run / "wandb_run_id.txt").read_text().strip()
+    offline = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline) == 1
+    media = list(offline[0].rglob("media/images/**/*.png"))
+    assert any("population" in p.name for p in media) and any("prototypes" in p.name for p in media)
+    record = (offline[0] / f"run-{run_id}.wandb").read_bytes()    # offline: config and tags live here
+    assert b"last_layer=frozen" in record and b"backbone=vgg11_narrow" in record   # factors for dashboards
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), f"API key written to {path}"
+    assert json.loads((run / "metrics.json").read_text())["last_layer"] == "frozen"
