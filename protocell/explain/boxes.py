@@ -23,7 +23,3 @@ def percentile_box(upsampled: np.ndarray, q: float = 95.0) -> tuple[int, int, in
     mask = upsampled >= np.percentile(upsampled, q)
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
-
-
-def boxes_overlap(a, b) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -24,9 +24,10 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from protocell.data.datamodule import CellDataModule
-from protocell.explain.boxes import boxes_overlap, percentile_box, upsample
+from protocell.explain.boxes import percentile_box, upsample
 from protocell.explain.health import border_share, duplicate_pairs, purity
 from protocell.explain.scores import affected_fraction_ci
+from protocell.metrics.localisation import background_share, texture_share
 from protocell.explain.similarity import population_means, rank_differences, similarity_from_distance
 from protocell.model.prototypes import log_similarity
 from protocell.training.push import PROTOTYPES_FORMAT, PROTOTYPES_VERSION
@@ -161,8 +162,9 @@ def render_mosaic(run: Run, j: int, near: dict, out: Path) -> list[int]:
         y0, x0, y1, x1 = rf.box(int(near["latent_yx"][i, j, 0]), int(near["latent_yx"][i, j, 1]), clip=x.shape[-1])
         ax.imshow(x[0, y0:y1, x0:x1], cmap="gray")
         ax.contour(m[0, y0:y1, x0:x1], [0.5], colors="lime", linewidths=0.5)
-        cond = run.dm.store.manifest.iloc[row]["condition"]
-        ax.set_title(f"{cond} d={float(near['distance'][i, j]):.2f}", fontsize=7)
+        r = run.dm.store.manifest.iloc[row]
+        ax.set_title(f"{r['condition']} d={float(near['distance'][i, j]):.2f}\nwell {r['well']} f{r['field']} "
+                     f"cell {r['cell_id']}", fontsize=6)
     fig.suptitle(f"prototype {j}: {k} nearest training patches (nearest first)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
@@ -175,37 +177,22 @@ def localisation(run: Run, near: dict) -> dict:
     class, the share of its nearest patches whose RF box overlaps the planted texture; and the share
     of all prototypes whose source patch (max activation) lies in background."""
     store, rec, rf = run.dm.store, run.record, run.net.rf
-    manifest = store.manifest.reset_index(drop=True)
-    row_of = dict(zip(manifest["cell_id"], manifest.index))
+    row_of = dict(zip(store.manifest["cell_id"], range(len(store.manifest))))
     S = store.crop_size
     out = {}
     if store.has_texture:
         exp_class = len(rec["class_names"]) - 1
         shares = {}
         for j in np.flatnonzero(rec["prototype_class"].numpy() == exp_class):
-            hits = []
-            for i in range(near["cell_id"].shape[0]):
-                tex = store.texture(row_of[int(near["cell_id"][i, j])])
-                ty, tx = np.nonzero(tex)
-                if len(ty) == 0:
-                    hits.append(False)
-                    continue
-                box = rf.box(int(near["latent_yx"][i, j, 0]), int(near["latent_yx"][i, j, 1]), clip=S)
-                hits.append(boxes_overlap(box, (ty.min(), tx.min(), ty.max() + 1, tx.max() + 1)))
-            shares[int(j)] = float(np.mean(hits))
+            cells = [row_of[int(c)] for c in near["cell_id"][:, j]]
+            boxes = [rf.box(int(y), int(x), clip=S) for y, x in near["latent_yx"][:, j].tolist()]
+            shares[int(j)] = texture_share(boxes, [store.texture(r) for r in cells])
         out["exp_prototype_texture_share"] = shares
         out["exp_prototype_texture_share_mean"] = float(np.mean(list(shares.values()))) if shares else None
-    from protocell.model.prototypes import latent_inside
-    H, W = rec["latent_size"]
-    in_bg = []
-    for j in range(len(rec["cell_id"])):
-        mask = torch.tensor(store.mask(row_of[int(rec["cell_id"][j])]), dtype=torch.float32)[None, None]
-        if mask.shape[-1] != run.dm.crop_size:
-            mask = torch.nn.functional.interpolate(mask, size=run.dm.crop_size, mode="nearest")
-        inside = latent_inside(mask, (H, W))[0, 0]
-        yy, xx = (int(v) for v in rec["latent_yx"][j])
-        in_bg.append(not bool(inside[yy, xx]))
-    out["background_prototype_share"] = float(np.mean(in_bg))
+    masks = torch.stack([torch.tensor(store.mask(row_of[int(c)]), dtype=torch.float32)[None] for c in rec["cell_id"]])
+    if masks.shape[-1] != run.dm.crop_size:
+        masks = torch.nn.functional.interpolate(masks, size=run.dm.crop_size, mode="nearest")
+    out["background_prototype_share"] = background_share(rec["latent_yx"], masks, rec["latent_size"])
     return out
 
 

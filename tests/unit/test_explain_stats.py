@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from protocell.explain.boxes import boxes_overlap, percentile_box, upsample
+from protocell.explain.boxes import percentile_box, upsample
 from protocell.explain.similarity import benjamini_hochberg, population_means, rank_differences
 
 
@@ -16,7 +16,6 @@ def test_percentile_box_equals_direct_computation():
     peak = np.exp(-((yy - 12) ** 2 + (xx - 42) ** 2) / (2 * 3.0 ** 2))   # a smooth activation blob
     y0, x0, y1, x1 = percentile_box(peak)
     assert (y0 + y1 - 1) / 2 == 12 and (x0 + x1 - 1) / 2 == 42 and 4 < y1 - y0 < 20
-    assert boxes_overlap((0, 0, 5, 5), (4, 4, 9, 9)) and not boxes_overlap((0, 0, 5, 5), (5, 0, 9, 5))
 
 
 def _cells(seed=0):
@@ -80,3 +79,20 @@ def test_health_finds_duplicates_border_patches_and_purity():
     masks[1, :, 3, 3] = 0                                         # unit (1, 1) of cell 1 straddles the outline
     assert border_share(masks, torch.tensor([[0, 0], [1, 1]]), (4, 4)) == 0.5
     assert purity(np.array([1, 1, 0, 1]), 1) == 0.75
+
+
+def test_localisation_metrics_on_a_hand_made_case():
+    import torch
+
+    from protocell.metrics.localisation import background_share, box_overlaps_mask, texture_share
+
+    tex = np.zeros((16, 16), bool)
+    tex[10:12, 10:12] = True                                       # the planted change, bottom right
+    boxes = [(8, 8, 16, 16), (0, 0, 8, 8), (11, 0, 16, 11), (0, 11, 11, 16)]
+    # overlaps: yes; no; touches column 10 of rows 11 → yes; rows 0–10 of column 11 → yes
+    assert [box_overlaps_mask(b, tex) for b in boxes] == [True, False, True, True]
+    assert texture_share(boxes, [tex] * 4) == 0.75
+    masks = torch.zeros(3, 1, 8, 8)
+    masks[:, :, :4, :4] = 1                                        # the cell covers latent unit (0, 0) of a 2x2 grid
+    yx = torch.tensor([[0, 0], [1, 1], [0, 0]])
+    assert abs(background_share(yx, masks, (2, 2)) - 1 / 3) < 1e-6     # float32 mean
