@@ -184,8 +184,13 @@ def bench_make_run() -> dict:
     subprocess.run([sys.executable, "train.py", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false",
                     f"threads={torch.get_num_threads()}"], cwd=ROOT, check=True, capture_output=True)
     wall = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "explain.py", f"run={run_dir}", f"threads={torch.get_num_threads()}"],
+                   cwd=ROOT, check=True, capture_output=True)
+    explain_wall = time.perf_counter() - t
     m = json.loads((run_dir / "metrics.json").read_text())
-    return {"wall_seconds": wall, "true_label_accuracy": m.get("true_label_accuracy"),
+    return {"wall_seconds": wall, "explain_wall_seconds": explain_wall,
+            "true_label_accuracy": m.get("true_label_accuracy"),
             "true_label_auroc": m.get("true_label_auroc"), "well_label_accuracy": m.get("well_label_accuracy")}
 
 
