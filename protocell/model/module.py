@@ -6,8 +6,10 @@
 ``pretrain`` stands in for ImageNet weights when there are none (the offline default): the backbone
 learns the task through a linear *probe* (1×1 conv → mean over in-cell latent units → logits,
 cross-entropy only), so that the ProtoPNet phases start from useful features, as in the paper. The
-probe is not part of the prototype network and is never used after this phase. Parameter groups (features,
-add-on, prototypes, last layer) each have their own learning rate; a phase freezes groups by
+probe is not part of the prototype network and is never used after this phase.
+
+Parameter groups (probe, features, add-on, prototypes, last layer) each have their own learning
+rate (features train at ``lr["pretrain"]`` during pretrain); a phase freezes groups by
 ``requires_grad`` (a frozen group gets no gradient, so Adam leaves it untouched) and puts frozen
 feature layers in eval mode, so their batch-norm statistics do not drift either.
 """

@@ -3,7 +3,7 @@ import torch
 from protocell.model.module import ProtoPNetModule
 from protocell.model.prototypes import squared_distances
 from protocell.training.phases import build_plan
-from protocell.training.push import find_nearest_patches, prototype_record, push_prototypes
+from protocell.training.push import prototype_record, push_prototypes
 
 
 def _latents(net, dm):
