@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from protocell.data.dataset import CellDataset
+from protocell.data.dataset import CellDataset, EpochSampler
 from protocell.data.store import CropStore, StoreError
 
 
@@ -135,9 +135,9 @@ class CellDataModule(L.LightningDataModule):
 
     # --------------------------------------------------------------------- loaders
     def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                          drop_last=False)
+        return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), self.seed) if shuffle else None,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0, drop_last=False)
 
     def train_dataloader(self):
         return self._loader(self.dataset("train", self.augment), True, self.batch_size)

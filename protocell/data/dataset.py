@@ -7,6 +7,11 @@ percentiles of training crops) or per cell (``cell``: the same percentiles of th
 pixels, which removes per-well and per-image gain and offset — batch effects — from the cells), optional
 resize, optional zeroing of the background (pixels outside this cell's mask), optional random
 flips / 90° rotations (training only; image and mask together).
+
+Reproducible training order: ``EpochSampler`` shuffles with a generator seeded by (seed, epoch) and
+yields ``(index, epoch)``; the augmentation of an item is then drawn from (seed, epoch, cell id).
+Neither depends on global random state, so a run resumed from a checkpoint sees exactly the data
+the uninterrupted run would have seen, in worker processes too.
 """
 
 from __future__ import annotations
@@ -14,7 +19,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
+
+
+class EpochSampler(Sampler):
+    """Shuffled indices from a generator seeded by (seed, epoch); yields (index, epoch) pairs."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:   # Lightning calls this at the start of every epoch
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter([(int(i), self.epoch) for i in torch.randperm(self.n, generator=g)])
 
 from protocell.data.store import CropStore
 
@@ -31,6 +53,7 @@ class CellDataset(Dataset):
         self.scale = 1.0 / torch.as_tensor(np.maximum(norm_hi - norm_lo, 1e-6), dtype=torch.float32).view(-1, 1, 1)
         self.zero_background = zero_background
         self.augment = augment
+        self.seed = int(seed)
         self.per_cell = per_cell
         self.labels = store.manifest["label"].to_numpy()[self.rows].astype(np.int64)
         self.cell_ids = store.manifest["cell_id"].to_numpy()[self.rows].astype(np.int64)
@@ -38,7 +61,8 @@ class CellDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item):
+        i, epoch = item if isinstance(item, tuple) else (item, 0)
         r = int(self.rows[i])
         crop = torch.from_numpy(self.store.crop(r)[self.channels].astype(np.float32))
         mask = torch.from_numpy(self.store.mask(r).astype(np.float32))[None]
@@ -55,8 +79,9 @@ class CellDataset(Dataset):
         if self.zero_background:
             image = image * mask
         if self.augment:
-            k = int(torch.randint(4, ()))
-            flip = bool(torch.randint(2, ()))
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + int(self.cell_ids[i]))
+            k = int(torch.randint(4, (), generator=g))
+            flip = bool(torch.randint(2, (), generator=g))
             image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (1, 2))
             if flip:
                 image, mask = image.flip(2), mask.flip(2)

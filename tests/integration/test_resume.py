@@ -1,0 +1,53 @@
+"""Exact resume: a run stopped after any phase and resumed from its last checkpoint ends
+bit-identical to the uninterrupted run (CPU, one thread: deterministic kernels)."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from protocell.data.datamodule import CellDataModule
+from protocell.model.module import ProtoPNetModule
+from protocell.training.phases import PhaseCallback, build_plan
+from protocell.training.push import PushCallback
+
+PLAN = build_plan(3, warm_epochs=1, push_every=2, push_start=2, last_layer_epochs=1, pretrain_epochs=1)
+# epochs: 0 pretrain, 1 warm, 2 joint + push, 3 last layer, 4 joint + push, 5 last layer
+
+
+def _module():
+    from protocell.model.backbones import build_backbone
+    from protocell.model.protopnet import ProtoPNet
+
+    torch.manual_seed(0)
+    net = ProtoPNet(build_backbone("vgg11_narrow", 2, width=0.125, max_rf=46), 2, 2, 16)
+    return ProtoPNetModule(net, last_layer="trained", lr={"features": 1e-3, "pretrain": 3e-3})
+
+
+def _train(store, out, epochs, resume=None):
+    torch.set_num_threads(1)
+    dm = CellDataModule(store, zero_background=True, batch_size=16, val_fraction=0.0, seed=0)
+    module = _module()
+    ckpt = ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+                        callbacks=[PhaseCallback(PLAN), PushCallback(PLAN, out), ckpt])
+    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True if resume else None)
+    return module
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_store, tmp_path_factory):
+    return _train(tiny_store, tmp_path_factory.mktemp("full"), len(PLAN)).state_dict()
+
+
+@pytest.mark.parametrize("stop_after,phase", [(1, "pretrain"), (2, "warm-up"), (3, "just after push"),
+                                              (4, "last-layer")])
+def test_resume_after_each_phase_is_bit_identical(tiny_store, tmp_path, uninterrupted, stop_after, phase):
+    _train(tiny_store, tmp_path, stop_after)                     # the run "killed" after this epoch
+    ckpt = tmp_path / "last.ckpt"
+    torch.load(ckpt, weights_only=True)                          # protocell's checkpoint state is plain data
+    resumed = _train(tiny_store, tmp_path / "resumed", len(PLAN), resume=str(ckpt)).state_dict()
+    for k, v in uninterrupted.items():
+        assert torch.equal(v, resumed[k]) or (v.is_floating_point() and torch.equal(v.isnan(), resumed[k].isnan())
+                                              and torch.equal(v.nan_to_num(), resumed[k].nan_to_num())), (phase, k)
