@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from protocell.model.prototypes import latent_inside
 
 
 def duplicate_pairs(vectors: torch.Tensor, cell_id, latent_yx, tol: float = 1e-3) -> list[tuple[int, int]]:
@@ -35,6 +34,3 @@ def border_share(masks: torch.Tensor, latent_yx: torch.Tensor, latent_size) -> f
 
 def purity(neighbour_labels: np.ndarray, prototype_class: int) -> float:
     return float(np.mean(np.asarray(neighbour_labels) == prototype_class))
-
-
-__all__ = ["duplicate_pairs", "border_share", "purity", "latent_inside"]

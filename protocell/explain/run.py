@@ -47,6 +47,9 @@ class Run:
     record: dict
     net: torch.nn.Module
     dm: CellDataModule
+    datasets: dict | None = None      # push / test datasets, built on first use by _crop
+    position: dict | None = None      # manifest row → (dataset, index)
+    row_of_cell: dict | None = None   # cell id → manifest row
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -99,10 +102,14 @@ def nearest_patches(run: Run, k: int = N_NEAREST) -> dict:
 
 
 def _crop(run: Run, cell_id: int):
-    row = int(run.dm.store.manifest.index[run.dm.store.manifest["cell_id"] == cell_id][0])
-    ds = run.dm.dataset("push") if row in set(run.dm.rows["push"]) else run.dm.dataset("test")
-    ds.rows, ds.labels, ds.cell_ids = np.array([row]), ds.labels[:1], ds.cell_ids[:1]
-    x, m, _, _ = ds[0]
+    """(manifest row, image (C, S, S), mask (1, S, S)) of one cell, preprocessed as in training."""
+    if run.datasets is None:   # built once: explain fetches hundreds of crops
+        run.datasets = {"push": run.dm.dataset("push"), "test": run.dm.dataset("test")}
+        run.position = {int(r): (name, i) for name, ds in run.datasets.items() for i, r in enumerate(ds.rows)}
+        run.row_of_cell = dict(zip(run.dm.store.manifest["cell_id"].tolist(), range(len(run.dm.store.manifest))))
+    row = run.row_of_cell[int(cell_id)]
+    name, i = run.position[row]
+    x, m, _, _ = run.datasets[name][i]
     return row, x, m
 
 
