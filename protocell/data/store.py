@@ -166,9 +166,9 @@ class CropStore:
         info_path = self.root / "store.json"
         if not info_path.exists():
             raise StoreError(
-                f"{self.root} is not a finished crop store (no store.json). Create one with "
-                "`python prepare.py ...` or use data=synthetic; a killed prepare run is resumed by "
-                "running it again with the same config.")
+                f"{self.root} is not a finished crop store (no store.json). Point data.path at a folder in "
+                "protocell's crop-store format (README: 'The crop store'), or use data=synthetic; a writer "
+                "that was killed leaves no store.json, so run it again.")
         info = json.loads(info_path.read_text())
         if info.get("format") != FORMAT or int(info.get("version", -1)) > VERSION:
             raise StoreError(f"{info_path}: format {info.get('format')} v{info.get('version')} is not "

@@ -89,7 +89,7 @@ def test_datamodule_items_zeroed_background_and_channel_selection(tiny_store):
 
 
 def test_missing_store_names_the_fix(tmp_path):
-    with pytest.raises(StoreError, match="prepare.py"):
+    with pytest.raises(StoreError, match="data.path at a folder in protocell's crop-store format"):
         CropStore(tmp_path)
 
 
