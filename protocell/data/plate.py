@@ -1,0 +1,176 @@
+"""Which files make which image: a plate map CSV or a file-name pattern, checked before any work.
+
+Plate map columns: ``image`` (path relative to the input folder, or absolute), ``plate``,
+``well``, ``field``, ``condition``; optional ``channel`` (then one row per channel file, rows of
+one image sharing plate/well/field, or ``image_id``) and ``image_id``. A pattern is a regular
+expression matched against each TIFF's path relative to the input folder, with named groups
+``well`` (required) and optionally ``plate``, ``field``, ``condition``, ``channel``, ``image_id``.
+
+``open_images`` opens every file's header and returns ``ImageSource``s; all problems are
+collected and raised together, each naming its file and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from protocell.data.io import ImageSource, InputError, file_channels
+
+REQUIRED_COLUMNS = ["image", "plate", "well", "field", "condition"]
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass
+class ImageEntry:
+    image_id: str
+    plate: str
+    well: str
+    field: str
+    condition: str
+    files: dict[str, str] = field(default_factory=dict)   # channel name → path; "*" = multi-channel file
+
+
+def _safe_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
+
+
+def _channel_name(raw: str, names: list[str], mapping: dict, where: str) -> str:
+    name = mapping.get(raw, raw)
+    if name not in names:
+        known = sorted(set(names) | set(mapping))
+        raise InputError(f"{where}: channel '{raw}' is not a configured channel ({known}); add it to "
+                         "channels.names or map it with channels.map")
+    return name
+
+
+def _group(rows: list[dict], names: list[str], mapping: dict, where: str) -> list[ImageEntry]:
+    """Rows (one per file) → images; rows with a channel are grouped by image_id/plate/well/field."""
+    entries: dict[str, ImageEntry] = {}
+    for r in rows:
+        per_channel = r.get("channel") not in (None, "")
+        if r.get("image_id"):
+            image_id = _safe_id(str(r["image_id"]))
+        elif per_channel:
+            image_id = _safe_id(f"{r['plate']}_{r['well']}_f{r['field']}")
+        else:
+            image_id = _safe_id(re.sub(r"(\.ome)?\.tiff?$", "", Path(r["path"]).name, flags=re.I))
+        e = entries.get(image_id)
+        if e is None:
+            e = entries[image_id] = ImageEntry(image_id, str(r["plate"]), str(r["well"]), str(r["field"]),
+                                               str(r["condition"]))
+        elif not per_channel or "*" in e.files:
+            raise InputError(f"{where}: two files for image '{image_id}' ({e.files} and {r['path']}); give each "
+                             "multi-channel image its own plate/well/field or an image_id column")
+        elif str(r["condition"]) != e.condition:
+            raise InputError(f"{where}: image '{image_id}' has channel files with different conditions "
+                             f"('{e.condition}', '{r['condition']}')")
+        if per_channel:
+            name = _channel_name(str(r["channel"]), names, mapping, f"{where} ({r['path']})")
+            if name in e.files:
+                raise InputError(f"{where}: image '{image_id}' has two files for channel '{name}': "
+                                 f"{e.files[name]} and {r['path']}")
+            e.files[name] = r["path"]
+        else:
+            e.files["*"] = r["path"]
+    return list(entries.values())
+
+
+def read_plate_map(csv_path: str | Path, input_dir: str | Path, names: list[str], mapping: dict) -> list[ImageEntry]:
+    csv_path, input_dir = Path(csv_path), Path(input_dir)
+    if not csv_path.is_file():
+        raise InputError(f"plate_map={csv_path} does not exist; give the CSV path (columns {REQUIRED_COLUMNS})")
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"plate_map={csv_path} cannot be read as CSV ({err})") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"plate_map={csv_path} lacks columns {missing} (it has {list(df.columns)}); the header "
+                         "must be: image,plate,well,field,condition[,channel][,image_id]")
+    if len(df) == 0:
+        raise InputError(f"plate_map={csv_path} has no rows")
+    rows, problems = [], []
+    for i, r in df.iterrows():
+        p = Path(r["image"])
+        path = p if p.is_absolute() else input_dir / p
+        if not path.is_file():
+            problems.append(f"plate_map={csv_path} row {i + 2} names image '{r['image']}', which is not in the input "
+                            f"folder {input_dir} (looked for {path}): fix the path or add the file")
+            continue
+        empty = [c for c in REQUIRED_COLUMNS if str(r[c]).strip() == ""]
+        if empty:
+            problems.append(f"plate_map={csv_path} row {i + 2} ({r['image']}) has empty {empty}")
+            continue
+        rows.append({**{c: str(r[c]).strip() for c in df.columns}, "path": str(path)})
+    if problems:
+        raise InputError("\n".join(problems))
+    return _group(rows, names, mapping, f"plate_map={csv_path}")
+
+
+def match_pattern(pattern: str, input_dir: str | Path, names: list[str], mapping: dict) -> list[ImageEntry]:
+    input_dir = Path(input_dir)
+    try:
+        rx = re.compile(pattern)
+    except re.error as err:
+        raise InputError(f"pattern={pattern!r} is not a valid regular expression ({err})") from None
+    if "well" not in rx.groupindex:
+        raise InputError(f"pattern={pattern!r} needs a named group 'well', e.g. "
+                         r"'(?P<well>[A-P]\d\d)_f(?P<field>\d+)\.tif'")
+    files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in TIFF_SUFFIXES and p.is_file())
+    rows = []
+    for p in files:
+        m = rx.fullmatch(p.relative_to(input_dir).as_posix())
+        if m is None:
+            continue
+        g = {k: v for k, v in m.groupdict().items() if v is not None}
+        rows.append({"plate": g.get("plate", "plate1"), "well": g["well"], "field": g.get("field", "0"),
+                     "condition": g.get("condition", "unknown"), "channel": g.get("channel"),
+                     "image_id": g.get("image_id"), "path": str(p)})
+    if not rows:
+        raise InputError(f"pattern={pattern!r} matches none of the {len(files)} TIFF files in {input_dir}; "
+                         "it must match the whole path relative to the input folder")
+    return _group(rows, names, mapping, f"pattern={pattern!r}")
+
+
+def open_images(entries: list[ImageEntry], names: list[str]) -> list[ImageSource]:
+    """Open every file's header; check channel count and shapes. All problems reported at once."""
+    sources, problems = [], []
+    for e in entries:
+        try:
+            if "*" in e.files:
+                refs, shape, dtype = file_channels(e.files["*"])
+                if len(refs) != len(names):
+                    raise InputError(f"{e.files['*']} has {len(refs)} channel(s), channels.names lists {len(names)} "
+                                     f"({names}): set channels.names to the file's channels in order")
+            else:
+                absent = [n for n in names if n not in e.files]
+                if absent:
+                    raise InputError(f"image '{e.image_id}' has no file for channel(s) {absent} (it has "
+                                     f"{sorted(e.files)}): add the files or remove the channels from channels.names")
+                refs, shapes, dtypes = [], {}, set()
+                for n in names:
+                    r, shape, dtype = file_channels(e.files[n])
+                    if len(r) != 1:
+                        raise InputError(f"{e.files[n]} (channel '{n}') has {len(r)} channels; a per-channel file "
+                                         "must hold one")
+                    refs += r
+                    shapes[e.files[n]] = shape
+                    dtypes.add(np.dtype(dtype))
+                if len(set(shapes.values())) > 1:
+                    raise InputError(f"image '{e.image_id}': channel files differ in shape ({shapes}); every channel "
+                                     "of an image must have the same height and width (same field, same binning)")
+                if len(dtypes) > 1:
+                    raise InputError(f"image '{e.image_id}': channel files differ in pixel type {sorted(map(str, dtypes))}")
+                shape, dtype = next(iter(shapes.values())), dtypes.pop()
+            sources.append(ImageSource(e.image_id, refs, shape, np.dtype(dtype)))
+        except InputError as err:
+            problems.append(str(err))
+    if problems:
+        raise InputError(f"{len(problems)} input problem(s):\n- " + "\n- ".join(problems))
+    return sources
