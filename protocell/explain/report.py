@@ -1,5 +1,5 @@
-"""``report.html``: one self-contained page per run (images referenced relatively, so the run
-folder can be zipped and mailed)."""
+"""``report.html``: one page per run. Images and tables are referenced relatively (``explain/…``),
+so the run folder can be zipped and mailed and the page still opens."""
 
 from __future__ import annotations
 
@@ -9,54 +9,112 @@ import pandas as pd
 
 
 def _table(df: pd.DataFrame, digits: int = 3) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0, classes="t")
+    return df.to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0, classes="t", na_rep="")
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def _img(src: str, alt: str, width: str = "") -> str:
+    style = f' style="max-width:{width}"' if width else ""
+    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{style}>'
 
 
 def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFrame, em: dict, metrics: dict,
-                 health: pd.DataFrame | None = None, cells: list[int] | None = None) -> None:
+                 health: pd.DataFrame | None = None, cells: list[dict] | None = None) -> None:
     rec, cfg = run.record, run.cfg
     rf = rec["rf"]
+    mask = cfg.get("mask", {})
+    k_near = int(em.get("nearest", 20))
+    counts = ", ".join(f"{int((rec['prototype_class'] == k).sum())} {c}" for k, c in enumerate(run.class_names))
     summary = {
-        "backbone": cfg.backbone.name, "receptive field": f"{rf['size']:.0f} px (jump {rf['jump']:.0f})",
-        "mask": f"distance term {cfg.mask.distance_term}, zeroed background {cfg.mask.zero_background}",
-        "last layer": cfg.last_layer.mode, "prototypes": f"{len(rec['cell_id'])} ({', '.join(rec['class_names'])})",
-        "crop store": rec["store"],
-        **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in metrics.items()
-           if k in ("well_label_accuracy", "well_label_auroc", "true_label_accuracy", "true_label_auroc", "n_cells")},
+        "run folder": str(run.dir), "backbone": cfg.backbone.get("name", "?"),
+        "receptive field": f"{rf['size']:.0f} px (latent grid {rec['latent_size'][0]}×{rec['latent_size'][1]}, "
+                           f"jump {rf['jump']:.0f} px)",
+        "mask": f"distance term {mask.get('distance_term')}, zeroed background {mask.get('zero_background')}",
+        "last layer": cfg.get("last_layer", {}).get("mode", "?"),
+        "prototypes": f"{len(rec['cell_id'])} ({counts}); pushes {rec['pushes']}",
+        "crop store": rec["store"], "crop size": f"{rec['crop_size']} px",
+        **{k.replace("_", " "): v for k, v in metrics.items()
+           if k in ("n_cells", "well_label_accuracy", "well_label_auroc", "true_label_accuracy", "true_label_auroc")},
     }
+    run_table = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in summary.items())
+    flags = {} if health is None else dict(zip(health["prototype"], health["flag"]))
     grid = "".join(
-        f'<figure><a href="explain/mosaics/mosaic_{p["prototype"]:02d}.png">'
-        f'<img src="explain/prototypes/prototype_{p["prototype"]:02d}.png" alt="prototype {p["prototype"]}"></a>'
-        f'<figcaption>prototype {p["prototype"]} · {html.escape(rec["class_names"][int(rec["prototype_class"][p["prototype"]])])}'
-        f' · click for its 20 nearest patches</figcaption></figure>' for p in protos)
-    loc = {k: v for k, v in em.items() if not isinstance(v, dict)}
-    loc.update({f"affected fraction {k}": v for k, v in em.get("affected_fraction", {}).items()})
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>protocell report · {html.escape(run.dir.name)}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}} figure{{display:inline-block;margin:4px;width:360px}}
-img{{max-width:100%}} table.t{{border-collapse:collapse;font-size:12px}} table.t td,table.t th{{padding:2px 6px;border-bottom:1px solid #ddd}}</style>
-</head><body>
-<h1>protocell run {html.escape(run.dir.name)}</h1>
-<h2>Run</h2>{_table(pd.DataFrame(summary.items(), columns=["", "value"]))}
-<h2>Which prototypes differ between {html.escape(rec["class_names"][0])} and {html.escape(rec["class_names"][-1])}</h2>
-<p>Mean max-similarity of each prototype over the test cells of each population, and the difference;
-error bars are 95 % confidence intervals from a bootstrap over wells.</p>
-<img src="explain/population_similarity.png" alt="population similarity">
-<p>Ranked: Mann–Whitney U on well means, Cohen's d of the well means, Benjamini–Hochberg q-values over prototypes
-(<a href="explain/prototype_differences.csv">CSV</a>, <a href="explain/population_similarity.csv">population CSV</a>).</p>
+        f'<figure class="p"><a href="explain/mosaics/mosaic_{p["prototype"]:02d}.png">'
+        f'{_img("explain/" + p["figure"], "prototype " + str(p["prototype"]))}</a>'
+        f'<figcaption>prototype {p["prototype"]} · {html.escape(p["class"])} · well {html.escape(str(p["well"]))} '
+        f'field {p["field"]} cell {p["cell_id"]}'
+        f'{" · <b class=flag>" + html.escape(flags[p["prototype"]]) + "</b>" if flags.get(p["prototype"]) else ""}'
+        f'<br><a href="explain/mosaics/mosaic_{p["prototype"]:02d}.png">its {k_near} nearest patches</a>'
+        f' (<a href="explain/mosaics/mosaic_{p["prototype"]:02d}.csv">where</a>)</figcaption></figure>' for p in protos)
+    cell_figs = "".join(
+        f'<figure class="c">{_img("explain/" + c["figure"], "cell " + str(c["cell_id"]))}<figcaption>test cell '
+        f'{c["cell_id"]} ({html.escape(c["condition"])}, image {html.escape(str(c["image_id"]))}) → '
+        f'{html.escape(c["predicted"])}, {html.escape(run.exp)} score {c["exp_score"]:.2f}</figcaption></figure>'
+        for c in (cells or []))
+    frac = em.get("affected_fraction", {})
+    truth = {k: v for k, v in em.items() if isinstance(v, (int, float)) and k not in ("prototypes", "pushes")}
+    truth.update({f"affected fraction: {k}": v for k, v in frac.items() if isinstance(v, (int, float))})
+    for j, v in em.get("exp_prototype_texture_share", {}).items():
+        truth[f"prototype {j} ({run.exp}): share of nearest patches on the planted change"] = v
+    truth_table = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in truth.items())
+    n_flagged = 0 if health is None else int((health["flag"] != "").sum())
+    ref, exp = html.escape(run.ref), html.escape(run.exp)
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>protocell report · {html.escape(run.dir.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em;color:#222}}
+figure{{display:inline-block;margin:4px;vertical-align:top}} figure.p{{width:380px}} figure.c{{width:600px}}
+figcaption{{font-size:12px}} img{{max-width:100%}} .flag{{color:#b00}}
+table.t,table.kv{{border-collapse:collapse;font-size:12px}} table td,table th{{padding:2px 6px;border-bottom:1px solid #ddd;text-align:left}}
+p.how{{font-size:13px;color:#444;max-width:900px}}</style></head><body>
+<h1>protocell run {html.escape(run.dir.name)}: what differs between {ref} and {exp}</h1>
+<h2>Run</h2><table class="kv">{run_table}</table>
+
+<h2>Which prototypes differ between {ref} and {exp}</h2>
+<p class="how">Each prototype is a small image patch of a training cell. For every test cell we take its highest
+similarity to each prototype; bars are the mean over the {ref} and the {exp} test cells (top) and their difference
+{exp} − {ref} (bottom), prototypes grouped by class. Error bars: 95 % confidence intervals from a bootstrap over
+<b>wells</b> (cells of one well are not independent). A prototype far above zero below is a pattern
+that is more common in {exp} cells.</p>
+{_img("explain/population_similarity.png", "population similarity")}
+<p class="how">Ranked: two-sided Mann–Whitney U test on the <b>well means</b>, Cohen's d of the well means as effect
+size, Benjamini–Hochberg q-values over prototypes (<a href="explain/prototype_differences.csv">CSV</a>,
+<a href="explain/population_similarity.csv">population means CSV</a>).</p>
 {_table(ranked)}
-<h2>Prototypes</h2><p>Each prototype's source cell: the receptive-field box centred on the maximum activation (left)
-and ProtoPNet's 95th-percentile box over the heat map (right); green: cell outline.</p>
+
+<h2>Prototypes</h2>
+<p class="how">Each prototype on the cell it was taken from (<a href="explain/prototypes.csv">source images and
+coordinates</a>). Left: a box of the backbone's receptive field ({rf['size']:.0f} px) centred on the maximum
+activation; right: the original ProtoPNet box around the pixels at or above the 95th percentile of the
+activation heat map. Green: cell outline. Click a prototype for its {k_near} nearest training patches.</p>
 {grid}
-<h2>Cell scores and the affected fraction</h2>
-<p>Exp score of every test cell per population. The affected fraction of the exposed population is estimated as
-1 − P<sub>Exp</sub>(s ≤ t) / P<sub>Ref</sub>(s ≤ t) with t the Ref median, assuming Ref cells are (nearly) all unaffected and
-affected cells score above the Ref median; 95 % CI from a bootstrap over wells.</p>
-<img src="explain/cell_scores.png" alt="cell scores">
+
+<h2>Cell scores and the affected fraction of {exp}</h2>
+<p class="how">The {exp} score of every test cell, per condition. Estimator: {html.escape(str(frac.get("estimator", "")))}.
+Assumption: {html.escape(str(frac.get("assumption", "")))}; if unaffected {exp} cells score higher than {ref} cells
+(a well or plate effect), the estimate is biased upwards. 95 % CI: bootstrap over wells.</p>
+{_img("explain/cell_scores.png", "cell scores")}
+
 <h2>This looks like that: sample test cells</h2>
-{"".join(f'<figure style="width:560px"><img src="explain/cells/cell_{c}.png" alt="cell {c}"></figure>' for c in (cells or []))}
-<h2>Prototype health</h2><p>Flags: <b>duplicate</b> (same source patch or squared distance &lt; 1e-3),
-<b>on border</b> (most of its 20 nearest patches straddle the cell outline), <b>impure</b> (fewer than half of them from its own class).</p>
+<p class="how">Top row: the cell, and where in it each of its most important prototypes matched (box, heat map);
+the title gives similarity × last-layer weight = its contribution to the predicted class. Bottom row: the
+prototype's own source patch.</p>
+{cell_figs}
+
+<h2>Prototype health ({n_flagged} of {len(protos)} flagged)</h2>
+<p class="how">Flags: <b>duplicate</b> (same source patch, or squared distance to another prototype &lt; 1e-3),
+<b>on border</b> (more than half of its nearest patches straddle the cell outline), <b>in background</b> (any
+nearest patch outside the cell), <b>impure</b> (fewer than half of its nearest patches from its own class).
+<a href="explain/prototype_health.csv">CSV</a>.</p>
 {_table(health) if health is not None else ""}
-<h2>Ground truth checks</h2>{_table(pd.DataFrame(loc.items(), columns=["metric", "value"]))}
+
+<h2>Ground-truth checks</h2>
+<p class="how">Only for data whose per-cell truth is known (synthetic wells): true-label accuracy and AUROC of the
+cell scores, localisation of the {exp} prototypes on the planted change, prototypes in background (must be 0 with
+the mask on), the estimated vs the true affected fraction (<a href="explain/explain_metrics.json">JSON</a>).</p>
+<table class="kv">{truth_table}</table>
 </body></html>"""
-    (run.dir / "report.html").write_text(page)
+    (run.dir / "report.html").write_text(page, encoding="utf-8")
+

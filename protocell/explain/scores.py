@@ -34,5 +34,35 @@ def affected_fraction_ci(cells: pd.DataFrame, ref: str, exp: str, n_boot: int = 
 
     point = est(wells)
     boots = [est({c: [w[i] for i in rng.integers(0, len(w), len(w))] for c, w in wells.items()}) for _ in range(n_boot)]
+    ref_all = np.concatenate(wells[ref])
     return {"estimate": point, "ci_low": float(np.percentile(boots, 2.5)), "ci_high": float(np.percentile(boots, 97.5)),
-            "threshold_quantile_of_ref": 0.5}
+            "estimator": "1 - P_Exp(s <= t) / P_Ref(s <= t), t = Ref median score (two-group mixture)",
+            "assumption": "Ref cells are (nearly) all unaffected and affected cells score above the Ref median",
+            "threshold_quantile_of_ref": 0.5, "threshold": float(np.quantile(ref_all, 0.5)),
+            "n_wells_ref": len(wells[ref]), "n_wells_exp": len(wells[exp]), "n_boot": int(n_boot)}
+
+
+def plot_scores(preds: pd.DataFrame, ref: str, exp: str, frac: dict, out) -> None:
+    """Figure 5: the Exp score of every test cell, per condition, and the affected-fraction estimate."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    bins = np.linspace(0, 1, 41)
+    for cond, colour in ((ref, "tab:blue"), (exp, "tab:red")):
+        s = preds.loc[preds["condition"] == cond, "score"]
+        ax.hist(s, bins, alpha=0.5, density=True, color=colour,
+                label=f"{cond} ({len(s)} cells, {preds.loc[preds['condition'] == cond, 'well'].nunique()} wells)")
+    t = frac.get("threshold")
+    if t is not None:
+        ax.axvline(t, color="k", ls="--", lw=0.8, label=f"{ref} median (threshold)")
+    title = (f"estimated affected fraction of {exp}: {frac['estimate']:.2f} "
+             f"(95 % CI {frac['ci_low']:.2f}–{frac['ci_high']:.2f}, bootstrap over wells)")
+    if frac.get("true") is not None:
+        title += f"\ntrue (ground truth): {frac['true']:.2f}"
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel(f"{exp} score of a test cell")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)

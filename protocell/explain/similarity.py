@@ -69,3 +69,47 @@ def rank_differences(cells: pd.DataFrame, protos: list[str], ref: str, exp: str)
     df = pd.DataFrame(rows)
     df["q_value"] = benjamini_hochberg(df["p_value"].fillna(1.0).to_numpy())
     return df.sort_values(["q_value", "cohens_d"], key=lambda s: s if s.name == "q_value" else -s.abs()).reset_index(drop=True)
+
+
+def class_order(prototype_class) -> np.ndarray:
+    """Prototype indices grouped by class (stable within a class)."""
+    return np.argsort(np.asarray(prototype_class), kind="stable")
+
+
+def plot_population(pop: pd.DataFrame, prototype_class, class_names: list[str], ref: str, exp: str, out) -> None:
+    """Figure 3 (the cell paper's Figs 3 and 6): mean max-similarity per prototype in Ref and Exp
+    and the difference Exp − Ref, prototypes grouped by class, 95 % well-bootstrap CIs."""
+    import matplotlib.pyplot as plt
+
+    order = class_order(prototype_class)
+    cls = np.asarray(prototype_class)[order]
+    p = pop.iloc[order].reset_index(drop=True)
+    P = len(p)
+    xs = np.arange(P)
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.5, P * 0.42), 6.2), sharex=True)
+    for off, cond, colour in ((-0.2, ref, "tab:blue"), (0.2, exp, "tab:red")):
+        m = p[f"mean_{cond}"].to_numpy()
+        err = np.stack([m - p[f"ci_low_{cond}"], p[f"ci_high_{cond}"] - m]).clip(0)
+        axes[0].bar(xs + off, m, 0.4, yerr=err, color=colour, label=f"{cond} test cells", capsize=2)
+    axes[0].set_ylabel("mean max-similarity")
+    axes[0].legend(fontsize=8)
+    d = p["difference"].to_numpy()
+    axes[1].bar(xs, d, 0.6, yerr=np.stack([d - p["diff_ci_low"], p["diff_ci_high"] - d]).clip(0),
+                color=["tab:red" if v > 0 else "tab:blue" for v in d], capsize=2)
+    axes[1].axhline(0, color="k", lw=0.5)
+    axes[1].set_ylabel(f"{exp} − {ref}")
+    for ax in axes:   # class groups: shaded bands and separators
+        for k in np.unique(cls):
+            idx = np.flatnonzero(cls == k)
+            if k % 2:
+                ax.axvspan(idx[0] - 0.5, idx[-1] + 0.5, color="0.93", zorder=0)
+    for k in np.unique(cls):
+        idx = np.flatnonzero(cls == k)
+        axes[0].text((idx[0] + idx[-1]) / 2, 1.01, f"{class_names[k]} prototypes", ha="center", va="bottom",
+                     transform=axes[0].get_xaxis_transform(), fontsize=8)
+    axes[1].set_xticks(xs, [str(n).lstrip("p") for n in p["prototype"]], fontsize=7)
+    axes[1].set_xlabel("prototype")
+    fig.suptitle("prototype similarity by population (error bars: 95 % CI, bootstrap over wells)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)

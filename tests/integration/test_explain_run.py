@@ -1,4 +1,6 @@
-"""explain on a tiny trained run: every figure, table and the report; bad run folders refused."""
+"""explain on a tiny trained run: every figure, table and the report (also in a real headless
+browser); mosaics and population statistics against brute force; bad run folders refused; W&B
+wiring."""
 
 import json
 import os
@@ -8,10 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from protocell.explain.run import ExplainError, explain_run, load_run, nearest_patches
+from protocell.explain.run import ExplainError, cell_similarities, explain_run, load_run, nearest_patches
+from protocell.explain.similarity import population_means
+from protocell.model.prototypes import log_similarity
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -27,22 +33,44 @@ def tiny_run(tmp_path_factory):
     return tmp / "run"
 
 
-def test_explain_writes_figures_tables_metrics_and_a_report(tiny_run):
-    out = explain_run(tiny_run, n_boot=50)
-    P = len(torch.load(tiny_run / "prototypes.pt", weights_only=True)["cell_id"])
+@pytest.fixture(scope="module")
+def explained(tiny_run):
+    return explain_run(tiny_run, n_boot=50, log_wandb=False)
+
+
+def test_explain_writes_figures_tables_metrics_and_a_report(tiny_run, explained):
+    out = explained
+    rec = torch.load(tiny_run / "prototypes.pt", weights_only=True)
+    P = len(rec["cell_id"])
     assert len(list((out / "prototypes").glob("*.png"))) == P == len(list((out / "mosaics").glob("*.png")))
+    assert len(list((out / "mosaics").glob("*.csv"))) == P and len(list((out / "cells").glob("*.png"))) == 6
     for name in ("population_similarity.png", "population_similarity.csv", "prototype_differences.csv",
-                 "explain_metrics.json"):
+                 "cell_scores.png", "prototype_health.csv", "prototypes.csv", "explain_metrics.json"):
         assert (out / name).exists(), name
+    # the prototype boxes are push's provenance, and every figure's cells can be found in the raw image
+    protos = pd.read_csv(out / "prototypes.csv")
+    assert protos["cell_id"].tolist() == rec["cell_id"].tolist()
+    assert protos["box_crop"].tolist() == [",".join(map(str, b)) for b in rec["box_clipped"].tolist()]
+    for col in ("image_id", "well", "field", "box_image"):
+        assert protos[col].notna().all(), col
     em = json.loads((out / "explain_metrics.json").read_text())
     assert em["background_prototype_share"] == 0.0          # mask on: no prototype in background
+    assert set(em["exp_prototype_texture_share"]) == {str(j) for j in range(P) if rec["prototype_class"][j] == 1}
     assert all(0 <= v <= 1 for v in em["exp_prototype_texture_share"].values())
+    preds = pd.read_csv(tiny_run / "test_predictions.csv")
+    exp = preds[preds["condition"] == "Exp"]
+    assert em["affected_fraction"]["true"] == pytest.approx((exp["true_label"] == 1).mean())
+    assert em["affected_fraction"]["ci_low"] <= em["affected_fraction"]["estimate"] <= em["affected_fraction"]["ci_high"]
+    metrics = json.loads((tiny_run / "metrics.json").read_text())    # same cells, same calls as train.py
+    assert em["true_label_accuracy"] == pytest.approx(metrics["true_label_accuracy"])
+    assert em["true_label_auroc"] == pytest.approx(metrics["true_label_auroc"], abs=1e-6)
     page = (tiny_run / "report.html").read_text()
-    for src in re.findall(r'src="([^"]+)"', page):           # every image the page names exists
+    for src in re.findall(r'(?:src|href)="([^"]+)"', page):   # every image and link the page names exists
         assert (tiny_run / src).exists(), src
+    assert "vgg11_narrow" in page and "46 px" in page and "Mann–Whitney" in page
 
 
-def test_nearest_patches_are_sorted_and_equal_brute_force(tiny_run):
+def test_nearest_patches_are_sorted_and_equal_brute_force(tiny_run, explained):
     run = load_run(tiny_run)
     near = nearest_patches(run, k=5)
     assert (near["distance"][1:] >= near["distance"][:-1]).all()
@@ -55,32 +83,104 @@ def test_nearest_patches_are_sorted_and_equal_brute_force(tiny_run):
     for j in range(near["distance"].shape[1]):
         brute = sorted((float(v[j]), c) for c, v in best.items())[:5]
         assert [c for _, c in brute] == near["cell_id"][:, j].tolist()
+    # the rendered mosaic lists the same cells in the same order (k = 20)
+    near20 = nearest_patches(run)
+    tiles = pd.read_csv(explained / "mosaics" / "mosaic_00.csv")
+    assert len(tiles) == min(20, len(run.dm.rows["push"]))               # the tiny push set has fewer cells
+    assert tiles["cell_id"].tolist() == near20["cell_id"][:, 0].tolist()
+    assert tiles["rank"].tolist() == list(range(1, len(tiles) + 1))
+
+
+def test_population_similarities_and_means_equal_a_direct_loop_over_test_cells(tiny_run, explained):
+    run = load_run(tiny_run)
+    cells = cell_similarities(run).set_index("cell_id")
+    P = len(run.record["cell_id"])
+    ds = run.dm.dataset("test")
+    direct = {}
+    with torch.no_grad():
+        for i in range(len(ds)):            # one cell at a time, straight through the network
+            x, m, _, cid = ds[i]
+            d = run.net.distances(run.net.latent(x[None]), m[None])[0]          # (P, H, W)
+            direct[int(cid)] = d.flatten(1).amin(1).double()
+    assert set(direct) == set(cells.index)
+    preds = run.preds.set_index("cell_id")
+    for cid, d in direct.items():
+        # float32 distances (‖z‖² − 2 z·p + ‖p‖²) agree to ~1e-5 across batch sizes; the similarity
+        # log((d + 1)/(d + 1e-4)) magnifies that near d = 0, so compare distances, then similarities
+        assert np.allclose(preds.loc[cid, [f"min_d_{j}" for j in range(P)]].to_numpy(float), d.numpy(), atol=2e-5)
+        direct[cid] = log_similarity(d).numpy()
+        assert np.allclose(cells.loc[cid, [f"p{j}" for j in range(P)]].to_numpy(float), direct[cid], rtol=2e-3)
+    pop = pd.read_csv(explained / "population_similarity.csv")
+    for cond in ("Ref", "Exp"):
+        ids = [c for c in direct if cells.loc[c, "condition"] == cond]
+        mean = np.mean([direct[c] for c in ids], axis=0)
+        assert np.allclose(pop[f"mean_{cond}"], mean, rtol=1e-3)
+        own = cells.loc[ids, [f"p{j}" for j in range(P)]].to_numpy(float).mean(0)
+        assert np.allclose(pop[f"mean_{cond}"], own, rtol=1e-9)           # exactly the mean of the cells table
+    assert np.allclose(pop["difference"], pop["mean_Exp"] - pop["mean_Ref"])
+    again = population_means(cell_similarities(run), [f"p{j}" for j in range(P)], "Ref", "Exp", n_boot=50)
+    assert np.allclose(again["diff_ci_low"], pop["diff_ci_low"])          # seeded bootstrap: reproducible
 
 
 def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
     with pytest.raises(ExplainError, match="does not exist"):
         load_run(tmp_path / "nope")
     broken = tmp_path / "run"
-    shutil.copytree(tiny_run, broken)
+    shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("explain", "report.html"))
     rec = torch.load(broken / "prototypes.pt", weights_only=True)
     torch.save({**rec, "version": 99}, broken / "prototypes.pt")
-    with pytest.raises(ExplainError, match="v99"):
+    with pytest.raises(ExplainError, match="v99.*protocell version that trained it"):
         load_run(broken)
     torch.save({**rec, "pushes": 0}, broken / "prototypes.pt")
-    with pytest.raises(ExplainError, match="never pushed"):
+    with pytest.raises(ExplainError, match="pushes = 0.*never pushed"):
+        load_run(broken)
+    (broken / "prototypes.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ExplainError, match="cannot be read"):
+        load_run(broken)
+    torch.save({**rec, "store": str(tmp_path / "gone")}, broken / "prototypes.pt")
+    with pytest.raises(ExplainError, match="crop store .*gone.* does not exist"):
         load_run(broken)
     (broken / "prototypes.pt").unlink()
     with pytest.raises(ExplainError, match="prototypes.pt is missing"):
         load_run(broken)
 
 
+def test_cli_refuses_a_missing_run_folder_without_creating_it(tmp_path):
+    missing = tmp_path / "no_such_run"
+    proc = subprocess.run([sys.executable, "explain.py", f"run={missing}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and "does not exist" in proc.stdout + proc.stderr
+    assert not missing.exists()
+
+
+def test_wandb_wiring_logs_figures_offline_to_the_training_run(tiny_run, tmp_path):
+    pytest.importorskip("wandb")
+    from omegaconf import OmegaConf
+
+    from protocell.explain.run import log_to_wandb
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert log_to_wandb(load_run(run_dir), run_dir / "explain").startswith("skipped: the run did not use")
+    cfg.logger = {"_target_": "lightning.pytorch.loggers.WandbLogger", "project": "protocell-test", "offline": True}
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    assert "no W&B run id" in log_to_wandb(load_run(run_dir), run_dir / "explain")
+    (run_dir / "wandb_run_id.txt").write_text("explaintest01")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    assert log_to_wandb(load_run(run_dir), run_dir / "explain") == "logged offline to run explaintest01"
+    offline = list((run_dir / "wandb").glob("offline-run-*-explaintest01"))
+    assert len(offline) == 1
+    media = [p.name for p in offline[0].rglob("media/images/**/*.png")]
+    assert any("population" in n for n in media) and any("mosaics" in n for n in media)
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium): "
-                    "the report is then checked only for files, not in a browser")
-def test_report_loads_every_image_in_a_real_headless_browser(tiny_run, tmp_path):
-    explain_run(tiny_run, n_boot=20)
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (as root: apt-get update && "
+                    "apt-get install -y chromium): report.html is then checked only for files, not in a browser")
+def test_report_loads_every_image_in_a_real_headless_browser(tiny_run, explained, tmp_path):
     probe = tmp_path / "probe.html"
     # the report in an iframe of a probe page that lists each image's natural size once loaded
     probe.write_text(f"""<html><body><iframe id="r" src="{(tiny_run / 'report.html').as_uri()}" width=1200 height=800></iframe>
@@ -101,4 +201,6 @@ document.getElementById('r').onload = () => {{
     found = re.search(r"IMAGES (\d+) BROKEN (.*?) END", proc.stdout)
     assert found, proc.stdout[-2000:] + proc.stderr[-2000:]
     n, broken = int(found.group(1)), found.group(2)
-    assert n >= 3 and broken == "", f"{n} images, broken: {broken}"
+    P = len(list((explained / "prototypes").glob("*.png")))
+    # population, cell scores, every prototype, every sampled cell: all decoded by the browser
+    assert n == 2 + P + len(list((explained / "cells").glob("*.png"))) and broken == "", f"{n} images, broken: {broken}"

@@ -1,21 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from protocell.explain.boxes import percentile_box, upsample
 from protocell.explain.similarity import benjamini_hochberg, population_means, rank_differences
-
-
-def test_percentile_box_equals_direct_computation():
-    rng = np.random.default_rng(0)
-    up = upsample(rng.random((8, 8)), 64)
-    assert up.shape == (64, 64)
-    thr = np.percentile(up, 95)
-    ys, xs = np.nonzero(up >= thr)
-    assert percentile_box(up) == (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
-    yy, xx = np.mgrid[0:64, 0:64]
-    peak = np.exp(-((yy - 12) ** 2 + (xx - 42) ** 2) / (2 * 3.0 ** 2))   # a smooth activation blob
-    y0, x0, y1, x1 = percentile_box(peak)
-    assert (y0 + y1 - 1) / 2 == 12 and (x0 + x1 - 1) / 2 == 42 and 4 < y1 - y0 < 20
 
 
 def _cells(seed=0):
