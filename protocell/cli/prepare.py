@@ -46,7 +46,8 @@ from protocell.data.store import CropStoreWriter, StoreError, atomic_write_text
 
 log = logging.getLogger("protocell.prepare")
 
-SEGMENTATION_KEYS_NOT_FOR_BUILDER = ("method", "nuclei_threshold", "cell_threshold", "threshold_method")
+SEGMENTATION_KEYS_NOT_FOR_BUILDER = ("method", "nuclei_threshold", "cell_threshold", "threshold_method",
+                                     "min_nuclei_snr")
 STORE_DTYPES = ("uint16", "float32")
 
 
@@ -172,6 +173,15 @@ def thresholds_of(stats: list[ChannelStats], names: list[str], seg: dict, main: 
     for key, channel in (("cell", main), ("nuclei", second)):
         given = seg.get(f"{key}_threshold")
         out[key] = float(given) if given is not None else float(auto[method](stats[names.index(channel)].sample))
+    # An automatic threshold always splits *something*, even pure noise: seeds must stand
+    # min_nuclei_snr robust SDs above the nuclei channel's median (its background, nuclei being
+    # sparse), so an empty field yields no cells instead of segmented noise.
+    snr = seg.get("min_nuclei_snr", 3.0)
+    if seg.get("nuclei_threshold") is None and snr:
+        sample = stats[names.index(second)].sample
+        med = float(np.median(sample))
+        sd = 1.4826 * float(np.median(np.abs(sample - med)))
+        out["nuclei"] = max(out["nuclei"], med + float(snr) * sd)
     return out
 
 

@@ -1,0 +1,165 @@
+"""Every bad input is refused before anything is written, with a message naming the file and the fix."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from conftest import prepare_config
+from protocell.cli.prepare import prepare
+from protocell.data.io import InputError
+
+
+@pytest.fixture()
+def plate(tmp_path, synthetic_fields):
+    """A writable copy of four synthetic fields (2 per condition) and their plate map."""
+    root = tmp_path / "plate"
+    (root / "fields").mkdir(parents=True)
+    pm = pd.read_csv(synthetic_fields / "plate_map.csv")
+    pm = pm.groupby("condition").head(2).reset_index(drop=True)
+    for img in pm["image"]:
+        shutil.copy(synthetic_fields / img, root / img)
+    pm.to_csv(root / "plate_map.csv", index=False)
+    return root
+
+
+def run(plate, *overrides):
+    out = plate.parent / "store"
+    cfg = prepare_config(f"input={plate}", f"plate_map={plate / 'plate_map.csv'}", f"output={out}",
+                         "tile.size=128", "augment.copies=0", "summary.overlays=0", *overrides)
+    return prepare(cfg), out
+
+
+def refused(plate, *overrides, match):
+    with pytest.raises(InputError, match=match) as err:
+        run(plate, *overrides)
+    out = plate.parent / "store"
+    assert not (out / "store.json").exists() and not (out / "manifest.csv").exists()
+    assert not list((out / "shards").glob("*.npy")) if (out / "shards").exists() else True
+    return str(err.value)
+
+
+def test_the_good_plate_prepares(plate):
+    out, _ = run(plate)
+    assert (out / "store.json").exists()
+
+
+def test_missing_tiff(plate):
+    (plate / "fields" / "plate1_A01_f1.tif").unlink()
+    msg = refused(plate, match="not in the input folder")
+    assert "plate1_A01_f1.tif" in msg and "row 3" in msg
+
+
+def test_corrupt_tiff(plate):
+    (plate / "fields" / "plate1_A01_f0.tif").write_bytes(b"II*\x00garbage" * 10)
+    msg = refused(plate, match="cannot be read as a TIFF")
+    assert "plate1_A01_f0.tif" in msg and "re-export" in msg
+
+
+def test_truncated_tiff_data(plate):
+    path = plate / "fields" / "plate1_A01_f0.tif"
+    img = tifffile.imread(path)
+    tifffile.imwrite(path, img, tile=(64, 64), compression="zlib", metadata={"axes": "CYX"})
+    data = path.read_bytes()
+    with tifffile.TiffFile(path) as tif:          # cut the file inside the last tile's compressed data
+        cut = int(tif.pages[1].dataoffsets[-1]) + 5
+    path.write_bytes(data[:cut])
+    msg = refused(plate, match="truncated or corrupt")
+    assert "plate1_A01_f0" in msg
+
+
+def test_channels_of_different_shapes(plate, tmp_path):
+    # one file per channel; the nuclei file of one image is smaller
+    rows = []
+    for img in pd.read_csv(plate / "plate_map.csv").itertuples():
+        data = tifffile.imread(plate / img.image)
+        stem = Path(img.image).stem
+        for c, name in enumerate(["actin", "nuclei"]):
+            plane = data[c] if not (stem == "plate1_A01_f0" and name == "nuclei") else data[c][:200, :200]
+            tifffile.imwrite(plate / f"{stem}_{name}.tif", plane)
+            rows.append({"image": f"{stem}_{name}.tif", "plate": img.plate, "well": img.well, "field": img.field,
+                         "condition": img.condition, "channel": name})
+    pd.DataFrame(rows).to_csv(plate / "plate_map.csv", index=False)
+    msg = refused(plate, match="differ in shape")
+    assert "plate1_A01_f0_nuclei.tif" in msg
+
+
+def test_wrong_channel_count(plate):
+    path = plate / "fields" / "plate1_B01_f0.tif"
+    img = tifffile.imread(path)
+    tifffile.imwrite(path, np.concatenate([img, img[:1]]), photometric="minisblack", metadata={"axes": "CYX"})
+    msg = refused(plate, match="has 3 channel")
+    assert "plate1_B01_f0.tif" in msg and "channels.names" in msg
+
+
+def test_nan_pixels(plate):
+    path = plate / "fields" / "plate1_B01_f1.tif"
+    img = tifffile.imread(path).astype(np.float32)
+    img[1, 40, 50] = np.nan
+    tifffile.imwrite(path, img, metadata={"axes": "CYX"})
+    msg = refused(plate, match="NaN/inf")
+    assert "plate1_B01_f1" in msg and "nuclei" in msg and "y=40, x=50" in msg
+
+
+def test_constant_image(plate):
+    path = plate / "fields" / "plate1_A01_f1.tif"
+    tifffile.imwrite(path, np.full((2, 256, 256), 7, np.uint16), metadata={"axes": "CYX"})
+    msg = refused(plate, match="constant")
+    assert "plate1_A01_f1" in msg and "every pixel = 7" in msg
+
+
+def test_plate_map_missing_columns(plate):
+    pm = pd.read_csv(plate / "plate_map.csv").drop(columns=["condition"])
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    msg = refused(plate, match=r"lacks columns \['condition'\]")
+    assert "plate_map.csv" in msg and "image,plate,well,field,condition" in msg
+
+
+def test_plate_map_naming_unknown_image(plate):
+    pm = pd.read_csv(plate / "plate_map.csv")
+    pm.loc[len(pm)] = ["fields/nope.tif", "plate1", "C01", 0, "Exp"]
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    msg = refused(plate, match="names image 'fields/nope.tif'")
+    assert "fix the path or add the file" in msg
+
+
+def test_image_without_cells_is_warned_recorded_and_the_run_goes_on(plate, caplog):
+    rng = np.random.default_rng(0)
+    empty = rng.normal(100, 3, (2, 256, 256))
+    empty[:, 100, 100] += 400                        # one speck: not constant, but no cell
+    tifffile.imwrite(plate / "fields" / "empty.tif", empty.astype(np.uint16), metadata={"axes": "CYX"})
+    pm = pd.read_csv(plate / "plate_map.csv")
+    pm.loc[len(pm)] = ["fields/empty.tif", "plate1", "A09", 0, "Ref"]
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    out, _ = run(plate)
+    import json
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    assert summary["images_without_cells"] == ["empty"]
+    assert [r["status"] for r in summary["per_image"] if r["image_id"] == "empty"] == ["no cells found"]
+    assert summary["cells"] > 20 and "no cell found" in caplog.text
+
+
+def test_tile_larger_than_image(plate):
+    msg = refused(plate, "tile.size=300", match="tile.size=300 is larger than image")
+    assert "256×256" in msg and "tile.size=256" in msg
+
+
+def test_unknown_segmentation_method(plate):
+    refused(plate, "segmentation.method=magic", match="segmentation.method='magic' is invalid")
+
+
+def test_missing_model_file(plate, tmp_path):
+    msg = refused(plate, "segmentation=cellpose", f"segmentation.model={tmp_path / 'none' / 'model.pt'}",
+                  match="no such Cellpose model file")
+    assert "model.pt" in msg
+
+
+def test_missing_builtin_cellpose_model_names_the_download(plate, tmp_path, monkeypatch):
+    from cellpose import models
+
+    monkeypatch.setattr(models, "MODEL_DIR", tmp_path / "cp_models")
+    msg = refused(plate, "segmentation=cellpose", "segmentation.model=cyto3", match="is not on this machine")
+    assert str(tmp_path / "cp_models" / "cyto3") in msg and "https://www.cellpose.org/models/cyto3" in msg
