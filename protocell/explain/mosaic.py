@@ -15,7 +15,6 @@ import torch
 from tqdm import tqdm
 
 from protocell.explain.boxes import rf_box
-from protocell.explain.heatmap import draw_box
 
 N_NEAREST = 20
 
