@@ -230,6 +230,6 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
 
     write_report(run, protos, pop, ranked, em, metrics, health=health, cells=local)
     if log_wandb:
-        em["wandb"] = log_to_wandb(run, out)
+        log_to_wandb(run, out)
     log.info("explain: %s and %s (%.1f s)", out, run.dir / "report.html", time.time() - t0)
     return out

@@ -118,7 +118,12 @@ def test_population_similarities_and_means_equal_a_direct_loop_over_test_cells(t
         own = cells.loc[ids, [f"p{j}" for j in range(P)]].to_numpy(float).mean(0)
         assert np.allclose(pop[f"mean_{cond}"], own, rtol=1e-9)           # exactly the mean of the cells table
     assert np.allclose(pop["difference"], pop["mean_Exp"] - pop["mean_Ref"])
-    again = population_means(cell_similarities(run), [f"p{j}" for j in range(P)], "Ref", "Exp", n_boot=50)
+    # a predictions file without the per-prototype distances: one pass over the test set instead
+    run.preds = run.preds.drop(columns=[c for c in run.preds if c.startswith("min_d_")])
+    recomputed = cell_similarities(run).set_index("cell_id").loc[cells.index]
+    assert (recomputed["condition"] == cells["condition"]).all()
+    assert np.allclose(recomputed[[f"p{j}" for j in range(P)]], cells[[f"p{j}" for j in range(P)]], rtol=2e-3)
+    again = population_means(cells.reset_index(), [f"p{j}" for j in range(P)], "Ref", "Exp", n_boot=50)
     assert np.allclose(again["diff_ci_low"], pop["diff_ci_low"])          # seeded bootstrap: reproducible
 
 
