@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import albumentations as A
-import cv2
 import numpy as np
 
 
@@ -27,7 +25,11 @@ class AugmentParams:
     seed: int = 0
 
 
-def _transform(rng: np.random.Generator, p: AugmentParams) -> tuple[A.Compose, str]:
+def _transform(rng: np.random.Generator, p: AugmentParams):
+    # imported here: albumentations loads torch (~550 MB); the tile workers never need it
+    import albumentations as A
+    import cv2
+
     rot = float(rng.uniform(-p.rotate, p.rotate))
     shear = float(rng.uniform(-p.shear, p.shear))
     skew = float(rng.uniform(0, p.skew))
