@@ -88,11 +88,13 @@ def build_module(cfg: DictConfig, in_channels: int, class_names: list[str]) -> P
     # _partial_: Hydra would turn the Backbone dataclass into a config node if passed to instantiate
     net = instantiate(cfg.model, _partial_=True)(backbone=backbone, num_classes=len(class_names))
     perf = cfg.get("performance", {})
+    # trainer=gpu sets trainer.channels_last (a protocell key, not a Trainer argument)
+    channels_last = bool(perf.get("channels_last", False) or cfg.trainer.get("channels_last", False))
     module = ProtoPNetModule(net, last_layer=cfg.last_layer.mode, lr=dict(cfg.optim.lr),
                              weight_decay=cfg.optim.weight_decay, lr_step_epochs=cfg.optim.lr_step_epochs,
                              lr_gamma=cfg.optim.lr_gamma, class_names=class_names,
-                             channels_last=bool(perf.get("channels_last", False)), **cfg.loss)
-    if perf.get("channels_last"):
+                             channels_last=channels_last, **cfg.loss)
+    if channels_last:
         module.to(memory_format=torch.channels_last)
     if perf.get("compile"):
         # the backbone is where the time goes; the prototype head is small and shape-dynamic
@@ -110,6 +112,22 @@ def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: 
         df[f"min_d_{j}"] = cat["min_distances"][:, j].numpy()
     info = manifest.set_index("cell_id")[["image_id", "well", "condition", "true_label"]]
     return df.join(info, on="cell_id")
+
+
+def gather_predictions(batches: list[dict]) -> list[dict]:
+    """Under DDP, every rank's predictions in loader order (``ShardSampler``: rank r holds positions
+    r, r + world, …); one process: ``batches`` unchanged."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1) or not batches:
+        return batches
+    world = dist.get_world_size()
+    local = {k: torch.cat([b[k] for b in batches]).cpu() for k in batches[0]}
+    shards: list = [None] * world
+    dist.all_gather_object(shards, local)
+    position = torch.cat([r + world * torch.arange(len(sh["cell_id"])) for r, sh in enumerate(shards)])
+    order = torch.argsort(position)
+    return [{k: torch.cat([sh[k] for sh in shards])[order] for k in local}]
 
 
 def hydra_choices() -> dict:
@@ -131,7 +149,10 @@ def build_logger(cfg: DictConfig, out_dir: Path):
     make = instantiate(cfg.logger, _partial_=True)   # `config` would clash with instantiate's own argument
     logger = make(group=group, tags=[f"{k}={v}" for k, v in sorted(choices.items())],
                   config={**OmegaConf.to_container(cfg, resolve=True), "choices": choices})
-    (out_dir / "wandb_run_id.txt").write_text(logger.experiment.id)   # starts the (offline) run
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:   # other DDP ranks hold a dummy experiment
+        (out_dir / "wandb_run_id.txt").write_text(logger.experiment.id)   # starts the (offline) run
     return logger
 
 
@@ -169,14 +190,17 @@ def run(cfg: DictConfig) -> dict:
                  ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_epochs=1, save_on_train_epoch_end=True)]
     logger = build_logger(cfg, out_dir)
-    trainer = instantiate(cfg.trainer, max_epochs=len(plan), callbacks=callbacks, logger=logger,
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.pop("channels_last", None)
+    trainer = instantiate(trainer_cfg, max_epochs=len(plan), callbacks=callbacks, logger=logger,
                           default_root_dir=str(out_dir))
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume)
+    # protocell's checkpoint state is plain data: load it without unpickling arbitrary objects
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True if cfg.resume else None)
     train_seconds = time.time() - t_start
 
     trainer.test(module, datamodule=dm, verbose=False)
-    preds = trainer.predict(module, dataloaders=dm.predict_dataloader())
-    val_preds = trainer.predict(module, dataloaders=dm.val_dataloader()) if len(dm.rows["val"]) else []
+    preds = gather_predictions(trainer.predict(module, dataloaders=dm.predict_dataloader()))
+    val_preds = gather_predictions(trainer.predict(module, dataloaders=dm.val_dataloader())) if len(dm.rows["val"]) else []
     metrics = {}
     if trainer.is_global_zero:
         df = predictions_frame(preds, dm.store.manifest, dm.class_names)

@@ -9,6 +9,12 @@ never evaluated or pushed. Normalisation ranges come from training crops only.
 Loaders: ``train_dataloader`` (shuffled, online flips/rotations when ``augment``),
 ``val/test_dataloader``, ``push_dataloader`` (training originals, no augmentation: push projects
 prototypes onto real cells) and ``predict_dataloader`` (test).
+
+Under DDP (an initialised process group of ``world`` ranks) each loader deals this rank its share:
+training shuffles the epoch's permutation and pads it to a multiple of ``world`` (ranks must run the
+same number of steps), while val/test/predict/push take indices ``rank, rank + world, …`` with no
+padding, so over all ranks every cell is evaluated, predicted and pushed exactly once. Both subclass
+``DistributedSampler``, so Lightning keeps them instead of wrapping its own (padding) sampler.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 
 from protocell.data.dataset import CellDataset, EpochSampler
 from protocell.data.store import CropStore, StoreError
@@ -61,6 +68,48 @@ def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: in
     # augmented rows train only (their images are train images by construction)
     out[~originals & (out != "train")] = "drop"
     return out
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardSampler(DistributedSampler):
+    """Evaluation share of one rank: indices ``rank, rank + world, …``, unpadded (every cell once)."""
+
+    def __init__(self, n: int, rank: int, world: int):   # no super().__init__: it wants a dataset
+        self.n, self.rank, self.num_replicas, self.epoch, self.shuffle = n, rank, world, 0, False
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+
+class DistributedEpochSampler(DistributedSampler):
+    """Training share of one rank: ``EpochSampler``'s (seed, epoch) permutation, padded by wrapping to
+    a multiple of ``world``, then every ``world``-th item from ``rank``; yields (index, epoch) pairs."""
+
+    def __init__(self, n: int, seed: int, rank: int, world: int):
+        self.base = EpochSampler(n, seed)
+        self.rank, self.num_replicas, self.epoch, self.shuffle = rank, world, 0, True
+        self.per_rank = -(-n // world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        items = list(self.base)
+        items += items[: self.per_rank * self.num_replicas - len(items)]
+        return iter(items[self.rank::self.num_replicas])
 
 
 class CellDataModule(L.LightningDataModule):
@@ -135,7 +184,13 @@ class CellDataModule(L.LightningDataModule):
 
     # --------------------------------------------------------------------- loaders
     def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), self.seed) if shuffle else None,
+        rank, world = process_rank()
+        if world > 1:
+            sampler = (DistributedEpochSampler(len(ds), self.seed, rank, world) if shuffle
+                       else ShardSampler(len(ds), rank, world))
+        else:
+            sampler = EpochSampler(len(ds), self.seed) if shuffle else None
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0, drop_last=False)
 

@@ -115,13 +115,16 @@ class ProtoPNetModule(L.LightningModule):
 
     def _step(self, batch, stage: str):
         x, mask, y, _ = batch
+        # a float batch size: Lightning's epoch mean divides summed values by the summed batch sizes,
+        # and averages an integer sum over DDP ranks with truncation (49 cells / 2 ranks → 24)
+        bs = float(x.shape[0])
         if self.phase == "pretrain":
             logits = self.probe_logits(x, mask)
             ce = F.cross_entropy(logits, y)
-            self.log(f"{stage}/ce", ce.detach(), on_step=False, on_epoch=True, batch_size=x.shape[0],
+            self.log(f"{stage}/ce", ce.detach(), on_step=False, on_epoch=True, batch_size=bs,
                      sync_dist=stage != "train")
             self.log(f"{stage}/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True,
-                     batch_size=x.shape[0], prog_bar=True, sync_dist=stage != "train")
+                     batch_size=bs, prog_bar=True, sync_dist=stage != "train")
             return ce
         out = self.net(x, mask)
         use_l1 = self.net.last_layer.weight.requires_grad
@@ -130,7 +133,6 @@ class ProtoPNetModule(L.LightningModule):
                                 self.net.last_layer.weight, ramp * self.coef["clst"], ramp * self.coef["sep"],
                                 self.coef["l1"] if use_l1 else 0.0)
         acc = (out["logits"].argmax(1) == y).float().mean()
-        bs = x.shape[0]
         self.log_dict({f"{stage}/{k}": v.detach() for k, v in losses.items()}, on_step=False, on_epoch=True,
                       batch_size=bs, sync_dist=stage != "train")
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, batch_size=bs, prog_bar=True,

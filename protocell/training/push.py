@@ -97,6 +97,18 @@ def _global_best(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Under DDP, copy rank ``src``'s buffers (batch-norm running statistics) to every rank.
+
+    DDP keeps parameters equal, but each rank's last training forward updates its running
+    statistics from its own batch (SyncBatchNorm, which would avoid that, runs on GPUs only); push
+    and evaluation in eval mode must see the same network on every rank."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for b in module.buffers():
+            dist.broadcast(b.data, src=src)
+
+
+@torch.no_grad()
 def push_prototypes(net: ProtoPNet, loader) -> dict[str, torch.Tensor]:
     """Replace the prototypes by their nearest patches and record the provenance in ``net``."""
     found = find_nearest_patches(net, loader)
@@ -156,6 +168,7 @@ class PushCallback(Callback):
         if e >= len(self.plan) or not self.plan[e].push:
             return
         dm = trainer.datamodule
+        broadcast_buffers(pl_module)
         found = push_prototypes(pl_module.net, dm.push_dataloader())
         record = prototype_record(pl_module.net, dm.crop_size, found["latent_size"].tolist(),
                                   pl_module.class_names, {**self.meta, "epoch": e, "global_step": trainer.global_step})
