@@ -1,6 +1,9 @@
 """Exact resume: a run stopped after any phase and resumed from its last checkpoint ends
 bit-identical to the uninterrupted run (CPU, one thread: deterministic kernels)."""
 
+import sys
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -11,8 +14,10 @@ from protocell.model.module import ProtoPNetModule
 from protocell.training.phases import PhaseCallback, build_plan
 from protocell.training.push import PushCallback
 
-PLAN = build_plan(3, warm_epochs=1, push_every=2, push_start=2, last_layer_epochs=1, pretrain_epochs=1)
-# epochs: 0 pretrain, 1 warm, 2 joint + push, 3 last layer, 4 joint + push, 5 last layer
+sys.path.insert(0, str(Path(__file__).parent))
+
+PLAN = build_plan(4, warm_epochs=1, push_every=2, push_start=2, last_layer_epochs=1, pretrain_epochs=1)
+# epochs: 0 pretrain, 1 warm, 2 joint + push, 3 last layer, 4 joint, 5 joint + push, 6 last layer
 
 
 def _module():
@@ -42,7 +47,7 @@ def uninterrupted(tiny_store, tmp_path_factory):
 
 
 @pytest.mark.parametrize("stop_after,phase", [(1, "pretrain"), (2, "warm-up"), (3, "just after push"),
-                                              (4, "last-layer")])
+                                              (4, "last-layer"), (5, "joint")])
 def test_resume_after_each_phase_is_bit_identical(tiny_store, tmp_path, uninterrupted, stop_after, phase):
     _train(tiny_store, tmp_path, stop_after)                     # the run "killed" after this epoch
     ckpt = tmp_path / "last.ckpt"
@@ -51,3 +56,19 @@ def test_resume_after_each_phase_is_bit_identical(tiny_store, tmp_path, uninterr
     for k, v in uninterrupted.items():
         assert torch.equal(v, resumed[k]) or (v.is_floating_point() and torch.equal(v.isnan(), resumed[k].isnan())
                                               and torch.equal(v.nan_to_num(), resumed[k].nan_to_num())), (phase, k)
+
+
+def test_cli_resume_loads_with_weights_only_and_reproduces_the_test_metrics(tmp_path):
+    """train.py resume=<last.ckpt>: the checkpoint loads with weights_only=True (the CLI passes it) and
+    the resumed run, already at its last epoch, tests to the same numbers."""
+    import json
+
+    from test_train_cli import train
+
+    train(tmp_path / "a")
+    ckpt = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    torch.load(ckpt, weights_only=True)
+    train(tmp_path / "b", f"resume={ckpt}")
+    a, b = (json.loads((tmp_path / x / "run" / "metrics.json").read_text()) for x in "ab")
+    for k in ("well_label_accuracy", "well_label_auroc", "true_label_accuracy", "true_label_auroc", "pushes"):
+        assert a[k] == b[k], k
