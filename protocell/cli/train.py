@@ -147,8 +147,12 @@ def build_logger(cfg: DictConfig, out_dir: Path):
     choices = hydra_choices()
     group = cfg.logger.get("group") or choices.get("experiment") or "default"
     make = instantiate(cfg.logger, _partial_=True)   # `config` would clash with instantiate's own argument
+    # resume=<run>/checkpoints/last.ckpt continues that run's W&B run (its id is in <run>/wandb_run_id.txt)
+    previous = Path(cfg.resume).parent.parent / "wandb_run_id.txt" if cfg.resume else None
+    run_id = cfg.logger.get("id") or (previous.read_text().strip() if previous and previous.exists() else None)
     logger = make(group=group, tags=[f"{k}={v}" for k, v in sorted(choices.items())],
-                  config={**OmegaConf.to_container(cfg, resolve=True), "choices": choices})
+                  config={**OmegaConf.to_container(cfg, resolve=True), "choices": choices},
+                  **({"id": run_id, "resume": "allow"} if run_id else {}))
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:   # other DDP ranks hold a dummy experiment

@@ -31,3 +31,13 @@ def test_wandb_offline_run_logs_factors_and_media_and_never_writes_the_key(tmp_p
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"API key written to {path}"
     assert json.loads((run / "metrics.json").read_text())["last_layer"] == "frozen"
+
+    # resume=<run>/checkpoints/last.ckpt continues the same W&B run, still without the key
+    resumed = tmp_path / "resumed"
+    subprocess.run([sys.executable, "train.py", f"hydra.run.dir={resumed}", *args[:-2], "explain=false",
+                    "last_layer=frozen", f"resume={run / 'checkpoints' / 'last.ckpt'}"], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=400)
+    assert (resumed / "wandb_run_id.txt").read_text().strip() == run_id
+    for path in resumed.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), f"API key written to {path}"
