@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The backbone × mask × last-layer grid on the synthetic wells (CPU-sized variants of the paper's
+# runs, default schedule), 2 seeds, then the comparison table. From the repository root:
+#   experiments/grid_cpu.sh                         # the whole grid: 16 runs
+#   BACKBONES=vgg11 experiments/grid_cpu.sh         # one backbone only (8 runs)
+#   SEEDS=0,1,2 SWEEP=outputs/multirun/mygrid experiments/grid_cpu.sh
+# Each run trains, pushes, evaluates and explains (explain/explain_metrics.json feeds the table).
+# Wall time on 2 CPU cores: ≈ 2 min per VGG-11 run, ≈ 12 min per DenseNet-121 run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+SEEDS=${SEEDS:-0,1}
+SWEEP=${SWEEP:-outputs/multirun/grid_cpu}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+experiments=()
+for b in ${BACKBONES:-vgg11 densenet121}; do experiments+=("cpu_${b}_mask"); done
+# the experiment picks the backbone (VGG-11 at 1/8 width, or DenseNet-121 cut at RF 63 px);
+# mask and last layer are swept on top of it
+"$PY" train.py -m "experiment=$(IFS=,; echo "${experiments[*]}")" mask=on,off last_layer=trained,frozen \
+    "seed=$SEEDS" "hydra.sweep.dir=$SWEEP"
+"$PY" experiments/compare.py "$SWEEP" --out "$SWEEP/comparison"
