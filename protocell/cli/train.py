@@ -160,6 +160,25 @@ def build_logger(cfg: DictConfig, out_dir: Path):
     return logger
 
 
+def run_summary(out_dir: Path) -> dict:
+    """The run's final numbers for a dashboard's run table: metrics.json and explain's
+    explain_metrics.json (prefixed ``explain/``, nested keys joined by ``/``), numbers only."""
+    def flat(d: dict, prefix: str) -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}/"))
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"{prefix}{k}"] = v
+        return out
+
+    summary = {}
+    for path, prefix in ((out_dir / "metrics.json", "final/"), (out_dir / "explain" / "explain_metrics.json", "explain/")):
+        if path.exists():
+            summary.update(flat(json.loads(path.read_text()), prefix))
+    return summary
+
+
 def log_explain_media(logger, explain_dir: Path) -> None:
     """The explain figures as W&B media (population, scores, each prototype and cell)."""
     groups = {"explain/population": ["population_similarity.png"], "explain/cell_scores": ["cell_scores.png"],
@@ -243,6 +262,8 @@ def run(cfg: DictConfig) -> dict:
             explain_dir = explain_run(out_dir)
             if logger and "Wandb" in type(logger).__name__:
                 log_explain_media(logger, explain_dir)
+        if logger and "Wandb" in type(logger).__name__:
+            logger.experiment.summary.update(run_summary(out_dir))
     if logger and "Wandb" in type(logger).__name__:
         import wandb
 

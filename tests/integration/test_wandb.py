@@ -27,6 +27,7 @@ def test_wandb_offline_run_logs_factors_and_media_and_never_writes_the_key(tmp_p
     assert any("population" in p.name for p in media) and any("prototypes" in p.name for p in media)
     record = (offline[0] / f"run-{run_id}.wandb").read_bytes()    # offline: config and tags live here
     assert b"last_layer=frozen" in record and b"backbone=vgg11_narrow" in record   # factors for dashboards
+    assert b"final/true_label_auroc" in record and b"explain/background_prototype_share" in record  # run table
     for path in run.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"API key written to {path}"
