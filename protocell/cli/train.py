@@ -30,7 +30,7 @@ from protocell.metrics.ground_truth import cell_metrics, platt_apply, platt_fit
 from protocell.model.backbones import BACKBONES
 from protocell.model.module import LAST_LAYER_MODES, ProtoPNetModule
 from protocell.training.figures import plot_training_curves
-from protocell.training.phases import PhaseCallback, build_plan
+from protocell.training.phases import PRETRAIN_KEEP, PhaseCallback, build_plan
 from protocell.training.push import PushCallback, prototype_record, save_prototypes
 
 log = logging.getLogger("protocell.train")
@@ -66,6 +66,8 @@ def validate(cfg: DictConfig) -> None:
     _check(s.push_every >= 1, "schedule.push_every", s.push_every, "≥ 1")
     _check(0 <= s.warm_epochs < s.epochs, "schedule.warm_epochs", s.warm_epochs, f"in [0, schedule.epochs={s.epochs})")
     _check(s.get("pretrain_epochs", 0) >= 0, "schedule.pretrain_epochs", s.get("pretrain_epochs"), "≥ 0")
+    _check(s.get("pretrain_keep", "best") in PRETRAIN_KEEP, "schedule.pretrain_keep", s.get("pretrain_keep"),
+           f"one of {PRETRAIN_KEEP}")
     _check(s.last_layer_epochs >= 0, "schedule.last_layer_epochs", s.last_layer_epochs, "≥ 0")
     _check(cfg.resume is None or Path(cfg.resume).exists(), "resume", cfg.resume, "an existing checkpoint file")
 
@@ -209,7 +211,7 @@ def run(cfg: DictConfig) -> dict:
     meta = {"store": str(dm.path), "norm_lo": dm.norm_lo.tolist(), "norm_hi": dm.norm_hi.tolist(),
             "zero_background": bool(dm.zero_background), "channels": [dm.store.channels[i] for i in dm.channel_index]}
     push_cb = PushCallback(plan, out_dir, meta)
-    callbacks = [PhaseCallback(plan), push_cb,
+    callbacks = [PhaseCallback(plan, s.get("pretrain_keep", "best")), push_cb,
                  ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_epochs=1, save_on_train_epoch_end=True)]
     logger = build_logger(cfg, out_dir)

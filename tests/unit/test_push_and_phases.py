@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from protocell.model.module import ProtoPNetModule
@@ -122,3 +123,45 @@ def test_last_layer_phase_trains_only_the_last_layer(tiny_net, tiny_dm, tmp_path
                                               and torch.equal(a.nan_to_num(), b.nan_to_num()))
     changed = {k for k, v in module.net.state_dict().items() if not same(v, state[k])}
     assert changed == {"last_layer.weight"}
+
+
+def test_pretrain_keeps_the_epoch_with_the_lowest_validation_loss(tiny_store, tiny_net, tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from protocell.data.datamodule import CellDataModule
+    from protocell.training.phases import PhaseCallback
+
+    class Recorder(Callback):  # what each pretrain epoch ended with, and what the first warm epoch starts from
+        def __init__(self):
+            self.seen, self.start_of_warm = [], None
+
+        def on_validation_end(self, trainer, pl_module):
+            if pl_module.phase == "pretrain":
+                self.seen.append((float(trainer.callback_metrics["val/ce"]),
+                                  {k: v.clone() for k, v in pl_module.net.features.state_dict().items()}))
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if pl_module.phase == "warm" and self.start_of_warm is None:
+                self.start_of_warm = {k: v.clone() for k, v in pl_module.net.features.state_dict().items()}
+
+    dm = CellDataModule(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
+                        test_fraction=0.3, val_fraction=0.3, seed=0)
+    module = ProtoPNetModule(tiny_net, lr={"pretrain": 3e-2})   # a high rate: the epochs differ a lot
+    plan = build_plan(1, warm_epochs=0, push_every=5, pretrain_epochs=4)
+    plan[4] = plan[4].__class__("warm", False)
+    rec = Recorder()
+    phases = PhaseCallback(plan, pretrain_keep="best")
+    L.Trainer(max_epochs=len(plan), accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+              callbacks=[phases, rec]).fit(module, datamodule=dm)
+    losses = [v for v, _ in rec.seen]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert len(losses) == 4 and len(set(losses)) == 4
+    assert phases.best["epoch"] == best and phases.best["restored"] and phases.best["state"] is None
+    for k, v in rec.seen[best][1].items():
+        assert torch.equal(rec.start_of_warm[k], v), k
+    if best != 3:   # the kept state is not simply the last one
+        assert any(not torch.equal(rec.start_of_warm[k], v) for k, v in rec.seen[3][1].items())
+    with pytest.raises(ValueError, match="pretrain_keep"):
+        PhaseCallback(plan, pretrain_keep="median")
