@@ -16,8 +16,9 @@ from protocell.training.push import PushCallback
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-PLAN = build_plan(4, warm_epochs=1, push_every=2, push_start=2, last_layer_epochs=1, pretrain_epochs=1)
-# epochs: 0 pretrain, 1 warm, 2 joint + push, 3 last layer, 4 joint, 5 joint + push, 6 last layer
+PLAN = build_plan(4, warm_epochs=1, push_every=2, push_start=2, last_layer_epochs=1, pretrain_epochs=2)
+# epochs: 0-1 pretrain, 2 warm, 3 joint + push, 4 last layer, 5 joint, 6 joint + push, 7 last layer
+# (with validation cells, so that pretrain keeps its best epoch: the kept state travels in the checkpoint)
 
 
 def _module():
@@ -31,7 +32,7 @@ def _module():
 
 def _train(store, out, epochs, resume=None):
     torch.set_num_threads(1)
-    dm = CellDataModule(store, zero_background=True, batch_size=16, val_fraction=0.0, seed=0)
+    dm = CellDataModule(store, zero_background=True, batch_size=16, val_fraction=0.3, seed=0)
     module = _module()
     ckpt = ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -46,12 +47,15 @@ def uninterrupted(tiny_store, tmp_path_factory):
     return _train(tiny_store, tmp_path_factory.mktemp("full"), len(PLAN)).state_dict()
 
 
-@pytest.mark.parametrize("stop_after,phase", [(1, "pretrain"), (2, "warm-up"), (3, "just after push"),
-                                              (4, "last-layer"), (5, "joint")])
+@pytest.mark.parametrize("stop_after,phase", [(1, "mid-pretrain"), (2, "pretrain"), (3, "warm-up"),
+                                              (4, "just after push"), (5, "last-layer"), (6, "joint")])
 def test_resume_after_each_phase_is_bit_identical(tiny_store, tmp_path, uninterrupted, stop_after, phase):
     _train(tiny_store, tmp_path, stop_after)                     # the run "killed" after this epoch
     ckpt = tmp_path / "last.ckpt"
-    torch.load(ckpt, weights_only=True)                          # protocell's checkpoint state is plain data
+    state = torch.load(ckpt, weights_only=True)                  # protocell's checkpoint state is plain data
+    if stop_after == 1:   # mid-pretrain: the best epoch so far (its features and probe) is in the checkpoint
+        (kept,) = [v for k, v in state["callbacks"].items() if k.startswith("PhaseCallback")]
+        assert kept["epoch"] == 0 and set(kept["state"]) == {"features", "probe"} and not kept["restored"]
     resumed = _train(tiny_store, tmp_path / "resumed", len(PLAN), resume=str(ckpt)).state_dict()
     for k, v in uninterrupted.items():
         assert torch.equal(v, resumed[k]) or (v.is_floating_point() and torch.equal(v.isnan(), resumed[k].isnan())
