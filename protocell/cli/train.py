@@ -54,6 +54,8 @@ def validate(cfg: DictConfig) -> None:
     _check(isinstance(d.crop_size, int) and d.crop_size >= 16, "data.crop_size", d.crop_size, "an integer ≥ 16")
     _check(isinstance(d.batch_size, int) and d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer ≥ 1")
     _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "a fraction in (0, 1)")
+    for k, v in (d.get("photometric") or {}).items():
+        _check(k in ("gain", "blur", "noise") and v >= 0, f"data.photometric.{k}", v, "gain, blur or noise, ≥ 0")
     _check(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "a fraction in [0, 1)")
     _check(isinstance(m.prototypes_per_class, int) and m.prototypes_per_class >= 1,
            "model.prototypes_per_class", m.prototypes_per_class, "an integer ≥ 1")

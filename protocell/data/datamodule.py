@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from protocell.data.dataset import CellDataset, EpochSampler
+from protocell.data.dataset import CellDataset, EpochSampler, Photometric
 from protocell.data.store import CropStore, StoreError
 
 
@@ -117,13 +117,14 @@ class CellDataModule(L.LightningDataModule):
                  zero_background: bool = False, augment: bool = True, normalize: str = "dataset",
                  test_fraction: float = 0.5, val_fraction: float = 0.2, batch_size: int = 64,
                  eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool | None = None,
-                 split_by: str = "image", seed: int = 0):
+                 split_by: str = "image", seed: int = 0, photometric: dict | None = None):
         super().__init__()
         self.path = Path(path)
         self.crop_size = crop_size
         self.channel_names = channels
         self.zero_background = zero_background
         self.augment = augment
+        self.photometric = Photometric(**(photometric or {}))
         if normalize not in ("dataset", "cell", "none"):
             raise StoreError(f"data.normalize must be 'dataset', 'cell' or 'none', got '{normalize}'")
         self.normalize = normalize
@@ -180,7 +181,7 @@ class CellDataModule(L.LightningDataModule):
         self.setup()
         return CellDataset(self.store, self.rows[split], self.channel_index, self.crop_size,
                            self.norm_lo, self.norm_hi, self.zero_background, augment, self.seed,
-                           per_cell=self.normalize == "cell")
+                           per_cell=self.normalize == "cell", photometric=self.photometric)
 
     # --------------------------------------------------------------------- loaders
     def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:

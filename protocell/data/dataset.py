@@ -5,8 +5,9 @@ where S = ``crop_size``. Steps, in order: channel selection, per-channel normali
 ``(x − lo) / (hi − lo)`` with (lo, hi) either fixed per channel (``dataset``: 1st / 99.8th
 percentiles of training crops) or per cell (``cell``: the same percentiles of this cell's own
 pixels, which removes per-well and per-image gain and offset — batch effects — from the cells), optional
-resize, optional zeroing of the background (pixels outside this cell's mask), optional random
-flips / 90° rotations (training only; image and mask together).
+resize, optional *photometric* augmentation (training only, see ``Photometric``), optional zeroing
+of the background (pixels outside this cell's mask, after the photometric step so that background
+stays exactly 0), optional random flips / 90° rotations (training only; image and mask together).
 
 Reproducible training order: ``EpochSampler`` shuffles with a generator seeded by (seed, epoch) and
 yields ``(index, epoch)``; the augmentation of an item is then drawn from (seed, epoch, cell id).
@@ -20,6 +21,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
+from torchvision.transforms.functional import gaussian_blur
+
+
+class Photometric:
+    """Random per-crop gain, focus and noise: the nuisances that differ between wells and plates.
+
+    Cells of one well share an illumination gain, a focus and a noise level. When fields of one well
+    sit in both the training and the test split (the paper's split by source image), a network can
+    learn those per-well cues instead of the cells' biology, and a cell is then called "Exp" for
+    the well it grew in. Drawing them afresh for every training crop makes them useless as cues.
+    Per channel, on the normalised image: ×exp(U(−gain, gain)); then a Gaussian blur of
+    σ ~ U(0, blur) px; then additive Gaussian noise of σ ~ U(0, noise). 0 switches a part off.
+    """
+
+    def __init__(self, gain: float = 0.0, blur: float = 0.0, noise: float = 0.0):
+        if min(gain, blur, noise) < 0:
+            raise ValueError(f"photometric gain, blur and noise must be ≥ 0, got {gain}, {blur}, {noise}")
+        self.gain, self.blur, self.noise = float(gain), float(blur), float(noise)
+
+    def __bool__(self) -> bool:
+        return bool(self.gain or self.blur or self.noise)
+
+    def __call__(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        C = image.shape[0]
+        if self.gain:
+            image = image * torch.exp((torch.rand(C, 1, 1, generator=g) * 2 - 1) * self.gain)
+        if self.blur:
+            sigma = float(torch.rand((), generator=g)) * self.blur
+            if sigma > 0.1:
+                k = 2 * int(np.ceil(3 * sigma)) + 1
+                image = gaussian_blur(image, [k, k], [sigma, sigma])
+        if self.noise:
+            sd = torch.rand(C, 1, 1, generator=g) * self.noise
+            image = image + sd * torch.randn(image.shape, generator=g)
+        return image
 
 
 class EpochSampler(Sampler):
@@ -44,7 +80,8 @@ from protocell.data.store import CropStore
 class CellDataset(Dataset):
     def __init__(self, store: CropStore, rows: np.ndarray, channels: list[int], crop_size: int,
                  norm_lo: np.ndarray, norm_hi: np.ndarray, zero_background: bool = False,
-                 augment: bool = False, seed: int = 0, per_cell: bool = False):
+                 augment: bool = False, seed: int = 0, per_cell: bool = False,
+                 photometric: Photometric | None = None):
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.channels = list(channels)
@@ -55,6 +92,7 @@ class CellDataset(Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.per_cell = per_cell
+        self.photometric = photometric if (augment and photometric) else None
         self.labels = store.manifest["label"].to_numpy()[self.rows].astype(np.int64)
         self.cell_ids = store.manifest["cell_id"].to_numpy()[self.rows].astype(np.int64)
 
@@ -76,12 +114,15 @@ class CellDataset(Dataset):
             image = F.interpolate(image[None], size=self.crop_size, mode="bilinear", align_corners=False,
                                   antialias=True)[0]
             mask = F.interpolate(mask[None], size=self.crop_size, mode="nearest")[0]
-        if self.zero_background:
-            image = image * mask
         if self.augment:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + int(self.cell_ids[i]))
             k = int(torch.randint(4, (), generator=g))
             flip = bool(torch.randint(2, (), generator=g))
+            if self.photometric:
+                image = self.photometric(image, g)
+        if self.zero_background:
+            image = image * mask
+        if self.augment:
             image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (1, 2))
             if flip:
                 image, mask = image.flip(2), mask.flip(2)

@@ -60,6 +60,8 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     ("model.prototypes_per_class=0", "model.prototypes_per_class=0 is invalid"),
     ("loss.clst=-1", "loss.clst=-1 is invalid"),
     ("last_layer.mode=sometimes", "last_layer.mode='sometimes' is invalid"),
+    ("data.photometric.gain=-0.5", "data.photometric.gain=-0.5 is invalid"),
+    ("schedule.pretrain_keep=worst", "schedule.pretrain_keep='worst' is invalid"),
 ])
 def test_bad_config_values_are_refused_before_any_work(tmp_path, override, message):
     proc = train(tmp_path, override, check=False)

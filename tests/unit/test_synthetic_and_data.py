@@ -88,6 +88,39 @@ def test_datamodule_items_zeroed_background_and_channel_selection(tiny_store):
         CellDataModule(tiny_store, channels=["dapi"]).setup()
 
 
+def test_photometric_augmentation_is_seeded_keeps_background_zero_and_is_off_by_zeros(tiny_store):
+    import torch
+
+    def items(photometric, augment=True, epoch=3):
+        dm = CellDataModule(tiny_store, crop_size=64, zero_background=True, seed=1, photometric=photometric)
+        ds = dm.dataset("train", augment=augment)
+        return [ds[(i, epoch)] for i in range(6)]
+
+    plain = items(None)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(plain, items({"gain": 0, "blur": 0, "noise": 0})))
+    on = items({"gain": 0.4, "blur": 1.0, "noise": 0.03})
+    again = items({"gain": 0.4, "blur": 1.0, "noise": 0.03})
+    for (x0, m0, *_), (x1, m1, *_), (x2, *_) in zip(plain, on, again):
+        assert torch.equal(m0, m1) and torch.equal(x1, x2)           # same geometry, same draw for (seed, epoch, cell)
+        assert (x1[m1.expand_as(x1) == 0] == 0).all()                # background stays exactly zero
+        assert not torch.allclose(x0, x1)                            # the intensities did change
+    other_epoch = items({"gain": 0.4, "blur": 1.0, "noise": 0.03}, epoch=4)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(on, other_epoch))
+    # evaluation crops (no augmentation) are never jittered
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(items(None, augment=False),
+                                                       items({"gain": 0.4, "blur": 1.0, "noise": 0.03}, augment=False)))
+    # a gain alone scales each channel of the whole crop by one factor
+    x0, x1 = plain[0][0], items({"gain": 0.4})[0][0]
+    inside = plain[0][1][0] > 0
+    ratio = x1[:, inside] / x0[:, inside].clamp_min(1e-6)
+    big = x0[:, inside] > 0.05
+    for c in range(x0.shape[0]):
+        r = ratio[c][big[c]]
+        assert torch.allclose(r, r.median().expand_as(r), rtol=1e-4) and 0.66 < float(r.median()) < 1.5
+    with pytest.raises(ValueError, match="photometric"):
+        CellDataModule(tiny_store, photometric={"gain": -1})
+
+
 def test_missing_store_names_the_fix(tmp_path):
     with pytest.raises(StoreError, match="data.path at a folder in protocell's crop-store format"):
         CropStore(tmp_path)
