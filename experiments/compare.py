@@ -11,9 +11,10 @@ is an unfinished run: reported on stderr and left out). Per run it reads
   and the command-line overrides (``.hydra/overrides.yaml``), else ``config.yaml``; ``seed`` is the
   replicate, every other setting that differs between the runs is a factor column;
 - ``metrics.json``: well-label and true-label accuracy and AUROC, training wall time;
-- ``explain/explain_metrics.json`` when explain ran (its key names are read defensively: a column
-  stays empty when no known name is there): the localisation share of the Exp prototypes, the share
-  of prototypes on background, the affected-fraction error;
+- ``explain/explain_metrics.json`` when explain ran (columns stay empty otherwise): the localisation
+  share of the Exp prototypes (``exp_prototype_texture_share_mean``: of each Exp prototype's 20
+  nearest training patches, the share whose box overlaps the planted change), the share of
+  prototypes whose max activation lies in background, the affected-fraction error;
 - ``explain/prototype_differences.csv`` when present: the share of prototypes whose Ref/Exp
   difference is significant (q < 0.05, well-level test with FDR) — how dense the difference is.
 
@@ -39,12 +40,9 @@ METRICS = {
     "well_label_auroc": ("metrics", ["well_label_auroc"]),
     "true_label_accuracy": ("metrics", ["true_label_accuracy"]),
     "true_label_auroc": ("metrics", ["true_label_auroc"]),
-    "localisation_share": ("explain", ["localisation_share", "exp_prototype_texture_share_mean",
-                                       "exp_prototype_localisation_share", "prototype_localisation_share"]),
-    "background_prototype_share": ("explain", ["background_prototype_share", "background_prototypes_share",
-                                               "background_share"]),
-    "background_prototypes": ("explain", ["background_prototypes", "n_background_prototypes"]),
-    "affected_fraction_error": ("explain", ["affected_fraction.error", "affected_fraction_error"]),
+    "localisation_share": ("explain", ["exp_prototype_texture_share_mean"]),
+    "background_prototype_share": ("explain", ["background_prototype_share"]),
+    "affected_fraction_error": ("explain", ["affected_fraction.error"]),
     "significant_prototype_share": ("differences", []),
     "train_seconds": ("metrics", ["train_seconds"]),
 }
@@ -189,7 +187,7 @@ def markdown(summary: pd.DataFrame, factors: list[str]) -> str:
     labels = {"well_label_accuracy": "well acc", "well_label_auroc": "well AUROC",
               "true_label_accuracy": "true acc", "true_label_auroc": "true AUROC",
               "localisation_share": "localisation", "background_prototype_share": "bg protos",
-              "background_prototypes": "bg protos (n)", "affected_fraction_error": "affected-frac err",
+              "affected_fraction_error": "affected-frac err",
               "significant_prototype_share": "signif. protos", "train_seconds": "train s"}
     metrics = [c for c in METRICS if f"{c}_mean" in summary and summary[f"{c}_mean"].notna().any()]
     head = factors + ["seeds"] + [labels[c] for c in metrics]
