@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from protocell.bench.prepare_bench import run as prepare_run
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "outputs" / "bench"
 
@@ -221,11 +223,7 @@ def main(argv=None) -> dict:
         results["train_vgg11_128px"] = bench_train_step("vgg11", 128, 32, 3, width=1.0, max_rf=None)
     results["data_push_inference"] = bench_data_push_inference(4 if args.quick else 8, 2 if args.quick else 3)
     results["push_memory"] = {"peak_rss_mb_small": push_peak_rss(2), "peak_rss_mb_large": push_peak_rss(8)}
-    try:
-        from protocell.bench.prepare_bench import run as prepare_run
-        results["prepare"] = prepare_run(quick=args.quick)
-    except ImportError:
-        pass
+    results["prepare"] = prepare_run(quick=args.quick)
     if not args.quick:
         results["make_run"] = bench_make_run()
     (OUT / "bench.json").write_text(json.dumps(results, indent=2))
