@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The backbone × mask × last-layer grid on the synthetic wells (CPU-sized variants of the paper's
-# runs, default schedule), 2 seeds, then the comparison table. From the repository root:
+# runs, default schedule), 2 seeds (SEEDS), then the comparison table. From the repository root:
 #   experiments/grid_cpu.sh                         # the whole grid: 16 runs
 #   BACKBONES=vgg11 experiments/grid_cpu.sh         # one backbone only (8 runs)
 #   SEEDS=0,1,2 SWEEP=outputs/multirun/mygrid experiments/grid_cpu.sh
 #   THREADS=1 experiments/grid_cpu.sh                # torch threads per run (experiments/README.md used 1)
 # A run is reproducible bit for bit at a fixed thread count, not across thread counts.
 # Each run trains, pushes, evaluates and explains (explain/explain_metrics.json feeds the table).
-# Wall time on 2 CPU cores: ≈ 2 min per VGG-11 run, ≈ 12 min per DenseNet-121 run.
+# Wall time on 2 CPU cores (threads=2): ≈ 2 min per VGG-11 run, ≈ 10.5 min per DenseNet-121 run, explain included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
