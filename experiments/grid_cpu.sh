@@ -4,7 +4,7 @@
 #   experiments/grid_cpu.sh                         # the whole grid: 16 runs
 #   BACKBONES=vgg11 experiments/grid_cpu.sh         # one backbone only (8 runs)
 #   SEEDS=0,1,2 SWEEP=outputs/multirun/mygrid experiments/grid_cpu.sh
-#   THREADS=1 experiments/grid_cpu.sh                # torch threads per run (experiments/README.md used 1)
+#   THREADS=1 experiments/grid_cpu.sh                # torch threads per run (default 2, as experiments/README.md)
 # A run is reproducible bit for bit at a fixed thread count, not across thread counts.
 # Each run trains, pushes, evaluates and explains (explain/explain_metrics.json feeds the table).
 # Wall time on 2 CPU cores (threads=2): ≈ 2 min per VGG-11 run, ≈ 10.5 min per DenseNet-121 run, explain included.
