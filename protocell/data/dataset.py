@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.functional import gaussian_blur
 
+from protocell.data.store import CropStore
+
 
 class Photometric:
     """Random per-crop gain, focus and noise: the nuisances that differ between wells and plates.
@@ -74,7 +76,6 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter([(int(i), self.epoch) for i in torch.randperm(self.n, generator=g)])
 
-from protocell.data.store import CropStore
 
 
 class CellDataset(Dataset):
