@@ -77,7 +77,6 @@ class EpochSampler(Sampler):
         return iter([(int(i), self.epoch) for i in torch.randperm(self.n, generator=g)])
 
 
-
 class CellDataset(Dataset):
     def __init__(self, store: CropStore, rows: np.ndarray, channels: list[int], crop_size: int,
                  norm_lo: np.ndarray, norm_hi: np.ndarray, zero_background: bool = False,
