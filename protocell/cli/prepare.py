@@ -36,6 +36,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from protocell.cli.checks import check
 from protocell.data.augment import AugmentParams, augment_crops
 from protocell.data.crops import COUNT_KEYS, CellFilters, extract_cells
 from protocell.data.io import ImageSource, InputError, Tile, tile_grid
@@ -53,9 +54,7 @@ STORE_DTYPES = ("uint16", "float32")
 
 # ----------------------------------------------------------------------------- config
 
-def _check(cond: bool, key: str, value, need: str) -> None:
-    if not cond:
-        raise InputError(f"config value {key}={value!r} is invalid: {need}")
+_check = partial(check, error=InputError)   # prepare's bad settings are input errors
 
 
 def validate(c: dict) -> None:

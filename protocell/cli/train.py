@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from protocell.cli.checks import check
 from protocell.data.synthetic import WellSpec, build_store
 from protocell.metrics.ground_truth import cell_metrics, platt_apply, platt_fit
 from protocell.model.backbones import BACKBONES
@@ -33,45 +34,37 @@ from protocell.training.figures import plot_training_curves
 from protocell.training.phases import PRETRAIN_KEEP, PhaseCallback, build_plan
 from protocell.training.push import PushCallback, prototype_record, save_prototypes
 
+
 log = logging.getLogger("protocell.train")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; raised before any work starts."""
-
-
-def _check(cond: bool, key: str, value, need: str) -> None:
-    if not cond:
-        raise ConfigError(f"config value {key}={value!r} is invalid: {need}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Refuse bad values with a message naming the key, before data or models are built."""
     b, d, s, m = cfg.backbone, cfg.data, cfg.schedule, cfg.model
-    _check(b.name in BACKBONES, "backbone.name", b.name, f"one of {BACKBONES}")
-    _check(b.get("max_rf") is None or b.max_rf > 0, "backbone.max_rf", b.get("max_rf"), "a positive number or null")
-    _check(cfg.last_layer.mode in LAST_LAYER_MODES, "last_layer.mode", cfg.last_layer.mode, f"one of {LAST_LAYER_MODES}")
-    _check(isinstance(d.crop_size, int) and d.crop_size >= 16, "data.crop_size", d.crop_size, "an integer ≥ 16")
-    _check(isinstance(d.batch_size, int) and d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer ≥ 1")
-    _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "a fraction in (0, 1)")
+    check(b.name in BACKBONES, "backbone.name", b.name, f"one of {BACKBONES}")
+    check(b.get("max_rf") is None or b.max_rf > 0, "backbone.max_rf", b.get("max_rf"), "a positive number or null")
+    check(cfg.last_layer.mode in LAST_LAYER_MODES, "last_layer.mode", cfg.last_layer.mode, f"one of {LAST_LAYER_MODES}")
+    check(isinstance(d.crop_size, int) and d.crop_size >= 16, "data.crop_size", d.crop_size, "an integer ≥ 16")
+    check(isinstance(d.batch_size, int) and d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer ≥ 1")
+    check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "a fraction in (0, 1)")
     for k, v in (d.get("photometric") or {}).items():
-        _check(k in ("gain", "blur", "noise") and v >= 0, f"data.photometric.{k}", v, "gain, blur or noise, ≥ 0")
-    _check(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "a fraction in [0, 1)")
-    _check(isinstance(m.prototypes_per_class, int) and m.prototypes_per_class >= 1,
+        check(k in ("gain", "blur", "noise") and v >= 0, f"data.photometric.{k}", v, "gain, blur or noise, ≥ 0")
+    check(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "a fraction in [0, 1)")
+    check(isinstance(m.prototypes_per_class, int) and m.prototypes_per_class >= 1,
            "model.prototypes_per_class", m.prototypes_per_class, "an integer ≥ 1")
-    _check(isinstance(m.prototype_dim, int) and m.prototype_dim >= 1, "model.prototype_dim", m.prototype_dim, "an integer ≥ 1")
+    check(isinstance(m.prototype_dim, int) and m.prototype_dim >= 1, "model.prototype_dim", m.prototype_dim, "an integer ≥ 1")
     for k in ("clst", "sep", "l1"):
-        _check(cfg.loss[k] >= 0, f"loss.{k}", cfg.loss[k], "≥ 0")
+        check(cfg.loss[k] >= 0, f"loss.{k}", cfg.loss[k], "≥ 0")
     for k, v in cfg.optim.lr.items():
-        _check(v > 0, f"optim.lr.{k}", v, "> 0")
-    _check(s.epochs >= 1, "schedule.epochs", s.epochs, "≥ 1")
-    _check(s.push_every >= 1, "schedule.push_every", s.push_every, "≥ 1")
-    _check(0 <= s.warm_epochs < s.epochs, "schedule.warm_epochs", s.warm_epochs, f"in [0, schedule.epochs={s.epochs})")
-    _check(s.get("pretrain_epochs", 0) >= 0, "schedule.pretrain_epochs", s.get("pretrain_epochs"), "≥ 0")
-    _check(s.get("pretrain_keep", "best") in PRETRAIN_KEEP, "schedule.pretrain_keep", s.get("pretrain_keep"),
+        check(v > 0, f"optim.lr.{k}", v, "> 0")
+    check(s.epochs >= 1, "schedule.epochs", s.epochs, "≥ 1")
+    check(s.push_every >= 1, "schedule.push_every", s.push_every, "≥ 1")
+    check(0 <= s.warm_epochs < s.epochs, "schedule.warm_epochs", s.warm_epochs, f"in [0, schedule.epochs={s.epochs})")
+    check(s.get("pretrain_epochs", 0) >= 0, "schedule.pretrain_epochs", s.get("pretrain_epochs"), "≥ 0")
+    check(s.get("pretrain_keep", "best") in PRETRAIN_KEEP, "schedule.pretrain_keep", s.get("pretrain_keep"),
            f"one of {PRETRAIN_KEEP}")
-    _check(s.last_layer_epochs >= 0, "schedule.last_layer_epochs", s.last_layer_epochs, "≥ 0")
-    _check(cfg.resume is None or Path(cfg.resume).exists(), "resume", cfg.resume, "an existing checkpoint file")
+    check(s.last_layer_epochs >= 0, "schedule.last_layer_epochs", s.last_layer_epochs, "≥ 0")
+    check(cfg.resume is None or Path(cfg.resume).exists(), "resume", cfg.resume, "an existing checkpoint file")
 
 
 def prepare_data(cfg: DictConfig) -> L.LightningDataModule:
