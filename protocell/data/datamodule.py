@@ -117,12 +117,16 @@ class CellDataModule(L.LightningDataModule):
                  zero_background: bool = False, augment: bool = True, normalize: str = "dataset",
                  test_fraction: float = 0.5, val_fraction: float = 0.2, batch_size: int = 64,
                  eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool | None = None,
-                 split_by: str = "image", seed: int = 0, photometric: dict | None = None):
+                 split_by: str = "image", seed: int = 0, photometric: dict | None = None,
+                 zero_margin: int = 0):
         super().__init__()
         self.path = Path(path)
         self.crop_size = crop_size
         self.channel_names = channels
         self.zero_background = zero_background
+        if int(zero_margin) != zero_margin or zero_margin < 0:
+            raise StoreError(f"data.zero_margin must be a whole number of pixels ≥ 0, got {zero_margin!r}")
+        self.zero_margin = int(zero_margin)
         self.augment = augment
         self.photometric = Photometric(**(photometric or {}))
         if normalize not in ("dataset", "cell", "none"):
@@ -181,7 +185,8 @@ class CellDataModule(L.LightningDataModule):
         self.setup()
         return CellDataset(self.store, self.rows[split], self.channel_index, self.crop_size,
                            self.norm_lo, self.norm_hi, self.zero_background, augment, self.seed,
-                           per_cell=self.normalize == "cell", photometric=self.photometric)
+                           per_cell=self.normalize == "cell", photometric=self.photometric,
+                           margin=self.zero_margin if self.zero_background else 0)
 
     # --------------------------------------------------------------------- loaders
     def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:

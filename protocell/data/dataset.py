@@ -7,7 +7,10 @@ percentiles of training crops) or per cell (``cell``: the same percentiles of th
 pixels, which removes per-well and per-image gain and offset — batch effects — from the cells), optional
 resize, optional *photometric* augmentation (training only, see ``Photometric``), optional zeroing
 of the background (pixels outside this cell's mask, after the photometric step so that background
-stays exactly 0), optional random flips / 90° rotations (training only; image and mask together).
+stays exactly 0; with ``margin`` > 0 also the outermost ``margin`` pixels of the cell, see
+``zeroing_mask``), optional random flips / 90° rotations (training only; image and mask together).
+The returned mask is always the cell's own mask (the prototype layer's distance term and the
+figures use it); the margin only changes which pixels the network sees.
 
 Reproducible training order: ``EpochSampler`` shuffles with a generator seeded by (seed, epoch) and
 yields ``(index, epoch)``; the augmentation of an item is then drawn from (seed, epoch, cell id).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.functional import gaussian_blur
 
@@ -60,6 +64,21 @@ class Photometric:
         return image
 
 
+def zeroing_mask(mask: np.ndarray, margin: int) -> np.ndarray:
+    """The pixels of a cell that stay visible when the background is zeroed: its mask shrunk by
+    ``margin`` pixels (city-block erosion, in store pixels).
+
+    Why: the optics blur every field before anything is segmented, so a pixel on the cell's outline
+    also holds light from just outside it (background offset, debris). A background that differs by
+    condition then reaches the network through the outline even with the background zeroed. The
+    blur's reach is about 2.5 σ of the point-spread function; at Nyquist sampling σ ≈ 0.8–1 px, so
+    a 2 px margin removes it. A cell that the erosion would erase keeps its whole mask."""
+    if margin <= 0:
+        return mask
+    inner = ndi.binary_erosion(mask > 0, iterations=int(margin))
+    return inner.astype(mask.dtype) if inner.any() else mask
+
+
 class EpochSampler(Sampler):
     """Shuffled indices from a generator seeded by (seed, epoch); yields (index, epoch) pairs."""
 
@@ -81,7 +100,7 @@ class CellDataset(Dataset):
     def __init__(self, store: CropStore, rows: np.ndarray, channels: list[int], crop_size: int,
                  norm_lo: np.ndarray, norm_hi: np.ndarray, zero_background: bool = False,
                  augment: bool = False, seed: int = 0, per_cell: bool = False,
-                 photometric: Photometric | None = None):
+                 photometric: Photometric | None = None, margin: int = 0):
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.channels = list(channels)
@@ -89,6 +108,7 @@ class CellDataset(Dataset):
         self.lo = torch.as_tensor(norm_lo, dtype=torch.float32).view(-1, 1, 1)
         self.scale = 1.0 / torch.as_tensor(np.maximum(norm_hi - norm_lo, 1e-6), dtype=torch.float32).view(-1, 1, 1)
         self.zero_background = zero_background
+        self.margin = int(margin)
         self.augment = augment
         self.seed = int(seed)
         self.per_cell = per_cell
@@ -103,7 +123,9 @@ class CellDataset(Dataset):
         i, epoch = item if isinstance(item, tuple) else (item, 0)
         r = int(self.rows[i])
         crop = torch.from_numpy(self.store.crop(r)[self.channels].astype(np.float32))
-        mask = torch.from_numpy(self.store.mask(r).astype(np.float32))[None]
+        raw_mask = self.store.mask(r)
+        mask = torch.from_numpy(raw_mask.astype(np.float32))[None]
+        keep = torch.from_numpy(zeroing_mask(raw_mask, self.margin).astype(np.float32))[None] if self.margin else mask
         if self.per_cell:
             inside = crop[:, mask[0] > 0] if mask.sum() > 0 else crop.flatten(1)
             q = torch.quantile(inside, torch.tensor([0.01, 0.998]), dim=1)       # (2, C)
@@ -114,6 +136,10 @@ class CellDataset(Dataset):
             image = F.interpolate(image[None], size=self.crop_size, mode="bilinear", align_corners=False,
                                   antialias=True)[0]
             mask = F.interpolate(mask[None], size=self.crop_size, mode="nearest")[0]
+            if self.margin:
+                keep = F.interpolate(keep[None], size=self.crop_size, mode="nearest")[0]
+            else:
+                keep = mask
         if self.augment:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + int(self.cell_ids[i]))
             k = int(torch.randint(4, (), generator=g))
@@ -121,7 +147,7 @@ class CellDataset(Dataset):
             if self.photometric:
                 image = self.photometric(image, g)
         if self.zero_background:
-            image = image * mask
+            image = image * keep
         if self.augment:
             image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (1, 2))
             if flip:

@@ -3,6 +3,7 @@ import pytest
 import tifffile
 
 from protocell.data.datamodule import CellDataModule, split_by_image
+from protocell.data.dataset import zeroing_mask
 from protocell.data.store import CropStore, StoreError
 from protocell.data.synthetic import WellSpec, build_store, crop_cell, render_field, write_fields
 
@@ -86,6 +87,54 @@ def test_datamodule_items_zeroed_background_and_channel_selection(tiny_store):
     assert (x[m.expand_as(x) == 0] == 0).all()
     with pytest.raises(StoreError, match="dapi"):
         CellDataModule(tiny_store, channels=["dapi"]).setup()
+
+
+def test_zero_margin_hides_the_outline_but_keeps_the_cells_mask(tiny_store):
+    import torch
+
+    plain = CellDataModule(tiny_store, crop_size=64, zero_background=True, seed=0).dataset("test")
+    shrunk = CellDataModule(tiny_store, crop_size=64, zero_background=True, zero_margin=2, seed=0).dataset("test")
+    for i in range(5):
+        x0, m0, *_ = plain[i]
+        x2, m2, *_ = shrunk[i]
+        assert torch.equal(m0, m2)                                   # distance term and figures: the cell's mask
+        keep = torch.from_numpy(zeroing_mask(m0[0].numpy(), 2)).bool()
+        assert 0 < keep.sum() < (m0[0] > 0).sum()
+        assert (x2[:, ~keep] == 0).all() and torch.equal(x2[:, keep], x0[:, keep])
+    tiny = np.zeros((9, 9), np.uint8)
+    tiny[3:6, 3:6] = 1
+    assert np.array_equal(zeroing_mask(tiny, 2), tiny)               # a cell erosion would erase stays whole
+    assert zeroing_mask(tiny, 1).sum() == 1
+    for bad in (-1, 1.5):
+        with pytest.raises(StoreError, match="zero_margin"):
+            CellDataModule(tiny_store, zero_margin=bad)
+
+
+def test_background_confound_reaches_the_outline_and_a_2px_margin_removes_it():
+    """The optics blur the Exp wells' brighter background across each cell's outline: on unaffected
+    cells the nuclei channel's outermost pixel ring, relative to the ring just inside it, tells Exp
+    from Ref almost perfectly (the 'well cue'). Zeroing the background leaves it; a 2 px margin hides it."""
+    from scipy import ndimage as ndi
+
+    from protocell.metrics.ground_truth import auroc
+
+    spec = WellSpec(field_size=256, cells_per_field=25, affected_fraction={"Ref": 0.0, "Exp": 0.0})
+    steps = {0: [], 2: []}
+    conds = []
+    for k, cond in enumerate(["Ref", "Exp"] * 4):
+        img, labels, _, cells = render_field(np.random.default_rng(k), spec, cond, 1.0)
+        for c in cells:
+            crop, mask, _ = crop_cell(img, labels, c["label_id"], c["centroid_y"], c["centroid_x"], 64)
+            conds.append(cond == "Exp")
+            for margin in steps:
+                keep = zeroing_mask(mask, margin) > 0
+                d = ndi.distance_transform_edt(keep)
+                nuc = crop[1].astype(np.float64)
+                steps[margin].append(nuc[keep & (d <= 1)].mean() - nuc[keep & (d > 1) & (d <= 3)].mean())
+    y = np.array(conds, int)
+    assert min(y.sum(), len(y) - y.sum()) >= 40
+    assert auroc(np.array(steps[0]), y) > 0.9
+    assert abs(auroc(np.array(steps[2]), y) - 0.5) < 0.15
 
 
 def test_photometric_augmentation_is_seeded_keeps_background_zero_and_is_off_by_zeros(tiny_store):
