@@ -6,6 +6,7 @@ evaluate, and leave a complete run folder:
     metrics.csv               per-epoch logs (CSV logger)  metrics.json  test metrics
     training_curves.png       losses, accuracy, push distance per epoch, phases shaded
     test_predictions.csv      per test cell: ids, labels, scores, calibrated call, min distances
+    val_predictions.csv       the same for the validation cells the call is calibrated on
 
 Cell calls: the Exp score is Platt-calibrated on the *validation* cells' well labels (no ground
 truth involved), and a cell is called Exp when its calibrated well-label posterior exceeds 0.5.
@@ -50,6 +51,8 @@ def validate(cfg: DictConfig) -> None:
     for k, v in (d.get("photometric") or {}).items():
         check(k in ("gain", "blur", "noise") and v >= 0, f"data.photometric.{k}", v, "gain, blur or noise, ≥ 0")
     check(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "a fraction in [0, 1)")
+    zm = d.get("zero_margin", 0)
+    check(isinstance(zm, int) and zm >= 0, "mask.zero_margin", zm, "a whole number of pixels ≥ 0")
     check(isinstance(m.prototypes_per_class, int) and m.prototypes_per_class >= 1,
            "model.prototypes_per_class", m.prototypes_per_class, "an integer ≥ 1")
     check(isinstance(m.prototype_dim, int) and m.prototype_dim >= 1, "model.prototype_dim", m.prototype_dim, "an integer ≥ 1")
@@ -228,6 +231,7 @@ def run(cfg: DictConfig) -> dict:
         calibration = None
         if val_preds:
             val = predictions_frame(val_preds, dm.store.manifest, dm.class_names)
+            val.to_csv(out_dir / "val_predictions.csv", index=False)
             a, b = platt_fit(val["score"].to_numpy(), (val["label"] == pos).to_numpy())
             calibration = {"method": "platt on validation well labels", "a": a, "b": b, "n_cells": len(val),
                            "used": a > 0}

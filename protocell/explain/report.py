@@ -32,7 +32,8 @@ def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFram
         "run folder": str(run.dir), "backbone": cfg.backbone.get("name", "?"),
         "receptive field": f"{rf['size']:.0f} px (latent grid {rec['latent_size'][0]}×{rec['latent_size'][1]}, "
                            f"jump {rf['jump']:.0f} px)",
-        "mask": f"distance term {mask.get('distance_term')}, zeroed background {mask.get('zero_background')}",
+        "mask": f"distance term {mask.get('distance_term')}, zeroed background {mask.get('zero_background')}"
+                + (f" with a {mask.get('zero_margin')} px margin" if mask.get("zero_background") and mask.get("zero_margin") else ""),
         "last layer": cfg.get("last_layer", {}).get("mode", "?"),
         "prototypes": f"{len(rec['cell_id'])} ({counts}); pushes {rec['pushes']}",
         "crop store": rec["store"], "crop size": f"{rec['crop_size']} px",

@@ -23,8 +23,11 @@ def platt_fit(scores: np.ndarray, targets: np.ndarray, iters: int = 100) -> tupl
     """Platt scaling: a, b of P(y=1 | s) = σ(a·logit(s) + b), by Newton's method on the log loss.
 
     Fitted on *well* labels of validation cells, it turns a network's cell scores into the
-    well-label posterior. With noisy labels that posterior, not the raw 0.5 argmax, is the Bayes
-    cell call: an unaffected cell in an Exp well is still more likely a Ref-like cell."""
+    well-label posterior P(Exp | s). Calling a cell affected when that posterior exceeds 0.5 means
+    its score is more likely in Exp than in Ref wells (likelihood ratio 1). Under noisy labels
+    (fractions ρ_Exp, ρ_Ref of affected cells, balanced conditions) this is the Bayes call for
+    "affected" when half of all cells are affected; with fewer it over-calls where the score
+    distributions overlap. It needs unaffected cells to score alike in both conditions."""
     x, y = _logit(scores), np.asarray(targets, np.float64)
     w = np.zeros(2)
     X = np.stack([x, np.ones_like(x)], 1)

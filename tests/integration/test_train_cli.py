@@ -62,6 +62,7 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     ("last_layer.mode=sometimes", "last_layer.mode='sometimes' is invalid"),
     ("data.photometric.gain=-0.5", "data.photometric.gain=-0.5 is invalid"),
     ("schedule.pretrain_keep=worst", "schedule.pretrain_keep='worst' is invalid"),
+    ("mask.zero_margin=-2", "mask.zero_margin=-2 is invalid"),
 ])
 def test_bad_config_values_are_refused_before_any_work(tmp_path, override, message):
     proc = train(tmp_path, override, check=False)
