@@ -8,8 +8,10 @@ evaluate, and leave a complete run folder:
     test_predictions.csv      per test cell: ids, labels, scores, calibrated call, min distances
     val_predictions.csv       the same for the validation cells the call is calibrated on
 
-Cell calls: the Exp score is Platt-calibrated on the *validation* cells' well labels (no ground
-truth involved), and a cell is called Exp when its calibrated well-label posterior exceeds 0.5.
+Cell calls: the Exp score is calibrated on the *validation* cells' well labels (no ground truth
+involved). ``calibration=noisy_label`` (default) fits P(affected | score) under per-well label noise
+and calls a cell affected when it exceeds 0.5; ``platt`` calls it when the well-label posterior
+P(Exp | score) does; ``none`` keeps the raw argmax.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from protocell.cli.checks import check
 from protocell.data.synthetic import WellSpec, build_store
-from protocell.metrics.ground_truth import cell_metrics, platt_apply, platt_fit
+from protocell.metrics.ground_truth import (cell_metrics, noisy_label_apply, noisy_label_fit, platt_apply,
+                                            platt_fit)
 from protocell.model.backbones import BACKBONES
 from protocell.model.module import LAST_LAYER_MODES, ProtoPNetModule
 from protocell.training.figures import plot_training_curves
@@ -37,6 +40,7 @@ from protocell.training.push import PushCallback, prototype_record, save_prototy
 
 
 log = logging.getLogger("protocell.train")
+CALIBRATIONS = ("noisy_label", "platt", "none")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -51,6 +55,8 @@ def validate(cfg: DictConfig) -> None:
     for k, v in (d.get("photometric") or {}).items():
         check(k in ("gain", "blur", "noise") and v >= 0, f"data.photometric.{k}", v, "gain, blur or noise, ≥ 0")
     check(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "a fraction in [0, 1)")
+    check(cfg.get("calibration", "noisy_label") in CALIBRATIONS, "calibration", cfg.get("calibration"),
+          f"one of {CALIBRATIONS}")
     zm = d.get("zero_margin", 0)
     check(isinstance(zm, int) and zm >= 0, "mask.zero_margin", zm, "a whole number of pixels ≥ 0")
     check(isinstance(m.prototypes_per_class, int) and m.prototypes_per_class >= 1,
@@ -112,6 +118,36 @@ def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: 
         df[f"min_d_{j}"] = cat["min_distances"][:, j].numpy()
     info = manifest.set_index("cell_id")[["image_id", "well", "condition", "true_label"]]
     return df.join(info, on="cell_id")
+
+
+def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str) -> dict | None:
+    """Fit the cell call on the validation cells' *well* labels (no ground truth) and add the
+    ``calibrated`` score and the ``call`` to ``df`` (test cells). ``noisy_label``: ``calibrated`` is
+    P(affected | score) under per-well label noise, with the fitted fractions of affected cells;
+    ``platt``: P(Exp well | score). A degenerate fit falls back to Platt, a Platt slope ≤ 0 to the
+    raw argmax (both logged and recorded)."""
+    if method == "none":
+        return None
+    s, y = val["score"].to_numpy(), (val["label"] == pos).to_numpy()
+    if method == "noisy_label":
+        fit = noisy_label_fit(s, y)
+        if fit["ok"]:
+            df["calibrated"] = noisy_label_apply(df["score"].to_numpy(), fit)
+            df["call"] = (df["calibrated"] > 0.5).astype(int)
+            return {"method": "noisy-label calibration on validation well labels (P(affected | score))",
+                    **fit, "n_cells": len(val), "used": True}
+        log.warning("noisy-label calibration degenerate on %d validation cells (hi − lo = %.3f, slope %.3g): "
+                    "falling back to Platt", len(val), fit["hi"] - fit["lo"], fit["a"])
+    a, b = platt_fit(s, y)
+    calibration = {"method": "platt on validation well labels (P(Exp | score))", "a": a, "b": b,
+                   "n_cells": len(val), "used": a > 0}
+    if a > 0:
+        df["calibrated"] = platt_apply(df["score"].to_numpy(), a, b)
+        df["call"] = (df["calibrated"] > 0.5).astype(int)
+    else:  # validation scores rank the wells backwards: a fit that would invert the calls
+        log.warning("calibration rejected (slope %.3g ≤ 0 on %d validation cells): cell calls are "
+                    "the raw argmax; more validation wells (data.val_fraction) make it usable", a, len(val))
+    return calibration
 
 
 def gather_predictions(batches: list[dict]) -> list[dict]:
@@ -232,15 +268,7 @@ def run(cfg: DictConfig) -> dict:
         if val_preds:
             val = predictions_frame(val_preds, dm.store.manifest, dm.class_names)
             val.to_csv(out_dir / "val_predictions.csv", index=False)
-            a, b = platt_fit(val["score"].to_numpy(), (val["label"] == pos).to_numpy())
-            calibration = {"method": "platt on validation well labels", "a": a, "b": b, "n_cells": len(val),
-                           "used": a > 0}
-            if a > 0:
-                df["calibrated"] = platt_apply(df["score"].to_numpy(), a, b)
-                df["call"] = (df["calibrated"] > 0.5).astype(int)
-            else:  # validation scores rank the wells backwards: a fit that would invert the calls
-                log.warning("calibration rejected (slope %.3g ≤ 0 on %d validation cells): cell calls are "
-                            "the raw argmax; more validation wells (data.val_fraction) make it usable", a, len(val))
+            calibration = calibrate(df, val, pos, cfg.get("calibration", "noisy_label"))
         else:
             log.warning("no validation cells (data.val_fraction=0): cell calls are the raw argmax")
         df.to_csv(out_dir / "test_predictions.csv", index=False)

@@ -46,6 +46,63 @@ def platt_apply(scores: np.ndarray, a: float, b: float) -> np.ndarray:
     return 1 / (1 + np.exp(-(a * _logit(scores) + b)))
 
 
+def noisy_label_fit(scores: np.ndarray, targets: np.ndarray) -> dict:
+    """Calibration under per-well label noise: from well labels to P(affected | score).
+
+    When a fraction ρ_Exp of Exp cells and ρ_Ref of Ref cells carry the change, a cell's well-label
+    posterior is an affine function of its affected posterior (Menon et al., ICML 2015, "Learning
+    from corrupted binary labels via class-probability estimation"):
+
+        P(Exp | s) = lo + (hi − lo) · P(affected | s),   lo = P(Exp | unaffected), hi = P(Exp | affected)
+
+    This fits P(affected | s) = σ(a·logit(s) + b) together with lo < hi by maximum likelihood on the
+    cells' well labels (no ground truth), so the call P(affected | s) > 0.5 is the Bayes call for the
+    affected state, whatever the fractions; Platt's P(Exp | s) > 0.5 is that only when half of all
+    cells are affected. lo and hi also give the fractions: with π the share of Exp cells among the
+    fitted ones, c₁ = π(1 − hi)/((1 − π)hi), c₂ = π(1 − lo)/((1 − π)lo), ρ_Exp = (c₂ − 1)/(c₂ − c₁) and
+    ρ_Ref = c₁·ρ_Exp. Both rest on one assumption: an unaffected cell scores alike in both
+    conditions (no batch effect the network can read).
+
+    Returns {"a", "b", "lo", "hi", "rho_exp", "rho_ref", "nll", "ok"}; ``ok`` is False when the fit is
+    degenerate (slope ≤ 0 or hi − lo < 0.05: the scores carry no cell-level evidence).
+    """
+    from scipy.optimize import minimize
+
+    x, y = _logit(scores), np.asarray(targets, np.float64)
+    a0, b0 = platt_fit(scores, targets)
+
+    def unpack(w):
+        a, b, u, v = w
+        lo = 1 / (1 + np.exp(-u))
+        return a, b, lo, lo + (1 - lo) / (1 + np.exp(-v))
+
+    def nll(w):
+        a, b, lo, hi = unpack(w)
+        q = np.clip(lo + (hi - lo) / (1 + np.exp(-(a * x + b))), 1e-9, 1 - 1e-9)
+        return -float(np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+    best = None
+    for lo0, hi0 in ((0.2, 0.8), (0.35, 0.9), (0.1, 0.95), (0.4, 0.7)):
+        u0, v0 = np.log(lo0 / (1 - lo0)), np.log((hi0 - lo0) / (1 - hi0))
+        for start in ((max(a0, 0.1), b0), (1.0, 0.0)):
+            r = minimize(nll, [*start, u0, v0], method="L-BFGS-B",
+                         bounds=[(1e-3, 50), (-50, 50), (-10, 10), (-10, 10)])
+            if best is None or r.fun < best.fun:
+                best = r
+    a, b, lo, hi = unpack(best.x)
+    pi = float(y.mean())
+    c1, c2 = pi * (1 - hi) / ((1 - pi) * hi), pi * (1 - lo) / ((1 - pi) * lo)
+    rho_exp = (c2 - 1) / (c2 - c1) if c2 != c1 else float("nan")
+    ok = bool(a > 0.01 and hi - lo >= 0.05)
+    return {"a": float(a), "b": float(b), "lo": float(lo), "hi": float(hi), "rho_exp": float(rho_exp),
+            "rho_ref": float(c1 * rho_exp), "nll": float(best.fun), "ok": ok}
+
+
+def noisy_label_apply(scores: np.ndarray, fit: dict) -> np.ndarray:
+    """P(affected | s) of ``noisy_label_fit``."""
+    return 1 / (1 + np.exp(-(fit["a"] * _logit(scores) + fit["b"])))
+
+
 def cell_metrics(pred: pd.DataFrame, positive: int = 1) -> dict:
     """``pred`` columns: label, pred (raw argmax), score (probability of class ``positive``),
     true_label (−1 unknown), and ``call`` (calibrated cell call, 1 = positive) when calibrated.

@@ -63,6 +63,7 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     ("data.photometric.gain=-0.5", "data.photometric.gain=-0.5 is invalid"),
     ("schedule.pretrain_keep=worst", "schedule.pretrain_keep='worst' is invalid"),
     ("mask.zero_margin=-2", "mask.zero_margin=-2 is invalid"),
+    ("calibration=magic", "calibration='magic' is invalid"),
 ])
 def test_bad_config_values_are_refused_before_any_work(tmp_path, override, message):
     proc = train(tmp_path, override, check=False)

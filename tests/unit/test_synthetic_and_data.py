@@ -196,6 +196,31 @@ def test_platt_calibration_recovers_a_known_posterior_and_metrics_use_the_call()
     assert m["true_label_auroc"] == 1.0
 
 
+def test_noisy_label_calibration_recovers_the_affected_posterior_and_the_fractions():
+    """Half the Exp cells and 5 % of the Ref cells affected; scores Gaussian in logit space, so
+    P(affected | s) = σ(3·logit(s) + log(π/(1 − π))) with π = 0.275 exactly."""
+    from protocell.metrics.ground_truth import noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    exp = np.arange(n) < n // 2
+    affected = rng.random(n) < np.where(exp, 0.5, 0.05)
+    s = 1 / (1 + np.exp(-rng.normal(np.where(affected, 1.5, -1.5), 1.0)))
+    fit = noisy_label_fit(s, exp)
+    assert fit["ok"]
+    assert abs(fit["a"] - 3.0) < 0.3 and abs(fit["b"] - np.log(0.275 / 0.725)) < 0.2
+    assert abs(fit["lo"] - 0.5 / 1.45) < 0.03 and abs(fit["hi"] - 0.5 / 0.55) < 0.03
+    assert abs(fit["rho_exp"] - 0.5) < 0.05 and abs(fit["rho_ref"] - 0.05) < 0.03
+    truth = 1 / (1 + np.exp(-(3 * np.log(s / (1 - s)) + np.log(0.275 / 0.725))))
+    assert np.abs(noisy_label_apply(s, fit) - truth).max() < 0.08
+    # its call is the Bayes call for the affected state; Platt's 0.5 on P(Exp | s) over-calls
+    acc_noisy = ((noisy_label_apply(s, fit) > 0.5) == affected).mean()
+    acc_platt = ((platt_apply(s, *platt_fit(s, exp)) > 0.5) == affected).mean()
+    assert acc_noisy > acc_platt + 0.03 and (platt_apply(s, *platt_fit(s, exp)) > 0.5).mean() > 0.4
+    # scores that carry nothing about the wells: a degenerate fit, flagged
+    assert not noisy_label_fit(rng.uniform(0.05, 0.95, 4000), rng.random(4000) < 0.5)["ok"]
+
+
 def test_parallel_builders_of_one_store_do_not_collide(tmp_path):
     """Hydra multiruns start several jobs that build the same synthetic store at once."""
     from concurrent.futures import ProcessPoolExecutor
