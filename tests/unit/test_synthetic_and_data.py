@@ -110,6 +110,39 @@ def test_zero_margin_hides_the_outline_but_keeps_the_cells_mask(tiny_store):
             CellDataModule(tiny_store, zero_margin=bad)
 
 
+def test_per_cell_normalisation_removes_a_well_gain(tiny_store, tmp_path):
+    """The same cells imaged at 1.6× the gain (camera offset 100 kept) give the same items with
+    data.normalize=cell (the embedded default), and different ones with dataset normalisation."""
+    import torch
+
+    from protocell.data.dataset import CellDataset
+    from protocell.data.store import CropStoreWriter
+
+    src = CropStore(tiny_store)
+    crops = np.stack([src.crop(i) for i in range(6)])
+    masks = np.stack([src.mask(i) for i in range(6)])
+    bright = np.clip((crops.astype(np.float64) - 100) * 1.6 + 100, 0, 65535).round().astype(crops.dtype)
+    w = CropStoreWriter(tmp_path / "gain", src.channels, crops.shape[-1], source="test")
+    for k, (name, c) in enumerate((("dim", crops), ("bright", bright))):
+        w.write_shard(name, c, masks, [{"cell_id": k * 6 + i, "image_id": name, "well": name, "condition": "Ref",
+                                        "label": 0, "bbox_y0": 0, "bbox_x0": 0, "bbox_y1": 1, "bbox_x1": 1,
+                                        "centroid_y": 0, "centroid_x": 0} for i in range(6)])
+    w.finish()
+    store = CropStore(tmp_path / "gain")
+    lo, hi = np.zeros(2, np.float32), np.full(2, 1000.0, np.float32)
+    for per_cell in (True, False):
+        ds = CellDataset(store, np.arange(12), [0, 1], crops.shape[-1], lo, hi, per_cell=per_cell)
+        for i in range(6):
+            (x0, m0, *_), (x1, *_) = ds[i], ds[6 + i]
+            inside = m0[0] > 0
+            if per_cell:
+                assert torch.allclose(x0[:, inside], x1[:, inside], atol=0.02)
+                q = torch.quantile(x0[:, inside], torch.tensor([0.01, 0.998]), dim=1)
+                assert torch.allclose(q, torch.tensor([[0.0], [1.0]]).expand_as(q), atol=1e-4)
+            else:
+                assert not torch.allclose(x0[:, inside], x1[:, inside], atol=0.02)
+
+
 def test_background_confound_reaches_the_outline_and_a_2px_margin_removes_it():
     """The optics blur the Exp wells' brighter background across each cell's outline: on unaffected
     cells the nuclei channel's outermost pixel ring, relative to the ring just inside it, tells Exp
