@@ -112,7 +112,8 @@ class CellDataset(Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.per_cell = per_cell
-        self._cell_range: dict[int, torch.Tensor] = {}     # store row → per-cell (lo, hi), filled lazily
+        # per-cell (lo, hi) of each item, filled lazily (NaN: not yet computed); 16 bytes per cell and channel
+        self._cell_range = np.full((len(self.rows), 2, len(self.channels)), np.nan, np.float32) if per_cell else None
         self.photometric = photometric if (augment and photometric) else None
         self.labels = store.manifest["label"].to_numpy()[self.rows].astype(np.int64)
         self.cell_ids = store.manifest["cell_id"].to_numpy()[self.rows].astype(np.int64)
@@ -128,10 +129,10 @@ class CellDataset(Dataset):
         mask = torch.from_numpy(raw_mask.astype(np.float32))[None]
         keep = torch.from_numpy(zeroing_mask(raw_mask, self.margin).astype(np.float32))[None] if self.margin else mask
         if self.per_cell:
-            q = self._cell_range.get(r)
-            if q is None:       # a crop never changes: its percentiles are computed once, then reused
+            if np.isnan(self._cell_range[i, 0, 0]):   # a crop never changes: percentiles once, then reused
                 inside = crop[:, mask[0] > 0] if mask.sum() > 0 else crop.flatten(1)
-                q = self._cell_range[r] = torch.quantile(inside, torch.tensor([0.01, 0.998]), dim=1)   # (2, C)
+                self._cell_range[i] = torch.quantile(inside, torch.tensor([0.01, 0.998]), dim=1).numpy()
+            q = torch.from_numpy(self._cell_range[i])                                  # (2, C): lo, hi
             image = (crop - q[0].view(-1, 1, 1)) / (q[1] - q[0]).clamp_min(1e-6).view(-1, 1, 1)
         else:
             image = (crop - self.lo) * self.scale
