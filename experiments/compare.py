@@ -10,7 +10,8 @@ is an unfinished run: reported on stderr and left out). Per run it reads
 - the factors: the Hydra choices (``.hydra/hydra.yaml``: backbone, mask, last_layer, experiment …)
   and the command-line overrides (``.hydra/overrides.yaml``), else ``config.yaml``; ``seed`` is the
   replicate, every other setting that differs between the runs is a factor column;
-- ``metrics.json``: well-label and true-label accuracy and AUROC, training wall time;
+- ``metrics.json``: well-label and true-label accuracy and AUROC, the affected fraction of Exp cells
+  that the noisy-label cell call estimates (``calibration.rho_exp``), training wall time;
 - ``explain/explain_metrics.json`` when explain ran (columns stay empty otherwise): the localisation
   share of the Exp prototypes (``exp_prototype_texture_share_mean``: of each Exp prototype's 20
   nearest training patches, the share whose box overlaps the planted change), the share of
@@ -43,6 +44,7 @@ METRICS = {
     "localisation_share": ("explain", ["exp_prototype_texture_share_mean"]),
     "background_prototype_share": ("explain", ["background_prototype_share"]),
     "affected_fraction_error": ("explain", ["affected_fraction.error"]),
+    "call_rho_exp": ("metrics", ["calibration.rho_exp"]),
     "significant_prototype_share": ("differences", []),
     "train_seconds": ("metrics", ["train_seconds"]),
 }
@@ -187,7 +189,7 @@ def markdown(summary: pd.DataFrame, factors: list[str]) -> str:
     labels = {"well_label_accuracy": "well acc", "well_label_auroc": "well AUROC",
               "true_label_accuracy": "true acc", "true_label_auroc": "true AUROC",
               "localisation_share": "localisation", "background_prototype_share": "bg protos",
-              "affected_fraction_error": "affected-frac err",
+              "affected_fraction_error": "affected-frac err", "call_rho_exp": "ρ_Exp (call)",
               "significant_prototype_share": "signif. protos", "train_seconds": "train s"}
     metrics = [c for c in METRICS if f"{c}_mean" in summary and summary[f"{c}_mean"].notna().any()]
     head = factors + ["seeds"] + [labels[c] for c in metrics]

@@ -24,7 +24,8 @@ def _run(root: Path, name: str, backbone: str, mask: str, last: str, seed: int, 
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"mask={mask}", f"seed={seed}", *extra]))
     (run / "metrics.json").write_text(json.dumps({"well_label_accuracy": acc, "true_label_accuracy": acc + 0.1,
-                                                  "true_label_auroc": 0.9, "train_seconds": 100.0 + seed}))
+                                                  "true_label_auroc": 0.9, "train_seconds": 100.0 + seed,
+                                                  "calibration": {"rho_exp": acc - 0.2}}))
     if explain is not None:
         (run / "explain").mkdir()
         (run / "explain" / "explain_metrics.json").write_text(json.dumps(explain))
@@ -55,6 +56,7 @@ def test_multirun_folder_to_table_with_mean_sd_over_seeds(tmp_path):
     assert on["background_prototype_share_mean"] == pytest.approx(0.5)
     assert on["affected_fraction_error_mean"] == pytest.approx(0.1)
     assert on["significant_prototype_share_mean"] == pytest.approx(0.25)       # (2/4 + 0/4) / 2
+    assert on["call_rho_exp_mean"] == pytest.approx(0.55)
     off = summary[summary["mask"] == "off"].iloc[0]
     assert off["seeds"] == 1 and pd.isna(off["well_label_accuracy_sd"]) and pd.isna(off["localisation_share_mean"])
 
