@@ -12,3 +12,13 @@ def test_train_step_bench_reports_every_phase_and_the_overhead_ratio():
     assert 0 < res["prototype_head_share_of_joint_step"] < 1
     md = table({"machine": {"cpu": "x", "cores": 2, "threads": 1, "torch": "t"}, "train": res})
     assert "| train | joint_over_bare |" in md
+
+
+def test_data_push_inference_bench_uses_the_default_data_handling_and_reports_both_epochs():
+    from protocell.bench.__main__ import bench_data_push_inference
+
+    res = bench_data_push_inference(1, repeats=1)
+    assert res["cells_train"] > 0 and res["cells_push"] > 0
+    for k in ("data_path_cells_per_s", "data_path_first_epoch_cells_per_s", "inference_cells_per_s"):
+        assert res[k] > 0
+    assert res["push_over_inference"] > 0
