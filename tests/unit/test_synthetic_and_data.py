@@ -110,6 +110,19 @@ def test_zero_margin_hides_the_outline_but_keeps_the_cells_mask(tiny_store):
             CellDataModule(tiny_store, zero_margin=bad)
 
 
+def test_zero_margin_erosion_equals_scipys_city_block_erosion():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        mask = (ndi.gaussian_filter(rng.random((37, 41)), 3) > 0.5).astype(np.uint8)
+        mask[rng.integers(0, 37), :] = 1                             # cells that touch the crop's border too
+        for margin in (1, 2, 3):
+            want = ndi.binary_erosion(mask > 0, iterations=margin)
+            got = zeroing_mask(mask, margin)
+            assert np.array_equal(got > 0, want) if want.any() else np.array_equal(got, mask)
+
+
 def test_per_cell_normalisation_removes_a_well_gain(tiny_store, tmp_path):
     """The same cells imaged at 1.6× the gain (camera offset 100 kept) give the same items with
     data.normalize=cell (the embedded default), and different ones with dataset normalisation."""
