@@ -77,7 +77,7 @@ def zeroing_mask(mask: np.ndarray, margin: int) -> np.ndarray:
     inner = mask > 0
     for _ in range(int(margin)):   # one city-block step: a pixel stays if it and its 4 neighbours are
         core = inner.copy()        # inside (outside the crop counts as background), as
-        core[1:] &= inner[:-1]     # ndi.binary_erosion with its default cross, ~10x faster on a crop
+        core[1:] &= inner[:-1]     # ndi.binary_erosion with its default cross; ~2.7x faster on a 64 px crop
         core[:-1] &= inner[1:]
         core[:, 1:] &= inner[:, :-1]
         core[:, :-1] &= inner[:, 1:]
