@@ -2,6 +2,9 @@
 import hydra
 
 from protocell.cli.train import run
+from protocell.config import register
+
+register()   # the typed schema conf/train.yaml starts from
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -28,16 +28,24 @@ def tiny_dm(tiny_store):
     return dm
 
 
-@pytest.fixture()
-def tiny_net():
+TINY_SPEC = {"backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
+             "head": {"prototypes_per_class": 3, "prototype_dim": 16, "use_mask": True}, "in_channels": 2}
+
+
+def tiny_module(seed: int = 0, per_class: int = 3, dim: int = 16, **kw):
+    """A ProtoPNetModule on the narrow VGG-11 (RF 46 px), built as train.py builds it."""
     import torch
 
-    from protocell.model.backbones import build_backbone
-    from protocell.model.protopnet import ProtoPNet
+    from protocell.model.module import ProtoPNetModule
 
-    torch.manual_seed(0)
-    backbone = build_backbone("vgg11_narrow", 2, width=0.125, max_rf=46)
-    return ProtoPNet(backbone, num_classes=2, prototypes_per_class=3, prototype_dim=16, use_mask=True)
+    torch.manual_seed(seed)
+    spec = {**TINY_SPEC, "head": {**TINY_SPEC["head"], "prototypes_per_class": per_class, "prototype_dim": dim}}
+    return ProtoPNetModule(spec, class_names=["Ref", "Exp"], **kw)
+
+
+@pytest.fixture()
+def tiny_net():
+    return tiny_module().net
 
 
 # ----------------------------------------------------------------------------- prepare (raw plates)

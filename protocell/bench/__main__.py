@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from protocell.bench.prepare_bench import run as prepare_run
+from protocell.training.callbacks import apply_phase
+from protocell.training.schedule import Phase, trainable_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "outputs" / "bench"
@@ -66,13 +68,11 @@ def timed_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
 
 
 def _module(backbone: str, crop: int, width: float = 0.125, max_rf=46):
-    from protocell.model.backbones import build_backbone
     from protocell.model.module import ProtoPNetModule
-    from protocell.model.protopnet import ProtoPNet
 
-    b = build_backbone(backbone, 2, width=width, max_rf=max_rf)
-    net = ProtoPNet(b, 2, prototypes_per_class=10, prototype_dim=64)
-    return ProtoPNetModule(net)
+    spec = {"backbone": {"name": backbone, "width": width, "max_rf": max_rf},
+            "head": {"prototypes_per_class": 10, "prototype_dim": 64}, "in_channels": 2}
+    return ProtoPNetModule(spec, class_names=["Ref", "Exp"])
 
 
 def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -> dict:
@@ -102,10 +102,12 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
         bare_opt.step()
 
     def step_in(phase):
+        state = Phase(phase, trainable_groups(phase, train_last_layer=True))
+
         def step():
             if module.phase != phase:    # a phase change happens once per epoch in training
-                module.set_phase(phase)
                 module.train()
+                apply_phase(module, state)
             loss = module.training_step(batch_t, 0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -117,7 +119,7 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
     res = {"backbone": backbone, "crop": crop, "batch": batch, "bare_cells_per_s": batch / t["bare"]}
     for phase in phases:
         res[f"{phase}_cells_per_s"] = batch / t[phase]
-    module.set_phase("joint")
+    apply_phase(module, Phase("joint", trainable_groups("joint", True)))
     res["joint_over_bare"] = res["joint_cells_per_s"] / res["bare_cells_per_s"]
     # share of a joint step spent in the prototype layer, losses and masking
     with torch.no_grad():
@@ -141,7 +143,7 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
 def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
     from protocell.data.datamodule import CellDataModule
     from protocell.data.synthetic import WellSpec, build_store
-    from protocell.training.push import find_nearest_patches
+    from protocell.model.search import nearest_patches
 
     from omegaconf import OmegaConf
 
@@ -166,7 +168,7 @@ def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
                 net(x, m)
 
     def push():
-        find_nearest_patches(net, dm.push_dataloader())
+        nearest_patches(net, dm.push_dataloader(), k=1, own_class=True)
 
     t = time.perf_counter()
     data_pass()                              # first epoch: per-cell ranges computed (then cached)

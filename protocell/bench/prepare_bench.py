@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from protocell.fsutil import atomic_write
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "outputs" / "bench"
 BLOCK = 512            # TIFF tile edge; 4×4 cells per block
@@ -62,11 +64,9 @@ def write_plate_image(path: Path, size: int) -> Path:
                 for tx in range(n):
                     yield _block(ty, tx, c)
 
-    tmp = path.with_name(path.name + ".tmp")
-    tifffile.imwrite(tmp, blocks(), shape=(2, size, size), dtype=np.uint16, tile=(BLOCK, BLOCK),
-                     metadata={"axes": "CYX"}, photometric="minisblack")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: tifffile.imwrite(fh, blocks(), shape=(2, size, size), dtype=np.uint16,
+                                                          tile=(BLOCK, BLOCK), metadata={"axes": "CYX"},
+                                                          photometric="minisblack"), fsync=False)
 
 
 _WRAPPER = """

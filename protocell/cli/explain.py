@@ -1,24 +1,18 @@
-"""``explain.py``: render a run folder's explanations (see ``protocell.explain.run``)."""
+"""``explain.py``: render a run folder's explanations (``protocell.explain.run.explain_run``)."""
 
 from __future__ import annotations
-
-import logging
-import sys
 
 import torch
 from omegaconf import DictConfig
 
-from protocell.explain.run import ExplainError, explain_run
-
-log = logging.getLogger("protocell.explain")
+from protocell.cli.common import run_cli
 
 
 def run(cfg: DictConfig):
+    from protocell.explain.run import explain_run
+
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    try:
-        return explain_run(cfg.run, n_boot=int(cfg.bootstrap), n_cells=int(cfg.get("cells", 6)),
-                           k=int(cfg.get("nearest", 20)), log_wandb=bool(cfg.get("wandb", True)))
-    except ExplainError as e:
-        log.error("%s", e)
-        sys.exit(2)
+    return run_cli("explain", lambda c: explain_run(c.run, n_boot=int(c.bootstrap), n_cells=int(c.get("cells", 6)),
+                                                    k=int(c.get("nearest", 20)), log_wandb=bool(c.get("wandb", True))),
+                   cfg)

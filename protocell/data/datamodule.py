@@ -24,16 +24,19 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from protocell.data.dataset import CellDataset, EpochSampler, Photometric
+from protocell.data.split import assign
+from protocell.distributed import rank_and_world
+from protocell.errors import ConfigError
 from protocell.data.store import CropStore, StoreError
 
 
 def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int,
                    unit: str = "image") -> np.ndarray:
-    """Split labels ('train'/'val'/'test') per row; every image lies in one split only.
+    """Split labels ('train'/'val'/'test'/'drop') per row; every image lies in one split only
+    (the policy of ``protocell.data.split``, shared with prepare).
 
     ``unit="well"`` keeps whole wells together (all fields of a well in one split): per-well batch
     effects (intensity, focus) then cannot carry a well's label from training into test."""
@@ -41,40 +44,22 @@ def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: in
     given = manifest["split"].astype(str).to_numpy()
     originals = manifest["aug_of"].to_numpy() < 0
     if unit not in ("image", "well"):
-        raise StoreError(f"data.split_by must be 'image' or 'well', got '{unit}'")
+        raise ConfigError.invalid("data.split_by", unit, "'image' or 'well'")
     if unit == "well":
         manifest = manifest.assign(image_id=manifest["plate"].astype(str) + "/" + manifest["well"].astype(str))
     image_of = manifest["image_id"].astype(str).to_numpy()
-    split_of_image: dict[str, str] = {}
-    if (given[originals] != "").all():
-        for img, s in zip(image_of, given):
-            split_of_image.setdefault(img, s)
-        train_images = sorted(i for i, s in split_of_image.items() if s == "train")
-        by_cond = manifest.drop_duplicates("image_id").set_index("image_id")["condition"]
-        for cond in sorted(set(by_cond[train_images])):
-            imgs = [i for i in train_images if by_cond[i] == cond]
-            n_val = int(round(val_fraction * len(imgs))) if len(imgs) > 1 else 0
-            for img in rng.permutation(imgs)[:n_val]:
-                split_of_image[img] = "val"
+    first = manifest[originals].drop_duplicates("image_id")
+    by_cond = {c: g["image_id"].astype(str).tolist() for c, g in first.groupby("condition", sort=True)}
+    if (given[originals] != "").all():      # prepare split by image: carve val out of its train images
+        split_of_image = dict(zip(image_of, given))
+        train = {c: [i for i in imgs if split_of_image[i] == "train"] for c, imgs in by_cond.items()}
+        split_of_image.update(assign(train, {"val": val_fraction}, seed, rng))
     else:
-        first = manifest[originals].drop_duplicates("image_id")
-        for cond, group in first.groupby("condition", sort=True):
-            imgs = rng.permutation(sorted(group["image_id"].astype(str)))
-            n_test = int(round(test_fraction * len(imgs)))
-            n_val = int(round(val_fraction * (len(imgs) - n_test)))
-            for k, img in enumerate(imgs):
-                split_of_image[img] = "test" if k < n_test else ("val" if k < n_test + n_val else "train")
+        split_of_image = assign(by_cond, {"test": test_fraction, "val": val_fraction}, seed, rng)
     out = np.array([split_of_image.get(i, "train") for i in image_of], dtype=object)
     # augmented rows train only (their images are train images by construction)
     out[~originals & (out != "train")] = "drop"
     return out
-
-
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class ShardSampler(DistributedSampler):
@@ -125,12 +110,12 @@ class CellDataModule(L.LightningDataModule):
         self.channel_names = channels
         self.zero_background = zero_background
         if int(zero_margin) != zero_margin or zero_margin < 0:
-            raise StoreError(f"data.zero_margin must be a whole number of pixels ≥ 0, got {zero_margin!r}")
+            raise ConfigError.invalid("mask.zero_margin", zero_margin, "a whole number of pixels ≥ 0")
         self.zero_margin = int(zero_margin)
         self.augment = augment
         self.photometric = Photometric(**(photometric or {}))
         if normalize not in ("dataset", "cell", "none"):
-            raise StoreError(f"data.normalize must be 'dataset', 'cell' or 'none', got '{normalize}'")
+            raise ConfigError.invalid("data.normalize", normalize, "'dataset', 'cell' or 'none'")
         self.normalize = normalize
         self.test_fraction, self.val_fraction = test_fraction, val_fraction
         self.batch_size = batch_size
@@ -190,7 +175,7 @@ class CellDataModule(L.LightningDataModule):
 
     # --------------------------------------------------------------------- loaders
     def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:
-        rank, world = process_rank()
+        rank, world = rank_and_world()
         if world > 1:
             sampler = (DistributedEpochSampler(len(ds), self.seed, rank, world) if shuffle
                        else ShardSampler(len(ds), rank, world))

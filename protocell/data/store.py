@@ -34,12 +34,14 @@ Manifest columns:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from protocell.errors import ProtocellError
+from protocell.fsutil import atomic_save_npy, atomic_write_text
 
 FORMAT = "protocell-cells"
 VERSION = 1
@@ -51,24 +53,8 @@ MANIFEST_COLUMNS = [
 ]
 
 
-class StoreError(ValueError):
+class StoreError(ProtocellError):
     """A crop store that cannot be read or written as asked; the message names the path and fix."""
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -123,10 +109,10 @@ class CropStoreWriter:
             raise StoreError(f"shard {shard}: dtype {crops.dtype} differs from the store's {self.dtype}")
         base = self.root / "shards"
         if texture is not None:
-            _atomic_save_npy(base / f"{shard}.texture.npy", texture.astype(np.uint8))
-        _atomic_save_npy(base / f"{shard}.crops.npy", np.ascontiguousarray(crops))
+            atomic_save_npy(base / f"{shard}.texture.npy", texture.astype(np.uint8))
+        atomic_save_npy(base / f"{shard}.crops.npy", np.ascontiguousarray(crops))
         # masks last: their presence marks the shard complete (see shard_done)
-        _atomic_save_npy(base / f"{shard}.masks.npy", (masks > 0).astype(np.uint8))
+        atomic_save_npy(base / f"{shard}.masks.npy", (masks > 0).astype(np.uint8))
         self.add_rows(shard, rows)
 
     def add_rows(self, shard: str, rows: list[dict]) -> None:

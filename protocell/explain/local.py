@@ -15,6 +15,7 @@ import torch
 
 from protocell.explain.boxes import rf_box, upsample
 from protocell.explain.heatmap import draw_box, show_cell
+from protocell.model.prototypes import log_similarity
 
 
 def contributions(similarities: torch.Tensor, weights: torch.Tensor, cls: int) -> torch.Tensor:
@@ -57,7 +58,7 @@ def render_cell(run, cell_id: int, maps: dict, out: Path, top: int = 3) -> dict:
         d = dist[j]
         iy, ix = divmod(int(d.argmin()), d.shape[1])
         box = rf_box(net.rf, iy, ix, S)
-        show_cell(axes[0, k], x, m, upsample(torch.log((d + 1) / (d + 1e-4)), S))
+        show_cell(axes[0, k], x, m, upsample(log_similarity(d), S))
         draw_box(axes[0, k], box, lw=1.2)
         axes[0, k].set_title(f"looks like prototype {j}\nsim {float(sims[j]):.2f} × w {float(w[pred, j]):.2f}"
                              f" = {float(contrib[j]):.2f}", fontsize=7)

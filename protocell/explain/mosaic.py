@@ -11,39 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from protocell.explain.boxes import rf_box
+from protocell.model import search
 
 N_NEAREST = 20
 
 
-def k_nearest(dists: torch.Tensor, k: int) -> torch.Tensor:
-    """dists: (N, P) per-cell best distance to each prototype → (k, P) row indices, nearest first
-    (ties: the earlier row, i.e. loader order)."""
-    k = min(k, dists.shape[0])
-    return torch.sort(dists, dim=0, stable=True).indices[:k]
-
-
-@torch.no_grad()
 def nearest_patches(run, k: int = N_NEAREST) -> dict:
-    """For every prototype, the k push-set cells whose best in-cell patch is nearest to it.
-
-    Returns distance (k, P), cell_id (k, P), latent_yx (k, P, 2)."""
-    net, P = run.net, run.net.prototypes.shape[0]
-    dists, ids, yx = [], [], []
-    for x, mask, y, cid in tqdm(run.dm.push_dataloader(), desc="explain: nearest patches (push set)", leave=False):
-        d = net.distances(net.latent(x), mask)                                 # (B, P, H, W), masked
-        B, _, H, W = d.shape
-        v, i = d.flatten(2).min(2)                                             # (B, P)
-        dists.append(v)
-        ids.append(cid[:, None].expand(B, P))
-        yx.append(torch.stack([i // W, i % W], -1))                            # (B, P, 2)
-    dists, ids, yx = torch.cat(dists), torch.cat(ids), torch.cat(yx)
-    order = k_nearest(dists, k)                                                # (k, P)
-    ar = torch.arange(P)
-    return {"distance": dists[order, ar], "cell_id": ids[order, ar], "latent_yx": yx[order, ar]}
+    """For every prototype, the k push-set cells whose best in-cell patch is nearest to it
+    (``model.search``, the search push uses). Returns distance (k, P), cell_id (k, P), latent_yx (k, P, 2)."""
+    near = search.nearest_patches(run.net, tqdm(run.dm.push_dataloader(), desc="explain: nearest patches (push set)",
+                                                leave=False), k=k, own_class=False)
+    return {key: near[key] for key in ("distance", "cell_id", "latent_yx")}
 
 
 def render_mosaic(run, j: int, near: dict, out: Path) -> pd.DataFrame:

@@ -38,11 +38,14 @@ from protocell.explain.heatmap import prototype_maps, render_prototype
 from protocell.explain.local import render_cell, sample_cells
 from protocell.explain.mosaic import N_NEAREST, nearest_patches, render_mosaic
 from protocell.explain.scores import affected_fraction_ci, plot_scores
-from protocell.explain.similarity import (plot_population, population_means, rank_differences,
-                                          similarity_from_distance)
+from protocell.explain.similarity import plot_population, population_means, rank_differences
+from protocell.artifacts import positive_class
 from protocell.explain.source import ExplainError, Run, load_run
+from protocell.fsutil import atomic_write_json
+from protocell.model.prototypes import log_similarity
 from protocell.metrics.localisation import background_share, texture_share
 from protocell.metrics.truth import true_affected_fraction, true_label_metrics
+from protocell.tracking import log_to_saved_run
 
 __all__ = ["ExplainError", "Run", "explain_run", "load_run", "nearest_patches", "cell_similarities"]
 log = logging.getLogger("protocell.explain")
@@ -67,7 +70,8 @@ def cell_similarities(run: Run) -> pd.DataFrame:
     if not all(c in preds for c in cols):
         log.info("test_predictions.csv has no per-prototype distances: one pass over the test set")
         preds = preds.drop(columns=[c for c in preds if c.startswith("min_d_")]).merge(_test_min_distances(run), on="cell_id")
-    sims = pd.DataFrame(similarity_from_distance(preds[cols].to_numpy()), columns=[f"p{j}" for j in range(P)])
+    sim = log_similarity(torch.as_tensor(preds[cols].to_numpy(), dtype=torch.float64)).numpy()
+    sims = pd.DataFrame(sim, columns=[f"p{j}" for j in range(P)])
     return pd.concat([preds[["cell_id", "well", "condition"]].reset_index(drop=True), sims], axis=1)
 
 
@@ -87,7 +91,7 @@ def localisation(run: Run, near: dict) -> dict:
     store, rec, rf, S = run.dm.store, run.record, run.net.rf, run.crop_size
     out = {}
     if store.has_texture:
-        exp_class = len(rec["class_names"]) - 1
+        exp_class = positive_class(rec["class_names"])
         shares = {}
         for j in np.flatnonzero(rec["prototype_class"].numpy() == exp_class):
             rows = [run.row(int(c)) for c in near["cell_id"][:, j]]
@@ -99,52 +103,6 @@ def localisation(run: Run, near: dict) -> dict:
                          for c in rec["cell_id"]])
     out["background_prototype_share"] = background_share(rec["latent_yx"], masks, rec["latent_size"])
     return out
-
-
-def _wandb_id(run_dir: Path) -> str | None:
-    """The W&B run id train.py saved, or the one in the run folder's wandb/ directory."""
-    saved = run_dir / "wandb_run_id.txt"
-    if saved.exists():
-        return saved.read_text().strip() or None
-    runs = sorted((run_dir / "wandb").glob("*run-*-*")) if (run_dir / "wandb").is_dir() else []
-    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
-
-
-def log_to_wandb(run: Run, out: Path) -> str:
-    """The explain figures as W&B media, when the run trained with the W&B logger: offline, resuming
-    the training run's id. Returns what it did (also logged). Inside a process that already has an
-    active W&B run (train.py's logger), it leaves the logging to that logger."""
-    target = str(run.cfg.get("logger", {}).get("_target_", "")) if run.cfg.get("logger") else ""
-    if "WandbLogger" not in target:
-        return "skipped: the run did not use the W&B logger"
-    try:
-        import wandb
-    except ImportError:
-        msg = "skipped: the run used W&B but wandb is not installed here (pip install wandb)"
-        log.info("W&B %s", msg)
-        return msg
-    if wandb.run is not None:
-        return "skipped: a W&B run is active in this process (train.py's logger logs the figures)"
-    run_id = _wandb_id(run.dir)
-    if run_id is None:
-        msg = f"skipped: no W&B run id in {run.dir} (wandb_run_id.txt or wandb/offline-run-*)"
-        log.info("W&B %s", msg)
-        return msg
-    project = run.cfg.logger.get("project") or "protocell"
-    w = wandb.init(project=project, id=run_id, resume="allow", mode="offline", dir=str(run.dir),
-                   settings=wandb.Settings(silent=True))
-    try:
-        images = {"explain/population": [out / "population_similarity.png"],
-                  "explain/cell_scores": [out / "cell_scores.png"],
-                  "explain/prototypes": sorted((out / "prototypes").glob("*.png")),
-                  "explain/mosaics": sorted((out / "mosaics").glob("*.png")),
-                  "explain/cells": sorted((out / "cells").glob("*.png"))}
-        w.log({k: [wandb.Image(str(p), caption=p.stem) for p in v] for k, v in images.items() if v})
-        w.log({"explain/prototype_differences": wandb.Table(dataframe=pd.read_csv(out / "prototype_differences.csv"))})
-    finally:
-        w.finish()
-    log.info("W&B: explain figures logged offline to run %s (wandb sync %s/wandb to upload)", run_id, run.dir)
-    return f"logged offline to run {run_id}"
 
 
 def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: int = N_NEAREST,
@@ -216,13 +174,13 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
     metrics = json.loads((run.dir / "metrics.json").read_text()) if (run.dir / "metrics.json").exists() else {}
     em = {"run": str(run.dir), "prototypes": P, "pushes": int(rec["pushes"]), "nearest": int(k)}
     if "true_label" in preds:
-        pos = len(run.class_names) - 1
+        pos = positive_class(run.class_names)
         calls = preds["call"] if "call" in preds else (preds["pred"] == pos).astype(int)
         em.update(true_label_metrics(preds["score"], calls, preds["true_label"]))
         em["true_label_call"] = "calibrated call" if "call" in preds else "argmax"
     em.update(localisation(run, near))
     em["affected_fraction"] = frac
-    (out / "explain_metrics.json").write_text(json.dumps(em, indent=2, default=float))
+    atomic_write_json(out / "explain_metrics.json", em)
     steps.update()
     steps.close()
 
@@ -230,6 +188,6 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
 
     write_report(run, protos, pop, ranked, em, metrics, health=health, cells=local)
     if log_wandb:
-        log_to_wandb(run, out)
+        log_to_saved_run(run.cfg, run.dir, keys=("explain/",))
     log.info("explain: %s and %s (%.1f s)", out, run.dir / "report.html", time.time() - t0)
     return out

@@ -12,11 +12,6 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 
-def similarity_from_distance(d) -> np.ndarray:
-    d = np.asarray(d, np.float64)
-    return np.log((d + 1) / (d + 1e-4))
-
-
 def population_means(cells: pd.DataFrame, protos: list[str], ref: str, exp: str,
                      n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Mean max-similarity per prototype in Ref and Exp, Exp − Ref, each with a 95 % CI from a

@@ -1,11 +1,20 @@
-"""Ground-truth metrics of explain's cell scores, for data whose per-cell truth is known
+"""Metrics of per-cell predictions against well labels and, where it is known, the per-cell truth
 (``true_label``: 1 affected, 0 not, −1 unknown; the synthetic wells know it for every cell)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import torch
+from torchmetrics.functional.classification import binary_auroc
 
-from protocell.metrics.ground_truth import auroc
+
+def auroc(scores, targets) -> float:
+    """AUROC of ``scores`` for binary ``targets``; NaN when only one class is present."""
+    targets = np.asarray(targets)
+    if len(np.unique(targets)) < 2:
+        return float("nan")
+    return float(binary_auroc(torch.tensor(np.asarray(scores), dtype=torch.float64), torch.tensor(targets).long()))
 
 
 def true_label_metrics(scores, calls, true_label) -> dict:
@@ -26,3 +35,26 @@ def true_affected_fraction(true_label) -> float | None:
     t = np.asarray(true_label)
     known = t >= 0
     return float((t[known] == 1).mean()) if known.any() else None
+
+
+def cell_metrics(pred: pd.DataFrame, positive: int = 1) -> dict:
+    """``pred`` columns: label, pred (raw argmax), score (probability of class ``positive``),
+    true_label (−1 unknown), and ``call`` (calibrated cell call, 1 = positive) when calibrated.
+
+    Well-label metrics use every cell; true-label metrics the cells whose truth is known, with
+    "affected" (true_label 1) as the positive class. ``*_accuracy`` uses the calibrated call when
+    there is one, ``*_accuracy_argmax`` the raw argmax."""
+    raw = (pred["pred"] == positive).to_numpy()
+    call = pred["call"].to_numpy().astype(bool) if "call" in pred else raw
+    is_pos = (pred["label"] == positive).to_numpy()
+    out = {"n_cells": int(len(pred)),
+           "well_label_accuracy": float((call == is_pos).mean()),
+           "well_label_accuracy_argmax": float((raw == is_pos).mean()),
+           "well_label_auroc": auroc(pred["score"].to_numpy(), is_pos)}
+    if "true_label" in pred:
+        truth = true_label_metrics(pred["score"], call, pred["true_label"])
+        if truth:
+            truth["true_label_accuracy_argmax"] = true_label_metrics(pred["score"], raw, pred["true_label"])[
+                "true_label_accuracy"]
+            out.update(truth)
+    return out

@@ -21,10 +21,11 @@ import torch.nn as nn
 import torchvision
 from torchvision.models import vgg as tv_vgg
 
+from protocell.errors import ProtocellError
 from protocell.model.receptive_field import ReceptiveField, receptive_field
 
 
-class BackboneError(ValueError):
+class BackboneError(ProtocellError):
     """A backbone that cannot be built as configured; the message says what to do."""
 
 

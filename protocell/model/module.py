@@ -1,17 +1,20 @@
 """``ProtoPNetModule``: the LightningModule holding the network, the objective and the optimiser.
 
-*What trains when* is not decided here: the phase callback calls ``set_phase`` (``pretrain``,
-``warm``, ``joint``, ``last_layer``), the push callback projects prototypes.
+It computes losses and steps, nothing else. *What trains when* is data (``training.schedule``):
+the phase callback sets ``phase``, freezes parameter groups and sets their learning rates; the
+push callback projects the prototypes.
+
+The module builds its own network from plain arguments (``net_spec``: the backbone's and the
+prototype head's keyword arguments) and saves them as hyperparameters, so a checkpoint rebuilds
+its module: ``ProtoPNetModule.load_from_checkpoint(path, weights_only=True)``.
 
 ``pretrain`` stands in for ImageNet weights when there are none (the offline default): the backbone
 learns the task through a linear *probe* (1×1 conv → mean over in-cell latent units → logits,
 cross-entropy only), so that the ProtoPNet phases start from useful features, as in the paper. The
-probe is not part of the prototype network and is never used after this phase.
+probe is not part of the prototype network and is not used by it.
 
-Parameter groups (probe, features, add-on, prototypes, last layer) each have their own learning
-rate (features train at ``lr["pretrain"]`` during pretrain); a phase freezes groups by
-``requires_grad`` (a frozen group gets no gradient, so Adam leaves it untouched) and puts frozen
-feature layers in eval mode, so their batch-norm statistics do not drift either.
+Parameter groups (``groups()``: probe, features, add-on, prototypes, last layer) each get their
+own optimiser group, named, so a phase can set each one's learning rate.
 """
 
 from __future__ import annotations
@@ -21,77 +24,52 @@ import torch
 import torch.nn.functional as F
 
 from protocell.model.losses import protopnet_loss
-from protocell.model.protopnet import ProtoPNet
+from protocell.model.protopnet import build_protopnet
 
-PHASES = ("pretrain", "warm", "joint", "last_layer")
+PHASE_INDEX = {"pretrain": 0, "warm": 1, "joint": 2, "last_layer": 3}
 LAST_LAYER_MODES = ("trained", "frozen")
 
 
 class ProtoPNetModule(L.LightningModule):
-    def __init__(self, net: ProtoPNet, last_layer: str = "trained", lr: dict | None = None,
-                 weight_decay: float = 1e-3, lr_step_epochs: int = 0, lr_gamma: float = 0.1,
-                 clst: float = 0.8, sep: float = 0.08, l1: float = 1e-4, ramp_epochs: int = 0,
-                 class_names: list[str] | None = None, channels_last: bool = False):
+    def __init__(self, net_spec: dict, class_names: list[str], last_layer: str = "trained",
+                 lr: dict | None = None, weight_decay: float = 1e-3, clst: float = 0.8, sep: float = 0.08,
+                 l1: float = 1e-4, ramp_epochs: int = 0, channels_last: bool = False):
         super().__init__()
         if last_layer not in LAST_LAYER_MODES:
             raise ValueError(f"last_layer must be one of {LAST_LAYER_MODES}, got '{last_layer}'")
-        self.net = net
+        self.save_hyperparameters()
+        self.net = build_protopnet(**net_spec, num_classes=len(class_names))
+        self.class_names = list(class_names)
         self.last_layer_mode = last_layer
+        # initial rates; the phase callback sets every group's rate at the start of every epoch
         self.lr = {"features": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-3, **(lr or {})}
-        # the pretrain phase trains features + probe at lr["pretrain"] (a from-scratch rate)
         self.lr.setdefault("pretrain", self.lr["features"])
         self.lr["probe"] = self.lr["pretrain"]
         self.weight_decay = weight_decay
-        self.lr_step_epochs, self.lr_gamma = lr_step_epochs, lr_gamma
         self.coef = {"clst": clst, "sep": sep, "l1": l1}
         # From scratch, the cluster cost can collapse all features onto the prototypes before the
         # cross-entropy has found anything that differs between the classes; ramping λ_clst and
         # λ_sep linearly from 0 over ``ramp_epochs`` lets the features form first.
         self.ramp_epochs = ramp_epochs
-        self.class_names = class_names or [str(k) for k in range(net.num_classes)]
         self.phase = "joint"
         # NHWC tensors: faster convolutions on GPUs with tensor cores (cuDNN), neutral on CPU
         self.channels_last = channels_last
-        self.probe = torch.nn.Conv2d(net.add_on[0].in_channels, net.num_classes, 1)
+        self.probe = torch.nn.Conv2d(self.net.add_on[0].in_channels, self.net.num_classes, 1)
         if last_layer == "frozen":
-            net.last_layer.weight.requires_grad_(False)
+            self.net.last_layer.weight.requires_grad_(False)
 
-    # ------------------------------------------------------------------ phases
     def groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The parameter groups a phase switches on and off, by name."""
         return {"probe": list(self.probe.parameters()),
                 "features": list(self.net.features.parameters()),
                 "add_on": list(self.net.add_on.parameters()),
                 "prototypes": [self.net.prototypes],
                 "last_layer": [self.net.last_layer.weight]}
 
-    def trainable_groups(self, phase: str) -> set[str]:
-        train_last = self.last_layer_mode == "trained"
-        return {"pretrain": {"features", "probe"},
-                "warm": {"add_on", "prototypes"},
-                "joint": {"features", "add_on", "prototypes"} | ({"last_layer"} if train_last else set()),
-                "last_layer": {"last_layer"} if train_last else set()}[phase]
-
-    def set_phase(self, phase: str) -> None:
-        if phase not in PHASES:
-            raise ValueError(f"unknown phase '{phase}'")
-        self.phase = phase
-        if self._trainer is not None and self.trainer.optimizers:
-            for group in self.trainer.optimizers[0].param_groups:
-                if group["name"] == "features":
-                    group["lr"] = self.lr["pretrain"] if phase == "pretrain" else self.lr["features"]
-        on = self.trainable_groups(phase)
-        for name, params in self.groups().items():
-            for p in params:
-                p.requires_grad_(name in on)
-        self.train(self.training)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and "features" not in self.trainable_groups(self.phase):
-            self.net.features.eval()
-        if mode and "add_on" not in self.trainable_groups(self.phase):
-            self.net.add_on.eval()
-        return self
+    def group_modules(self) -> dict[str, torch.nn.Module]:
+        """Modules whose train/eval mode follows their group (batch-norm statistics of a frozen
+        backbone must not drift)."""
+        return {"features": self.net.features, "add_on": self.net.add_on}
 
     # ------------------------------------------------------------------ steps
     def on_after_batch_transfer(self, batch, dataloader_idx):
@@ -113,18 +91,21 @@ class ProtoPNetModule(L.LightningModule):
         w = inside.to(f.dtype)
         return (f * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1)
 
-    def _step(self, batch, stage: str):
-        x, mask, y, _ = batch
+    def _log(self, stage: str, values: dict, bs: float) -> None:
         # a float batch size: Lightning's epoch mean divides summed values by the summed batch sizes,
         # and averages an integer sum over DDP ranks with truncation (49 cells / 2 ranks → 24)
+        self.log_dict({f"{stage}/{k}": v.detach() for k, v in values.items() if k != "acc"}, on_step=False,
+                      on_epoch=True, batch_size=bs, sync_dist=stage != "train")
+        self.log(f"{stage}/acc", values["acc"], on_step=False, on_epoch=True, batch_size=bs, prog_bar=True,
+                 sync_dist=stage != "train")
+
+    def _step(self, batch, stage: str):
+        x, mask, y, _ = batch
         bs = float(x.shape[0])
         if self.phase == "pretrain":
             logits = self.probe_logits(x, mask)
             ce = F.cross_entropy(logits, y)
-            self.log(f"{stage}/ce", ce.detach(), on_step=False, on_epoch=True, batch_size=bs,
-                     sync_dist=stage != "train")
-            self.log(f"{stage}/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True,
-                     batch_size=bs, prog_bar=True, sync_dist=stage != "train")
+            self._log(stage, {"ce": ce, "acc": (logits.argmax(1) == y).float().mean()}, bs)
             return ce
         out = self.net(x, mask)
         use_l1 = self.net.last_layer.weight.requires_grad
@@ -132,11 +113,7 @@ class ProtoPNetModule(L.LightningModule):
         losses = protopnet_loss(out["logits"], out["min_distances"], y, self.net.prototype_class,
                                 self.net.last_layer.weight, ramp * self.coef["clst"], ramp * self.coef["sep"],
                                 self.coef["l1"] if use_l1 else 0.0)
-        acc = (out["logits"].argmax(1) == y).float().mean()
-        self.log_dict({f"{stage}/{k}": v.detach() for k, v in losses.items()}, on_step=False, on_epoch=True,
-                      batch_size=bs, sync_dist=stage != "train")
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, batch_size=bs, prog_bar=True,
-                 sync_dist=stage != "train")
+        self._log(stage, {**losses, "acc": (out["logits"].argmax(1) == y).float().mean()}, bs)
         return losses["loss"]
 
     def training_step(self, batch, batch_idx):
@@ -156,7 +133,7 @@ class ProtoPNetModule(L.LightningModule):
                 "min_distances": out["min_distances"].float()}
 
     def on_train_epoch_start(self):
-        self.log("phase", float(PHASES.index(self.phase)), on_step=False, on_epoch=True)
+        self.log("phase", float(PHASE_INDEX[self.phase]), on_step=False, on_epoch=True)
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
@@ -165,10 +142,4 @@ class ProtoPNetModule(L.LightningModule):
                    "weight_decay": self.weight_decay if name in ("features", "add_on", "probe") else 0.0}
                   for name, params in self.groups().items()
                   if not (name == "last_layer" and self.last_layer_mode == "frozen")]
-        opt = torch.optim.Adam(groups)
-        if not self.lr_step_epochs:
-            return opt
-        step, gamma = self.lr_step_epochs, self.lr_gamma
-        decays = [(lambda e: gamma ** (e // step)) if g["name"] != "last_layer" else (lambda e: 1.0) for g in groups]
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, decays)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return torch.optim.Adam(groups)

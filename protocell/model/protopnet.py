@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from protocell.model.backbones import Backbone
+from protocell.model.backbones import Backbone, build_backbone
 from protocell.model.prototypes import latent_inside, log_similarity, masked_distances, squared_distances
 
 
@@ -86,3 +86,9 @@ class ProtoPNet(nn.Module):
         sim = log_similarity(min_d)
         return {"logits": self.last_layer(sim), "min_distances": min_d, "similarities": sim,
                 "distances": d}
+
+
+def build_protopnet(backbone: dict, head: dict, in_channels: int, num_classes: int) -> ProtoPNet:
+    """The network from plain arguments: ``backbone`` for ``build_backbone`` (name, pretrained, max_rf,
+    width, …), ``head`` for ``ProtoPNet`` (prototypes_per_class, prototype_dim, use_mask, …)."""
+    return ProtoPNet(build_backbone(in_channels=in_channels, **backbone), num_classes=num_classes, **head)

@@ -22,15 +22,14 @@ PROTO = ("prototypes", "proto_cell_id", "proto_latent_yx", "proto_distance")
 
 def _setup(store, seed=0):
     from protocell.data.datamodule import CellDataModule
-    from protocell.model.backbones import build_backbone
     from protocell.model.module import ProtoPNetModule
-    from protocell.model.protopnet import ProtoPNet
 
     torch.set_num_threads(1)
     dm = CellDataModule(store, zero_background=True, batch_size=8, eval_batch_size=8, val_fraction=0.0, seed=0)
     torch.manual_seed(seed)
-    net = ProtoPNet(build_backbone("vgg11_narrow", 2, width=0.125, max_rf=46), 2, 3, 16)
-    return dm, ProtoPNetModule(net, lr={"features": 1e-3, "pretrain": 3e-3})
+    spec = {"backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
+            "head": {"prototypes_per_class": 3, "prototype_dim": 16}, "in_channels": 2}
+    return dm, ProtoPNetModule(spec, ["Ref", "Exp"], lr={"features": 1e-3, "pretrain": 3e-3})
 
 
 def _trainer(**kw):
@@ -42,7 +41,7 @@ def _trainer(**kw):
 
 def _evaluate(trainer, dm, module):
     """Test metrics, all predictions (gathered under DDP), this rank's predicted cells, push."""
-    from protocell.cli.train import gather_predictions
+    from protocell.evaluate import gather_predictions
     from protocell.training.push import push_prototypes
 
     trainer.test(module, datamodule=dm, verbose=False)
@@ -58,8 +57,8 @@ def _evaluate(trainer, dm, module):
 def _worker(rank, world, port, store, out):
     from lightning.pytorch.callbacks import Callback
 
-    from protocell.training.phases import PhaseCallback, build_plan
-    from protocell.training.push import PushCallback
+    from protocell.training.callbacks import PhaseCallback, PushCallback
+    from protocell.training.schedule import build_schedule
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank), NODE_RANK="0")   # as torchrun / SLURM start the ranks
@@ -72,7 +71,7 @@ def _worker(rank, world, port, store, out):
         def on_train_batch_end(self, *a):
             Steps.n += 1
 
-    plan = build_plan(2, warm_epochs=1, push_every=1, push_start=1)   # warm + push, joint + push
+    plan = build_schedule(2, warm_epochs=1, push_every=1, push_start=1, lr={"features": 1e-3, "pretrain": 3e-3})   # warm + push, joint + push
     dm, module = _setup(store, seed=1)
     trainer = _trainer(devices=world, strategy="ddp_find_unused_parameters_true", max_epochs=len(plan),
                        callbacks=[PhaseCallback(plan), PushCallback(plan, f"{out}/fit"), Steps()])

@@ -134,7 +134,7 @@ def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
     shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("explain", "report.html"))
     rec = torch.load(broken / "prototypes.pt", weights_only=True)
     torch.save({**rec, "version": 99}, broken / "prototypes.pt")
-    with pytest.raises(ExplainError, match="v99.*protocell version that trained it"):
+    with pytest.raises(ExplainError, match="v99.*protocell version that trained"):
         load_run(broken)
     torch.save({**rec, "pushes": 0}, broken / "prototypes.pt")
     with pytest.raises(ExplainError, match="pushes = 0.*never pushed"):
@@ -162,7 +162,10 @@ def test_wandb_wiring_logs_figures_offline_to_the_training_run(tiny_run, tmp_pat
     pytest.importorskip("wandb")
     from omegaconf import OmegaConf
 
-    from protocell.explain.run import log_to_wandb
+    from protocell.tracking import log_to_saved_run
+
+    def log_to_wandb(run, _):
+        return log_to_saved_run(run.cfg, run.dir, keys=("explain/",))
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)

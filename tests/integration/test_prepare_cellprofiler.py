@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import prepare_config
-from protocell.cli.prepare import prepare
+from protocell.prepare.pipeline import prepare
 from protocell.data.store import CropStore
 
 DATA = Path("/work/shared/data/cellprofiler_example_human")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from conftest import prepare_config
-from protocell.cli.prepare import prepare
+from protocell.prepare.pipeline import prepare
 from protocell.data.store import CropStore
 
 ROOT = Path(__file__).resolve().parents[2]

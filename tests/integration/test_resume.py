@@ -10,24 +10,21 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from protocell.data.datamodule import CellDataModule
-from protocell.model.module import ProtoPNetModule
-from protocell.training.phases import PhaseCallback, build_plan
-from protocell.training.push import PushCallback
+from protocell.training.callbacks import KeepBestPretrain, PhaseCallback, PushCallback
+from protocell.training.schedule import build_schedule
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from conftest import tiny_module  # noqa: E402
 
-PLAN = build_plan(4, warm_epochs=1, push_every=2, push_start=2, last_layer_epochs=1, pretrain_epochs=2)
+LR = {"features": 1e-3, "pretrain": 3e-3}
+PLAN = build_schedule(4, warm_epochs=1, push_every=2, push_start=2, last_layer_epochs=1, pretrain_epochs=2, lr=LR)
 # epochs: 0-1 pretrain, 2 warm, 3 joint + push, 4 last layer, 5 joint, 6 joint + push, 7 last layer
 # (with validation cells, so that pretrain keeps its best epoch: the kept state travels in the checkpoint)
 
 
 def _module():
-    from protocell.model.backbones import build_backbone
-    from protocell.model.protopnet import ProtoPNet
-
-    torch.manual_seed(0)
-    net = ProtoPNet(build_backbone("vgg11_narrow", 2, width=0.125, max_rf=46), 2, 2, 16)
-    return ProtoPNetModule(net, last_layer="trained", lr={"features": 1e-3, "pretrain": 3e-3})
+    return tiny_module(per_class=2, last_layer="trained", lr=LR)
 
 
 def _train(store, out, epochs, resume=None):
@@ -37,7 +34,7 @@ def _train(store, out, epochs, resume=None):
     ckpt = ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
-                        callbacks=[PhaseCallback(PLAN), PushCallback(PLAN, out), ckpt])
+                        callbacks=[KeepBestPretrain(PLAN), PhaseCallback(PLAN), PushCallback(PLAN, out), ckpt])
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True if resume else None)
     return module
 
@@ -54,7 +51,7 @@ def test_resume_after_each_phase_is_bit_identical(tiny_store, tmp_path, uninterr
     ckpt = tmp_path / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)                  # protocell's checkpoint state is plain data
     if stop_after == 1:   # mid-pretrain: the best epoch so far (its features and probe) is in the checkpoint
-        (kept,) = [v for k, v in state["callbacks"].items() if k.startswith("PhaseCallback")]
+        (kept,) = [v for k, v in state["callbacks"].items() if k.startswith("KeepBestPretrain")]
         assert kept["epoch"] == 0 and set(kept["state"]) == {"features", "probe"} and not kept["restored"]
     resumed = _train(tiny_store, tmp_path / "resumed", len(PLAN), resume=str(ckpt)).state_dict()
     for k, v in uninterrupted.items():

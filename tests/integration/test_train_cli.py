@@ -58,7 +58,7 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     ("schedule.epochs=0", "schedule.epochs=0 is invalid"),
     ("data.test_fraction=1.5", "data.test_fraction=1.5 is invalid"),
     ("model.prototypes_per_class=0", "model.prototypes_per_class=0 is invalid"),
-    ("loss.clst=-1", "loss.clst=-1 is invalid"),
+    ("loss.clst=-1", "loss.clst=-1.0 is invalid"),
     ("last_layer.mode=sometimes", "last_layer.mode='sometimes' is invalid"),
     ("data.photometric.gain=-0.5", "data.photometric.gain=-0.5 is invalid"),
     ("schedule.pretrain_keep=worst", "schedule.pretrain_keep='worst' is invalid"),
@@ -69,6 +69,8 @@ def test_bad_config_values_are_refused_before_any_work(tmp_path, override, messa
     proc = train(tmp_path, override, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
+    if "Could not find" not in message:      # protocell's own refusals: one line, status 2, no traceback
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert not (tmp_path / "cache").exists()          # nothing generated, nothing trained
 
 

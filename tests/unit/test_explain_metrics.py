@@ -5,7 +5,6 @@ import pandas as pd
 import torch
 
 from protocell.explain.local import contributions, sample_cells
-from protocell.explain.mosaic import k_nearest
 from protocell.metrics.truth import true_affected_fraction, true_label_metrics
 
 
@@ -26,14 +25,49 @@ def test_true_affected_fraction_by_hand():
     assert true_affected_fraction([-1, -1]) is None
 
 
-def test_k_nearest_equals_brute_force_with_ties_in_loader_order():
-    d = torch.tensor([[0.5, 0.1], [0.2, 0.1], [0.2, 0.3], [0.9, 0.0]])
-    assert k_nearest(d, 3).tolist() == [[1, 3], [2, 0], [0, 1]]
-    rng = np.random.default_rng(0)
-    d = torch.tensor(rng.random((50, 4)))
-    for j in range(4):
-        assert k_nearest(d, 20)[:, j].tolist() == sorted(range(50), key=lambda i: float(d[i, j]))[:20]
-    assert k_nearest(d[:5], 20).shape == (5, 4)    # fewer cells than k
+def test_streamed_nearest_patches_equal_brute_force_with_ties_in_loader_order(tiny_net, tiny_dm):
+    """model.search keeps the k nearest cells per prototype while streaming batches; it must equal a
+    brute-force sort of every cell's best in-cell patch (ties: the earlier cell), for k > batch size,
+    with and without the own-class restriction."""
+    from protocell.model.prototypes import squared_distances
+    from protocell.model.search import nearest_patches
+
+    net = tiny_net.eval()
+    rows = []                                   # (cell index in loader order, cell id, class, best d, y, x)
+    with torch.no_grad():
+        for x, m, y, cid in tiny_dm.push_dataloader():
+            z = net.latent(x)
+            d = squared_distances(z, net.prototypes)
+            inside = net.inside(m, z.shape[-2:])[:, 0]
+            for b in range(len(cid)):
+                for j in range(d.shape[1]):
+                    vals = [(float(d[b, j, yy, xx]), yy, xx) for yy, xx in inside[b].nonzero().tolist()]
+                    best = min(vals, key=lambda v: v[0])
+                    rows.append((len(rows) // d.shape[1], int(cid[b]), int(y[b]), j, *best))
+    P = net.prototypes.shape[0]
+    for own in (False, True):
+        k = 11
+        near = nearest_patches(net, tiny_dm.push_dataloader(), k=k, own_class=own)
+        for j in range(P):
+            cand = [r for r in rows if r[3] == j and (not own or r[2] == int(net.prototype_class[j]))]
+            cand.sort(key=lambda r: (r[4], r[0]))
+            assert near["cell_id"][:, j].tolist() == [r[1] for r in cand[:k]], (own, j)
+            assert torch.allclose(near["distance"][:, j], torch.tensor([r[4] for r in cand[:k]]), atol=1e-5)
+            assert near["latent_yx"][:, j].tolist() == [[r[5], r[6]] for r in cand[:k]]
+    many = nearest_patches(net, tiny_dm.push_dataloader(), k=10_000)
+    assert many["cell_id"].shape[0] == len(tiny_dm.rows["push"])          # fewer cells than k: fewer rows
+
+
+def test_search_merge_keeps_the_earlier_candidate_on_ties():
+    from protocell.model.search import _merge
+
+    def table(d, c):
+        d, c = torch.tensor(d, dtype=torch.float32), torch.tensor(c)
+        return {"distance": d, "cell_id": c, "latent_yx": torch.zeros(*d.shape, 2, dtype=torch.long),
+                "vector": torch.zeros(*d.shape, 1)}
+
+    merged = _merge(table([[0.1, 0.5]], [[7, 7]]), table([[0.1, 0.2], [0.0, 0.9]], [[3, 3], [4, 4]]), 2)
+    assert merged["cell_id"].tolist() == [[4, 3], [7, 7]]
 
 
 def test_contributions_sum_to_the_logit(tiny_net):

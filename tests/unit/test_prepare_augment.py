@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from protocell.data.augment import AugmentParams, augment_crops
+from protocell.prepare.augment import AugmentParams, augment_crops
 
 
 def test_image_and_mask_are_transformed_together_and_reproducibly():

@@ -9,8 +9,8 @@ import pytest
 import tifffile
 
 from conftest import prepare_config
-from protocell.cli.prepare import prepare
-from protocell.data.io import InputError
+from protocell.prepare.pipeline import prepare
+from protocell.prepare.io import InputError
 
 
 @pytest.fixture()

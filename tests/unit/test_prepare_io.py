@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from protocell.data.io import ImageSource, file_channels, tile_grid
-from protocell.data.preprocess import channel_stats, normalize
+from protocell.prepare.io import ImageSource, file_channels, tile_grid
+from protocell.prepare.preprocess import channel_stats, normalize
 
 LAYOUTS = {
     "tiled_zlib": dict(tile=(64, 64), compression="zlib", metadata={"axes": "CYX"}),

@@ -6,10 +6,10 @@ import pytest
 import tifffile
 
 from conftest import prepare_config
-from protocell.cli.prepare import prepare
-from protocell.data.crops import CellFilters, extract_cells
-from protocell.data.io import Tile
-from protocell.data.segment import CellposeSegmenter, WatershedSegmenter, instance_f1
+from protocell.prepare.pipeline import prepare
+from protocell.prepare.crops import CellFilters, extract_cells
+from protocell.prepare.io import Tile
+from protocell.prepare.segment import CellposeSegmenter, WatershedSegmenter, instance_f1
 from protocell.data.store import CropStore
 
 # Watershed reaches F1 = 1.00 on these fields (cells do not touch; nuclei are bright ellipses);

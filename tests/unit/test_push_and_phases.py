@@ -1,10 +1,12 @@
 import pytest
 import torch
 
-from protocell.model.module import ProtoPNetModule
+from conftest import tiny_module
+from protocell.artifacts import prototype_record
 from protocell.model.prototypes import squared_distances
-from protocell.training.phases import build_plan
-from protocell.training.push import prototype_record, push_prototypes
+from protocell.training.callbacks import KeepBestPretrain, PhaseCallback, PushCallback
+from protocell.training.push import push_prototypes
+from protocell.training.schedule import Phase, build_schedule, trainable_groups
 
 
 def _latents(net, dm):
@@ -66,47 +68,88 @@ def test_prototype_record_loads_with_weights_only(tiny_net, tiny_dm, tmp_path):
     assert ((back["box_clipped"] >= 0) & (back["box_clipped"] <= 64)).all()
 
 
-def test_plan_pushes_every_n_epochs_and_at_the_end():
-    plan = build_plan(30, warm_epochs=5, push_every=10, push_start=10, last_layer_epochs=2)
-    phases = [p.phase for p in plan]
+def test_schedule_pushes_every_n_epochs_and_at_the_end():
+    plan = build_schedule(30, warm_epochs=5, push_every=10, push_start=10, last_layer_epochs=2)
+    phases = [p.name for p in plan]
     assert len(plan) == 30 + 3 * 2
     assert phases[:5] == ["warm"] * 5 and phases[10:12] == ["last_layer"] * 2
     assert [i for i, p in enumerate(plan) if p.push] == [9, 21, 33]
-    frozen = build_plan(30, push_every=10, last_layer_epochs=2, train_last_layer=False)
-    assert len(frozen) == 30 and "last_layer" not in [p.phase for p in frozen]
-    pre = build_plan(4, push_every=2, pretrain_epochs=3)
-    assert [p.phase for p in pre[:3]] == ["pretrain"] * 3 and [i for i, p in enumerate(pre) if p.push] == [4, 6]
+    frozen = build_schedule(30, push_every=10, last_layer_epochs=2, train_last_layer=False)
+    assert len(frozen) == 30 and "last_layer" not in [p.name for p in frozen]
+    pre = build_schedule(4, push_every=2, pretrain_epochs=3)
+    assert [p.name for p in pre[:3]] == ["pretrain"] * 3 and [i for i, p in enumerate(pre) if p.push] == [4, 6]
+    assert plan[0].train == {"add_on", "prototypes"} and plan[10].train == {"last_layer"}
+    assert plan[6].train == {"features", "add_on", "prototypes", "last_layer"}
+    assert frozen[6].train == {"features", "add_on", "prototypes"}
 
 
-def _fit(module, dm, plan, tmp_path):
+def test_schedule_rates_step_decay_every_group_but_the_last_layer():
+    lr = {"features": 1e-4, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-2, "pretrain": 3e-3}
+    plan = build_schedule(12, warm_epochs=2, push_every=10, last_layer_epochs=2, pretrain_epochs=2, lr=lr,
+                          lr_step_epochs=5, lr_gamma=0.1)
+    assert plan[0].lr["features"] == plan[0].lr["probe"] == 3e-3              # pretrain: the from-scratch rate
+    assert plan[2].lr["features"] == 1e-4 and plan[4].lr["add_on"] == 3e-3
+    assert plan[6].lr["features"] == pytest.approx(1e-5) and plan[6].lr["add_on"] == pytest.approx(3e-4)
+    assert plan[11].lr["prototypes"] == pytest.approx(3e-5) and plan[11].lr["last_layer"] == 1e-2
+
+
+def test_bad_schedule_values_name_their_key():
+    from protocell.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="schedule.warm_epochs=3 is invalid"):
+        build_schedule(3, warm_epochs=3)
+    with pytest.raises(ConfigError, match="schedule.push_every=0 is invalid"):
+        build_schedule(3, push_every=0)
+
+
+def _fit(module, dm, plan, tmp_path, extra=()):
     import lightning as L
-
-    from protocell.training.phases import PhaseCallback
-    from protocell.training.push import PushCallback
 
     trainer = L.Trainer(max_epochs=len(plan), accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[PhaseCallback(plan), PushCallback(plan, tmp_path)])
+                        callbacks=[*extra, PhaseCallback(plan), PushCallback(plan, tmp_path)])
     trainer.fit(module, datamodule=dm)
     return trainer
 
 
-def test_frozen_last_layer_is_bit_identical_after_training(tiny_net, tiny_dm, tmp_path):
-    module = ProtoPNetModule(tiny_net, last_layer="frozen")
+def test_paper_schedule_decays_the_backbone_rate_in_the_optimiser(tiny_dm, tmp_path):
+    """The regression test of the lost backbone decay: after 6 epochs of schedule=paper's step decay
+    (every 5 epochs, γ = 0.1), every group the schedule decays runs at a tenth of its base rate."""
+    from lightning.pytorch.callbacks import Callback
+
+    lr = {"features": 1e-4, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-2, "pretrain": 3e-3}
+    plan = build_schedule(6, warm_epochs=1, push_every=10, last_layer_epochs=0, lr=lr, lr_step_epochs=5,
+                          lr_gamma=0.1)
+    seen = []
+
+    class Rates(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                seen.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
+
+    module = tiny_module(lr=lr)
+    _fit(module, tiny_dm, plan, tmp_path, extra=[Rates()])
+    assert len(seen) == 6
+    assert seen[1]["features"] == pytest.approx(1e-4) and seen[5]["features"] == pytest.approx(1e-5)
+    assert seen[5]["add_on"] == pytest.approx(3e-4) and seen[5]["prototypes"] == pytest.approx(3e-4)
+    assert seen[5]["last_layer"] == pytest.approx(1e-2)
+
+
+def test_frozen_last_layer_is_bit_identical_after_training(tiny_dm, tmp_path):
+    module = tiny_module(last_layer="frozen")
     w0 = module.net.last_layer.weight.detach().clone()
-    _fit(module, tiny_dm, build_plan(2, push_every=1, last_layer_epochs=1, train_last_layer=False), tmp_path)
+    _fit(module, tiny_dm, build_schedule(2, push_every=1, last_layer_epochs=1, train_last_layer=False), tmp_path)
     assert torch.equal(module.net.last_layer.weight, w0)
     assert torch.equal(w0, torch.tensor([[1.0, 1, 1, -0.5, -0.5, -0.5], [-0.5, -0.5, -0.5, 1, 1, 1]]))
     assert (tmp_path / "prototypes.pt").exists() and int(module.net.pushes) == 2
 
 
-def test_warm_up_leaves_the_backbone_unchanged_and_trains_the_rest(tiny_net, tiny_dm, tmp_path):
-    module = ProtoPNetModule(tiny_net, last_layer="trained")
+def test_warm_up_leaves_the_backbone_unchanged_and_trains_the_rest(tiny_dm, tmp_path):
+    module = tiny_module(last_layer="trained")
     feats = {k: v.clone() for k, v in module.net.features.state_dict().items()}  # BN stats included
     addon = [p.detach().clone() for p in module.net.add_on.parameters()]
     last = module.net.last_layer.weight.detach().clone()
-    plan = [p for p in build_plan(2, warm_epochs=1, push_every=5) if p.phase == "warm"][:1]
-    module.net.use_mask = True
+    plan = [p for p in build_schedule(2, warm_epochs=1, push_every=5) if p.name == "warm"][:1]
     _fit(module, tiny_dm, plan, tmp_path)
     for k, v in module.net.features.state_dict().items():
         assert torch.equal(v, feats[k]), k
@@ -114,23 +157,24 @@ def test_warm_up_leaves_the_backbone_unchanged_and_trains_the_rest(tiny_net, tin
     assert torch.equal(module.net.last_layer.weight, last)
 
 
-def test_last_layer_phase_trains_only_the_last_layer(tiny_net, tiny_dm, tmp_path):
-    module = ProtoPNetModule(tiny_net, last_layer="trained")
-    module.set_phase("last_layer")
+def test_last_layer_phase_trains_only_the_last_layer(tiny_dm, tmp_path):
+    module = tiny_module(last_layer="trained")
     state = {k: v.clone() for k, v in module.net.state_dict().items()}
-    _fit(module, tiny_dm, [build_plan(1)[0].__class__("last_layer", False)], tmp_path)
+    plan = [Phase("last_layer", trainable_groups("last_layer", True), {"probe": 1e-3, "features": 1e-3,
+                                                                     "add_on": 1e-3, "prototypes": 1e-3,
+                                                                     "last_layer": 1e-2})]
+    _fit(module, tiny_dm, plan, tmp_path)
     same = lambda a, b: torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
                                               and torch.equal(a.nan_to_num(), b.nan_to_num()))
     changed = {k for k, v in module.net.state_dict().items() if not same(v, state[k])}
     assert changed == {"last_layer.weight"}
 
 
-def test_pretrain_keeps_the_epoch_with_the_lowest_validation_loss(tiny_store, tiny_net, tmp_path):
+def test_pretrain_keeps_the_epoch_with_the_lowest_validation_loss(tiny_store, tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
     from protocell.data.datamodule import CellDataModule
-    from protocell.training.phases import PhaseCallback
 
     class Recorder(Callback):  # what each pretrain epoch ended with, and what the first warm epoch starts from
         def __init__(self):
@@ -147,21 +191,19 @@ def test_pretrain_keeps_the_epoch_with_the_lowest_validation_loss(tiny_store, ti
 
     dm = CellDataModule(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
                         test_fraction=0.3, val_fraction=0.3, seed=0)
-    module = ProtoPNetModule(tiny_net, lr={"pretrain": 3e-2})   # a high rate: the epochs differ a lot
-    plan = build_plan(1, warm_epochs=0, push_every=5, pretrain_epochs=4)
-    plan[4] = plan[4].__class__("warm", False)
+    module = tiny_module(lr={"pretrain": 3e-2})   # a high rate: the epochs differ a lot
+    plan = build_schedule(1, warm_epochs=0, push_every=5, pretrain_epochs=4, lr=module.lr)
+    plan[4] = Phase("warm", trainable_groups("warm", True), plan[4].lr, False)
     rec = Recorder()
-    phases = PhaseCallback(plan, pretrain_keep="best")
+    keep = KeepBestPretrain(plan)
     L.Trainer(max_epochs=len(plan), accelerator="cpu", logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-              callbacks=[phases, rec]).fit(module, datamodule=dm)
+              callbacks=[keep, PhaseCallback(plan), rec]).fit(module, datamodule=dm)
     losses = [v for v, _ in rec.seen]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert len(losses) == 4 and len(set(losses)) == 4
-    assert phases.best["epoch"] == best and phases.best["restored"] and phases.best["state"] is None
+    assert keep.best["epoch"] == best and keep.best["restored"] and keep.best["state"] is None
     for k, v in rec.seen[best][1].items():
         assert torch.equal(rec.start_of_warm[k], v), k
     if best != 3:   # the kept state is not simply the last one
         assert any(not torch.equal(rec.start_of_warm[k], v) for k, v in rec.seen[3][1].items())
-    with pytest.raises(ValueError, match="pretrain_keep"):
-        PhaseCallback(plan, pretrain_keep="median")

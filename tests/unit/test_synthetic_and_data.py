@@ -5,6 +5,7 @@ import tifffile
 from protocell.data.datamodule import CellDataModule, split_by_image
 from protocell.data.dataset import zeroing_mask
 from protocell.data.store import CropStore, StoreError
+from protocell.errors import ConfigError
 from protocell.data.synthetic import WellSpec, build_store, crop_cell, render_field, write_fields
 
 
@@ -75,7 +76,7 @@ def test_split_keeps_each_image_and_well_in_one_split(tiny_store):
         per = m.assign(split=s).groupby(key)["split"].nunique()
         assert (per == 1).all()
         assert {"train", "test"} <= set(s)
-    with pytest.raises(StoreError, match="split_by"):
+    with pytest.raises(ConfigError, match="split_by"):
         split_by_image(m, 0.5, 0.3, 0, unit="plate")
 
 
@@ -106,7 +107,7 @@ def test_zero_margin_hides_the_outline_but_keeps_the_cells_mask(tiny_store):
     assert np.array_equal(zeroing_mask(tiny, 2), tiny)               # a cell erosion would erase stays whole
     assert zeroing_mask(tiny, 1).sum() == 1
     for bad in (-1, 1.5):
-        with pytest.raises(StoreError, match="zero_margin"):
+        with pytest.raises(ConfigError, match="zero_margin"):
             CellDataModule(tiny_store, zero_margin=bad)
 
 
@@ -162,7 +163,7 @@ def test_background_confound_reaches_the_outline_and_a_2px_margin_removes_it():
     from Ref almost perfectly (the 'well cue'). Zeroing the background leaves it; a 2 px margin hides it."""
     from scipy import ndimage as ndi
 
-    from protocell.metrics.ground_truth import auroc
+    from protocell.metrics.truth import auroc
 
     spec = WellSpec(field_size=256, cells_per_field=25, affected_fraction={"Ref": 0.0, "Exp": 0.0})
     steps = {0: [], 2: []}
@@ -224,7 +225,8 @@ def test_missing_store_names_the_fix(tmp_path):
 def test_platt_calibration_recovers_a_known_posterior_and_metrics_use_the_call():
     import pandas as pd
 
-    from protocell.metrics.ground_truth import cell_metrics, platt_apply, platt_fit
+    from protocell.calibration import platt_apply, platt_fit
+    from protocell.metrics.truth import cell_metrics
 
     rng = np.random.default_rng(0)
     s = rng.uniform(0.05, 0.95, 20000)
@@ -245,7 +247,7 @@ def test_platt_calibration_recovers_a_known_posterior_and_metrics_use_the_call()
 def test_noisy_label_calibration_recovers_the_affected_posterior_and_the_fractions():
     """Half the Exp cells and 5 % of the Ref cells affected; scores Gaussian in logit space, so
     P(affected | s) = σ(3·logit(s) + log(π/(1 − π))) with π = 0.275 exactly."""
-    from protocell.metrics.ground_truth import noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
+    from protocell.calibration import noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
 
     rng = np.random.default_rng(0)
     n = 20000

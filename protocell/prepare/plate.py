@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from protocell.data.io import ImageSource, InputError, file_channels
+from protocell.prepare.io import ImageSource, InputError, file_channels
 
 REQUIRED_COLUMNS = ["image", "plate", "well", "field", "condition"]
 TIFF_SUFFIXES = (".tif", ".tiff")

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from protocell.errors import ProtocellError
 
-class InputError(ValueError):
+
+class InputError(ProtocellError):
     """Bad input to ``prepare``: the message names the file, the value and the fix."""
 
 

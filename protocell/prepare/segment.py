@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-from protocell.data.io import InputError
+from protocell.prepare.io import InputError
 
 METHODS = ("watershed", "cellpose")
 

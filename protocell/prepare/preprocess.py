@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from protocell.data.io import ImageSource, InputError, tile_grid
+from protocell.prepare.io import ImageSource, InputError, tile_grid
 
 SAMPLE_PER_CHANNEL = 1_000_000      # pixels kept per channel for thresholds / float percentiles
 

@@ -1,17 +1,13 @@
-"""Metrics on per-cell predictions, against well labels and (when known) true per-cell labels."""
+"""Cell calls from well labels: turning a network's per-cell scores into calibrated probabilities.
+
+Fitted on the *validation* cells' well labels (never ground truth): ``platt_fit`` gives the
+well-label posterior P(Exp | s); ``noisy_label_fit`` the affected posterior P(affected | s) under
+per-well label noise, with the implied affected fractions.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
-import torch
-from torchmetrics.functional.classification import binary_auroc
-
-
-def auroc(scores: np.ndarray, targets: np.ndarray) -> float:
-    if len(np.unique(targets)) < 2:
-        return float("nan")
-    return float(binary_auroc(torch.tensor(np.asarray(scores), dtype=torch.float64), torch.tensor(np.asarray(targets)).long()))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -101,27 +97,3 @@ def noisy_label_fit(scores: np.ndarray, targets: np.ndarray) -> dict:
 def noisy_label_apply(scores: np.ndarray, fit: dict) -> np.ndarray:
     """P(affected | s) of ``noisy_label_fit``."""
     return 1 / (1 + np.exp(-(fit["a"] * _logit(scores) + fit["b"])))
-
-
-def cell_metrics(pred: pd.DataFrame, positive: int = 1) -> dict:
-    """``pred`` columns: label, pred (raw argmax), score (probability of class ``positive``),
-    true_label (−1 unknown), and ``call`` (calibrated cell call, 1 = positive) when calibrated.
-
-    Well-label metrics use every cell; true-label metrics the cells whose truth is known, with
-    "affected" (true_label 1) as the positive class. ``*_accuracy`` uses the calibrated call when
-    there is one, ``*_accuracy_argmax`` the raw argmax."""
-    raw = (pred["pred"] == positive).to_numpy()
-    call = pred["call"].to_numpy().astype(bool) if "call" in pred else raw
-    is_pos = (pred["label"] == positive).to_numpy()
-    out = {"n_cells": int(len(pred)),
-           "well_label_accuracy": float((call == is_pos).mean()),
-           "well_label_accuracy_argmax": float((raw == is_pos).mean()),
-           "well_label_auroc": auroc(pred["score"].to_numpy(), is_pos)}
-    known = (pred["true_label"] >= 0).to_numpy()
-    if known.any():
-        t = pred["true_label"].to_numpy()[known] == 1
-        out.update({"n_cells_true_label": int(known.sum()),
-                    "true_label_accuracy": float((call[known] == t).mean()),
-                    "true_label_accuracy_argmax": float((raw[known] == t).mean()),
-                    "true_label_auroc": auroc(pred["score"].to_numpy()[known], t.astype(int))})
-    return out

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
 
-from protocell.data.io import Tile
+from protocell.prepare.io import Tile
 
 COUNT_KEYS = ("objects", "border", "halo_cut", "too_small", "too_large", "shape", "kept")
 

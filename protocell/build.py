@@ -1,0 +1,127 @@
+"""cfg → crop store, DataModule, LightningModule: the one builder train, explain, score and bench use.
+
+``build_datamodule(cfg)`` resolves the crop store (the built-in synthetic wells are generated once
+and cached in ``paths.cache_dir``; ``data=prepared`` points at ``data.path``) and instantiates the
+DataModule from ``cfg.data``. ``build_module(cfg, dm)`` builds the ProtoPNetModule from plain
+arguments (``cfg.backbone``, ``cfg.model``, loss and optimiser settings), so its checkpoint can
+rebuild it (``load_module``). A run folder is read back the same way (``protocell.artifacts``).
+
+Configs read from a run folder may come from someone else: ``instantiate_trusted`` only builds
+``_target_``s under protocell, torch, torchvision or lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from protocell.errors import ConfigError
+
+log = logging.getLogger("protocell.build")
+TRUSTED_TARGETS = ("protocell.", "torch.", "torchvision.", "lightning.")
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def targets(node, prefix: str = "") -> list[tuple[str, str]]:
+    """Every (key, _target_) in a nested config."""
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k == "_target_":
+                out.append((prefix or "<root>", str(v)))
+            else:
+                out += targets(v, key)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += targets(v, f"{prefix}[{i}]")
+    return out
+
+
+def instantiate_trusted(node, source: str, **kwargs):
+    """``instantiate`` a config node read from ``source`` (a file), refusing any ``_target_`` outside
+    protocell/torch/torchvision/lightning: a run folder must not run code by naming it."""
+    plain = _plain(node)
+    bad = [(k, t) for k, t in targets(plain) if not t.startswith(TRUSTED_TARGETS)]
+    if bad:
+        raise ConfigError(f"{source}: {bad[0][0]}._target_={bad[0][1]!r} is not a protocell, torch, torchvision "
+                          f"or lightning class; protocell builds only those from a run folder's config")
+    return instantiate(plain, **kwargs)
+
+
+# ----------------------------------------------------------------------------- data
+
+def store_path(cfg) -> Path:
+    """The crop store the config names: the cached synthetic wells, or ``data.path``."""
+    from protocell.data.synthetic import WellSpec, build_store
+
+    spec = _plain(cfg.data).get("synthetic")
+    if spec is None:
+        path = cfg.data.get("path")
+        if not path:
+            raise ConfigError("config value data.path is missing: data=prepared needs data.path=<crop store folder> "
+                              "(python prepare.py prints it), or use data=synthetic")
+        return Path(path)
+    spec["affected_fraction"] = dict(spec["affected_fraction"])
+    t0 = time.time()
+    path = build_store(Path(cfg.paths.cache_dir), WellSpec(**spec))
+    log.info("synthetic wells at %s (%.1f s)", path, time.time() - t0)
+    return path
+
+
+def build_datamodule(cfg, path: str | Path | None = None, source: str | None = None, setup: bool = True):
+    """The DataModule of ``cfg.data`` on the store at ``path`` (default: ``store_path(cfg)``)."""
+    data = _plain(cfg.data)
+    data.pop("synthetic", None)
+    data["path"] = str(path if path is not None else store_path(cfg))
+    dm = instantiate_trusted(data, source) if source else instantiate(data)
+    if setup:
+        dm.setup("fit")
+    return dm
+
+
+# ----------------------------------------------------------------------------- model
+
+def net_spec(cfg, in_channels: int) -> dict:
+    """Plain keyword arguments of the network: backbone, prototype head, input channels."""
+    return {"backbone": _plain(cfg.backbone), "head": _plain(cfg.model), "in_channels": int(in_channels)}
+
+
+def build_module(cfg, dm):
+    """The ProtoPNetModule for ``cfg`` on ``dm``'s channels and classes."""
+    from protocell.model.module import ProtoPNetModule
+
+    perf = cfg.get("performance") or {}
+    # trainer=gpu sets trainer.channels_last (a protocell key, not a Trainer argument)
+    channels_last = bool(perf.get("channels_last", False) or cfg.trainer.get("channels_last", False))
+    module = ProtoPNetModule(net_spec(cfg, dm.in_channels), class_names=list(dm.class_names),
+                             last_layer=cfg.last_layer.mode, lr=_plain(cfg.optim.lr),
+                             weight_decay=float(cfg.optim.weight_decay), channels_last=channels_last,
+                             **_plain(cfg.loss))
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    if perf.get("compile"):
+        # the backbone is where the time goes; the prototype head is small and shape-dynamic
+        module.net.features = torch.compile(module.net.features, backend=perf.get("compile_backend", "inductor"))
+    return module
+
+
+def load_module(checkpoint: str | Path):
+    """The ProtoPNetModule a checkpoint holds, rebuilt from its own hyperparameters, on the CPU, in
+    eval mode. ImageNet weights are never fetched: the checkpoint has the trained ones."""
+    from protocell.model.module import ProtoPNetModule
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hp = dict(state["hyper_parameters"])
+    spec = {**hp["net_spec"], "backbone": {**hp["net_spec"]["backbone"], "pretrained": False}}
+    module = ProtoPNetModule(**{**hp, "net_spec": spec})
+    module.load_state_dict(state["state_dict"])
+    return module.eval(), state

@@ -1,0 +1,218 @@
+"""Structured configs: the types and ranges of every train.py key, in one place.
+
+The dataclasses below are registered in Hydra's ConfigStore as ``train_schema`` and listed first in
+``conf/train.yaml``'s defaults, so Hydra checks every key's *type* while composing (an unknown key or
+``data.batch_size=abc`` is refused with the key's name). *Ranges* sit beside the types as field
+metadata (``rule(check, need)``) and ``validate(cfg)`` checks them all before any work starts, with
+one message shape: ``config value key=value is invalid: need``. Checks that need several values
+or the data (a warm-up shorter than the run, a channel the store has) live in the constructors
+that use them (``training.schedule``, ``CellDataModule``) and raise the same ``ConfigError``.
+"""
+
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+
+from protocell.errors import ConfigError
+
+LAST_LAYER_MODES = ("trained", "frozen")
+CALIBRATIONS = ("noisy_label", "platt", "none")
+NORMALIZE = ("dataset", "cell", "none")
+SPLIT_BY = ("image", "well")
+PRETRAIN_KEEP = ("best", "last")
+
+
+def rule(check, need: str, default=MISSING, **kw):
+    """A dataclass field with a range check (``check(value) -> bool``) and what it needs."""
+    meta = {"check": check, "need": need}
+    if default is MISSING:
+        return field(metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+def _int(lo: int):
+    return lambda v: isinstance(v, int) and v >= lo
+
+
+def _one_of(options):
+    return lambda v: v in options
+
+
+def _fraction(lo_open: bool = True):
+    return (lambda v: 0 < v < 1) if lo_open else (lambda v: 0 <= v < 1)
+
+
+@dataclass
+class PhotometricConfig:
+    gain: float = rule(lambda v: v >= 0, "≥ 0 (0 = off)", 0.0)
+    blur: float = rule(lambda v: v >= 0, "≥ 0 (0 = off)", 0.0)
+    noise: float = rule(lambda v: v >= 0, "≥ 0 (0 = off)", 0.0)
+
+
+@dataclass
+class SyntheticConfig:
+    wells_per_condition: int = rule(_int(1), "an integer ≥ 1", 8)
+    fields_per_well: int = rule(_int(1), "an integer ≥ 1", 6)
+    field_size: int = rule(_int(96), "an integer ≥ 96 (pixels)", 512)
+    cells_per_field: int = rule(_int(1), "an integer ≥ 1", 60)
+    affected_fraction: Dict[str, float] = field(default_factory=lambda: {"Ref": 0.05, "Exp": 0.5})
+    confound: bool = True
+    confound_under_cells: bool = False
+    crop_size: int = rule(_int(16), "an integer ≥ 16", 64)
+    photons: float = rule(lambda v: v > 0, "> 0", 600.0)
+    read_noise: float = rule(lambda v: v >= 0, "≥ 0", 6.0)
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    _target_: str = "protocell.data.datamodule.CellDataModule"
+    path: Optional[str] = None
+    crop_size: int = rule(_int(16), "an integer ≥ 16", 64)
+    channels: Optional[List[str]] = None
+    zero_background: bool = False
+    zero_margin: int = rule(_int(0), "a whole number of pixels ≥ 0", 0)
+    augment: bool = True
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    normalize: str = rule(_one_of(NORMALIZE), f"one of {NORMALIZE}", "dataset")
+    split_by: str = rule(_one_of(SPLIT_BY), f"one of {SPLIT_BY}", "image")
+    test_fraction: float = rule(_fraction(), "a fraction in (0, 1)", 0.5)
+    val_fraction: float = rule(_fraction(False), "a fraction in [0, 1)", 0.2)
+    batch_size: int = rule(_int(1), "an integer ≥ 1", 64)
+    eval_batch_size: Optional[int] = None
+    num_workers: int = rule(_int(0), "an integer ≥ 0", 0)
+    seed: int = 0
+    synthetic: Optional[SyntheticConfig] = None
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "vgg11_narrow"
+    pretrained: bool = False
+    max_rf: Optional[float] = rule(lambda v: v is None or v > 0, "a positive number or null", None)
+    width: float = rule(lambda v: 0 < v <= 1, "in (0, 1]", 1.0)
+    batch_norm: bool = True
+
+
+@dataclass
+class MaskConfig:
+    distance_term: bool = True
+    zero_background: bool = True
+    zero_margin: int = rule(_int(0), "a whole number of pixels ≥ 0", 2)
+
+
+@dataclass
+class LastLayerConfig:
+    mode: str = rule(_one_of(LAST_LAYER_MODES), f"one of {LAST_LAYER_MODES}", "trained")
+
+
+@dataclass
+class ScheduleConfig:
+    pretrain_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
+    pretrain_keep: str = rule(_one_of(PRETRAIN_KEEP), f"one of {PRETRAIN_KEEP}", "best")
+    epochs: int = rule(_int(1), "≥ 1", 30)
+    warm_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
+    push_every: int = rule(_int(1), "≥ 1", 10)
+    push_start: Optional[int] = rule(lambda v: v is None or (isinstance(v, int) and v >= 1), "≥ 1 or null", None)
+    last_layer_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
+    lr_step_epochs: int = rule(_int(0), "an integer ≥ 0 (0 = constant rates)", 0)
+    loss_ramp_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
+
+
+@dataclass
+class HeadConfig:
+    prototypes_per_class: int = rule(_int(1), "an integer ≥ 1", 10)
+    prototype_dim: int = rule(_int(1), "an integer ≥ 1", 64)
+    use_mask: bool = True
+    mask_penalty: Optional[float] = rule(lambda v: v is None or v > 0, "> 0 or null", None)
+    incorrect_class_weight: float = -0.5
+
+
+@dataclass
+class LossConfig:
+    clst: float = rule(lambda v: v >= 0, "≥ 0", 0.8)
+    sep: float = rule(lambda v: v >= 0, "≥ 0", 0.08)
+    l1: float = rule(lambda v: v >= 0, "≥ 0", 1e-4)
+    ramp_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
+
+
+@dataclass
+class OptimConfig:
+    lr: Dict[str, float] = rule(lambda v: all(x > 0 for x in v.values()), "every rate > 0",
+                                default_factory=lambda: {"features": 1e-4, "add_on": 3e-3, "prototypes": 3e-3,
+                                                         "last_layer": 1e-2, "pretrain": 3e-3})
+    weight_decay: float = rule(lambda v: v >= 0, "≥ 0", 1e-3)
+    lr_step_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
+    lr_gamma: float = rule(lambda v: 0 < v <= 1, "in (0, 1]", 0.1)
+
+
+@dataclass
+class PerformanceConfig:
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+
+
+@dataclass
+class TrainConfig:
+    # checked in this order: mask before data, whose zero_margin interpolates mask.zero_margin
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    last_layer: LastLayerConfig = field(default_factory=LastLayerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    model: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    trainer: Any = None
+    logger: Any = None
+    paths: Any = None
+    seed: int = 0
+    threads: Optional[int] = rule(lambda v: v is None or (isinstance(v, int) and v >= 1), "an integer ≥ 1 or null", 2)
+    resume: Optional[str] = rule(lambda v: v is None or Path(v).is_file(), "an existing checkpoint file", None)
+    explain: bool = True
+    strict: bool = False
+    debug: bool = False
+    calibration: str = rule(_one_of(CALIBRATIONS), f"one of {CALIBRATIONS}", "noisy_label")
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore (``conf/train.yaml`` lists ``train_schema`` first)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _walk(schema, node, prefix: str):
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        if node is None or f.name not in node:
+            continue
+        value = node[f.name] if not OmegaConf.is_config(node) else OmegaConf.select(node, f.name, default=None)
+        if "check" in f.metadata:
+            plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            if not f.metadata["check"](plain):
+                raise ConfigError.invalid(key, plain, f.metadata["need"])
+        sub = _dataclass_of(f)
+        if sub is not None and value is not None:
+            yield from _walk(sub, value, key + ".")
+        yield key
+
+
+def _dataclass_of(f):
+    t = f.type if not isinstance(f.type, str) else _TYPES.get(f.type.replace("Optional[", "").rstrip("]"))
+    return t if is_dataclass(t) else None
+
+
+_TYPES = {c.__name__: c for c in (PhotometricConfig, SyntheticConfig, DataConfig, BackboneConfig, MaskConfig,
+                                  LastLayerConfig, ScheduleConfig, HeadConfig, LossConfig, OptimConfig,
+                                  PerformanceConfig)}
+
+
+def validate(cfg, schema=TrainConfig) -> None:
+    """Check the range of every key that has a rule; raise ``ConfigError`` naming the first bad one."""
+    for _ in _walk(schema, cfg, ""):
+        pass

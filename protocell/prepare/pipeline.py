@@ -1,0 +1,452 @@
+"""The prepare pipeline: raw plate images → the crop store that ``train.py data=prepared`` reads.
+
+    python prepare.py input=/data/plate1 plate_map=/data/plate1/plate_map.csv segmentation=watershed
+
+Stages (each image streamed tile by tile; memory does not grow with image size):
+
+1. inputs: plate map or pattern → images; every file header checked before any work;
+2. statistics pass per image (exact histograms / bounded sample): percentiles for normalisation,
+   automatic thresholds; NaN/inf pixels and constant channels refused here, before anything is
+   written for any image;
+3. per image, per tile (with halo, in a process pool): normalise → Gaussian denoise → segment →
+   cells owned by the tile → filters → crops + masks; written as shards of ``shard_size`` cells;
+4. split by source image (stratified by condition, seeded), offline augmentation of training
+   crops, manifest + ``store.json`` (written last), ``prepare_summary.json`` and overlay PNGs.
+
+Resumable: ``<output>/.prepare/`` holds one record per finished image, keyed by the image's
+files (path, size, mtime) and the hash of every setting that changes its crops; a re-run with the
+same config skips those images. Every file is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+import zlib
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from protocell.data.split import assign
+from protocell.data.store import CropStoreWriter, StoreError
+from protocell.errors import check
+from protocell.fsutil import atomic_write, atomic_write_json
+from protocell.prepare.augment import AugmentParams, augment_crops
+from protocell.prepare.crops import COUNT_KEYS, CellFilters, extract_cells
+from protocell.prepare.io import ImageSource, InputError, Tile, tile_grid
+from protocell.prepare.plate import ImageEntry, match_pattern, open_images, read_plate_map
+from protocell.prepare.preprocess import ChannelStats, block_stats, combine_stats, denoise, normalize
+from protocell.prepare.segment import METHODS, build_segmenter
+
+log = logging.getLogger("protocell.prepare")
+
+SEGMENTATION_KEYS_NOT_FOR_BUILDER = ("method", "nuclei_threshold", "cell_threshold", "threshold_method",
+                                     "min_nuclei_snr")
+STORE_DTYPES = ("uint16", "float32")
+
+
+# ----------------------------------------------------------------------------- config
+
+_check = partial(check, error=InputError)   # prepare's bad settings are input errors
+
+
+def validate(c: dict) -> None:
+    """Refuse impossible settings before any file is touched."""
+    _check(bool(c.get("input")), "input", c.get("input"), "the folder of TIFF images (input=/path/to/plate)")
+    _check(Path(c["input"]).is_dir(), "input", c["input"], "an existing folder of TIFF images")
+    _check(bool(c.get("plate_map")) != bool(c.get("pattern")), "plate_map/pattern",
+           (c.get("plate_map"), c.get("pattern")), "give exactly one: plate_map=<csv> or pattern=<regex>")
+    ch = c["channels"]
+    names = list(ch["names"])
+    _check(len(names) == len(set(names)) and len(names) >= 2, "channels.names", names,
+           "at least two distinct channel names (main and second)")
+    _check(ch["main"] in names, "channels.main", ch["main"], f"one of channels.names {names}")
+    _check(ch["second"] in names and ch["second"] != ch["main"], "channels.second", ch["second"],
+           f"another one of channels.names {names}")
+    seg = c["segmentation"]
+    _check(seg.get("method") in METHODS, "segmentation.method", seg.get("method"),
+           f"one of {METHODS} (segmentation=watershed needs no weights)")
+    t, cells = c["tile"], c["cells"]
+    _check(isinstance(t["size"], int) and t["size"] >= 64, "tile.size", t["size"], "an integer ≥ 64")
+    S = cells["crop_size"]
+    _check(isinstance(S, int) and S >= 16, "cells.crop_size", S, "an integer ≥ 16")
+    halo = halo_of(c)
+    _check(halo >= S // 2 + 1, "tile.halo", t.get("halo"), f"at least crop_size/2 + 1 = {S // 2 + 1} pixels "
+           "(a crop centred on a core pixel must lie inside the halo)")
+    _check(0 < cells["min_area"] <= cells["max_area"], "cells.min_area/max_area",
+           (cells["min_area"], cells["max_area"]), "0 < min_area ≤ max_area")
+    n = c["normalize"]
+    _check(0 <= n["low"] < n["high"] <= 100, "normalize.low/high", (n["low"], n["high"]), "0 ≤ low < high ≤ 100")
+    _check(c["denoise_sigma"] >= 0, "denoise_sigma", c["denoise_sigma"], "≥ 0 (0 = off)")
+    _check(c["store_dtype"] in STORE_DTYPES, "store_dtype", c["store_dtype"], f"one of {STORE_DTYPES}")
+    _check(0 < c["split"]["test_fraction"] < 1, "split.test_fraction", c["split"]["test_fraction"], "in (0, 1)")
+    _check(int(c["augment"]["copies"]) >= 0, "augment.copies", c["augment"]["copies"], "≥ 0 (0 = off)")
+    _check(int(c["workers"]) >= 1, "workers", c["workers"], "≥ 1")
+
+
+def halo_of(c: dict) -> int:
+    """Halo width: given, or enough for a crop and for the largest allowed cell."""
+    if c["tile"].get("halo") is not None:
+        return int(c["tile"]["halo"])
+    S = c["cells"]["crop_size"]
+    max_diameter = int(np.ceil(2 * np.sqrt(c["cells"]["max_area"] / np.pi)))
+    return max(S // 2 + 1, max_diameter)
+
+
+def config_hash(c: dict) -> str:
+    """Hash of every setting that changes an image's crops (not split, augmentation or summary)."""
+    keys = ("channels", "normalize", "denoise_sigma", "segmentation", "tile", "cells", "store_dtype", "shard_size")
+    blob = json.dumps({k: c[k] for k in keys}, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def image_key(source: ImageSource, chash: str) -> str:
+    files = sorted({r.path for r in source.channels})
+    finger = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    blob = json.dumps([chash, source.image_id, finger]).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, obj, indent=1)
+
+
+# ----------------------------------------------------------------------------- workers
+
+def _pool(workers: int):
+    """A process pool, or None for in-process work. Fork is used while torch is not loaded in
+    this process (cheap start); otherwise spawn (fork after torch/OpenMP may hang a child)."""
+    if workers <= 1:
+        return None
+    method = "fork" if "torch" not in sys.modules and sys.platform != "win32" else "spawn"
+    return mp.get_context(method).Pool(workers)
+
+
+def _imap(pool, fn, items):
+    return pool.imap(fn, items, chunksize=1) if pool is not None else map(fn, items)
+
+
+def _tile_job(source: ImageSource, lows, highs, sigma: float, main: int, second: int, segmenter,
+              thresholds: dict, crop_size: int, filters: CellFilters, store_dtype: str, overlay_tiles: set,
+              tile: Tile):
+    py0, py1, px0, px1 = tile.padded
+    block = denoise(normalize(source.read(py0, py1, px0, px1), lows, highs), sigma)
+    labels = segmenter(block[main], block[second], thresholds)
+    crops, masks, rows, counts = extract_cells(labels, block, tile, source.shape, crop_size, filters, store_dtype)
+    overlay = None
+    if tile.index in overlay_tiles:
+        cy0, cy1, cx0, cx1 = tile.core
+        win = (slice(cy0 - py0, cy1 - py0), slice(cx0 - px0, cx1 - px0))
+        kept = {r["tile_label"] for r in rows}
+        overlay = (block[main][win], block[second][win], labels[win], kept)
+    return crops, masks, rows, counts, overlay
+
+
+# ----------------------------------------------------------------------------- stages
+
+def thresholds_of(stats: list[ChannelStats], names: list[str], seg: dict, main: str, second: str) -> dict:
+    """Per-image thresholds in normalised units: given numbers, or Otsu/Li over the whole image."""
+    from skimage.filters import threshold_li, threshold_otsu
+
+    auto = {"otsu": threshold_otsu, "li": threshold_li}
+    method = seg.get("threshold_method", "li")
+    if method not in auto:
+        raise InputError(f"segmentation.threshold_method={method!r}: use otsu or li")
+    out = {}
+    for key, channel in (("cell", main), ("nuclei", second)):
+        given = seg.get(f"{key}_threshold")
+        out[key] = float(given) if given is not None else float(auto[method](stats[names.index(channel)].sample))
+    # An automatic threshold always splits *something*, even pure noise: seeds must stand
+    # min_nuclei_snr robust SDs above the nuclei channel's median (its background, nuclei being
+    # sparse), so an empty field yields no cells instead of segmented noise.
+    snr = seg.get("min_nuclei_snr", 3.0)
+    if seg.get("nuclei_threshold") is None and snr:
+        sample = stats[names.index(second)].sample
+        med = float(np.median(sample))
+        sd = 1.4826 * float(np.median(np.abs(sample - med)))
+        out["nuclei"] = max(out["nuclei"], med + float(snr) * sd)
+    return out
+
+
+def split_images(conditions: dict[str, str], test_fraction: float, seed: int) -> dict[str, str]:
+    """image_id → 'train'/'test', stratified by condition (``protocell.data.split``, the policy the
+    DataModule uses too); an only image of a condition trains."""
+    by_cond: dict[str, list[str]] = {}
+    for image, cond in conditions.items():
+        by_cond.setdefault(cond, []).append(image)
+    return assign(by_cond, {"test": test_fraction}, seed)
+
+
+class Preparer:
+    def __init__(self, c: dict):
+        validate(c)
+        self.c = c
+        ch = c["channels"]
+        self.names = list(ch["names"])
+        self.main, self.second = self.names.index(ch["main"]), self.names.index(ch["second"])
+        seg = dict(c["segmentation"])
+        params = {k: v for k, v in seg.items() if k not in SEGMENTATION_KEYS_NOT_FOR_BUILDER}
+        self.segmenter = build_segmenter(seg["method"], **params)   # refuses a missing model file now
+        self.filters = CellFilters(c["cells"]["min_area"], c["cells"]["max_area"],
+                                   c["cells"].get("min_solidity", 0.0), c["cells"].get("max_eccentricity", 1.0))
+        self.halo = halo_of(c)
+        self.chash = config_hash(c)
+        self.progress = bool(c.get("progress", True))
+
+    # -- inputs
+    def entries(self) -> list[ImageEntry]:
+        c, mapping = self.c, dict(self.c["channels"].get("map") or {})
+        if c.get("plate_map"):
+            return read_plate_map(c["plate_map"], c["input"], self.names, mapping)
+        return match_pattern(c["pattern"], c["input"], self.names, mapping)
+
+    def output_dir(self) -> Path:
+        if self.c.get("output"):
+            return Path(self.c["output"])
+        tag = hashlib.sha1(f"{Path(self.c['input']).resolve()}|{self.c.get('plate_map')}|{self.c.get('pattern')}|"
+                           f"{self.chash}".encode()).hexdigest()[:8]
+        return Path("outputs") / "prepared" / f"{Path(self.c['input']).resolve().name}-{tag}"
+
+    def _bar(self, it, **kw):
+        return tqdm(it, disable=not self.progress, dynamic_ncols=True, **kw)
+
+    # -- main
+    def run(self) -> Path:
+        t_start = time.perf_counter()
+        entries = self.entries()
+        sources = open_images(entries, self.names)
+        size = self.c["tile"]["size"]
+        too_small = [f"{s.image_id} ({s.shape[0]}×{s.shape[1]})" for s in sources if size > min(s.shape)]
+        if too_small:
+            smallest = min(min(s.shape) for s in sources)
+            raise InputError(f"tile.size={size} is larger than image(s) {', '.join(too_small)}: set "
+                             f"tile.size={smallest} or smaller")
+        out = self.output_dir()
+        work = out / ".prepare"
+        (work / "images").mkdir(parents=True, exist_ok=True)
+        (work / "stats").mkdir(parents=True, exist_ok=True)
+        # the store is unfinished until store.json is rewritten at the very end
+        (out / "store.json").unlink(missing_ok=True)
+        keys = {s.image_id: image_key(s, self.chash) for s in sources}
+        pool = _pool(int(self.c["workers"]))
+        try:
+            stats = self.stats_pass(sources, keys, work, pool)
+            records = {}
+            writer = CropStoreWriter(out, self.names, self.c["cells"]["crop_size"], source="prepare")
+            writer.dtype = self.c["store_dtype"]
+            n_overlay = int(self.c["summary"].get("overlays", 0))
+            for k, s in enumerate(self._bar(sources, desc="images", unit="image")):
+                records[s.image_id] = self.image_pass(s, keys[s.image_id], stats[s.image_id], writer, work, pool,
+                                                      overlay=k < n_overlay)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+        by_id = {e.image_id: e for e in entries}
+        df = self.finish(out, work, writer, sources, by_id, records)
+        self.summary(out, sources, by_id, records, stats, df, time.perf_counter() - t_start)
+        log.info("crop store written: %s (%d rows)", out, len(df))
+        return out
+
+    def stats_pass(self, sources, keys, work: Path, pool) -> dict:
+        """Statistics of every image first: bad pixels are refused before any crop is written."""
+        n = self.c["normalize"]
+        out = {}
+        for s in self._bar(sources, desc="statistics", unit="image"):
+            path = work / "stats" / f"{s.image_id}.json"
+            if path.exists():
+                rec = json.loads(path.read_text())
+                if rec["key"] == keys[s.image_id]:
+                    out[s.image_id] = rec
+                    continue
+            cores = [t.core for t in tile_grid(s.shape, 2048, 0)]
+            parts = _imap(pool, partial(block_stats, s, self.names), cores)
+            stats = combine_stats(s, self.names, parts, n["low"], n["high"])
+            thr = thresholds_of(stats, self.names, self.c["segmentation"], self.c["channels"]["main"],
+                                self.c["channels"]["second"])
+            rec = {"key": keys[s.image_id], "channels": [st.to_dict() for st in stats], "thresholds": thr}
+            _atomic_json(path, rec)
+            out[s.image_id] = rec
+        return out
+
+    def image_pass(self, s: ImageSource, key: str, stats: dict, writer: CropStoreWriter, work: Path, pool,
+                   overlay: bool = False) -> dict:
+        rec_path = work / "images" / f"{s.image_id}.json"
+        if rec_path.exists():
+            rec = json.loads(rec_path.read_text())
+            if rec["key"] == key and all(writer.shard_done(sh) for sh in rec["shards"]):
+                return rec
+        c = self.c
+        tiles = tile_grid(s.shape, c["tile"]["size"], self.halo)
+        overlay_tiles = {len(tiles) // 2} if overlay else set()
+        job = partial(_tile_job, s, [ch["low"] for ch in stats["channels"]], [ch["high"] for ch in stats["channels"]],
+                      float(c["denoise_sigma"]), self.main, self.second, self.segmenter, stats["thresholds"],
+                      c["cells"]["crop_size"], self.filters, c["store_dtype"], overlay_tiles)
+        counts = dict.fromkeys(COUNT_KEYS, 0)
+        buf_c, buf_m, buf_r, shards, rows_out = [], [], [], [], []
+        shard_size = int(c["shard_size"])
+
+        def flush():
+            if not buf_r:
+                return
+            name = f"{s.image_id}-{len(shards):03d}"
+            writer.write_shard(name, np.concatenate(buf_c), np.concatenate(buf_m), [{} for _ in buf_r])
+            writer.rows.clear()            # rows are assembled in finish(), from the image records
+            shards.append(name)
+            rows_out.extend({**r, "shard": name, "shard_index": i} for i, r in enumerate(buf_r))
+            buf_c.clear(), buf_m.clear(), buf_r.clear()
+
+        overlays = []
+        bar = self._bar(_imap(pool, job, tiles), total=len(tiles), desc=f"tiles {s.image_id}", unit="tile",
+                        leave=False)
+        n_buf = 0
+        for crops, masks, rows, cnt, overlay in bar:
+            for k in COUNT_KEYS:
+                counts[k] += cnt[k]
+            if overlay is not None:
+                overlays.append(overlay)
+            if rows:
+                buf_c.append(crops), buf_m.append(masks), buf_r.extend(rows)
+                n_buf += len(rows)
+            if n_buf >= shard_size:
+                flush()
+                n_buf = 0
+        flush()
+        overlay_files = []
+        for ov in overlays:
+            overlay_files.append(write_overlay(work.parent / "overlays" / f"{s.image_id}_tile{len(tiles) // 2}.png", *ov))
+        if not rows_out:
+            log.warning("image %s: no cell found (thresholds %s); recorded in prepare_summary.json, run goes on",
+                        s.image_id, stats["thresholds"])
+        rec = {"key": key, "shards": shards, "rows": rows_out, "counts": counts, "tiles": len(tiles),
+               "overlays": [str(p.relative_to(work.parent)) for p in overlay_files]}
+        _atomic_json(rec_path, rec)
+        return rec
+
+    def finish(self, out: Path, work: Path, writer: CropStoreWriter, sources, by_id, records):
+        c = self.c
+        conditions = {s.image_id: by_id[s.image_id].condition for s in sources}
+        order = list(c.get("conditions") or dict.fromkeys(conditions[s.image_id] for s in sources))
+        unknown = sorted(set(conditions.values()) - set(order))
+        if unknown:
+            raise InputError(f"conditions={order} does not list condition(s) {unknown} of the plate map")
+        with_cells = {i: cond for i, cond in conditions.items() if records[i]["rows"]}
+        split = split_images(with_cells, c["split"]["test_fraction"], int(c["split"]["seed"]))
+        writer.rows.clear()
+        next_id = 0
+        originals: list[tuple[str, list[dict]]] = []
+        for s in sources:
+            e, rec = by_id[s.image_id], records[s.image_id]
+            meta = {"image_id": e.image_id, "plate": e.plate, "well": e.well, "field": e.field,
+                    "condition": e.condition, "label": order.index(e.condition), "split": split.get(e.image_id, "")}
+            for shard in rec["shards"]:
+                rows = [{**r, **meta, "cell_id": next_id + i} for i, r in
+                        enumerate(r for r in rec["rows"] if r["shard"] == shard)]
+                next_id += len(rows)
+                for r in rows:
+                    r.pop("shard"), r.pop("shard_index")
+                writer.add_rows(shard, rows)
+                originals.append((shard, rows))
+        if not writer.rows:
+            raise InputError(f"no cell was found in any of the {len(sources)} image(s) (see "
+                             f"{work / 'stats'} for thresholds): check channels.main/second and the segmentation "
+                             "thresholds, or cells.min_area/max_area")
+        # offline augmentation of training originals, one augmented shard per original shard
+        ap = AugmentParams(**{k: v for k, v in c["augment"].items()})
+        if ap.copies > 0:
+            akey = hashlib.sha1(json.dumps(asdict(ap), sort_keys=True).encode()).hexdigest()[:12]
+            for shard, rows in self._bar(originals, desc="augment", unit="shard"):
+                if not rows or rows[0]["split"] != "train":
+                    continue
+                name = f"{shard}.aug"
+                rec_path = work / "aug" / f"{name}.json"
+                image_rec_key = records[rows[0]["image_id"]]["key"]
+                meta = None
+                if rec_path.exists() and writer.shard_done(name):
+                    rec = json.loads(rec_path.read_text())
+                    if rec["key"] == [image_rec_key, akey]:
+                        meta = rec["meta"]
+                if meta is None:
+                    crops = np.load(out / "shards" / f"{shard}.crops.npy", mmap_mode="r")
+                    masks = np.load(out / "shards" / f"{shard}.masks.npy", mmap_mode="r")
+                    crc = zlib.crc32(shard.encode())
+                    a_c, a_m, meta = augment_crops(np.asarray(crops), np.asarray(masks),
+                                                   [(crc, i) for i in range(len(rows))], ap)
+                    writer.write_shard(name, a_c, a_m, [{} for _ in meta])
+                    del writer.rows[-len(meta):]
+                    _atomic_json(rec_path, {"key": [image_rec_key, akey], "meta": meta})
+                aug_rows = []
+                for i, desc in meta:
+                    r = dict(rows[i])
+                    r.update(cell_id=next_id, aug_of=rows[i]["cell_id"], aug=desc, split="train")
+                    next_id += 1
+                    aug_rows.append(r)
+                writer.add_rows(name, aug_rows)
+        writer.extra = {"conditions": order, "prepare": {"config_hash": self.chash, "config": c}}
+        try:
+            df = writer.finish()
+        except StoreError as err:
+            raise InputError(str(err)) from None
+        # shards of an earlier run that this manifest no longer uses (changed input or config)
+        used = set(df["shard"])
+        for f in (out / "shards").glob("*.npy"):
+            if f.name.split(".crops.npy")[0].split(".masks.npy")[0].split(".texture.npy")[0] not in used:
+                f.unlink()
+        return df
+
+    def summary(self, out: Path, sources, by_id, records, stats, df, seconds: float) -> None:
+        orig = df[df["aug_of"] < 0]
+        per_image = []
+        for s in sources:
+            e, rec = by_id[s.image_id], records[s.image_id]
+            n = int((orig["image_id"] == s.image_id).sum())
+            per_image.append({"image_id": s.image_id, "plate": e.plate, "well": e.well, "field": e.field,
+                              "condition": e.condition, "height": s.shape[0], "width": s.shape[1],
+                              "tiles": rec["tiles"], "cells": n, "status": "ok" if n else "no cells found",
+                              "dropped": {k: v for k, v in rec["counts"].items() if k not in ("objects", "kept")},
+                              "thresholds": stats[s.image_id]["thresholds"],
+                              "normalisation": stats[s.image_id]["channels"]})
+        summary = {
+            "store": str(out), "config_hash": self.chash, "seconds": round(seconds, 2),
+            "images": len(sources), "cells": int(len(orig)), "augmented": int((df["aug_of"] >= 0).sum()),
+            "megapixels": round(sum(s.shape[0] * s.shape[1] for s in sources) / 1e6, 3),
+            "cells_per_well": {f"{p}/{w}": int(v) for (p, w), v in orig.groupby(["plate", "well"]).size().items()},
+            "cells_per_condition": {k: int(v) for k, v in orig.groupby("condition").size().items()},
+            "cells_per_split": {k: int(v) for k, v in df.groupby("split").size().items()},
+            "images_without_cells": [r["image_id"] for r in per_image if r["cells"] == 0],
+            "overlays": [p for s in sources for p in records[s.image_id]["overlays"]],
+            "per_image": per_image,
+        }
+        _atomic_json(out / "prepare_summary.json", summary)
+
+
+def write_overlay(path: Path, main: np.ndarray, second: np.ndarray, labels: np.ndarray, kept: set) -> Path:
+    """RGB PNG: main channel grey, nuclei blue, kept cells outlined green, dropped objects red."""
+    from skimage.segmentation import find_boundaries
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = np.clip(main, 0, 1)
+    rgb = np.stack([g, g, np.clip(g + 0.6 * np.clip(second, 0, 1), 0, 1)], -1)
+    edges = find_boundaries(labels, mode="inner")
+    kept_mask = np.isin(labels, list(kept)) if kept else np.zeros(labels.shape, bool)
+    rgb[edges & kept_mask] = (0.1, 1.0, 0.1)
+    rgb[edges & ~kept_mask] = (1.0, 0.2, 0.2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda fh: plt.imsave(fh, rgb, format="png"), fsync=False)
+
+
+def prepare(c: dict) -> Path:
+    """Run the pipeline on a plain config dict (``conf/prepare.yaml`` resolved)."""
+    return Preparer(c).run()

@@ -1,0 +1,89 @@
+"""``train(cfg)``: build, fit, push, test, evaluate, explain — and leave a complete run folder
+(``protocell.artifacts.RunFolder``). ``train.py`` composes the config and calls this."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
+
+from protocell.artifacts import RunFolder
+from protocell.build import build_datamodule, build_module
+from protocell.config import validate
+from protocell.evaluate import evaluate, gather_predictions
+from protocell.fsutil import atomic_write_json, atomic_write_text
+from protocell.tracking import build_logger, is_wandb, log_media, run_summary
+from protocell.training.callbacks import KeepBestPretrain, PhaseCallback, PushCallback
+from protocell.training.figures import plot_training_curves
+from protocell.training.schedule import schedule_from_config
+
+log = logging.getLogger("protocell.train")
+
+
+def callbacks_for(cfg, schedule, folder: RunFolder, meta: dict) -> list:
+    keep = [KeepBestPretrain(schedule)] if cfg.schedule.get("pretrain_keep", "best") == "best" else []
+    return keep + [PhaseCallback(schedule), PushCallback(schedule, folder.root, meta),
+                   ModelCheckpoint(dirpath=folder.checkpoint_dir, save_last=True, save_top_k=0, every_n_epochs=1,
+                                   save_on_train_epoch_end=True)]
+
+
+def train(cfg) -> dict:
+    validate(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    folder = RunFolder(cfg.paths.output_dir)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder.config, OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+    t_start = time.time()
+
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    schedule = schedule_from_config(cfg)
+    meta = {"store": str(dm.path), "zero_background": bool(dm.zero_background),
+            "channels": [dm.store.channels[i] for i in dm.channel_index]}
+    logger = build_logger(cfg, folder.root)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.pop("channels_last", None)
+    trainer = instantiate(trainer_cfg, max_epochs=len(schedule), callbacks=callbacks_for(cfg, schedule, folder, meta),
+                          logger=logger, default_root_dir=str(folder.root))
+    # protocell's checkpoint state is plain data: load it without unpickling arbitrary objects
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True if cfg.resume else None)
+    train_seconds = time.time() - t_start
+
+    trainer.test(module, datamodule=dm, verbose=False)
+    test_batches = gather_predictions(trainer.predict(module, dataloaders=dm.predict_dataloader()))
+    val_batches = (gather_predictions(trainer.predict(module, dataloaders=dm.val_dataloader()))
+                   if len(dm.rows["val"]) else [])
+    metrics = {}
+    if trainer.is_global_zero:
+        test, val, metrics = evaluate(test_batches, val_batches, dm.store.manifest, dm.class_names,
+                                      cfg.get("calibration", "noisy_label"))
+        if val is not None:
+            val.to_csv(folder.val_predictions, index=False)
+        test.to_csv(folder.test_predictions, index=False)
+        metrics.update({"train_seconds": round(train_seconds, 1), "epochs": len(schedule),
+                        "pushes": int(module.net.pushes), "receptive_field": module.net.rf.as_dict(),
+                        "backbone": cfg.backbone.name, "mask": OmegaConf.to_container(cfg.mask),
+                        "last_layer": cfg.last_layer.mode, "seed": cfg.seed})
+        atomic_write_json(folder.metrics, metrics)
+        if folder.metrics_csv.exists():
+            plot_training_curves(folder.metrics_csv, folder.curves)
+        log.info("test: %s", {k: v for k, v in metrics.items() if "accuracy" in k or "auroc" in k})
+        if cfg.get("explain"):
+            from protocell.explain.run import explain_run
+
+            explain_run(folder.root, log_wandb=False)
+        if is_wandb(logger):
+            log_media(logger.experiment, folder.root, keys=("explain/",))
+            logger.experiment.summary.update(run_summary(folder.root))
+    if is_wandb(logger):
+        import wandb
+
+        wandb.finish()
+    return metrics
