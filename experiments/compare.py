@@ -41,10 +41,14 @@ METRICS = {
     "well_label_auroc": ("metrics", ["well_label_auroc"]),
     "true_label_accuracy": ("metrics", ["true_label_accuracy"]),
     "true_label_auroc": ("metrics", ["true_label_auroc"]),
+    "well_cue_auroc": ("metrics", ["well_cue_auroc"]),
     "localisation_share": ("explain", ["exp_prototype_texture_share_mean"]),
     "background_prototype_share": ("explain", ["background_prototype_share"]),
-    "affected_fraction_error": ("explain", ["affected_fraction.error"]),
-    "call_rho_exp": ("metrics", ["calibration.rho_exp"]),
+    "distinct_source_patches": ("explain", ["distinct_source_patches"]),
+    "tied_prototypes": ("explain", ["prototypes_with_tied_nearest"]),
+    "exp_prototype_up_on_change": ("explain", ["has_exp_prototype_up_and_on_change"]),
+    "affected_fraction_error": ("fraction", ["error"]),
+    "affected_fraction_ci_covers": ("fraction", ["ci_covers_truth"]),
     "significant_prototype_share": ("differences", []),
     "train_seconds": ("metrics", ["train_seconds"]),
 }
@@ -52,7 +56,7 @@ METRICS = {
 MAIN_FACTORS = ["experiment", "backbone", "mask", "last_layer"]
 # settings that never make a factor: bookkeeping, not design
 IGNORED = {"seed", "threads", "resume", "explain", "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir",
-           "paths.output_dir", "paths.cache_dir", "trainer.enable_progress_bar", "logger"}
+           "paths.output_dir", "paths.cache_dir", "trainer.enable_progress_bar", "logger", "data.synthetic.seed"}
 SIGNIFICANT_Q = 0.05
 
 
@@ -83,7 +87,9 @@ def _get(d: dict, dotted: str):
 
 
 def _number(v):
-    if isinstance(v, bool) or v is None:
+    if isinstance(v, bool):
+        return float(v)
+    if v is None:
         return None
     try:
         v = float(v)
@@ -127,6 +133,7 @@ def run_factors(run: Path) -> dict:
     out.setdefault("backbone", _get(cfg, "backbone.name"))
     out.setdefault("mask", mask_name(cfg.get("mask")))
     out.setdefault("last_layer", _get(cfg, "last_layer.mode"))
+    out.setdefault("head", cfg.get("head", "protopnet"))
     seed = cfg.get("seed", out.get("seed"))
     out["seed"] = int(seed) if seed is not None else None
     return out
@@ -142,9 +149,16 @@ def significant_share(run: Path) -> float | None:
     return float((df["q_value"] < SIGNIFICANT_Q).mean())
 
 
+def exposed_fraction(metrics: dict) -> dict:
+    """The affected-fraction record of the exposed condition (the last one listed)."""
+    conditions = _get(metrics, "affected_fraction.conditions") or {}
+    return list(conditions.values())[-1] if conditions else {}
+
+
 def run_row(run: Path) -> dict:
-    sources = {"metrics": _read_json(run / "metrics.json"),
-               "explain": _read_json(run / "explain" / "explain_metrics.json")}
+    metrics = _read_json(run / "metrics.json")
+    sources = {"metrics": metrics, "explain": _read_json(run / "explain" / "explain_metrics.json"),
+               "fraction": exposed_fraction(metrics)}
     row = {"run": str(run), **run_factors(run)}
     for col, (src, keys) in METRICS.items():
         if src == "differences":
@@ -189,14 +203,17 @@ def markdown(summary: pd.DataFrame, factors: list[str]) -> str:
     labels = {"well_label_accuracy": "well acc", "well_label_auroc": "well AUROC",
               "true_label_accuracy": "true acc", "true_label_auroc": "true AUROC",
               "localisation_share": "localisation", "background_prototype_share": "bg protos",
-              "affected_fraction_error": "affected-frac err", "call_rho_exp": "ρ_Exp (call)",
+              "affected_fraction_error": "affected-frac err", "affected_fraction_ci_covers": "CI covers",
+              "well_cue_auroc": "well cue", "distinct_source_patches": "distinct sources",
+              "tied_prototypes": "tied protos", "exp_prototype_up_on_change": "Exp proto up & on change",
               "significant_prototype_share": "signif. protos", "train_seconds": "train s"}
     metrics = [c for c in METRICS if f"{c}_mean" in summary and summary[f"{c}_mean"].notna().any()]
     head = factors + ["seeds"] + [labels[c] for c in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for _, r in summary.iterrows():
         cells = [str(r[f]) for f in factors] + [str(int(r["seeds"]))]
-        cells += [_cell(r[f"{c}_mean"], r[f"{c}_sd"], 0 if c == "train_seconds" else 3) for c in metrics]
+        cells += [_cell(r[f"{c}_mean"], r[f"{c}_sd"], 0 if c in ("train_seconds", "distinct_source_patches") else 3)
+                  for c in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

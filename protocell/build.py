@@ -105,7 +105,7 @@ def build_module(cfg, dm):
     module = ProtoPNetModule(net_spec(cfg, dm.in_channels), class_names=list(dm.class_names),
                              last_layer=cfg.last_layer.mode, lr=_plain(cfg.optim.lr),
                              weight_decay=float(cfg.optim.weight_decay), channels_last=channels_last,
-                             **_plain(cfg.loss))
+                             bag_size=int(dm.bag_size), head=cfg.get("head", "protopnet"), **_plain(cfg.loss))
     if channels_last:
         module.to(memory_format=torch.channels_last)
     if perf.get("compile"):

@@ -42,7 +42,10 @@ def platt_apply(scores: np.ndarray, a: float, b: float) -> np.ndarray:
     return 1 / (1 + np.exp(-(a * _logit(scores) + b)))
 
 
-def noisy_label_fit(scores: np.ndarray, targets: np.ndarray) -> dict:
+BOUNDS = {"a": (1e-3, 50.0), "b": (-50.0, 50.0), "lo": (-10.0, 10.0), "hi": (-10.0, 10.0)}   # lo, hi: logits
+
+
+def noisy_label_fit(scores: np.ndarray, targets: np.ndarray, start: dict | None = None) -> dict:
     """Calibration under per-well label noise: from well labels to P(affected | score).
 
     When a fraction ρ_Exp of Exp cells and ρ_Ref of Ref cells carry the change, a cell's well-label
@@ -59,8 +62,11 @@ def noisy_label_fit(scores: np.ndarray, targets: np.ndarray) -> dict:
     ρ_Ref = c₁·ρ_Exp. Both rest on one assumption: an unaffected cell scores alike in both
     conditions (no batch effect the network can read).
 
-    Returns {"a", "b", "lo", "hi", "rho_exp", "rho_ref", "nll", "ok"}; ``ok`` is False when the fit is
-    degenerate (slope ≤ 0 or hi − lo < 0.05: the scores carry no cell-level evidence).
+    Returns {"a", "b", "lo", "hi", "rho_exp", "rho_ref", "prior", "nll", "ok", "at_bound"} (``prior``: the
+    share of affected cells among the fitted ones, the prior of P(affected | s); ``at_bound``: the
+    parameters the optimiser left on a bound of their range — a fit to read with care); ``ok`` is
+    False when the fit is degenerate (slope ≤ 0 or hi − lo < 0.05: no cell-level evidence).
+    ``start``: a previous fit to start from (one local search instead of eight; bootstraps).
     """
     from scipy.optimize import minimize
 
@@ -77,21 +83,35 @@ def noisy_label_fit(scores: np.ndarray, targets: np.ndarray) -> dict:
         q = np.clip(lo + (hi - lo) / (1 + np.exp(-(a * x + b))), 1e-9, 1 - 1e-9)
         return -float(np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
+    def logit(p):
+        p = float(np.clip(p, 1e-6, 1 - 1e-6))
+        return np.log(p / (1 - p))
+
+    if start is not None:
+        starts = [[start["a"], start["b"], logit(start["lo"]),
+                   logit((start["hi"] - start["lo"]) / max(1 - start["lo"], 1e-9))]]
+    else:
+        starts = [[*ab, np.log(lo0 / (1 - lo0)), np.log((hi0 - lo0) / (1 - hi0))]
+                  for lo0, hi0 in ((0.2, 0.8), (0.35, 0.9), (0.1, 0.95), (0.4, 0.7))
+                  for ab in ((max(a0, 0.1), b0), (1.0, 0.0))]
     best = None
-    for lo0, hi0 in ((0.2, 0.8), (0.35, 0.9), (0.1, 0.95), (0.4, 0.7)):
-        u0, v0 = np.log(lo0 / (1 - lo0)), np.log((hi0 - lo0) / (1 - hi0))
-        for start in ((max(a0, 0.1), b0), (1.0, 0.0)):
-            r = minimize(nll, [*start, u0, v0], method="L-BFGS-B",
-                         bounds=[(1e-3, 50), (-50, 50), (-10, 10), (-10, 10)])
-            if best is None or r.fun < best.fun:
-                best = r
+    for w0 in starts:
+        w0 = [float(np.clip(v, lo_b + 1e-9, hi_b - 1e-9)) for v, (lo_b, hi_b) in zip(w0, BOUNDS.values())]
+        r = minimize(nll, w0, method="L-BFGS-B", bounds=list(BOUNDS.values()))
+        if best is None or r.fun < best.fun:
+            best = r
+    at_bound = [k for k, v, (lo_b, hi_b) in zip(BOUNDS, best.x, BOUNDS.values())
+                if abs(v - lo_b) < 1e-6 * max(1, abs(lo_b)) or abs(v - hi_b) < 1e-6 * max(1, abs(hi_b))]
     a, b, lo, hi = unpack(best.x)
     pi = float(y.mean())
     c1, c2 = pi * (1 - hi) / ((1 - pi) * hi), pi * (1 - lo) / ((1 - pi) * lo)
     rho_exp = (c2 - 1) / (c2 - c1) if c2 != c1 else float("nan")
     ok = bool(a > 0.01 and hi - lo >= 0.05)
+    rho_ref = c1 * rho_exp
+    # the share of affected cells among the fitted ones: the prior P(affected | s) is relative to
+    prior = pi * rho_exp + (1 - pi) * rho_ref
     return {"a": float(a), "b": float(b), "lo": float(lo), "hi": float(hi), "rho_exp": float(rho_exp),
-            "rho_ref": float(c1 * rho_exp), "nll": float(best.fun), "ok": ok}
+            "rho_ref": float(rho_ref), "prior": float(prior), "nll": float(best.fun), "ok": ok, "at_bound": at_bound}
 
 
 def noisy_label_apply(scores: np.ndarray, fit: dict) -> np.ndarray:

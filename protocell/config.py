@@ -22,6 +22,9 @@ CALIBRATIONS = ("noisy_label", "platt", "none")
 NORMALIZE = ("dataset", "cell", "none")
 SPLIT_BY = ("image", "well")
 PRETRAIN_KEEP = ("best", "last")
+SEPARATIONS = ("reference", "all")
+INIT_METHODS = ("evidence", "kmeans", "random")
+HEADS = ("protopnet", "baseline")
 
 
 def rule(check, need: str, default=MISSING, **kw):
@@ -83,6 +86,7 @@ class DataConfig:
     batch_size: int = rule(_int(1), "an integer ≥ 1", 64)
     eval_batch_size: Optional[int] = None
     num_workers: int = rule(_int(0), "an integer ≥ 0", 0)
+    bag_size: int = rule(_int(1), "an integer ≥ 1 (1: one cell at a time)", 1)
     seed: int = 0
     synthetic: Optional[SyntheticConfig] = None
 
@@ -131,10 +135,18 @@ class HeadConfig:
 
 
 @dataclass
+class PrototypesConfig:
+    init: str = rule(_one_of(INIT_METHODS), f"one of {INIT_METHODS}", "random")
+    push_unique: bool = False
+
+
+@dataclass
 class LossConfig:
     clst: float = rule(lambda v: v >= 0, "≥ 0", 0.8)
     sep: float = rule(lambda v: v >= 0, "≥ 0", 0.08)
     l1: float = rule(lambda v: v >= 0, "≥ 0", 1e-4)
+    div: float = rule(lambda v: v >= 0, "≥ 0", 0.0)
+    separation: str = rule(_one_of(SEPARATIONS), f"one of {SEPARATIONS}", "all")
     ramp_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
 
 
@@ -164,6 +176,8 @@ class TrainConfig:
     last_layer: LastLayerConfig = field(default_factory=LastLayerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     model: HeadConfig = field(default_factory=HeadConfig)
+    prototypes: PrototypesConfig = field(default_factory=PrototypesConfig)
+    head: str = rule(_one_of(HEADS), f"one of {HEADS}", "protopnet")
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
@@ -208,8 +222,8 @@ def _dataclass_of(f):
 
 
 _TYPES = {c.__name__: c for c in (PhotometricConfig, SyntheticConfig, DataConfig, BackboneConfig, MaskConfig,
-                                  LastLayerConfig, ScheduleConfig, HeadConfig, LossConfig, OptimConfig,
-                                  PerformanceConfig)}
+                                  LastLayerConfig, ScheduleConfig, HeadConfig, PrototypesConfig, LossConfig,
+                                  OptimConfig, PerformanceConfig)}
 
 
 def validate(cfg, schema=TrainConfig) -> None:

@@ -49,14 +49,15 @@ def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: 
     probs = cat["probs"].numpy()
     df = pd.DataFrame({"cell_id": cat["cell_id"].numpy(), "label": cat["label"].numpy(),
                        "pred": probs.argmax(1), "score": probs[:, positive_class(class_names)]})
-    for j in range(cat["min_distances"].shape[1]):
+    for j in range(cat["min_distances"].shape[1] if "min_distances" in cat else 0):
         df[f"min_d_{j}"] = cat["min_distances"][:, j].numpy()
     info = manifest.set_index("cell_id")[["image_id", "well", "condition", "true_label"]]
     return df.join(info, on="cell_id")
 
 
 def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str) -> dict | None:
-    """Fit the cell call on ``val``'s *well* labels and add ``calibrated`` and ``call`` to ``df``."""
+    """Fit the cell call on ``val``'s *well* labels (held-out cells) and add ``calibrated`` and
+    ``call`` to ``df``."""
     if method == "none":
         return None
     s, y = val["score"].to_numpy(), (val["label"] == pos).to_numpy()
@@ -82,18 +83,33 @@ def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str) -> dic
 
 
 def evaluate(test_batches: list[dict], val_batches: list[dict], manifest: pd.DataFrame, class_names: list[str],
-             method: str = "noisy_label") -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
-    """Test and validation tables, the cell call calibrated on validation, and the test metrics.
+             method: str = "noisy_label", n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """Test and validation tables, the cell call, and the test metrics.
 
-    Returns (test table, validation table or None, metrics with ``calibration``)."""
+    The call is calibrated on the *held-out* cells' well labels — validation and test cells, whose
+    scores the network never trained on (no ground truth involved); the affected fraction of each
+    condition and test well follows from that calibration (``protocell.fraction``).
+    Returns (test table, validation table or None, metrics with ``calibration`` and ``affected_fraction``)."""
     from protocell.metrics.truth import cell_metrics
 
     pos = positive_class(class_names)
     test = predictions_frame(test_batches, manifest, class_names)
-    val, calibration = None, None
-    if val_batches:
-        val = predictions_frame(val_batches, manifest, class_names)
-        calibration = calibrate(test, val, pos, method)
-    else:
-        log.warning("no validation cells (data.val_fraction=0 or too few images): cell calls are the raw argmax")
-    return test, val, {**cell_metrics(test, positive=pos), "calibration": calibration}
+    val = predictions_frame(val_batches, manifest, class_names) if val_batches else None
+    held_out = pd.concat([test.assign(target=True)] + ([val.assign(target=False)] if val is not None else []),
+                         ignore_index=True)
+    calibration = calibrate(test, held_out, pos, method)
+    metrics = {**cell_metrics(test, positive=pos), "calibration": calibration}
+    metrics["affected_fraction"] = fractions(held_out, calibration, pos, n_boot)
+    return test, val, metrics
+
+
+def fractions(held_out: pd.DataFrame, calibration: dict | None, pos: int, n_boot: int = 200) -> dict:
+    """The affected fraction per condition and test well (``protocell.fraction``), or why there is none."""
+    from protocell.fraction import affected_fractions
+
+    if not calibration or "prior" not in calibration or not calibration.get("used"):
+        return {"available": False,
+                "reason": "needs the noisy-label calibration (calibration=noisy_label and a non-degenerate fit)"}
+    cols = ["well", "condition", "score", "target"] + (["true_label"] if "true_label" in held_out else [])
+    cells = held_out[cols].assign(exposed=(held_out["label"] == pos).to_numpy())
+    return {"available": True, **affected_fractions(cells, calibration, n_boot=n_boot)}

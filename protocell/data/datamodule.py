@@ -97,13 +97,52 @@ class DistributedEpochSampler(DistributedSampler):
         return iter(items[self.rank::self.num_replicas])
 
 
+class BagSampler(DistributedSampler):
+    """Items in *bags*: runs of ``bag_size`` items from one well (``groups``: a well id per item).
+
+    Per epoch, each well's items are permuted with a generator seeded by (seed, epoch) and cut into
+    bags (a well's last < ``bag_size`` items sit the epoch out); the bags are shuffled (``shuffle``)
+    and, under DDP, padded by wrapping to a multiple of ``world`` and dealt round-robin. A loader
+    whose batch size is a multiple of ``bag_size`` then yields whole bags. Yields (index, epoch)."""
+
+    def __init__(self, groups, bag_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+        self.groups = np.asarray(groups)
+        self.bag_size, self.seed, self.shuffle = int(bag_size), int(seed), shuffle
+        self.rank, self.num_replicas, self.epoch = rank, world, 0
+        self._order = {g: np.flatnonzero(self.groups == g) for g in sorted(set(self.groups.tolist()))}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def bags(self) -> list[np.ndarray]:
+        epoch = self.epoch if self.shuffle else 0
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        bags = []
+        for items in self._order.values():
+            items = items[torch.randperm(len(items), generator=g).numpy()] if self.shuffle else items
+            bags += [items[i:i + self.bag_size] for i in range(0, len(items) - self.bag_size + 1, self.bag_size)]
+        if self.shuffle and bags:
+            bags = [bags[i] for i in torch.randperm(len(bags), generator=g).tolist()]
+        if self.num_replicas > 1 and bags:
+            per_rank = -(-len(bags) // self.num_replicas)
+            bags = (bags + bags[: per_rank * self.num_replicas - len(bags)])[self.rank::self.num_replicas]
+        return bags
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.bags())
+
+    def __iter__(self):
+        epoch = self.epoch if self.shuffle else 0
+        return iter([(int(i), epoch) for b in self.bags() for i in b])
+
+
 class CellDataModule(L.LightningDataModule):
     def __init__(self, path: str, crop_size: int = 64, channels: list[str] | None = None,
                  zero_background: bool = False, augment: bool = True, normalize: str = "dataset",
                  test_fraction: float = 0.5, val_fraction: float = 0.2, batch_size: int = 64,
                  eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool | None = None,
                  split_by: str = "image", seed: int = 0, photometric: dict | None = None,
-                 zero_margin: int = 0):
+                 zero_margin: int = 0, bag_size: int = 1):
         super().__init__()
         self.path = Path(path)
         self.crop_size = crop_size
@@ -120,6 +159,11 @@ class CellDataModule(L.LightningDataModule):
         self.test_fraction, self.val_fraction = test_fraction, val_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        self.bag_size = int(bag_size)
+        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", self.eval_batch_size)):
+            if self.bag_size < 1 or value % self.bag_size:
+                raise ConfigError.invalid(key, value, f"a multiple of data.bag_size={bag_size} (≥ 1): a batch "
+                                                      "holds whole bags of cells from one well")
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.split_by = split_by
@@ -174,9 +218,11 @@ class CellDataModule(L.LightningDataModule):
                            margin=self.zero_margin if self.zero_background else 0)
 
     # --------------------------------------------------------------------- loaders
-    def _loader(self, ds, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, ds, shuffle: bool, batch_size: int, bags: bool = False) -> DataLoader:
         rank, world = rank_and_world()
-        if world > 1:
+        if bags and self.bag_size > 1:
+            sampler = BagSampler(self.wells_of(ds), self.bag_size, self.seed, shuffle, rank, world)
+        elif world > 1:
             sampler = (DistributedEpochSampler(len(ds), self.seed, rank, world) if shuffle
                        else ShardSampler(len(ds), rank, world))
         else:
@@ -185,19 +231,26 @@ class CellDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0, drop_last=False)
 
+    def wells_of(self, ds: CellDataset) -> np.ndarray:
+        m = self.store.manifest
+        return (m["plate"].astype(str) + "/" + m["well"].astype(str)).to_numpy()[ds.rows]
+
     def train_dataloader(self):
-        return self._loader(self.dataset("train", self.augment), True, self.batch_size)
+        """Shuffled training cells, online augmentation; in bags of ``bag_size`` cells of one well."""
+        return self._loader(self.dataset("train", self.augment), True, self.batch_size, bags=True)
 
     def val_dataloader(self):
+        """Validation cells in fixed bags (the validation loss is the bag loss training minimises)."""
         if len(self.rows["val"]) == 0:
             return []
-        return self._loader(self.dataset("val"), False, self.eval_batch_size)
+        return self._loader(self.dataset("val"), False, self.eval_batch_size, bags=True)
 
     def test_dataloader(self):
         return self._loader(self.dataset("test"), False, self.eval_batch_size)
 
-    def predict_dataloader(self):
-        return self.test_dataloader()
+    def predict_dataloader(self, split: str = "test"):
+        """Every cell of ``split`` (test, val, push) once, in store order."""
+        return self._loader(self.dataset(split), False, self.eval_batch_size)
 
     def push_dataloader(self):
         return self._loader(self.dataset("push"), False, self.eval_batch_size)

@@ -7,6 +7,8 @@ import html
 
 import pandas as pd
 
+from protocell.explain.scores import fraction_lines
+
 
 def _table(df: pd.DataFrame, digits: int = 3) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0, classes="t", na_rep="")
@@ -55,9 +57,10 @@ def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFram
         f'{c["cell_id"]} ({html.escape(c["condition"])}, image {html.escape(str(c["image_id"]))}) → '
         f'{html.escape(c["predicted"])}, {html.escape(run.exp)} score {c["exp_score"]:.2f}</figcaption></figure>'
         for c in (cells or []))
-    frac = em.get("affected_fraction", {})
+    frac = metrics.get("affected_fraction") or {}
     truth = {k: v for k, v in em.items() if isinstance(v, (int, float)) and k not in ("prototypes", "pushes")}
-    truth.update({f"affected fraction: {k}": v for k, v in frac.items() if isinstance(v, (int, float))})
+    for cond, est in (frac.get("conditions") or {}).items():
+        truth.update({f"affected fraction of {cond}: {k}": v for k, v in est.items() if isinstance(v, (int, float))})
     for j, v in em.get("exp_prototype_texture_share", {}).items():
         truth[f"prototype {j} ({run.exp}): share of nearest patches on the planted change"] = v
     truth_table = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in truth.items())
@@ -93,9 +96,10 @@ activation heat map. Green: cell outline. Click a prototype for its {k_near} nea
 {grid}
 
 <h2>Cell scores and the affected fraction of {exp}</h2>
-<p class="how">The {exp} score of every test cell, per condition. Estimator: {html.escape(str(frac.get("estimator", "")))}.
-Assumption: {html.escape(str(frac.get("assumption", "")))}; if unaffected {exp} cells score higher than {ref} cells
-(a well or plate effect), the estimate is biased upwards. 95 % CI: bootstrap over wells.</p>
+<p class="how">The calibrated probability that a test cell is affected, per condition, and the affected
+fraction of each condition: {html.escape("; ".join(fraction_lines(frac)))}. Estimator: {html.escape(str(frac.get("estimator", "")))}.
+Assumption: {html.escape(str(frac.get("assumption", frac.get("reason", ""))))}; if unaffected {exp} cells score higher
+than {ref} cells (a well or plate effect), the {exp} estimate is biased upwards. 95 % CI: bootstrap over wells.</p>
 {_img("explain/cell_scores.png", "cell scores")}
 
 <h2>This looks like that: sample test cells</h2>

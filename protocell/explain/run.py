@@ -37,14 +37,14 @@ from protocell.explain.health import prototype_health
 from protocell.explain.heatmap import prototype_maps, render_prototype
 from protocell.explain.local import render_cell, sample_cells
 from protocell.explain.mosaic import N_NEAREST, nearest_patches, render_mosaic
-from protocell.explain.scores import affected_fraction_ci, plot_scores
+from protocell.explain.scores import plot_scores
 from protocell.explain.similarity import plot_population, population_means, rank_differences
 from protocell.artifacts import positive_class
 from protocell.explain.source import ExplainError, Run, load_run
 from protocell.fsutil import atomic_write_json
 from protocell.model.prototypes import log_similarity
 from protocell.metrics.localisation import background_share, texture_share
-from protocell.metrics.truth import true_affected_fraction, true_label_metrics
+from protocell.metrics.truth import true_label_metrics, well_cue
 from protocell.tracking import log_to_saved_run
 
 __all__ = ["ExplainError", "Run", "explain_run", "load_run", "nearest_patches", "cell_similarities"]
@@ -105,6 +105,26 @@ def localisation(run: Run, near: dict) -> dict:
     return out
 
 
+def prototype_quality(rec: dict, near: dict, ranked: pd.DataFrame, exp: str) -> dict:
+    """Distinct source patches and cells (push provenance), prototypes whose nearest patches tie
+    (equal distances: a saturated latent), and the exposed prototypes more similar in exposed cells."""
+    src = list(zip(rec["cell_id"].tolist(), map(tuple, rec["latent_yx"].tolist())))
+    d = near["distance"].double()                                              # (k, P), sorted
+    ties = ((d[1:] - d[:-1]).abs() <= 1e-6 * d[1:].abs().clamp_min(1e-3)).any(dim=0)
+    up = ranked[(ranked["class"] == exp) & (ranked["q_value"] < 0.05) & (ranked["difference"] > 0)]
+    return {"distinct_source_patches": len(set(src)), "distinct_source_cells": len({c for c, _ in src}),
+            "prototypes_with_tied_nearest": int(ties.sum()),
+            "exp_prototypes_up_in_exp": [int(p[1:]) for p in up["prototype"]]}
+
+
+def planted_change_prototypes(em: dict, ranked: pd.DataFrame) -> dict:
+    """Ground truth: exposed prototypes significantly more similar in exposed cells whose nearest
+    patches lie on the planted change (≥ 80 % of them)."""
+    shares = {int(j): v for j, v in em["exp_prototype_texture_share"].items()}
+    good = [j for j in em["exp_prototypes_up_in_exp"] if shares.get(j, 0) >= 0.8]
+    return {"exp_prototypes_up_and_on_change": good, "has_exp_prototype_up_and_on_change": bool(good)}
+
+
 def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: int = N_NEAREST,
                 log_wandb: bool = True) -> Path:
     """Explain a finished run folder; returns its ``explain/`` folder (``report.html`` beside it)."""
@@ -150,13 +170,11 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
     ranked.to_csv(out / "prototype_differences.csv", index=False)
     steps.update()
 
-    # 5. cell scores and the affected fraction
+    # 5. cell scores and the affected fraction (the estimate training's evaluation stored)
     preds = run.preds
-    frac = affected_fraction_ci(preds[["well", "condition", "score"]], run.ref, run.exp, n_boot=n_boot)
-    if "true_label" in preds:
-        frac["true"] = true_affected_fraction(preds.loc[preds["condition"] == run.exp, "true_label"])
-        frac["error"] = frac["estimate"] - frac["true"] if frac["true"] is not None else None
-    plot_scores(preds, run.ref, run.exp, frac, out / "cell_scores.png")
+    metrics = json.loads((run.dir / "metrics.json").read_text()) if (run.dir / "metrics.json").exists() else {}
+    frac = metrics.get("affected_fraction") or {"available": False, "reason": "metrics.json has none"}
+    plot_scores(preds, run.class_names, frac, out / "cell_scores.png")
     steps.update()
 
     # 7. prototype health
@@ -170,16 +188,18 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
         local.append(render_cell(run, cid, maps, out / "cells" / f"cell_{cid}.png"))
         steps.update()
 
-    # ground truth, where it exists
-    metrics = json.loads((run.dir / "metrics.json").read_text()) if (run.dir / "metrics.json").exists() else {}
-    em = {"run": str(run.dir), "prototypes": P, "pushes": int(rec["pushes"]), "nearest": int(k)}
-    if "true_label" in preds:
+    # prototype quality, and ground truth where it exists
+    em = {"run": run.dir.name, "prototypes": P, "pushes": int(rec["pushes"]), "nearest": int(k)}
+    em.update(prototype_quality(rec, near, ranked, run.exp))
+    if "true_label" in preds and (preds["true_label"] >= 0).all():
         pos = positive_class(run.class_names)
         calls = preds["call"] if "call" in preds else (preds["pred"] == pos).astype(int)
         em.update(true_label_metrics(preds["score"], calls, preds["true_label"]))
         em["true_label_call"] = "calibrated call" if "call" in preds else "argmax"
+        em["well_cue_auroc"] = well_cue(preds["score"], preds["condition"] == run.exp, preds["true_label"])
     em.update(localisation(run, near))
-    em["affected_fraction"] = frac
+    if "exp_prototype_texture_share" in em:
+        em.update(planted_change_prototypes(em, ranked))
     atomic_write_json(out / "explain_metrics.json", em)
     steps.update()
     steps.close()

@@ -56,5 +56,14 @@ def cell_metrics(pred: pd.DataFrame, positive: int = 1) -> dict:
         if truth:
             truth["true_label_accuracy_argmax"] = true_label_metrics(pred["score"], raw, pred["true_label"])[
                 "true_label_accuracy"]
+            truth["well_cue_auroc"] = well_cue(pred["score"], pred["label"] == positive, pred["true_label"])
             out.update(truth)
     return out
+
+
+def well_cue(scores, exposed, true_label) -> float:
+    """AUROC between the scores of *unaffected* exposed and *unaffected* reference cells: 0.5 when
+    the network cannot tell which well an unaffected cell grew in; above it, it reads the well."""
+    t = np.asarray(true_label)
+    un = t == 0
+    return auroc(np.asarray(scores, np.float64)[un], np.asarray(exposed)[un].astype(int))

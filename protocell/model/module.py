@@ -23,17 +23,20 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from protocell.model.losses import protopnet_loss
+from protocell.model.losses import mil_loss, protopnet_loss
 from protocell.model.protopnet import build_protopnet
 
 PHASE_INDEX = {"pretrain": 0, "warm": 1, "joint": 2, "last_layer": 3}
 LAST_LAYER_MODES = ("trained", "frozen")
+SEPARATIONS = ("reference", "all")
+HEADS = ("protopnet", "baseline")
 
 
 class ProtoPNetModule(L.LightningModule):
     def __init__(self, net_spec: dict, class_names: list[str], last_layer: str = "trained",
                  lr: dict | None = None, weight_decay: float = 1e-3, clst: float = 0.8, sep: float = 0.08,
-                 l1: float = 1e-4, ramp_epochs: int = 0, channels_last: bool = False):
+                 l1: float = 1e-4, div: float = 0.0, ramp_epochs: int = 0, bag_size: int = 1,
+                 separation: str = "all", head: str = "protopnet", channels_last: bool = False):
         super().__init__()
         if last_layer not in LAST_LAYER_MODES:
             raise ValueError(f"last_layer must be one of {LAST_LAYER_MODES}, got '{last_layer}'")
@@ -46,7 +49,16 @@ class ProtoPNetModule(L.LightningModule):
         self.lr.setdefault("pretrain", self.lr["features"])
         self.lr["probe"] = self.lr["pretrain"]
         self.weight_decay = weight_decay
-        self.coef = {"clst": clst, "sep": sep, "l1": l1}
+        self.coef = {"clst": clst, "sep": sep, "l1": l1, "div": div}
+        if bag_size > 1 and len(class_names) != 2:
+            raise ValueError(f"bags of cells (data.bag_size={bag_size}) need two conditions, got {class_names}; "
+                             "set data.bag_size=1")
+        if separation not in SEPARATIONS:
+            raise ValueError(f"loss.separation must be one of {SEPARATIONS}, got '{separation}'")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got '{head}'")
+        self.bag_size, self.separation, self.head = int(bag_size), separation, head
+        self.positive = len(class_names) - 1      # the exposed population is the last class
         # From scratch, the cluster cost can collapse all features onto the prototypes before the
         # cross-entropy has found anything that differs between the classes; ramping λ_clst and
         # λ_sep linearly from 0 over ``ramp_epochs`` lets the features form first.
@@ -99,38 +111,56 @@ class ProtoPNetModule(L.LightningModule):
         self.log(f"{stage}/acc", values["acc"], on_step=False, on_epoch=True, batch_size=bs, prog_bar=True,
                  sync_dist=stage != "train")
 
-    def _step(self, batch, stage: str):
-        x, mask, y, _ = batch
-        bs = float(x.shape[0])
-        if self.phase == "pretrain":
-            logits = self.probe_logits(x, mask)
-            ce = F.cross_entropy(logits, y)
-            self._log(stage, {"ce": ce, "acc": (logits.argmax(1) == y).float().mean()}, bs)
-            return ce
+    def scores(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, dict | None]:
+        """(B, K) logits of the model in use (the probe while it pretrains, or when the head is the
+        black-box baseline; else the prototype network) and the network's outputs (or None)."""
+        if self.phase == "pretrain" or self.head == "baseline":
+            return self.probe_logits(x, mask), None
         out = self.net(x, mask)
-        use_l1 = self.net.last_layer.weight.requires_grad
-        ramp = min(1.0, self.current_epoch / self.ramp_epochs) if (self.ramp_epochs and stage == "train") else 1.0
-        losses = protopnet_loss(out["logits"], out["min_distances"], y, self.net.prototype_class,
-                                self.net.last_layer.weight, ramp * self.coef["clst"], ramp * self.coef["sep"],
-                                self.coef["l1"] if use_l1 else 0.0)
-        self._log(stage, {**losses, "acc": (out["logits"].argmax(1) == y).float().mean()}, bs)
-        return losses["loss"]
+        return out["logits"], out
+
+    def _step(self, batch, stage: str):
+        x, mask, y, cell_id = batch
+        bs = float(x.shape[0])
+        # training and validation batches are bags of cells from one well; test batches are cells
+        bag = self.bag_size if stage in ("train", "val") else 1
+        logits, out = self.scores(x, mask)
+        acc = (logits.argmax(1) == y).float().mean()
+        if out is None:
+            ce, _ = mil_loss(logits, y, bag, self.positive)
+            self._log(stage, {"ce": ce, "acc": acc}, bs)
+            loss = ce
+        else:
+            use_l1 = self.net.last_layer.weight.requires_grad
+            ramp = min(1.0, self.current_epoch / self.ramp_epochs) if (self.ramp_epochs and stage == "train") else 1.0
+            losses = protopnet_loss(out["logits"], out["min_distances"], y, self.net.prototype_class,
+                                    self.net.last_layer.weight, self.net.prototypes, clst=ramp * self.coef["clst"],
+                                    sep=ramp * self.coef["sep"], l1=self.coef["l1"] if use_l1 else 0.0,
+                                    div=self.coef["div"], bag_size=bag, separation=self.separation,
+                                    positive=self.positive)
+            self._log(stage, {**losses, "acc": acc}, bs)
+            loss = losses["loss"]
+        if stage == "val":
+            return {"cell_id": cell_id, "score": F.softmax(logits.detach().float(), 1)[:, self.positive]}
+        return loss
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
+        return self._step(batch, "val")
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx):
         x, mask, y, cell_id = batch
-        out = self.net(x, mask)
+        logits, out = self.scores(x, mask)
         # float32 on the way out: under bf16-mixed the outputs are bfloat16, which numpy cannot hold
-        return {"cell_id": cell_id, "label": y, "probs": F.softmax(out["logits"].float(), 1),
-                "min_distances": out["min_distances"].float()}
+        result = {"cell_id": cell_id, "label": y, "probs": F.softmax(logits.float(), 1)}
+        if out is not None:
+            result["min_distances"] = out["min_distances"].float()
+        return result
 
     def on_train_epoch_start(self):
         self.log("phase", float(PHASE_INDEX[self.phase]), on_step=False, on_epoch=True)

@@ -20,7 +20,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from protocell.artifacts import prototype_record, write_prototypes
-from protocell.training.push import broadcast_buffers, push_prototypes
+from protocell.model.init import initial_prototypes
+from protocell.training.push import broadcast_buffers, broadcast_tensor, push_prototypes
 from protocell.training.schedule import Phase
 
 log = logging.getLogger("protocell.train")
@@ -79,7 +80,14 @@ class KeepBestPretrain(Callback):
         return bool(self.pretrain) and self.pretrain[min(epoch, len(self.pretrain) - 1)]
 
     def on_train_epoch_start(self, trainer, pl_module):
-        if self._is_pretrain(trainer.current_epoch) or self.best["state"] is None or self.best["restored"]:
+        if not self._is_pretrain(trainer.current_epoch):
+            self._restore(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self._restore(pl_module)          # a run that is all pretrain (head=baseline) ends on its best epoch
+
+    def _restore(self, pl_module):
+        if self.best["state"] is None or self.best["restored"]:
             return
         for name, module in self._modules(pl_module).items():
             module.load_state_dict(self.best["state"][name])
@@ -106,11 +114,87 @@ class KeepBestPretrain(Callback):
         self.best = dict(state_dict)
 
 
-class PushCallback(Callback):
-    """Pushes at the end of every planned push epoch; writes ``prototypes.pt`` (rank 0)."""
+class InitPrototypes(Callback):
+    """Sets the prototypes from real latent patches (``model.init``) when the first prototype-network
+    epoch starts, after the kept pretrain epoch is restored; once per run (state in checkpoints)."""
 
-    def __init__(self, schedule: list[Phase], out_dir: str | Path | None = None, meta: dict | None = None):
+    def __init__(self, schedule: list[Phase], method: str = "evidence", max_cells: int = 4000):
+        self.pretrain = [p.name == "pretrain" for p in schedule]
+        self.method, self.max_cells = method, max_cells
+        self.done = method == "random"
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        e = min(trainer.current_epoch, len(self.pretrain) - 1)
+        if self.done or self.pretrain[e]:
+            return
+        from torch.utils.data import DataLoader, Subset
+
+        dm = trainer.datamodule
+        ds = dm.dataset("push")
+        g = torch.Generator().manual_seed(int(getattr(dm, "seed", 0)))
+        pick = torch.randperm(len(ds), generator=g)[: self.max_cells].sort().values.tolist()
+        loader = DataLoader(Subset(ds, pick), batch_size=dm.eval_batch_size)
+        trained_probe = any(self.pretrain)
+        protos = initial_prototypes(pl_module.net, loader, self.method,
+                                    probe=pl_module.probe if trained_probe else None,
+                                    positive=pl_module.positive, seed=int(getattr(dm, "seed", 0)))
+        broadcast_tensor(protos)
+        with torch.no_grad():
+            pl_module.net.prototypes.copy_(protos.to(pl_module.net.prototypes.device))
+        log.info("prototypes initialised from latent patches (%s, %d cells)", self.method, len(pick))
+        self.done = True
+
+    def state_dict(self):
+        return {"done": self.done}
+
+    def load_state_dict(self, state_dict):
+        self.done = bool(state_dict.get("done", self.done))
+
+
+class GroundTruthMonitor(Callback):
+    """Diagnostics on stores that know each cell's truth (the built-in wells): after every validation
+    pass, the AUROC of the validation cells' Exp scores against the truth (``val/true_auroc``) and the
+    *well cue*, the AUROC between unaffected exposed and unaffected reference cells
+    (``val/well_cue``; 0.5 = the network does not tell their wells apart). Logged only, never used to
+    select anything: selection sees well labels only."""
+
+    def __init__(self):
+        self.scores, self.cells = [], []
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.scores, self.cells = [], []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if isinstance(outputs, dict) and "score" in outputs:
+            self.scores.append(outputs["score"].cpu())
+            self.cells.append(outputs["cell_id"].cpu())
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not self.cells or trainer.world_size > 1:
+            return
+        from protocell.metrics.truth import auroc
+
+        m = trainer.datamodule.store.manifest.set_index("cell_id")
+        cells = torch.cat(self.cells).numpy()
+        truth = m.loc[cells, "true_label"].to_numpy()
+        label = m.loc[cells, "label"].to_numpy()
+        known = truth >= 0
+        if not known.all() or len(set(truth)) < 2:
+            return
+        s = torch.cat(self.scores).numpy()
+        un = truth == 0
+        pl_module.log("val/true_auroc", auroc(s, truth), on_epoch=True)
+        pl_module.log("val/well_cue", auroc(s[un], (label[un] == pl_module.positive).astype(int)), on_epoch=True)
+
+
+class PushCallback(Callback):
+    """Pushes at the end of every planned push epoch (``unique``: each prototype from its own cell);
+    writes ``prototypes.pt`` (rank 0)."""
+
+    def __init__(self, schedule: list[Phase], out_dir: str | Path | None = None, meta: dict | None = None,
+                 unique: bool = False):
         self.push = [p.push for p in schedule]
+        self.unique = unique
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
         self.latent_size: list[int] | None = None
@@ -130,7 +214,7 @@ class PushCallback(Callback):
         if e >= len(self.push) or not self.push[e]:
             return
         broadcast_buffers(pl_module)
-        found = push_prototypes(pl_module.net, trainer.datamodule.push_dataloader())
+        found = push_prototypes(pl_module.net, trainer.datamodule.push_dataloader(), unique=self.unique)
         self.latent_size = found["latent_size"].tolist()
         pl_module.log("push/mean_distance", found["distance"].mean(), on_epoch=True)
         self._write(trainer, pl_module)

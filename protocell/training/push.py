@@ -32,12 +32,42 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
 
 
 @torch.no_grad()
-def push_prototypes(net: ProtoPNet, loader) -> dict[str, torch.Tensor]:
-    """Replace the prototypes by their nearest patches and record the provenance in ``net``.
+def broadcast_tensor(t: torch.Tensor, src: int = 0) -> None:
+    """Under DDP, rank ``src``'s values of ``t`` on every rank (in place)."""
+    if is_distributed():
+        dist.broadcast(t, src=src)
+
+
+def assign_unique(near: dict) -> torch.Tensor:
+    """Rank (row of ``near``) each prototype takes so that no two share a source cell: prototypes in
+    order of their nearest distance, each takes its nearest candidate cell no earlier one took.
+    ``near``: nearest_patches tables (k, P) with k ≥ P. A prototype with no free candidate keeps its
+    nearest (possible only when the push set has fewer cells than prototypes of its class)."""
+    k, P = near["cell_id"].shape
+    pick = torch.zeros(P, dtype=torch.long)
+    taken: set[int] = set()
+    for j in torch.argsort(near["distance"][0], stable=True).tolist():
+        for r in range(k):
+            cell = int(near["cell_id"][r, j])
+            if cell >= 0 and cell not in taken:
+                pick[j] = r
+                break
+        taken.add(int(near["cell_id"][pick[j], j]))
+    return pick
+
+
+@torch.no_grad()
+def push_prototypes(net: ProtoPNet, loader, unique: bool = False) -> dict[str, torch.Tensor]:
+    """Replace the prototypes by their nearest patches and record the provenance in ``net``; with
+    ``unique``, no two prototypes come from the same cell (``assign_unique``).
 
     Returns distance (P,), vector (P, D), cell_id (P,), latent_yx (P, 2), latent_size (2,)."""
-    near = nearest_patches(net, loader, k=1, own_class=True)
-    found = {key: near[key][0] for key in ("distance", "cell_id", "latent_yx", "vector")}
+    P = net.prototypes.shape[0]
+    near = nearest_patches(net, loader, k=P if unique else 1, own_class=True)
+    pick = assign_unique(near) if unique else torch.zeros(P, dtype=torch.long)
+    ar = torch.arange(P)
+    found = {key: near[key][pick.to(near[key].device), ar.to(near[key].device)]
+             for key in ("distance", "cell_id", "latent_yx", "vector")}
     found["latent_size"] = near["latent_size"]
     missing = found["cell_id"] < 0
     if missing.any():

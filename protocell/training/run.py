@@ -15,19 +15,24 @@ from omegaconf import OmegaConf
 from protocell.artifacts import RunFolder
 from protocell.build import build_datamodule, build_module
 from protocell.config import validate
+from protocell.errors import ConfigError
 from protocell.evaluate import evaluate, gather_predictions
 from protocell.fsutil import atomic_write_json, atomic_write_text
 from protocell.tracking import build_logger, is_wandb, log_media, run_summary
-from protocell.training.callbacks import KeepBestPretrain, PhaseCallback, PushCallback
+from protocell.training.callbacks import (GroundTruthMonitor, InitPrototypes, KeepBestPretrain, PhaseCallback,
+                                          PushCallback)
 from protocell.training.figures import plot_training_curves
 from protocell.training.schedule import schedule_from_config
 
 log = logging.getLogger("protocell.train")
 
 
-def callbacks_for(cfg, schedule, folder: RunFolder, meta: dict) -> list:
+def callbacks_for(cfg, schedule, folder: RunFolder, meta: dict, truth: bool) -> list:
     keep = [KeepBestPretrain(schedule)] if cfg.schedule.get("pretrain_keep", "best") == "best" else []
-    return keep + [PhaseCallback(schedule), PushCallback(schedule, folder.root, meta),
+    protos = cfg.get("prototypes") or {}
+    return keep + [InitPrototypes(schedule, protos.get("init", "random")), PhaseCallback(schedule),
+                   PushCallback(schedule, folder.root, meta, unique=bool(protos.get("push_unique", False))),
+                   *([GroundTruthMonitor()] if truth else []),
                    ModelCheckpoint(dirpath=folder.checkpoint_dir, save_last=True, save_top_k=0, every_n_epochs=1,
                                    save_on_train_epoch_end=True)]
 
@@ -45,20 +50,25 @@ def train(cfg) -> dict:
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     schedule = schedule_from_config(cfg)
+    if cfg.get("head", "protopnet") == "baseline":     # the black box: the pretrain phase is the whole run
+        schedule = [p for p in schedule if p.name == "pretrain"]
+        if not schedule:
+            raise ConfigError("head=baseline trains the backbone with its mean-pooled linear head in the pretrain "
+                              "phase; set schedule.pretrain_epochs ≥ 1")
+    truth = bool((dm.store.manifest["true_label"] >= 0).all())
     meta = {"store": str(dm.path), "zero_background": bool(dm.zero_background),
             "channels": [dm.store.channels[i] for i in dm.channel_index]}
     logger = build_logger(cfg, folder.root)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("channels_last", None)
-    trainer = instantiate(trainer_cfg, max_epochs=len(schedule), callbacks=callbacks_for(cfg, schedule, folder, meta),
+    trainer = instantiate(trainer_cfg, max_epochs=len(schedule), callbacks=callbacks_for(cfg, schedule, folder, meta, truth),
                           logger=logger, default_root_dir=str(folder.root))
     # protocell's checkpoint state is plain data: load it without unpickling arbitrary objects
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True if cfg.resume else None)
     train_seconds = time.time() - t_start
 
-    trainer.test(module, datamodule=dm, verbose=False)
-    test_batches = gather_predictions(trainer.predict(module, dataloaders=dm.predict_dataloader()))
-    val_batches = (gather_predictions(trainer.predict(module, dataloaders=dm.val_dataloader()))
+    test_batches = gather_predictions(trainer.predict(module, dataloaders=dm.predict_dataloader("test")))
+    val_batches = (gather_predictions(trainer.predict(module, dataloaders=dm.predict_dataloader("val")))
                    if len(dm.rows["val"]) else [])
     metrics = {}
     if trainer.is_global_zero:
@@ -75,7 +85,7 @@ def train(cfg) -> dict:
         if folder.metrics_csv.exists():
             plot_training_curves(folder.metrics_csv, folder.curves)
         log.info("test: %s", {k: v for k, v in metrics.items() if "accuracy" in k or "auroc" in k})
-        if cfg.get("explain"):
+        if cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
             from protocell.explain.run import explain_run
 
             explain_run(folder.root, log_wandb=False)

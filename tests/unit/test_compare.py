@@ -25,7 +25,10 @@ def _run(root: Path, name: str, backbone: str, mask: str, last: str, seed: int, 
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"mask={mask}", f"seed={seed}", *extra]))
     (run / "metrics.json").write_text(json.dumps({"well_label_accuracy": acc, "true_label_accuracy": acc + 0.1,
                                                   "true_label_auroc": 0.9, "train_seconds": 100.0 + seed,
-                                                  "calibration": {"rho_exp": acc - 0.2}}))
+                                                  "calibration": {"rho_exp": acc - 0.2},
+                                                  "affected_fraction": {"conditions": {
+                                                      "Ref": {"error": 0.0, "ci_covers_truth": True},
+                                                      "Exp": {"error": acc - 0.6, "ci_covers_truth": acc > 0.75}}}}))
     if explain is not None:
         (run / "explain").mkdir()
         (run / "explain" / "explain_metrics.json").write_text(json.dumps(explain))
@@ -37,8 +40,7 @@ def _run(root: Path, name: str, backbone: str, mask: str, last: str, seed: int, 
 
 def test_multirun_folder_to_table_with_mean_sd_over_seeds(tmp_path):
     sweep = tmp_path / "sweep"
-    ex = {"exp_prototype_texture_share_mean": 0.5, "background_prototype_share": 0.25,
-          "affected_fraction": {"estimate": 0.6, "error": 0.1}}
+    ex = {"exp_prototype_texture_share_mean": 0.5, "background_prototype_share": 0.25}
     _run(sweep, "0", "vgg11", "on", "frozen", 0, 0.70, ex, q=[0.01, 0.2, 0.03, 0.5])
     _run(sweep, "1", "vgg11", "on", "frozen", 1, 0.80, {**ex, "background_prototype_share": 0.75}, q=[0.5] * 4)
     _run(sweep, "2", "vgg11", "off", "frozen", 0, 0.60)          # no explain: its columns stay empty
@@ -54,9 +56,9 @@ def test_multirun_folder_to_table_with_mean_sd_over_seeds(tmp_path):
     assert on["well_label_accuracy_sd"] == pytest.approx(0.0707107, abs=1e-6)   # sample sd of 0.7, 0.8
     assert on["localisation_share_mean"] == 0.5
     assert on["background_prototype_share_mean"] == pytest.approx(0.5)
-    assert on["affected_fraction_error_mean"] == pytest.approx(0.1)
+    assert on["affected_fraction_error_mean"] == pytest.approx(0.15)          # the exposed condition's
+    assert on["affected_fraction_ci_covers_mean"] == pytest.approx(0.5)
     assert on["significant_prototype_share_mean"] == pytest.approx(0.25)       # (2/4 + 0/4) / 2
-    assert on["call_rho_exp_mean"] == pytest.approx(0.55)
     off = summary[summary["mask"] == "off"].iloc[0]
     assert off["seeds"] == 1 and pd.isna(off["well_label_accuracy_sd"]) and pd.isna(off["localisation_share_mean"])
 

@@ -37,20 +37,6 @@ def test_benjamini_hochberg_matches_hand_values_and_ranking_uses_wells():
     assert ranked.loc[0, "p_value"] < 0.05 and ranked.loc[0, "cohens_d"] > 1
 
 
-def test_affected_fraction_recovers_a_known_mixture_with_a_well_bootstrap_ci():
-    from protocell.explain.scores import affected_fraction, affected_fraction_ci
-
-    rng = np.random.default_rng(1)
-    ref = rng.beta(2, 5, 4000)                                   # unaffected cells score low
-    exp = np.where(rng.random(4000) < 0.3, rng.beta(8, 2, 4000), rng.beta(2, 5, 4000))
-    assert abs(affected_fraction(ref, exp) - 0.3) < 0.03
-    assert affected_fraction(ref, ref) == 0.0
-    cells = pd.DataFrame({"score": np.r_[ref, exp], "condition": ["Ref"] * 4000 + ["Exp"] * 4000,
-                          "well": [f"R{i % 6}" for i in range(4000)] + [f"E{i % 6}" for i in range(4000)]})
-    ci = affected_fraction_ci(cells, "Ref", "Exp", n_boot=200)
-    assert ci["ci_low"] <= 0.3 <= ci["ci_high"] and ci["ci_low"] < ci["estimate"] < ci["ci_high"]
-
-
 def test_health_finds_duplicates_border_patches_and_purity():
     import torch
 
