@@ -75,7 +75,7 @@ def zeroing_mask(mask: np.ndarray, margin: int) -> np.ndarray:
     if margin <= 0:
         return mask
     inner = mask > 0
-    for _ in range(int(margin)):   # one city-block step, as ndi.binary_erosion's default cross (4x faster)
+    for _ in range(int(margin)):   # one city-block step, as ndi.binary_erosion's default cross, without scipy
         p = np.zeros((inner.shape[0] + 2, inner.shape[1] + 2), bool)   # outside the crop: background
         p[1:-1, 1:-1] = inner
         inner = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
