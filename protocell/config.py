@@ -146,6 +146,7 @@ class LossConfig:
     sep: float = rule(lambda v: v >= 0, "≥ 0", 0.08)
     l1: float = rule(lambda v: v >= 0, "≥ 0", 1e-4)
     div: float = rule(lambda v: v >= 0, "≥ 0", 0.0)
+    ref_sim: float = rule(lambda v: v >= 0, "≥ 0", 0.0)
     separation: str = rule(_one_of(SEPARATIONS), f"one of {SEPARATIONS}", "all")
     ramp_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
 

@@ -1,6 +1,6 @@
 """The objective: labels per well, a change in only some exposed cells.
 
-    L = MIL(logits) + λ_clst · Clst − λ_sep · Sep + λ_div · Div + λ_l1 · ‖h ⊙ (1 − identity)‖₁
+    L = MIL(logits) + λ_clst · Clst − λ_sep · Sep + λ_ref · RefSim + λ_div · Div + λ_l1 · ‖h ⊙ (1 − identity)‖₁
 
 **MIL** (multiple instances; Ilse et al. 2018, with log-sum-exp pooling): a training batch is made of
 *bags* of ``n`` cells from one well (``data.bag_size``). A cell's evidence is g = logit_Exp − logit_Ref;
@@ -18,6 +18,10 @@ softmax, ×n, detached), so exposed prototypes are pulled onto the cells that ca
 not onto the unaffected majority. **Sep** (``separation="reference"``): reference cells' smallest
 distance to an exposed prototype, pushed up; exposed cells are not pushed from reference
 prototypes, since most of them look like reference cells (``"all"``: ProtoPNet's original).
+**RefSim**: reference cells' largest similarity to an exposed prototype (the log similarity the
+classifier reads), averaged over reference cells: an exposed prototype must match nothing a
+reference cell has. Unlike Sep it is bounded — the similarity falls to 0 with distance — so it
+cannot be satisfied by inflating the latent; it makes exposed prototypes specific to the change.
 **Div**: per class, the mean squared positive cosine similarity between prototypes (collapse).
 The L1 term applies to the last layer's wrong-class connections, only while that layer trains.
 
@@ -74,6 +78,18 @@ def cluster_separation(min_distances: torch.Tensor, labels: torch.Tensor, protot
     return clst, sep
 
 
+def reference_similarity(min_distances: torch.Tensor, labels: torch.Tensor, prototype_class: torch.Tensor,
+                         reference: int = 0) -> torch.Tensor:
+    """Mean over reference cells of their largest log similarity to a prototype of another class."""
+    from protocell.model.prototypes import log_similarity
+
+    is_ref = labels == reference
+    if not is_ref.any():
+        return min_distances.sum() * 0.0
+    other = prototype_class != reference
+    return log_similarity(min_distances[is_ref][:, other].amin(dim=1)).mean()
+
+
 def diversity(prototypes: torch.Tensor, prototype_class: torch.Tensor) -> torch.Tensor:
     """Mean over same-class pairs of relu(cos)², averaged over classes: 0 when every class's prototypes
     are orthogonal or opposed, 1 when they all coincide."""
@@ -95,8 +111,9 @@ def last_layer_l1(weight: torch.Tensor, prototype_class: torch.Tensor) -> torch.
 
 
 def protopnet_loss(logits, min_distances, labels, prototype_class, last_weight, prototypes=None,
-                   clst: float = 0.8, sep: float = 0.08, l1: float = 1e-4, div: float = 0.0, bag_size: int = 1,
-                   separation: str = "all", positive: int = 1, reference: int = 0) -> dict[str, torch.Tensor]:
+                   clst: float = 0.8, sep: float = 0.08, l1: float = 1e-4, div: float = 0.0, ref_sim: float = 0.0,
+                   bag_size: int = 1, separation: str = "all", positive: int = 1,
+                   reference: int = 0) -> dict[str, torch.Tensor]:
     ce, attention = mil_loss(logits, labels, bag_size, positive, reference)
     c, s = cluster_separation(min_distances, labels, prototype_class, attention if bag_size > 1 else None,
                               reference, separation)
@@ -104,5 +121,6 @@ def protopnet_loss(logits, min_distances, labels, prototype_class, last_weight, 
     zero = torch.zeros((), device=logits.device)
     l1_term = last_layer_l1(last_weight, prototype_class) if l1 > 0 else zero
     div_term = diversity(prototypes, prototype_class) if (div > 0 and prototypes is not None) else zero
-    total = total + l1 * l1_term + div * div_term
-    return {"loss": total, "ce": ce, "clst": c, "sep": s, "l1": l1_term, "div": div_term}
+    ref_term = reference_similarity(min_distances, labels, prototype_class, reference) if ref_sim > 0 else zero
+    total = total + l1 * l1_term + div * div_term + ref_sim * ref_term
+    return {"loss": total, "ce": ce, "clst": c, "sep": s, "ref_sim": ref_term, "l1": l1_term, "div": div_term}

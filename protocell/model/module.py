@@ -35,7 +35,7 @@ HEADS = ("protopnet", "baseline")
 class ProtoPNetModule(L.LightningModule):
     def __init__(self, net_spec: dict, class_names: list[str], last_layer: str = "trained",
                  lr: dict | None = None, weight_decay: float = 1e-3, clst: float = 0.8, sep: float = 0.08,
-                 l1: float = 1e-4, div: float = 0.0, ramp_epochs: int = 0, bag_size: int = 1,
+                 l1: float = 1e-4, div: float = 0.0, ref_sim: float = 0.0, ramp_epochs: int = 0, bag_size: int = 1,
                  separation: str = "all", head: str = "protopnet", channels_last: bool = False):
         super().__init__()
         if last_layer not in LAST_LAYER_MODES:
@@ -49,7 +49,7 @@ class ProtoPNetModule(L.LightningModule):
         self.lr.setdefault("pretrain", self.lr["features"])
         self.lr["probe"] = self.lr["pretrain"]
         self.weight_decay = weight_decay
-        self.coef = {"clst": clst, "sep": sep, "l1": l1, "div": div}
+        self.coef = {"clst": clst, "sep": sep, "l1": l1, "div": div, "ref_sim": ref_sim}
         if bag_size > 1 and len(class_names) != 2:
             raise ValueError(f"bags of cells (data.bag_size={bag_size}) need two conditions, got {class_names}; "
                              "set data.bag_size=1")
@@ -136,7 +136,8 @@ class ProtoPNetModule(L.LightningModule):
             losses = protopnet_loss(out["logits"], out["min_distances"], y, self.net.prototype_class,
                                     self.net.last_layer.weight, self.net.prototypes, clst=ramp * self.coef["clst"],
                                     sep=ramp * self.coef["sep"], l1=self.coef["l1"] if use_l1 else 0.0,
-                                    div=self.coef["div"], bag_size=bag, separation=self.separation,
+                                    div=self.coef["div"], ref_sim=self.coef["ref_sim"], bag_size=bag,
+                                    separation=self.separation,
                                     positive=self.positive)
             self._log(stage, {**losses, "acc": acc}, bs)
             loss = losses["loss"]

@@ -173,3 +173,17 @@ def test_affected_fraction_recovers_a_known_mixture_with_a_per_well_effect():
     assert (per_well["affected_fraction"] - per_well["true"]).abs().mean() < 0.06
     assert mixture_fraction(np.ones(100)) == pytest.approx(0.5)               # no evidence: the start stays
     assert mixture_fraction(np.full(100, 1e6)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_reference_similarity_is_the_reference_cells_largest_similarity_to_an_exposed_prototype():
+    from protocell.model.losses import reference_similarity
+    from protocell.model.prototypes import log_similarity
+
+    d = torch.tensor([[0.1, 3.0, 0.5], [2.0, 1.0, 4.0], [0.0, 0.2, 0.3]])    # prototypes: Ref, Exp, Exp
+    cls = torch.tensor([0, 1, 1])
+    y = torch.tensor([0, 0, 1])                                              # the third cell is exposed: ignored
+    expected = (log_similarity(torch.tensor(0.5)) + log_similarity(torch.tensor(1.0))) / 2
+    assert reference_similarity(d, y, cls).item() == pytest.approx(expected.item())
+    far = reference_similarity(d + 1e6, y, cls)
+    assert 0 <= far.item() < 1e-5                                            # bounded: vanishes with distance
+    assert reference_similarity(d, torch.tensor([1, 1, 1]), cls).item() == 0.0
