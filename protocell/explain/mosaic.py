@@ -22,7 +22,7 @@ N_NEAREST = 20
 def nearest_patches(run, k: int = N_NEAREST) -> dict:
     """For every prototype, the k push-set cells whose best in-cell patch is nearest to it
     (``model.search``, the search push uses). Returns distance (k, P), cell_id (k, P), latent_yx (k, P, 2)."""
-    near = search.nearest_patches(run.net, tqdm(run.dm.push_dataloader(), desc="explain: nearest patches (push set)",
+    near = search.nearest_patches(run.net, tqdm(run.dm.push_dataloader(), desc="explain: nearest patches (push set)", disable=None,
                                                 leave=False), k=k, own_class=False)
     return {key: near[key] for key in ("distance", "cell_id", "latent_yx")}
 

@@ -55,7 +55,7 @@ log = logging.getLogger("protocell.explain")
 def _test_min_distances(run: Run) -> pd.DataFrame:
     """One pass over the test set: each test cell's minimum masked distance to every prototype."""
     out = []
-    for x, m, _, cid in tqdm(run.dm.test_dataloader(), desc="explain: test set", leave=False):
+    for x, m, _, cid in tqdm(run.dm.test_dataloader(), desc="explain: test set", leave=False, disable=None):
         d = run.net(x, m)["min_distances"]
         out.append(pd.DataFrame(d.numpy(), columns=[f"min_d_{j}" for j in range(d.shape[1])]).assign(cell_id=cid.numpy()))
     return pd.concat(out, ignore_index=True)
@@ -140,7 +140,7 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
             old.unlink()
     rec = run.record
     P = len(rec["cell_id"])
-    steps = tqdm(total=P * 2 + n_cells + 4, desc="explain", unit="fig")
+    steps = tqdm(total=P * 2 + n_cells + 4, desc="explain", unit="fig", disable=None)   # None: off when not a terminal
 
     # 1. prototypes on their source cells (from push's provenance; one batched forward)
     maps = prototype_maps(run)

@@ -217,7 +217,7 @@ class Preparer:
         return Path("outputs") / "prepared" / f"{Path(self.c['input']).resolve().name}-{tag}"
 
     def _bar(self, it, **kw):
-        return tqdm(it, disable=not self.progress, dynamic_ncols=True, **kw)
+        return tqdm(it, disable=None if self.progress else True, dynamic_ncols=True, **kw)   # None: off when not a terminal
 
     # -- main
     def run(self) -> Path:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import lightning as L
@@ -16,11 +17,11 @@ from protocell.artifacts import RunFolder
 from protocell.build import build_datamodule, build_module
 from protocell.config import validate
 from protocell.errors import ConfigError
-from protocell.evaluate import evaluate, gather_predictions
+from protocell.evaluate import evaluate, gather_predictions, run_status
 from protocell.fsutil import atomic_write_json, atomic_write_text
 from protocell.tracking import build_logger, is_wandb, log_media, run_summary
 from protocell.training.callbacks import (GroundTruthMonitor, InitPrototypes, KeepBestPretrain, PhaseCallback,
-                                          PushCallback)
+                                          PushCallback, ValAccuracyHistory)
 from protocell.training.figures import plot_training_curves
 from protocell.training.schedule import schedule_from_config
 
@@ -61,7 +62,10 @@ def train(cfg) -> dict:
     logger = build_logger(cfg, folder.root)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("channels_last", None)
-    trainer = instantiate(trainer_cfg, max_epochs=len(schedule), callbacks=callbacks_for(cfg, schedule, folder, meta, truth),
+    trainer_cfg["enable_progress_bar"] = progress_bar(trainer_cfg.get("enable_progress_bar", True))
+    history = ValAccuracyHistory()
+    trainer = instantiate(trainer_cfg, max_epochs=len(schedule),
+                          callbacks=callbacks_for(cfg, schedule, folder, meta, truth) + [history],
                           logger=logger, default_root_dir=str(folder.root))
     # protocell's checkpoint state is plain data: load it without unpickling arbitrary objects
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True if cfg.resume else None)
@@ -81,10 +85,11 @@ def train(cfg) -> dict:
                         "pushes": int(module.net.pushes), "receptive_field": module.net.rf.as_dict(),
                         "backbone": cfg.backbone.name, "mask": OmegaConf.to_container(cfg.mask),
                         "last_layer": cfg.last_layer.mode, "seed": cfg.seed})
+        metrics.update(status_of(metrics, trainer, module, dm, history, len(schedule), cfg.get("head", "protopnet")))
         atomic_write_json(folder.metrics, metrics)
         if folder.metrics_csv.exists():
             plot_training_curves(folder.metrics_csv, folder.curves)
-        log.info("test: %s", {k: v for k, v in metrics.items() if "accuracy" in k or "auroc" in k})
+        log.info("test: %s", {k: v for k, v in metrics.items() if ("accuracy" in k or "auroc" in k) and not isinstance(v, dict)})
         if cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
             from protocell.explain.run import explain_run
 
@@ -97,3 +102,27 @@ def train(cfg) -> dict:
 
         wandb.finish()
     return metrics
+
+
+# ----------------------------------------------------------------------------- run status (issue 14)
+
+def progress_bar(wanted: bool) -> bool:
+    """Progress bars only on a terminal: redrawn bars flood a log file or a CI log."""
+    return bool(wanted) and sys.stderr.isatty()
+
+
+def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, epochs_planned: int, head: str) -> dict:
+    """``evaluate.run_status`` of this run, logged: failed and incomplete runs say so."""
+    labels = dm.store.manifest["label"].to_numpy()[dm.rows["val"]]
+    majority = float(max((labels == k).mean() for k in set(labels.tolist()))) if len(labels) else None
+    status = run_status(metrics, val_accuracy=history.accuracies(head), val_majority=majority, n_val=len(labels),
+                        epochs_run=int(trainer.current_epoch), epochs_planned=epochs_planned,
+                        pushes=int(module.net.pushes) if head == "protopnet" else None,
+                        interrupted=bool(trainer.interrupted))
+    status["warnings"] = metrics.get("warnings", []) + status["warnings"]
+    status["val_accuracy_history"] = history.history
+    for w in status["warnings"]:
+        log.warning("%s", w)
+    if status["status"] != "ok":
+        log.error("run %s: %s", status["status"].upper(), "; ".join(status["reasons"]))
+    return status
