@@ -89,7 +89,7 @@ def train(cfg) -> dict:
         atomic_write_json(folder.metrics, metrics)
         if folder.metrics_csv.exists():
             plot_training_curves(folder.metrics_csv, folder.curves)
-        log.info("test: %s", {k: v for k, v in metrics.items() if ("accuracy" in k or "auroc" in k) and not isinstance(v, dict)})
+        log.info("test: %s", {k: v for k, v in metrics.items() if ("accuracy" in k or "auroc" in k) and isinstance(v, (int, float))})
         if cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
             from protocell.explain.run import explain_run
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from protocell.explain.run import ExplainError, cell_similarities, explain_run, load_run, nearest_patches
-from protocell.explain.similarity import population_means
+from protocell.explain.similarity import population_means, unit_ids
 from protocell.model.prototypes import log_similarity
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,8 +123,10 @@ def test_population_similarities_and_means_equal_a_direct_loop_over_test_cells(t
     recomputed = cell_similarities(run).set_index("cell_id").loc[cells.index]
     assert (recomputed["condition"] == cells["condition"]).all()
     assert np.allclose(recomputed[[f"p{j}" for j in range(P)]], cells[[f"p{j}" for j in range(P)]], rtol=2e-3)
-    again = population_means(cells.reset_index(), [f"p{j}" for j in range(P)], "Ref", "Exp", n_boot=50)
-    assert np.allclose(again["diff_ci_low"], pop["diff_ci_low"])          # seeded bootstrap: reproducible
+    unit = json.loads((explained / "explain_metrics.json").read_text())["replicate_unit"]["unit"]
+    again = cells.reset_index().assign(replicate=lambda c: unit_ids(c, unit))
+    again = population_means(again, [f"p{j}" for j in range(P)], "Ref", "Exp", n_boot=50, by="replicate")
+    assert np.allclose(again["diff_ci_low"], pop["diff_ci_low"], equal_nan=True)   # seeded bootstrap: reproducible
 
 
 def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
