@@ -79,7 +79,7 @@ class DataConfig:
     zero_margin: int = rule(_int(0), "a whole number of pixels ≥ 0", 0)
     augment: bool = True
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
-    normalize: str = rule(_one_of(NORMALIZE), f"one of {NORMALIZE}", "dataset")
+    normalize: str = rule(_one_of(NORMALIZE), f"one of {NORMALIZE}", "auto")
     split_by: str = rule(_one_of(SPLIT_BY), f"one of {SPLIT_BY}", "image")
     test_fraction: float = rule(_fraction(), "a fraction in (0, 1)", 0.5)
     val_fraction: float = rule(_fraction(False), "a fraction in [0, 1)", 0.2)

@@ -391,7 +391,8 @@ class Preparer:
                     next_id += 1
                     aug_rows.append(r)
                 writer.add_rows(name, aug_rows)
-        writer.extra = {"conditions": order, "prepare": {"config_hash": self.chash, "config": c}}
+        writer.extra = {"conditions": order, "prepare": {"config_hash": self.chash, "config": c},
+                        "normalization": {"method": "per_image_percentiles", **c["normalize"]}}
         try:
             df = writer.finish()
         except StoreError as err:

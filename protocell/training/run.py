@@ -8,6 +8,7 @@ import sys
 import time
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -49,6 +50,7 @@ def train(cfg) -> dict:
     t_start = time.time()
 
     dm = build_datamodule(cfg)
+    data_report = data_checks(dm)
     module = build_module(cfg, dm)
     schedule = schedule_from_config(cfg)
     if cfg.get("head", "protopnet") == "baseline":     # the black box: the pretrain phase is the whole run
@@ -85,6 +87,7 @@ def train(cfg) -> dict:
                         "pushes": int(module.net.pushes), "receptive_field": module.net.rf.as_dict(),
                         "backbone": cfg.backbone.name, "mask": OmegaConf.to_container(cfg.mask),
                         "last_layer": cfg.last_layer.mode, "seed": cfg.seed})
+        metrics.update(data_report)
         metrics.update(status_of(metrics, trainer, module, dm, history, len(schedule), cfg.get("head", "protopnet")))
         atomic_write_json(folder.metrics, metrics)
         if folder.metrics_csv.exists():
@@ -126,3 +129,22 @@ def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, e
     if status["status"] != "ok":
         log.error("run %s: %s", status["status"].upper(), "; ".join(status["reasons"]))
     return status
+
+
+def data_checks(dm) -> dict:
+    """How the store was normalised and which training normalisation follows (said in the log), and
+    whether one channel's mean intensity inside the cell alone separates the conditions
+    (``protocell.data.normalization``): ``normalization``, ``intensity_auroc`` and ``warnings``."""
+    from protocell.artifacts import positive_class
+    from protocell.data.normalization import brightness_warnings, intensity_separation, store_normalization
+
+    log.info("normalisation: %s", dm.normalize_why)
+    originals = np.flatnonzero(dm.store.manifest["aug_of"].to_numpy() < 0)
+    aurocs = intensity_separation(dm.store, originals, dm.channel_index, positive_class(dm.class_names),
+                                  seed=int(dm.seed)) if dm.num_classes == 2 else {}
+    warnings = brightness_warnings(aurocs, dm.normalize)
+    for w in warnings:
+        log.warning("%s", w)
+    return {"normalization": {"store": store_normalization(dm.store.info), "training": dm.normalize,
+                              "said": dm.normalize_why},
+            "intensity_auroc": aurocs, "warnings": warnings}
