@@ -17,6 +17,7 @@ import torch
 
 from protocell.explain.boxes import percentile_box, rf_box, upsample
 from protocell.explain.render import BOX, Look, add_legend, draw_crop, draw_heat
+from protocell.explain.source import fmt_box
 from protocell.model.prototypes import log_similarity
 
 log = logging.getLogger("protocell.explain")
@@ -93,5 +94,5 @@ def render_prototype(run, j: int, maps: dict, out: Path, look: Look) -> dict:
     plt.close(fig)
     return {"prototype": j, "class": cls, **run.provenance(row, box_rf),
             "latent_y": iy, "latent_x": ix, "box_percentile_crop": "{},{},{},{}".format(*box_pct),
-            "box_percentile_image": "{},{},{},{}".format(*run.raw_box(row, box_pct)),
+            "box_percentile_image": fmt_box(run.raw_box(row, box_pct)),
             "figure": f"prototypes/{out.name}"}

@@ -16,6 +16,7 @@ import torch
 from protocell.explain.boxes import rf_box, upsample
 from protocell.explain.heatmap import draw_box
 from protocell.explain.render import Look, add_legend, draw_crop, draw_heat
+from protocell.explain.source import fmt_box
 from protocell.model.prototypes import log_similarity
 
 
@@ -51,7 +52,7 @@ def render_cell(run, cell_id: int, maps: dict, out: Path, look: Look, top: int =
     contrib = contributions(sims, w, pred)
     order = contrib.argsort(descending=True)[:top].tolist()
     panel = look.heatmap == "panel"
-    fig, axes = plt.subplots(3 if panel else 2, top + 1, figsize=(2.3 * (top + 1), 7.8 if panel else 5.4),
+    fig, axes = plt.subplots(3 if panel else 2, top + 1, figsize=(2.3 * (top + 1), 9.0 if panel else 6.2),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -80,7 +81,7 @@ def render_cell(run, cell_id: int, maps: dict, out: Path, look: Look, top: int =
                              f"well {src['well']} f{src['field']} cell {src['cell_id']}", fontsize=6.5)
         matched.append({"prototype": j, "similarity": float(sims[j]), "weight": float(w[pred, j]),
                         "contribution": float(contrib[j]), "box_crop": "{},{},{},{}".format(*box),
-                        "box_image": "{},{},{},{}".format(*run.raw_box(row, box))})
+                        "box_image": fmt_box(run.raw_box(row, box))})
     fig.suptitle(f"this looks like that: top {top} prototypes by contribution (similarity × last-layer weight) "
                  f"to the predicted class", fontsize=8)
     add_legend(fig, look, "yellow contours: similarity" if not panel else "")

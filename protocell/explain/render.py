@@ -161,7 +161,9 @@ def draw_crop(ax, image, mask, look: Look, heat: np.ndarray | None = None, windo
         h = _window(heat_inside(np.asarray(heat), np.asarray(mask)[0]), window)
         levels = contour_levels(np.asarray(heat), np.asarray(mask)[0])
         if len(levels) and h.min() < levels[-1] <= h.max():
-            ax.contour(h, levels, colors=HEAT, linewidths=[0.7, 1.5][-len(levels):])
+            widths = np.array([0.7, 1.5][-len(levels):])
+            ax.contour(h, levels, colors="black", linewidths=widths + 1.2)    # a dark halo: visible on any colour
+            ax.contour(h, levels, colors=HEAT, linewidths=widths)
     ax.set_xticks([])
     ax.set_yticks([])
 
