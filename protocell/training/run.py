@@ -93,7 +93,9 @@ def train(cfg) -> dict:
         if folder.metrics_csv.exists():
             plot_training_curves(folder.metrics_csv, folder.curves)
         log.info("test: %s", {k: v for k, v in metrics.items() if ("accuracy" in k or "auroc" in k) and isinstance(v, (int, float))})
-        if cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
+        if cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet" and int(module.net.pushes) == 0:
+            log.warning("explain skipped: the prototypes were never pushed (metrics.json status %s)", metrics["status"])
+        elif cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
             from protocell.explain.run import explain_run
 
             explain_run(folder.root, log_wandb=False)
@@ -124,6 +126,7 @@ def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, e
                         interrupted=bool(trainer.interrupted))
     status["warnings"] = metrics.get("warnings", []) + status["warnings"]
     status["val_accuracy_history"] = history.history
+    status["epochs_run"] = int(trainer.current_epoch)
     for w in status["warnings"]:
         log.warning("%s", w)
     if status["status"] != "ok":
