@@ -24,9 +24,14 @@ METHODS = ("per_image_percentiles", "raw", "as_given")
 SEPARATION_WARNING = 0.9
 
 
+LEGACY = {"prepare": "per_image_percentiles", "synthetic": "raw"}
+
+
 def store_normalization(info: dict) -> str:
-    """The method ``store.json`` records, or ``unknown`` (a store written before it was recorded)."""
-    return str((info.get("normalization") or {}).get("method", "unknown"))
+    """The method ``store.json`` records; for a store written before it was recorded, what its writer
+    (``source``) always did (prepare: per-image percentiles, synthetic: raw), else ``unknown``."""
+    method = (info.get("normalization") or {}).get("method")
+    return str(method or LEGACY.get(str(info.get("source")), "unknown"))
 
 
 def auto_normalization(info: dict) -> tuple[str, str]:

@@ -125,7 +125,7 @@ p.how{{font-size:13px;color:#444;max-width:900px}}
 {status_banner(metrics)}
 <h2>Run</h2><table class="kv">{run_table}</table>
 
-{test_section(metrics, run.class_names)}
+{test_set_section(metrics, run.class_names)}
 
 <h2>Which prototypes differ between {ref} and {exp}</h2>
 {unit_note}
@@ -182,7 +182,7 @@ def _kv(d: dict) -> str:
     return f'<table class="kv">{rows}</table>' if rows else ""
 
 
-def test_section(metrics: dict, class_names: list[str]) -> str:
+def test_set_section(metrics: dict, class_names: list[str]) -> str:
     """The test set as it is: balanced accuracy, recall per class, cells and called fraction per well."""
     comp = metrics.get("test_composition")
     if not comp:

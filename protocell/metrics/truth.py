@@ -47,7 +47,7 @@ def balanced_accuracy(called, positive) -> tuple[float, float, float]:
     return float(np.nanmean(rec)) if not all(np.isnan(rec)) else float("nan"), rec[0], rec[1]
 
 
-def test_composition(pred: pd.DataFrame, call: np.ndarray) -> list[dict]:
+def well_composition(pred: pd.DataFrame, call: np.ndarray) -> list[dict]:
     """One row per test well: plate/well, condition, its cells and the fraction of them called
     positive (affected when calibrated, else Exp by argmax)."""
     df = pred.assign(_call=np.asarray(call, float))
@@ -85,7 +85,7 @@ def cell_metrics(pred: pd.DataFrame, positive: int = 1, class_names: list[str] |
            "well_label_auroc": auroc(pred["score"].to_numpy(), is_pos),
            "called_fraction": float(call.mean()) if len(call) else float("nan")}
     if "well" in pred and "condition" in pred:
-        out["test_composition"] = test_composition(pred, call)
+        out["test_composition"] = well_composition(pred, call)
     if "true_label" in pred:
         truth = true_label_metrics(pred["score"], call, pred["true_label"])
         if truth:

@@ -124,11 +124,11 @@ def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, e
                         epochs_run=int(trainer.current_epoch), epochs_planned=epochs_planned,
                         pushes=int(module.net.pushes) if head == "protopnet" else None,
                         interrupted=bool(trainer.interrupted))
-    status["warnings"] = metrics.get("warnings", []) + status["warnings"]
-    status["val_accuracy_history"] = history.history
-    status["epochs_run"] = int(trainer.current_epoch)
     for w in status["warnings"]:
         log.warning("%s", w)
+    status["warnings"] = metrics.get("warnings", []) + status["warnings"]    # the data checks' came first
+    status["val_accuracy_history"] = history.history
+    status["epochs_run"] = int(trainer.current_epoch)
     if status["status"] != "ok":
         log.error("run %s: %s", status["status"].upper(), "; ".join(status["reasons"]))
     return status

@@ -8,6 +8,7 @@ from protocell.data.normalization import (auto_normalization, brightness_warning
 
 def test_auto_normalization_follows_store_json():
     assert auto_normalization({"normalization": {"method": "per_image_percentiles", "low": 1, "high": 99.8}})[0] == "dataset"
+    assert auto_normalization({"source": "prepare"})[0] == "dataset"       # a prepare store from before the record
     for info in ({"normalization": {"method": "as_given"}}, {"normalization": {"method": "raw"}}, {}):
         choice, why = auto_normalization(info)
         assert choice == "cell" and "data.normalize=auto → cell" in why
