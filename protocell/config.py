@@ -19,7 +19,7 @@ from protocell.errors import ConfigError
 
 LAST_LAYER_MODES = ("trained", "frozen")
 CALIBRATIONS = ("noisy_label", "platt", "none")
-NORMALIZE = ("dataset", "cell", "none")
+NORMALIZE = ("auto", "dataset", "cell", "none")
 SPLIT_BY = ("image", "well")
 PRETRAIN_KEEP = ("best", "last")
 SEPARATIONS = ("reference", "all")
@@ -79,7 +79,7 @@ class DataConfig:
     zero_margin: int = rule(_int(0), "a whole number of pixels ≥ 0", 0)
     augment: bool = True
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
-    normalize: str = rule(_one_of(NORMALIZE), f"one of {NORMALIZE}", "dataset")
+    normalize: str = rule(_one_of(NORMALIZE), f"one of {NORMALIZE}", "auto")
     split_by: str = rule(_one_of(SPLIT_BY), f"one of {SPLIT_BY}", "image")
     test_fraction: float = rule(_fraction(), "a fraction in (0, 1)", 0.5)
     val_fraction: float = rule(_fraction(False), "a fraction in [0, 1)", 0.2)
@@ -169,6 +169,18 @@ class PerformanceConfig:
 
 
 @dataclass
+class ReportConfig:
+    """How explain draws and tests (``protocell.explain.options``); explain.py reads them from the run."""
+    display: Dict[str, str] = field(default_factory=dict)
+    contrast: List[float] = rule(lambda v: len(v) == 2 and 0 <= v[0] < v[1] <= 100,
+                                 "[low, high] percentiles with 0 ≤ low < high ≤ 100",
+                                 default_factory=lambda: [0.5, 99.5])
+    heatmap: str = rule(_one_of(("contour", "panel")), "one of ('contour', 'panel')", "contour")
+    channel_panels: bool = False
+    unit: str = rule(_one_of(("auto", "well", "image", "field")), "one of ('auto', 'well', 'image', 'field')", "auto")
+
+
+@dataclass
 class TrainConfig:
     # checked in this order: mask before data, whose zero_margin interpolates mask.zero_margin
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -189,6 +201,7 @@ class TrainConfig:
     threads: Optional[int] = rule(lambda v: v is None or (isinstance(v, int) and v >= 1), "an integer ≥ 1 or null", 2)
     resume: Optional[str] = rule(lambda v: v is None or Path(v).is_file(), "an existing checkpoint file", None)
     explain: bool = True
+    report: ReportConfig = field(default_factory=ReportConfig)
     strict: bool = False
     debug: bool = False
     calibration: str = rule(_one_of(CALIBRATIONS), f"one of {CALIBRATIONS}", "noisy_label")
@@ -224,7 +237,7 @@ def _dataclass_of(f):
 
 _TYPES = {c.__name__: c for c in (PhotometricConfig, SyntheticConfig, DataConfig, BackboneConfig, MaskConfig,
                                   LastLayerConfig, ScheduleConfig, HeadConfig, PrototypesConfig, LossConfig,
-                                  OptimConfig, PerformanceConfig)}
+                                  OptimConfig, PerformanceConfig, ReportConfig)}
 
 
 def validate(cfg, schema=TrainConfig) -> None:

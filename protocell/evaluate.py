@@ -10,11 +10,16 @@ Cell calls: ``calibration=noisy_label`` (default) fits P(affected | score) under
 and calls a cell affected when it exceeds 0.5; ``platt`` calls it when the well-label posterior
 P(Exp | score) does; ``none`` keeps the raw argmax. A degenerate noisy-label fit falls back to Platt,
 a Platt slope ≤ 0 to the raw argmax (both logged and recorded).
+
+``run_status`` judges the finished run from those metrics and the training history: ``ok``,
+``incomplete`` (stopped before its schedule ended, or never pushed) or ``failed`` (nothing learnt, or
+nothing to evaluate), with the reasons, so a failed run cannot pass for a result.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import pandas as pd
 import torch
@@ -72,7 +77,7 @@ def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str) -> dic
                     "falling back to Platt", len(val), fit["hi"] - fit["lo"], fit["a"])
     a, b = platt_fit(s, y)
     calibration = {"method": "platt on validation well labels (P(Exp | score))", "a": a, "b": b,
-                   "n_cells": len(val), "used": a > 0}
+                   "n_cells": len(val), "used": a > 0, **({"fallback_from": method} if method != "platt" else {})}
     if a > 0:
         df["calibrated"] = platt_apply(df["score"].to_numpy(), a, b)
         df["call"] = (df["calibrated"] > 0.5).astype(int)
@@ -98,7 +103,7 @@ def evaluate(test_batches: list[dict], val_batches: list[dict], manifest: pd.Dat
     held_out = pd.concat([test.assign(target=True)] + ([val.assign(target=False)] if val is not None else []),
                          ignore_index=True)
     calibration = calibrate(test, held_out, pos, method)
-    metrics = {**cell_metrics(test, positive=pos), "calibration": calibration}
+    metrics = {**cell_metrics(test, positive=pos, class_names=class_names), "calibration": calibration}
     metrics["affected_fraction"] = fractions(held_out, calibration, pos, n_boot)
     return test, val, metrics
 
@@ -113,3 +118,77 @@ def fractions(held_out: pd.DataFrame, calibration: dict | None, pos: int, n_boot
     cols = ["well", "condition", "score", "target"] + (["true_label"] if "true_label" in held_out else [])
     cells = held_out[cols].assign(exposed=(held_out["label"] == pos).to_numpy())
     return {"available": True, **affected_fractions(cells, calibration, n_boot=n_boot)}
+
+
+# calibration parameters whose bound means a degenerate fit (see ``run_status``)
+FAILING_BOUNDS = {"lo": "P(Exp | unaffected) pinned at its bound: the fit found no unaffected cells in one "
+                        "condition, so the cell calls and affected fractions rest on nothing",
+                  "b": "the intercept sits on its bound: the calibration curve is degenerate"}
+
+
+def beats_majority(accuracy: float, majority: float, n: int) -> bool:
+    """Is ``accuracy`` on ``n`` cells above the majority-class share by more than chance? Beyond
+    two binomial standard errors of the majority share (≈ 95 %): a network that learnt nothing
+    still wanders a little above it from epoch to epoch."""
+    if n <= 0:
+        return True
+    return accuracy > majority + 2 * math.sqrt(majority * (1 - majority) / n)
+
+
+def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float | None, n_val: int,
+               epochs_run: int, epochs_planned: int, pushes: int | None = None, interrupted: bool = False) -> dict:
+    """``{"status": "ok" | "incomplete" | "failed", "reasons": [...], "warnings": [...]}`` of a finished run.
+
+    ``metrics``: ``evaluate``'s (``called_fraction``, ``test_composition``, ``well_label_auroc``,
+    ``calibration``); ``val_accuracy``: the validation accuracy of every epoch that trained the final
+    model (not the pretrain probe's); ``val_majority``: the share of the commonest class among the
+    ``n_val`` validation cells; ``pushes``: the prototype pushes (None for the baseline head).
+
+    failed — the run learnt nothing or could not be evaluated: validation accuracy never beat the
+    majority class (``beats_majority``); every test cell got the same call; the test split holds one
+    condition (AUROC undefined); the calibration rejected (slope ≤ 0: validation ranks the wells
+    backwards) or degenerate on a bound (``FAILING_BOUNDS``). incomplete — stopped before the
+    schedule ended (``trainer.max_time``, an interrupt) or prototypes never pushed. A failed run that
+    also stopped early is failed. Warnings do not change the status: a slope or ``hi`` on its bound
+    (measured on healthy runs: the default reaches a = 50 with true-label AUROC 0.94), a noisy-label
+    fit that fell back to Platt."""
+    failed, incomplete, warnings = [], [], []
+    if interrupted or epochs_run < epochs_planned:
+        incomplete.append(f"stopped after {epochs_run} of {epochs_planned} scheduled epochs "
+                          "(trainer.max_time, an interrupt or another stop); resume=<run>/checkpoints/last.ckpt continues it")
+    if pushes is not None and pushes < 1:
+        incomplete.append("the prototypes were never pushed, so they are not cell patches and explain cannot show them")
+    if val_majority is not None and val_accuracy and n_val > 0:
+        best = max(val_accuracy)
+        if not beats_majority(best, val_majority, n_val):
+            failed.append(f"validation accuracy never beat the majority class: best {best:.3f} against a majority "
+                          f"share of {val_majority:.3f} ({n_val} validation cells; beating it needs more than "
+                          f"{val_majority + 2 * math.sqrt(val_majority * (1 - val_majority) / n_val):.3f})")
+    conditions = sorted({r["condition"] for r in metrics.get("test_composition") or []})
+    if len(conditions) == 1 or (conditions == [] and not _finite(metrics.get("well_label_auroc"))):
+        failed.append(f"the test split holds one condition ({', '.join(conditions) or '?'}): well-label AUROC is "
+                      "undefined and nothing can be compared; the store needs at least two source images per "
+                      "condition (one trains, one tests)")
+    called = metrics.get("called_fraction")
+    if called is not None and called in (0.0, 1.0) and metrics.get("n_cells", 0) > 0:
+        failed.append(f"every test cell got the same call ({'positive' if called == 1.0 else 'negative'}, "
+                      f"{metrics['n_cells']} cells): the cell calls separate nothing")
+    cal = metrics.get("calibration") or {}
+    if cal and not cal.get("used", True):
+        failed.append("the calibration was rejected (validation scores rank the wells backwards, slope ≤ 0): the "
+                      "cell calls are the raw argmax of a network that does not separate the wells")
+    for key in cal.get("at_bound") or []:
+        if key in FAILING_BOUNDS or (key == "a" and cal.get("a", 1.0) < 1.0):
+            why = FAILING_BOUNDS.get(key, "the slope sits on its lower bound: the scores carry no cell-level evidence")
+            failed.append(f"calibration parameter {key} = {cal.get(key, float('nan')):.3g} sits on its bound: {why}")
+        else:
+            warnings.append(f"calibration parameter {key} = {cal.get(key, float('nan')):.3g} sits on its bound "
+                            f"({'the scores saturate: calls are only as good as the ranking' if key == 'a' else 'no affected cells in the reference condition'})")
+    if cal.get("fallback_from") and cal.get("used", True):
+        warnings.append("the noisy-label calibration was degenerate (no cell-level evidence) and fell back to Platt")
+    status = "failed" if failed else "incomplete" if incomplete else "ok"
+    return {"status": status, "reasons": failed + incomplete, "warnings": warnings}
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)

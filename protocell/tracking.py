@@ -50,10 +50,22 @@ def hydra_choices() -> dict:
     return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/") and v is not None}
 
 
+def quiet_log_dir_warning(out_dir: Path) -> None:
+    """Lightning's CSV logger warns that "previous log files will be deleted" whenever its folder is
+    not empty, and the run folder always holds config.yaml and .hydra/ by then; the one file it does
+    replace is metrics.csv, so protocell warns about that file only."""
+    import warnings
+
+    if (Path(out_dir) / "metrics.csv").exists():
+        log.warning("%s already holds a metrics.csv: this run replaces it", out_dir)
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+
 def build_logger(cfg, out_dir: Path):
     if not cfg.get("logger"):
         return False
     if not uses_wandb(cfg):
+        quiet_log_dir_warning(out_dir)
         return instantiate(cfg.logger)
     choices = hydra_choices()
     group = cfg.logger.get("group") or choices.get("experiment") or "default"

@@ -1,5 +1,6 @@
-"""``prepare.py``: the composed config → ``protocell.prepare.pipeline.prepare`` (one clean line on a
-user error), then the command that trains on the store."""
+"""``prepare.py``: the composed config → ``protocell.prepare.pipeline.prepare`` (raw plates) or, with
+``mode=crops``, ``protocell.prepare.crops_import`` (pre-cut crops); one clean line on a user error,
+then the command that trains on the store."""
 
 from __future__ import annotations
 
@@ -10,9 +11,18 @@ from omegaconf import DictConfig, OmegaConf
 from protocell.cli.common import run_cli
 
 
-def run(cfg: DictConfig):
+def prepare_store(c: dict):
+    """``mode=plates`` (default): raw fields → ``prepare``; ``mode=crops``: pre-cut crops → ``import_from_config``."""
+    from protocell.errors import check
+    from protocell.prepare.crops_import import import_from_config
     from protocell.prepare.pipeline import prepare
 
-    out = run_cli("prepare", lambda c: prepare(OmegaConf.to_container(c, resolve=True)), cfg)
+    mode = c.get("mode", "plates")
+    check(mode in ("plates", "crops"), "mode", mode, "plates (raw fields) or crops (a folder of pre-cut crops)")
+    return import_from_config(c) if mode == "crops" else prepare(c)
+
+
+def run(cfg: DictConfig):
+    out = run_cli("prepare", lambda c: prepare_store(OmegaConf.to_container(c, resolve=True)), cfg)
     print(f"crop store: {out}\ntrain on it: python train.py data=prepared {shlex.quote(f'data.path={out}')}")
     return out

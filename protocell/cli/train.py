@@ -1,6 +1,9 @@
-"""``train.py``: the composed config → ``protocell.training.run.train`` (one clean line on a user error)."""
+"""``train.py``: the composed config → ``protocell.training.run.train`` (one clean line on a user error);
+``strict=true``: exit status 1 when the run's status (metrics.json) is not ``ok``."""
 
 from __future__ import annotations
+
+import sys
 
 from omegaconf import DictConfig
 
@@ -10,4 +13,9 @@ from protocell.cli.common import run_cli
 def run(cfg: DictConfig) -> dict:
     from protocell.training.run import train
 
-    return run_cli("train", train, cfg)
+    metrics = run_cli("train", train, cfg)
+    status = (metrics or {}).get("status", "ok")
+    if cfg.get("strict") and status != "ok":
+        print(f"train: the run is {status} (strict=true): {'; '.join(metrics.get('reasons', []))}", file=sys.stderr)
+        raise SystemExit(1)
+    return metrics

@@ -4,7 +4,9 @@ Splits: when the manifest's ``split`` column is filled (by ``prepare``) it is us
 carved out of the training images; otherwise images are split here, stratified by condition:
 ``test_fraction`` of each condition's images to test, ``val_fraction`` of the rest to val. A source
 image never lands in two splits; offline augmentations follow their original into train and are
-never evaluated or pushed. Normalisation ranges come from training crops only.
+never evaluated or pushed. Normalisation ranges come from training crops only; ``normalize="auto"``
+chooses ``dataset`` or ``cell`` from how ``store.json`` says the store was normalised
+(``protocell.data.normalization``).
 
 Loaders: ``train_dataloader`` (shuffled, online flips/rotations when ``augment``),
 ``val/test_dataloader``, ``push_dataloader`` (training originals, no augmentation: push projects
@@ -19,6 +21,7 @@ padding, so over all ranks every cell is evaluated, predicted and pushed exactly
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -27,10 +30,13 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from protocell.data.dataset import CellDataset, EpochSampler, Photometric
+from protocell.data.normalization import auto_normalization
 from protocell.data.split import assign
 from protocell.distributed import rank_and_world
 from protocell.errors import ConfigError
 from protocell.data.store import CropStore, StoreError
+
+log = logging.getLogger("protocell.data")
 
 
 def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int,
@@ -153,9 +159,10 @@ class CellDataModule(L.LightningDataModule):
         self.zero_margin = int(zero_margin)
         self.augment = augment
         self.photometric = Photometric(**(photometric or {}))
-        if normalize not in ("dataset", "cell", "none"):
-            raise ConfigError.invalid("data.normalize", normalize, "'dataset', 'cell' or 'none'")
+        if normalize not in ("auto", "dataset", "cell", "none"):
+            raise ConfigError.invalid("data.normalize", normalize, "'auto', 'dataset', 'cell' or 'none'")
         self.normalize = normalize
+        self.normalize_why = f"data.normalize={normalize} (set in the config)"
         self.test_fraction, self.val_fraction = test_fraction, val_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -175,6 +182,9 @@ class CellDataModule(L.LightningDataModule):
         if self.store is not None:
             return
         self.store = store = CropStore(self.path)
+        if self.normalize == "auto":   # from how the store was normalised (protocell.data.normalization)
+            self.normalize, self.normalize_why = auto_normalization(store.info)
+            log.info("%s", self.normalize_why)
         names = self.channel_names or store.channels
         unknown = [c for c in names if c not in store.channels]
         if unknown:

@@ -4,7 +4,9 @@ Both the synthetic generator and the prepare pipeline write it; the DataModule r
 
 Layout of a store folder::
 
-    store.json                     format, version, channels, crop size, dtype, source
+    store.json                     format, version, channels, crop size, dtype, source, normalization
+                                   (how the pixels were normalised: {"method": "per_image_percentiles" |
+                                   "raw" | "as_given", ...}; training's data.normalize=auto reads it)
     manifest.csv                   one row per cell (columns: ``MANIFEST_COLUMNS``)
     shards/<shard>.crops.npy       (n, C, S, S) crops in their native dtype (uint8/uint16/float32)
     shards/<shard>.masks.npy       (n, S, S) uint8 binary cell masks (1 = this cell)
@@ -22,8 +24,9 @@ Manifest columns:
 - ``plate``, ``well``, ``field``   where the cell came from
 - ``condition``    population name (e.g. ``Ref`` / ``Exp``), ``label`` its class index
 - ``bbox_y0, bbox_x0, bbox_y1, bbox_x1``  the crop window in source-image pixels
-  (may extend past the image border, which is then zero padded)
-- ``centroid_y, centroid_x``  cell centroid in source-image pixels
+  (may extend past the image border, which is then zero padded); empty (NaN) when unknown
+  (imported pre-cut crops)
+- ``centroid_y, centroid_x``  cell centroid in source-image pixels; empty (NaN) when unknown
 - ``split``        ``train`` / ``val`` / ``test``, or empty: the DataModule splits by image
 - ``true_label``   per-cell ground truth (1 affected, 0 not) when known, else -1
 - ``aug_of``       ``cell_id`` of the original when this row is an offline augmentation, else -1
@@ -51,6 +54,9 @@ MANIFEST_COLUMNS = [
     "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x",
     "split", "true_label", "aug_of", "aug", "shard", "shard_index",
 ]
+
+
+POSITION_COLUMNS = ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x")
 
 
 class StoreError(ProtocellError):
@@ -163,6 +169,7 @@ class CropStore:
         self.channels: list[str] = list(info["channels"])
         self.crop_size: int = int(info["crop_size"])
         self.manifest = pd.read_csv(self.root / "manifest.csv", keep_default_na=False,
+                                    na_values={c: [""] for c in POSITION_COLUMNS},   # unknown: NaN, not ""
                                     dtype={"split": str, "aug": str, "well": str, "plate": str,
                                            "image_id": str, "condition": str, "shard": str})
         self._shards: dict[tuple[str, str], np.ndarray] = {}

@@ -291,7 +291,8 @@ def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> 
     # a private folder per builder: parallel runs (Hydra multirun) may build the same store at once
     tmp_dir = store_dir.with_name(f"{store_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     writer = CropStoreWriter(tmp_dir, CHANNELS, spec.crop_size, source="synthetic",
-                             extra={"synthetic": asdict(spec), "conditions": CONDITIONS})
+                             extra={"synthetic": asdict(spec), "conditions": CONDITIONS,
+                                    "normalization": {"method": "raw"}})
     next_id = 0
     for cond, well, f, gain, rng in _iter_fields(spec):
         image_id = f"plate1_{well}_f{f}"

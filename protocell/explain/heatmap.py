@@ -1,6 +1,7 @@
-"""Figure 1: each prototype on its source cell — activation heat map, cell outline, and two boxes:
-the receptive-field box centred on the maximum activation (the cell paper) beside the original
-ProtoPNet box around the 95th-percentile activation region.
+"""Figure 1: each prototype on its source cell — the crop as a colour composite of its channels
+(``explain.render``), the activation heat map as contours (or a panel beside it), the cell outline,
+and two boxes: the receptive-field box centred on the maximum activation (the cell paper) beside
+the original ProtoPNet box around the 95th-percentile activation region.
 
 The source cell and latent position come from ``prototypes.pt`` (push provenance); the heat maps
 of all prototypes come from one batched forward pass over their source crops.
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 
 from protocell.explain.boxes import percentile_box, rf_box, upsample
+from protocell.explain.render import BOX, Look, add_legend, draw_crop, draw_heat
+from protocell.explain.source import fmt_box
 from protocell.model.prototypes import log_similarity
 
 log = logging.getLogger("protocell.explain")
@@ -36,30 +39,24 @@ def prototype_maps(run) -> dict:
     return {"rows": list(rows), "images": x, "masks": m, "sim": sim, "heat": heat}
 
 
-def draw_box(ax, box, colour="yellow", lw=1.5) -> None:
+def draw_box(ax, box, colour=BOX, lw=1.5) -> None:
     import matplotlib.pyplot as plt
 
     y0, x0, y1, x1 = box
     ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=colour, lw=lw))
 
 
-def show_cell(ax, image: torch.Tensor, mask: torch.Tensor, heat: np.ndarray | None = None) -> None:
-    """First channel in grey, the activation heat map over it, the cell outline in green."""
-    ax.imshow(image[0], cmap="gray")
-    if heat is not None:
-        ax.imshow(heat, cmap="jet", alpha=0.35)
-    if mask.any():
-        ax.contour(mask[0], [0.5], colors="lime", linewidths=0.8)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def render_prototype(run, j: int, maps: dict, out: Path, look: Look) -> dict:
+    """Figure 1 for prototype j; returns its boxes and provenance (a row of prototypes.csv).
 
-
-def render_prototype(run, j: int, maps: dict, out: Path) -> dict:
-    """Figure 1 for prototype j; returns its boxes and provenance (a row of prototypes.csv)."""
+    Panels: the composite with the receptive-field box, the composite with the percentile box, the
+    heat map alone when ``look.heatmap == "panel"``; with ``look.channel_panels`` a second row of
+    each channel alone in grey (with the RF box)."""
     import matplotlib.pyplot as plt
 
     rec = run.record
     row, x, m, heat = maps["rows"][j], maps["images"][j], maps["masks"][j], maps["heat"][j]
+    x, m = x.numpy(), m.numpy()
     S = x.shape[-1]
     iy, ix = (int(v) for v in rec["latent_yx"][j])
     box_rf = tuple(int(v) for v in rec["box_clipped"][j])       # the provenance push stored
@@ -69,20 +66,33 @@ def render_prototype(run, j: int, maps: dict, out: Path) -> dict:
     box_pct = percentile_box(heat)
     cy, cx = run.net.rf.centre(iy), run.net.rf.centre(ix)
     cls = rec["class_names"][int(rec["prototype_class"][j])]
-    fig, axes = plt.subplots(1, 2, figsize=(7, 4.1))
-    for ax, box, title in ((axes[0], box_rf, f"receptive-field box ({rec['rf']['size']:.0f} px) at max activation"),
-                           (axes[1], box_pct, "ProtoPNet box: ≥ 95th percentile of activation")):
-        show_cell(ax, x, m, heat)
+    top = 2 + (look.heatmap == "panel")
+    C = len(look.channels) if look.channel_panels else 0
+    ncols = max(top, C)
+    fig, axes = plt.subplots(2 if C else 1, ncols, figsize=(3.5 * ncols, 4.3 if not C else 7.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, box, title in ((axes[0, 0], box_rf, f"receptive-field box ({rec['rf']['size']:.0f} px) at max activation"),
+                           (axes[0, 1], box_pct, "ProtoPNet box: ≥ 95th percentile of activation")):
+        draw_crop(ax, x, m, look, heat)
         draw_box(ax, box)
         ax.plot([cx], [cy], "w+", ms=8, mew=1.5)
         ax.set_title(title, fontsize=8)
+    if look.heatmap == "panel":
+        draw_heat(axes[0, 2], heat, m)
+        axes[0, 2].set_title("similarity to the prototype (bright: high)", fontsize=8)
+    for c in range(C):
+        draw_crop(axes[1, c], x, m, look.only(c), heat)
+        draw_box(axes[1, c], box_rf, lw=1.0)
+        axes[1, c].text(0.02, 0.98, look.channels[c], color="white", fontsize=9, va="top",
+                        transform=axes[1, c].transAxes)
     fig.suptitle(f"prototype {j} (class {cls}) on its source cell\n{run.where(row, box_rf)}", fontsize=7.5)
-    fig.text(0.5, 0.01, "heat: similarity to the prototype (red high) · green: cell outline · +: max activation",
-             ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    heat_says = "yellow contours: similarity to the prototype (80th, 95th pct in the cell)" if look.heatmap == "contour" else ""
+    add_legend(fig, look, " · ".join(filter(None, [heat_says, "white: cell outline", "cyan: box", "+: max activation"])))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return {"prototype": j, "class": cls, **run.provenance(row, box_rf),
             "latent_y": iy, "latent_x": ix, "box_percentile_crop": "{},{},{},{}".format(*box_pct),
-            "box_percentile_image": "{},{},{},{}".format(*run.raw_box(row, box_pct)),
+            "box_percentile_image": fmt_box(run.raw_box(row, box_pct)),
             "figure": f"prototypes/{out.name}"}

@@ -14,7 +14,9 @@ import pandas as pd
 import torch
 
 from protocell.explain.boxes import rf_box, upsample
-from protocell.explain.heatmap import draw_box, show_cell
+from protocell.explain.heatmap import draw_box
+from protocell.explain.render import Look, add_legend, draw_crop, draw_heat
+from protocell.explain.source import fmt_box
 from protocell.model.prototypes import log_similarity
 
 
@@ -35,8 +37,9 @@ def sample_cells(preds: pd.DataFrame, conditions: list[str], n: int, seed: int =
 
 
 @torch.no_grad()
-def render_cell(run, cell_id: int, maps: dict, out: Path, top: int = 3) -> dict:
-    """Figure 4 for one test cell; returns the cell's prediction and its top prototypes."""
+def render_cell(run, cell_id: int, maps: dict, out: Path, look: Look, top: int = 3) -> dict:
+    """Figure 4 for one test cell; returns the cell's prediction and its top prototypes. With
+    ``look.heatmap == "panel"`` each match gets its heat map in a row of its own."""
     import matplotlib.pyplot as plt
 
     rec, net, S = run.record, run.net, run.crop_size
@@ -48,8 +51,13 @@ def render_cell(run, cell_id: int, maps: dict, out: Path, top: int = 3) -> dict:
     w = net.last_layer.weight.detach()
     contrib = contributions(sims, w, pred)
     order = contrib.argsort(descending=True)[:top].tolist()
-    fig, axes = plt.subplots(2, top + 1, figsize=(2.3 * (top + 1), 5.4))
-    show_cell(axes[0, 0], x, m)
+    panel = look.heatmap == "panel"
+    fig, axes = plt.subplots(3 if panel else 2, top + 1, figsize=(2.3 * (top + 1), 9.0 if panel else 6.2),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    xn, mn = x.numpy(), m.numpy()
+    draw_crop(axes[0, 0], xn, mn, look)
     axes[0, 0].set_title(f"this cell → {run.class_names[pred]}\n({run.exp} score {prob:.2f})", fontsize=8)
     axes[1, 0].axis("off")
     axes[1, 0].text(0, 0.5, run.where(row).replace(" · ", "\n"), fontsize=6.5, va="center")
@@ -58,22 +66,26 @@ def render_cell(run, cell_id: int, maps: dict, out: Path, top: int = 3) -> dict:
         d = dist[j]
         iy, ix = divmod(int(d.argmin()), d.shape[1])
         box = rf_box(net.rf, iy, ix, S)
-        show_cell(axes[0, k], x, m, upsample(log_similarity(d), S))
+        heat = upsample(log_similarity(d), S)
+        draw_crop(axes[0, k], xn, mn, look, heat)
         draw_box(axes[0, k], box, lw=1.2)
+        if panel:
+            draw_heat(axes[2, k], heat, mn)
+            axes[2, k].set_title(f"similarity to prototype {j}", fontsize=6.5)
         axes[0, k].set_title(f"looks like prototype {j}\nsim {float(sims[j]):.2f} × w {float(w[pred, j]):.2f}"
                              f" = {float(contrib[j]):.2f}", fontsize=7)
         pb = [int(v) for v in rec["box_clipped"][j]]
-        axes[1, k].imshow(maps["images"][j][0, pb[0]:pb[2], pb[1]:pb[3]], cmap="gray")
-        axes[1, k].set_xticks([]), axes[1, k].set_yticks([])
+        draw_crop(axes[1, k], maps["images"][j].numpy(), maps["masks"][j].numpy(), look, window=pb)
         src = run.provenance(maps["rows"][j])
         axes[1, k].set_title(f"that: prototype {j} ({run.class_names[int(rec['prototype_class'][j])]})\n"
                              f"well {src['well']} f{src['field']} cell {src['cell_id']}", fontsize=6.5)
         matched.append({"prototype": j, "similarity": float(sims[j]), "weight": float(w[pred, j]),
                         "contribution": float(contrib[j]), "box_crop": "{},{},{},{}".format(*box),
-                        "box_image": "{},{},{},{}".format(*run.raw_box(row, box))})
+                        "box_image": fmt_box(run.raw_box(row, box))})
     fig.suptitle(f"this looks like that: top {top} prototypes by contribution (similarity × last-layer weight) "
                  f"to the predicted class", fontsize=8)
-    fig.tight_layout()
+    add_legend(fig, look, "yellow contours: similarity" if not panel else "")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return {**run.provenance(row), "predicted": run.class_names[pred], "exp_score": prob, "top": matched,

@@ -14,6 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from protocell.explain.boxes import rf_box
+from protocell.explain.render import Look, add_legend, draw_crop
 from protocell.model import search
 
 N_NEAREST = 20
@@ -22,12 +23,12 @@ N_NEAREST = 20
 def nearest_patches(run, k: int = N_NEAREST) -> dict:
     """For every prototype, the k push-set cells whose best in-cell patch is nearest to it
     (``model.search``, the search push uses). Returns distance (k, P), cell_id (k, P), latent_yx (k, P, 2)."""
-    near = search.nearest_patches(run.net, tqdm(run.dm.push_dataloader(), desc="explain: nearest patches (push set)",
-                                                leave=False), k=k, own_class=False)
+    batches = tqdm(run.dm.push_dataloader(), desc="explain: nearest patches (push set)", leave=False, disable=None)
+    near = search.nearest_patches(run.net, batches, k=k, own_class=False)
     return {key: near[key] for key in ("distance", "cell_id", "latent_yx")}
 
 
-def render_mosaic(run, j: int, near: dict, out: Path) -> pd.DataFrame:
+def render_mosaic(run, j: int, near: dict, out: Path, look: Look) -> pd.DataFrame:
     """Figure 2 for prototype j; returns its tiles' provenance (written next to it as CSV)."""
     import matplotlib.pyplot as plt
 
@@ -43,10 +44,8 @@ def render_mosaic(run, j: int, near: dict, out: Path) -> pd.DataFrame:
             continue
         row, x, m = run.crop(int(near["cell_id"][i, j]))
         iy, ix = (int(v) for v in near["latent_yx"][i, j])
-        y0, x0, y1, x1 = box = rf_box(rf, iy, ix, S)
-        ax.imshow(x[0, y0:y1, x0:x1], cmap="gray")
-        if m[0, y0:y1, x0:x1].any() and not m[0, y0:y1, x0:x1].all():
-            ax.contour(m[0, y0:y1, x0:x1], [0.5], colors="lime", linewidths=0.5)
+        box = rf_box(rf, iy, ix, S)
+        draw_crop(ax, x.numpy(), m.numpy(), look, window=box)
         p = run.provenance(row, box)
         ax.set_title(f"{i + 1}. {p['condition']}  d={float(near['distance'][i, j]):.3f}\n"
                      f"well {p['well']} f{p['field']} cell {p['cell_id']}", fontsize=6,
@@ -55,9 +54,10 @@ def render_mosaic(run, j: int, near: dict, out: Path) -> pd.DataFrame:
                      "latent_y": iy, "latent_x": ix, **p})
     cls = run.class_names[int(run.record["prototype_class"][j])]
     fig.suptitle(f"prototype {j} (class {cls}): the {k} nearest training patches, nearest first\n"
-                 f"RF-sized box around each cell's max activation · green: cell outline · "
+                 f"RF-sized box around each cell's max activation · white: cell outline · "
                  f"image, box coordinates: {out.with_suffix('.csv').name}", fontsize=7.5)
-    fig.tight_layout()
+    add_legend(fig, look)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(out, dpi=80)
     plt.close(fig)
     table = pd.DataFrame(rows)

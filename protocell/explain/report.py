@@ -1,5 +1,11 @@
 """``report.html``: one page per run. Images and tables are referenced relatively (``explain/…``),
-so the run folder can be zipped and mailed and the page still opens."""
+so the run folder can be zipped and mailed and the page still opens.
+
+What the page must not hide: a run that failed or stopped early (``metrics.json`` → ``status``,
+a red or orange banner on top, with the reasons), warnings, the replicate unit of the statistics
+and why (red when there are fewer than three replicates per condition), and the test set's
+composition. The ground-truth section appears only where the truth is known.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import html
 import pandas as pd
 
 from protocell.explain.scores import fraction_lines
+from protocell.fsutil import atomic_write_text
 
 
 def _table(df: pd.DataFrame, digits: int = 3) -> str:
@@ -18,20 +25,53 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
 
 
+def _box(kind: str, title: str, lines: list[str]) -> str:
+    """A coloured notice: ``kind`` failed (red), incomplete (orange) or warning (amber)."""
+    items = "".join(f"<li>{html.escape(str(line))}</li>" for line in lines)
+    return f'<div class="box {kind}"><b>{html.escape(title)}</b><ul>{items}</ul></div>'
+
+
+def status_banner(metrics: dict) -> str:
+    """The run's status from metrics.json: nothing when ok, else a banner that cannot be missed."""
+    status = metrics.get("status")
+    out = ""
+    if status == "failed":
+        out += _box("failed", "This run FAILED: read nothing below as a result.", metrics.get("reasons", []))
+    elif status == "incomplete":
+        out += _box("incomplete", "This run is INCOMPLETE: it stopped before its schedule ended.",
+                    metrics.get("reasons", []))
+    if metrics.get("warnings"):
+        out += _box("warning", "Warnings", metrics["warnings"])
+    return out
+
+
+def channel_legend(look) -> str:
+    """Each drawn channel's name in its composite colour."""
+    if look is None:
+        return ""
+    return " ".join(f'<span class="sw" style="background:rgb({",".join(str(int(round(255 * v))) for v in col)})">'
+                    f'</span>{html.escape(name)}' for name, col in look.legend())
+
+
 def _img(src: str, alt: str, width: str = "") -> str:
     style = f' style="max-width:{width}"' if width else ""
     return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{style}>'
 
 
 def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFrame, em: dict, metrics: dict,
-                 health: pd.DataFrame | None = None, cells: list[dict] | None = None) -> None:
+                 health: pd.DataFrame | None = None, cells: list[dict] | None = None, look=None) -> None:
+    from protocell.explain.similarity import PLURAL
+
     rec, cfg = run.record, run.cfg
     rf = rec["rf"]
     mask = cfg.get("mask", {})
     k_near = int(em.get("nearest", 20))
+    unit = em.get("replicate_unit") or {"unit": "well", "reason": "", "descriptive": False}
+    units = PLURAL[unit["unit"]]
     counts = ", ".join(f"{int((rec['prototype_class'] == k).sum())} {c}" for k, c in enumerate(run.class_names))
     summary = {
-        "run folder": str(run.dir), "backbone": cfg.backbone.get("name", "?"),
+        "run folder": run.dir.name, "status": metrics.get("status", "not recorded"),
+        "backbone": cfg.backbone.get("name", "?"),
         "receptive field": f"{rf['size']:.0f} px (latent grid {rec['latent_size'][0]}×{rec['latent_size'][1]}, "
                            f"jump {rf['jump']:.0f} px)",
         "mask": f"distance term {mask.get('distance_term')}, zeroed background {mask.get('zero_background')}"
@@ -39,16 +79,20 @@ def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFram
         "last layer": cfg.get("last_layer", {}).get("mode", "?"),
         "prototypes": f"{len(rec['cell_id'])} ({counts}); pushes {rec['pushes']}",
         "crop store": rec["store"], "crop size": f"{rec['crop_size']} px",
+        **({"normalisation": metrics["normalization"].get("said", "")} if isinstance(metrics.get("normalization"), dict) else {}),
         **{k.replace("_", " "): v for k, v in metrics.items()
-           if k in ("n_cells", "well_label_accuracy", "well_label_auroc", "true_label_accuracy", "true_label_auroc")},
+           if k in ("n_cells", "well_label_accuracy", "well_label_balanced_accuracy", "well_label_auroc",
+                    "true_label_accuracy", "true_label_auroc")},
     }
     run_table = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in summary.items())
+    if look is not None:
+        run_table += f"<tr><th>channels (figure colours)</th><td>{channel_legend(look)}</td></tr>"
     flags = {} if health is None else dict(zip(health["prototype"], health["flag"]))
     grid = "".join(
         f'<figure class="p"><a href="explain/mosaics/mosaic_{p["prototype"]:02d}.png">'
         f'{_img("explain/" + p["figure"], "prototype " + str(p["prototype"]))}</a>'
         f'<figcaption>prototype {p["prototype"]} · {html.escape(p["class"])} · well {html.escape(str(p["well"]))} '
-        f'field {p["field"]} cell {p["cell_id"]}'
+        f'field {html.escape(str(p["field"]))} cell {p["cell_id"]}'
         f'{" · <b class=flag>" + html.escape(flags[p["prototype"]]) + "</b>" if flags.get(p["prototype"]) else ""}'
         f'<br><a href="explain/mosaics/mosaic_{p["prototype"]:02d}.png">its {k_near} nearest patches</a>'
         f' (<a href="explain/mosaics/mosaic_{p["prototype"]:02d}.csv">where</a>)</figcaption></figure>' for p in protos)
@@ -58,41 +102,50 @@ def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFram
         f'{html.escape(c["predicted"])}, {html.escape(run.exp)} score {c["exp_score"]:.2f}</figcaption></figure>'
         for c in (cells or []))
     frac = metrics.get("affected_fraction") or {}
-    truth = {k: v for k, v in em.items() if isinstance(v, (int, float)) and k not in ("prototypes", "pushes")}
-    for cond, est in (frac.get("conditions") or {}).items():
-        truth.update({f"affected fraction of {cond}: {k}": v for k, v in est.items() if isinstance(v, (int, float))})
-    for j, v in em.get("exp_prototype_texture_share", {}).items():
-        truth[f"prototype {j} ({run.exp}): share of nearest patches on the planted change"] = v
-    truth_table = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in truth.items())
     n_flagged = 0 if health is None else int((health["flag"] != "").sum())
     ref, exp = html.escape(run.ref), html.escape(run.exp)
+    unit_note = (f'<div class="box {"failed" if unit["descriptive"] else "note"}"><b>Replicate unit: {units}.</b> '
+                 f'{html.escape(unit["reason"])}.</div>')
+    tests = (f"two-sided Mann–Whitney U test on the <b>{units}' means</b>, Cohen's d of those means as effect size, "
+             "Benjamini–Hochberg q-values over prototypes" if not unit["descriptive"] else
+             f"<b>no test</b> (the Mann–Whitney U test on the {units}' means needs at least 3 per condition): sorted "
+             f"by Cohen's d of the {units}' means where it exists, then by the difference")
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>protocell report · {html.escape(run.dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em;color:#222}}
 figure{{display:inline-block;margin:4px;vertical-align:top}} figure.p{{width:380px}} figure.c{{width:600px}}
 figcaption{{font-size:12px}} img{{max-width:100%}} .flag{{color:#b00}}
 table.t,table.kv{{border-collapse:collapse;font-size:12px}} table td,table th{{padding:2px 6px;border-bottom:1px solid #ddd;text-align:left}}
-p.how{{font-size:13px;color:#444;max-width:900px}}</style></head><body>
+p.how{{font-size:13px;color:#444;max-width:900px}}
+.box{{padding:8px 12px;margin:10px 0;border-radius:4px;font-size:14px;max-width:1100px}} .box ul{{margin:4px 0}}
+.failed{{background:#fde8e8;border:2px solid #c00;color:#900}} .incomplete{{background:#fff1e0;border:2px solid #e07000;color:#8a4500}}
+.warning{{background:#fff8dc;border:1px solid #d4a000}} .note{{background:#eef4fb;border:1px solid #9bb8d8}}
+.sw{{display:inline-block;width:11px;height:11px;margin:0 3px 0 8px;border:1px solid #888;vertical-align:middle}}</style></head><body>
 <h1>protocell run {html.escape(run.dir.name)}: what differs between {ref} and {exp}</h1>
+{status_banner(metrics)}
 <h2>Run</h2><table class="kv">{run_table}</table>
 
+{test_set_section(metrics, run.class_names)}
+
 <h2>Which prototypes differ between {ref} and {exp}</h2>
+{unit_note}
 <p class="how">Each prototype is a small image patch of a training cell. For every test cell we take its highest
 similarity to each prototype; bars are the mean over the {ref} and the {exp} test cells (top) and their difference
 {exp} − {ref} (bottom), prototypes grouped by class. Error bars: 95 % confidence intervals from a bootstrap over
-<b>wells</b> (cells of one well are not independent). A prototype far above zero below is a pattern
-that is more common in {exp} cells.</p>
+<b>{units}</b> (cells of one well are not independent; a condition with one replicate has none). A prototype far
+above zero below is a pattern that is more common in {exp} cells.</p>
 {_img("explain/population_similarity.png", "population similarity")}
-<p class="how">Ranked: two-sided Mann–Whitney U test on the <b>well means</b>, Cohen's d of the well means as effect
-size, Benjamini–Hochberg q-values over prototypes (<a href="explain/prototype_differences.csv">CSV</a>,
+<p class="how">Ranked: {tests} (<a href="explain/prototype_differences.csv">CSV</a>,
 <a href="explain/population_similarity.csv">population means CSV</a>).</p>
 {_table(ranked)}
 
 <h2>Prototypes</h2>
 <p class="how">Each prototype on the cell it was taken from (<a href="explain/prototypes.csv">source images and
-coordinates</a>). Left: a box of the backbone's receptive field ({rf['size']:.0f} px) centred on the maximum
-activation; right: the original ProtoPNet box around the pixels at or above the 95th percentile of the
-activation heat map. Green: cell outline. Click a prototype for its {k_near} nearest training patches.</p>
+coordinates</a>), drawn as a colour composite of the channels ({channel_legend(look) or "first channel"}; each
+channel's contrast from its percentiles over the run's cells). Left: a box of the backbone's receptive field
+({rf['size']:.0f} px) centred on the maximum activation; right: the original ProtoPNet box around the pixels at or
+above the 95th percentile of the activation heat map (yellow contours, or a panel of its own). White: cell
+outline. Click a prototype for its {k_near} nearest training patches.</p>
 {grid}
 
 <h2>Cell scores and the affected fraction of {exp}</h2>
@@ -103,9 +156,9 @@ than {ref} cells (a well or plate effect), the {exp} estimate is biased upwards.
 {_img("explain/cell_scores.png", "cell scores")}
 
 <h2>This looks like that: sample test cells</h2>
-<p class="how">Top row: the cell, and where in it each of its most important prototypes matched (box, heat map);
-the title gives similarity × last-layer weight = its contribution to the predicted class. Bottom row: the
-prototype's own source patch.</p>
+<p class="how">Top row: the cell, and where in it each of its most important prototypes matched (box, similarity
+contours); the title gives similarity × last-layer weight = its contribution to the predicted class. Bottom row:
+the prototype's own source patch.</p>
 {cell_figs}
 
 <h2>Prototype health ({n_flagged} of {len(protos)} flagged)</h2>
@@ -114,12 +167,51 @@ prototype's own source patch.</p>
 nearest patch outside the cell), <b>impure</b> (fewer than half of its nearest patches from its own class).
 <a href="explain/prototype_health.csv">CSV</a>.</p>
 {_table(health) if health is not None else ""}
-
-<h2>Ground-truth checks</h2>
-<p class="how">Only for data whose per-cell truth is known (synthetic wells): true-label accuracy and AUROC of the
-cell scores, localisation of the {exp} prototypes on the planted change, prototypes in background (must be 0 with
-the mask on), the estimated vs the true affected fraction (<a href="explain/explain_metrics.json">JSON</a>).</p>
-<table class="kv">{truth_table}</table>
+{_kv({k.replace("_", " "): v for k, v in em.items() if k in QUALITY})}
+{truth_section(run, em, frac)}
 </body></html>"""
-    (run.dir / "report.html").write_text(page, encoding="utf-8")
+    atomic_write_text(run.dir / "report.html", page)
 
+
+QUALITY = ("distinct_source_patches", "distinct_source_cells", "prototypes_with_tied_nearest",
+           "background_prototype_share")
+
+
+def _kv(d: dict) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in d.items())
+    return f'<table class="kv">{rows}</table>' if rows else ""
+
+
+def test_set_section(metrics: dict, class_names: list[str]) -> str:
+    """The test set as it is: balanced accuracy, recall per class, cells and called fraction per well."""
+    comp = metrics.get("test_composition")
+    if not comp:
+        return ""
+    recall = metrics.get("well_label_recall") or {}
+    kv = {"balanced accuracy (well labels, mean recall of the classes)": metrics.get("well_label_balanced_accuracy"),
+          **{f"recall of {c}": v for c, v in recall.items()},
+          "share of test cells called positive": metrics.get("called_fraction")}
+    per_condition = pd.DataFrame(comp).groupby("condition").agg(wells=("well", "nunique"), cells=("n_cells", "sum"))
+    kv.update({f"{c}: test wells, cells": f"{int(r.wells)}, {int(r.cells)}" for c, r in per_condition.iterrows()})
+    return (f'<h2>Test set</h2><p class="how">Accuracy on an unbalanced test set rewards calling every cell the larger '
+            f'condition; balanced accuracy (the mean of the recalls) does not. "called" is the share of a well\'s '
+            f'cells the cell call puts in {html.escape(class_names[-1])} (affected, when calibrated).</p>'
+            f'{_kv(kv)}{_table(pd.DataFrame(comp).rename(columns={"called_fraction": "called"}))}')
+
+
+def truth_section(run, em: dict, frac: dict) -> str:
+    """Ground-truth checks, only where the truth is known (synthetic wells): left out otherwise."""
+    known = "true_label_accuracy" in em or "exp_prototype_texture_share" in em
+    if not known:
+        return ""
+    truth = {k: v for k, v in em.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+             and k not in ("prototypes", "pushes", "nearest", *QUALITY)}
+    for cond, est in (frac.get("conditions") or {}).items():
+        truth.update({f"affected fraction of {cond}: {k}": v for k, v in est.items() if isinstance(v, (int, float))})
+    for j, v in em.get("exp_prototype_texture_share", {}).items():
+        truth[f"prototype {j} ({run.exp}): share of nearest patches on the planted change"] = v
+    exp = html.escape(run.exp)
+    return (f'<h2>Ground-truth checks</h2><p class="how">This store knows every cell\'s truth (synthetic wells): '
+            f'true-label accuracy and AUROC of the cell scores, localisation of the {exp} prototypes on the planted '
+            f'change, the estimated vs the true affected fraction (<a href="explain/explain_metrics.json">JSON</a>).'
+            f'</p>{_kv(truth)}')

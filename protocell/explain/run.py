@@ -38,7 +38,9 @@ from protocell.explain.heatmap import prototype_maps, render_prototype
 from protocell.explain.local import render_cell, sample_cells
 from protocell.explain.mosaic import N_NEAREST, nearest_patches, render_mosaic
 from protocell.explain.scores import plot_scores
-from protocell.explain.similarity import plot_population, population_means, rank_differences
+from protocell.explain.options import report_options
+from protocell.explain.render import Look
+from protocell.explain.similarity import plot_population, population_means, rank_differences, replicate_unit, unit_ids
 from protocell.artifacts import positive_class
 from protocell.explain.source import ExplainError, Run, load_run
 from protocell.fsutil import atomic_write_json
@@ -55,15 +57,16 @@ log = logging.getLogger("protocell.explain")
 def _test_min_distances(run: Run) -> pd.DataFrame:
     """One pass over the test set: each test cell's minimum masked distance to every prototype."""
     out = []
-    for x, m, _, cid in tqdm(run.dm.test_dataloader(), desc="explain: test set", leave=False):
+    for x, m, _, cid in tqdm(run.dm.test_dataloader(), desc="explain: test set", leave=False, disable=None):
         d = run.net(x, m)["min_distances"]
         out.append(pd.DataFrame(d.numpy(), columns=[f"min_d_{j}" for j in range(d.shape[1])]).assign(cell_id=cid.numpy()))
     return pd.concat(out, ignore_index=True)
 
 
 def cell_similarities(run: Run) -> pd.DataFrame:
-    """One row per test cell: cell_id, well, condition and p0..p{P-1}, its max similarity to each
-    prototype (log((d + 1) / (d + 1e-4)) of its minimum masked distance)."""
+    """One row per test cell: cell_id, plate, well, field, image_id, condition (the replicate units)
+    and p0..p{P-1}, its max similarity to each prototype (log((d + 1) / (d + 1e-4)) of its minimum
+    masked distance)."""
     P = len(run.record["cell_id"])
     cols = [f"min_d_{j}" for j in range(P)]
     preds = run.preds
@@ -72,7 +75,23 @@ def cell_similarities(run: Run) -> pd.DataFrame:
         preds = preds.drop(columns=[c for c in preds if c.startswith("min_d_")]).merge(_test_min_distances(run), on="cell_id")
     sim = log_similarity(torch.as_tensor(preds[cols].to_numpy(), dtype=torch.float64)).numpy()
     sims = pd.DataFrame(sim, columns=[f"p{j}" for j in range(P)])
-    return pd.concat([preds[["cell_id", "well", "condition"]].reset_index(drop=True), sims], axis=1)
+    where = run.manifest.set_index("cell_id")[["plate", "image_id", "field"]]
+    ids = preds[["cell_id", "well", "condition"]].reset_index(drop=True).join(where, on="cell_id")
+    return pd.concat([ids, sims], axis=1)
+
+
+def look_of(run: Run, opts, n: int = 64, seed: int = 0) -> Look:
+    """How this run's crops are drawn: ``opts.display`` (or colours from the channel names) and
+    per-channel contrast over a seeded sample of ``n`` training cells, as the network sees them."""
+    rows = run.dm.rows["push"]
+    pick = np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False)
+    ids = run.manifest["cell_id"].to_numpy()[pick]
+    crops = [run.crop(int(c)) for c in ids]
+    images = torch.stack([x for _, x, _ in crops]).numpy()
+    masks = torch.stack([m for _, _, m in crops]).numpy()
+    channels = [run.dm.store.channels[i] for i in run.dm.channel_index]
+    return Look.from_sample(channels, dict(opts.display), images, masks, opts.contrast, opts.heatmap,
+                            opts.channel_panels)
 
 
 def _at_crop_size(run: Run, arr: np.ndarray) -> np.ndarray:
@@ -126,13 +145,19 @@ def planted_change_prototypes(em: dict, ranked: pd.DataFrame) -> dict:
 
 
 def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: int = N_NEAREST,
-                log_wandb: bool = True) -> Path:
-    """Explain a finished run folder; returns its ``explain/`` folder (``report.html`` beside it)."""
+                log_wandb: bool = True, options: dict | None = None) -> Path:
+    """Explain a finished run folder; returns its ``explain/`` folder (``report.html`` beside it).
+
+    ``options``: the ``report`` settings (``protocell.explain.options``: display colours, contrast,
+    heat-map style, per-channel panels, replicate unit); keys that are None or absent come from the
+    run's own ``config.yaml`` (``report:``), then the defaults."""
     import matplotlib
 
     matplotlib.use("Agg")
     t0 = time.time()
     run = load_run(run_dir)
+    opts = report_options(run.cfg.get("report"), options)
+    look = look_of(run, opts)
     out = run.dir / "explain"
     for sub in ("prototypes", "mosaics", "cells"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -140,32 +165,36 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
             old.unlink()
     rec = run.record
     P = len(rec["cell_id"])
-    steps = tqdm(total=P * 2 + n_cells + 4, desc="explain", unit="fig")
+    steps = tqdm(total=P * 2 + n_cells + 4, desc="explain", unit="fig", disable=None)   # None: off when not a terminal
 
     # 1. prototypes on their source cells (from push's provenance; one batched forward)
     maps = prototype_maps(run)
     protos = []
     for j in range(P):
-        protos.append(render_prototype(run, j, maps, out / "prototypes" / f"prototype_{j:02d}.png"))
+        protos.append(render_prototype(run, j, maps, out / "prototypes" / f"prototype_{j:02d}.png", look))
         steps.update()
     pd.DataFrame(protos).to_csv(out / "prototypes.csv", index=False)
 
     # 2. mosaics: one pass over the push set
     near = nearest_patches(run, k=k)
     for j in range(P):
-        render_mosaic(run, j, near, out / "mosaics" / f"mosaic_{j:02d}.png")
+        render_mosaic(run, j, near, out / "mosaics" / f"mosaic_{j:02d}.png", look)
         steps.update()
 
-    # 3. and 6. population similarity and ranked differences (test cells; wells are the unit)
+    # 3. and 6. population similarity and ranked differences (test cells; replicates: wells, or the
+    # coarsest unit with ≥ 3 per condition, see similarity.replicate_unit)
     cells = cell_similarities(run)
     names = [f"p{j}" for j in range(P)]
     classes = [run.class_names[int(c)] for c in rec["prototype_class"]]
-    pop = population_means(cells, names, run.ref, run.exp, n_boot=n_boot)
+    unit = replicate_unit(cells, run.ref, run.exp, opts.unit)
+    (log.warning if unit["descriptive"] else log.info)("explain: replicate unit %s: %s", unit["unit"], unit["reason"])
+    cells["replicate"] = unit_ids(cells, unit["unit"])
+    pop = population_means(cells, names, run.ref, run.exp, n_boot=n_boot, by="replicate")
     pop.insert(1, "class", classes)
     pop.to_csv(out / "population_similarity.csv", index=False)
     plot_population(pop, rec["prototype_class"].numpy(), run.class_names, run.ref, run.exp,
-                    out / "population_similarity.png")
-    ranked = rank_differences(cells, names, run.ref, run.exp)
+                    out / "population_similarity.png", unit=unit["unit"], descriptive=unit["descriptive"])
+    ranked = rank_differences(cells, names, run.ref, run.exp, by="replicate", descriptive=unit["descriptive"])
     ranked.insert(1, "class", [classes[int(p[1:])] for p in ranked["prototype"]])
     ranked.to_csv(out / "prototype_differences.csv", index=False)
     steps.update()
@@ -185,11 +214,14 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
     # 4. this looks like that, for a seeded sample of test cells of each condition
     local = []
     for cid in sample_cells(preds, [run.ref, run.exp], n_cells):
-        local.append(render_cell(run, cid, maps, out / "cells" / f"cell_{cid}.png"))
+        local.append(render_cell(run, cid, maps, out / "cells" / f"cell_{cid}.png", look))
         steps.update()
 
     # prototype quality, and ground truth where it exists
-    em = {"run": run.dir.name, "prototypes": P, "pushes": int(rec["pushes"]), "nearest": int(k)}
+    em = {"run": run.dir.name, "prototypes": P, "pushes": int(rec["pushes"]), "nearest": int(k),
+          "replicate_unit": unit}
+    if (frac.get("conditions") or {}).get(run.exp):     # the estimate evaluation stored, for the record
+        em["affected_fraction"] = frac["conditions"][run.exp]
     em.update(prototype_quality(rec, near, ranked, run.exp))
     if "true_label" in preds and (preds["true_label"] >= 0).all():
         pos = positive_class(run.class_names)
@@ -206,7 +238,7 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
 
     from protocell.explain.report import write_report
 
-    write_report(run, protos, pop, ranked, em, metrics, health=health, cells=local)
+    write_report(run, protos, pop, ranked, em, metrics, health=health, cells=local, look=look)
     if log_wandb:
         log_to_saved_run(run.cfg, run.dir, keys=("explain/",))
     log.info("explain: %s and %s (%.1f s)", out, run.dir / "report.html", time.time() - t0)

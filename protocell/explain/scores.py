@@ -18,8 +18,9 @@ def fraction_lines(frac: dict) -> list[str]:
         return [f"affected fraction: not available ({(frac or {}).get('reason', 'no calibration')})"]
     lines = []
     for cond, est in frac["conditions"].items():
-        line = (f"{cond}: affected fraction {est['estimate']:.2f} (95 % CI {est['ci_low']:.2f}–{est['ci_high']:.2f}, "
-                f"{est['n_wells']} wells)")
+        ci = (f"95 % CI {est['ci_low']:.2f}–{est['ci_high']:.2f}" if np.isfinite([est["ci_low"], est["ci_high"]]).all()
+              else "no CI: a condition has fewer than 2 wells")
+        line = f"{cond}: affected fraction {est['estimate']:.2f} ({ci}, {est['n_wells']} wells)"
         if est.get("true") is not None:
             line += f" · true {est['true']:.2f}"
         lines.append(line)

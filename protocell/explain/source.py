@@ -75,9 +75,12 @@ class Run:
         x, m, _, _ = self._datasets[split][i]
         return row, x, m
 
-    def raw_box(self, row: int, box) -> tuple[int, int, int, int]:
-        """A (y0, x0, y1, x1) box in crop pixels → the same box in source-image pixels."""
+    def raw_box(self, row: int, box) -> tuple[int, int, int, int] | None:
+        """A (y0, x0, y1, x1) box in crop pixels → the same box in source-image pixels; None when the
+        store does not know where the crop lies in its image (imported pre-cut crops)."""
         r = self.manifest.iloc[row]
+        if not known_position(r):
+            return None
         sy = (r["bbox_y1"] - r["bbox_y0"]) / self.crop_size
         sx = (r["bbox_x1"] - r["bbox_x0"]) / self.crop_size
         y0, x0, y1, x1 = box
@@ -89,18 +92,41 @@ class Run:
         out = {"cell_id": int(r["cell_id"]), "condition": r["condition"], "image_id": r["image_id"],
                "plate": r.get("plate", ""), "well": r["well"], "field": r["field"],
                "centroid_y": float(r["centroid_y"]), "centroid_x": float(r["centroid_x"])}
+        if "file" in r and r["file"] != "":
+            out["file"] = r["file"]
         if box is not None:
-            out["box_crop"] = "{},{},{},{}".format(*[int(v) for v in box])
-            out["box_image"] = "{},{},{},{}".format(*self.raw_box(row, box))
+            out["box_crop"] = fmt_box(box)
+            out["box_image"] = fmt_box(self.raw_box(row, box))
         return out
 
     def where(self, row: int, box=None) -> str:
+        """Where a cell came from, in words; the centre and the box in the source image only when the
+        store knows them (a pre-cut crop names its file instead)."""
         p = self.provenance(row, box)
-        s = (f"{p['condition']} · image {p['image_id']} · well {p['well']} · field {p['field']} · cell {p['cell_id']}"
-             f" · centre (y={p['centroid_y']:.0f}, x={p['centroid_x']:.0f})")
-        if box is not None:
-            s += f" · box in image (y0,x0,y1,x1) = ({p['box_image']})"
+        s = f"{p['condition']} · image {p['image_id']} · well {p['well']} · field {p['field']} · cell {p['cell_id']}"
+        if known_position(self.manifest.iloc[row]):
+            s += f" · centre (y={p['centroid_y']:.0f}, x={p['centroid_x']:.0f})"
+            if box is not None:
+                s += f" · box in image (y0,x0,y1,x1) = ({p['box_image']})"
+        elif "file" in p:
+            s += f" · file {p['file']}"
         return s
+
+
+def known_position(r) -> bool:
+    """Does the manifest row know its crop's window in the source image (bbox and centroid)?"""
+    import math
+
+    try:
+        return all(math.isfinite(float(r[c])) for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1",
+                                                         "centroid_y", "centroid_x"))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_box(box) -> str:
+    """"y0,x0,y1,x1", or "" for an unknown box."""
+    return "" if box is None else "{},{},{},{}".format(*[int(v) for v in box])
 
 
 def _store_path(record: dict, cfg, proto_path: Path) -> Path:

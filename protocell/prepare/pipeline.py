@@ -217,7 +217,7 @@ class Preparer:
         return Path("outputs") / "prepared" / f"{Path(self.c['input']).resolve().name}-{tag}"
 
     def _bar(self, it, **kw):
-        return tqdm(it, disable=not self.progress, dynamic_ncols=True, **kw)
+        return tqdm(it, disable=None if self.progress else True, dynamic_ncols=True, **kw)   # None: off when not a terminal
 
     # -- main
     def run(self) -> Path:
@@ -391,7 +391,8 @@ class Preparer:
                     next_id += 1
                     aug_rows.append(r)
                 writer.add_rows(name, aug_rows)
-        writer.extra = {"conditions": order, "prepare": {"config_hash": self.chash, "config": c}}
+        writer.extra = {"conditions": order, "prepare": {"config_hash": self.chash, "config": c},
+                        "normalization": {"method": "per_image_percentiles", **c["normalize"]}}
         try:
             df = writer.finish()
         except StoreError as err:

@@ -227,3 +227,29 @@ class PushCallback(Callback):
 
     def load_state_dict(self, state_dict):
         self.latent_size = state_dict.get("latent_size")
+
+
+class ValAccuracyHistory(Callback):
+    """The validation accuracy of every epoch and the phase that trained it, for the run's status
+    (``evaluate.run_status``: did the network ever beat the majority class?). Checkpointed, so a
+    resumed run keeps the epochs before the resume."""
+
+    def __init__(self):
+        self.history: list[dict] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        acc = trainer.callback_metrics.get("val/acc")
+        if acc is not None and not trainer.sanity_checking:
+            self.history.append({"epoch": int(trainer.current_epoch), "phase": str(pl_module.phase),
+                                 "acc": float(acc)})
+
+    def accuracies(self, head: str = "protopnet") -> list[float]:
+        """Accuracies of the epochs that trained the final model: all but the pretrain probe's
+        (for the baseline head, the probe is the model)."""
+        return [h["acc"] for h in self.history if head == "baseline" or h["phase"] != "pretrain"]
+
+    def state_dict(self):
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict):
+        self.history = list(state_dict.get("history", []))

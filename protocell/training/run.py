@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -16,11 +18,11 @@ from protocell.artifacts import RunFolder
 from protocell.build import build_datamodule, build_module
 from protocell.config import validate
 from protocell.errors import ConfigError
-from protocell.evaluate import evaluate, gather_predictions
+from protocell.evaluate import evaluate, gather_predictions, run_status
 from protocell.fsutil import atomic_write_json, atomic_write_text
 from protocell.tracking import build_logger, is_wandb, log_media, run_summary
 from protocell.training.callbacks import (GroundTruthMonitor, InitPrototypes, KeepBestPretrain, PhaseCallback,
-                                          PushCallback)
+                                          PushCallback, ValAccuracyHistory)
 from protocell.training.figures import plot_training_curves
 from protocell.training.schedule import schedule_from_config
 
@@ -48,6 +50,7 @@ def train(cfg) -> dict:
     t_start = time.time()
 
     dm = build_datamodule(cfg)
+    data_report = data_checks(dm)
     module = build_module(cfg, dm)
     schedule = schedule_from_config(cfg)
     if cfg.get("head", "protopnet") == "baseline":     # the black box: the pretrain phase is the whole run
@@ -61,7 +64,10 @@ def train(cfg) -> dict:
     logger = build_logger(cfg, folder.root)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("channels_last", None)
-    trainer = instantiate(trainer_cfg, max_epochs=len(schedule), callbacks=callbacks_for(cfg, schedule, folder, meta, truth),
+    trainer_cfg["enable_progress_bar"] = progress_bar(trainer_cfg.get("enable_progress_bar", True))
+    history = ValAccuracyHistory()
+    trainer = instantiate(trainer_cfg, max_epochs=len(schedule),
+                          callbacks=callbacks_for(cfg, schedule, folder, meta, truth) + [history],
                           logger=logger, default_root_dir=str(folder.root))
     # protocell's checkpoint state is plain data: load it without unpickling arbitrary objects
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True if cfg.resume else None)
@@ -81,11 +87,15 @@ def train(cfg) -> dict:
                         "pushes": int(module.net.pushes), "receptive_field": module.net.rf.as_dict(),
                         "backbone": cfg.backbone.name, "mask": OmegaConf.to_container(cfg.mask),
                         "last_layer": cfg.last_layer.mode, "seed": cfg.seed})
+        metrics.update(data_report)
+        metrics.update(status_of(metrics, trainer, module, dm, history, len(schedule), cfg.get("head", "protopnet")))
         atomic_write_json(folder.metrics, metrics)
         if folder.metrics_csv.exists():
             plot_training_curves(folder.metrics_csv, folder.curves)
-        log.info("test: %s", {k: v for k, v in metrics.items() if "accuracy" in k or "auroc" in k})
-        if cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
+        log.info("test: %s", {k: v for k, v in metrics.items() if ("accuracy" in k or "auroc" in k) and isinstance(v, (int, float))})
+        if cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet" and int(module.net.pushes) == 0:
+            log.warning("explain skipped: the prototypes were never pushed (metrics.json status %s)", metrics["status"])
+        elif cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
             from protocell.explain.run import explain_run
 
             explain_run(folder.root, log_wandb=False)
@@ -97,3 +107,47 @@ def train(cfg) -> dict:
 
         wandb.finish()
     return metrics
+
+
+# ----------------------------------------------------------------------------- run status (issue 14)
+
+def progress_bar(wanted: bool) -> bool:
+    """Progress bars only on a terminal: redrawn bars flood a log file or a CI log."""
+    return bool(wanted) and sys.stderr.isatty()
+
+
+def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, epochs_planned: int, head: str) -> dict:
+    """``evaluate.run_status`` of this run, logged: failed and incomplete runs say so."""
+    labels = dm.store.manifest["label"].to_numpy()[dm.rows["val"]]
+    majority = float(max((labels == k).mean() for k in set(labels.tolist()))) if len(labels) else None
+    status = run_status(metrics, val_accuracy=history.accuracies(head), val_majority=majority, n_val=len(labels),
+                        epochs_run=int(trainer.current_epoch), epochs_planned=epochs_planned,
+                        pushes=int(module.net.pushes) if head == "protopnet" else None,
+                        interrupted=bool(trainer.interrupted))
+    for w in status["warnings"]:
+        log.warning("%s", w)
+    status["warnings"] = metrics.get("warnings", []) + status["warnings"]    # the data checks' came first
+    status["val_accuracy_history"] = history.history
+    status["epochs_run"] = int(trainer.current_epoch)
+    if status["status"] != "ok":
+        log.error("run %s: %s", status["status"].upper(), "; ".join(status["reasons"]))
+    return status
+
+
+def data_checks(dm) -> dict:
+    """How the store was normalised and which training normalisation follows (said in the log), and
+    whether one channel's mean intensity inside the cell alone separates the conditions
+    (``protocell.data.normalization``): ``normalization``, ``intensity_auroc`` and ``warnings``."""
+    from protocell.artifacts import positive_class
+    from protocell.data.normalization import brightness_warnings, intensity_separation, store_normalization
+
+    log.info("normalisation: %s", dm.normalize_why)
+    originals = np.flatnonzero(dm.store.manifest["aug_of"].to_numpy() < 0)
+    aurocs = intensity_separation(dm.store, originals, dm.channel_index, positive_class(dm.class_names),
+                                  seed=int(dm.seed)) if dm.num_classes == 2 else {}
+    warnings = brightness_warnings(aurocs, dm.normalize)
+    for w in warnings:
+        log.warning("%s", w)
+    return {"normalization": {"store": store_normalization(dm.store.info), "training": dm.normalize,
+                              "said": dm.normalize_why},
+            "intensity_auroc": aurocs, "warnings": warnings}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from protocell.explain.run import ExplainError, cell_similarities, explain_run, load_run, nearest_patches
-from protocell.explain.similarity import population_means
+from protocell.explain.similarity import population_means, unit_ids
 from protocell.model.prototypes import log_similarity
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,8 +123,10 @@ def test_population_similarities_and_means_equal_a_direct_loop_over_test_cells(t
     recomputed = cell_similarities(run).set_index("cell_id").loc[cells.index]
     assert (recomputed["condition"] == cells["condition"]).all()
     assert np.allclose(recomputed[[f"p{j}" for j in range(P)]], cells[[f"p{j}" for j in range(P)]], rtol=2e-3)
-    again = population_means(cells.reset_index(), [f"p{j}" for j in range(P)], "Ref", "Exp", n_boot=50)
-    assert np.allclose(again["diff_ci_low"], pop["diff_ci_low"])          # seeded bootstrap: reproducible
+    unit = json.loads((explained / "explain_metrics.json").read_text())["replicate_unit"]["unit"]
+    again = cells.reset_index().assign(replicate=lambda c: unit_ids(c, unit))
+    again = population_means(again, [f"p{j}" for j in range(P)], "Ref", "Exp", n_boot=50, by="replicate")
+    assert np.allclose(again["diff_ci_low"], pop["diff_ci_low"], equal_nan=True)   # seeded bootstrap: reproducible
 
 
 def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
@@ -189,9 +191,17 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (as root: apt-get update && "
                     "apt-get install -y chromium): report.html is then checked only for files, not in a browser")
 def test_report_loads_every_image_in_a_real_headless_browser(tiny_run, explained, tmp_path):
+    n, broken = browser_images(tiny_run / "report.html", tmp_path)
+    P = len(list((explained / "prototypes").glob("*.png")))
+    # population, cell scores, every prototype, every sampled cell: all decoded by the browser
+    assert n == 2 + P + len(list((explained / "cells").glob("*.png"))) and broken == "", f"{n} images, broken: {broken}"
+
+
+def browser_images(report: Path, tmp_path: Path) -> tuple[int, str]:
+    """Open ``report`` in headless Chromium: (number of images, the src of every image that did not decode)."""
     probe = tmp_path / "probe.html"
     # the report in an iframe of a probe page that lists each image's natural size once loaded
-    probe.write_text(f"""<html><body><iframe id="r" src="{(tiny_run / 'report.html').as_uri()}" width=1200 height=800></iframe>
+    probe.write_text(f"""<html><body><iframe id="r" src="{report.as_uri()}" width=1200 height=800></iframe>
 <pre id="out">pending</pre><script>
 document.getElementById('r').onload = () => {{
   const imgs = [...document.getElementById('r').contentDocument.images];
@@ -208,7 +218,4 @@ document.getElementById('r').onload = () => {{
                           capture_output=True, text=True, timeout=120)
     found = re.search(r"IMAGES (\d+) BROKEN (.*?) END", proc.stdout)
     assert found, proc.stdout[-2000:] + proc.stderr[-2000:]
-    n, broken = int(found.group(1)), found.group(2)
-    P = len(list((explained / "prototypes").glob("*.png")))
-    # population, cell scores, every prototype, every sampled cell: all decoded by the browser
-    assert n == 2 + P + len(list((explained / "cells").glob("*.png"))) and broken == "", f"{n} images, broken: {broken}"
+    return int(found.group(1)), found.group(2)

@@ -11,16 +11,19 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["data.synthetic.wells_per_condition=2", "data.synthetic.fields_per_well=2",
-        "data.synthetic.field_size=192", "data.synthetic.cells_per_field=12", "data.val_fraction=0.3",
+TINY_WELLS = ["data.synthetic.wells_per_condition=2", "data.synthetic.fields_per_well=2",
+              "data.synthetic.field_size=192", "data.synthetic.cells_per_field=12"]
+TINY = [*TINY_WELLS, "data.val_fraction=0.3",
         "schedule.pretrain_epochs=1", "schedule.epochs=3", "schedule.warm_epochs=1", "schedule.push_every=2",
         "schedule.push_start=2", "schedule.last_layer_epochs=1", "model.prototypes_per_class=2",
         "explain=false", "trainer.enable_progress_bar=false", "threads=1"]
 
 
-def train(tmp_path, *overrides, check=True):
+def train(tmp_path, *overrides, check=True, store=None):
+    """train.py at tiny size on the tiny synthetic wells, or on the crop store ``store`` (data=prepared)."""
     env = {**os.environ, "PROTOCELL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *TINY, *overrides]
+    tiny = TINY if store is None else ["data=prepared", f"data.path={store}", *TINY[len(TINY_WELLS):]]
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *tiny, *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])
@@ -82,3 +85,34 @@ def test_gpu_paths_are_wired_on_cpu_bf16_channels_last_compile(tmp_path):
           "schedule.push_every=1", "schedule.push_start=1", "schedule.pretrain_epochs=0", "schedule.warm_epochs=0")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["pushes"] == 2 and 0 <= metrics["true_label_auroc"] <= 1
+
+
+def shuffled_store(tmp_path) -> Path:
+    """The tiny synthetic wells with every cell's condition shuffled: nothing to learn."""
+    import shutil
+
+    import numpy as np
+
+    from protocell.data.synthetic import WellSpec, build_store
+
+    src = build_store(tmp_path / "stores", WellSpec(wells_per_condition=2, fields_per_well=2, field_size=192,
+                                                    cells_per_field=12, seed=0))
+    dst = tmp_path / "shuffled"
+    shutil.copytree(src, dst)
+    m = pd.read_csv(dst / "manifest.csv", keep_default_na=False)
+    order = np.random.default_rng(0).permutation(len(m))
+    m[["condition", "label"]] = m[["condition", "label"]].to_numpy()[order]
+    m.to_csv(dst / "manifest.csv", index=False)
+    return dst
+
+
+def test_a_run_on_shuffled_labels_is_marked_failed_and_strict_exits_1(tmp_path):
+    store = shuffled_store(tmp_path)
+    proc = train(tmp_path, "data.normalize=cell", "strict=true", check=False, store=store)
+    assert (tmp_path / "run" / "metrics.json").exists(), proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed", metrics.get("reasons")
+    assert metrics["reasons"] and proc.returncode == 1, proc.stderr[-2000:]
+    assert "the run is failed (strict=true)" in proc.stderr
+    assert 0 <= metrics["well_label_balanced_accuracy"] <= 1 and metrics["test_composition"]
+    assert "Previous log files" not in proc.stderr                 # the run folder is not the logger's to clear
