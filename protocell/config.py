@@ -11,7 +11,7 @@ that use them (``training.schedule``, ``CellDataModule``) and raise the same ``C
 
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, get_args
 
 from omegaconf import OmegaConf
 
@@ -218,6 +218,8 @@ def _walk(schema, node, prefix: str):
 
 def _dataclass_of(f):
     t = f.type if not isinstance(f.type, str) else _TYPES.get(f.type.replace("Optional[", "").rstrip("]"))
+    if not is_dataclass(t):   # Optional[X]: X (else the rules of optional sections are never checked)
+        t = next((a for a in get_args(t) if is_dataclass(a)), None)
     return t if is_dataclass(t) else None
 
 
