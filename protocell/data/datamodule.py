@@ -217,7 +217,23 @@ class CellDataModule(L.LightningDataModule):
 
     def dataset(self, split: str, augment: bool = False) -> CellDataset:
         self.setup()
-        return CellDataset(self.store, self.rows[split], self.channel_index, self.crop_size,
+        return self.dataset_of(self.store, self.rows[split], augment)
+
+    @property
+    def channels(self) -> list[str]:
+        """Names of the channels the network sees, in its input order."""
+        self.setup()
+        return [self.store.channels[i] for i in self.channel_index]
+
+    def dataset_of(self, store: CropStore, rows, augment: bool = False) -> CellDataset:
+        """Rows of any crop store with this module's data handling (channels by name, crop size,
+        normalisation and its training ranges, zeroed background and margin): how ``score`` reads
+        another plate as the network was trained to see cells."""
+        missing = [c for c in self.channels if c not in store.channels]
+        if missing:
+            raise StoreError(f"{store.root / 'store.json'} has channels {store.channels} but the network was "
+                             f"trained on {self.channels}: {missing} missing; prepare the plate with those channels")
+        return CellDataset(store, rows, [store.channels.index(c) for c in self.channels], self.crop_size,
                            self.norm_lo, self.norm_hi, self.zero_background, augment, self.seed,
                            per_cell=self.normalize == "cell", photometric=self.photometric,
                            margin=self.zero_margin if self.zero_background else 0)
