@@ -186,12 +186,12 @@ def test_wandb_wiring_logs_figures_offline_to_the_training_run(tiny_run, tmp_pat
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (as root: apt-get update && "
-                    "apt-get install -y chromium): report.html is then checked only for files, not in a browser")
-def test_report_loads_every_image_in_a_real_headless_browser(tiny_run, explained, tmp_path):
+def browser_images(page: Path, tmp_path: Path) -> tuple[int, str]:
+    """Open ``page`` in headless chromium (inside an iframe of a probe page) and return how many images
+    it has and the src of those the browser could not decode (comma-separated, "" when none)."""
     probe = tmp_path / "probe.html"
-    # the report in an iframe of a probe page that lists each image's natural size once loaded
-    probe.write_text(f"""<html><body><iframe id="r" src="{(tiny_run / 'report.html').as_uri()}" width=1200 height=800></iframe>
+    # the page in an iframe of a probe page that lists each image's natural size once loaded
+    probe.write_text(f"""<html><body><iframe id="r" src="{page.as_uri()}" width=1200 height=800></iframe>
 <pre id="out">pending</pre><script>
 document.getElementById('r').onload = () => {{
   const imgs = [...document.getElementById('r').contentDocument.images];
@@ -208,7 +208,13 @@ document.getElementById('r').onload = () => {{
                           capture_output=True, text=True, timeout=120)
     found = re.search(r"IMAGES (\d+) BROKEN (.*?) END", proc.stdout)
     assert found, proc.stdout[-2000:] + proc.stderr[-2000:]
-    n, broken = int(found.group(1)), found.group(2)
+    return int(found.group(1)), found.group(2)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (as root: apt-get update && "
+                    "apt-get install -y chromium): report.html is then checked only for files, not in a browser")
+def test_report_loads_every_image_in_a_real_headless_browser(tiny_run, explained, tmp_path):
+    n, broken = browser_images(tiny_run / "report.html", tmp_path)
     P = len(list((explained / "prototypes").glob("*.png")))
     # population, cell scores, every prototype, every sampled cell: all decoded by the browser
     assert n == 2 + P + len(list((explained / "cells").glob("*.png"))) and broken == "", f"{n} images, broken: {broken}"
