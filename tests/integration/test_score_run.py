@@ -282,3 +282,31 @@ def test_score_page_loads_every_image_in_a_real_headless_browser(scored, tmp_pat
     run, _ = scored
     n, broken = browser_images(run / "score.html", tmp_path)
     assert n == len(list((run / "score").glob("*.png"))) and broken == "", f"{n} images, broken: {broken}"
+
+
+def test_a_plate_prepared_from_raw_images_with_its_plate_map_is_scored(scored, tmp_path):
+    """Another plate, the raw way: TIFF fields + a plate map with compound and dose columns and empty
+    conditions → prepare.py → score.py with data.path (per-image normalisation said on the page)."""
+    from conftest import prepare_config
+    from protocell.data.synthetic import WellSpec, write_fields
+    from protocell.prepare.pipeline import prepare
+
+    run, _ = scored
+    before = (run / "score" / "score.json").read_bytes()
+    fields = write_fields(tmp_path / "fields", WellSpec(wells_per_condition=1, fields_per_well=1, field_size=192,
+                                                        cells_per_field=12, seed=9,
+                                                        dose_series={"doses": [0.01, 0.1, 1, 10], "replicates": 1}))
+    store = prepare(prepare_config(f"input={fields}", f"plate_map={fields / 'plate_map.csv'}",
+                                   f"output={tmp_path / 'store'}", "tile.size=128", "augment.copies=0",
+                                   "summary.overlays=0"))
+    proc = subprocess.run([sys.executable, "score.py", f"run={run}", f"data.path={store}", f"out={tmp_path / 'o'}",
+                           "threads=1", "bootstrap=20", "min_cells=1", "progress=false"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wells = pd.read_csv(tmp_path / "o" / "score" / "wells.csv", keep_default_na=False, na_values=[""])
+    assert wells["well"].tolist() == ["A01", "B01", "C01", "C02", "C03", "C04"]
+    assert wells["dose"].tolist()[2:] == [0.01, 0.1, 1.0, 10.0] and (wells["compound"].fillna("")[2:] == "C1").all()
+    assert wells["role"].tolist() == ["reference", "exposed"] + ["scored"] * 4
+    page = (tmp_path / "o" / "score.html").read_text()
+    assert "prepare stored each image normalised by its own percentiles" in page and "is not the one the run" in page
+    assert (run / "score" / "score.json").read_bytes() == before          # out= leaves the run's own results alone
