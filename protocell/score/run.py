@@ -20,7 +20,6 @@ network does. The ``score/`` folder is written under a temporary name and rename
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -41,7 +40,7 @@ from protocell.score.dose import dose_response
 from protocell.score.infer import infer
 from protocell.score.plots import plot_compound, plot_compound_prototypes, plot_enrichment, plot_plate, safe_name
 from protocell.score.report import score_page
-from protocell.score.source import ScoreError, empty_wells, open_store, plate_wells, run_calibration
+from protocell.score.source import empty_wells, open_store, plate_wells, run_calibration
 from protocell.score.tables import cell_table, enrichment, similarities, top_prototypes, treatment_table, well_table
 
 log = logging.getLogger("protocell.score")

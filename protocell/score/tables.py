@@ -115,11 +115,10 @@ def treatment_table(cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200,
     its pooled cells and, with ≥ 2 wells, a 95 % CI from a bootstrap over its wells; truth where known."""
     rng = np.random.default_rng(seed)
     key = well_key(cells)
-    treatment_of = dict(zip(well_key(wells), wells["treatment"]))
-    t = key.map(treatment_of)
+    members = _members(key.map(dict(zip(well_key(wells), wells["treatment"]))), len(cells))
     rows = []
     for name, w in wells.groupby("treatment", sort=False):
-        sel = (t == name).to_numpy()
+        sel = members(name)
         lr = cells.loc[sel, "likelihood_ratio"].to_numpy()
         row = {"treatment": name, "role": w["role"].iloc[0], "condition": w["condition"].iloc[0],
                "compound": w["compound"].iloc[0], "dose": w["dose"].iloc[0], "n_wells": int(len(w)),
@@ -131,6 +130,17 @@ def treatment_table(cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200,
             row["truth"] = float((cells.loc[sel, "true_label"] == 1).mean())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _members(labels: pd.Series, n: int):
+    """label → boolean mask of the rows carrying it (one grouping pass, not one comparison per label)."""
+    index = labels.reset_index(drop=True).groupby(labels.to_numpy(), sort=False).indices
+
+    def mask(label) -> np.ndarray:
+        m = np.zeros(n, bool)
+        m[index.get(label, [])] = True
+        return m
+    return mask
 
 
 # ----------------------------------------------------------------------------- prototype enrichment
@@ -170,8 +180,10 @@ def enrichment(cells: pd.DataFrame, wells: pd.DataFrame, reference: pd.DataFrame
     ref_mean = ref_sims.mean(0) if len(ref_sims) else np.full(P, np.nan)
     ref_boot = (_boot_means(ref_sims, well_key(reference).to_numpy(), n_boot, rng, by_group=True)
                 if len(ref_sims) else np.full((n_boot, P), np.nan))
-    sims, key = cells[cols].to_numpy(np.float64), well_key(cells).to_numpy()
-    treatment = well_key(cells).map(dict(zip(well_key(wells), wells["treatment"]))).to_numpy()
+    key = well_key(cells)
+    sims, in_well = cells[cols].to_numpy(np.float64), _members(key, len(cells))
+    in_treatment = _members(key.map(dict(zip(well_key(wells), wells["treatment"]))), len(cells))
+    key = key.to_numpy()
     blocks = []
 
     def block(level, plate, well, name, sel, n_wells, by_group):
@@ -189,11 +201,11 @@ def enrichment(cells: pd.DataFrame, wells: pd.DataFrame, reference: pd.DataFrame
                                     "ci_low": lo, "ci_high": hi}))
 
     for w in wells.itertuples():
-        sel = key == f"{w.plate}/{w.well}"
+        sel = in_well(f"{w.plate}/{w.well}")
         if sel.any():
             block("well", w.plate, w.well, w.treatment, sel, 1, False)
     for name, w in wells.groupby("treatment", sort=False):
-        sel = treatment == name
+        sel = in_treatment(name)
         if sel.any():
             block("treatment", "", "", name, sel, int(len(w)), True if len(w) > 1 else None)
     return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()

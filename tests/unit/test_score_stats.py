@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocell.fraction import (bootstrap_cells, bootstrap_wells, likelihood_ratio, mixture_fraction,
-                                mixture_fractions, well_fractions)
+from protocell.fraction import (bootstrap_wells, likelihood_ratio, mixture_fraction, mixture_fractions,
+                                well_fractions)
 
 
 def test_weighted_em_equals_the_one_sample_em_on_the_repeated_cells():
