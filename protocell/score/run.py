@@ -197,6 +197,10 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
         log.warning("score: %d well(s) without cells in %s: %s", len(empty), store.root,
                     ", ".join(f"{p}/{w}" for p, w in zip(empty["plate"], empty["well"])))
     treatments = treatment_table(cells, wells, n_boot, seed)
+    per = treatments.set_index("treatment")          # each well carries its treatment's pooled estimate too
+    for col, src in (("n_replicates", "n_wells"), ("treatment_fraction", "affected_fraction"),
+                     ("treatment_ci_low", "ci_low"), ("treatment_ci_high", "ci_high")):
+        wells[col] = wells["treatment"].map(per[src])
     reference, ref_note = _reference(run, cells)
     classes = [run.class_names[int(c)] for c in run.record["prototype_class"]]
     enrich = enrichment(cells, wells, reference, classes, n_boot, seed)

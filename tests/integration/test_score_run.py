@@ -62,6 +62,11 @@ def test_score_writes_every_table_figure_and_the_page(scored):
         assert wells[col].notna().all(), col
     assert ((wells["ci_low"] <= wells["affected_fraction"] + 1e-12)
             & (wells["affected_fraction"] <= wells["ci_high"] + 1e-12)).all()
+    c1 = wells[wells["treatment"] == "C1 · 1"]
+    assert (c1["n_replicates"] == 3).all() and c1["treatment_fraction"].nunique() == 1
+    # the stress wells are flagged: brightness or density unlike the reference wells'
+    flags = wells.set_index("well")["flag"].fillna("")
+    assert "intensity ×0." in flags["F01"] and "intensity ×1." in flags["F02"] and "cells per image ×0." in flags["F03"]
     # the dose wells were never trained on; some control cells were, and their wells say so
     assert (cells.loc[cells["condition"].isna(), "run_split"].isna()).all()
     assert wells.loc[wells["n_train_cells"] > 0, "flag"].str.contains("trained on").all()
@@ -310,3 +315,30 @@ def test_a_plate_prepared_from_raw_images_with_its_plate_map_is_scored(scored, t
     page = (tmp_path / "o" / "score.html").read_text()
     assert "prepare stored each image normalised by its own percentiles" in page and "is not the one the run" in page
     assert (run / "score" / "score.json").read_bytes() == before          # out= leaves the run's own results alone
+
+
+def test_a_well_imaged_at_twice_the_gain_keeps_its_fraction_and_is_flagged(scored, tmp_path):
+    """A measured example of the assumption under a gain change: the same plate with well C04's crops at
+    2× the gain (camera offset 100 kept). Per-cell normalisation (the run's data.normalize=cell) gives
+    the network the same cells, so the well's estimate stays (up to the uint16 rounding); its raw
+    brightness against the reference wells flags it all the same."""
+    from protocell.score import score_store
+    from protocell.score.run import score_run
+
+    run, _ = scored
+    copy = tmp_path / "gain"
+    shutil.copytree(_store(run).root, copy)
+    m = CropStore(copy).manifest
+    for shard in m.loc[m["well"] == "C04", "shard"].unique():
+        path = copy / "shards" / f"{shard}.crops.npy"
+        crops = np.load(path).astype(np.float64)
+        np.save(path, np.clip((crops - 100) * 2 + 100, 0, 65535).round().astype(np.uint16))
+    out = score_run(run, copy, out=tmp_path / "o", n_boot=10, progress=False, log_wandb=False, min_cells=5)
+    wells = pd.read_csv(out / "wells.csv", keep_default_na=False, na_values=[""]).set_index("well")
+    before = pd.read_csv(run / "score" / "wells.csv", keep_default_na=False, na_values=[""]).set_index("well")
+    assert wells.loc["C04", "intensity_vs_reference"] > 1.5 * before.loc["C04", "intensity_vs_reference"]
+    assert "intensity ×" in wells.loc["C04", "flag"]
+    assert wells.loc["C04", "affected_fraction"] == pytest.approx(before.loc["C04", "affected_fraction"], abs=0.02)
+    cells, plain = score_store(run, copy, progress=False), score_store(run, progress=False)
+    c04 = (cells["well"] == "C04").to_numpy()
+    assert np.allclose(cells.loc[c04, "score"], plain.loc[c04, "score"], atol=0.02)
