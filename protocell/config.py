@@ -11,7 +11,7 @@ that use them (``training.schedule``, ``CellDataModule``) and raise the same ``C
 
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, get_args
 
 from omegaconf import OmegaConf
 
@@ -55,6 +55,20 @@ class PhotometricConfig:
 
 
 @dataclass
+class DoseSeriesConfig:
+    """``data.synthetic.dose_series`` (``protocell.data.synthetic.DoseSeries``; ``plate=dose_series``)."""
+    compound: str = "C1"
+    doses: List[float] = rule(lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of doses > 0",
+                              default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
+    replicates: int = rule(_int(1), "an integer ≥ 1", 3)
+    ec50: float = rule(lambda v: v > 0, "> 0 (in the doses' unit)", 0.5)
+    hill: float = rule(lambda v: v > 0, "> 0", 1.0)
+    bottom: float = rule(lambda v: 0 <= v <= 1, "a fraction in [0, 1]", 0.05)
+    top: float = rule(lambda v: 0 <= v <= 1, "a fraction in [0, 1]", 0.7)
+    stress: bool = False
+
+
+@dataclass
 class SyntheticConfig:
     wells_per_condition: int = rule(_int(1), "an integer ≥ 1", 8)
     fields_per_well: int = rule(_int(1), "an integer ≥ 1", 6)
@@ -67,6 +81,7 @@ class SyntheticConfig:
     photons: float = rule(lambda v: v > 0, "> 0", 600.0)
     read_noise: float = rule(lambda v: v >= 0, "≥ 0", 6.0)
     seed: int = 0
+    dose_series: Optional[DoseSeriesConfig] = None
 
 
 @dataclass
@@ -232,10 +247,12 @@ def _walk(schema, node, prefix: str):
 
 def _dataclass_of(f):
     t = f.type if not isinstance(f.type, str) else _TYPES.get(f.type.replace("Optional[", "").rstrip("]"))
+    if not is_dataclass(t):   # Optional[X]: X (else the rules of optional sections are never checked)
+        t = next((a for a in get_args(t) if is_dataclass(a)), None)
     return t if is_dataclass(t) else None
 
 
-_TYPES = {c.__name__: c for c in (PhotometricConfig, SyntheticConfig, DataConfig, BackboneConfig, MaskConfig,
+_TYPES = {c.__name__: c for c in (PhotometricConfig, DoseSeriesConfig, SyntheticConfig, DataConfig, BackboneConfig, MaskConfig,
                                   LastLayerConfig, ScheduleConfig, HeadConfig, PrototypesConfig, LossConfig,
                                   OptimConfig, PerformanceConfig, ReportConfig)}
 

@@ -12,7 +12,9 @@ two-component mixture ρ·p(s | affected) + (1 − ρ)·p(s | unaffected), found
 Latinne and Decaestecker (Neural Computation, 2002): ρ ← mean_i ρ·LR_i / (ρ·LR_i + 1 − ρ).
 
 Confidence intervals: per well, a bootstrap over the well's cells; per condition, a bootstrap over
-its wells (cells of a well are not independent). Assumptions, stated wherever the number is shown:
+its wells (cells of a well are not independent). A resample is a *weighting* of the cells (how often
+each one is drawn), so ``mixture_fractions`` runs the EM of every resample at once
+(``bootstrap_cells``, ``bootstrap_wells``). Assumptions, stated wherever the number is shown:
 the calibration holds for the scored cells (same imaging, same cell types), and an unaffected
 cell scores alike in every well (no batch effect the network reads: ``well_cue_auroc``).
 """
@@ -49,7 +51,62 @@ def mixture_fraction(lr, iters: int = 500, tol: float = 1e-9) -> float:
     return rho
 
 
-def _ci(values, level: float = 0.95) -> tuple[float, float]:
+def mixture_fractions(lr, weights=None, iters: int = 500, tol: float = 1e-9) -> np.ndarray:
+    """``mixture_fraction`` of B weightings of one set of cells at once: lr (n,), weights (B, n) ≥ 0
+    (how often each cell counts in each sample; None: every cell once) → (B,) fractions (NaN for an
+    all-zero row). Each row stops when its own step is below ``tol``, as the one-sample EM does."""
+    lr = np.asarray(lr, np.float64)
+    w = np.ones((1, len(lr))) if weights is None else np.asarray(weights, np.float64)
+    total = w.sum(1)
+    rho = np.where(total > 0, 0.5, np.nan)
+    active = np.flatnonzero(total > 0)
+    for _ in range(iters):
+        if len(active) == 0:
+            break
+        r = rho[active, None]
+        new = (w[active] * (r * lr / (r * lr + 1 - r))).sum(1) / total[active]
+        done = np.abs(new - rho[active]) < tol
+        rho[active] = new
+        active = active[~done]
+    return rho
+
+
+def _chunks(n_boot: int, n: int, budget: int = 2_000_000):
+    """Row blocks of a (n_boot, n) weight matrix of at most ``budget`` entries (bounded memory)."""
+    step = max(1, budget // max(n, 1))
+    for start in range(0, n_boot, step):
+        yield min(step, n_boot - start)
+
+
+def bootstrap_cells(lr, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot,) fractions of the cells resampled with replacement (multinomial counts)."""
+    lr = np.asarray(lr, np.float64)
+    n = len(lr)
+    if n == 0:
+        return np.full(n_boot, np.nan)
+    return np.concatenate([mixture_fractions(lr, rng.multinomial(n, np.full(n, 1.0 / n), size=b))
+                           for b in _chunks(n_boot, n)])
+
+
+def bootstrap_wells(lr, well, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot,) fractions of the pooled cells of wells resampled with replacement: ``well`` (n,)
+    names each cell's well; a resample draws as many wells as there are, and a well drawn twice
+    counts its cells twice."""
+    lr = np.asarray(lr, np.float64)
+    codes, names = pd.factorize(np.asarray(well))
+    k = len(names)
+    if k == 0:
+        return np.full(n_boot, np.nan)
+    out = []
+    for b in _chunks(n_boot, len(lr)):
+        picks = rng.integers(0, k, (b, k))
+        counts = np.stack([np.bincount(row, minlength=k) for row in picks])   # (b, k) draws of each well
+        out.append(mixture_fractions(lr, counts[:, codes]))
+    return np.concatenate(out)
+
+
+def ci(values, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the finite ``values`` (NaN, NaN when there are none)."""
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
     if len(v) == 0:
@@ -65,8 +122,7 @@ def well_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd.
     rows = []
     for well, g in cells.groupby("well", sort=True):
         lr = g["lr"].to_numpy()
-        boots = [mixture_fraction(lr[rng.integers(0, len(lr), len(lr))]) for _ in range(n_boot)]
-        lo, hi = _ci(boots)
+        lo, hi = ci(bootstrap_cells(lr, n_boot, rng))
         row = {"well": well, "n_cells": len(lr), "affected_fraction": mixture_fraction(lr), "ci_low": lo, "ci_high": hi}
         if "condition" in g:
             row["condition"] = g["condition"].iloc[0]
@@ -109,7 +165,7 @@ def affected_fractions(cells: pd.DataFrame, fit: dict, n_boot: int = 200, seed: 
     target = cells[cells["target"]]
     truth = "true_label" in target and bool((target["true_label"] >= 0).all())
     for c in conds:
-        lo, hi = _ci([b[c] for b in boots]) if boots else (float("nan"), float("nan"))
+        lo, hi = ci([b[c] for b in boots]) if boots else (float("nan"), float("nan"))
         g = target[target["condition"] == c]
         est = {"estimate": point[c], "ci_low": lo, "ci_high": hi, "n_wells": int(g["well"].nunique()),
                "n_cells": int(len(g))}

@@ -2,6 +2,8 @@
 
 Ratios are taken within one run (the machines here are noisy); each figure is the median over
 repeats; threads are set explicitly. ``python -m protocell.bench --quick`` is a smaller pass.
+``score``: cells/s of score's streaming pass and of the whole scoring with its tables, and the peak
+RSS of a fresh scoring process at two store sizes (memory must not grow with the store).
 """
 
 from __future__ import annotations
@@ -191,6 +193,51 @@ def push_peak_rss(n_wells: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def bench_score(n_wells: int, tables: bool = True) -> dict:
+    """score on a store of ``n_wells`` wells per condition (4 fields each), the default's data handling and
+    network (untrained: the same cost): cells/s of the streaming pass (network, similarities) and of the
+    whole scoring with its tables (per-cell calls, well fractions, treatments, enrichment, 200 bootstraps)."""
+    import numpy as np
+
+    from protocell.data.datamodule import CellDataModule
+    from protocell.data.synthetic import WellSpec, build_store
+    from protocell.score.infer import infer
+    from protocell.score.source import plate_wells
+    from protocell.score.tables import cell_table, enrichment, treatment_table, well_table
+    from omegaconf import OmegaConf
+
+    store = build_store(ROOT / "outputs" / "cache", WellSpec(wells_per_condition=n_wells, fields_per_well=4))
+    data_cfg, mask_cfg = OmegaConf.load(ROOT / "conf/data/synthetic.yaml"), OmegaConf.load(ROOT / "conf/mask/on.yaml")
+    dm = CellDataModule(store, zero_background=mask_cfg.zero_background, zero_margin=mask_cfg.zero_margin,
+                        normalize=data_cfg.normalize, eval_batch_size=256)
+    dm.setup()
+    net = _module("vgg11_narrow", 64).net.eval()
+    rows = np.flatnonzero(dm.store.manifest["aug_of"].to_numpy() < 0)
+    t = time.perf_counter()
+    result = infer(net, dm.dataset_of(dm.store, rows), 1, 256, 0, progress=False)
+    t_pass = time.perf_counter() - t
+    out = {"cells": len(rows), "store_mb": sum(f.stat().st_size for f in (store / "shards").glob("*")) / 1e6,
+           "pass_cells_per_s": len(rows) / t_pass}
+    if tables:
+        t = time.perf_counter()
+        wells = plate_wells(dm.store, "Ref", "Exp")
+        cells = cell_table(dm.store.manifest.iloc[rows], wells, result, {"a": 1.0, "b": 0.0, "prior": 0.3})
+        wells = well_table(cells, wells)
+        treatment_table(cells, wells)
+        enrichment(cells, wells, cells[cells["condition"] == "Ref"], ["Ref"] * 10 + ["Exp"] * 10)
+        out["whole_cells_per_s"] = len(rows) / (t_pass + time.perf_counter() - t)
+    return out
+
+
+def score_peak_rss(n_wells: int) -> dict:
+    """Peak RSS (MB) of a fresh process that scores a store of ``n_wells`` wells per condition."""
+    code = (f"import resource, json, torch; torch.set_num_threads({torch.get_num_threads()});"
+            f"from protocell.bench.__main__ import bench_score as b; r = b({n_wells});"
+            "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_make_run() -> dict:
     run_dir = OUT / "make_run"
     t = time.perf_counter()
@@ -201,8 +248,12 @@ def bench_make_run() -> dict:
     subprocess.run([sys.executable, "explain.py", f"run={run_dir}", f"threads={torch.get_num_threads()}"],
                    cwd=ROOT, check=True, capture_output=True)
     explain_wall = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "score.py", f"run={run_dir}", f"threads={torch.get_num_threads()}", "progress=false"],
+                   cwd=ROOT, check=True, capture_output=True)
+    score_wall = time.perf_counter() - t
     m = json.loads((run_dir / "metrics.json").read_text())
-    return {"wall_seconds": wall, "explain_wall_seconds": explain_wall,
+    return {"wall_seconds": wall, "explain_wall_seconds": explain_wall, "score_wall_seconds": score_wall,
             "true_label_accuracy": m.get("true_label_accuracy"),
             "true_label_auroc": m.get("true_label_auroc"), "well_label_accuracy": m.get("well_label_accuracy")}
 
@@ -235,6 +286,11 @@ def main(argv=None) -> dict:
         results["train_vgg11_128px"] = bench_train_step("vgg11", 128, 32, 3, width=1.0, max_rf=None)
     results["data_push_inference"] = bench_data_push_inference(4 if args.quick else 8, 2 if args.quick else 3)
     results["push_memory"] = {"peak_rss_mb_small": push_peak_rss(2), "peak_rss_mb_large": push_peak_rss(8)}
+    small, large = (score_peak_rss(n) for n in ((2, 4) if args.quick else (4, 16)))
+    results["score"] = {"cells_small": small["cells"], "cells_large": large["cells"],
+                        "store_mb_small": small["store_mb"], "store_mb_large": large["store_mb"],
+                        "pass_cells_per_s": large["pass_cells_per_s"], "whole_cells_per_s": large["whole_cells_per_s"],
+                        "peak_rss_mb_small": small["peak_rss_mb"], "peak_rss_mb_large": large["peak_rss_mb"]}
     results["prepare"] = prepare_run(quick=args.quick)
     if not args.quick:
         results["make_run"] = bench_make_run()

@@ -1,6 +1,7 @@
 """``CellDataModule``: the crop store split by source image, as DataLoaders.
 
-Splits: when the manifest's ``split`` column is filled (by ``prepare``) it is used, with ``val``
+Splits: rows without a condition (``label`` −1: wells a store holds only to be scored) belong to no
+split. When the manifest's ``split`` column is filled (by ``prepare``) it is used, with ``val``
 carved out of the training images; otherwise images are split here, stratified by condition:
 ``test_fraction`` of each condition's images to test, ``val_fraction`` of the rest to val. A source
 image never lands in two splits; offline augmentations follow their original into train and are
@@ -194,7 +195,11 @@ class CellDataModule(L.LightningDataModule):
         m = store.manifest
         self.num_classes = int(m["label"].max()) + 1
         self.class_names = [m.loc[m["label"] == k, "condition"].iloc[0] for k in range(self.num_classes)]
-        self.splits = split_by_image(m, self.test_fraction, self.val_fraction, self.seed, self.split_by)
+        # wells without a condition (label −1: wells to score, e.g. compounds and doses) take no split
+        labelled = m["label"].to_numpy() >= 0
+        self.splits = np.full(len(m), "unlabelled", dtype=object)
+        self.splits[labelled] = split_by_image(m[labelled], self.test_fraction, self.val_fraction, self.seed,
+                                               self.split_by)
         originals = m["aug_of"].to_numpy() < 0
         self.rows = {s: np.flatnonzero(self.splits == s) for s in ("train", "val", "test")}
         self.rows["push"] = np.flatnonzero((self.splits == "train") & originals)
@@ -222,7 +227,23 @@ class CellDataModule(L.LightningDataModule):
 
     def dataset(self, split: str, augment: bool = False) -> CellDataset:
         self.setup()
-        return CellDataset(self.store, self.rows[split], self.channel_index, self.crop_size,
+        return self.dataset_of(self.store, self.rows[split], augment)
+
+    @property
+    def channels(self) -> list[str]:
+        """Names of the channels the network sees, in its input order."""
+        self.setup()
+        return [self.store.channels[i] for i in self.channel_index]
+
+    def dataset_of(self, store: CropStore, rows, augment: bool = False) -> CellDataset:
+        """Rows of any crop store with this module's data handling (channels by name, crop size,
+        normalisation and its training ranges, zeroed background and margin): how ``score`` reads
+        another plate as the network was trained to see cells."""
+        missing = [c for c in self.channels if c not in store.channels]
+        if missing:
+            raise StoreError(f"{store.root / 'store.json'} has channels {store.channels} but the network was "
+                             f"trained on {self.channels}: {missing} missing; prepare the plate with those channels")
+        return CellDataset(store, rows, [store.channels.index(c) for c in self.channels], self.crop_size,
                            self.norm_lo, self.norm_hi, self.zero_background, augment, self.seed,
                            per_cell=self.normalize == "cell", photometric=self.photometric,
                            margin=self.zero_margin if self.zero_background else 0)

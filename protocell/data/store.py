@@ -196,6 +196,12 @@ class CropStore:
         state["_shards"] = {}
         return state
 
+    def release(self, shard: str | None = None) -> None:
+        """Unmap one shard's arrays (or every shard's): a reader that goes through the store once
+        (``score``) then holds one shard's pages at a time instead of every page it has read."""
+        for key in [k for k in self._shards if shard is None or k[0] == shard]:
+            del self._shards[key]
+
     def crop(self, i: int) -> np.ndarray:
         return np.asarray(self._array(self._shard_col[i], "crops")[self._index_col[i]])
 

@@ -16,6 +16,16 @@ illumination offset, both stronger in Exp wells) lives outside the cells, so a m
 the background can predict the well label without looking at any cell: the mask ablation has
 something to show. Fields then get optics blur, per-well gain, Poisson and Gaussian noise.
 
+**Dose series** (``dose_series``, off by default): after the control wells, a compound at several
+doses × replicate wells whose affected fraction follows a known four-parameter logistic of the
+dose, ``bottom + (top − bottom) / (1 + (ec50 / dose)^hill)``; these wells have no condition (label
+−1: they are scored, never trained on) and the manifest records ``compound``, ``dose`` and the
+design's ``true_fraction`` of every well. Their background confound grows with the response (0 at
+``bottom``, the Exp level at ``top``). ``stress: true`` adds untreated wells (fraction ``bottom``) that
+break the scoring's assumption on purpose: gain ×0.5, gain ×2, a quarter of the cell density.
+Controls come first from the same random stream, so the controls of a dose-series plate are the
+cells of the plate without it.
+
 Outputs (``write_fields``): ``fields/<image_id>.tif`` (uint16 (2, H, W), channels [actin,
 nuclei]), ``fields/<image_id>.labels.tif`` (uint16 cell instance ids), ``fields/<image_id>.texture.tif``
 (uint8 planted-change mask), ``cells.csv`` (per-cell truth) and ``plate_map.csv``. ``build_store``
@@ -41,6 +51,32 @@ from protocell.data.store import CropStoreWriter, atomic_write_text
 
 CHANNELS = ["actin", "nuclei"]
 CONDITIONS = ["Ref", "Exp"]
+# untreated wells that break the scoring's assumption (unaffected cells look like the reference)
+STRESS_WELLS = (("gain x0.5", {"gain": 0.5}), ("gain x2", {"gain": 2.0}), ("density x0.25", {"density": 0.25}))
+
+
+@dataclass
+class DoseSeries:
+    """A compound at ``doses`` × ``replicates`` wells; affected fraction a 4-parameter logistic of dose."""
+
+    compound: str = "C1"
+    doses: list = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
+    replicates: int = 3
+    ec50: float = 0.5
+    hill: float = 1.0
+    bottom: float = 0.05               # the reference wells' fraction: no effect at low dose
+    top: float = 0.7
+    stress: bool = False               # add STRESS_WELLS
+
+    def __post_init__(self):
+        self.doses = [float(d) for d in self.doses]
+        if not self.doses or min(self.doses) <= 0 or int(self.replicates) < 1 or self.ec50 <= 0 or self.hill <= 0:
+            raise ValueError(f"dose_series needs doses > 0, replicates ≥ 1, ec50 > 0 and hill > 0, got {self}")
+        if not (0 <= self.bottom <= 1 and 0 <= self.top <= 1):
+            raise ValueError(f"dose_series.bottom and .top are fractions in [0, 1], got {self.bottom}, {self.top}")
+
+    def fraction(self, dose: float) -> float:
+        return self.bottom + (self.top - self.bottom) / (1 + (self.ec50 / dose) ** self.hill)
 
 
 @dataclass
@@ -60,9 +96,22 @@ class WellSpec:
     photons: float = 600.0             # expected counts at the brightest actin structure
     read_noise: float = 6.0
     seed: int = 0
+    dose_series: dict | None = None    # DoseSeries fields: compound wells after the controls (module doc)
+
+    def __post_init__(self):
+        if self.dose_series is not None:   # every field spelt out: one plate, one cache key
+            self.dose_series = asdict(DoseSeries(**self.dose_series))
+
+    def as_dict(self) -> dict:
+        """The parameters; ``dose_series`` only when on, so that plates without it keep their cache
+        key and their bytes (``store.json``, ``spec.json``) from before the option existed."""
+        d = asdict(self)
+        if d["dose_series"] is None:
+            del d["dose_series"]
+        return d
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
@@ -169,9 +218,18 @@ def _render_cell(rng, radius, affected, p):
 
 # ----------------------------------------------------------------------------- fields
 
-def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain: float):
+def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain: float,
+                 affected: float | None = None, confound: float | None = None, cells_per_field: int | None = None):
     """Render one field. Returns image (2, H, W) uint16, labels (H, W) uint16, texture (H, W)
-    uint8, and a list of per-cell dicts (``label_id``, centroid, ``true_label``)."""
+    uint8, and a list of per-cell dicts (``label_id``, centroid, ``true_label``).
+
+    ``condition`` sets the share of affected cells (``spec.affected_fraction``) and the background
+    confound (1 in Exp, 0 in Ref); ``affected``, ``confound`` (a level in [0, 1]) and
+    ``cells_per_field`` override them for wells without a condition (dose series)."""
+    p_affected = spec.affected_fraction[condition] if affected is None else float(affected)
+    level = (1.0 if condition == "Exp" else 0.0) if confound is None else float(confound)
+    level = level if spec.confound else 0.0
+    n_cells = spec.cells_per_field if cells_per_field is None else int(cells_per_field)
     H = W = spec.field_size
     p = {"isolated_puncta": 2.0, "cluster_radius": 5.0}
     actin = np.zeros((H, W), np.float32)
@@ -180,15 +238,15 @@ def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain:
     texture = np.zeros((H, W), np.uint8)
     cells, centres = [], []
     lo, hi = spec.cell_radius
-    for _ in range(spec.cells_per_field * 4):
-        if len(cells) >= spec.cells_per_field:
+    for _ in range(n_cells * 4):
+        if len(cells) >= n_cells:
             break
         r = rng.uniform(lo, hi)
         margin = int(r * 1.5) + 2
         cy, cx = rng.integers(margin, H - margin), rng.integers(margin, W - margin)
         if any((cy - y) ** 2 + (cx - x) ** 2 < (1.25 * (r + rr)) ** 2 for y, x, rr in centres):
             continue
-        affected = bool(rng.random() < spec.affected_fraction[condition])
+        affected = bool(rng.random() < p_affected)
         a, n, body, tex = _render_cell(rng, r, affected, p)
         w = a.shape[0]
         y0, x0 = cy - w // 2, cx - w // 2
@@ -208,11 +266,11 @@ def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain:
         centres.append((cy, cx, r))
 
     # background: illumination offset and debris specks, both stronger in Exp when confounded
-    exp = condition == "Exp"
-    offset = 0.04 + (0.03 if (spec.confound and exp) else 0.0)
+    # (written so that levels 0 and 1 give exactly the floats of the two-condition generator)
+    offset = 0.04 + 0.03 * level
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) / H
     illum = 1 + 0.1 * np.sin(2 * np.pi * (yy * rng.uniform(0.3, 1) + xx * rng.uniform(0.3, 1)))
-    n_debris = int(rng.poisson(H * W / (2500 if (spec.confound and exp) else 12000)))
+    n_debris = int(rng.poisson(H * W / 2500 * level + H * W / 12000 * (1 - level)))
     dy, dx = rng.uniform(0, H, n_debris), rng.uniform(0, W, n_debris)
     outside = labels[dy.astype(int), dx.astype(int)] == 0
     debris = _gaussian_spots((H, W), dy[outside], dx[outside], 1.0, rng.uniform(0.5, 0.8, outside.sum()))
@@ -231,15 +289,47 @@ def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain:
     return out, labels, texture, cells
 
 
+def plate_wells(spec: WellSpec) -> list[dict]:
+    """Every well of the plate in generation order: ``well``, ``condition`` ("" without one),
+    ``label`` (−1 without one), the ``render`` overrides of ``render_field``, ``gain`` (× the drawn
+    per-well gain) and ``meta`` (extra manifest columns: dose series only).
+
+    Controls: Ref in row A, Exp in row B. Dose series: replicate r in row C + r, dose k in column
+    k + 1; stress wells in the next row."""
+    wells = [{"well": f"{'AB'[CONDITIONS.index(c)]}{w + 1:02d}", "condition": c, "label": CONDITIONS.index(c),
+              "render": {}, "gain": 1.0, "meta": {}}
+             for c in CONDITIONS for w in range(spec.wells_per_condition)]
+    if spec.dose_series is None:
+        return wells
+    ds = DoseSeries(**spec.dose_series)
+    span = max(ds.top - ds.bottom, 1e-9)
+    for w in wells:
+        w["meta"] = {"compound": "", "dose": "", "true_fraction": spec.affected_fraction[w["condition"]], "stress": ""}
+    for r in range(ds.replicates):
+        for k, dose in enumerate(ds.doses):
+            p = ds.fraction(dose)
+            wells.append({"well": f"{chr(ord('C') + r)}{k + 1:02d}", "condition": "", "label": -1, "gain": 1.0,
+                          "render": {"affected": p, "confound": float(np.clip((p - ds.bottom) / span, 0, 1))},
+                          "meta": {"compound": ds.compound, "dose": dose, "true_fraction": p, "stress": ""}})
+    if ds.stress:
+        row = chr(ord("C") + ds.replicates)
+        for k, (name, change) in enumerate(STRESS_WELLS):
+            render = {"affected": ds.bottom, "confound": 0.0}
+            if "density" in change:
+                render["cells_per_field"] = max(1, round(spec.cells_per_field * change["density"]))
+            wells.append({"well": f"{row}{k + 1:02d}", "condition": "", "label": -1, "render": render,
+                          "gain": change.get("gain", 1.0),
+                          "meta": {"compound": "", "dose": "", "true_fraction": ds.bottom, "stress": name}})
+    return wells
+
+
 def _iter_fields(spec: WellSpec):
     rng = np.random.default_rng(spec.seed)
-    for cond in CONDITIONS:
-        for w in range(spec.wells_per_condition):
-            well = f"{'AB'[CONDITIONS.index(cond)]}{w + 1:02d}"
-            gain = float(rng.uniform(0.8, 1.2))
-            for f in range(spec.fields_per_well):
-                seed = int(rng.integers(2 ** 31))
-                yield cond, well, f, gain, np.random.default_rng(seed)
+    for w in plate_wells(spec):
+        gain = float(rng.uniform(0.8, 1.2)) * w["gain"]
+        for f in range(spec.fields_per_well):
+            seed = int(rng.integers(2 ** 31))
+            yield w, f, gain, np.random.default_rng(seed)
 
 
 def crop_cell(image: np.ndarray, labels: np.ndarray, label_id: int, cy: float, cx: float, size: int):
@@ -265,14 +355,15 @@ def write_fields(out_dir: str | Path, spec: WellSpec | None = None, **overrides)
     out = Path(out_dir)
     (out / "fields").mkdir(parents=True, exist_ok=True)
     plate_rows, cell_rows = [], []
-    for cond, well, f, gain, rng in _iter_fields(spec):
+    for w, f, gain, rng in _iter_fields(spec):
+        well = w["well"]
         image_id = f"plate1_{well}_f{f}"
-        img, labels, tex, cells = render_field(rng, spec, cond, gain)
+        img, labels, tex, cells = render_field(rng, spec, w["condition"], gain, **w["render"])
         tifffile.imwrite(out / "fields" / f"{image_id}.tif", img, metadata={"axes": "CYX", "channels": CHANNELS})
         tifffile.imwrite(out / "fields" / f"{image_id}.labels.tif", labels)
         tifffile.imwrite(out / "fields" / f"{image_id}.texture.tif", tex)
         plate_rows.append({"image": f"fields/{image_id}.tif", "plate": "plate1", "well": well,
-                           "field": f, "condition": cond})
+                           "field": f, "condition": w["condition"], **w["meta"]})
         cell_rows += [{"image_id": image_id, **c} for c in cells]
     pd.DataFrame(plate_rows).to_csv(out / "plate_map.csv", index=False)
     pd.DataFrame(cell_rows).to_csv(out / "cells.csv", index=False)
@@ -291,12 +382,13 @@ def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> 
     # a private folder per builder: parallel runs (Hydra multirun) may build the same store at once
     tmp_dir = store_dir.with_name(f"{store_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     writer = CropStoreWriter(tmp_dir, CHANNELS, spec.crop_size, source="synthetic",
-                             extra={"synthetic": asdict(spec), "conditions": CONDITIONS,
+                             extra={"synthetic": spec.as_dict(), "conditions": CONDITIONS,
                                     "normalization": {"method": "raw"}})
     next_id = 0
-    for cond, well, f, gain, rng in _iter_fields(spec):
+    for w, f, gain, rng in _iter_fields(spec):
+        well, cond = w["well"], w["condition"]
         image_id = f"plate1_{well}_f{f}"
-        img, labels, tex, cells = render_field(rng, spec, cond, gain)
+        img, labels, tex, cells = render_field(rng, spec, cond, gain, **w["render"])
         crops, masks, texs, rows = [], [], [], []
         for c in cells:
             crop, mask, (y0, x0, y1, x1) = crop_cell(img, labels, c["label_id"], c["centroid_y"],
@@ -306,15 +398,15 @@ def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> 
             masks.append(mask)
             texs.append(t[0] * mask)
             rows.append({"cell_id": next_id, "image_id": image_id, "plate": "plate1", "well": well,
-                         "field": f, "condition": cond, "label": CONDITIONS.index(cond),
+                         "field": f, "condition": cond, "label": w["label"],
                          "bbox_y0": y0, "bbox_x0": x0, "bbox_y1": y1, "bbox_x1": x1,
                          "centroid_y": round(c["centroid_y"], 2), "centroid_x": round(c["centroid_x"], 2),
-                         "true_label": c["true_label"], "label_id": c["label_id"]})
+                         "true_label": c["true_label"], "label_id": c["label_id"], **w["meta"]})
             next_id += 1
         if rows:
             writer.write_shard(image_id, np.stack(crops), np.stack(masks), rows, texture=np.stack(texs))
     writer.finish()
-    atomic_write_text(tmp_dir / "spec.json", json.dumps(asdict(spec), indent=2))
+    atomic_write_text(tmp_dir / "spec.json", json.dumps(spec.as_dict(), indent=2))
     try:
         tmp_dir.rename(store_dir)        # atomic; fails if another builder finished first
     except OSError:

@@ -17,11 +17,24 @@ from protocell.explain.scores import fraction_lines
 from protocell.fsutil import atomic_write_text
 
 
-def _table(df: pd.DataFrame, digits: int = 3) -> str:
+# the look of every protocell page (report.html, score.html)
+STYLE = """<style>body{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em;color:#222}
+figure{display:inline-block;margin:4px;vertical-align:top} figure.p{width:380px} figure.c{width:600px}
+figcaption{font-size:12px} img{max-width:100%} .flag{color:#b00}
+table.t,table.kv{border-collapse:collapse;font-size:12px} table td,table th{padding:2px 6px;border-bottom:1px solid #ddd;text-align:left}
+p.how{font-size:13px;color:#444;max-width:900px}
+.box{padding:8px 12px;margin:10px 0;border-radius:4px;font-size:14px;max-width:1100px} .box ul{margin:4px 0}
+.failed{background:#fde8e8;border:2px solid #c00;color:#900} .incomplete{background:#fff1e0;border:2px solid #e07000;color:#8a4500}
+.warning{background:#fff8dc;border:1px solid #d4a000} .note{background:#eef4fb;border:1px solid #9bb8d8}
+.sw{display:inline-block;width:11px;height:11px;margin:0 3px 0 8px;border:1px solid #888;vertical-align:middle}</style>"""
+
+
+def table_html(df: pd.DataFrame, digits: int = 3) -> str:
+    """A table; ``to_html`` escapes every cell."""
     return df.to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0, classes="t", na_rep="")
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
 
 
@@ -53,9 +66,14 @@ def channel_legend(look) -> str:
                     f'</span>{html.escape(name)}' for name, col in look.legend())
 
 
-def _img(src: str, alt: str, width: str = "") -> str:
+def img_html(src: str, alt: str, width: str = "") -> str:
     style = f' style="max-width:{width}"' if width else ""
     return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{style}>'
+
+
+def kv_html(pairs: dict) -> str:
+    """Rows of a key–value table (``<table class="kv">``), keys and values escaped."""
+    return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{fmt(v)}</td></tr>" for k, v in pairs.items())
 
 
 def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFrame, em: dict, metrics: dict,
@@ -84,20 +102,20 @@ def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFram
            if k in ("n_cells", "well_label_accuracy", "well_label_balanced_accuracy", "well_label_auroc",
                     "true_label_accuracy", "true_label_auroc")},
     }
-    run_table = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in summary.items())
+    run_table = kv_html(summary)
     if look is not None:
         run_table += f"<tr><th>channels (figure colours)</th><td>{channel_legend(look)}</td></tr>"
     flags = {} if health is None else dict(zip(health["prototype"], health["flag"]))
     grid = "".join(
         f'<figure class="p"><a href="explain/mosaics/mosaic_{p["prototype"]:02d}.png">'
-        f'{_img("explain/" + p["figure"], "prototype " + str(p["prototype"]))}</a>'
+        f'{img_html("explain/" + p["figure"], "prototype " + str(p["prototype"]))}</a>'
         f'<figcaption>prototype {p["prototype"]} · {html.escape(p["class"])} · well {html.escape(str(p["well"]))} '
         f'field {html.escape(str(p["field"]))} cell {p["cell_id"]}'
         f'{" · <b class=flag>" + html.escape(flags[p["prototype"]]) + "</b>" if flags.get(p["prototype"]) else ""}'
         f'<br><a href="explain/mosaics/mosaic_{p["prototype"]:02d}.png">its {k_near} nearest patches</a>'
         f' (<a href="explain/mosaics/mosaic_{p["prototype"]:02d}.csv">where</a>)</figcaption></figure>' for p in protos)
     cell_figs = "".join(
-        f'<figure class="c">{_img("explain/" + c["figure"], "cell " + str(c["cell_id"]))}<figcaption>test cell '
+        f'<figure class="c">{img_html("explain/" + c["figure"], "cell " + str(c["cell_id"]))}<figcaption>test cell '
         f'{c["cell_id"]} ({html.escape(c["condition"])}, image {html.escape(str(c["image_id"]))}) → '
         f'{html.escape(c["predicted"])}, {html.escape(run.exp)} score {c["exp_score"]:.2f}</figcaption></figure>'
         for c in (cells or []))
@@ -112,15 +130,7 @@ def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFram
              f"by Cohen's d of the {units}' means where it exists, then by the difference")
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>protocell report · {html.escape(run.dir.name)}</title>
-<style>body{{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em;color:#222}}
-figure{{display:inline-block;margin:4px;vertical-align:top}} figure.p{{width:380px}} figure.c{{width:600px}}
-figcaption{{font-size:12px}} img{{max-width:100%}} .flag{{color:#b00}}
-table.t,table.kv{{border-collapse:collapse;font-size:12px}} table td,table th{{padding:2px 6px;border-bottom:1px solid #ddd;text-align:left}}
-p.how{{font-size:13px;color:#444;max-width:900px}}
-.box{{padding:8px 12px;margin:10px 0;border-radius:4px;font-size:14px;max-width:1100px}} .box ul{{margin:4px 0}}
-.failed{{background:#fde8e8;border:2px solid #c00;color:#900}} .incomplete{{background:#fff1e0;border:2px solid #e07000;color:#8a4500}}
-.warning{{background:#fff8dc;border:1px solid #d4a000}} .note{{background:#eef4fb;border:1px solid #9bb8d8}}
-.sw{{display:inline-block;width:11px;height:11px;margin:0 3px 0 8px;border:1px solid #888;vertical-align:middle}}</style></head><body>
+{STYLE}</head><body>
 <h1>protocell run {html.escape(run.dir.name)}: what differs between {ref} and {exp}</h1>
 {status_banner(metrics)}
 <h2>Run</h2><table class="kv">{run_table}</table>
@@ -134,10 +144,10 @@ similarity to each prototype; bars are the mean over the {ref} and the {exp} tes
 {exp} − {ref} (bottom), prototypes grouped by class. Error bars: 95 % confidence intervals from a bootstrap over
 <b>{units}</b> (cells of one well are not independent; a condition with one replicate has none). A prototype far
 above zero below is a pattern that is more common in {exp} cells.</p>
-{_img("explain/population_similarity.png", "population similarity")}
+{img_html("explain/population_similarity.png", "population similarity")}
 <p class="how">Ranked: {tests} (<a href="explain/prototype_differences.csv">CSV</a>,
 <a href="explain/population_similarity.csv">population means CSV</a>).</p>
-{_table(ranked)}
+{table_html(ranked)}
 
 <h2>Prototypes</h2>
 <p class="how">Each prototype on the cell it was taken from (<a href="explain/prototypes.csv">source images and
@@ -153,7 +163,7 @@ outline. Click a prototype for its {k_near} nearest training patches.</p>
 fraction of each condition: {html.escape("; ".join(fraction_lines(frac)))}. Estimator: {html.escape(str(frac.get("estimator", "")))}.
 Assumption: {html.escape(str(frac.get("assumption", frac.get("reason", ""))))}; if unaffected {exp} cells score higher
 than {ref} cells (a well or plate effect), the {exp} estimate is biased upwards. 95 % CI: bootstrap over wells.</p>
-{_img("explain/cell_scores.png", "cell scores")}
+{img_html("explain/cell_scores.png", "cell scores")}
 
 <h2>This looks like that: sample test cells</h2>
 <p class="how">Top row: the cell, and where in it each of its most important prototypes matched (box, similarity
@@ -166,7 +176,7 @@ the prototype's own source patch.</p>
 <b>on border</b> (more than half of its nearest patches straddle the cell outline), <b>in background</b> (any
 nearest patch outside the cell), <b>impure</b> (fewer than half of its nearest patches from its own class).
 <a href="explain/prototype_health.csv">CSV</a>.</p>
-{_table(health) if health is not None else ""}
+{table_html(health) if health is not None else ""}
 {_kv({k.replace("_", " "): v for k, v in em.items() if k in QUALITY})}
 {truth_section(run, em, frac)}
 </body></html>"""
@@ -178,7 +188,7 @@ QUALITY = ("distinct_source_patches", "distinct_source_cells", "prototypes_with_
 
 
 def _kv(d: dict) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in d.items())
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{fmt(v)}</td></tr>" for k, v in d.items())
     return f'<table class="kv">{rows}</table>' if rows else ""
 
 
@@ -196,7 +206,7 @@ def test_set_section(metrics: dict, class_names: list[str]) -> str:
     return (f'<h2>Test set</h2><p class="how">Accuracy on an unbalanced test set rewards calling every cell the larger '
             f'condition; balanced accuracy (the mean of the recalls) does not. "called" is the share of a well\'s '
             f'cells the cell call puts in {html.escape(class_names[-1])} (affected, when calibrated).</p>'
-            f'{_kv(kv)}{_table(pd.DataFrame(comp).rename(columns={"called_fraction": "called"}))}')
+            f'{_kv(kv)}{table_html(pd.DataFrame(comp).rename(columns={"called_fraction": "called"}))}')
 
 
 def truth_section(run, em: dict, frac: dict) -> str:

@@ -335,19 +335,21 @@ class Preparer:
     def finish(self, out: Path, work: Path, writer: CropStoreWriter, sources, by_id, records):
         c = self.c
         conditions = {s.image_id: by_id[s.image_id].condition for s in sources}
-        order = list(c.get("conditions") or dict.fromkeys(conditions[s.image_id] for s in sources))
-        unknown = sorted(set(conditions.values()) - set(order))
+        # an image without a condition is scored only: label −1, no split (the DataModule skips it)
+        order = list(c.get("conditions") or dict.fromkeys(conditions[s.image_id] for s in sources if conditions[s.image_id]))
+        unknown = sorted(set(conditions.values()) - set(order) - {""})
         if unknown:
             raise InputError(f"conditions={order} does not list condition(s) {unknown} of the plate map")
-        with_cells = {i: cond for i, cond in conditions.items() if records[i]["rows"]}
+        with_cells = {i: cond for i, cond in conditions.items() if records[i]["rows"] and cond}
         split = split_images(with_cells, c["split"]["test_fraction"], int(c["split"]["seed"]))
         writer.rows.clear()
         next_id = 0
         originals: list[tuple[str, list[dict]]] = []
         for s in sources:
             e, rec = by_id[s.image_id], records[s.image_id]
-            meta = {"image_id": e.image_id, "plate": e.plate, "well": e.well, "field": e.field,
-                    "condition": e.condition, "label": order.index(e.condition), "split": split.get(e.image_id, "")}
+            meta = {**e.meta, "image_id": e.image_id, "plate": e.plate, "well": e.well, "field": e.field,
+                    "condition": e.condition, "label": order.index(e.condition) if e.condition else -1,
+                    "split": split.get(e.image_id, "")}
             for shard in rec["shards"]:
                 rows = [{**r, **meta, "cell_id": next_id + i} for i, r in
                         enumerate(r for r in rec["rows"] if r["shard"] == shard)]

@@ -2,7 +2,10 @@
 
 Plate map columns: ``image`` (path relative to the input folder, or absolute), ``plate``,
 ``well``, ``field``, ``condition``; optional ``channel`` (then one row per channel file, rows of
-one image sharing plate/well/field, or ``image_id``) and ``image_id``. A pattern is a regular
+one image sharing plate/well/field, or ``image_id``) and ``image_id``. An empty ``condition`` marks a
+well to score only (no class: compounds, doses). Any other column (``dose``, ``compound``,
+``concentration``, any metadata) is carried into the manifest unchanged, as text; names the
+manifest uses itself (``label``, ``split``, …) are refused. A pattern is a regular
 expression matched against each TIFF's path relative to the input folder, with named groups
 ``well`` (required) and optionally ``plate``, ``field``, ``condition``, ``channel``, ``image_id``.
 
@@ -19,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from protocell.data.store import MANIFEST_COLUMNS
 from protocell.prepare.io import ImageSource, InputError, file_channels
 
 REQUIRED_COLUMNS = ["image", "plate", "well", "field", "condition"]
+OPTIONAL_COLUMNS = ["channel", "image_id"]
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -31,8 +36,9 @@ class ImageEntry:
     plate: str
     well: str
     field: str
-    condition: str
+    condition: str                                        # "" : no class, the image is scored only
     files: dict[str, str] = field(default_factory=dict)   # channel name → path; "*" = multi-channel file
+    meta: dict[str, str] = field(default_factory=dict)    # the plate map's other columns (dose, compound, …)
 
 
 def _safe_id(text: str) -> str:
@@ -48,8 +54,9 @@ def _channel_name(raw: str, names: list[str], mapping: dict, where: str) -> str:
     return name
 
 
-def _group(rows: list[dict], names: list[str], mapping: dict, where: str) -> list[ImageEntry]:
-    """Rows (one per file) → images; rows with a channel are grouped by image_id/plate/well/field."""
+def _group(rows: list[dict], names: list[str], mapping: dict, where: str, extra: list[str] = ()) -> list[ImageEntry]:
+    """Rows (one per file) → images; rows with a channel are grouped by image_id/plate/well/field.
+    ``extra``: the metadata columns each image carries (equal in all rows of one image)."""
     entries: dict[str, ImageEntry] = {}
     for r in rows:
         per_channel = r.get("channel") not in (None, "")
@@ -60,9 +67,14 @@ def _group(rows: list[dict], names: list[str], mapping: dict, where: str) -> lis
         else:
             image_id = _safe_id(re.sub(r"(\.ome)?\.tiff?$", "", Path(r["path"]).name, flags=re.I))
         e = entries.get(image_id)
+        meta = {k: r[k] for k in extra}
         if e is None:
             e = entries[image_id] = ImageEntry(image_id, str(r["plate"]), str(r["well"]), str(r["field"]),
-                                               str(r["condition"]))
+                                               str(r["condition"]), meta=meta)
+        elif meta != e.meta:
+            differ = [k for k in extra if meta[k] != e.meta[k]]
+            raise InputError(f"{where}: image '{image_id}' has channel files with different {differ} "
+                             f"({[e.meta[k] for k in differ]} and {[meta[k] for k in differ]} in {r['path']})")
         elif not per_channel or "*" in e.files:
             raise InputError(f"{where}: two files for image '{image_id}' ({e.files} and {r['path']}); give each "
                              "multi-channel image its own plate/well/field or an image_id column")
@@ -95,6 +107,11 @@ def read_plate_map(csv_path: str | Path, input_dir: str | Path, names: list[str]
                          "must be: image,plate,well,field,condition[,channel][,image_id]")
     if len(df) == 0:
         raise InputError(f"plate_map={csv_path} has no rows")
+    extra = [c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    reserved = [c for c in extra if c in MANIFEST_COLUMNS or c == "path"]
+    if reserved:
+        raise InputError(f"plate_map={csv_path} has column(s) {reserved}, which the crop store's manifest uses itself; "
+                         "rename them (extra columns such as dose or compound are carried into the manifest as they are)")
     rows, problems = [], []
     for i, r in df.iterrows():
         p = Path(r["image"])
@@ -103,14 +120,14 @@ def read_plate_map(csv_path: str | Path, input_dir: str | Path, names: list[str]
             problems.append(f"plate_map={csv_path} row {i + 2} names image '{r['image']}', which is not in the input "
                             f"folder {input_dir} (looked for {path}): fix the path or add the file")
             continue
-        empty = [c for c in REQUIRED_COLUMNS if str(r[c]).strip() == ""]
+        empty = [c for c in REQUIRED_COLUMNS if c != "condition" and str(r[c]).strip() == ""]   # no condition: scored only
         if empty:
             problems.append(f"plate_map={csv_path} row {i + 2} ({r['image']}) has empty {empty}")
             continue
         rows.append({**{c: str(r[c]).strip() for c in df.columns}, "path": str(path)})
     if problems:
         raise InputError("\n".join(problems))
-    return _group(rows, names, mapping, f"plate_map={csv_path}")
+    return _group(rows, names, mapping, f"plate_map={csv_path}", extra)
 
 
 def match_pattern(pattern: str, input_dir: str | Path, names: list[str], mapping: dict) -> list[ImageEntry]:

@@ -22,3 +22,11 @@ def test_data_push_inference_bench_uses_the_default_data_handling_and_reports_bo
     for k in ("data_path_cells_per_s", "data_path_first_epoch_cells_per_s", "inference_cells_per_s"):
         assert res[k] > 0
     assert res["push_over_inference"] > 0
+
+
+def test_score_bench_reports_both_rates_and_a_peak_rss_per_store_size():
+    from protocell.bench.__main__ import bench_score
+
+    res = bench_score(1)
+    assert res["cells"] > 0 and res["store_mb"] > 0
+    assert res["pass_cells_per_s"] > 0 and 0 < res["whole_cells_per_s"] <= res["pass_cells_per_s"]

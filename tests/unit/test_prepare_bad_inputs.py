@@ -163,3 +163,39 @@ def test_missing_builtin_cellpose_model_names_the_download(plate, tmp_path, monk
     monkeypatch.setattr(models, "MODEL_DIR", tmp_path / "cp_models")
     msg = refused(plate, "segmentation=cellpose", "segmentation.model=cyto3", match="is not on this machine")
     assert str(tmp_path / "cp_models" / "cyto3") in msg and "https://www.cellpose.org/models/cyto3" in msg
+
+
+def test_extra_plate_map_columns_reach_the_manifest_and_empty_conditions_are_scored_only(plate):
+    """dose, compound, concentration or any metadata are carried into the manifest as they are; an
+    image without a condition gets label −1 and no split (never trained on, never augmented)."""
+    from protocell.data.store import CropStore
+
+    pm = pd.read_csv(plate / "plate_map.csv")
+    pm["dose"] = ["0.1", "1", "", "1e-3"]
+    pm["compound"] = ["C1", "C1", "", "C2, salt"]          # a comma survives the CSV round trip
+    pm["concentration"] = ["10 µM", "", "", "x"]
+    pm.loc[3, "condition"] = ""
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    out, _ = run(plate, "augment.copies=1")
+    m = CropStore(out).manifest
+    by_image = m[m["aug_of"] < 0].groupby("image_id").first()
+    for r in pm.itertuples():
+        image_id = Path(r.image).stem
+        got = by_image.loc[image_id]
+        want = {k: "" if pd.isna(getattr(r, k)) else str(getattr(r, k)) for k in ("dose", "compound", "concentration")}
+        assert {k: str(got[k]) for k in want} == want, image_id
+    unscored = m["image_id"] == Path(pm.loc[3, "image"]).stem
+    assert (m.loc[unscored, "label"] == -1).all() and (m.loc[unscored, "split"] == "").all()
+    assert (m.loc[unscored, "aug_of"] < 0).all() and (m.loc[~unscored, "label"] >= 0).all()
+    aug = m[m["aug_of"] >= 0]
+    assert len(aug) and (aug["dose"].astype(str).to_numpy()
+                         == m.set_index("cell_id").loc[aug["aug_of"], "dose"].astype(str).to_numpy()).all()
+    assert m.loc[~unscored & (m["aug_of"] < 0), "split"].isin(["train", "test"]).all()
+
+
+def test_plate_map_columns_the_manifest_uses_are_refused(plate):
+    pm = pd.read_csv(plate / "plate_map.csv")
+    pm["split"] = "train"
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    msg = refused(plate, match=r"column\(s\) \['split'\].*manifest uses itself")
+    assert "plate_map.csv" in msg and "rename" in msg

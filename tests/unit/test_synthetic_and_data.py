@@ -280,3 +280,64 @@ def test_parallel_builders_of_one_store_do_not_collide(tmp_path):
     store = CropStore(paths[0])
     assert len(store) > 0 and store.crop(len(store) - 1).shape == (2, 64, 64)
     assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]   # no partial folders left
+
+
+def test_plates_without_a_dose_series_keep_their_cache_key_and_bytes(tmp_path):
+    """The dose-series option must not change the plates that existed before it: same key (so the
+    same cached store), no new key in store.json or spec.json, no new manifest column."""
+    import json
+
+    assert WellSpec().key() == "daabd7049fb1"                                          # the generator's default
+    assert WellSpec(wells_per_condition=8, fields_per_well=6).key() == "f01ee44b53e5"   # conf/data/synthetic.yaml
+    path = build_store(tmp_path, WellSpec(wells_per_condition=1, fields_per_well=1, field_size=128, cells_per_field=4))
+    assert "dose_series" not in json.loads((path / "store.json").read_text())["synthetic"]
+    assert "dose_series" not in json.loads((path / "spec.json").read_text())
+    assert not {"dose", "compound", "true_fraction"} & set(CropStore(path).manifest.columns)
+
+
+def test_dose_series_wells_follow_the_logistic_and_leave_the_controls_alone(tmp_path):
+    from protocell.data.synthetic import DoseSeries
+
+    base = {"wells_per_condition": 2, "fields_per_well": 2, "field_size": 160, "cells_per_field": 10, "seed": 5}
+    series = {"doses": [0.1, 1.0, 10.0], "replicates": 2, "ec50": 1.0, "hill": 2.0, "bottom": 0.0, "top": 1.0,
+              "stress": True}
+    plain, dosed = CropStore(build_store(tmp_path, WellSpec(**base))), CropStore(build_store(tmp_path, WellSpec(
+        **base, dose_series=series)))
+    # the controls are the plate without the series, cell for cell
+    n = len(plain)
+    assert (dosed.manifest["label"].to_numpy()[:n] >= 0).all() and (dosed.manifest["label"].to_numpy()[n:] == -1).all()
+    for i in range(n):
+        assert np.array_equal(plain.crop(i), dosed.crop(i)) and np.array_equal(plain.mask(i), dosed.mask(i))
+    m = dosed.manifest.iloc[n:]
+    wells = m.groupby("well").agg(dose=("dose", "first"), truth=("true_fraction", "first"),
+                                  stress=("stress", "first"), observed=("true_label", "mean"), cells=("cell_id", "size"))
+    assert set(wells.index) == {"C01", "C02", "C03", "D01", "D02", "D03", "E01", "E02", "E03"}
+    assert (m["condition"] == "").all() and set(m["compound"]) <= {"C1", ""}
+    doses = wells.loc[["C01", "C02", "C03"], "dose"].astype(float).tolist()
+    assert doses == [0.1, 1.0, 10.0]
+    expected = [DoseSeries(**series).fraction(d) for d in doses]          # 1 / (1 + (1/d)²): 1/101, 1/2, 100/101
+    assert np.allclose(wells.loc[["C01", "C02", "C03"], "truth"], expected) and np.isclose(expected[1], 0.5)
+    assert wells.loc["C01", "observed"] <= 0.2 and wells.loc["C03", "observed"] >= 0.8   # cells drawn at those fractions
+    assert wells.loc["E01":"E03", "stress"].tolist() == ["gain x0.5", "gain x2", "density x0.25"]
+    assert wells.loc["E03", "cells"] < wells.loc["E01", "cells"]
+    # a DataModule on the dose plate trains on its controls only
+    dm = CellDataModule(dosed.root, seed=0)
+    dm.setup()
+    assert set(dm.splits[n:]) == {"unlabelled"} and dm.class_names == ["Ref", "Exp"]
+    assert all((dm.rows[s] < n).all() for s in ("train", "val", "test", "push"))
+
+
+def test_optional_config_sections_have_their_ranges_checked():
+    from hydra import compose, initialize_config_dir
+
+    from protocell.config import register, validate
+    from pathlib import Path
+
+    register()
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    for override, message in (("data.synthetic.wells_per_condition=0", "wells_per_condition=0 is invalid"),
+                              ("data.synthetic.dose_series.ec50=-1", "dose_series.ec50=-1.0 is invalid")):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose("train", overrides=["plate=dose_series", override])
+        with pytest.raises(ConfigError, match=message):
+            validate(cfg)

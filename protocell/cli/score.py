@@ -1,0 +1,20 @@
+"""``score.py``: score a crop store's wells with a trained run (``protocell.score.run.score_run``)."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from protocell.cli.common import run_cli
+
+
+def run(cfg: DictConfig):
+    from protocell.score.run import score_run
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    return run_cli("score", lambda c: score_run(
+        c.run, store=c.data.get("path"), out=c.get("out"), n_boot=c.bootstrap, nearest=c.nearest,
+        top=c.top_prototypes, min_cells=c.min_cells, batch_size=c.data.get("batch_size"),
+        num_workers=int(c.data.get("num_workers", 0)), progress=bool(c.progress), log_wandb=bool(c.wandb),
+        seed=int(c.seed)), cfg)

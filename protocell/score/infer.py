@@ -1,0 +1,64 @@
+"""One streaming pass of the network over a store's cells: per cell the Exp score, the minimum
+distance to every prototype, and the raw brightness inside the cell.
+
+Memory is flat in the number of cells: crops are read from the memory-mapped shards batch by batch
+(``DataLoader``), a shard is unmapped once the pass has left it, and only the per-cell numbers are
+kept (P + 3 floats a cell).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from protocell.data.dataset import CellDataset
+
+
+class ScoringCells(Dataset):
+    """``CellDataset`` items with the cell's raw brightness: (image (C, S, S), mask (1, S, S), cell_id,
+    intensity), where intensity is the mean stored pixel value inside the cell's mask over the network's
+    channels, before any normalisation (a well-gain diagnostic: per-cell normalisation hides it from the
+    network by design)."""
+
+    def __init__(self, cells: CellDataset):
+        self.cells = cells
+        self.shards = cells.store.manifest["shard"].to_numpy()[cells.rows]
+        self._open = None
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, i):
+        if self._open is not None and self.shards[i] != self._open:   # rows come shard by shard: unmap the last
+            self.cells.store.release(self._open)
+        self._open = self.shards[i]
+        x, m, _, cell_id = self.cells[i]
+        r = int(self.cells.rows[i])
+        crop = self.cells.store.crop(r)[self.cells.channels]
+        inside = self.cells.store.mask(r) > 0
+        raw = crop[:, inside] if inside.any() else crop.reshape(len(crop), -1)
+        return x, m, cell_id, float(raw.mean(dtype=np.float64))
+
+
+@torch.no_grad()
+def infer(net, cells: CellDataset, positive: int, batch_size: int = 256, num_workers: int = 0,
+          progress: bool = True) -> dict[str, np.ndarray]:
+    """cell_id (n,), score (n,) = P(exposed class), min_d (n, P) masked minimum distances,
+    intensity (n,), in the order of ``cells.rows``."""
+    net.eval()
+    loader = DataLoader(ScoringCells(cells), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    out = {"cell_id": [], "score": [], "min_d": [], "intensity": []}
+    with tqdm(total=len(cells), desc="score", unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+        for x, m, cell_id, raw in loader:
+            o = net(x, m)
+            out["score"].append(F.softmax(o["logits"].float(), 1)[:, positive].numpy())
+            out["min_d"].append(o["min_distances"].float().numpy())
+            out["cell_id"].append(cell_id.numpy())
+            out["intensity"].append(raw.numpy())
+            bar.update(len(cell_id))
+    P = net.prototypes.shape[0]
+    empty = {"min_d": np.zeros((0, P), np.float32)}
+    return {k: np.concatenate(v) if v else empty.get(k, np.zeros(0)) for k, v in out.items()}

@@ -1,0 +1,267 @@
+"""``score_run``: apply a trained run to every well of a crop store — per-cell calls, per-well affected
+fractions, prototype enrichment, dose–response — and write tables, figures and ``score.html``.
+
+Reads the run folder (``protocell.artifacts``: checkpoint, prototypes, config, ``metrics.json`` →
+``calibration``) and the store; writes, under ``out`` (default: the run folder)::
+
+    score/cells.csv                 one row per cell (tables.cell_table)
+    score/wells.csv                 one row per well: fraction + CI over cells, diagnostics, flags
+    score/treatments.csv            replicate wells pooled: fraction + CI over wells
+    score/prototype_enrichment.csv  per well and treatment × prototype: similarity − reference, CI
+    score/dose_response.csv         per compound: 4PL of the fraction (and top prototypes) vs log dose
+    score/score.json                what was scored, how, and the ground-truth checks where known
+    score/plate_<plate>.png, dose_<compound>.png, dose_<compound>_prototypes.png, enrichment.png
+    score.html                      all of it on one page
+
+Every check on the inputs (run folder, calibration, channels, crop size, doses) runs before the
+network does. The ``score/`` folder is written under a temporary name and renamed into place, and
+``score.html`` atomically after it: an interrupted run leaves the previous results whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from protocell.artifacts import RunFolder, positive_class
+from protocell.data.store import CropStore
+from protocell.errors import check
+from protocell.explain.source import Run, load_run
+from protocell.fraction import ASSUMPTION, ESTIMATOR
+from protocell.fsutil import atomic_write_json, atomic_write_text
+from protocell.score.dose import dose_response
+from protocell.score.infer import infer
+from protocell.score.plots import plot_compound, plot_compound_prototypes, plot_enrichment, plot_plate, safe_name
+from protocell.score.report import score_page
+from protocell.score.source import empty_wells, open_store, plate_wells, run_calibration
+from protocell.score.tables import cell_table, enrichment, similarities, top_prototypes, treatment_table, well_table
+
+log = logging.getLogger("protocell.score")
+TOLERANCE = 0.08        # the bar's per-well tolerance, reported in the ground-truth checks
+
+
+def _run(run) -> Run:
+    return run if isinstance(run, Run) else load_run(run)
+
+
+def _inputs(run, store):
+    """Everything checked before any cell is scored: (Run, calibration, store, wells)."""
+    run = _run(run)
+    calibration = run_calibration(RunFolder(run.dir).metrics)
+    store = open_store(store if store is not None else run.dm.path, run.dm.store)
+    run.dm.dataset_of(store, [])                      # channels, by name (refused with the store's file)
+    return run, calibration, store, plate_wells(store, run.ref, run.exp)
+
+
+def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, calibration: dict, batch_size=None,
+                 num_workers: int = 0, progress: bool = True, nearest: int = 3) -> pd.DataFrame:
+    rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
+    result = infer(run.net, run.dm.dataset_of(store, rows), positive_class(run.class_names),
+                   int(batch_size or run.dm.eval_batch_size), int(num_workers), progress)
+    run_split = None
+    if store.root.resolve() == Path(run.dm.path).resolve():     # the run's own cells: say which it trained on
+        run_split = np.where(run.dm.splits[rows] == "unlabelled", "", run.dm.splits[rows]).astype(str)
+    return cell_table(store.manifest.iloc[rows], wells, result, calibration, nearest, run_split)
+
+
+def score_store(run, store=None, batch_size: int | None = None, num_workers: int = 0, progress: bool = True,
+                nearest: int = 3) -> pd.DataFrame:
+    """Score every cell of ``store`` (a crop-store folder; default: the run's own) with ``run`` (a run
+    folder or a loaded ``Run``): the ``cells.csv`` table (``tables.cell_table``), nothing written."""
+    run, calibration, store, wells = _inputs(run, store)
+    return _score_cells(run, store, wells, calibration, batch_size, num_workers, progress, nearest)
+
+
+def normalisation_note(run: Run, store: CropStore, own: bool) -> str:
+    mode = run.dm.normalize
+    how = {"cell": "each cell by the 1st and 99.8th percentiles of its own pixels, so a cell's overall brightness "
+                   "(and a well's gain) is invisible to the network, by design",
+           "dataset": "fixed per-channel ranges taken from the training crops, so a plate imaged at another gain "
+                      "or exposure shifts every cell it holds",
+           "none": "no normalisation: the stored values as they are"}[mode]
+    note = f"Cells are normalised as in training (data.normalize={mode}): {how}."
+    if store.info.get("source") == "prepare":
+        note += (" prepare stored each image normalised by its own percentiles: plates imaged at different "
+                 "exposures land on one scale, but whatever shifts an image's percentiles shifts every cell in it "
+                 "— a treatment that brightens or dims whole images is not measured as such, and a well much denser "
+                 "or sparser than the reference (more or less background in its images) is scaled differently.")
+    if not own:
+        note += (f" This store ({store.root}) is not the one the run trained on ({run.dm.path}): the estimate holds "
+                 "as far as its unaffected cells look like that plate's reference cells.")
+    return note
+
+
+def _reference(run: Run, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Cells whose mean similarities are the enrichment baseline, and a sentence saying which."""
+    ref = cells[(cells["condition"] == run.ref) & (cells["run_split"] != "train")]
+    if len(ref):
+        n_wells = ref.groupby(["plate", "well"]).ngroups
+        trained = " not trained on" if (cells["run_split"] == "train").any() else ""
+        return ref, f"{len(ref)} {run.ref} cells{trained} in {n_wells} wells of this store"
+    P = len(run.record["cell_id"])
+    cols = [f"min_d_{j}" for j in range(P)]
+    preds = run.preds[run.preds["condition"] == run.ref]
+    if len(preds) and all(c in preds for c in cols):
+        sims = pd.DataFrame(similarities(preds[cols].to_numpy()), columns=[f"sim_p{j}" for j in range(P)])
+        return (pd.concat([pd.DataFrame({"plate": "run", "well": preds["well"].astype(str).to_numpy()}), sims], axis=1),
+                f"the store has no {run.ref} wells: the run's {len(preds)} {run.ref} test cells of its own plate")
+    return pd.DataFrame(columns=["plate", "well"] + [f"sim_p{j}" for j in range(P)]), \
+        f"none: the store has no {run.ref} wells and the run's test predictions no distances"
+
+
+def _truth(wells: pd.DataFrame, fits: pd.DataFrame, store: CropStore) -> dict:
+    """Ground-truth checks where the truth is known (synthetic plates): per-well error of the scored
+    wells (no condition), and each compound's EC50 against the design's."""
+    if "truth" not in wells:
+        return {}
+    w = wells[(wells["role"] == "scored") & wells["truth"].notna() & (wells["n_cells"] > 0)]
+    if "stress" in w:
+        w = w[w["stress"].astype(str) == ""]             # the stress wells break the assumption on purpose
+    out = {}
+    if len(w):
+        err = w["error"].abs()
+        out.update({"scored wells with truth": int(len(w)), f"share within ±{TOLERANCE}": float((err <= TOLERANCE).mean()),
+                    "mean absolute error": float(err.mean()), "max absolute error": float(err.max()),
+                    "CI over cells covers the truth": float(w["ci_covers_truth"].mean())})
+    design = (store.info.get("synthetic") or {}).get("dose_series") or {}
+    for f in fits[fits["measure"] == "affected_fraction"].itertuples():
+        if design.get("compound") == f.compound and f.ok:
+            out[f"{f.compound}: EC50 fitted / design"] = float(f.ec50 / design["ec50"])
+            out[f"{f.compound}: EC50 design"] = float(design["ec50"])
+            out[f"{f.compound}: curve rises as the design's"] = bool((f.top - f.bottom) * (design["top"] - design["bottom"]) > 0)
+    return out
+
+
+def dose_section(wells: pd.DataFrame, enrich: pd.DataFrame, classes: list[str], folder: Path, n_boot: int, seed: int,
+                 min_cells: int, top: int) -> tuple[pd.DataFrame, list]:
+    """Per compound with doses: the 4PL of the affected fraction and of its ``top`` most enriched
+    prototypes' similarity differences, and their figures in ``folder``. Returns (fits, figures)."""
+    fits = [dose_response(wells, "affected_fraction", n_boot, seed, min_cells)]
+    figures = []
+    dosed = wells[wells["dose"].notna() & (wells["n_cells"] > 0)]
+    for compound, g in dosed.groupby("compound", sort=True):
+        fit = fits[0].set_index("compound").loc[compound].to_dict()
+        label = compound or "(no compound)"
+        name = f"dose_{safe_name(label)}.png"
+        plot_compound(g, fit, label, folder / name, truth_col="true_fraction")
+        figures.append((f"score/{name}", f"{label}: affected fraction against dose"))
+        per, pfits = {}, {}
+        for j in top_prototypes(enrich, g["treatment"].unique().tolist(), top):
+            e = enrich[(enrich["level"] == "well") & (enrich["prototype"] == j)].drop(columns=["treatment", "n_cells"])
+            per[j] = g[["plate", "well", "dose", "compound", "n_cells"]].merge(e, on=["plate", "well"])
+            pfits[j] = dose_response(per[j], "difference", n_boot, seed, min_cells).assign(
+                measure=f"p{j} similarity − reference")
+        if per:
+            fits += list(pfits.values())
+            name = f"dose_{safe_name(label)}_prototypes.png"
+            plot_compound_prototypes(per, {j: f.iloc[0].to_dict() for j, f in pfits.items()},
+                                     {j: f"p{j} ({classes[j]})" for j in per}, label, folder / name)
+            figures.append((f"score/{name}", f"{label}: the {len(per)} most enriched prototypes against dose"))
+    return pd.concat(fits, ignore_index=True), figures
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Put the finished folder ``tmp`` at ``final`` (the previous one removed only once it is replaced)."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3, top: int = 3, min_cells: int = 20,
+              batch_size: int | None = None, num_workers: int = 0, progress: bool = True, log_wandb: bool = True,
+              seed: int = 0) -> Path:
+    """Score ``store`` (default: the run's own) with the run in ``run_dir``; returns the ``score/`` folder."""
+    check(isinstance(n_boot, int) and n_boot >= 1, "bootstrap", n_boot, "an integer ≥ 1 (resamples for the CIs)")
+    check(isinstance(nearest, int) and nearest >= 1, "nearest", nearest, "an integer ≥ 1")
+    check(isinstance(top, int) and top >= 0, "top_prototypes", top, "an integer ≥ 0")
+    check(isinstance(min_cells, int) and min_cells >= 1, "min_cells", min_cells, "an integer ≥ 1")
+    t0 = time.time()
+    run, calibration, store, wells = _inputs(run_dir, store)
+    out = Path(out) if out is not None else run.dir
+    out.mkdir(parents=True, exist_ok=True)
+    own = store.root.resolve() == Path(run.dm.path).resolve()
+    cells = _score_cells(run, store, wells, calibration, batch_size, num_workers, progress, nearest)
+
+    wells = well_table(cells, wells, n_boot, seed, min_cells)
+    empty = empty_wells(store, wells)
+    if len(empty):
+        log.warning("score: %d well(s) without cells in %s: %s", len(empty), store.root,
+                    ", ".join(f"{p}/{w}" for p, w in zip(empty["plate"], empty["well"])))
+    treatments = treatment_table(cells, wells, n_boot, seed)
+    per = treatments.set_index("treatment")          # each well carries its treatment's pooled estimate too
+    for col, src in (("n_replicates", "n_wells"), ("treatment_fraction", "affected_fraction"),
+                     ("treatment_ci_low", "ci_low"), ("treatment_ci_high", "ci_high")):
+        wells[col] = wells["treatment"].map(per[src])
+    reference, ref_note = _reference(run, cells)
+    classes = [run.class_names[int(c)] for c in run.record["prototype_class"]]
+    enrich = enrichment(cells, wells, reference, classes, n_boot, seed)
+
+    tmp = out / f".score.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir()
+    try:
+        figures = {"plate": [], "dose": [], "enrichment": []}
+        for plate in sorted(wells["plate"].unique()):
+            if wells.loc[wells["plate"] == plate, "row"].notna().any():
+                name = f"plate_{safe_name(plate)}.png"
+                plot_plate(wells, plate, tmp / name)
+                figures["plate"].append((f"score/{name}", f"plate {plate}"))
+        fits, figures["dose"] = dose_section(wells, enrich, classes, tmp, n_boot, seed, min_cells, top)
+        if len(enrich):
+            plot_enrichment(enrich, treatments, tmp / "enrichment.png")
+            figures["enrichment"].append(("score/enrichment.png", "prototype enrichment per treatment"))
+
+        wells_out = pd.concat([wells, empty.assign(n_cells=0, flag="no cells: prepare found none in its images")],
+                              ignore_index=True) if len(empty) else wells
+        cells.to_csv(tmp / "cells.csv", index=False)
+        wells_out.to_csv(tmp / "wells.csv", index=False)
+        treatments.to_csv(tmp / "treatments.csv", index=False)
+        enrich.to_csv(tmp / "prototype_enrichment.csv", index=False)
+        fits.to_csv(tmp / "dose_response.csv", index=False)
+        truth = _truth(wells, fits, store)
+        notes = {"estimator": f"The affected fraction of a well is the {ESTIMATOR}, with the run's calibration "
+                              f"(P(affected | score) = σ({calibration['a']:.3g}·logit(score) + {calibration['b']:.3g}), "
+                              f"prior {calibration['prior']:.3g}) applied to every cell.",
+                 "assumption": f"{ASSUMPTION}: the unaffected cells of a scored well look like the reference's. A well "
+                               "whose unaffected cells differ in a way the network reads (focus, gain it can see, "
+                               "density, another cell line) gets a biased fraction; the calibration is held fixed, so "
+                               "the CIs do not include its own uncertainty.",
+                 "normalisation": normalisation_note(run, store, own), "reference": ref_note,
+                 "empty": (f"Wells prepare found no cell in: {', '.join(f'{p}/{w}' for p, w in zip(empty['plate'], empty['well']))}."
+                           if len(empty) else "")}
+        summary = {"run": str(run.dir), "store": str(store.root), "cells": int(len(cells)),
+                   "wells": int(len(wells_out)), "treatments": int(len(treatments)),
+                   "compounds with a dose": int(fits.loc[fits["measure"] == "affected_fraction", "compound"].nunique()),
+                   "bootstrap resamples": n_boot, "reference for enrichment": ref_note}
+        design = (store.info.get("synthetic") or {}).get("dose_series")     # synthetic plates: the known curve
+        atomic_write_json(tmp / "score.json", {**summary, "calibration": calibration, "notes": notes, "truth": truth,
+                                               "design": design,
+                                               "dose_response": fits.replace({np.nan: None}).to_dict(orient="records"),
+                                               "seconds": round(time.time() - t0, 1)})
+        top_rows = (enrich[enrich["level"] == "treatment"].assign(a=lambda d: d["difference"].abs())
+                    .sort_values("a", ascending=False).groupby("treatment", sort=False).head(3)
+                    [["treatment", "name", "class", "mean_similarity", "reference_mean", "difference", "ci_low", "ci_high"]]
+                    if len(enrich) else pd.DataFrame())
+        page = score_page(summary, wells_out, treatments, fits, top_rows, figures, notes, truth)
+        _publish(tmp, out / "score")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(out / "score.html", page)
+    if log_wandb:
+        if out.resolve() == run.dir.resolve():
+            from protocell.tracking import log_to_saved_run
+
+            log_to_saved_run(run.cfg, run.dir, keys=("score/",))
+        else:
+            log.info("W&B: not logged (score/ is outside the run folder, out=%s)", out)
+    log.info("score: %d cells, %d wells → %s (%.1f s)", len(cells), len(wells_out), out / "score.html", time.time() - t0)
+    return out / "score"

@@ -1,0 +1,147 @@
+"""What score reads: the run's calibration, a crop store checked against the run, and the plate map
+the store's manifest carries (wells, conditions, compounds, doses).
+
+A store is scored with the *run's* data handling (``CellDataModule.dataset_of``): the channels the
+network was trained on (by name), its crop size, its normalisation (per cell, or the training
+crops' fixed ranges), zeroed background and margin. A store of another crop size is refused: its
+cells would be seen at another magnification.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from protocell.data.store import MANIFEST_COLUMNS, CropStore
+from protocell.errors import ProtocellError
+
+WELL_NAME = re.compile(r"^([A-Za-z]{1,2})0*(\d{1,3})$")    # B07, b7, AF48 (1536-well plates)
+# manifest columns that are per cell, not per well (the rest of the extra columns describe the well)
+PER_CELL = set(MANIFEST_COLUMNS) | {"label_id"}
+
+
+class ScoreError(ProtocellError):
+    """Input score cannot use; the message names the file or well and the fix."""
+
+
+def run_calibration(metrics_path: Path) -> dict:
+    """The noisy-label calibration train.py stored in ``metrics.json``; refused when there is none to use
+    (the affected fraction is defined through it, ``protocell.fraction``)."""
+    if not metrics_path.exists():
+        raise ScoreError(f"{metrics_path} is missing: it holds the calibration the affected fraction needs; "
+                         "pass a run that finished training (train.py writes it after testing)")
+    cal = json.loads(metrics_path.read_text()).get("calibration") or {}
+    needed = ("a", "b", "lo", "hi", "prior")
+    if not all(k in cal for k in needed) or not cal.get("used", False) or not cal.get("ok", False):
+        why = ("no calibration (calibration=none)" if not cal else
+               f"calibration '{cal.get('method', '?')}' without {[k for k in needed if k not in cal]}"
+               if not all(k in cal for k in needed) else
+               f"a noisy-label calibration that is degenerate (ok={cal.get('ok')}, used={cal.get('used')}, "
+               f"hi − lo = {cal.get('hi', 0) - cal.get('lo', 0):.3f} on {cal.get('n_cells', '?')} held-out cells)")
+        raise ScoreError(f"{metrics_path} holds {why}: the affected fraction is the mixing weight of the noisy-label "
+                         "calibration's likelihood ratios; retrain with calibration=noisy_label (the default), with "
+                         "enough validation wells (data.val_fraction) for a fit with cell-level evidence")
+    return cal
+
+
+def open_store(path: str | Path, run_store: CropStore) -> CropStore:
+    """The store to score, refused when its crops differ in size from the run's store."""
+    store = CropStore(path)
+    if store.crop_size != run_store.crop_size:
+        raise ScoreError(f"{store.root / 'store.json'} holds {store.crop_size} px crops, the run was trained on "
+                         f"{run_store.crop_size} px crops ({run_store.root}): prepare the plate again with "
+                         f"cells.crop_size={run_store.crop_size} (the same pixel size), so cells are seen at the "
+                         "magnification the network learnt")
+    originals = store.manifest["aug_of"].to_numpy() < 0
+    if not originals.any():
+        raise ScoreError(f"{store.root / 'manifest.csv'} lists no original cells (only offline augmentations)")
+    return store
+
+
+def parse_well(name: str) -> tuple[int, int] | None:
+    """'B07' → (1, 7): zero-based row (A = 0, …, Z = 25, AA = 26) and one-based column; None when the
+    name is not a plate position."""
+    m = WELL_NAME.match(str(name).strip())
+    if not m:
+        return None
+    letters = m.group(1).upper()
+    row = ord(letters[-1]) - 65 + (26 * (ord(letters[0]) - 64) if len(letters) == 2 else 0)
+    return row, int(m.group(2))
+
+
+def _one_per_well(m: pd.DataFrame, col: str, where: Path) -> pd.Series:
+    values = m.groupby(["plate", "well"])[col].agg(lambda v: sorted(set(map(str, v))))
+    mixed = values[values.map(len) > 1]
+    if len(mixed):
+        (plate, well), vals = next(iter(mixed.items()))
+        raise ScoreError(f"{where}: well {plate}/{well} has {col} values {vals} in its images; a well has one {col} "
+                         f"(fix the plate map and prepare again){f' — and {len(mixed) - 1} more wells' if len(mixed) > 1 else ''}")
+    return values.map(lambda v: v[0])
+
+
+def parse_doses(text: pd.Series, where: Path) -> pd.Series:
+    """Plate-map dose values (text) → float, NaN where empty; a value that is not a number ≥ 0 is
+    refused, naming its wells."""
+    text = text.astype(str).str.strip()
+    empty = text.isin(["", "nan", "NaN", "None"])
+    dose = pd.to_numeric(text.where(~empty), errors="coerce")
+    bad = (~empty & (dose.isna() | (dose < 0)))
+    if bad.any():
+        shown = ", ".join(f"{'/'.join(map(str, k))} ({text[k]!r})" for k in list(bad[bad].index)[:5])
+        raise ScoreError(f"{where}: dose must be a number ≥ 0 (or empty for wells without one); not so in well(s) "
+                         f"{shown}{' …' if bad.sum() > 5 else ''}: fix the plate map's dose column and prepare again")
+    return dose
+
+
+def treatment_name(condition: str, compound: str, dose: float) -> str:
+    parts = [p for p in (condition, compound) if p] + ([f"{dose:g}"] if np.isfinite(dose) else [])
+    return " · ".join(parts)
+
+
+def plate_wells(store: CropStore, ref: str, exp: str) -> pd.DataFrame:
+    """One row per (plate, well) of the store: row, column (None when the name is no plate position),
+    condition, compound, dose (float, NaN without), ``treatment`` (condition · compound · dose: the
+    unit replicate wells share; a well with none of them is its own), ``role`` (reference, exposed or
+    scored), n_images, and every extra manifest column that is constant within each well."""
+    m = store.manifest[store.manifest["aug_of"].to_numpy() < 0]
+    where = store.root / "manifest.csv"
+    g = m.groupby(["plate", "well"], sort=True)
+    wells = pd.DataFrame({"n_images": g["image_id"].nunique()})
+    wells["condition"] = _one_per_well(m, "condition", where)
+    wells["compound"] = _one_per_well(m, "compound", where) if "compound" in m else ""
+    wells["compound"] = wells["compound"].replace({"nan": ""})
+    dose_text = _one_per_well(m, "dose", where) if "dose" in m else pd.Series("", index=wells.index)
+    wells["dose"] = parse_doses(dose_text, where)
+    for col in [c for c in m.columns if c not in PER_CELL and c not in ("compound", "dose")]:
+        values = g[col].nunique(dropna=False)
+        if (values == 1).all():
+            wells[col] = g[col].first()
+    wells = wells.reset_index()
+    pos = wells["well"].map(parse_well)
+    wells["row"] = pos.map(lambda p: None if p is None else p[0])
+    wells["column"] = pos.map(lambda p: None if p is None else p[1])
+    wells["treatment"] = [treatment_name(c, k, d) or f"well {p}/{w}" for c, k, d, p, w in
+                          zip(wells["condition"], wells["compound"], wells["dose"], wells["plate"], wells["well"])]
+    wells["role"] = np.select([wells["condition"] == ref, wells["condition"] == exp], ["reference", "exposed"], "scored")
+    return wells
+
+
+def empty_wells(store: CropStore, wells: pd.DataFrame) -> pd.DataFrame:
+    """Wells ``prepare`` read images of but found no cell in (``prepare_summary.json``), so the manifest
+    cannot list them: plate, well, condition, n_images."""
+    path = store.root / "prepare_summary.json"
+    if not path.exists():
+        return pd.DataFrame(columns=["plate", "well", "condition", "n_images"])
+    per_image = pd.DataFrame(json.loads(path.read_text()).get("per_image", []))
+    if per_image.empty:
+        return pd.DataFrame(columns=["plate", "well", "condition", "n_images"])
+    per_image[["plate", "well"]] = per_image[["plate", "well"]].astype(str)
+    seen = set(zip(wells["plate"].astype(str), wells["well"].astype(str)))
+    g = per_image.groupby(["plate", "well"], sort=True).agg(condition=("condition", "first"),
+                                                            n_images=("image_id", "nunique"), cells=("cells", "sum"))
+    g = g[np.array([k not in seen for k in g.index], bool) & (g["cells"] == 0).to_numpy()]
+    return g.drop(columns="cells").reset_index()

@@ -1,0 +1,344 @@
+"""score end to end at tiny size: experiments/score_dose.py trains on the controls of a dose-series
+plate and scores every well through score.py; then every table, figure and score.html (also in a real
+headless browser), the numbers against the run's own predictions and hand computations, bad inputs
+refused with their file or well named and nothing half-written, W&B wiring."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from protocell.data.store import CropStore, CropStoreWriter
+from protocell.errors import ProtocellError
+from protocell.fraction import likelihood_ratio, mixture_fraction
+from protocell.model.prototypes import log_similarity
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))
+sys.path.insert(0, str(Path(__file__).parent))
+import score_dose  # noqa: E402
+from test_explain_run import CHROMIUM, browser_images  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A tiny run on plate=dose_series, scored by score.py (through the measurement script)."""
+    tmp = tmp_path_factory.mktemp("score")
+    os.environ["PROTOCELL_CACHE"] = str(tmp / "cache")
+    table = score_dose.main(["--tiny", "--seeds", "0", "--threads", "1", "--out", str(tmp / "sd")])
+    return tmp / "sd" / "seed0" / "run", table
+
+
+def _store(run):
+    return CropStore(torch.load(run / "prototypes.pt", weights_only=True)["store"])
+
+
+def test_score_writes_every_table_figure_and_the_page(scored):
+    run, _ = scored
+    out = run / "score"
+    store = _store(run)
+    originals = store.manifest[store.manifest["aug_of"] < 0]
+    cells = pd.read_csv(out / "cells.csv", keep_default_na=False, na_values=[""])
+    wells = pd.read_csv(out / "wells.csv", keep_default_na=False, na_values=[""])
+    assert len(cells) == len(originals) and cells["cell_id"].tolist() == originals["cell_id"].tolist()
+    assert len(wells) == originals.groupby(["plate", "well"]).ngroups == 2 * 2 + 8 * 3 + 3
+    assert set(wells["role"]) == {"reference", "exposed", "scored"}
+    dosed = wells[wells["dose"].notna()]
+    assert len(dosed) == 24 and set(dosed["treatment"].str.split(" · ").str[0]) == {"C1"}
+    assert (dosed.groupby("treatment")["well"].count() == 3).all()             # 3 replicates per dose
+    assert wells.loc[wells["dose"].isna() & (wells["role"] == "scored"), "stress"].tolist() == \
+        ["gain x0.5", "gain x2", "density x0.25"]                                # no dose: listed, not dropped
+    for col in ("affected_fraction", "ci_low", "ci_high", "truth", "intensity_vs_reference", "density_vs_reference"):
+        assert wells[col].notna().all(), col
+    assert ((wells["ci_low"] <= wells["affected_fraction"] + 1e-12)
+            & (wells["affected_fraction"] <= wells["ci_high"] + 1e-12)).all()
+    c1 = wells[wells["treatment"] == "C1 · 1"]
+    assert (c1["n_replicates"] == 3).all() and c1["treatment_fraction"].nunique() == 1
+    # the stress wells are flagged: brightness or density unlike the reference wells'
+    flags = wells.set_index("well")["flag"].fillna("")
+    assert "intensity ×0." in flags["F01"] and "intensity ×1." in flags["F02"] and "cells per image ×0." in flags["F03"]
+    # the dose wells were never trained on; some control cells were, and their wells say so
+    assert (cells.loc[cells["condition"].isna(), "run_split"].isna()).all()
+    assert wells.loc[wells["n_train_cells"] > 0, "flag"].str.contains("trained on").all()
+    fits = pd.read_csv(out / "dose_response.csv")
+    frac = fits[fits["measure"] == "affected_fraction"].iloc[0]
+    assert frac["compound"] == "C1" and frac["n_doses"] == 8 and frac["n_wells"] + frac["n_excluded"] == 24
+    assert (fits["measure"].str.contains("similarity").sum() == 3)              # the top 3 prototypes' curves
+    treatments = pd.read_csv(out / "treatments.csv", keep_default_na=False, na_values=[""])
+    c1 = treatments[treatments["compound"] == "C1"]
+    assert len(c1) == 8 and (c1["n_wells"] == 3).all() and c1["ci_low"].notna().all()
+    enrich = pd.read_csv(out / "prototype_enrichment.csv", keep_default_na=False, na_values=[""])
+    P = len(torch.load(run / "prototypes.pt", weights_only=True)["cell_id"])
+    assert len(enrich) == P * (len(wells) + len(treatments))
+    for name in ("plate_plate1.png", "dose_C1.png", "dose_C1_prototypes.png", "enrichment.png", "score.json"):
+        assert (out / name).stat().st_size > 1000, name
+    summary = json.loads((out / "score.json").read_text())
+    assert summary["cells"] == len(cells) and summary["design"]["ec50"] == 0.5
+    assert "mean absolute error" in summary["truth"] and "C1: EC50 fitted / design" in summary["truth"]
+    page = (run / "score.html").read_text()
+    for src in re.findall(r'(?:src|href)="([^"]+)"', page):
+        assert (run / src).exists(), src
+    assert "unaffected cells of a scored well look like the reference" in page and "Wells without a dose (7)" in page   # 4 controls, 3 stress wells
+    assert not list(run.glob(".score*"))                                          # no partial folder left
+
+
+def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(scored):
+    run, _ = scored
+    cells = pd.read_csv(run / "score" / "cells.csv", keep_default_na=False, na_values=[""]).set_index("cell_id")
+    preds = pd.read_csv(run / "test_predictions.csv").set_index("cell_id")
+    P = len([c for c in preds if c.startswith("min_d_")])
+    test = cells.loc[preds.index]
+    assert (test["run_split"] == "test").all()
+    # the same network on the same cells: float32 distances agree to ~1e-5 across batch compositions, which
+    # log((d + 1)/(d + 1e-4)) magnifies near d = 0 (explain's test says the same): similarities to 2e-3,
+    # scores to 1e-2
+    sims = log_similarity(torch.as_tensor(preds[[f"min_d_{j}" for j in range(P)]].to_numpy(), dtype=torch.float64))
+    assert np.allclose(test[[f"sim_p{j}" for j in range(P)]].to_numpy(), sims.numpy(), rtol=2e-3)
+    assert np.allclose(test["score"], preds["score"], atol=1e-2)
+    # and each score is the last layer on the cell's own similarities, by hand
+    w = torch.load(run / "prototypes.pt", weights_only=True)["last_layer"].double().numpy()       # (K, P)
+    logits = cells[[f"sim_p{j}" for j in range(P)]].to_numpy() @ w.T
+    assert np.allclose(cells["score"], np.exp(logits[:, -1]) / np.exp(logits).sum(1), atol=1e-4)
+    cal = json.loads((run / "metrics.json").read_text())["calibration"]
+    s = np.clip(cells["score"].to_numpy(np.float64), 1e-6, 1 - 1e-6)
+    p = 1 / (1 + np.exp(-(cal["a"] * np.log(s / (1 - s)) + cal["b"])))
+    assert np.allclose(cells["p_affected"], p, rtol=1e-6, atol=1e-12)
+    assert np.allclose(cells["likelihood_ratio"], likelihood_ratio(p, cal["prior"]), rtol=1e-6)
+    assert (cells["call"] == (p > 0.5)).all()
+    best = cells[[f"sim_p{j}" for j in range(P)]].to_numpy().argmax(1)
+    assert (cells["nearest_1"].to_numpy() == best).all()
+    wells = pd.read_csv(run / "score" / "wells.csv", keep_default_na=False, na_values=[""])
+    for w in wells.itertuples():                                                  # one estimator, per well
+        lr = cells.loc[cells["well"] == w.well, "likelihood_ratio"]
+        assert w.affected_fraction == pytest.approx(mixture_fraction(lr.to_numpy()), abs=1e-9)
+        truth = (cells.loc[cells["well"] == w.well, "true_label"] == 1).mean()
+        assert w.truth == pytest.approx(truth)
+
+
+def test_score_store_returns_the_cells_table_and_another_store_is_scored_alike(scored, tmp_path):
+    from protocell.score import score_store
+
+    run, _ = scored
+    cells = score_store(run, progress=False)
+    written = pd.read_csv(run / "score" / "cells.csv", keep_default_na=False, na_values=[""])
+    assert np.allclose(cells["score"], written["score"]) and list(cells.columns) == list(written.columns)
+    # a copy of the store (as another plate prepared alike): same cells, same scores, none marked trained on
+    copy = tmp_path / "other_plate"
+    shutil.copytree(_store(run).root, copy)
+    other = score_store(run, copy, progress=False, batch_size=7)
+    sims = [f"sim_p{j}" for j in range(len([c for c in cells if c.startswith("sim_p")]))]
+    assert np.allclose(other[sims], cells[sims], rtol=2e-3) and np.allclose(other["score"], cells["score"], atol=1e-2)
+    assert (other["run_split"] == "").all()
+
+
+def test_the_measurement_script_tabulates_the_bar(scored):
+    run, table = scored
+    row = table.iloc[0]
+    assert row["seed"] == 0 and row["dose_wells"] == 24 and 0 <= row["within_tol"] <= 1
+    assert row["bar"].startswith(("met", "missed")) and table.iloc[-1]["seed"] == "mean"
+    wells = pd.read_csv(run / "score" / "wells.csv", keep_default_na=False, na_values=[""])
+    dosed = wells[wells["dose"].notna()]
+    assert row["mae"] == pytest.approx((dosed["affected_fraction"] - dosed["truth"]).abs().mean())
+    assert {"stress gain x0.5: error", "stress gain x2: error", "stress density x0.25: error"} <= set(table.columns)
+    assert (run.parent.parent / "score_dose.md").read_text().startswith("| seed |")
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+def _score(run, *args, **kw):
+    from protocell.score.run import score_run
+
+    return score_run(run, *args, n_boot=10, progress=False, log_wandb=False, **kw)
+
+
+def _untouched(out):
+    assert not (out / "score").exists() and not (out / "score.html").exists() and not list(out.glob(".score*"))
+
+
+def test_a_run_folder_without_prototypes_is_refused_by_the_cli_in_one_line(scored, tmp_path):
+    run, _ = scored
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken, ignore=shutil.ignore_patterns("score", "score.html"))
+    (broken / "prototypes.pt").unlink()
+    proc = subprocess.run([sys.executable, "score.py", f"run={broken}", "threads=1"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("score:")]
+    assert len(line) == 1 and "prototypes.pt is missing" in line[0]
+    _untouched(broken)
+
+
+def test_a_degenerate_calibration_is_refused_naming_metrics_json(scored, tmp_path):
+    run, _ = scored
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken, ignore=shutil.ignore_patterns("score", "score.html"))
+    m = json.loads((broken / "metrics.json").read_text())
+    m["calibration"].update(ok=False, used=False)
+    (broken / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ProtocellError, match=r"metrics.json holds a noisy-label calibration that is degenerate"):
+        _score(broken)
+    _untouched(broken)
+
+
+def _write_store(root, channels, crop_size, wells, extra=None):
+    """A store of a few real-looking cells (from the tiny store) under other channel names or sizes."""
+    w = CropStoreWriter(root, channels, crop_size, source="test")
+    rng = np.random.default_rng(0)
+    for k, well in enumerate(wells):
+        crops = rng.integers(100, 400, (4, len(channels), crop_size, crop_size)).astype(np.uint16)
+        masks = np.zeros((4, crop_size, crop_size), np.uint8)
+        masks[:, 8:-8, 8:-8] = 1
+        w.write_shard(f"s{k}", crops, masks, [{"cell_id": k * 4 + i, "image_id": f"i{k}", "well": well, "condition": "",
+                                               "label": -1, "bbox_y0": 0, "bbox_x0": 0, "bbox_y1": crop_size,
+                                               "bbox_x1": crop_size, "centroid_y": 0, "centroid_x": 0,
+                                               **(extra or {}).get(well, {})} for i in range(4)])
+    w.finish()
+    return root
+
+
+def test_a_store_with_other_channels_or_crop_size_is_refused_naming_its_file(scored, tmp_path):
+    run, _ = scored
+    other = _write_store(tmp_path / "dapi", ["actin", "dapi"], 64, ["A01"])
+    with pytest.raises(ProtocellError, match=r"dapi/store.json has channels \['actin', 'dapi'\].*\['nuclei'\] missing"):
+        _score(run, other, out=tmp_path / "o1")
+    small = _write_store(tmp_path / "small", ["actin", "nuclei"], 48, ["A01"])
+    with pytest.raises(ProtocellError, match=r"small/store.json holds 48 px crops.*64 px.*cells.crop_size=64"):
+        _score(run, small, out=tmp_path / "o2")
+    for o in ("o1", "o2"):
+        assert not (tmp_path / o / "score").exists()
+
+
+def test_a_non_numeric_dose_is_refused_naming_the_well_and_an_empty_well_is_reported(scored, tmp_path):
+    run, _ = scored
+    bad = _write_store(tmp_path / "bad", ["actin", "nuclei"], 64, ["C01", "C02"],
+                       {"C01": {"compound": "X", "dose": "1"}, "C02": {"compound": "X", "dose": "10 µM"}})
+    with pytest.raises(ProtocellError, match=r"bad/manifest.csv: dose must be a number.*plate1/C02 \('10 µM'\)"):
+        _score(run, bad, out=tmp_path / "o")
+    assert not (tmp_path / "o" / "score").exists()
+    # prepare found no cell in well H12's image: it cannot be in the manifest, score lists it
+    ok = _write_store(tmp_path / "ok", ["actin", "nuclei"], 64, ["C01", "C02"])
+    (ok / "prepare_summary.json").write_text(json.dumps({"per_image": [
+        {"image_id": "i0", "plate": "plate1", "well": "C01", "condition": "", "cells": 4},
+        {"image_id": "h12", "plate": "plate1", "well": "H12", "condition": "", "cells": 0}]}))
+    out = _score(run, ok, out=tmp_path / "o", min_cells=2)
+    wells = pd.read_csv(out / "wells.csv", keep_default_na=False, na_values=[""]).set_index("well")
+    assert wells.loc["H12", "n_cells"] == 0 and "no cells" in wells.loc["H12", "flag"]
+    assert "H12" in (tmp_path / "o" / "score.html").read_text()
+    assert "no Ref wells" in json.loads((out / "score.json").read_text())["reference for enrichment"]
+
+
+def test_an_interrupted_score_leaves_the_previous_results_whole(scored, tmp_path, monkeypatch):
+    import protocell.score.run as score_run_module
+
+    run, _ = scored
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p.name: p.read_bytes() for p in (copy / "score").iterdir()}
+    page = (copy / "score.html").read_bytes()
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(score_run_module, "plot_enrichment", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _score(copy)
+    assert {p.name: p.read_bytes() for p in (copy / "score").iterdir()} == before
+    assert (copy / "score.html").read_bytes() == page and not list(copy.glob(".score*"))
+
+
+# ----------------------------------------------------------------------------- W&B and the browser
+
+def test_wandb_gets_the_score_tables_and_figures_offline(scored, tmp_path):
+    pytest.importorskip("wandb")
+    from omegaconf import OmegaConf
+
+    run, _ = scored
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cfg = OmegaConf.load(copy / "config.yaml")
+    cfg.logger = {"_target_": "lightning.pytorch.loggers.WandbLogger", "project": "protocell-test", "offline": True}
+    OmegaConf.save(cfg, copy / "config.yaml")
+    (copy / "wandb_run_id.txt").write_text("scoretest01")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    from protocell.score.run import score_run
+
+    score_run(copy, n_boot=10, progress=False, log_wandb=True, min_cells=5)
+    offline = list((copy / "wandb").glob("offline-run-*-scoretest01"))
+    assert len(offline) == 1
+    images = [p.name for p in offline[0].rglob("media/images/**/*.png")]
+    tables = [p.name for p in offline[0].rglob("media/table/**/*.json")]
+    assert any("plate" in n for n in images) and len(images) == len(list((copy / "score").glob("*.png")))
+    assert any("wells" in n for n in tables) and any("prototype_enrichment" in n for n in tables)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed: score.html is then checked only "
+                    "for files, not in a browser")
+def test_score_page_loads_every_image_in_a_real_headless_browser(scored, tmp_path):
+    run, _ = scored
+    n, broken = browser_images(run / "score.html", tmp_path)
+    assert n == len(list((run / "score").glob("*.png"))) and broken == "", f"{n} images, broken: {broken}"
+
+
+def test_a_plate_prepared_from_raw_images_with_its_plate_map_is_scored(scored, tmp_path):
+    """Another plate, the raw way: TIFF fields + a plate map with compound and dose columns and empty
+    conditions → prepare.py → score.py with data.path (per-image normalisation said on the page)."""
+    from conftest import prepare_config
+    from protocell.data.synthetic import WellSpec, write_fields
+    from protocell.prepare.pipeline import prepare
+
+    run, _ = scored
+    before = (run / "score" / "score.json").read_bytes()
+    fields = write_fields(tmp_path / "fields", WellSpec(wells_per_condition=1, fields_per_well=1, field_size=192,
+                                                        cells_per_field=12, seed=9,
+                                                        dose_series={"doses": [0.01, 0.1, 1, 10], "replicates": 1}))
+    store = prepare(prepare_config(f"input={fields}", f"plate_map={fields / 'plate_map.csv'}",
+                                   f"output={tmp_path / 'store'}", "tile.size=128", "augment.copies=0",
+                                   "summary.overlays=0"))
+    proc = subprocess.run([sys.executable, "score.py", f"run={run}", f"data.path={store}", f"out={tmp_path / 'o'}",
+                           "threads=1", "bootstrap=20", "min_cells=1", "progress=false"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wells = pd.read_csv(tmp_path / "o" / "score" / "wells.csv", keep_default_na=False, na_values=[""])
+    assert wells["well"].tolist() == ["A01", "B01", "C01", "C02", "C03", "C04"]
+    assert wells["dose"].tolist()[2:] == [0.01, 0.1, 1.0, 10.0] and (wells["compound"].fillna("")[2:] == "C1").all()
+    assert wells["role"].tolist() == ["reference", "exposed"] + ["scored"] * 4
+    page = (tmp_path / "o" / "score.html").read_text()
+    assert "prepare stored each image normalised by its own percentiles" in page and "is not the one the run" in page
+    assert (run / "score" / "score.json").read_bytes() == before          # out= leaves the run's own results alone
+
+
+def test_a_well_imaged_at_twice_the_gain_keeps_its_fraction_and_is_flagged(scored, tmp_path):
+    """A measured example of the assumption under a gain change: the same plate with well C04's crops at
+    2× the gain (camera offset 100 kept). Per-cell normalisation (the run's data.normalize=cell) gives
+    the network the same cells, so the well's estimate stays (up to the uint16 rounding); its raw
+    brightness against the reference wells flags it all the same."""
+    from protocell.score import score_store
+    from protocell.score.run import score_run
+
+    run, _ = scored
+    copy = tmp_path / "gain"
+    shutil.copytree(_store(run).root, copy)
+    m = CropStore(copy).manifest
+    for shard in m.loc[m["well"] == "C04", "shard"].unique():
+        path = copy / "shards" / f"{shard}.crops.npy"
+        crops = np.load(path).astype(np.float64)
+        np.save(path, np.clip((crops - 100) * 2 + 100, 0, 65535).round().astype(np.uint16))
+    out = score_run(run, copy, out=tmp_path / "o", n_boot=10, progress=False, log_wandb=False, min_cells=5)
+    wells = pd.read_csv(out / "wells.csv", keep_default_na=False, na_values=[""]).set_index("well")
+    before = pd.read_csv(run / "score" / "wells.csv", keep_default_na=False, na_values=[""]).set_index("well")
+    assert wells.loc["C04", "intensity_vs_reference"] > 1.5 * before.loc["C04", "intensity_vs_reference"]
+    assert "intensity ×" in wells.loc["C04", "flag"]
+    assert wells.loc["C04", "affected_fraction"] == pytest.approx(before.loc["C04", "affected_fraction"], abs=0.02)
+    cells, plain = score_store(run, copy, progress=False), score_store(run, progress=False)
+    c04 = (cells["well"] == "C04").to_numpy()
+    assert np.allclose(cells.loc[c04, "score"], plain.loc[c04, "score"], atol=0.02)
