@@ -84,7 +84,10 @@ class KeepBestPretrain(Callback):
             self._restore(pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        self._restore(pl_module)          # a run that is all pretrain (head=baseline) ends on its best epoch
+        # a run that is all pretrain (head=baseline) ends on its best epoch — once its schedule is done
+        # (not a run stopped early, which resumes later and must keep choosing)
+        if self.pretrain and all(self.pretrain) and trainer.current_epoch >= len(self.pretrain):
+            self._restore(pl_module)
 
     def _restore(self, pl_module):
         if self.best["state"] is None or self.best["restored"]:
