@@ -168,7 +168,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: Dict[str, float] = rule(lambda v: all(x > 0 for x in v.values()), "every rate > 0",
+    lr: Dict[str, float] = rule(lambda v: all(x >= 0 for x in v.values()), "every rate ≥ 0 (0 freezes the group)",
                                 default_factory=lambda: {"features": 1e-4, "add_on": 3e-3, "prototypes": 3e-3,
                                                          "last_layer": 1e-2, "pretrain": 3e-3})
     weight_decay: float = rule(lambda v: v >= 0, "≥ 0", 1e-3)

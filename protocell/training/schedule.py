@@ -15,7 +15,8 @@ the prototypes are pushed at its end. ``build_schedule`` expands the ``schedule`
 Learning rates: each group's base rate (``optim.lr``; the backbone uses ``lr.pretrain`` during
 pretrain, ``lr.features`` after), times ``gamma ** (epoch // step)`` when a step decay is set
 (``optim.lr_step_epochs``; every group but the last layer, counted in trainer epochs). The decay is
-part of the data, so nothing else writes a learning rate (``PhaseCallback`` applies it).
+part of the data, so nothing else writes a learning rate (``PhaseCallback`` applies it). A base rate
+of 0 freezes its group (e.g. ``optim.lr.features=0``: the backbone stays as pretrain left it).
 """
 
 from __future__ import annotations
@@ -89,9 +90,13 @@ def build_schedule(epochs: int, warm_epochs: int = 0, push_every: int = 10, push
     base = {"features": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-3, **(lr or {})}
     names = phase_names(epochs, warm_epochs, push_every, push_start, last_layer_epochs, train_last_layer,
                         pretrain_epochs)
-    return [Phase(name, trainable_groups(name, train_last_layer),
-                  epoch_lrs(base, name, e, lr_step_epochs, lr_gamma), push)
-            for e, (name, push) in enumerate(names)]
+    phases = []
+    for e, (name, push) in enumerate(names):
+        lrs = epoch_lrs(base, name, e, lr_step_epochs, lr_gamma)
+        # a group whose rate is 0 does not learn (and its batch-norm statistics stay put)
+        train = frozenset(g for g in trainable_groups(name, train_last_layer) if lrs.get(g, 0.0) > 0)
+        phases.append(Phase(name, train, lrs, push))
+    return phases
 
 
 def schedule_from_config(cfg) -> list[Phase]:

@@ -157,6 +157,19 @@ def test_warm_up_leaves_the_backbone_unchanged_and_trains_the_rest(tiny_dm, tmp_
     assert torch.equal(module.net.last_layer.weight, last)
 
 
+def test_a_zero_rate_freezes_its_group_batch_norm_statistics_included(tiny_dm, tmp_path):
+    lr = {"features": 0.0, "add_on": 1e-3, "prototypes": 1e-3, "last_layer": 1e-2, "pretrain": 1e-3}
+    plan = build_schedule(3, warm_epochs=0, push_every=5, lr=lr, pretrain_epochs=1)
+    assert "features" in plan[0].train and all("features" not in p.train for p in plan[1:])
+    module = tiny_module(last_layer="trained")
+    feats = {k: v.clone() for k, v in module.net.features.state_dict().items()}
+    addon = [p.detach().clone() for p in module.net.add_on.parameters()]
+    _fit(module, tiny_dm, [p for p in plan if p.name == "joint"][:1], tmp_path)
+    for k, v in module.net.features.state_dict().items():
+        assert torch.equal(v, feats[k]), k
+    assert any(not torch.equal(a, b) for a, b in zip(module.net.add_on.parameters(), addon))
+
+
 def test_last_layer_phase_trains_only_the_last_layer(tiny_dm, tmp_path):
     module = tiny_module(last_layer="trained")
     state = {k: v.clone() for k, v in module.net.state_dict().items()}
