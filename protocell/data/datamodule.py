@@ -19,6 +19,7 @@ padding, so over all ranks every cell is evaluated, predicted and pushed exactly
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -31,6 +32,8 @@ from protocell.data.split import assign
 from protocell.distributed import rank_and_world
 from protocell.errors import ConfigError
 from protocell.data.store import CropStore, StoreError
+
+log = logging.getLogger("protocell.data")
 
 
 def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int,
@@ -174,7 +177,13 @@ class CellDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
-        self.store = store = CropStore(self.path)
+        self.store = store = CropStore(self.path)      # checks every shard against the manifest (StoreError)
+        if self.crop_size > store.crop_size:
+            log.warning("data.crop_size=%d is larger than the store's %d px crops (%s): every crop is upscaled "
+                        "×%.2f, which adds no detail and changes what a prototype's receptive field covers; set "
+                        "data.crop_size=%d or smaller, or re-run prepare with cells.crop_size=%d", self.crop_size,
+                        store.crop_size, self.path / "store.json", self.crop_size / store.crop_size,
+                        store.crop_size, self.crop_size)
         names = self.channel_names or store.channels
         unknown = [c for c in names if c not in store.channels]
         if unknown:
