@@ -4,7 +4,7 @@ Both the synthetic generator and the prepare pipeline write it; the DataModule r
 
 Layout of a store folder::
 
-    store.json                     format, version, channels, crop size, dtype, source
+    store.json                     format, version, channels, crop size, dtype, source, manifest_sha1
     manifest.csv                   one row per cell (columns: ``MANIFEST_COLUMNS``)
     shards/<shard>.crops.npy       (n, C, S, S) crops in their native dtype (uint8/uint16/float32)
     shards/<shard>.masks.npy       (n, S, S) uint8 binary cell masks (1 = this cell)
@@ -33,6 +33,7 @@ Manifest columns:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from protocell.errors import ProtocellError
-from protocell.fsutil import atomic_save_npy, atomic_write_text
+from protocell.fsutil import atomic_save_npy, atomic_write_bytes, atomic_write_text
 
 FORMAT = "protocell-cells"
 VERSION = 1
@@ -135,8 +136,12 @@ class CropStoreWriter:
         if df["cell_id"].duplicated().any():
             raise StoreError(f"{self.root}: duplicate cell_id values in the manifest")
         df = df[MANIFEST_COLUMNS + [c for c in df.columns if c not in MANIFEST_COLUMNS]]
-        atomic_write_text(self.root / "manifest.csv", df.to_csv(index=False))
-        info = StoreInfo(self.channels, self.crop_size, self.dtype or "uint16", self.source, self.extra)
+        csv = df.to_csv(index=False).encode("utf-8")
+        atomic_write_bytes(self.root / "manifest.csv", csv)
+        # store.json, written last, commits the store; the hash ties it to this manifest (a writer killed
+        # between the two files leaves a mismatch that CropStore names, never a silent mix)
+        info = StoreInfo(self.channels, self.crop_size, self.dtype or "uint16", self.source,
+                         {**self.extra, "manifest_sha1": hashlib.sha1(csv).hexdigest()})
         atomic_write_text(self.root / "store.json", info.to_json())
         return df
 
@@ -192,6 +197,10 @@ class CropStore:
         manifest = self.root / "manifest.csv"
         if not manifest.is_file():
             raise StoreError(f"{manifest} is missing: the store lists its cells there; {self._fix(info)}")
+        if info.get("manifest_sha1") and hashlib.sha1(manifest.read_bytes()).hexdigest() != info["manifest_sha1"]:
+            raise StoreError(f"{manifest} is not the manifest {info_path} was written with (a writer was stopped "
+                             f"between the two, or the file was edited); {self._fix(info)} (an edit on purpose: "
+                             "delete manifest_sha1 from store.json)")
         try:
             self.manifest = pd.read_csv(manifest, keep_default_na=False,
                                         dtype={"split": str, "aug": str, "well": str, "plate": str,
