@@ -51,8 +51,11 @@ def claim_run_folder(folder: RunFolder, config_yaml: str, resuming: bool):
         return ConfigError(f"run folder {folder.root} is in use by another train.py ({holder}): two runs must not "
                            "share a folder; leave hydra.run.dir at its default (a new folder per run) or pick another")
 
+    trained = (folder.checkpoint_dir, folder.prototypes, folder.metrics_csv, folder.metrics)
     with exclusive_lock(folder.lock, held):
-        if not resuming and folder.config.exists() and folder.config.read_text() != config_yaml:
+        # a config.yaml alone is a run refused before training: its folder may be reused
+        if not resuming and folder.config.exists() and folder.config.read_text() != config_yaml \
+                and any(p.exists() for p in trained):
             raise ConfigError(f"run folder {folder.root} already holds another run ({folder.config} differs from this "
                               "run's config): leave hydra.run.dir at its default (a new folder per run) or pick an "
                               "empty folder; to continue that run here, pass resume=<its checkpoints/last.ckpt>")
