@@ -68,3 +68,84 @@ def test_localisation_metrics_on_a_hand_made_case():
     masks[:, :, :4, :4] = 1                                        # the cell covers latent unit (0, 0) of a 2x2 grid
     yx = torch.tensor([[0, 0], [1, 1], [0, 0]])
     assert abs(background_share(yx, masks, (2, 2)) - 1 / 3) < 1e-6     # float32 mean
+
+
+def test_population_means_cis_equal_a_direct_well_bootstrap():
+    """The CIs are the 2.5/97.5 percentiles of a bootstrap over wells (wells of each condition drawn
+    with replacement, cells pooled), reproduced here draw by draw with the same generator."""
+    cells = _cells(1)
+    protos = ["p0", "p1"]
+    pop = population_means(cells, protos, "Ref", "Exp", n_boot=200, seed=7)
+    assert pop.columns.tolist() == ["prototype", "mean_Ref", "mean_Exp", "ci_low_Ref", "ci_high_Ref", "ci_low_Exp",
+                                    "ci_high_Exp", "difference", "diff_ci_low", "diff_ci_high"]
+    assert pop["prototype"].tolist() == protos
+    rng = np.random.default_rng(7)
+    wells = {c: [g[protos].to_numpy() for _, g in cells[cells["condition"] == c].groupby("well")] for c in ("Ref", "Exp")}
+    boots = {}
+    for c, w in wells.items():
+        draws = []
+        for _ in range(200):
+            pick = rng.integers(0, len(w), len(w))
+            pooled = [row for i in pick for row in w[i]]
+            draws.append(np.mean(pooled, axis=0))
+        boots[c] = np.array(draws)
+    for j in range(2):
+        for c in ("Ref", "Exp"):
+            assert np.isclose(pop.loc[j, f"ci_low_{c}"], np.percentile(boots[c][:, j], 2.5))
+            assert np.isclose(pop.loc[j, f"ci_high_{c}"], np.percentile(boots[c][:, j], 97.5))
+        d = boots["Exp"][:, j] - boots["Ref"][:, j]
+        assert np.isclose(pop.loc[j, "difference"], pop.loc[j, "mean_Exp"] - pop.loc[j, "mean_Ref"])
+        assert np.isclose(pop.loc[j, "diff_ci_low"], np.percentile(d, 2.5))
+        assert np.isclose(pop.loc[j, "diff_ci_high"], np.percentile(d, 97.5))
+    again = population_means(cells, protos, "Ref", "Exp", n_boot=200, seed=7)
+    pd.testing.assert_frame_equal(pop, again)                       # seeded: reproducible
+    assert not np.allclose(population_means(cells, protos, "Ref", "Exp", n_boot=200, seed=8)["ci_low_Ref"],
+                           pop["ci_low_Ref"])
+
+
+def test_rank_differences_equal_well_means_mann_whitney_cohens_d_and_bh_by_hand():
+    from scipy.stats import mannwhitneyu
+
+    cells = _cells(2)
+    cells["p2"] = cells["p0"] * -1.0                               # a decrease as large as p0's increase
+    cells.loc[cells["well"] == "Exp3", "p1"] += 5.0                # one outlying well: a large mean, a small rank effect
+    protos = ["p0", "p1", "p2"]
+    ranked = rank_differences(cells, protos, "Ref", "Exp")
+    assert ranked.columns.tolist() == ["prototype", "well_mean_ref", "well_mean_exp", "difference", "cohens_d",
+                                       "p_value", "n_wells_ref", "n_wells_exp", "q_value"]
+    rows = {}
+    for j in protos:
+        means = {c: [g[j].mean() for _, g in cells[cells["condition"] == c].groupby("well")] for c in ("Ref", "Exp")}
+        x, y = np.array(means["Ref"]), np.array(means["Exp"])
+        sd = np.sqrt((np.var(x, ddof=1) + np.var(y, ddof=1)) / 2)
+        rows[j] = {"well_mean_ref": x.mean(), "well_mean_exp": y.mean(), "difference": y.mean() - x.mean(),
+                   "cohens_d": (y.mean() - x.mean()) / sd,
+                   "p_value": mannwhitneyu(y, x, alternative="two-sided").pvalue, "n_wells_ref": 4, "n_wells_exp": 4}
+    p = np.array([rows[j]["p_value"] for j in protos])
+    order = np.argsort(p)
+    q = np.empty(3)
+    for rank, i in enumerate(order, start=1):                      # BH by its definition: min over ranks ≥ this one
+        q[i] = min(1.0, min(p[order[k]] * 3 / (k + 1) for k in range(rank - 1, 3)))
+    for j, qj in zip(protos, q):
+        rows[j]["q_value"] = qj
+    for _, r in ranked.iterrows():
+        for k, v in rows[r["prototype"]].items():
+            assert np.isclose(r[k], v), (r["prototype"], k, r[k], v)
+    # sorted by q, then by |d|: p0 and p2 tie on q (and |d|), p1 follows
+    assert ranked["prototype"].tolist()[2] == "p1" and set(ranked["prototype"][:2]) == {"p0", "p2"}
+    assert ranked.index.tolist() == [0, 1, 2]
+
+
+def test_rank_differences_with_a_single_well_per_condition_has_no_test():
+    cells = pd.DataFrame({"well": ["R", "R", "E", "E"], "condition": ["Ref", "Ref", "Exp", "Exp"],
+                          "p0": [1.0, 2.0, 3.0, 4.0]})
+    r = rank_differences(cells, ["p0"], "Ref", "Exp").iloc[0]
+    assert np.isnan(r["p_value"]) and np.isnan(r["cohens_d"]) and r["q_value"] == 1.0 and r["difference"] == 2.0
+    two = pd.DataFrame({"well": ["R1", "R2", "E1"], "condition": ["Ref", "Ref", "Exp"], "p0": [1.0, 2.0, 3.0]})
+    assert np.isnan(rank_differences(two, ["p0"], "Ref", "Exp").iloc[0]["p_value"])      # one exposed well
+
+
+def test_benjamini_hochberg_accepts_integers_and_takes_the_running_minimum():
+    q = benjamini_hochberg([1, 1, 0])
+    assert q.dtype == np.float64 and q.tolist() == [1.0, 1.0, 0.0]
+    assert benjamini_hochberg(np.array([0.6, 0.9])).tolist() == [0.9, 0.9]     # 0.6·2/1 = 1.2 → min with 0.9

@@ -11,7 +11,6 @@ import tifffile
 
 from conftest import assert_store_folder, prepare_config
 from protocell.data.store import CropStore
-from protocell.fsutil import exclusive_lock
 from protocell.prepare.io import InputError
 from protocell.prepare.pipeline import Preparer, prepare
 
@@ -108,6 +107,8 @@ def test_a_folder_of_other_files_is_not_written_into(plate, tmp_path):
 
 
 def test_one_output_has_one_writer_and_the_refusal_names_the_holder(plate, good):
+    from protocell.fsutil import exclusive_lock
+
     before = snapshot(good)
     with exclusive_lock(good / ".prepare" / "lock", RuntimeError):     # as a running prepare holds it
         with pytest.raises(InputError, match=rf"output={good} is being written by another prepare "
