@@ -72,3 +72,15 @@ def test_noisy_label_fit_names_the_parameters_left_on_a_bound():
     assert fit["at_bound"] == ["lo", "hi"]
     assert fit["lo"] == pytest.approx(1 / (1 + np.exp(-BOUNDS["lo"][0])), rel=1e-3)
     assert noisy_label_fit(*mixture(2000, 3))["at_bound"] == []
+
+
+def test_a_weak_but_real_slope_is_an_ok_fit():
+    """Scores in logit space N(±0.5, √2): P(affected | s) = σ(0.5·logit(s) + b), a slope well below 1
+    that is still cell-level evidence."""
+    rng = np.random.default_rng(5)
+    n = 20000
+    exp = np.arange(n) < n // 2
+    affected = rng.random(n) < np.where(exp, 0.6, 0.05)
+    s = 1 / (1 + np.exp(-rng.normal(np.where(affected, 0.5, -0.5), np.sqrt(2.0))))
+    fit = noisy_label_fit(s, exp)
+    assert 0.3 < fit["a"] < 0.8 and fit["ok"], fit

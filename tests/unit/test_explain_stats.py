@@ -149,3 +149,35 @@ def test_benjamini_hochberg_accepts_integers_and_takes_the_running_minimum():
     q = benjamini_hochberg([1, 1, 0])
     assert q.dtype == np.float64 and q.tolist() == [1.0, 1.0, 0.0]
     assert benjamini_hochberg(np.array([0.6, 0.9])).tolist() == [0.9, 0.9]     # 0.6·2/1 = 1.2 → min with 0.9
+
+
+def test_rank_differences_orders_ties_in_q_by_the_size_of_the_effect_whatever_its_sign():
+    """Two prototypes with perfectly separated well means (equal p and q): the larger |d| first,
+    here the decrease (d < 0) before the smaller increase."""
+    rows = []
+    for cond, k in (("Ref", 0), ("Exp", 1)):
+        for w in range(3):
+            rows.append({"well": f"{cond}{w}", "condition": cond, "up": 1.0 + k + 0.1 * w, "down": 5.0 - 4 * k + 0.01 * w})
+    ranked = rank_differences(pd.DataFrame(rows), ["up", "down"], "Ref", "Exp")
+    assert ranked["q_value"].nunique() == 1
+    assert ranked["prototype"].tolist() == ["down", "up"], ranked
+    assert abs(ranked.loc[0, "cohens_d"]) > abs(ranked.loc[1, "cohens_d"]) and ranked.loc[0, "cohens_d"] < 0
+
+
+def test_rank_differences_needs_two_wells_on_each_side_and_no_spread_means_no_effect_size():
+    def table(n_ref, n_exp, spread=True):
+        return pd.DataFrame([{"well": f"{c}{w}", "condition": c, "p0": (1.0 if c == "Ref" else 2.0) + (0.1 * w if spread else 0)}
+                             for c, n in (("Ref", n_ref), ("Exp", n_exp)) for w in range(n)])
+    assert np.isnan(rank_differences(table(1, 2), ["p0"], "Ref", "Exp").loc[0, "p_value"])
+    assert np.isnan(rank_differences(table(2, 1), ["p0"], "Ref", "Exp").loc[0, "cohens_d"])
+    two = rank_differences(table(2, 2), ["p0"], "Ref", "Exp").loc[0]
+    assert not np.isnan(two["p_value"]) and not np.isnan(two["cohens_d"])
+    flat = rank_differences(table(3, 3, spread=False), ["p0"], "Ref", "Exp").loc[0]
+    assert np.isnan(flat["cohens_d"]) and flat["difference"] == 1.0          # sd = 0: no effect size, not inf
+
+
+def test_population_means_defaults_are_1000_resamples_with_seed_0():
+    cells = _cells(3)
+    default = population_means(cells, ["p0"], "Ref", "Exp")
+    pd.testing.assert_frame_equal(default, population_means(cells, ["p0"], "Ref", "Exp", n_boot=1000, seed=0))
+    assert not default.equals(population_means(cells, ["p0"], "Ref", "Exp", n_boot=1001, seed=0))

@@ -98,7 +98,10 @@ def test_latent_inside_edges_half_covered_units_two_d_masks_and_empty_cells():
     mask = torch.zeros(1, 8, 8)                          # (B, S, S): no channel axis
     mask[0, :, :1] = 1                                   # column 0: half of each 2×2 footprint of latent column 0
     inside = latent_inside(mask, (4, 4))
-    assert inside.shape == (1, 1, 4, 4) and inside[0, 0, :, 0].all() and inside[0, 0].sum() == 4   # ≥ 0.5 counts
+    assert inside.shape == (1, 1, 4, 4) and inside[0, 0, :, 0].all() and inside[0, 0].sum() == 4
+    mask[0, :2, 6:] = 1                                  # a fully covered unit: half-covered ones are not the best
+    inside = latent_inside(mask, (4, 4))
+    assert inside[0, 0, :, 0].all() and inside[0, 0, 0, 3] and inside[0, 0].sum() == 5     # ≥ 0.5 counts
     assert not latent_inside(torch.zeros(2, 1, 8, 8), (4, 4)).any()                # an empty mask: no inside unit
 
 
@@ -106,3 +109,20 @@ def test_log_similarity_values():
     d = torch.tensor([0.0, 1.0, 3.0])
     assert torch.allclose(log_similarity(d), torch.log((d + 1) / (d + 1e-4)))
     assert float(log_similarity(torch.tensor(1.0))) == pytest.approx(math.log(2 / 1.0001))
+
+
+def test_protopnet_loss_defaults_and_other_class_indices():
+    g = torch.Generator().manual_seed(4)
+    logits, min_d = torch.randn(4, 2, generator=g), torch.rand(4, 4, generator=g)
+    labels, cls = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1])
+    w, protos = torch.randn(2, 4, generator=g), torch.randn(4, 3, generator=g)
+    out = protopnet_loss(logits, min_d, labels, cls, w, protos)            # l1 = 1e-4, div off by default
+    c, s = cluster_separation(min_d, labels, cls)
+    expected = F.cross_entropy(logits, labels) + 0.8 * c - 0.08 * s + 1e-4 * last_layer_l1(w, cls)
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-6) and float(out["div"]) == 0.0
+    # exposed = class 0, reference = class 1: the bag loss and the separation follow the indices given
+    swapped = protopnet_loss(logits, min_d, labels, cls, w, bag_size=2, separation="reference", positive=0,
+                             reference=1)
+    ce, att = mil_loss(logits, labels, 2, positive=0, reference=1)
+    c, s = cluster_separation(min_d, labels, cls, att, reference=1, separation="reference")
+    assert float(swapped["ce"]) == float(ce) and float(swapped["clst"]) == float(c) and float(swapped["sep"]) == float(s)

@@ -77,3 +77,25 @@ def test_receptive_field_of_a_plain_chain():
     layers = [nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, dilation=2)]
     rf = receptive_field(layers)
     assert (rf.size, rf.jump) == (3 + 1 + 2 * 2 * 2, 2)
+
+
+def test_rf_box_of_a_latent_unit_is_where_its_gradient_lands():
+    """Position, not only size: the box ``rf.box(iy, ix)`` of a unit inside the image is exactly the
+    input region its gradient reaches (the start offset and jump, not just the RF size)."""
+    b = build_backbone("vgg11_narrow", 2, width=0.125)
+    net = copy.deepcopy(b.features).double().eval()
+    for m in list(net.modules()):
+        for cname, child in list(m.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(m, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+        if isinstance(m, nn.Conv2d):
+            nn.init.constant_(m.weight, 1.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1]))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    x = torch.ones(1, 2, 512, 512, dtype=torch.double, requires_grad=True)
+    out = net(x)
+    iy, ix = 7, 10                                   # away from the borders: the box lies inside the image
+    out[0, :, iy, ix].sum().backward()
+    rows = (x.grad[0].abs().sum(0).sum(1) > 0).nonzero().flatten()
+    cols = (x.grad[0].abs().sum(0).sum(0) > 0).nonzero().flatten()
+    assert b.rf.box(iy, ix) == (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
