@@ -152,16 +152,19 @@ def test_benjamini_hochberg_accepts_integers_and_takes_the_running_minimum():
 
 
 def test_rank_differences_orders_ties_in_q_by_the_size_of_the_effect_whatever_its_sign():
-    """Two prototypes with perfectly separated well means (equal p and q): the larger |d| first,
-    here the decrease (d < 0) before the smaller increase."""
+    """Prototypes with perfectly separated well means (equal p and q): the larger |d| first, whatever
+    its sign — here a large increase, then a decrease, then a small increase (sorting by the signed
+    d, or by |d| ascending, orders them otherwise)."""
     rows = []
     for cond, k in (("Ref", 0), ("Exp", 1)):
         for w in range(3):
-            rows.append({"well": f"{cond}{w}", "condition": cond, "up": 1.0 + k + 0.1 * w, "down": 5.0 - 4 * k + 0.01 * w})
-    ranked = rank_differences(pd.DataFrame(rows), ["up", "down"], "Ref", "Exp")
+            rows.append({"well": f"{cond}{w}", "condition": cond, "up": 1.0 + k + 0.001 * w,
+                         "down": 5.0 - 4 * k + 0.1 * w, "small": 1.0 + k + 0.4 * w})
+    ranked = rank_differences(pd.DataFrame(rows), ["small", "down", "up"], "Ref", "Exp")
     assert ranked["q_value"].nunique() == 1
-    assert ranked["prototype"].tolist() == ["down", "up"], ranked
-    assert abs(ranked.loc[0, "cohens_d"]) > abs(ranked.loc[1, "cohens_d"]) and ranked.loc[0, "cohens_d"] < 0
+    assert ranked["prototype"].tolist() == ["up", "down", "small"], ranked
+    d = ranked["cohens_d"].to_numpy()
+    assert d[0] > 0 > d[1] and d[2] > 0 and abs(d[0]) > abs(d[1]) > abs(d[2])
 
 
 def test_rank_differences_needs_two_wells_on_each_side_and_no_spread_means_no_effect_size():
