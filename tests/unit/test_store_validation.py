@@ -70,6 +70,14 @@ def test_corrupt_store_json_and_missing_or_broken_manifest(store, tiny_store, tm
     (store / "manifest.csv").unlink()
     with pytest.raises(StoreError, match=f"{store / 'manifest.csv'} is missing.*delete {store} and run again"):
         CropStore(store)                       # a synthetic store's fix: regenerate it
+    shutil.copy(tiny_store / "manifest.csv", store / "manifest.csv")
+    with open(store / "manifest.csv", "a") as fh:          # an edit after store.json was written
+        fh.write("\n")
+    with pytest.raises(StoreError, match=r"manifest.csv is not the manifest .*store.json was written with"):
+        CropStore(store)
+    info = json.loads((store / "store.json").read_text())
+    del info["manifest_sha1"]                               # as a writer without the hash (or an edit on purpose)
+    (store / "store.json").write_text(json.dumps(info))
     (store / "manifest.csv").write_text("cell_id,image_id\n0,a\n")
     with pytest.raises(StoreError, match=r"manifest.csv lacks columns \['plate', 'well'"):
         CropStore(store)
