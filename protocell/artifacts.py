@@ -3,7 +3,8 @@
 Layout (``RunFolder``)::
 
     config.yaml             the resolved config            .hydra/       Hydra's record
-    checkpoints/last.ckpt   Lightning checkpoint (module hyperparameters, weights, DataModule state)
+    checkpoints/last.ckpt   Lightning checkpoint (module hyperparameters, weights, DataModule state),
+                            rewritten atomically at the end of every epoch (training.checkpoint)
     prototypes.pt           prototype vectors + push provenance (format below)
     metrics.csv             per-epoch logs                 training_curves.png  the same as a figure
     metrics.json            test metrics, calibration, status
@@ -11,6 +12,7 @@ Layout (``RunFolder``)::
     val_predictions.csv     the same for the validation cells the cell call is calibrated on
     explain/, report.html   explain's figures, tables and page
     wandb_run_id.txt        the W&B run id when logger=wandb
+    .lock                   held by the train.py that runs in this folder (pid and host)
 
 ``prototypes.pt`` (``torch.load(..., weights_only=True)``): ``format``/``version``, ``vectors``
 (P, D), ``prototype_class`` (P,), ``class_names``, ``last_layer`` (K, P), push provenance
@@ -69,6 +71,7 @@ class RunFolder:
     explain_dir = property(lambda self: self.root / "explain")
     report = property(lambda self: self.root / "report.html")
     wandb_id = property(lambda self: self.root / "wandb_run_id.txt")
+    lock = property(lambda self: self.root / ".lock")
 
     def require(self, path: Path, why: str) -> Path:
         if not path.exists():

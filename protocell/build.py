@@ -46,11 +46,12 @@ def targets(node, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def instantiate_trusted(node, source: str, **kwargs):
-    """``instantiate`` a config node read from ``source`` (a file), refusing any ``_target_`` outside
-    protocell/torch/torchvision/lightning: a run folder must not run code by naming it."""
+def instantiate_trusted(node, source: str, key: str = "", **kwargs):
+    """``instantiate`` a config node read from ``source`` (a file; ``key``: the node's place in it),
+    refusing any ``_target_`` outside protocell/torch/torchvision/lightning: a run folder must not run
+    code by naming it."""
     plain = _plain(node)
-    bad = [(k, t) for k, t in targets(plain) if not t.startswith(TRUSTED_TARGETS)]
+    bad = [(k, t) for k, t in targets(plain, key) if not t.startswith(TRUSTED_TARGETS)]
     if bad:
         raise ConfigError(f"{source}: {bad[0][0]}._target_={bad[0][1]!r} is not a protocell, torch, torchvision "
                           f"or lightning class; protocell builds only those from a run folder's config")
@@ -60,17 +61,27 @@ def instantiate_trusted(node, source: str, **kwargs):
 # ----------------------------------------------------------------------------- data
 
 def store_path(cfg) -> Path:
-    """The crop store the config names: the cached synthetic wells, or ``data.path``."""
+    """The crop store the config names: ``data.path`` when it is set (a prepared store; any
+    ``data.synthetic`` keys, e.g. from ``experiment=smoke``, are then ignored), else the cached
+    synthetic wells of ``data.synthetic`` (keys it does not set take ``WellSpec``'s defaults)."""
+    from dataclasses import fields
+
     from protocell.data.synthetic import WellSpec, build_store
 
+    path = OmegaConf.select(cfg, "data.path", throw_on_missing=False) if OmegaConf.is_config(cfg) \
+        else (cfg.get("data") or {}).get("path")
+    if path and path != "???":
+        if _plain(cfg.data).get("synthetic"):
+            log.info("data.path=%s is set: the data.synthetic settings are not used", path)
+        return Path(path)
     spec = _plain(cfg.data).get("synthetic")
     if spec is None:
-        path = cfg.data.get("path")
-        if not path:
-            raise ConfigError("config value data.path is missing: data=prepared needs data.path=<crop store folder> "
-                              "(python prepare.py prints it), or use data=synthetic")
-        return Path(path)
-    spec["affected_fraction"] = dict(spec["affected_fraction"])
+        raise ConfigError("config value data.path is missing: data=prepared needs data.path=<crop store folder> "
+                          "(python prepare.py prints it), or use data=synthetic")
+    known = {f.name for f in fields(WellSpec)}
+    spec = {k: v for k, v in spec.items() if k in known and v is not None}
+    if "affected_fraction" in spec:
+        spec["affected_fraction"] = dict(spec["affected_fraction"])
     t0 = time.time()
     path = build_store(Path(cfg.paths.cache_dir), WellSpec(**spec))
     log.info("synthetic wells at %s (%.1f s)", path, time.time() - t0)
@@ -82,7 +93,7 @@ def build_datamodule(cfg, path: str | Path | None = None, source: str | None = N
     data = _plain(cfg.data)
     data.pop("synthetic", None)
     data["path"] = str(path if path is not None else store_path(cfg))
-    dm = instantiate_trusted(data, source) if source else instantiate(data)
+    dm = instantiate_trusted(data, source, key="data") if source else instantiate(data)
     if setup:
         dm.setup("fit")
     return dm

@@ -87,7 +87,9 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     _target_: str = "protocell.data.datamodule.CellDataModule"
-    path: Optional[str] = None
+    # mandatory ("???"): data=synthetic sets it to null, data=prepared leaves it for the user. A schema
+    # default of null would hide a data=prepared without a path (merging "???" keeps the default)
+    path: Optional[str] = "???"
     crop_size: int = rule(_int(16), "an integer ≥ 16", 64)
     channels: Optional[List[str]] = None
     zero_background: bool = False
@@ -257,7 +259,33 @@ _TYPES = {c.__name__: c for c in (PhotometricConfig, DoseSeriesConfig, Synthetic
                                   OptimConfig, PerformanceConfig, ReportConfig)}
 
 
+MISSING_HINTS = {"data.path": "data=prepared needs data.path=<crop store folder> (python prepare.py prints it), "
+                               "or use data=synthetic"}
+
+
+def _missing_keys(cfg, prefix: str = ""):
+    """Dotted keys whose value is ``???``, found without resolving any interpolation (outside a Hydra
+    app ``${hydra:…}`` cannot be resolved; ``OmegaConf.missing_keys`` resolves every node)."""
+    from omegaconf import DictConfig, ListConfig
+
+    keys = cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg))
+    for key in keys:
+        path = f"{prefix}{key}" if isinstance(cfg, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
+        node = cfg._get_node(key)
+        if node is None:
+            continue
+        if node._is_missing():
+            yield path
+        elif isinstance(node, (DictConfig, ListConfig)) and not node._is_interpolation() and not node._is_none():
+            yield from _missing_keys(node, path + ".")
+
+
 def validate(cfg, schema=TrainConfig) -> None:
-    """Check the range of every key that has a rule; raise ``ConfigError`` naming the first bad one."""
+    """Refuse a mandatory key left unset (``???``), then check the range of every key that has a
+    rule; raise ``ConfigError`` naming the first bad one."""
+    missing = sorted(_missing_keys(cfg)) if OmegaConf.is_config(cfg) else []
+    if missing:
+        raise ConfigError(f"config value {missing[0]} is missing: "
+                          + MISSING_HINTS.get(missing[0], f"set it on the command line ({missing[0]}=…)"))
     for _ in _walk(schema, cfg, ""):
         pass

@@ -3,15 +3,20 @@
 Every file protocell writes goes through ``atomic_write``: the bytes go to a temporary sibling,
 are flushed to disk, and the temporary file is renamed over the target (``os.replace`` is atomic
 on POSIX file systems). A temporary file left by a killed process is overwritten by the next write.
+
+``exclusive_lock`` keeps two processes out of one folder (a prepare output, a run folder).
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], fsync: bool = True) -> Path:
@@ -67,3 +72,27 @@ def atomic_torch_save(path: str | Path, obj) -> Path:
     import torch
 
     return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, refuse: Callable[[str], Exception]) -> Iterator[Path]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if absent) for the ``with`` block.
+
+    Another process holding it gets ``refuse(holder)`` raised at once (no waiting: a second writer
+    of one folder is a mistake, not a queue), where ``holder`` is "pid N on host" as the holder wrote
+    it. The kernel releases the lock when its process ends, even by ``kill -9``, so a stale lock file
+    never blocks anyone. Only the pid and host are written: a command line may hold secrets."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise refuse(holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)          # releases the lock

@@ -76,3 +76,22 @@ def prepare_config(*overrides: str) -> dict:
 @pytest.fixture()
 def prepare_cfg():
     return prepare_config
+
+
+def assert_store_folder(out) -> None:
+    """A finished prepare output holds exactly: store.json, manifest.csv, prepare_summary.json, the
+    crops and masks of the shards the manifest uses (no orphan, no temporary file), the resumability
+    records and lock in .prepare/, and overlay PNGs."""
+    import re
+    from pathlib import Path
+
+    import pandas as pd
+
+    out = Path(out)
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    shards = set(pd.read_csv(out / "manifest.csv", dtype={"shard": str})["shard"])
+    expected_shards = {f"shards/{s}.{kind}.npy" for s in shards for kind in ("crops", "masks")}
+    rest = files - expected_shards - {"store.json", "manifest.csv", "prepare_summary.json", ".prepare/lock"}
+    assert expected_shards <= files, sorted(expected_shards - files)
+    unexpected = sorted(f for f in rest if not re.fullmatch(r"\.prepare/(images|stats|aug)/[^/]+\.json|overlays/[^/]+\.png", f))
+    assert not unexpected, unexpected

@@ -182,10 +182,16 @@ class CellDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
-        self.store = store = CropStore(self.path)
+        self.store = store = CropStore(self.path)      # checks every shard against the manifest (StoreError)
         if self.normalize == "auto":   # from how the store was normalised (protocell.data.normalization)
             self.normalize, self.normalize_why = auto_normalization(store.info)
             log.info("%s", self.normalize_why)
+        if self.crop_size > store.crop_size:
+            log.warning("data.crop_size=%d is larger than the store's %d px crops (%s): every crop is upscaled "
+                        "×%.2f, which adds no detail and changes what a prototype's receptive field covers; set "
+                        "data.crop_size=%d or smaller, or re-run prepare with cells.crop_size=%d", self.crop_size,
+                        store.crop_size, self.path / "store.json", self.crop_size / store.crop_size,
+                        store.crop_size, self.crop_size)
         names = self.channel_names or store.channels
         unknown = [c for c in names if c not in store.channels]
         if unknown:

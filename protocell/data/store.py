@@ -4,9 +4,9 @@ Both the synthetic generator and the prepare pipeline write it; the DataModule r
 
 Layout of a store folder::
 
-    store.json                     format, version, channels, crop size, dtype, source, normalization
-                                   (how the pixels were normalised: {"method": "per_image_percentiles" |
-                                   "raw" | "as_given", ...}; training's data.normalize=auto reads it)
+    store.json                     format, version, channels, crop size, dtype, source, manifest_sha1,
+                                   normalization (how the pixels were normalised: {"method":
+                                   "per_image_percentiles" | "raw" | "as_given", ...}; data.normalize=auto reads it)
     manifest.csv                   one row per cell (columns: ``MANIFEST_COLUMNS``)
     shards/<shard>.crops.npy       (n, C, S, S) crops in their native dtype (uint8/uint16/float32)
     shards/<shard>.masks.npy       (n, S, S) uint8 binary cell masks (1 = this cell)
@@ -36,6 +36,7 @@ Manifest columns:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from protocell.errors import ProtocellError
-from protocell.fsutil import atomic_save_npy, atomic_write_text
+from protocell.fsutil import atomic_save_npy, atomic_write_bytes, atomic_write_text
 
 FORMAT = "protocell-cells"
 VERSION = 1
@@ -141,10 +142,36 @@ class CropStoreWriter:
         if df["cell_id"].duplicated().any():
             raise StoreError(f"{self.root}: duplicate cell_id values in the manifest")
         df = df[MANIFEST_COLUMNS + [c for c in df.columns if c not in MANIFEST_COLUMNS]]
-        atomic_write_text(self.root / "manifest.csv", df.to_csv(index=False))
-        info = StoreInfo(self.channels, self.crop_size, self.dtype or "uint16", self.source, self.extra)
+        csv = df.to_csv(index=False).encode("utf-8")
+        atomic_write_bytes(self.root / "manifest.csv", csv)
+        # store.json, written last, commits the store; the hash ties it to this manifest (a writer killed
+        # between the two files leaves a mismatch that CropStore names, never a silent mix)
+        info = StoreInfo(self.channels, self.crop_size, self.dtype or "uint16", self.source,
+                         {**self.extra, "manifest_sha1": hashlib.sha1(csv).hexdigest()})
         atomic_write_text(self.root / "store.json", info.to_json())
         return df
+
+
+def npy_problem(path: Path, rows: int, tail: tuple[int, ...]) -> str | None:
+    """What is wrong with the ``.npy`` file at ``path`` as ``(≥ rows, *tail)`` (None: nothing),
+    from its header and size alone."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            data_start = fh.tell()
+    except (ValueError, OSError, EOFError) as err:
+        return f"not a readable .npy file ({type(err).__name__}: {str(err)[:80]})"
+    size = path.stat().st_size
+    expected = data_start + int(np.prod(shape)) * dtype.itemsize
+    if size < expected:
+        return f"truncated ({size} of {expected} bytes)"
+    if tuple(shape[1:]) != tuple(tail) or shape[0] < rows:
+        return f"shape {tuple(shape)}, the manifest and store.json need ({rows}, {', '.join(map(str, tail))})"
+    return None
 
 
 class CropStore:
@@ -153,7 +180,7 @@ class CropStore:
     Shards are memory-mapped on first use in each process (safe with DataLoader workers).
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, validate: bool = True):
         self.root = Path(root)
         info_path = self.root / "store.json"
         if not info_path.exists():
@@ -161,20 +188,68 @@ class CropStore:
                 f"{self.root} is not a finished crop store (no store.json). Point data.path at a folder in "
                 "protocell's crop-store format (README: 'The crop store'), or use data=synthetic; a writer "
                 "that was killed leaves no store.json, so run it again.")
-        info = json.loads(info_path.read_text())
-        if info.get("format") != FORMAT or int(info.get("version", -1)) > VERSION:
+        try:
+            info = json.loads(info_path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise StoreError(f"{info_path} is not valid JSON ({type(err).__name__}: {str(err)[:120]}): the store's "
+                             f"description is damaged; {self._fix(None)}") from None
+        if not isinstance(info, dict) or info.get("format") != FORMAT or int(info.get("version", -1)) > VERSION:
+            info = info if isinstance(info, dict) else {}
             raise StoreError(f"{info_path}: format {info.get('format')} v{info.get('version')} is not "
                              f"{FORMAT} v≤{VERSION}; upgrade protocell or re-create the store")
         self.info = info
         self.channels: list[str] = list(info["channels"])
         self.crop_size: int = int(info["crop_size"])
-        self.manifest = pd.read_csv(self.root / "manifest.csv", keep_default_na=False,
-                                    na_values={c: [""] for c in POSITION_COLUMNS},   # unknown: NaN, not ""
-                                    dtype={"split": str, "aug": str, "well": str, "plate": str,
-                                           "image_id": str, "condition": str, "shard": str})
+        manifest = self.root / "manifest.csv"
+        if not manifest.is_file():
+            raise StoreError(f"{manifest} is missing: the store lists its cells there; {self._fix(info)}")
+        if info.get("manifest_sha1") and hashlib.sha1(manifest.read_bytes()).hexdigest() != info["manifest_sha1"]:
+            raise StoreError(f"{manifest} is not the manifest {info_path} was written with (a writer was stopped "
+                             f"between the two, or the file was edited); {self._fix(info)} (an edit on purpose: "
+                             "delete manifest_sha1 from store.json)")
+        try:
+            self.manifest = pd.read_csv(manifest, keep_default_na=False,
+                                        na_values={c: [""] for c in POSITION_COLUMNS},   # unknown: NaN, not ""
+                                        dtype={"split": str, "aug": str, "well": str, "plate": str,
+                                               "image_id": str, "condition": str, "shard": str})
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise StoreError(f"{manifest} cannot be read as CSV ({type(err).__name__}: {str(err)[:120]}); "
+                             f"{self._fix(info)}") from None
+        missing = [c for c in MANIFEST_COLUMNS if c not in self.manifest]
+        if missing:
+            raise StoreError(f"{manifest} lacks columns {missing}; {self._fix(info)}")
         self._shards: dict[tuple[str, str], np.ndarray] = {}
         self._shard_col = self.manifest["shard"].to_numpy()
         self._index_col = self.manifest["shard_index"].to_numpy()
+        if validate:
+            self.validate()
+
+    def _fix(self, info: dict | None) -> str:
+        if (info or {}).get("source") == "synthetic":
+            return f"delete {self.root} and run again (the built-in wells are regenerated)"
+        return (f"re-create the store (python prepare.py … output={self.root}: prepare redoes only what is "
+                "missing) or restore the folder from a backup")
+
+    def validate(self) -> None:
+        """Every shard file the manifest uses is present and whole, with the shape ``store.json``
+        promises: ``(n, C, S, S)`` crops, ``(n, S, S)`` masks (and texture), n above every
+        ``shard_index``. Reads only the ``.npy`` headers and file sizes, so it costs milliseconds,
+        and a missing or truncated shard is named now instead of failing mid-run."""
+        C, S = len(self.channels), self.crop_size
+        need = self.manifest.groupby("shard")["shard_index"].max() + 1 if len(self.manifest) else {}
+        problems = []
+        for shard, n in dict(need).items():
+            for kind, tail in (("crops", (C, S, S)), ("masks", (S, S)), ("texture", (S, S))):
+                path = self.root / "shards" / f"{shard}.{kind}.npy"
+                if kind == "texture" and not path.exists():
+                    continue
+                problem = npy_problem(path, int(n), tail)
+                if problem:
+                    problems.append(f"{path}: {problem}")
+        if problems:
+            shown = "\n- ".join(problems[:10]) + (f"\n- … and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise StoreError(f"the crop store {self.root} is damaged: {len(problems)} shard file(s) do not match "
+                             f"its manifest:\n- {shown}\nto fix: {self._fix(self.info)}")
 
     def __len__(self) -> int:
         return len(self.manifest)

@@ -36,14 +36,23 @@ class ChannelRef:
     sample: int = 0
 
 
-_HANDLES: dict[tuple[int, str], tifffile.TiffFile] = {}
-_MEMMAPS: dict[tuple[int, str, int], np.ndarray] = {}
+_HANDLES: dict[tuple, tifffile.TiffFile] = {}
+_MEMMAPS: dict[tuple, np.ndarray] = {}
+
+
+def _file_key(path: str) -> tuple:
+    """(pid, path, size, mtime): a file rewritten in place (a long-lived process, a re-exported image)
+    gets a new handle instead of the old file's page offsets."""
+    st = os.stat(path)
+    return os.getpid(), path, st.st_size, st.st_mtime_ns
 
 
 def _open(path: str) -> tifffile.TiffFile:
-    key = (os.getpid(), path)
+    key = _file_key(path)
     tif = _HANDLES.get(key)
     if tif is None:
+        for old in [k for k in _HANDLES if k[:2] == key[:2]]:
+            _HANDLES.pop(old).close()
         tif = tifffile.TiffFile(path)
         _HANDLES[key] = tif
     return tif
@@ -69,7 +78,7 @@ def read_plane_region(ref: ChannelRef, y0: int, y1: int, x0: int, x1: int) -> np
     page = _page(tif, ref.page)
     separate = page.planarconfig == 2 and page.samplesperpixel > 1
     if page.is_memmappable:
-        key = (os.getpid(), ref.path, ref.page)
+        key = (*_file_key(ref.path), ref.page)
         mm = _MEMMAPS.get(key)
         if mm is None:
             mm = _MEMMAPS[key] = tifffile.memmap(ref.path, page=ref.page, mode="r")
@@ -141,11 +150,40 @@ def file_channels(path: str | Path) -> tuple[list[ChannelRef], tuple[int, int], 
     except InputError:
         raise
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as err:
-        raise InputError(f"{path} cannot be read as a TIFF ({type(err).__name__}: {err}); the file is corrupt, "
-                         "truncated or not a TIFF: re-export it or remove it from the input") from None
+        # tifffile's messages quote the file's first bytes: say what the file is, never its content
+        raise InputError(f"{path} cannot be read as a TIFF ({type(err).__name__}; the file looks like "
+                         f"{file_kind(path)}): it is corrupt, truncated or not a TIFF: re-export it or remove it "
+                         "from the input") from None
     if dtype.kind not in "uif":
         raise InputError(f"{path}: pixel type {dtype} is not a number type (uint/int/float); re-export as uint16")
     return refs, (H, W), dtype
+
+
+MAGIC = ((b"II*\x00", "a TIFF"), (b"MM\x00*", "a TIFF"), (b"II+\x00", "a BigTIFF"), (b"MM\x00+", "a BigTIFF"),
+         (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+         (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"),
+         (b"\x89HDF", "an HDF5 file"), (b"\x93NUMPY", "a NumPy array"))
+
+
+def file_kind(path: str | Path) -> str:
+    """What a file is, from its first bytes, in words ("a PNG image", "text", …) — never its bytes,
+    which may be anything (a plate map, a key file)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError as err:
+        return f"an unreadable file ({type(err).__name__})"
+    if not head:
+        return "an empty file"
+    for magic, kind in MAGIC:
+        if head.startswith(magic):
+            return f"{kind} with a damaged header or data" if "TIFF" in kind else kind
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:           # not merely a character cut at the 512th byte
+            return "binary data of an unknown kind"
+    return "text (a CSV or a list, not an image)"
 
 
 @dataclass

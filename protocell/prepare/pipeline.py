@@ -16,6 +16,14 @@ Stages (each image streamed tile by tile; memory does not grow with image size):
 Resumable: ``<output>/.prepare/`` holds one record per finished image, keyed by the image's
 files (path, size, mtime) and the hash of every setting that changes its crops; a re-run with the
 same config skips those images. Every file is written under a temporary name and renamed.
+
+Safe for an existing store (docs/reliability.md): every input check (files, plate map, conditions,
+pixels) runs before anything is written; the output folder is then locked (``.prepare/lock``: a
+second prepare on it is refused, naming the pid that holds it). Shard names carry the image's key,
+so a re-run never overwrites a shard the current store uses: the old store stays readable until
+the new ``manifest.csv`` and ``store.json`` (written last, with the manifest's hash) replace it, and
+only then are the old shards deleted. An output holding a store of other inputs is refused unless
+``overwrite=true``; a refused prepare into a new folder leaves no folder.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
 import zlib
@@ -38,7 +47,7 @@ from tqdm import tqdm
 from protocell.data.split import assign
 from protocell.data.store import CropStoreWriter, StoreError
 from protocell.errors import check
-from protocell.fsutil import atomic_write, atomic_write_json
+from protocell.fsutil import atomic_write, atomic_write_json, exclusive_lock
 from protocell.prepare.augment import AugmentParams, augment_crops
 from protocell.prepare.crops import COUNT_KEYS, CellFilters, extract_cells
 from protocell.prepare.io import ImageSource, InputError, Tile, tile_grid
@@ -90,6 +99,10 @@ def validate(c: dict) -> None:
     _check(0 < c["split"]["test_fraction"] < 1, "split.test_fraction", c["split"]["test_fraction"], "in (0, 1)")
     _check(int(c["augment"]["copies"]) >= 0, "augment.copies", c["augment"]["copies"], "≥ 0 (0 = off)")
     _check(int(c["workers"]) >= 1, "workers", c["workers"], "≥ 1")
+    _check(isinstance(c.get("overwrite", False), bool), "overwrite", c.get("overwrite"), "true or false")
+    out = c.get("output")
+    _check(not out or not Path(out).exists() or Path(out).is_dir(), "output", out,
+           "a folder for the crop store (created if absent), not a file")
 
 
 def halo_of(c: dict) -> int:
@@ -222,45 +235,108 @@ class Preparer:
     # -- main
     def run(self) -> Path:
         t_start = time.perf_counter()
-        entries = self.entries()
-        sources = open_images(entries, self.names)
-        size = self.c["tile"]["size"]
-        too_small = [f"{s.image_id} ({s.shape[0]}×{s.shape[1]})" for s in sources if size > min(s.shape)]
-        if too_small:
-            smallest = min(min(s.shape) for s in sources)
-            raise InputError(f"tile.size={size} is larger than image(s) {', '.join(too_small)}: set "
-                             f"tile.size={smallest} or smaller")
         out = self.output_dir()
+        self.check_output(out)
+        entries = self.entries()
+        order = self.condition_order(entries)
+        sources = open_images(entries, self.names)
+        min_area = self.c["cells"]["min_area"]
+        tiny = [f"{s.image_id} ({s.shape[0]}×{s.shape[1]})" for s in sources if s.shape[0] * s.shape[1] < min_area]
+        if tiny:
+            raise InputError(f"image(s) {', '.join(tiny)} have fewer pixels than one cell (cells.min_area={min_area}): "
+                             "check that they are field images (not thumbnails or masks) and remove them from the "
+                             "input, or lower cells.min_area")
+        # a tile larger than an image is the whole image (tile_grid clips it): nothing to refuse
         work = out / ".prepare"
-        (work / "images").mkdir(parents=True, exist_ok=True)
-        (work / "stats").mkdir(parents=True, exist_ok=True)
-        # the store is unfinished until store.json is rewritten at the very end
-        (out / "store.json").unlink(missing_ok=True)
         keys = {s.image_id: image_key(s, self.chash) for s in sources}
         pool = _pool(int(self.c["workers"]))
+        created = not out.exists()
         try:
-            stats = self.stats_pass(sources, keys, work, pool)
-            records = {}
-            writer = CropStoreWriter(out, self.names, self.c["cells"]["crop_size"], source="prepare")
-            writer.dtype = self.c["store_dtype"]
-            n_overlay = int(self.c["summary"].get("overlays", 0))
-            for k, s in enumerate(self._bar(sources, desc="images", unit="image")):
-                records[s.image_id] = self.image_pass(s, keys[s.image_id], stats[s.image_id], writer, work, pool,
-                                                      overlay=k < n_overlay)
+            stats, fresh = self.stats_pass(sources, keys, work, pool)   # refuses bad pixels; writes nothing
+            # every input check has passed: from here on the output folder is written
+            with exclusive_lock(work / "lock", lambda holder: InputError(
+                    f"output={out} is being written by another prepare ({holder}); wait for it to finish, or give "
+                    "this one another output=")):
+                try:
+                    self.check_output(out)          # again, under the lock
+                    for f in out.rglob("*.tmp"):    # left by a killed writer; no writer is alive now
+                        f.unlink()
+                    for image_id, rec in fresh.items():
+                        _atomic_json(work / "stats" / f"{image_id}.json", rec)
+                    (work / "images").mkdir(parents=True, exist_ok=True)
+                    records = {}
+                    writer = CropStoreWriter(out, self.names, self.c["cells"]["crop_size"], source="prepare")
+                    writer.dtype = self.c["store_dtype"]
+                    n_overlay = int(self.c["summary"].get("overlays", 0))
+                    for k, s in enumerate(self._bar(sources, desc="images", unit="image")):
+                        records[s.image_id] = self.image_pass(s, keys[s.image_id], stats[s.image_id], writer, work,
+                                                              pool, overlay=k < n_overlay)
+                    by_id = {e.image_id: e for e in entries}
+                    df = self.finish(out, work, writer, sources, by_id, records, order)
+                    self.summary(out, sources, by_id, records, stats, df, time.perf_counter() - t_start)
+                except InputError:
+                    if created:                     # a refused prepare into a new folder leaves no folder
+                        shutil.rmtree(out, ignore_errors=True)
+                    raise
         finally:
             if pool is not None:
                 pool.close()
                 pool.join()
-        by_id = {e.image_id: e for e in entries}
-        df = self.finish(out, work, writer, sources, by_id, records)
-        self.summary(out, sources, by_id, records, stats, df, time.perf_counter() - t_start)
         log.info("crop store written: %s (%d rows)", out, len(df))
         return out
 
-    def stats_pass(self, sources, keys, work: Path, pool) -> dict:
-        """Statistics of every image first: bad pixels are refused before any crop is written."""
+    def check_output(self, out: Path) -> None:
+        """Refuse an output that is a file, or holds something other than a store of these inputs
+        (unless ``overwrite=true``): a prepare never silently replaces another plate's store."""
+        if out.exists() and not out.is_dir():
+            raise InputError(f"output={out} is a file: give a folder for the crop store (it is created)")
+        if not out.is_dir() or self.c.get("overwrite") or not any(out.iterdir()):
+            return
+        info_path = out / "store.json"
+        mine = {"input": str(Path(self.c["input"]).resolve()),
+                "plate_map": str(Path(self.c["plate_map"]).resolve()) if self.c.get("plate_map") else None,
+                "pattern": self.c.get("pattern")}
+        if not info_path.exists():
+            if (out / ".prepare").is_dir():         # an unfinished prepare: resume it
+                return
+            raise InputError(f"output={out} is a folder that holds other files and no crop store: give an empty or "
+                             "new folder, or overwrite=true to write the store beside those files")
+        try:
+            old = json.loads(info_path.read_text()).get("prepare", {}).get("config") or {}
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            old = {}
+        theirs = {"input": str(Path(old["input"]).resolve()) if old.get("input") else None,
+                  "plate_map": str(Path(old["plate_map"]).resolve()) if old.get("plate_map") else None,
+                  "pattern": old.get("pattern")}
+        if theirs != mine:
+            differ = ", ".join(f"{k}: {theirs[k]} → {mine[k]}" for k in mine if theirs[k] != mine[k])
+            raise InputError(f"output={out} holds a crop store of other inputs ({differ}); preparing into it would "
+                             "replace that store: give another output=, or overwrite=true to replace it")
+
+    def condition_order(self, entries: list[ImageEntry]) -> list[str]:
+        """Class order (label 0, 1, …): ``conditions`` as given, or order of first appearance;
+        refused before any pixel is read when it and the plate map's conditions differ. Images without a
+        condition (scoring only) are not a class."""
+        present = list(dict.fromkeys(e.condition for e in entries if e.condition))
+        given = self.c.get("conditions")
+        if not given:
+            return present
+        order = [str(x) for x in given]
+        unknown = [x for x in present if x not in order]
+        absent = [x for x in order if x not in present]
+        if unknown or absent:
+            raise InputError(f"conditions={order} does not match the plate map's conditions {present}: "
+                             + "; ".join(([f"not listed: {unknown}"] if unknown else [])
+                                         + ([f"no image has {absent}"] if absent else []))
+                             + ". List exactly the conditions of the plate map, reference first (or leave "
+                             "conditions=null)")
+        return order
+
+    def stats_pass(self, sources, keys, work: Path, pool) -> tuple[dict, dict]:
+        """Statistics of every image first: bad pixels are refused before anything is written.
+        Returns (records of every image, the newly computed ones for ``.prepare/stats``)."""
         n = self.c["normalize"]
-        out = {}
+        out, fresh = {}, {}
         for s in self._bar(sources, desc="statistics", unit="image"):
             path = work / "stats" / f"{s.image_id}.json"
             if path.exists():
@@ -274,9 +350,8 @@ class Preparer:
             thr = thresholds_of(stats, self.names, self.c["segmentation"], self.c["channels"]["main"],
                                 self.c["channels"]["second"])
             rec = {"key": keys[s.image_id], "channels": [st.to_dict() for st in stats], "thresholds": thr}
-            _atomic_json(path, rec)
-            out[s.image_id] = rec
-        return out
+            out[s.image_id] = fresh[s.image_id] = rec
+        return out, fresh
 
     def image_pass(self, s: ImageSource, key: str, stats: dict, writer: CropStoreWriter, work: Path, pool,
                    overlay: bool = False) -> dict:
@@ -298,7 +373,7 @@ class Preparer:
         def flush():
             if not buf_r:
                 return
-            name = f"{s.image_id}-{len(shards):03d}"
+            name = f"{s.image_id}-{key[:8]}-{len(shards):03d}"     # never the name of a shard of another key
             writer.write_shard(name, np.concatenate(buf_c), np.concatenate(buf_m), [{} for _ in buf_r])
             writer.rows.clear()            # rows are assembled in finish(), from the image records
             shards.append(name)
@@ -323,7 +398,8 @@ class Preparer:
         flush()
         overlay_files = []
         for ov in overlays:
-            overlay_files.append(write_overlay(work.parent / "overlays" / f"{s.image_id}_tile{len(tiles) // 2}.png", *ov))
+            overlay_files.append(write_overlay(work.parent / "overlays" / f"{s.image_id}-{key[:8]}_tile{len(tiles) // 2}.png",
+                                               *ov))
         if not rows_out:
             log.warning("image %s: no cell found (thresholds %s); recorded in prepare_summary.json, run goes on",
                         s.image_id, stats["thresholds"])
@@ -332,14 +408,10 @@ class Preparer:
         _atomic_json(rec_path, rec)
         return rec
 
-    def finish(self, out: Path, work: Path, writer: CropStoreWriter, sources, by_id, records):
+    def finish(self, out: Path, work: Path, writer: CropStoreWriter, sources, by_id, records, order: list[str]):
         c = self.c
         conditions = {s.image_id: by_id[s.image_id].condition for s in sources}
         # an image without a condition is scored only: label −1, no split (the DataModule skips it)
-        order = list(c.get("conditions") or dict.fromkeys(conditions[s.image_id] for s in sources if conditions[s.image_id]))
-        unknown = sorted(set(conditions.values()) - set(order) - {""})
-        if unknown:
-            raise InputError(f"conditions={order} does not list condition(s) {unknown} of the plate map")
         with_cells = {i: cond for i, cond in conditions.items() if records[i]["rows"] and cond}
         split = split_images(with_cells, c["split"]["test_fraction"], int(c["split"]["seed"]))
         writer.rows.clear()
@@ -369,7 +441,7 @@ class Preparer:
             for shard, rows in self._bar(originals, desc="augment", unit="shard"):
                 if not rows or rows[0]["split"] != "train":
                     continue
-                name = f"{shard}.aug"
+                name = f"{shard}.aug-{akey[:8]}"
                 rec_path = work / "aug" / f"{name}.json"
                 image_rec_key = records[rows[0]["image_id"]]["key"]
                 meta = None
@@ -430,6 +502,9 @@ class Preparer:
             "per_image": per_image,
         }
         _atomic_json(out / "prepare_summary.json", summary)
+        for f in (out / "overlays").glob("*.png"):        # figures of images this store no longer holds
+            if f"overlays/{f.name}" not in summary["overlays"]:
+                f.unlink()
 
 
 def write_overlay(path: Path, main: np.ndarray, second: np.ndarray, labels: np.ndarray, kept: set) -> Path:

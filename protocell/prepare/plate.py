@@ -54,6 +54,20 @@ def _channel_name(raw: str, names: list[str], mapping: dict, where: str) -> str:
     return name
 
 
+def _same_id_fix(row: dict, per_channel: bool, where: str) -> str:
+    """How to give two files that map to one image id an id each."""
+    how = ("an image_id column to the plate map (one id per image, e.g. its path without the extension)"
+           if where.startswith("plate_map") else "a named group (?P<image_id>…) to the pattern that differs "
+           "between the two files (e.g. the folder)")
+    if row.get("image_id"):
+        return f"both have image_id '{row['image_id']}': give each image its own image_id"
+    if per_channel:
+        return (f"per-channel files are grouped by plate, well and field, and both have plate={row['plate']} "
+                f"well={row['well']} field={row['field']}: give them different fields, or add {how}")
+    return (f"without an image_id, an image is named after its file and both files are named "
+            f"'{Path(row['path']).name}' (in different folders): add {how}")
+
+
 def _group(rows: list[dict], names: list[str], mapping: dict, where: str, extra: list[str] = ()) -> list[ImageEntry]:
     """Rows (one per file) → images; rows with a channel are grouped by image_id/plate/well/field.
     ``extra``: the metadata columns each image carries (equal in all rows of one image)."""
@@ -76,8 +90,8 @@ def _group(rows: list[dict], names: list[str], mapping: dict, where: str, extra:
             raise InputError(f"{where}: image '{image_id}' has channel files with different {differ} "
                              f"({[e.meta[k] for k in differ]} and {[meta[k] for k in differ]} in {r['path']})")
         elif not per_channel or "*" in e.files:
-            raise InputError(f"{where}: two files for image '{image_id}' ({e.files} and {r['path']}); give each "
-                             "multi-channel image its own plate/well/field or an image_id column")
+            raise InputError(f"{where}: two files for image '{image_id}' ({', '.join(e.files.values())} and "
+                             f"{r['path']}); {_same_id_fix(r, per_channel, where)}")
         elif str(r["condition"]) != e.condition:
             raise InputError(f"{where}: image '{image_id}' has channel files with different conditions "
                              f"('{e.condition}', '{r['condition']}')")

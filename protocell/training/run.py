@@ -1,17 +1,22 @@
 """``train(cfg)``: build, fit, push, test, evaluate, explain — and leave a complete run folder
-(``protocell.artifacts.RunFolder``). ``train.py`` composes the config and calls this."""
+(``protocell.artifacts.RunFolder``). ``train.py`` composes the config and calls this.
+
+A run folder belongs to one run: ``train`` holds a lock on it while it runs and refuses a folder
+that holds another run's ``config.yaml`` (unless resuming). Checkpoints, interrupts and SLURM
+requeueing: ``protocell.training.checkpoint``."""
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
+from contextlib import contextmanager
 
 import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from protocell.artifacts import RunFolder
@@ -19,8 +24,10 @@ from protocell.build import build_datamodule, build_module
 from protocell.config import validate
 from protocell.errors import ConfigError
 from protocell.evaluate import evaluate, gather_predictions, run_status
-from protocell.fsutil import atomic_write_json, atomic_write_text
+from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock
 from protocell.tracking import build_logger, is_wandb, log_media, run_summary
+from protocell.training.checkpoint import (AtomicCheckpointIO, EpochCheckpoint, check_resume,
+                                           cluster_plugins)
 from protocell.training.callbacks import (GroundTruthMonitor, InitPrototypes, KeepBestPretrain, PhaseCallback,
                                           PushCallback, ValAccuracyHistory)
 from protocell.training.figures import plot_training_curves
@@ -35,8 +42,26 @@ def callbacks_for(cfg, schedule, folder: RunFolder, meta: dict, truth: bool) -> 
     return keep + [InitPrototypes(schedule, protos.get("init", "random")), PhaseCallback(schedule),
                    PushCallback(schedule, folder.root, meta, unique=bool(protos.get("push_unique", False))),
                    *([GroundTruthMonitor()] if truth else []),
-                   ModelCheckpoint(dirpath=folder.checkpoint_dir, save_last=True, save_top_k=0, every_n_epochs=1,
-                                   save_on_train_epoch_end=True)]
+                   EpochCheckpoint(folder.checkpoint, len(schedule))]
+
+
+@contextmanager
+def claim_run_folder(folder: RunFolder, config_yaml: str, resuming: bool):
+    """Hold the run folder's lock for the run, refusing a folder another run holds or held: two runs
+    in one folder mix their checkpoints, metrics and prototypes."""
+    def held(holder: str) -> ConfigError:
+        return ConfigError(f"run folder {folder.root} is in use by another train.py ({holder}): two runs must not "
+                           "share a folder; leave hydra.run.dir at its default (a new folder per run) or pick another")
+
+    trained = (folder.checkpoint_dir, folder.prototypes, folder.metrics_csv, folder.metrics)
+    with exclusive_lock(folder.lock, held):
+        # a config.yaml alone is a run refused before training: its folder may be reused
+        if not resuming and folder.config.exists() and folder.config.read_text() != config_yaml \
+                and any(p.exists() for p in trained):
+            raise ConfigError(f"run folder {folder.root} already holds another run ({folder.config} differs from this "
+                              "run's config): leave hydra.run.dir at its default (a new folder per run) or pick an "
+                              "empty folder; to continue that run here, pass resume=<its checkpoints/last.ckpt>")
+        yield folder
 
 
 def train(cfg) -> dict:
@@ -44,8 +69,13 @@ def train(cfg) -> dict:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     folder = RunFolder(cfg.paths.output_dir)
-    folder.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder.config, OmegaConf.to_yaml(cfg, resolve=True))
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    with claim_run_folder(folder, config_yaml, resuming=bool(cfg.resume)):
+        atomic_write_text(folder.config, config_yaml)
+        return _train(cfg, folder)
+
+
+def _train(cfg, folder: RunFolder) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     t_start = time.time()
 
@@ -66,11 +96,21 @@ def train(cfg) -> dict:
     trainer_cfg.pop("channels_last", None)
     trainer_cfg["enable_progress_bar"] = progress_bar(trainer_cfg.get("enable_progress_bar", True))
     history = ValAccuracyHistory()
+    plugins = [AtomicCheckpointIO(last=folder.checkpoint), *cluster_plugins(trainer_cfg)]
     trainer = instantiate(trainer_cfg, max_epochs=len(schedule),
                           callbacks=callbacks_for(cfg, schedule, folder, meta, truth) + [history],
-                          logger=logger, default_root_dir=str(folder.root))
-    # protocell's checkpoint state is plain data: load it without unpickling arbitrary objects
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True if cfg.resume else None)
+                          logger=logger, default_root_dir=str(folder.root), plugins=plugins)
+    if cfg.resume:
+        check_resume(cfg.resume, dict(module.hparams), len(schedule))
+    try:
+        # protocell's checkpoint state is plain data: load it without unpickling arbitrary objects
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True if cfg.resume else None)
+    except (KeyboardInterrupt, SystemExit):
+        # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SIGTERMException after the batch in
+        # progress; EpochCheckpoint has logged where resume= continues. Nothing is evaluated.
+        if not trainer.interrupted:
+            raise
+        raise SystemExit(128 + (signal.SIGTERM if trainer.received_sigterm else signal.SIGINT)) from None
     train_seconds = time.time() - t_start
 
     test_batches = gather_predictions(trainer.predict(module, dataloaders=dm.predict_dataloader("test")))

@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
-from test_explain_run import CHROMIUM, browser_images  # noqa: E402
+from test_explain_run import browser_images, require_chromium  # noqa: E402
 from test_train_cli import train  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -78,9 +78,9 @@ def test_a_crop_folder_trains_and_explains_in_colour(crops_run):
     assert em["run"] == "run" and em["replicate_unit"]["unit"] in ("well", "image", "field")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)")
 def test_the_crop_report_loads_every_image_in_a_real_headless_browser(crops_run, tmp_path):
+    require_chromium()
     n, broken = browser_images(crops_run / "report.html", tmp_path)
     figures = [p for sub in ("prototypes", "cells") for p in (crops_run / "explain" / sub).glob("*.png")]
-    assert n == 2 + len(figures) and broken == "", f"{n} images, broken: {broken}"
+    assert n == 2 + len(figures) and broken == [], f"{n} images, broken: {broken}"
     assert re.search(r"DNA|tubulin|actin", (crops_run / "report.html").read_text())

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from conftest import prepare_config
+from conftest import assert_store_folder, prepare_config
 from protocell.prepare.pipeline import prepare
 from protocell.data.store import CropStore
 
@@ -50,7 +51,14 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
     proc = subprocess.run(train, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert 0 <= metrics["well_label_accuracy"] <= 1
+    preds = pd.read_csv(tmp_path / "run" / "test_predictions.csv")
+    test_cells = orig[orig["split"] == "test"]
+    # every test cell of the prepared store predicted once, and the accuracy is that of these predictions
+    assert sorted(preds["cell_id"]) == sorted(test_cells["cell_id"])
+    assert metrics["n_cells"] == len(test_cells)
+    call = (preds["call"] if "call" in preds else preds["pred"] == 1).astype(bool)
+    assert metrics["well_label_accuracy"] == pytest.approx((call == (preds["label"] == 1)).mean())
+    assert metrics["well_label_accuracy_argmax"] == pytest.approx((preds["pred"] == preds["label"]).mean())
 
 
 def test_a_killed_run_resumes_and_skips_finished_images(tmp_path, synthetic_fields):
@@ -60,14 +68,18 @@ def test_a_killed_run_resumes_and_skips_finished_images(tmp_path, synthetic_fiel
     prepare(cfg)
     first = pd.read_csv(out / "manifest.csv")
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.npy")}
+    assert_store_folder(out)
     # simulate a run killed while on one image: its record and the finishing files are gone,
-    # a half-written temporary file is left behind
+    # half-written temporary files are left behind
     (out / ".prepare" / "images" / "plate1_B02_f1.json").unlink()
     (out / "store.json").unlink()
-    (out / "shards" / "plate1_B02_f1-000.crops.npy.tmp").write_bytes(b"half")
+    (shard,) = {p.name.split(".")[0] for p in (out / "shards").glob("plate1_B02_f1-*.crops.npy")}
+    (out / "shards" / f"{shard}.crops.npy.tmp").write_bytes(b"half")
+    (out / ".prepare" / "images" / "plate1_B02_f1.json.tmp").write_bytes(b"{")
     prepare(cfg)
     again = pd.read_csv(out / "manifest.csv")
     pd.testing.assert_frame_equal(first, again)
+    assert_store_folder(out)                   # the temporary files are gone, nothing else was added
     now = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.npy")}
     redone = sorted(n for n in stamps if now[n] != stamps[n])
     assert redone and all(n.startswith("plate1_B02_f1") for n in redone)
@@ -75,3 +87,4 @@ def test_a_killed_run_resumes_and_skips_finished_images(tmp_path, synthetic_fiel
     prepare({**cfg, "denoise_sigma": 0.5})
     assert all(p.stat().st_mtime_ns != stamps.get(p.name) for p in (out / "shards").glob("*.npy"))
     assert CropStore(out).info["prepare"]["config"]["denoise_sigma"] == 0.5
+    assert_store_folder(out)                   # the earlier store's shards were removed after the switch

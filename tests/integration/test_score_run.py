@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "experiments"))
 sys.path.insert(0, str(Path(__file__).parent))
 import score_dose  # noqa: E402
-from test_explain_run import CHROMIUM, browser_images  # noqa: E402
+from test_explain_run import browser_images, require_chromium  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -137,7 +137,9 @@ def test_score_store_returns_the_cells_table_and_another_store_is_scored_alike(s
     shutil.copytree(_store(run).root, copy)
     other = score_store(run, copy, progress=False, batch_size=7)
     sims = [f"sim_p{j}" for j in range(len([c for c in cells if c.startswith("sim_p")]))]
-    assert np.allclose(other[sims], cells[sims], rtol=2e-3) and np.allclose(other["score"], cells["score"], atol=1e-2)
+    # float32 sums in another batch size and thread count: equal to ~1e-6, near-zero similarities included
+    assert np.allclose(other[sims], cells[sims], rtol=2e-3, atol=1e-5)
+    assert np.allclose(other["score"], cells["score"], atol=1e-2)
     assert (other["run_split"] == "").all()
 
 
@@ -281,12 +283,11 @@ def test_wandb_gets_the_score_tables_and_figures_offline(scored, tmp_path):
     assert any("wells" in n for n in tables) and any("prototype_enrichment" in n for n in tables)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed: score.html is then checked only "
-                    "for files, not in a browser")
 def test_score_page_loads_every_image_in_a_real_headless_browser(scored, tmp_path):
+    require_chromium()
     run, _ = scored
     n, broken = browser_images(run / "score.html", tmp_path)
-    assert n == len(list((run / "score").glob("*.png"))) and broken == "", f"{n} images, broken: {broken}"
+    assert n == len(list((run / "score").glob("*.png"))) and broken == [], f"{n} images, broken: {broken}"
 
 
 def test_a_plate_prepared_from_raw_images_with_its_plate_map_is_scored(scored, tmp_path):

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_WELLS = ["data.synthetic.wells_per_condition=2", "data.synthetic.fields_per_well=2",
@@ -37,9 +39,22 @@ def test_train_writes_a_complete_run_folder(tmp_path):
                  "metrics.json", "test_predictions.csv", "training_curves.png"):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("well_label_accuracy", "well_label_auroc", "true_label_accuracy", "true_label_auroc"):
-        assert 0 <= metrics[key] <= 1
+    preds = pd.read_csv(run / "test_predictions.csv")
+    # the metrics are those of the saved predictions (recomputed here by other means), not just numbers in [0, 1]
+    call = preds["call"].astype(bool) if "call" in preds else preds["pred"] == 1
+    exposed, affected = preds["label"] == 1, preds["true_label"] == 1
+    assert metrics["n_cells"] == len(preds) and (preds["true_label"] >= 0).all()
+    assert metrics["well_label_accuracy"] == pytest.approx((call == exposed).mean())
+    assert metrics["true_label_accuracy"] == pytest.approx((call == affected).mean())
+    assert metrics["well_label_auroc"] == pytest.approx(pairwise_auroc(preds["score"], exposed), abs=1e-6)
+    assert metrics["true_label_auroc"] == pytest.approx(pairwise_auroc(preds["score"], affected), abs=1e-6)
     assert metrics["pushes"] == 2 and metrics["receptive_field"]["size"] == 46
+    assert metrics["epochs"] == 6 and metrics["seed"] == 0 and metrics["backbone"] == "vgg11_narrow"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["paths"]["output_dir"] == str(run) and cfg["schedule"]["epochs"] == 3 and cfg["threads"] == 1
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 6
+    assert (run / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rec = torch.load(run / "prototypes.pt", weights_only=True)
     assert rec["format"] == "protocell-prototypes" and rec["vectors"].shape == (4, 64)
     assert (rec["cell_id"] >= 0).all() and rec["class_names"] == ["Ref", "Exp"]
@@ -53,6 +68,15 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     assert not test_images & set(manifest.set_index("cell_id").loc[list(train_cells), "image_id"])
     log = pd.read_csv(run / "metrics.csv")
     assert set(log["phase"].dropna().astype(int)) == {0, 1, 2, 3}      # pretrain, warm, joint, last layer
+    assert sorted(log.dropna(subset=["train/loss"])["epoch"].astype(int)) == list(range(1, 6))   # after pretrain
+    assert sorted(log.dropna(subset=["val/acc"])["epoch"].astype(int)) == list(range(6))
+
+
+def pairwise_auroc(scores, positive) -> float:
+    """P(score of a positive > score of a negative), ties counted ½: AUROC by its definition."""
+    s, y = np.asarray(scores, float), np.asarray(positive, bool)
+    pos, neg = s[y][:, None], s[~y][None, :]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
 @pytest.mark.parametrize("override,message", [
@@ -103,6 +127,9 @@ def shuffled_store(tmp_path) -> Path:
     order = np.random.default_rng(0).permutation(len(m))
     m[["condition", "label"]] = m[["condition", "label"]].to_numpy()[order]
     m.to_csv(dst / "manifest.csv", index=False)
+    info = json.loads((dst / "store.json").read_text())
+    info.pop("manifest_sha1", None)          # an edit on purpose (the store refuses an edited manifest otherwise)
+    (dst / "store.json").write_text(json.dumps(info))
     return dst
 
 

@@ -38,3 +38,15 @@ def test_percentile_box_equals_direct_computation():
     peak = np.exp(-((yy - 12) ** 2 + (xx - 42) ** 2) / (2 * 3.0 ** 2))   # a smooth activation blob
     y0, x0, y1, x1 = percentile_box(peak)
     assert (y0 + y1 - 1) / 2 == 12 and (x0 + x1 - 1) / 2 == 42 and 4 < y1 - y0 < 20
+
+
+def test_report_helpers_escape_html_from_names_and_paths():
+    """Condition, well and image names come from a user's plate map: the page shows them, never runs them."""
+    import pandas as pd
+
+    from protocell.explain.report import fmt, img_html, table_html
+
+    hostile = '<script>alert("x")</script>'
+    assert fmt(hostile) == "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
+    assert "<script" not in img_html(f'explain/{hostile}.png', hostile)
+    assert "<script" not in table_html(pd.DataFrame({"condition": [hostile], "v": [0.5]}))

@@ -1,5 +1,6 @@
 """Every bad input is refused before anything is written, with a message naming the file and the fix."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import tifffile
 
 from conftest import prepare_config
 from protocell.prepare.pipeline import prepare
+from protocell.data.store import CropStore
 from protocell.prepare.io import InputError
 
 
@@ -37,8 +39,8 @@ def refused(plate, *overrides, match):
     with pytest.raises(InputError, match=match) as err:
         run(plate, *overrides)
     out = plate.parent / "store"
-    assert not (out / "store.json").exists() and not (out / "manifest.csv").exists()
-    assert not list((out / "shards").glob("*.npy")) if (out / "shards").exists() else True
+    # nothing at all is written: no folder, no .prepare/ records, no stats
+    assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     return str(err.value)
 
 
@@ -142,9 +144,79 @@ def test_image_without_cells_is_warned_recorded_and_the_run_goes_on(plate, caplo
     assert summary["cells"] > 20 and "no cell found" in caplog.text
 
 
-def test_tile_larger_than_image(plate):
-    msg = refused(plate, "tile.size=300", match="tile.size=300 is larger than image")
-    assert "256×256" in msg and "tile.size=256" in msg
+def test_a_tile_larger_than_the_image_is_the_whole_image(tmp_path):
+    """640×640 and 512×512 fields (common camera sizes) with the default tile.size=650: prepared, one
+    tile each, the same cells as with tiles smaller than the images."""
+    from protocell.data.synthetic import write_fields
+
+    root = tmp_path / "plate"
+    maps = []
+    for size in (640, 512):
+        write_fields(root / f"s{size}", wells_per_condition=1, fields_per_well=1, field_size=size,
+                     cells_per_field=20, seed=size)
+        pm = pd.read_csv(root / f"s{size}" / "plate_map.csv")
+        maps.append(pm.assign(image=f"s{size}/" + pm["image"], field=size,
+                              image_id=f"s{size}_" + pm["image"].str.slice(7, -4)))
+    pd.concat(maps).to_csv(root / "plate_map.csv", index=False)
+    stores = {}
+    for tile in (650, 200):
+        cfg = prepare_config(f"input={root}", f"plate_map={root / 'plate_map.csv'}", f"output={tmp_path / str(tile)}",
+                             f"tile.size={tile}", "augment.copies=0", "summary.overlays=0")
+        stores[tile] = json.loads((prepare(cfg) / "prepare_summary.json").read_text())
+    per_image = stores[650]["per_image"]
+    assert sorted((r["height"], r["width"]) for r in per_image) == [(512, 512)] * 2 + [(640, 640)] * 2
+    assert all(r["tiles"] == 1 and r["cells"] >= 10 for r in per_image), per_image
+    assert {r["image_id"]: r["cells"] for r in per_image} == {r["image_id"]: r["cells"] for r in stores[200]["per_image"]}
+
+
+def test_an_image_smaller_than_one_cell_is_refused(plate):
+    tifffile.imwrite(plate / "fields" / "plate1_A01_f1.tif", np.arange(128, dtype=np.uint16).reshape(2, 8, 8),
+                     metadata={"axes": "CYX"})
+    msg = refused(plate, match="fewer pixels than one cell")
+    assert "plate1_A01_f1 (8×8)" in msg and "cells.min_area=80" in msg and "tile.size" not in msg
+
+
+def test_conditions_that_do_not_match_the_plate_map_are_refused_before_any_pixel_is_read(plate, monkeypatch):
+    from protocell.prepare.pipeline import Preparer
+
+    def no_pixels(*a, **k):
+        raise AssertionError("pixels were read before the conditions were checked")
+
+    monkeypatch.setattr(Preparer, "stats_pass", no_pixels)
+    msg = refused(plate, "conditions=[DMSO,drug]", match=r"conditions=\['DMSO', 'drug'\] does not match")
+    assert "not listed: ['Ref', 'Exp']" in msg and "no image has ['DMSO', 'drug']" in msg
+    msg = refused(plate, "conditions=[Ref]", match="does not match")
+    assert "not listed: ['Exp']" in msg
+
+
+def test_output_that_is_a_file_is_refused(plate):
+    (plate.parent / "store").write_text("not a folder")
+    with pytest.raises(InputError, match="output=.*store.* is invalid: a folder for the crop store"):
+        run(plate)
+    assert (plate.parent / "store").read_text() == "not a folder"
+
+
+def test_a_plate_map_entry_that_is_not_a_tiff_names_its_kind_not_its_content(plate):
+    (plate / "fields" / "plate1_A01_f0.tif").write_text("image,plate,well\nsecret-token-123,p,w\n")
+    msg = refused(plate, match="cannot be read as a TIFF")
+    assert "plate1_A01_f0.tif" in msg and "looks like text" in msg
+    assert "secret" not in msg and "header=" not in msg
+    (plate / "fields" / "plate1_A01_f0.tif").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    assert "looks like a PNG image" in refused(plate, match="cannot be read as a TIFF")
+
+
+def test_same_named_files_in_two_folders_get_advice_that_fixes_it(plate):
+    pm = pd.read_csv(plate / "plate_map.csv")
+    (plate / "other").mkdir()
+    shutil.copy(plate / pm.loc[0, "image"], plate / "other" / Path(pm.loc[0, "image"]).name)
+    pm.loc[len(pm)] = [f"other/{Path(pm.loc[0, 'image']).name}", "plate1", "C01", 0, pm.loc[0, "condition"]]
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    msg = refused(plate, match="two files for image")
+    assert "add an image_id column to the plate map" in msg and "in different folders" in msg
+    pm["image_id"] = pm["image"].str.replace(".tif", "", regex=False)          # the advice, followed
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    out, _ = run(plate)
+    assert CropStore(out).manifest["image_id"].nunique() == len(pm)
 
 
 def test_unknown_segmentation_method(plate):

@@ -59,3 +59,39 @@ def test_log_similarity_decreases_with_distance():
     d = torch.tensor([0.0, 0.1, 1.0, 10.0])
     s = log_similarity(d)
     assert (s[:-1] > s[1:]).all() and s[0] > 9
+
+
+def test_masked_distances_equal_a_brute_force_loop_and_the_default_penalty_is_d_plus_1():
+    """masked == d + penalty · (not inside), exactly, at every (b, j, y, x); the network's default
+    penalty is D + 1 and forward()'s min_distances are the loop's minima (a fill with inf, or a
+    penalty scaled ×10 or ×0.5, fails here)."""
+    from conftest import tiny_module
+
+    g = torch.Generator().manual_seed(3)
+    B, P, H, W = 3, 4, 5, 6
+    d = torch.rand(B, P, H, W, generator=g) * 16
+    inside = torch.rand(B, 1, H, W, generator=g) > 0.5
+    penalty = 17.0
+    masked = masked_distances(d, inside, penalty)
+    for b in range(B):
+        for j in range(P):
+            for y in range(H):
+                for x in range(W):
+                    expected = d[b, j, y, x] + (0.0 if inside[b, 0, y, x] else penalty)
+                    assert masked[b, j, y, x] == expected, (b, j, y, x)
+    net = tiny_module(per_class=2, dim=16).net.eval()
+    assert net.mask_penalty == 16 + 1
+    x = torch.rand(2, 2, 64, 64, generator=g)
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[0, :, 10:40, 12:50] = 1
+    mask[1, :, 30:34, 30:34] = 1                     # a tiny cell: few inside units
+    with torch.no_grad():
+        out = net(x, mask)
+        z = net.latent(x)
+        raw = squared_distances(z, net.prototypes)
+        ins = latent_inside(mask, z.shape[-2:])
+    for b in range(2):
+        for j in range(net.prototypes.shape[0]):
+            loop = min(raw[b, j, y, xx] + (0.0 if ins[b, 0, y, xx] else 17.0)      # float32, as the layer
+                       for y in range(z.shape[-2]) for xx in range(z.shape[-1]))
+            assert out["min_distances"][b, j] == loop

@@ -8,10 +8,9 @@ from protocell.model.backbones import BACKBONES, BackboneError, build_backbone
 from protocell.model.receptive_field import ReceptiveField, receptive_field
 
 
-def empirical_rf(features: nn.Module, in_channels: int, size: int) -> int:
-    """Side of the input region that reaches the centre latent unit, by gradient.
-
-    Max pools pass gradient to one input only, so they are swapped for average pools of the same
+def probe_net(features: nn.Module) -> nn.Module:
+    """A double copy of ``features`` whose gradient reaches every input pixel of a unit's RF: max
+    pools pass gradient to one input only, so they are swapped for average pools of the same
     geometry; weights are made positive so that no path cancels."""
     net = copy.deepcopy(features).double().eval()
     for name, m in list(net.named_modules()):
@@ -23,6 +22,21 @@ def empirical_rf(features: nn.Module, in_channels: int, size: int) -> int:
             nn.init.constant_(m.weight, 1.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1]))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    return net
+
+
+def gradient_box(features: nn.Module, in_channels: int, size: int, iy: int, ix: int) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1), end-exclusive: the input pixels whose gradient reaches latent unit (iy, ix)."""
+    x = torch.ones(1, in_channels, size, size, dtype=torch.double, requires_grad=True)
+    probe_net(features)(x)[0, :, iy, ix].sum().backward()
+    rows = (x.grad[0].abs().sum(0).sum(1) > 0).nonzero().flatten()
+    cols = (x.grad[0].abs().sum(0).sum(0) > 0).nonzero().flatten()
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def empirical_rf(features: nn.Module, in_channels: int, size: int) -> int:
+    """Side of the input region that reaches the centre latent unit, by gradient."""
+    net = probe_net(features)
     x = torch.ones(1, in_channels, size, size, dtype=torch.double, requires_grad=True)
     out = net(x)
     h, w = out.shape[-2:]
@@ -77,3 +91,14 @@ def test_receptive_field_of_a_plain_chain():
     layers = [nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, dilation=2)]
     rf = receptive_field(layers)
     assert (rf.size, rf.jump) == (3 + 1 + 2 * 2 * 2, 2)
+
+
+def test_rf_box_of_a_latent_unit_is_where_its_gradient_lands():
+    """Position, not only size: the box ``rf.box(iy, ix)`` of a unit inside the image is exactly the
+    input region its gradient reaches (the start offset and jump, not just the RF size), also
+    through a padded, dilated convolution."""
+    b = build_backbone("vgg11_narrow", 2, width=0.125)
+    assert b.rf.box(7, 10) == gradient_box(b.features, 2, 512, 7, 10)   # away from the borders
+    chain = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, padding=2, dilation=2))
+    rf = receptive_field(list(chain))
+    assert rf.box(6, 9) == gradient_box(chain, 1, 40, 6, 9)
