@@ -1,6 +1,7 @@
 """BBBC013 (FKHR-GFP translocation): the classic readout as a proxy truth, and protocell against it.
 
     python experiments/bbbc013.py <run folder> [--out <json>]
+    python experiments/bbbc013.py --table <folder of run_seed*/>      # the seeds' table (markdown)
 
 The plate's biology is known: PI3K inhibition stops FKHR's nuclear export, so GFP leaves the
 cytoplasm and fills the nucleus. CellProfiler's translocation pipeline reads it per cell as the
@@ -122,11 +123,62 @@ def evaluate(run_dir: Path) -> dict:
     return out
 
 
+# the issue's bar, per seed
+BAR = {"cell_auroc_vs_proxy": ("≥", 0.95), "well_label_auroc_ratio": ("≥", 0.98), "duplicate_share": ("≤", 0.10),
+       "background_prototype_share": ("≤", 0.0), "abs_affected_fraction_error": ("≤", 0.10)}
+COLUMNS = ["seed", "n_test_wells", "n_test_cells", "cell_auroc_vs_proxy", "well_label_auroc", "well_label_auroc_nc_ratio",
+           "well_label_auroc_ratio", "top_exp_prototype", "top_prototype_nearest_median_nc", "threshold_nc",
+           "top_prototype_nearest_above_threshold", "top_prototype_centre_on_nucleus", "background_prototype_share",
+           "duplicate_share", "affected_fraction_treated", "proxy_fraction_treated", "affected_fraction_error"]
+
+
+def meets(row: dict) -> list[str]:
+    """The bar items a seed misses."""
+    row = {**row, "abs_affected_fraction_error": abs(row["affected_fraction_error"])
+           if row.get("affected_fraction_error") is not None else None}
+    missed = [k for k, (op, v) in BAR.items()
+              if row.get(k) is None or (row[k] < v if op == "≥" else row[k] > v)]
+    if not row.get("top_prototype_nearest_above_threshold"):
+        missed.append("top prototype's nearest above the untreated 95th percentile")
+    if not row.get("top_prototype_centre_on_nucleus"):
+        missed.append("top prototype on the nucleus")
+    return missed
+
+
+def table(out: Path) -> str:
+    """Markdown table of every ``run_seed*/bbbc013.json`` under ``out``: one row a seed, mean ± SD."""
+    rows = []
+    for f in sorted(out.glob("run_seed*/bbbc013.json")):
+        r = json.loads(f.read_text())
+        rows.append({"seed": f.parent.name.removeprefix("run_seed"), **{k: r.get(k) for k in COLUMNS[1:]},
+                     "missed": ", ".join(meets(r)) or "—"})
+    if not rows:
+        raise SystemExit(f"no run_seed*/bbbc013.json under {out}: run experiments/bbbc013.sh first")
+    df = pd.DataFrame(rows)
+    num = [c for c in COLUMNS[1:] if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+    summary = {"seed": "mean ± SD", **{c: f"{df[c].mean():.3f} ± {df[c].std(ddof=1) if len(df) > 1 else 0:.3f}"
+                                       for c in num}}
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(COLUMNS + ["missed"]) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS + ["missed"]) + " |" for r in df.to_dict("records")]
+    lines.append("| " + " | ".join(str(summary.get(c, "")) for c in COLUMNS + ["missed"]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("run", type=Path, nargs="?", help="a run folder trained on the BBBC013 store")
+    ap.add_argument("--out", type=Path, help="write the run's numbers here (JSON)")
+    ap.add_argument("--table", type=Path, metavar="FOLDER",
+                    help="the seeds' table (markdown) of FOLDER/run_seed*/bbbc013.json, also written to FOLDER/bbbc013.md")
     args = ap.parse_args(argv)
+    if args.table:
+        md = table(args.table)
+        (args.table / "bbbc013.md").write_text(md + "\n")
+        print(md)
+        return 0
+    if args.run is None:
+        ap.error("give a run folder, or --table FOLDER")
     res = evaluate(args.run)
     text = json.dumps(res, indent=2, default=float)
     if args.out:

@@ -81,7 +81,7 @@ def prepare_cfg():
 def assert_store_folder(out) -> None:
     """A finished prepare output holds exactly: store.json, manifest.csv, prepare_summary.json, the
     crops and masks of the shards the manifest uses (no orphan, no temporary file), the resumability
-    records and lock in .prepare/, and overlay PNGs."""
+    records and lock in .prepare/, overlay PNGs and the confound table (confounds.csv, when two conditions have cells)."""
     import re
     from pathlib import Path
 
@@ -91,7 +91,21 @@ def assert_store_folder(out) -> None:
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     shards = set(pd.read_csv(out / "manifest.csv", dtype={"shard": str})["shard"])
     expected_shards = {f"shards/{s}.{kind}.npy" for s in shards for kind in ("crops", "masks")}
-    rest = files - expected_shards - {"store.json", "manifest.csv", "prepare_summary.json", ".prepare/lock"}
+    rest = files - expected_shards - {"store.json", "manifest.csv", "prepare_summary.json", "confounds.csv", ".prepare/lock"}
     assert expected_shards <= files, sorted(expected_shards - files)
     unexpected = sorted(f for f in rest if not re.fullmatch(r"\.prepare/(images|stats|aug)/[^/]+\.json|overlays/[^/]+\.png", f))
     assert not unexpected, unexpected
+
+
+def require_shared_data(path, what: str) -> None:
+    """Skip without the shared data folder (the reason printed), except under CI=true, where the
+    folder is laid beside the clone and its absence is a failure."""
+    import os
+    from pathlib import Path
+
+    if not Path(path).is_dir():
+        reason = f"{what} is not at {path} (no shared data folder beside the repository)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {reason}")
+        print(f"SKIPPED: {reason}")
+        pytest.skip(reason)

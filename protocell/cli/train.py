@@ -10,10 +10,17 @@ from omegaconf import DictConfig
 from protocell.cli.common import run_cli
 
 
-def run(cfg: DictConfig) -> dict:
+def _train(cfg: DictConfig) -> dict:
+    from protocell.config import validate
+
+    validate(cfg)        # a bad value is refused before the training stack is imported (torch + Lightning: ≈ 5 s)
     from protocell.training.run import train
 
-    metrics = run_cli("train", train, cfg)
+    return train(cfg)
+
+
+def run(cfg: DictConfig) -> dict:
+    metrics = run_cli("train", _train, cfg)
     status = (metrics or {}).get("status", "ok")
     if cfg.get("strict") and status != "ok":
         print(f"train: the run is {status} (strict=true): {'; '.join(metrics.get('reasons', []))}", file=sys.stderr)

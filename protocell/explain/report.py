@@ -136,6 +136,7 @@ def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFram
 <h2>Run</h2><table class="kv">{run_table}</table>
 
 {test_set_section(metrics, run.class_names)}
+{confound_section(rec["store"])}
 
 <h2>Which prototypes differ between {ref} and {exp}</h2>
 {unit_note}
@@ -207,6 +208,36 @@ def test_set_section(metrics: dict, class_names: list[str]) -> str:
             f'condition; balanced accuracy (the mean of the recalls) does not. "called" is the share of a well\'s '
             f'cells the cell call puts in {html.escape(class_names[-1])} (affected, when calibrated).</p>'
             f'{_kv(kv)}{table_html(pd.DataFrame(comp).rename(columns={"called_fraction": "called"}))}')
+
+
+def confound_section(store: str) -> str:
+    """prepare's confound report (``prepare_summary.json`` → ``confounds``) of the store the run trained
+    on: single features of imaging or segmentation that alone separate the conditions are flagged in
+    red. Left out for stores without one (built-in wells, pre-cut crops, stores from before it)."""
+    import json
+    from pathlib import Path
+
+    path = Path(store) / "prepare_summary.json"
+    try:
+        conf = json.loads(path.read_text()).get("confounds") or {}
+    except (OSError, ValueError):
+        return ""
+    if not conf.get("available"):
+        return ""
+    table = pd.DataFrame(conf["table"])
+    flagged = conf.get("flagged") or []
+    ref, exp = html.escape(str(conf["reference"])), html.escape(str(conf["exposed"]))
+    box = (_box("failed", "Confound: the conditions differ in how they were imaged or segmented",
+                [f"{', '.join(flagged)} alone separate(s) {conf['exposed']} from {conf['reference']} over wells (strength > "
+                 f"{conf['flag_auroc']:.2f}): a network can read that instead of the biology, and the prototypes may "
+                 "show it. For the mask, segmentation=distance grows every nucleus by the same distance."])
+           if flagged else "")
+    return (f'<h2>Confound check (from prepare)</h2><p class="how">Each single feature\'s mean over the wells of '
+            f'each condition and the AUROC with which it separates {exp} from {ref} <b>over wells</b> (strength = '
+            f'max(AUROC, 1 − AUROC), 95 % CI from a bootstrap over wells). Cell count, mask area and shape and the '
+            f'background describe the imaging or the segmentation, not the cells: they are flagged above '
+            f'{conf["flag_auroc"]:.2f}. Intensities are in prepare\'s per-image normalised units.</p>{box}'
+            f'{table_html(table)}')
 
 
 def truth_section(run, em: dict, frac: dict) -> str:

@@ -41,9 +41,13 @@ def to_store_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def extract_cells(labels: np.ndarray, block: np.ndarray, tile: Tile, image_shape: tuple[int, int],
-                  crop_size: int, filters: CellFilters, store_dtype: str = "uint16"):
+                  crop_size: int, filters: CellFilters, store_dtype: str = "uint16",
+                  channel_names: list[str] | None = None):
     """Crops, masks and manifest rows of the cells this tile owns, and counts of what was dropped.
 
+    Each row also carries the cell's shape (``area``, ``eccentricity``, ``solidity``) and its mean
+    normalised intensity per channel as stored (``mean_<channel>``; ``channel_names`` default ``c0, c1, …``):
+    the features of prepare's confound report (``protocell.prepare.confounds``).
     Returns (crops (n, C, S, S), masks (n, S, S) uint8, rows list[dict], counts dict)."""
     H, W = image_shape
     py0, py1, px0, px1 = tile.padded
@@ -52,6 +56,9 @@ def extract_cells(labels: np.ndarray, block: np.ndarray, tile: Tile, image_shape
     S = crop_size
     counts = dict.fromkeys(COUNT_KEYS, 0)
     C = block.shape[0]
+    names = list(channel_names) if channel_names is not None else [f"c{i}" for i in range(C)]
+    # the intensity features are of the pixels as stored (a uint16 store clips to [0, 1])
+    stored = (lambda v: np.clip(v, 0.0, 1.0)) if store_dtype == "uint16" else (lambda v: v)
     empty = (np.zeros((0, C, S, S), np.float32 if store_dtype == "float32" else np.uint16),
              np.zeros((0, S, S), np.uint8), [], counts)
     n = int(labels.max())
@@ -88,8 +95,9 @@ def extract_cells(labels: np.ndarray, block: np.ndarray, tile: Tile, image_shape
         if a > filters.max_area:
             counts["too_large"] += 1
             continue
-        region = regionprops((labels[sl] == lab).astype(np.uint8))[0]
-        solidity = float(region.solidity) if filters.min_solidity > 0 else float("nan")
+        inside = labels[sl] == lab
+        region = regionprops(inside.astype(np.uint8))[0]
+        solidity = float(region.solidity)
         ecc = float(region.eccentricity)
         if (filters.min_solidity > 0 and solidity < filters.min_solidity) or ecc > filters.max_eccentricity:
             counts["shape"] += 1
@@ -107,8 +115,21 @@ def extract_cells(labels: np.ndarray, block: np.ndarray, tile: Tile, image_shape
         masks.append(mask)
         rows.append({"bbox_y0": y0, "bbox_x0": x0, "bbox_y1": y0 + S, "bbox_x1": x0 + S,
                      "centroid_y": round(float(gy[lab]), 2), "centroid_x": round(float(gx[lab]), 2),
-                     "area": a, "eccentricity": round(ecc, 4), "tile": tile.index, "tile_label": int(lab)})
+                     "area": a, "eccentricity": round(ecc, 4), "solidity": round(solidity, 4),
+                     **{f"mean_{n}": round(float(stored(block[c][sl][inside]).mean()), 5) for c, n in enumerate(names)},
+                     "tile": tile.index, "tile_label": int(lab)})
         counts["kept"] += 1
     if not rows:
         return empty[:3] + (counts,)
     return np.stack(crops), np.stack(masks), rows, counts
+
+
+def background_sums(labels: np.ndarray, block: np.ndarray, tile: Tile) -> tuple[list[float], int]:
+    """Per-channel sums of the normalised pixels outside every object in the tile's core (each pixel
+    of the image counted once over its tiles), and how many pixels: an image's background level is
+    the sums over its tiles divided by the count."""
+    py0, _, px0, _ = tile.padded
+    cy0, cy1, cx0, cx1 = tile.core
+    win = (slice(cy0 - py0, cy1 - py0), slice(cx0 - px0, cx1 - px0))
+    outside = labels[win] == 0
+    return [float(block[c][win][outside].sum(dtype=np.float64)) for c in range(block.shape[0])], int(outside.sum())

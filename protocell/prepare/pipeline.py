@@ -42,6 +42,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from protocell.data.split import assign
@@ -49,7 +50,7 @@ from protocell.data.store import CropStoreWriter, StoreError
 from protocell.errors import check
 from protocell.fsutil import atomic_write, atomic_write_json, exclusive_lock
 from protocell.prepare.augment import AugmentParams, augment_crops
-from protocell.prepare.crops import COUNT_KEYS, CellFilters, extract_cells
+from protocell.prepare.crops import COUNT_KEYS, CellFilters, background_sums, extract_cells
 from protocell.prepare.io import ImageSource, InputError, Tile, tile_grid
 from protocell.prepare.plate import ImageEntry, match_pattern, open_images, read_plate_map
 from protocell.prepare.preprocess import ChannelStats, block_stats, combine_stats, denoise, normalize
@@ -150,11 +151,13 @@ def _imap(pool, fn, items):
 
 def _tile_job(source: ImageSource, lows, highs, sigma: float, main: int, second: int, segmenter,
               thresholds: dict, crop_size: int, filters: CellFilters, store_dtype: str, overlay_tiles: set,
-              tile: Tile):
+              names: list[str], tile: Tile):
     py0, py1, px0, px1 = tile.padded
     block = denoise(normalize(source.read(py0, py1, px0, px1), lows, highs), sigma)
     labels = segmenter(block[main], block[second], thresholds)
-    crops, masks, rows, counts = extract_cells(labels, block, tile, source.shape, crop_size, filters, store_dtype)
+    crops, masks, rows, counts = extract_cells(labels, block, tile, source.shape, crop_size, filters, store_dtype,
+                                               names)
+    counts = {**counts, "background": background_sums(labels, block, tile)}
     overlay = None
     if tile.index in overlay_tiles:
         cy0, cy1, cx0, cx1 = tile.core
@@ -358,15 +361,16 @@ class Preparer:
         rec_path = work / "images" / f"{s.image_id}.json"
         if rec_path.exists():
             rec = json.loads(rec_path.read_text())
-            if rec["key"] == key and all(writer.shard_done(sh) for sh in rec["shards"]):
+            if rec["key"] == key and "background" in rec and all(writer.shard_done(sh) for sh in rec["shards"]):
                 return rec
         c = self.c
         tiles = tile_grid(s.shape, c["tile"]["size"], self.halo)
         overlay_tiles = {len(tiles) // 2} if overlay else set()
         job = partial(_tile_job, s, [ch["low"] for ch in stats["channels"]], [ch["high"] for ch in stats["channels"]],
                       float(c["denoise_sigma"]), self.main, self.second, self.segmenter, stats["thresholds"],
-                      c["cells"]["crop_size"], self.filters, c["store_dtype"], overlay_tiles)
+                      c["cells"]["crop_size"], self.filters, c["store_dtype"], overlay_tiles, self.names)
         counts = dict.fromkeys(COUNT_KEYS, 0)
+        bg_sum, bg_n = np.zeros(len(self.names)), 0
         buf_c, buf_m, buf_r, shards, rows_out = [], [], [], [], []
         shard_size = int(c["shard_size"])
 
@@ -387,6 +391,8 @@ class Preparer:
         for crops, masks, rows, cnt, overlay in bar:
             for k in COUNT_KEYS:
                 counts[k] += cnt[k]
+            bg_sum += cnt["background"][0]
+            bg_n += cnt["background"][1]
             if overlay is not None:
                 overlays.append(overlay)
             if rows:
@@ -403,7 +409,10 @@ class Preparer:
         if not rows_out:
             log.warning("image %s: no cell found (thresholds %s); recorded in prepare_summary.json, run goes on",
                         s.image_id, stats["thresholds"])
+        # mean normalised level of the pixels outside every object (the confound report's background)
+        background = {n: (round(float(v / bg_n), 6) if bg_n else None) for n, v in zip(self.names, bg_sum)}
         rec = {"key": key, "shards": shards, "rows": rows_out, "counts": counts, "tiles": len(tiles),
+               "background": background,
                "overlays": [str(p.relative_to(work.parent)) for p in overlay_files]}
         _atomic_json(rec_path, rec)
         return rec
@@ -489,7 +498,8 @@ class Preparer:
                               "tiles": rec["tiles"], "cells": n, "status": "ok" if n else "no cells found",
                               "dropped": {k: v for k, v in rec["counts"].items() if k not in ("objects", "kept")},
                               "thresholds": stats[s.image_id]["thresholds"],
-                              "normalisation": stats[s.image_id]["channels"]})
+                              "normalisation": stats[s.image_id]["channels"],
+                              "background": rec.get("background", {})})
         summary = {
             "store": str(out), "config_hash": self.chash, "seconds": round(seconds, 2),
             "images": len(sources), "cells": int(len(orig)), "augmented": int((df["aug_of"] >= 0).sum()),
@@ -499,12 +509,47 @@ class Preparer:
             "cells_per_split": {k: int(v) for k, v in df.groupby("split").size().items()},
             "images_without_cells": [r["image_id"] for r in per_image if r["cells"] == 0],
             "overlays": [p for s in sources for p in records[s.image_id]["overlays"]],
+            "confounds": self.confounds(out, orig, per_image),
             "per_image": per_image,
         }
         _atomic_json(out / "prepare_summary.json", summary)
         for f in (out / "overlays").glob("*.png"):        # figures of images this store no longer holds
             if f"overlays/{f.name}" not in summary["overlays"]:
                 f.unlink()
+
+
+    def confounds(self, out: Path, orig: pd.DataFrame, per_image: list[dict]) -> dict:
+        """The confound report (``protocell.prepare.confounds``): could cell count, mask shape, a
+        channel's mean inside the cells or the background alone tell the conditions apart, over wells?
+        Logged, written to ``confounds.csv`` and returned for ``prepare_summary.json``."""
+        from protocell.prepare.confounds import FLAG_AUROC, confound_table, summary_lines
+
+        images = pd.DataFrame([{"plate": r["plate"], "well": r["well"],
+                                **{f"background_{k}": v for k, v in r["background"].items()}} for r in per_image])
+        order = self.condition_order_of(orig)
+        table = confound_table(orig, images, order)
+        for line in summary_lines(table):
+            log.info("%s", line)
+        path = out / "confounds.csv"
+        if table.empty:
+            path.unlink(missing_ok=True)
+            return {"available": False, "reason": "needs two conditions with cells"}
+        table.to_csv(path.with_suffix(".csv.tmp"), index=False)
+        os.replace(path.with_suffix(".csv.tmp"), path)
+        flagged = table.loc[table["flag"], "feature"].tolist()
+        if flagged:
+            log.warning("confound report: %s alone separate(s) %s from %s over wells (strength > %.2f) and "
+                        "describe(s) imaging or segmentation, not the cells: a network may read them instead of "
+                        "the biology (for the mask: segmentation=distance grows cells from the nuclei by a fixed "
+                        "distance); see %s", ", ".join(flagged), order[-1], order[0], FLAG_AUROC, path)
+        return {"available": True, "reference": order[0], "exposed": order[-1], "flag_auroc": FLAG_AUROC,
+                "flagged": flagged, "unit": "well (per-well means of the cells; background: of the images)",
+                "table": table.to_dict(orient="records")}
+
+    def condition_order_of(self, orig: pd.DataFrame) -> list[str]:
+        """Reference first, exposed last: the store's class order (the manifest's labels)."""
+        labelled = orig[orig["label"] >= 0]
+        return [str(c) for c in labelled.drop_duplicates("label").sort_values("label")["condition"]]
 
 
 def write_overlay(path: Path, main: np.ndarray, second: np.ndarray, labels: np.ndarray, kept: set) -> Path:

@@ -1,13 +1,12 @@
 """The real CC0 CellProfiler 'ExampleHuman' field (one file per channel), read-only."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import prepare_config
+from conftest import prepare_config, require_shared_data
 from protocell.prepare.pipeline import prepare
 from protocell.data.store import CropStore
 
@@ -19,14 +18,7 @@ PATTERN = r"(?P<plate>AS_\d+_\d+)_(?P<well>[A-P]\d\d)f(?P<field>\d\d)(?P<channel
 
 @pytest.fixture(autouse=True)
 def real_data():
-    """Skip without the shared data folder (the reason printed), except under CI=true, where the
-    folder is laid beside the clone and its absence is a failure."""
-    if not DATA.is_dir():
-        reason = f"the CC0 example field is not at {DATA} (no shared data folder beside the repository)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {reason}")
-        print(f"SKIPPED: {reason}")
-        pytest.skip(reason)
+    require_shared_data(DATA, "the CC0 example field")
 
 
 def test_cellprofiler_field_gives_sane_crops_and_masks(tmp_path):

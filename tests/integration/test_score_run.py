@@ -137,8 +137,10 @@ def test_score_store_returns_the_cells_table_and_another_store_is_scored_alike(s
     shutil.copytree(_store(run).root, copy)
     other = score_store(run, copy, progress=False, batch_size=7)
     sims = [f"sim_p{j}" for j in range(len([c for c in cells if c.startswith("sim_p")]))]
-    # float32 sums in another batch size and thread count: equal to ~1e-6, near-zero similarities included
-    assert np.allclose(other[sims], cells[sims], rtol=2e-3, atol=1e-5)
+    # float32 sums in another batch size: equal to ~1e-6, except on a prototype's own source patch, where
+    # d ≈ 0 and log((d + 1) / (d + 1e-4)) is steepest (9.19 against 9.21 at one thread: 0.2 %)
+    worst = float((other[sims] - cells[sims]).abs().to_numpy().max())
+    assert np.allclose(other[sims], cells[sims], rtol=5e-3, atol=1e-5), f"largest difference {worst}"
     assert np.allclose(other["score"], cells["score"], atol=1e-2)
     assert (other["run_split"] == "").all()
 
