@@ -112,7 +112,8 @@ def evaluate(run_dir: Path) -> dict:
         out["top_exp_prototype"] = None
     health = pd.read_csv(run.dir / "explain" / "prototype_health.csv")
     out["background_prototype_share"] = em.get("background_prototype_share")
-    out["duplicate_share"] = float((health["duplicate_of"].fillna("").astype(str) != "").mean())
+    dup = health["duplicate_of"]
+    out["duplicate_share"] = float((dup.notna() & (dup.astype(str) != "")).mean())
     frac = json.loads((run.dir / "metrics.json").read_text()).get("affected_fraction", {})
     est = (frac.get("conditions") or {}).get(exp, {})
     proxy = float(test.loc[test["condition"] == exp, "translocated"].mean())
