@@ -71,12 +71,12 @@ class EpochCheckpoint(Checkpoint):
         self.finished = 0          # epochs whose end is in the file
 
     def on_train_epoch_end(self, trainer, pl_module):
-        trainer.save_checkpoint(self.path)          # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(self.path, weights_only=False)   # the full state resume= needs; every rank calls it, rank 0 writes
         self.finished = trainer.current_epoch + 1
 
     def on_train_end(self, trainer, pl_module):
         # after on_train_end of the other callbacks (KeepBestPretrain may restore an earlier epoch)
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         self.finished = self.epochs
 
     def on_exception(self, trainer, pl_module, exception):

@@ -104,7 +104,7 @@ def _train(cfg, folder: RunFolder) -> dict:
         check_resume(cfg.resume, dict(module.hparams), len(schedule))
     try:
         # protocell's checkpoint state is plain data: load it without unpickling arbitrary objects
-        trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True if cfg.resume else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume, weights_only=True)
     except (KeyboardInterrupt, SystemExit):
         # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SIGTERMException after the batch in
         # progress; EpochCheckpoint has logged where resume= continues. Nothing is evaluated.
