@@ -121,8 +121,9 @@ def fractions(held_out: pd.DataFrame, calibration: dict | None, pos: int, n_boot
 
 
 # calibration parameters whose bound means a degenerate fit (see ``run_status``)
-FAILING_BOUNDS = {"lo": "P(Exp | unaffected) pinned at its bound: the fit found no unaffected cells in one "
-                        "condition, so the cell calls and affected fractions rest on nothing",
+FAILING_BOUNDS = {"lo": "P(Exp | unaffected) pinned at its bound while the fit calls few exposed cells affected "
+                        "(ρ_Exp < 0.5): the fit contradicts itself, so the cell calls and affected fractions rest "
+                        "on nothing",
                   "b": "the intercept sits on its bound: the calibration curve is degenerate"}
 
 
@@ -178,7 +179,13 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
         failed.append("the calibration was rejected (validation scores rank the wells backwards, slope ≤ 0): the "
                       "cell calls are the raw argmax of a network that does not separate the wells")
     for key in cal.get("at_bound") or []:
-        if key in FAILING_BOUNDS or (key == "a" and cal.get("a", 1.0) < 1.0):
+        if key == "lo" and cal.get("rho_exp", 0.0) >= 0.5:
+            # lo = P(Exp | unaffected) → 0 is what a plate where (nearly) every exposed cell responds gives
+            # (ρ_Exp → 1, e.g. BBBC013's inhibited wells); pinned with few exposed cells affected, it is degenerate
+            warnings.append(f"calibration parameter lo = {cal['lo']:.3g} sits on its bound with ρ_Exp = "
+                            f"{cal['rho_exp']:.3f}: the fit finds (almost) no unaffected cells in the exposed wells; "
+                            "the exposed condition's affected fraction sits at its upper limit")
+        elif key in FAILING_BOUNDS or (key == "a" and cal.get("a", 1.0) < 1.0):
             why = FAILING_BOUNDS.get(key, "the slope sits on its lower bound: the scores carry no cell-level evidence")
             failed.append(f"calibration parameter {key} = {cal.get(key, float('nan')):.3g} sits on its bound: {why}")
         else:

@@ -54,12 +54,22 @@ def test_a_healthy_run_is_ok_and_a_saturated_slope_only_warns():
      "test split holds one condition (Exp)"),
     ({"metrics": _ok_metrics(calibration={"used": True, "lo": 4.5e-5, "a": 50.0, "at_bound": ["a", "lo"]})},
      "parameter lo = 4.5e-05 sits on its bound"),
+    ({"metrics": _ok_metrics(calibration={"used": True, "lo": 4.5e-5, "a": 50.0, "rho_exp": 0.1,
+                                          "at_bound": ["a", "lo"]})}, "the fit contradicts itself"),
     ({"metrics": _ok_metrics(calibration={"used": False, "a": -0.3, "b": 0.0})}, "calibration was rejected"),
 ])
 def test_failed_runs_are_marked_with_the_reason(change, reason):
     metrics = change.pop("metrics", _ok_metrics())
     s = _status(metrics, **change)
     assert s["status"] == "failed" and any(reason in r for r in s["reasons"]), s
+
+
+def test_lo_on_its_bound_when_every_exposed_cell_responds_only_warns():
+    """BBBC013: the inhibited wells' cells nearly all translocate, so no unaffected cell is exposed:
+    P(Exp | unaffected) → 0 with ρ_Exp → 1 is the right fit, not a degenerate one."""
+    cal = {**_ok_metrics()["calibration"], "lo": 4.5e-5, "hi": 1.0, "rho_exp": 0.9999, "at_bound": ["lo", "hi"]}
+    s = _status(_ok_metrics(calibration=cal))
+    assert s["status"] == "ok" and any("ρ_Exp = 1.000" in w and "upper limit" in w for w in s["warnings"]), s
 
 
 def test_a_run_stopped_early_is_incomplete_and_failure_wins():
