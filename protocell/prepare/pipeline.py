@@ -48,7 +48,7 @@ from tqdm import tqdm
 from protocell.data.split import assign
 from protocell.data.store import CropStoreWriter, StoreError
 from protocell.errors import check
-from protocell.fsutil import atomic_write, atomic_write_json, exclusive_lock
+from protocell.fsutil import atomic_write, atomic_write_json, atomic_write_text, exclusive_lock
 from protocell.prepare.augment import AugmentParams, augment_crops
 from protocell.prepare.crops import COUNT_KEYS, CellFilters, background_sums, extract_cells
 from protocell.prepare.io import ImageSource, InputError, Tile, tile_grid
@@ -534,8 +534,7 @@ class Preparer:
         if table.empty:
             path.unlink(missing_ok=True)
             return {"available": False, "reason": "needs two conditions with cells"}
-        table.to_csv(path.with_suffix(".csv.tmp"), index=False)
-        os.replace(path.with_suffix(".csv.tmp"), path)
+        atomic_write_text(path, table.to_csv(index=False))
         flagged = table.loc[table["flag"], "feature"].tolist()
         if flagged:
             log.warning("confound report: %s alone separate(s) %s from %s over wells (strength > %.2f) and "
