@@ -20,7 +20,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(BIN)/python -m pytest -q
+	@# one worker per core, one thread each (two 2-thread processes on 2 cores run many times slower);
+	@# a test file stays on one worker, so its module fixtures are built once
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(THREADS) --dist loadfile
 
 run: setup
 	$(BIN)/python train.py
