@@ -97,15 +97,20 @@ def assert_store_folder(out) -> None:
     assert not unexpected, unexpected
 
 
-def require_shared_data(path, what: str) -> None:
-    """Skip without the shared data folder (the reason printed), except under CI=true, where the
-    folder is laid beside the clone and its absence is a failure."""
+def skip_or_fail(reason: str) -> None:
+    """Skip with the reason printed, except under CI=true, where `make setup` provides the shared data
+    folder and chromium and their absence is a failure."""
     import os
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true: {reason}")
+    print(f"SKIPPED: {reason}")
+    pytest.skip(reason)
+
+
+def require_shared_data(path, what: str) -> None:
+    """``skip_or_fail`` without the shared data folder at ``path``."""
     from pathlib import Path
 
     if not Path(path).is_dir():
-        reason = f"{what} is not at {path} (no shared data folder beside the repository)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {reason}")
-        print(f"SKIPPED: {reason}")
-        pytest.skip(reason)
+        skip_or_fail(f"{what} is not at {path} (no shared data folder beside the repository)")

@@ -276,7 +276,7 @@ class Preparer:
                                                               pool, overlay=k < n_overlay)
                     by_id = {e.image_id: e for e in entries}
                     df = self.finish(out, work, writer, sources, by_id, records, order)
-                    self.summary(out, sources, by_id, records, stats, df, time.perf_counter() - t_start)
+                    self.summary(out, sources, by_id, records, stats, df, order, time.perf_counter() - t_start)
                 except InputError:
                     if created:                     # a refused prepare into a new folder leaves no folder
                         shutil.rmtree(out, ignore_errors=True)
@@ -487,7 +487,7 @@ class Preparer:
                 f.unlink()
         return df
 
-    def summary(self, out: Path, sources, by_id, records, stats, df, seconds: float) -> None:
+    def summary(self, out: Path, sources, by_id, records, stats, df, order: list[str], seconds: float) -> None:
         orig = df[df["aug_of"] < 0]
         per_image = []
         for s in sources:
@@ -509,7 +509,7 @@ class Preparer:
             "cells_per_split": {k: int(v) for k, v in df.groupby("split").size().items()},
             "images_without_cells": [r["image_id"] for r in per_image if r["cells"] == 0],
             "overlays": [p for s in sources for p in records[s.image_id]["overlays"]],
-            "confounds": self.confounds(out, orig, per_image),
+            "confounds": self.confounds(out, orig, per_image, order),
             "per_image": per_image,
         }
         _atomic_json(out / "prepare_summary.json", summary)
@@ -518,7 +518,7 @@ class Preparer:
                 f.unlink()
 
 
-    def confounds(self, out: Path, orig: pd.DataFrame, per_image: list[dict]) -> dict:
+    def confounds(self, out: Path, orig: pd.DataFrame, per_image: list[dict], order: list[str]) -> dict:
         """The confound report (``protocell.prepare.confounds``): could cell count, mask shape, a
         channel's mean inside the cells or the background alone tell the conditions apart, over wells?
         Logged, written to ``confounds.csv`` and returned for ``prepare_summary.json``."""
@@ -526,7 +526,6 @@ class Preparer:
 
         images = pd.DataFrame([{"plate": r["plate"], "well": r["well"],
                                 **{f"background_{k}": v for k, v in r["background"].items()}} for r in per_image])
-        order = self.condition_order_of(orig)
         table = confound_table(orig, images, order)
         for line in summary_lines(table):
             log.info("%s", line)
@@ -544,11 +543,6 @@ class Preparer:
         return {"available": True, "reference": order[0], "exposed": order[-1], "flag_auroc": FLAG_AUROC,
                 "flagged": flagged, "unit": "well (per-well means of the cells; background: of the images)",
                 "table": table.to_dict(orient="records")}
-
-    def condition_order_of(self, orig: pd.DataFrame) -> list[str]:
-        """Reference first, exposed last: the store's class order (the manifest's labels)."""
-        labelled = orig[orig["label"] >= 0]
-        return [str(c) for c in labelled.drop_duplicates("label").sort_values("label")["condition"]]
 
 
 def write_overlay(path: Path, main: np.ndarray, second: np.ndarray, labels: np.ndarray, kept: set) -> Path:

@@ -21,6 +21,7 @@ from protocell.model.prototypes import log_similarity
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import skip_or_fail  # noqa: E402
 from test_train_cli import TINY  # noqa: E402
 
 # The tiny plate's change is too subtle to learn in a few steps (3 epochs of one batch give a network at
@@ -200,12 +201,8 @@ def require_chromium():
     """Skip without Debian's chromium (the reason printed), except under CI=true, where `make setup`
     installs it and its absence is a failure."""
     if CHROMIUM is None:
-        reason = ("Debian's chromium is not installed (as root: apt-get update && apt-get install -y chromium): "
-                  "report.html is then checked only for files, not in a browser")
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {reason}")
-        print(f"SKIPPED: {reason}")
-        pytest.skip(reason)
+        skip_or_fail("Debian's chromium is not installed (as root: apt-get update && apt-get install -y chromium): "
+                     "report.html is then checked only for files, not in a browser")
 
 
 def browser_images(report: Path, tmp_path: Path) -> tuple[int, list[str]]:
