@@ -93,7 +93,7 @@ def evaluate(test_batches: list[dict], val_batches: list[dict], manifest: pd.Dat
 
     The call is calibrated on the *held-out* cells' well labels — validation and test cells, whose
     scores the network never trained on (no ground truth involved); the affected fraction of each
-    condition and test well follows from that calibration (``protocell.fraction``).
+    condition and test well is estimated from the same cells' scores (``protocell.fraction``).
     Returns (test table, validation table or None, metrics with ``calibration`` and ``affected_fraction``)."""
     from protocell.metrics.truth import cell_metrics
 
@@ -104,20 +104,17 @@ def evaluate(test_batches: list[dict], val_batches: list[dict], manifest: pd.Dat
                          ignore_index=True)
     calibration = calibrate(test, held_out, pos, method)
     metrics = {**cell_metrics(test, positive=pos, class_names=class_names), "calibration": calibration}
-    metrics["affected_fraction"] = fractions(held_out, calibration, pos, n_boot)
+    metrics["affected_fraction"] = fractions(held_out, pos, n_boot)
     return test, val, metrics
 
 
-def fractions(held_out: pd.DataFrame, calibration: dict | None, pos: int, n_boot: int = 200) -> dict:
+def fractions(held_out: pd.DataFrame, pos: int, n_boot: int = 200) -> dict:
     """The affected fraction per condition and test well (``protocell.fraction``), or why there is none."""
     from protocell.fraction import affected_fractions
 
-    if not calibration or "prior" not in calibration or not calibration.get("used"):
-        return {"available": False,
-                "reason": "needs the noisy-label calibration (calibration=noisy_label and a non-degenerate fit)"}
     cols = ["well", "condition", "score", "target"] + (["true_label"] if "true_label" in held_out else [])
     cells = held_out[cols].assign(exposed=(held_out["label"] == pos).to_numpy())
-    return {"available": True, **affected_fractions(cells, calibration, n_boot=n_boot)}
+    return affected_fractions(cells, n_boot=n_boot)
 
 
 # calibration parameters whose bound means a degenerate fit (see ``run_status``)

@@ -1,22 +1,47 @@
 """The affected fraction of a well or a condition: one estimator, with confidence intervals.
 
-The noisy-label calibration (``calibration.noisy_label_fit``) turns a cell's score s into
-P(affected | s) under the prior π of the cells it was fitted on (the validation cells of both
-conditions). Dividing out that prior gives a likelihood ratio per cell,
+Labels exist per well: a share ρ_Ref of the reference cells and ρ_Exp of the exposed cells carry the
+change (ρ_Ref small but not nought: some control cells look affected). With u and a the score
+densities of unaffected and affected cells, the held-out (never trained on) cells of the two
+conditions have score densities
 
-    LR(s) = [P(affected | s) / (1 − P(affected | s))] / [π / (1 − π)] = p(s | affected) / p(s | unaffected),
+    f_Exp = (1 − ρ_Exp)·u + ρ_Exp·a,        f_Ref = (1 − ρ_Ref)·u + ρ_Ref·a.
 
-which does not depend on how many cells of a well are affected. The fraction ρ of a set of cells
-(a well, or all cells of a condition) is then the maximum-likelihood mixing weight of the
-two-component mixture ρ·p(s | affected) + (1 − ρ)·p(s | unaffected), found by the EM of Saerens,
-Latinne and Decaestecker (Neural Computation, 2002): ρ ← mean_i ρ·LR_i / (ρ·LR_i + 1 − ρ).
+**Anchors: mixture proportion estimation** (``fit_reference``). If some scores are reached only by
+unaffected cells (the low tail) and some only by affected cells (the high tail) — "mutual
+irreducibility" — both fractions are identified (Scott, Blanchard & Handy, COLT 2013;
+Blanchard, Flaska, Handy, Pozzi & Scott, EJS 2016):
 
-Confidence intervals: per well, a bootstrap over the well's cells; per condition, a bootstrap over
-its wells (cells of a well are not independent). A resample is a *weighting* of the cells (how often
-each one is drawn), so ``mixture_fractions`` runs the EM of every resample at once
-(``bootstrap_cells``, ``bootstrap_wells``). Assumptions, stated wherever the number is shown:
-the calibration holds for the scored cells (same imaging, same cell types), and an unaffected
-cell scores alike in every well (no batch effect the network reads: ``well_cue_auroc``).
+    κ_low  = inf_t F_Exp(t) / F_Ref(t)  = (1 − ρ_Exp) / (1 − ρ_Ref)        (lower tails, F the CDF)
+    κ_high = inf_t S_Ref(t) / S_Exp(t)  = ρ_Ref / ρ_Exp                    (upper tails, S = 1 − F)
+    ρ_Exp  = (1 − κ_low) / (1 − κ_low·κ_high),   ρ_Ref = κ_high·ρ_Exp.
+
+An infimum of empirical ratios is biased low in the sparse far tail (and any small shift between the
+wells' unaffected cells drives it to 0 there), so each κ is the estimator of Scott (AISTATS 2015) and
+Blanchard et al. (2016): the smallest ratio of a one-sided *upper* confidence bound of the numerator's
+tail to a *lower* bound of the denominator's, over every threshold, Clopper–Pearson bounds at level
+δ = 1/n per sample (their consistency choice: no level to tune).
+
+**Per cell: a likelihood ratio.** The isotonic (monotone) regression of the well label on the score
+gives P(Exp | s), hence the density ratio r(s) = f_Exp/f_Ref = P(Exp | s)/(1 − P(Exp | s))·n_Ref/n_Exp;
+solving the two mixture equations for u and a,
+
+    LR(s) = a(s)/u(s) = max((1 − ρ_Ref)·r(s) − (1 − ρ_Exp), 0) / (ρ_Exp − ρ_Ref·r(s))   (∞ past the pole).
+
+No parametric shape is assumed: the noisy-label calibration's sigmoid (``calibration``) gives the cell
+*call*, but its tail is too heavy for a fraction (it leaves P(affected) ≈ 0.1 where no cell is
+affected, which biased every fraction up by that floor).
+
+**The fraction of a set of cells** (a well, a condition, a treatment) is the maximum-likelihood mixing
+weight of ρ·a + (1 − ρ)·u given each cell's LR, by the EM of Saerens, Latinne & Decaestecker (Neural
+Computation, 2002): ρ ← mean_i ρ·LR_i / (ρ·LR_i + 1 − ρ).
+
+Confidence intervals: per well, a bootstrap over the well's cells (the fit held fixed); per
+condition, a bootstrap over wells of each condition that *refits the anchors and the isotonic
+curve* on every resample, so it carries the fit's uncertainty too. A resample is a *weighting* of the
+cells, so ``mixture_fractions`` runs the EM of every resample at once. Assumptions, stated wherever the
+number is shown: unaffected cells score alike in every well (no batch effect the network reads:
+``well_cue_auroc``), affected cells too, and the score orders cells by how affected they look.
 """
 
 from __future__ import annotations
@@ -24,17 +49,95 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-ESTIMATOR = ("maximum-likelihood mixing weight of affected cells given each cell's likelihood ratio "
-             "from the noisy-label calibration (EM, Saerens et al. 2002)")
-ASSUMPTION = ("the calibration fitted on validation cells holds for these cells, and unaffected cells score "
-              "alike in every well")
+ESTIMATOR = ("maximum-likelihood mixing weight of affected cells (EM, Saerens et al. 2002) given each cell's "
+             "likelihood ratio, from mixture proportion estimation on the held-out control cells (Blanchard et "
+             "al. 2016) and an isotonic fit of the well label on the score")
+ASSUMPTION = ("the reference fitted on held-out control cells holds for these cells: unaffected cells (and "
+              "affected ones) score alike in every well")
 
 
-def likelihood_ratio(posterior, prior: float) -> np.ndarray:
-    """p(s | affected) / p(s | unaffected) from P(affected | s) under ``prior``."""
-    p = np.clip(np.asarray(posterior, np.float64), 1e-9, 1 - 1e-9)
-    prior = float(np.clip(prior, 1e-9, 1 - 1e-9))
-    return (p / (1 - p)) / (prior / (1 - prior))
+def _cp_bounds(k: np.ndarray, n: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided Clopper–Pearson bounds of a binomial proportion k/n, each at level 1 − delta."""
+    from scipy.stats import beta
+
+    k = np.asarray(k, np.float64)
+    lo = np.zeros_like(k)
+    hi = np.ones_like(k)
+    pos, below = k > 0, k < n
+    lo[pos] = beta.ppf(delta, k[pos], n - k[pos] + 1)
+    hi[below] = beta.ppf(1 - delta, k[below] + 1, n - k[below])
+    return lo, hi
+
+
+def tail_ratio(num, den, upper: bool = False, max_thresholds: int = 400) -> dict:
+    """κ = min over thresholds t of UCB(P(num ≤ t)) / LCB(P(den ≤ t)) (``upper``: of the tails ≥ t), the
+    mixture-proportion estimate of the largest share of ``den``'s distribution inside ``num``'s.
+
+    Thresholds are ``den``'s order statistics (at most ``max_thresholds`` of them, geometrically spaced
+    in rank so that the tail keeps every point); bounds are one-sided Clopper–Pearson at δ = 1/n of each
+    sample. Returns {"kappa" (≤ 1), "threshold", "n_num", "n_den" (cells of each at or beyond it)}."""
+    num, den = np.sort(np.asarray(num, np.float64)), np.sort(np.asarray(den, np.float64))
+    if upper:
+        num, den = np.sort(-num), np.sort(-den)
+    n_num, n_den = len(num), len(den)
+    if n_num == 0 or n_den == 0:
+        raise ValueError("tail_ratio needs cells in both samples")
+    ranks = np.unique(np.round(np.geomspace(1, n_den, min(max_thresholds, n_den))).astype(int))
+    t = den[ranks - 1]
+    k_den = np.searchsorted(den, t, side="right")
+    k_num = np.searchsorted(num, t, side="right")
+    _, ub = _cp_bounds(k_num, n_num, 1 / n_num)
+    lb, _ = _cp_bounds(k_den, n_den, 1 / n_den)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(lb > 0, ub / lb, np.inf)
+    i = int(np.argmin(ratio))
+    return {"kappa": float(min(ratio[i], 1.0)), "threshold": float(-t[i] if upper else t[i]),
+            "n_num": int(k_num[i]), "n_den": int(k_den[i])}
+
+
+def fit_reference(scores, exposed, min_cells: int = 20) -> dict:
+    """The anchors and the per-cell likelihood ratio from held-out control cells: ``scores`` (P(Exp)) and
+    ``exposed`` (the well label). Returns a JSON-able dict: rho_exp, rho_ref, kappa_low, kappa_high,
+    the tails they came from, n_exp, n_ref, ``knots``/``values`` (the isotonic P(Exp | s), a step function),
+    ``ok`` and ``reason`` (why not ok: no cells, or no exposed cells unlike the reference)."""
+    from scipy.optimize import isotonic_regression
+
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(exposed, bool)
+    n_exp, n_ref = int(y.sum()), int((~y).sum())
+    out = {"method": "mpe+isotonic", "n_exp": n_exp, "n_ref": n_ref, "ok": False}
+    if min(n_exp, n_ref) < min_cells:
+        return {**out, "reason": f"{n_exp} exposed and {n_ref} reference held-out cells: at least {min_cells} of "
+                                 "each are needed"}
+    low = tail_ratio(s[y], s[~y])
+    high = tail_ratio(s[~y], s[y], upper=True)
+    k1, k2 = low["kappa"], high["kappa"]
+    rho_exp = (1 - k1) / (1 - k1 * k2) if k1 * k2 < 1 else 0.0
+    rho_ref = k2 * rho_exp
+    order = np.lexsort((y, s))
+    fitted = np.clip(isotonic_regression(y[order].astype(np.float64)).x, 1e-6, 1 - 1e-6)
+    xs = s[order]
+    change = np.flatnonzero(np.r_[True, np.diff(fitted) != 0])          # the steps' first cells
+    out.update({"rho_exp": float(rho_exp), "rho_ref": float(rho_ref), "kappa_low": k1, "kappa_high": k2,
+                "low_tail": low, "high_tail": high, "knots": xs[change].tolist(), "values": fitted[change].tolist()})
+    if k1 >= 1 or rho_exp - rho_ref < 1e-3:
+        return {**out, "reason": "no exposed cells unlike the reference at the tails' confidence bounds: the "
+                                 "scores give no evidence of affected cells"}
+    return {**out, "ok": True}
+
+
+def reference_lr(scores, fit: dict) -> np.ndarray:
+    """Each cell's likelihood ratio p(s | affected) / p(s | unaffected) under ``fit`` (``fit_reference``);
+    0 where only unaffected cells score, 1e6 (∞) where only affected ones do."""
+    s = np.asarray(scores, np.float64)
+    knots, values = np.asarray(fit["knots"]), np.asarray(fit["values"])
+    eta = values[np.clip(np.searchsorted(knots, s, side="right") - 1, 0, len(knots) - 1)]
+    r = eta / (1 - eta) * fit["n_ref"] / fit["n_exp"]
+    re, rr = fit["rho_exp"], fit["rho_ref"]
+    num, den = np.maximum((1 - rr) * r - (1 - re), 0.0), re - rr * r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1e6)
+    return np.clip(lr, 0.0, 1e6)
 
 
 def mixture_fraction(lr, iters: int = 500, tol: float = 1e-9) -> float:
@@ -130,23 +233,24 @@ def well_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd.
     return pd.DataFrame(rows)
 
 
-def affected_fractions(cells: pd.DataFrame, fit: dict, n_boot: int = 200, seed: int = 0) -> dict:
+def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> dict:
     """Per condition and per well, the affected fraction of the *target* cells.
 
-    ``cells``: the held-out cells the calibration ``fit`` was fitted on (``noisy_label_fit`` of their
-    scores against their well labels), columns well, condition, exposed (the well label), score,
-    target (the cells to report on: the test cells), optionally true_label. The condition CI
-    resamples wells within each condition and *refits the calibration* on every resample, so it
-    carries the calibration's uncertainty, not only the cells'."""
-    from protocell.calibration import noisy_label_apply, noisy_label_fit
-
+    ``cells``: held-out cells (never trained on), columns well, condition, exposed (the well label),
+    score, target (the cells to report on: the test cells), optionally true_label. The reference
+    (``fit_reference``) is fitted on all of them; the condition CI resamples wells within each
+    condition and *refits it* on every resample, so it carries the fit's uncertainty, not only the
+    cells'. Returns {"available": False, "reason"} when the fit finds no evidence."""
     rng = np.random.default_rng(seed)
     cells = cells.reset_index(drop=True)
     conds = list(dict.fromkeys(cells.loc[cells["target"], "condition"]))
+    fit = fit_reference(cells["score"].to_numpy(), cells["exposed"].to_numpy())
+    if not fit["ok"]:
+        return {"available": False, "reason": fit["reason"], "fit": fit}
 
     def estimate(sample: pd.DataFrame, f: dict) -> dict:
         t = sample[sample["target"]]
-        lr = likelihood_ratio(noisy_label_apply(t["score"].to_numpy(), f), f["prior"])
+        lr = reference_lr(t["score"].to_numpy(), f)
         return {c: mixture_fraction(lr[(t["condition"] == c).to_numpy()]) for c in conds}
 
     point = estimate(cells, fit)
@@ -157,11 +261,11 @@ def affected_fractions(cells: pd.DataFrame, fit: dict, n_boot: int = 200, seed: 
         for _ in range(n_boot):
             pick = np.concatenate([groups[w] for ws in wells_of.values() for w in rng.choice(ws, len(ws))])
             sample = cells.iloc[pick]
-            f = noisy_label_fit(sample["score"].to_numpy(), sample["exposed"].to_numpy(), start=fit)
+            f = fit_reference(sample["score"].to_numpy(), sample["exposed"].to_numpy())
             if f["ok"]:
                 boots.append(estimate(sample, f))
-    out = {"estimator": ESTIMATOR, "assumption": ASSUMPTION, "prior": float(fit["prior"]),
-           "n_boot": len(boots), "conditions": {}}
+    out = {"available": True, "estimator": ESTIMATOR, "assumption": ASSUMPTION, "n_boot": len(boots),
+           "fit": fit, "conditions": {}}
     target = cells[cells["target"]]
     truth = "true_label" in target and bool((target["true_label"] >= 0).all())
     for c in conds:
@@ -174,8 +278,7 @@ def affected_fractions(cells: pd.DataFrame, fit: dict, n_boot: int = 200, seed: 
             est["error"] = est["estimate"] - est["true"]
             est["ci_covers_truth"] = bool(lo <= est["true"] <= hi)
         out["conditions"][str(c)] = est
-    lr = likelihood_ratio(noisy_label_apply(target["score"].to_numpy(), fit), fit["prior"])
-    wells = well_fractions(target.assign(lr=lr), n_boot=n_boot, seed=seed)
+    wells = well_fractions(target.assign(lr=reference_lr(target["score"].to_numpy(), fit)), n_boot=n_boot, seed=seed)
     if truth:
         wells["true"] = wells["well"].map(target.groupby("well")["true_label"].apply(lambda t: float((t == 1).mean())))
     out["wells"] = wells.to_dict(orient="records")

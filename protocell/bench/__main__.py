@@ -201,6 +201,7 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
 
     from protocell.data.datamodule import CellDataModule
     from protocell.data.synthetic import WellSpec, build_store
+    from protocell.fraction import fit_reference
     from protocell.score.infer import infer
     from protocell.score.source import plate_wells
     from protocell.score.tables import cell_table, enrichment, treatment_table, well_table
@@ -221,7 +222,9 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     if tables:
         t = time.perf_counter()
         wells = plate_wells(dm.store, "Ref", "Exp")
-        cells = cell_table(dm.store.manifest.iloc[rows], wells, result, {"a": 1.0, "b": 0.0, "prior": 0.3})
+        exposed = dm.store.manifest["condition"].iloc[rows].to_numpy() == "Exp"
+        models = {"call": {"a": 1.0, "b": 0.0}, "fraction": fit_reference(result["score"], exposed)}
+        cells = cell_table(dm.store.manifest.iloc[rows], wells, result, models)
         wells = well_table(cells, wells)
         treatment_table(cells, wells)
         enrichment(cells, wells, cells[cells["condition"] == "Ref"], ["Ref"] * 10 + ["Exp"] * 10)

@@ -2,7 +2,8 @@
 fractions, prototype enrichment, dose–response — and write tables, figures and ``score.html``.
 
 Reads the run folder (``protocell.artifacts``: checkpoint, prototypes, config, ``metrics.json`` →
-``calibration``) and the store; writes, under ``out`` (default: the run folder)::
+``calibration`` for the cell call, ``affected_fraction.fit`` for the fractions) and the store; writes,
+under ``out`` (default: the run folder)::
 
     score/cells.csv                 one row per cell (tables.cell_table)
     score/wells.csv                 one row per well: fraction + CI over cells, diagnostics, flags
@@ -40,7 +41,7 @@ from protocell.score.dose import dose_response
 from protocell.score.infer import infer
 from protocell.score.plots import plot_compound, plot_compound_prototypes, plot_enrichment, plot_plate, safe_name
 from protocell.score.report import score_page
-from protocell.score.source import empty_wells, open_store, plate_wells, run_calibration
+from protocell.score.source import empty_wells, open_store, plate_wells, run_calibration, run_reference
 from protocell.score.tables import cell_table, enrichment, similarities, top_prototypes, treatment_table, well_table
 
 log = logging.getLogger("protocell.score")
@@ -52,15 +53,16 @@ def _run(run) -> Run:
 
 
 def _inputs(run, store):
-    """Everything checked before any cell is scored: (Run, calibration, store, wells)."""
+    """Everything checked before any cell is scored: (Run, fits, store, wells); ``fits``: "call" (the
+    calibration) and "fraction" (the reference of ``protocell.fraction``)."""
     run = _run(run)
-    calibration = run_calibration(RunFolder(run.dir).metrics)
+    fits = {"call": run_calibration(RunFolder(run.dir).metrics), "fraction": run_reference(run.dir, run.exp)}
     store = open_store(store if store is not None else run.dm.path, run.dm.store)
     run.dm.dataset_of(store, [])                      # channels, by name (refused with the store's file)
-    return run, calibration, store, plate_wells(store, run.ref, run.exp)
+    return run, fits, store, plate_wells(store, run.ref, run.exp)
 
 
-def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, calibration: dict, batch_size=None,
+def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, fits: dict, batch_size=None,
                  num_workers: int = 0, progress: bool = True, nearest: int = 3) -> pd.DataFrame:
     rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
     result = infer(run.net, run.dm.dataset_of(store, rows), positive_class(run.class_names),
@@ -68,15 +70,15 @@ def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, calibration: d
     run_split = None
     if store.root.resolve() == Path(run.dm.path).resolve():     # the run's own cells: say which it trained on
         run_split = np.where(run.dm.splits[rows] == "unlabelled", "", run.dm.splits[rows]).astype(str)
-    return cell_table(store.manifest.iloc[rows], wells, result, calibration, nearest, run_split)
+    return cell_table(store.manifest.iloc[rows], wells, result, fits, nearest, run_split)
 
 
 def score_store(run, store=None, batch_size: int | None = None, num_workers: int = 0, progress: bool = True,
                 nearest: int = 3) -> pd.DataFrame:
     """Score every cell of ``store`` (a crop-store folder; default: the run's own) with ``run`` (a run
     folder or a loaded ``Run``): the ``cells.csv`` table (``tables.cell_table``), nothing written."""
-    run, calibration, store, wells = _inputs(run, store)
-    return _score_cells(run, store, wells, calibration, batch_size, num_workers, progress, nearest)
+    run, fits, store, wells = _inputs(run, store)
+    return _score_cells(run, store, wells, fits, batch_size, num_workers, progress, nearest)
 
 
 def normalisation_note(run: Run, store: CropStore, own: bool) -> str:
@@ -185,11 +187,12 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
     check(isinstance(top, int) and top >= 0, "top_prototypes", top, "an integer ≥ 0")
     check(isinstance(min_cells, int) and min_cells >= 1, "min_cells", min_cells, "an integer ≥ 1")
     t0 = time.time()
-    run, calibration, store, wells = _inputs(run_dir, store)
+    run, models, store, wells = _inputs(run_dir, store)
+    calibration, anchors = models["call"], models["fraction"]
     out = Path(out) if out is not None else run.dir
     out.mkdir(parents=True, exist_ok=True)
     own = store.root.resolve() == Path(run.dm.path).resolve()
-    cells = _score_cells(run, store, wells, calibration, batch_size, num_workers, progress, nearest)
+    cells = _score_cells(run, store, wells, models, batch_size, num_workers, progress, nearest)
 
     wells = well_table(cells, wells, n_boot, seed, min_cells)
     empty = empty_wells(store, wells)
@@ -227,12 +230,14 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
         enrich.to_csv(tmp / "prototype_enrichment.csv", index=False)
         fits.to_csv(tmp / "dose_response.csv", index=False)
         truth = _truth(wells, fits, store)
-        notes = {"estimator": f"The affected fraction of a well is the {ESTIMATOR}, with the run's calibration "
-                              f"(P(affected | score) = σ({calibration['a']:.3g}·logit(score) + {calibration['b']:.3g}), "
-                              f"prior {calibration['prior']:.3g}) applied to every cell.",
+        notes = {"estimator": f"The affected fraction of a well is the {ESTIMATOR}, fitted on the run's held-out "
+                              f"control cells ({anchors['n_ref']} reference, {anchors['n_exp']} exposed: "
+                              f"ρ_Ref {anchors['rho_ref']:.3f}, ρ_Exp {anchors['rho_exp']:.3f}) and applied to "
+                              "every cell. The cell call (p_affected > 0.5) is the noisy-label calibration "
+                              f"(P(affected | score) = σ({calibration['a']:.3g}·logit(score) + {calibration['b']:.3g})).",
                  "assumption": f"{ASSUMPTION}: the unaffected cells of a scored well look like the reference's. A well "
                                "whose unaffected cells differ in a way the network reads (focus, gain it can see, "
-                               "density, another cell line) gets a biased fraction; the calibration is held fixed, so "
+                               "density, another cell line) gets a biased fraction; the reference is held fixed, so "
                                "the CIs do not include its own uncertainty.",
                  "normalisation": normalisation_note(run, store, own), "reference": ref_note,
                  "empty": (f"Wells prepare found no cell in: {', '.join(f'{p}/{w}' for p, w in zip(empty['plate'], empty['well']))}."
@@ -242,7 +247,8 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
                    "compounds with a dose": int(fits.loc[fits["measure"] == "affected_fraction", "compound"].nunique()),
                    "bootstrap resamples": n_boot, "reference for enrichment": ref_note}
         design = (store.info.get("synthetic") or {}).get("dose_series")     # synthetic plates: the known curve
-        atomic_write_json(tmp / "score.json", {**summary, "calibration": calibration, "notes": notes, "truth": truth,
+        atomic_write_json(tmp / "score.json", {**summary, "calibration": calibration, "fraction_reference": anchors,
+                                               "notes": notes, "truth": truth,
                                                "design": design,
                                                "dose_response": fits.replace({np.nan: None}).to_dict(orient="records"),
                                                "seconds": round(time.time() - t0, 1)})

@@ -1,4 +1,4 @@
-"""What score reads: the run's calibration, a crop store checked against the run, and the plate map
+"""What score reads: the run's calibration and fraction reference, a crop store checked against the run, and the plate map
 the store's manifest carries (wells, conditions, compounds, doses).
 
 A store is scored with the *run's* data handling (``CellDataModule.dataset_of``): the channels the
@@ -46,6 +46,30 @@ def run_calibration(metrics_path: Path) -> dict:
                          "calibration's likelihood ratios; retrain with calibration=noisy_label (the default), with "
                          "enough validation wells (data.val_fraction) for a fit with cell-level evidence")
     return cal
+
+
+def run_reference(run_dir: Path, exp: str) -> dict:
+    """The fraction reference (``protocell.fraction.fit_reference``) train.py stored in ``metrics.json``
+    → ``affected_fraction.fit``; for a run evaluated before it was stored there, fitted anew from the
+    run's held-out cells (``val_predictions.csv`` and ``test_predictions.csv``, exposed = ``exp``)."""
+    from protocell.fraction import fit_reference
+
+    metrics_path = run_dir / "metrics.json"
+    frac = json.loads(metrics_path.read_text()).get("affected_fraction") or {} if metrics_path.exists() else {}
+    fit = frac.get("fit")
+    if fit is None:
+        parts = [run_dir / f"{p}_predictions.csv" for p in ("val", "test")]
+        if not any(p.exists() for p in parts):
+            raise ScoreError(f"{run_dir} has neither an affected-fraction reference in metrics.json nor held-out "
+                             "predictions (val_predictions.csv, test_predictions.csv) to fit one: pass a run that "
+                             "finished training (train.py writes them after testing)")
+        held = pd.concat([pd.read_csv(p, usecols=["score", "condition"]) for p in parts if p.exists()])
+        fit = fit_reference(held["score"].to_numpy(), (held["condition"].astype(str) == exp).to_numpy())
+    if not fit.get("ok"):
+        raise ScoreError(f"{metrics_path}: the affected-fraction reference fitted on the run's held-out cells is "
+                         f"unusable ({fit.get('reason', 'not ok')}); a run whose scores do not separate any "
+                         f"exposed cell from the reference cannot measure a fraction — check its metrics first")
+    return fit
 
 
 def open_store(path: str | Path, run_store: CropStore) -> CropStore:

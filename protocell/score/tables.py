@@ -1,7 +1,8 @@
 """score's tables, from the per-cell numbers: cells, wells, treatments, prototype enrichment.
 
 Wells are keyed by ``plate/well``. The affected fraction is the one estimator of
-``protocell.fraction`` (the EM mixing weight of the calibration's likelihood ratios): per well with
+``protocell.fraction`` (the EM mixing weight of the cells' likelihood ratios under the run's
+reference fitted on its held-out controls): per well with
 a bootstrap over its cells, per treatment (replicate wells: same condition, compound and dose) with a
 bootstrap over its wells. Prototype enrichment: the mean over a well's cells of each prototype's
 similarity (log((d + 1)/(d + 1e-4)) of the cell's minimum distance, ``model.prototypes.log_similarity``)
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 
 from protocell.calibration import noisy_label_apply
-from protocell.fraction import bootstrap_wells, ci, likelihood_ratio, mixture_fraction, well_fractions
+from protocell.fraction import bootstrap_wells, ci, mixture_fraction, reference_lr, well_fractions
 from protocell.model.prototypes import log_similarity
 
 BUDGET = 2_000_000          # entries of a bootstrap weight matrix held at once
@@ -27,19 +28,21 @@ def similarities(min_d: np.ndarray) -> np.ndarray:
     return log_similarity(torch.as_tensor(np.asarray(min_d), dtype=torch.float64)).numpy()
 
 
-def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, calibration: dict, nearest: int = 3,
+def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, fits: dict, nearest: int = 3,
                run_split: np.ndarray | None = None) -> pd.DataFrame:
     """One row per scored cell: ids and where it is, its well's compound/dose/treatment, true_label
     (when known), run_split (the run's split of this cell when the store is the run's own, else ""),
-    score (P(exposed)), p_affected (calibrated), likelihood_ratio, call (p_affected > 0.5), intensity,
-    the ``nearest`` most similar prototypes with their similarities, and sim_p<j> for every prototype.
+    score (P(exposed)), p_affected (the calibration ``fits["call"]``), call (p_affected > 0.5),
+    likelihood_ratio (p(s | affected)/p(s | unaffected) under ``fits["fraction"]``: what the fractions
+    are estimated from), intensity, the ``nearest`` most similar prototypes with their similarities, and
+    sim_p<j> for every prototype.
 
     ``rows``: the manifest rows scored, in the order of ``result`` (``infer``)."""
     if not np.array_equal(rows["cell_id"].to_numpy(), result["cell_id"]):
         raise RuntimeError("scored cells are not in manifest order")   # a bug, not an input problem
     sims = similarities(result["min_d"])
     score = result["score"].astype(np.float64)      # float64 in the table: cells.csv reproduces p_affected exactly
-    p = noisy_label_apply(score, calibration)
+    p = noisy_label_apply(score, fits["call"])
     base = rows[["cell_id", "image_id", "plate", "well", "field", "condition"]].reset_index(drop=True)
     info = wells.set_index(["plate", "well"])[["compound", "dose", "treatment"]]
     base = base.join(info, on=["plate", "well"])
@@ -48,7 +51,7 @@ def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, calibratio
     base["run_split"] = run_split if run_split is not None else ""
     base["score"] = score
     base["p_affected"] = p
-    base["likelihood_ratio"] = likelihood_ratio(p, calibration["prior"])
+    base["likelihood_ratio"] = reference_lr(score, fits["fraction"])
     base["call"] = (p > 0.5).astype(int)
     base["intensity"] = result["intensity"]
     k = min(nearest, sims.shape[1])

@@ -18,7 +18,7 @@ import torch
 
 from protocell.data.store import CropStore, CropStoreWriter
 from protocell.errors import ProtocellError
-from protocell.fraction import likelihood_ratio, mixture_fraction
+from protocell.fraction import mixture_fraction, reference_lr
 from protocell.model.prototypes import log_similarity
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +113,8 @@ def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(sco
     s = np.clip(cells["score"].to_numpy(np.float64), 1e-6, 1 - 1e-6)
     p = 1 / (1 + np.exp(-(cal["a"] * np.log(s / (1 - s)) + cal["b"])))
     assert np.allclose(cells["p_affected"], p, rtol=1e-6, atol=1e-12)
-    assert np.allclose(cells["likelihood_ratio"], likelihood_ratio(p, cal["prior"]), rtol=1e-6)
+    fit = json.loads((run / "metrics.json").read_text())["affected_fraction"]["fit"]    # the fraction's reference
+    assert np.allclose(cells["likelihood_ratio"], reference_lr(cells["score"].to_numpy(), fit), rtol=1e-6)
     assert (cells["call"] == (p > 0.5)).all()
     best = cells[[f"sim_p{j}" for j in range(P)]].to_numpy().argmax(1)
     assert (cells["nearest_1"].to_numpy() == best).all()
@@ -192,6 +193,29 @@ def test_a_degenerate_calibration_is_refused_naming_metrics_json(scored, tmp_pat
     with pytest.raises(ProtocellError, match=r"metrics.json holds a noisy-label calibration that is degenerate"):
         _score(broken)
     _untouched(broken)
+
+
+def test_the_fraction_reference_is_refitted_from_an_older_runs_predictions_or_refused_when_unusable(scored, tmp_path):
+    """A run evaluated before metrics.json carried ``affected_fraction.fit`` gets the same reference from its
+    held-out predictions; a reference with no evidence is refused naming metrics.json."""
+    from protocell.score.source import run_reference
+
+    run, _ = scored
+    stored = json.loads((run / "metrics.json").read_text())["affected_fraction"]["fit"]
+    older = tmp_path / "older"
+    shutil.copytree(run, older, ignore=shutil.ignore_patterns("score", "score.html"))
+    m = json.loads((older / "metrics.json").read_text())
+    del m["affected_fraction"]["fit"]
+    (older / "metrics.json").write_text(json.dumps(m))
+    refit = run_reference(older, "Exp")
+    for key in ("rho_exp", "rho_ref", "kappa_low", "kappa_high", "n_exp", "n_ref"):
+        assert refit[key] == pytest.approx(stored[key], rel=1e-6), key
+    assert refit["knots"] == pytest.approx(stored["knots"], rel=1e-6)
+    m["affected_fraction"]["fit"] = {**stored, "ok": False, "reason": "no exposed cells unlike the reference"}
+    (older / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ProtocellError, match=r"metrics.json: the affected-fraction reference .* is unusable"):
+        _score(older)
+    _untouched(older)
 
 
 def _write_store(root, channels, crop_size, wells, extra=None):
