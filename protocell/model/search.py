@@ -61,9 +61,14 @@ def nearest_patches(net, loader, k: int = 1, own_class: bool = False, device=Non
         v, i = d.flatten(2).min(dim=2)                                     # (B, P) best unit per cell
         yy, xx = i // W, i % W
         bb = torch.arange(B, device=device)[:, None].expand(B, P)
-        batch = {"distance": v, "cell_id": cell_id[:, None].expand(B, P),
-                 "latent_yx": torch.stack([yy, xx], -1), "vector": z[bb, :, yy, xx]}   # vector: (B, P, D)
+        vector = z[bb, :, yy, xx]                                          # (B, P, D)
         missing = torch.isinf(v)
+        # the chosen patch's distance again, directly and in float64: ‖z‖² − 2z·p + ‖p‖² in float32 is
+        # quantised to ~‖z‖²·1e-7, which made distinct patches tie in the nearest-patch tables
+        exact = ((vector.double() - net.prototypes.double()[None]) ** 2).sum(-1).to(v.dtype)
+        v = torch.where(missing, v, exact)
+        batch = {"distance": v, "cell_id": cell_id[:, None].expand(B, P),
+                 "latent_yx": torch.stack([yy, xx], -1), "vector": vector}
         batch["cell_id"] = batch["cell_id"].masked_fill(missing, -1)
         best = _merge(best, batch, k)
     net.train(was_training)

@@ -27,8 +27,8 @@ def test_true_affected_fraction_by_hand():
 
 def test_streamed_nearest_patches_equal_brute_force_with_ties_in_loader_order(tiny_net, tiny_dm):
     """model.search keeps the k nearest cells per prototype while streaming batches; it must equal a
-    brute-force sort of every cell's best in-cell patch (ties: the earlier cell), for k > batch size,
-    with and without the own-class restriction."""
+    brute-force sort of every cell's best in-cell patch by its direct float64 distance (ties: the
+    earlier cell), for k > batch size, with and without the own-class restriction."""
     from protocell.model.prototypes import squared_distances
     from protocell.model.search import nearest_patches
 
@@ -42,8 +42,9 @@ def test_streamed_nearest_patches_equal_brute_force_with_ties_in_loader_order(ti
             for b in range(len(cid)):
                 for j in range(d.shape[1]):
                     vals = [(float(d[b, j, yy, xx]), yy, xx) for yy, xx in inside[b].nonzero().tolist()]
-                    best = min(vals, key=lambda v: v[0])
-                    rows.append((len(rows) // d.shape[1], int(cid[b]), int(y[b]), j, *best))
+                    _, yy, xx = min(vals, key=lambda v: v[0])          # the best unit, as the search picks it
+                    exact = float(((z[b, :, yy, xx].double() - net.prototypes[j].double()) ** 2).sum().float())
+                    rows.append((len(rows) // d.shape[1], int(cid[b]), int(y[b]), j, exact, yy, xx))
     P = net.prototypes.shape[0]
     for own in (False, True):
         k = 11
@@ -54,6 +55,10 @@ def test_streamed_nearest_patches_equal_brute_force_with_ties_in_loader_order(ti
             assert near["cell_id"][:, j].tolist() == [r[1] for r in cand[:k]], (own, j)
             assert torch.allclose(near["distance"][:, j], torch.tensor([r[4] for r in cand[:k]]), atol=1e-5)
             assert near["latent_yx"][:, j].tolist() == [[r[5], r[6]] for r in cand[:k]]
+        # each distance is the direct float64 one of the patch it names, rounded once (no ‖z‖² − 2z·p + ‖p‖²
+        # quantisation: that made distinct patches tie)
+        direct = ((near["vector"].double() - net.prototypes.double()[None]) ** 2).sum(-1).float()
+        assert torch.equal(near["distance"], direct)
     many = nearest_patches(net, tiny_dm.push_dataloader(), k=10_000)
     assert many["cell_id"].shape[0] == len(tiny_dm.rows["push"])          # fewer cells than k: fewer rows
 
