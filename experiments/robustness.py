@@ -10,6 +10,11 @@ call accuracy mean ≥ 0.88, every run ≥ 0.83; well cue ≤ 0.60; |affected-fr
 every run ≤ 0.08, CI covering the truth in ≥ 80 % of runs; every run with an Exp prototype up in Exp
 (q < 0.05) whose nearest patches are ≥ 80 % on the change; localisation ≥ 0.80; ≥ 18 distinct
 source patches; no background prototype; no tied nearest patches; AUROC ≥ 0.97 × baseline.
+
+``--refit-fraction`` re-estimates the affected fraction of Exp (error, CI coverage) of every run from
+its saved held-out predictions with the current ``protocell.fraction`` instead of reading the one its
+metrics.json stored: runs trained before an estimator change are measured without retraining (the
+estimator runs after training and does not change it).
 """
 
 from __future__ import annotations
@@ -25,7 +30,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from compare import find_runs, run_row  # noqa: E402
 
 
-def load(sweep: Path) -> pd.DataFrame:
+def refit_fraction(run: Path) -> dict:
+    """The Exp fraction's error and CI coverage by the current estimator, from the run's held-out cells."""
+    from protocell.fraction import affected_fractions
+
+    parts = [pd.read_csv(run / f"{p}_predictions.csv").assign(target=(p == "test")) for p in ("test", "val")
+             if (run / f"{p}_predictions.csv").exists()]
+    held = pd.concat(parts, ignore_index=True)
+    exposed = (held["label"] == held["label"].max()).to_numpy()       # the last class is the exposed one
+    exp = str(held.loc[exposed, "condition"].iloc[0])
+    cells = held[["well", "condition", "score", "target", "true_label"]].assign(exposed=exposed)
+    out = affected_fractions(cells)
+    if not out["available"]:
+        return {"affected_fraction_error": np.nan, "affected_fraction_ci_covers": False}
+    est = out["conditions"][exp]
+    return {"affected_fraction_error": est["error"], "affected_fraction_ci_covers": est["ci_covers_truth"]}
+
+
+def load(sweep: Path, refit: bool = False) -> pd.DataFrame:
     done, unfinished = find_runs([sweep])
     for u in unfinished:
         print(f"robustness: {u} has no metrics.json: left out", file=sys.stderr)
@@ -37,6 +59,8 @@ def load(sweep: Path) -> pd.DataFrame:
         row["split_by"] = cfg["data"]["split_by"]
         row["threads"] = cfg.get("threads")
         row["head"] = cfg.get("head", "protopnet")
+        if refit and row["head"] == "protopnet":
+            row.update(refit_fraction(r))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -101,8 +125,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("sweep", help="the folder robustness.sh wrote (protocell/, baseline/, threads1/)")
     ap.add_argument("--out", help="write <out>.md, <out>.csv and <out>_runs.csv")
+    ap.add_argument("--refit-fraction", action="store_true",
+                    help="re-estimate the affected fraction from each run's saved predictions (current estimator)")
     args = ap.parse_args(argv)
-    runs = load(Path(args.sweep))
+    runs = load(Path(args.sweep), args.refit_fraction)
     table = summarise(runs)
     md = markdown(table)
     if args.out:
