@@ -133,8 +133,13 @@ def beats_majority(accuracy: float, majority: float, n: int) -> bool:
     return accuracy > majority + 2 * math.sqrt(majority * (1 - majority) / n)
 
 
+# ρ_Exp above which bags of cells are the wrong model of the plate: see ``run_status`` and data.bag_size
+BAG_WARNING = 0.8
+
+
 def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float | None, n_val: int,
-               epochs_run: int, epochs_planned: int, pushes: int | None = None, interrupted: bool = False) -> dict:
+               epochs_run: int, epochs_planned: int, pushes: int | None = None, interrupted: bool = False,
+               bag_size: int = 1) -> dict:
     """``{"status": "ok" | "incomplete" | "failed", "reasons": [...], "warnings": [...]}`` of a finished run.
 
     ``metrics``: ``evaluate``'s (``called_fraction``, ``test_composition``, ``well_label_auroc``,
@@ -149,7 +154,8 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
     schedule ended (``trainer.max_time``, an interrupt) or prototypes never pushed. A failed run that
     also stopped early is failed. Warnings do not change the status: a slope or ``hi`` on its bound
     (measured on healthy runs: the default reaches a = 50 with true-label AUROC 0.94), a noisy-label
-    fit that fell back to Platt."""
+    fit that fell back to Platt, no affected fraction, and bags of cells (``bag_size`` > 1) on a plate
+    where most exposed cells look affected (``BAG_WARNING``)."""
     failed, incomplete, warnings = [], [], []
     if interrupted or epochs_run < epochs_planned:
         incomplete.append(f"stopped after {epochs_run} of {epochs_planned} scheduled epochs "
@@ -190,6 +196,16 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
                             f"({'the scores saturate: calls are only as good as the ranking' if key == 'a' else 'no affected cells in the reference condition'})")
     if cal.get("fallback_from") and cal.get("used", True):
         warnings.append("the noisy-label calibration was degenerate (no cell-level evidence) and fell back to Platt")
+    frac = metrics.get("affected_fraction") or {}
+    if frac and not frac.get("available", False):
+        warnings.append(f"no affected fraction: {frac.get('reason', '?')}")
+    rho = (frac.get("fit") or {}).get("rho_exp") if frac.get("available") else None
+    if bag_size > 1 and rho is not None and rho >= BAG_WARNING:
+        warnings.append(f"most exposed cells look affected (ρ_Exp ≈ {rho:.2f} from the held-out scores) but training "
+                        f"used bags of {bag_size} cells, in which only the most exposed-looking cell of a bag must "
+                        "look exposed: responding cells can go unscored (on BBBC013 a quarter of the treated cells). "
+                        "data.bag_size=1 (the per-cell cross-entropy) fits a plate where nearly every exposed cell "
+                        "responds")
     status = "failed" if failed else "incomplete" if incomplete else "ok"
     return {"status": status, "reasons": failed + incomplete, "warnings": warnings}
 

@@ -163,7 +163,7 @@ def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, e
     status = run_status(metrics, val_accuracy=history.accuracies(head), val_majority=majority, n_val=len(labels),
                         epochs_run=int(trainer.current_epoch), epochs_planned=epochs_planned,
                         pushes=int(module.net.pushes) if head == "protopnet" else None,
-                        interrupted=bool(trainer.interrupted))
+                        interrupted=bool(trainer.interrupted), bag_size=int(getattr(dm, "bag_size", 1)))
     for w in status["warnings"]:
         log.warning("%s", w)
     status["warnings"] = metrics.get("warnings", []) + status["warnings"]    # the data checks' came first

@@ -83,3 +83,15 @@ def test_beating_the_majority_needs_more_than_chance():
     assert not beats_majority(0.72, 0.7, 100)       # 2 SE = 0.092
     assert beats_majority(0.80, 0.7, 100)
     assert beats_majority(0.71, 0.7, 10 ** 7)
+
+
+def test_bags_on_a_plate_where_most_exposed_cells_respond_and_a_missing_fraction_warn():
+    frac = {"available": True, "fit": {"rho_exp": 0.9, "rho_ref": 0.01}}
+    s = _status(_ok_metrics(affected_fraction=frac), bag_size=4)
+    assert s["status"] == "ok" and any("bags of 4" in w and "data.bag_size=1" in w for w in s["warnings"]), s
+    assert _status(_ok_metrics(affected_fraction=frac), bag_size=1)["warnings"] == []          # per cell: fine
+    few = {"available": True, "fit": {"rho_exp": 0.45, "rho_ref": 0.05}}
+    assert _status(_ok_metrics(affected_fraction=few), bag_size=4)["warnings"] == []           # a minority: bags fit
+    none = {"available": False, "reason": "no exposed cells unlike the reference"}
+    s = _status(_ok_metrics(affected_fraction=none), bag_size=4)
+    assert s["status"] == "ok" and s["warnings"] == ["no affected fraction: no exposed cells unlike the reference"]
