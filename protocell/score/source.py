@@ -1,5 +1,5 @@
-"""What score reads: the run's calibration and fraction reference, a crop store checked against the run, and the plate map
-the store's manifest carries (wells, conditions, compounds, doses).
+"""What score reads: the run's calibration and fraction reference, a crop store checked against the
+run, and the plate map the store's manifest carries (wells, conditions, compounds, doses).
 
 A store is scored with the *run's* data handling (``CellDataModule.dataset_of``): the channels the
 network was trained on (by name), its crop size, its normalisation (per cell, or the training
