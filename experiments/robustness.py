@@ -32,18 +32,15 @@ from compare import find_runs, run_row  # noqa: E402
 
 def refit_fraction(run: Path) -> dict:
     """The Exp fraction's error and CI coverage by the current estimator, from the run's held-out cells."""
-    from protocell.fraction import affected_fractions
+    from protocell.artifacts import RunFolder
+    from protocell.evaluate import fractions
 
-    parts = [pd.read_csv(run / f"{p}_predictions.csv").assign(target=(p == "test")) for p in ("test", "val")
-             if (run / f"{p}_predictions.csv").exists()]
-    held = pd.concat(parts, ignore_index=True)
-    exposed = (held["label"] == held["label"].max()).to_numpy()       # the last class is the exposed one
-    exp = str(held.loc[exposed, "condition"].iloc[0])
-    cells = held[["well", "condition", "score", "target", "true_label"]].assign(exposed=exposed)
-    out = affected_fractions(cells)
+    held = RunFolder(run).held_out_predictions()
+    pos = int(held["label"].max())                                      # the last class is the exposed one
+    out = fractions(held, pos)
     if not out["available"]:
         return {"affected_fraction_error": np.nan, "affected_fraction_ci_covers": False}
-    est = out["conditions"][exp]
+    est = out["conditions"][str(held.loc[held["label"] == pos, "condition"].iloc[0])]
     return {"affected_fraction_error": est["error"], "affected_fraction_ci_covers": est["ci_covers_truth"]}
 
 

@@ -73,6 +73,15 @@ class RunFolder:
     wandb_id = property(lambda self: self.root / "wandb_run_id.txt")
     lock = property(lambda self: self.root / ".lock")
 
+    def held_out_predictions(self):
+        """The test (``target`` True) and validation (``target`` False) predictions that exist, as one
+        frame (None when neither does): the held-out cells the fractions are estimated from."""
+        import pandas as pd
+
+        parts = [pd.read_csv(path).assign(target=target)
+                 for path, target in ((self.test_predictions, True), (self.val_predictions, False)) if path.exists()]
+        return pd.concat(parts, ignore_index=True) if parts else None
+
     def require(self, path: Path, why: str) -> Path:
         if not path.exists():
             raise RunFolderError(f"{path} is missing, so {self.root} is not a finished protocell run ({why}); "

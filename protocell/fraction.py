@@ -76,9 +76,8 @@ def tail_ratio(num, den, upper: bool = False, max_thresholds: int = 400) -> dict
     Thresholds are ``den``'s order statistics (at most ``max_thresholds`` of them, geometrically spaced
     in rank so that the tail keeps every point); bounds are one-sided Clopper–Pearson at δ = 1/n of each
     sample. Returns {"kappa" (≤ 1), "threshold", "n_num", "n_den" (cells of each at or beyond it)}."""
-    num, den = np.sort(np.asarray(num, np.float64)), np.sort(np.asarray(den, np.float64))
-    if upper:
-        num, den = np.sort(-num), np.sort(-den)
+    sign = -1.0 if upper else 1.0                                # upper tails: the lower tails of −score
+    num, den = np.sort(sign * np.asarray(num, np.float64)), np.sort(sign * np.asarray(den, np.float64))
     n_num, n_den = len(num), len(den)
     if n_num == 0 or n_den == 0:
         raise ValueError("tail_ratio needs cells in both samples")
@@ -91,7 +90,7 @@ def tail_ratio(num, den, upper: bool = False, max_thresholds: int = 400) -> dict
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(lb > 0, ub / lb, np.inf)
     i = int(np.argmin(ratio))
-    return {"kappa": float(min(ratio[i], 1.0)), "threshold": float(-t[i] if upper else t[i]),
+    return {"kappa": float(min(ratio[i], 1.0)), "threshold": float(sign * t[i]),
             "n_num": int(k_num[i]), "n_den": int(k_den[i])}
 
 
@@ -248,12 +247,14 @@ def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) ->
     if not fit["ok"]:
         return {"available": False, "reason": fit["reason"], "fit": fit}
 
-    def estimate(sample: pd.DataFrame, f: dict) -> dict:
+    def estimate(sample: pd.DataFrame, f: dict, lr=None) -> dict:
         t = sample[sample["target"]]
-        lr = reference_lr(t["score"].to_numpy(), f)
+        lr = reference_lr(t["score"].to_numpy(), f) if lr is None else lr
         return {c: mixture_fraction(lr[(t["condition"] == c).to_numpy()]) for c in conds}
 
-    point = estimate(cells, fit)
+    target = cells[cells["target"]]
+    target_lr = reference_lr(target["score"].to_numpy(), fit)
+    point = estimate(cells, fit, target_lr)
     wells_of = {c: cells.loc[cells["condition"] == c, "well"].unique() for c in cells["condition"].unique()}
     groups = {w: idx for w, idx in cells.groupby("well").indices.items()}
     boots = []
@@ -266,7 +267,6 @@ def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) ->
                 boots.append(estimate(sample, f))
     out = {"available": True, "estimator": ESTIMATOR, "assumption": ASSUMPTION, "n_boot": len(boots),
            "fit": fit, "conditions": {}}
-    target = cells[cells["target"]]
     truth = "true_label" in target and bool((target["true_label"] >= 0).all())
     for c in conds:
         lo, hi = ci([b[c] for b in boots]) if boots else (float("nan"), float("nan"))
@@ -278,7 +278,7 @@ def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) ->
             est["error"] = est["estimate"] - est["true"]
             est["ci_covers_truth"] = bool(lo <= est["true"] <= hi)
         out["conditions"][str(c)] = est
-    wells = well_fractions(target.assign(lr=reference_lr(target["score"].to_numpy(), fit)), n_boot=n_boot, seed=seed)
+    wells = well_fractions(target.assign(lr=target_lr), n_boot=n_boot, seed=seed)
     if truth:
         wells["true"] = wells["well"].map(target.groupby("well")["true_label"].apply(lambda t: float((t == 1).mean())))
     out["wells"] = wells.to_dict(orient="records")

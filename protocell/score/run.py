@@ -53,16 +53,16 @@ def _run(run) -> Run:
 
 
 def _inputs(run, store):
-    """Everything checked before any cell is scored: (Run, fits, store, wells); ``fits``: "call" (the
+    """Everything checked before any cell is scored: (Run, models, store, wells); ``models``: "call" (the
     calibration) and "fraction" (the reference of ``protocell.fraction``)."""
     run = _run(run)
-    fits = {"call": run_calibration(RunFolder(run.dir).metrics), "fraction": run_reference(run.dir, run.exp)}
+    models = {"call": run_calibration(RunFolder(run.dir).metrics), "fraction": run_reference(run.dir, run.exp)}
     store = open_store(store if store is not None else run.dm.path, run.dm.store)
     run.dm.dataset_of(store, [])                      # channels, by name (refused with the store's file)
-    return run, fits, store, plate_wells(store, run.ref, run.exp)
+    return run, models, store, plate_wells(store, run.ref, run.exp)
 
 
-def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, fits: dict, batch_size=None,
+def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, models: dict, batch_size=None,
                  num_workers: int = 0, progress: bool = True, nearest: int = 3) -> pd.DataFrame:
     rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
     result = infer(run.net, run.dm.dataset_of(store, rows), positive_class(run.class_names),
@@ -70,15 +70,15 @@ def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, fits: dict, ba
     run_split = None
     if store.root.resolve() == Path(run.dm.path).resolve():     # the run's own cells: say which it trained on
         run_split = np.where(run.dm.splits[rows] == "unlabelled", "", run.dm.splits[rows]).astype(str)
-    return cell_table(store.manifest.iloc[rows], wells, result, fits, nearest, run_split)
+    return cell_table(store.manifest.iloc[rows], wells, result, models, nearest, run_split)
 
 
 def score_store(run, store=None, batch_size: int | None = None, num_workers: int = 0, progress: bool = True,
                 nearest: int = 3) -> pd.DataFrame:
     """Score every cell of ``store`` (a crop-store folder; default: the run's own) with ``run`` (a run
     folder or a loaded ``Run``): the ``cells.csv`` table (``tables.cell_table``), nothing written."""
-    run, fits, store, wells = _inputs(run, store)
-    return _score_cells(run, store, wells, fits, batch_size, num_workers, progress, nearest)
+    run, models, store, wells = _inputs(run, store)
+    return _score_cells(run, store, wells, models, batch_size, num_workers, progress, nearest)
 
 
 def normalisation_note(run: Run, store: CropStore, own: bool) -> str:

@@ -52,18 +52,18 @@ def run_reference(run_dir: Path, exp: str) -> dict:
     """The fraction reference (``protocell.fraction.fit_reference``) train.py stored in ``metrics.json``
     → ``affected_fraction.fit``; for a run evaluated before it was stored there, fitted anew from the
     run's held-out cells (``val_predictions.csv`` and ``test_predictions.csv``, exposed = ``exp``)."""
+    from protocell.artifacts import RunFolder
     from protocell.fraction import fit_reference
 
     metrics_path = run_dir / "metrics.json"
     frac = json.loads(metrics_path.read_text()).get("affected_fraction") or {} if metrics_path.exists() else {}
     fit = frac.get("fit")
     if fit is None:
-        parts = [run_dir / f"{p}_predictions.csv" for p in ("val", "test")]
-        if not any(p.exists() for p in parts):
+        held = RunFolder(run_dir).held_out_predictions()
+        if held is None:
             raise ScoreError(f"{run_dir} has neither an affected-fraction reference in metrics.json nor held-out "
                              "predictions (val_predictions.csv, test_predictions.csv) to fit one: pass a run that "
                              "finished training (train.py writes them after testing)")
-        held = pd.concat([pd.read_csv(p, usecols=["score", "condition"]) for p in parts if p.exists()])
         fit = fit_reference(held["score"].to_numpy(), (held["condition"].astype(str) == exp).to_numpy())
     if not fit.get("ok"):
         raise ScoreError(f"{metrics_path}: the affected-fraction reference fitted on the run's held-out cells is "

@@ -28,12 +28,12 @@ def similarities(min_d: np.ndarray) -> np.ndarray:
     return log_similarity(torch.as_tensor(np.asarray(min_d), dtype=torch.float64)).numpy()
 
 
-def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, fits: dict, nearest: int = 3,
+def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, models: dict, nearest: int = 3,
                run_split: np.ndarray | None = None) -> pd.DataFrame:
     """One row per scored cell: ids and where it is, its well's compound/dose/treatment, true_label
     (when known), run_split (the run's split of this cell when the store is the run's own, else ""),
-    score (P(exposed)), p_affected (the calibration ``fits["call"]``), call (p_affected > 0.5),
-    likelihood_ratio (p(s | affected)/p(s | unaffected) under ``fits["fraction"]``: what the fractions
+    score (P(exposed)), p_affected (the calibration ``models["call"]``), call (p_affected > 0.5),
+    likelihood_ratio (p(s | affected)/p(s | unaffected) under ``models["fraction"]``: what the fractions
     are estimated from), intensity, the ``nearest`` most similar prototypes with their similarities, and
     sim_p<j> for every prototype.
 
@@ -42,7 +42,7 @@ def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, fits: dict
         raise RuntimeError("scored cells are not in manifest order")   # a bug, not an input problem
     sims = similarities(result["min_d"])
     score = result["score"].astype(np.float64)      # float64 in the table: cells.csv reproduces p_affected exactly
-    p = noisy_label_apply(score, fits["call"])
+    p = noisy_label_apply(score, models["call"])
     base = rows[["cell_id", "image_id", "plate", "well", "field", "condition"]].reset_index(drop=True)
     info = wells.set_index(["plate", "well"])[["compound", "dose", "treatment"]]
     base = base.join(info, on=["plate", "well"])
@@ -51,7 +51,7 @@ def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, fits: dict
     base["run_split"] = run_split if run_split is not None else ""
     base["score"] = score
     base["p_affected"] = p
-    base["likelihood_ratio"] = reference_lr(score, fits["fraction"])
+    base["likelihood_ratio"] = reference_lr(score, models["fraction"])
     base["call"] = (p > 0.5).astype(int)
     base["intensity"] = result["intensity"]
     k = min(nearest, sims.shape[1])
