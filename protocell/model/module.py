@@ -20,6 +20,7 @@ own optimiser group, named, so a phase can set each one's learning rate.
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -64,6 +65,7 @@ class ProtoPNetModule(L.LightningModule):
         # λ_sep linearly from 0 over ``ramp_epochs`` lets the features form first.
         self.ramp_epochs = ramp_epochs
         self.phase = "joint"
+        self._val_cells: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # NHWC tensors: faster convolutions on GPUs with tensor cores (cuDNN), neutral on CPU
         self.channels_last = channels_last
         self.probe = torch.nn.Conv2d(self.net.add_on[0].in_channels, self.net.num_classes, 1)
@@ -142,8 +144,35 @@ class ProtoPNetModule(L.LightningModule):
             self._log(stage, {**losses, "acc": acc}, bs)
             loss = losses["loss"]
         if stage == "val":
-            return {"cell_id": cell_id, "score": F.softmax(logits.detach().float(), 1)[:, self.positive]}
+            score = F.softmax(logits.detach().float(), 1)[:, self.positive]
+            self._val_cells.append((cell_id.detach(), y.detach(), score))
+            return {"cell_id": cell_id, "score": score}
         return loss
+
+    def on_validation_epoch_start(self):
+        self._val_cells = []
+
+    def on_validation_epoch_end(self):
+        """``val/auroc``: the AUROC of the validation cells' exposed scores against their *well*
+        labels, over every rank's cells (each cell once). Pretrain keeps its best epoch by it
+        (``KeepBestPretrain``): a ranking, so it does not move with the probe's calibration."""
+        from protocell.distributed import gather_rows, is_distributed
+        from protocell.metrics.truth import auroc
+
+        if self._val_cells:
+            cols = [torch.cat(t) for t in zip(*self._val_cells)]
+        elif is_distributed():   # this rank validated no cell; the others still wait for its rows
+            cols = [torch.zeros(0, dtype=torch.long, device=self.device)] * 2 + [torch.zeros(0, device=self.device)]
+        else:
+            return
+        self._val_cells = []
+        cell, y, score = gather_rows(*cols)
+        if len(cell) == 0:
+            return
+        cell, first = np.unique(cell.cpu().numpy(), return_index=True)   # a padded DDP sampler repeats cells
+        positive = (y.cpu().numpy()[first] == self.positive).astype(int)
+        self.log("val/auroc", auroc(score.cpu().numpy()[first], positive), on_step=False, on_epoch=True,
+                 sync_dist=False)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

@@ -2,7 +2,8 @@
 
 Given identical weights, the DDP run's test metrics, predictions and push equal a single-process
 run's: every test cell is evaluated and predicted exactly once over both ranks (no padding
-duplicates), and push takes the global nearest patch, identical on every rank. After DDP training
+duplicates), and push takes the global nearest patch, identical on every rank; the validation AUROC
+(pretrain's selection) is computed over both ranks' cells. After DDP training
 (push included) both ranks hold identical weights, buffers and prototypes.
 
 "Equal": the cell set and the push provenance (cell, position) exactly; per-cell scores and the
@@ -46,6 +47,8 @@ def _evaluate(trainer, dm, module):
 
     trainer.test(module, datamodule=dm, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    trainer.validate(module, dataloaders=dm.test_dataloader(), verbose=False)   # val/auroc over every rank's cells
+    metrics["val/auroc"] = float(trainer.callback_metrics["val/auroc"])
     local = trainer.predict(module, dataloaders=dm.predict_dataloader())
     preds = gather_predictions(local)
     push_prototypes(module.net, dm.push_dataloader())
@@ -64,6 +67,10 @@ def _worker(rank, world, port, store, out):
                       LOCAL_RANK=str(rank), NODE_RANK="0")   # as torchrun / SLURM start the ranks
     dm, module = _setup(store)
     result = _evaluate(_trainer(devices=world, strategy="ddp"), dm, module)
+    from protocell.distributed import gather_rows
+
+    # rows of different lengths per rank (rank r holds r + 2), every rank gets all of them in rank order
+    result["gathered"] = gather_rows(torch.arange(rank + 2) + 10 * rank, torch.full((rank + 2,), float(rank)))
 
     class Steps(Callback):   # counts this rank's training steps
         n = 0
@@ -102,6 +109,7 @@ def test_ddp_two_processes_equal_single_process(tiny_store, tmp_path):
     assert sorted(local[0] + local[1]) == sorted(single["cells"].tolist())
     assert len(local[0]) + len(local[1]) == len(single["cells"])
     for r in ranks:
+        assert r["gathered"][0].tolist() == [0, 1, 10, 11, 12] and r["gathered"][1].tolist() == [0, 0, 1, 1, 1]
         assert torch.equal(r["cells"], single["cells"])          # gathered back into loader order
         assert torch.allclose(r["probs"], single["probs"], atol=1e-6)
         assert r["metrics"].keys() == single["metrics"].keys() and single["metrics"]

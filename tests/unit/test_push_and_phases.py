@@ -183,7 +183,7 @@ def test_last_layer_phase_trains_only_the_last_layer(tiny_dm, tmp_path):
     assert changed == {"last_layer.weight"}
 
 
-def test_pretrain_keeps_the_epoch_with_the_lowest_validation_loss(tiny_store, tmp_path):
+def test_pretrain_keeps_the_epoch_with_the_highest_validation_auroc(tiny_store, tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
@@ -195,7 +195,7 @@ def test_pretrain_keeps_the_epoch_with_the_lowest_validation_loss(tiny_store, tm
 
         def on_validation_end(self, trainer, pl_module):
             if pl_module.phase == "pretrain":
-                self.seen.append((float(trainer.callback_metrics["val/ce"]),
+                self.seen.append((float(trainer.callback_metrics["val/auroc"]),
                                   {k: v.clone() for k, v in pl_module.net.features.state_dict().items()}))
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -212,11 +212,44 @@ def test_pretrain_keeps_the_epoch_with_the_lowest_validation_loss(tiny_store, tm
     L.Trainer(max_epochs=len(plan), accelerator="cpu", logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
               callbacks=[keep, PhaseCallback(plan), rec]).fit(module, datamodule=dm)
-    losses = [v for v, _ in rec.seen]
-    best = min(range(len(losses)), key=losses.__getitem__)
-    assert len(losses) == 4 and len(set(losses)) == 4
+    aurocs = [v for v, _ in rec.seen]
+    best = max(range(len(aurocs)), key=aurocs.__getitem__)
+    assert len(aurocs) == 4 and len(set(aurocs)) > 1
     assert keep.best["epoch"] == best and keep.best["restored"] and keep.best["state"] is None
     for k, v in rec.seen[best][1].items():
         assert torch.equal(rec.start_of_warm[k], v), k
     if best != 3:   # the kept state is not simply the last one
         assert any(not torch.equal(rec.start_of_warm[k], v) for k, v in rec.seen[3][1].items())
+
+
+def test_val_auroc_is_the_validation_cells_auroc_against_their_well_labels(tiny_store):
+    import lightning as L
+    import numpy as np
+    from protocell.data.datamodule import CellDataModule
+
+    dm = CellDataModule(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
+                        test_fraction=0.3, val_fraction=0.3, seed=0)
+    module = tiny_module()
+    module.phase = "pretrain"
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    logged = float(trainer.callback_metrics["val/auroc"])
+    preds = trainer.predict(module, dataloaders=dm.predict_dataloader("val"))
+    probs = np.concatenate([p["probs"][:, 1].numpy() for p in preds])
+    labels = np.concatenate([p["label"].numpy() for p in preds])
+    assert len(set(labels)) == 2
+    pos, neg = probs[labels == 1], probs[labels == 0]     # AUROC by its definition, ties counted half
+    by_hand = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert logged == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_keep_best_pretrain_resumes_an_old_checkpoint_by_its_own_criterion():
+    """A checkpoint written before the monitor was stored chose by the lowest validation cross-entropy:
+    a resumed run goes on choosing by it rather than comparing AUROCs with a loss."""
+    keep = KeepBestPretrain([Phase("pretrain", trainable_groups("pretrain", True), {}, False)] * 3)
+    keep.load_state_dict({"value": 0.69, "epoch": 0, "state": None, "restored": False})
+    assert (keep.monitor, keep.mode) == ("val/ce", "min")
+    assert keep._better(0.6) and not keep._better(0.8) and not keep._better(float("nan"))
+    fresh = KeepBestPretrain([Phase("pretrain", trainable_groups("pretrain", True), {}, False)])
+    assert (fresh.monitor, fresh.mode) == ("val/auroc", "max") and fresh.state_dict()["monitor"] == "val/auroc"
+    assert fresh._better(0.51) and not fresh._better(float("nan"))
