@@ -17,6 +17,17 @@ def auroc(scores, targets) -> float:
     return float(binary_auroc(torch.tensor(np.asarray(scores), dtype=torch.float64), torch.tensor(targets).long()))
 
 
+def auroc_se(a: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC ``a`` over ``n_pos`` positives and ``n_neg`` negatives (Hanley &
+    McNeil 1982, *The meaning and use of the area under a ROC curve*: the exponential approximation
+    Q1 = a / (2 − a), Q2 = 2a² / (1 + a)); NaN without both classes or for a NaN ``a``."""
+    if n_pos < 1 or n_neg < 1 or not np.isfinite(a):
+        return float("nan")
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def true_label_metrics(scores, calls, true_label) -> dict:
     """Accuracy of the cell calls (1 = affected) and AUROC of the scores against the true labels,
     over the cells whose truth is known; empty when none is."""

@@ -154,10 +154,10 @@ class ProtoPNetModule(L.LightningModule):
 
     def on_validation_epoch_end(self):
         """``val/auroc``: the AUROC of the validation cells' exposed scores against their *well*
-        labels, over every rank's cells (each cell once). Pretrain keeps its best epoch by it
-        (``KeepBestPretrain``): a ranking, so it does not move with the probe's calibration."""
+        labels, over every rank's cells (each cell once), and ``val/auroc_se``, its standard error
+        (Hanley & McNeil). Pretrain chooses the epoch it keeps by them (``KeepBestPretrain``)."""
         from protocell.distributed import gather_rows, is_distributed
-        from protocell.metrics.truth import auroc
+        from protocell.metrics.truth import auroc, auroc_se
 
         if self._val_cells:
             cols = [torch.cat(t) for t in zip(*self._val_cells)]
@@ -171,8 +171,10 @@ class ProtoPNetModule(L.LightningModule):
             return
         cell, first = np.unique(cell.cpu().numpy(), return_index=True)   # a padded DDP sampler repeats cells
         positive = (y.cpu().numpy()[first] == self.positive).astype(int)
-        self.log("val/auroc", auroc(score.cpu().numpy()[first], positive), on_step=False, on_epoch=True,
-                 sync_dist=False)
+        a = auroc(score.cpu().numpy()[first], positive)
+        self.log("val/auroc", a, on_step=False, on_epoch=True, sync_dist=False)
+        self.log("val/auroc_se", auroc_se(a, int(positive.sum()), int((positive == 0).sum())), on_step=False,
+                 on_epoch=True, sync_dist=False)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

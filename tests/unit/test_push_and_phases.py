@@ -183,7 +183,7 @@ def test_last_layer_phase_trains_only_the_last_layer(tiny_dm, tmp_path):
     assert changed == {"last_layer.weight"}
 
 
-def test_pretrain_keeps_the_epoch_with_the_highest_validation_auroc(tiny_store, tmp_path):
+def test_pretrain_keeps_the_last_epoch_not_significantly_below_the_best_validation_auroc(tiny_store, tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
@@ -191,10 +191,11 @@ def test_pretrain_keeps_the_epoch_with_the_highest_validation_auroc(tiny_store, 
 
     class Recorder(Callback):  # what each pretrain epoch ended with, and what the first warm epoch starts from
         def __init__(self):
-            self.seen, self.start_of_warm = [], None
+            self.seen, self.se, self.start_of_warm = [], [], None
 
         def on_validation_end(self, trainer, pl_module):
             if pl_module.phase == "pretrain":
+                self.se.append(float(trainer.callback_metrics["val/auroc_se"]))
                 self.seen.append((float(trainer.callback_metrics["val/auroc"]),
                                   {k: v.clone() for k, v in pl_module.net.features.state_dict().items()}))
 
@@ -213,7 +214,8 @@ def test_pretrain_keeps_the_epoch_with_the_highest_validation_auroc(tiny_store, 
               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
               callbacks=[keep, PhaseCallback(plan), rec]).fit(module, datamodule=dm)
     aurocs = [v for v, _ in rec.seen]
-    best = max(range(len(aurocs)), key=aurocs.__getitem__)
+    top = max(range(len(aurocs)), key=aurocs.__getitem__)
+    best = max(e for e, a in enumerate(aurocs) if a >= aurocs[top] - 1.96 * rec.se[top])
     assert len(aurocs) == 4 and len(set(aurocs)) > 1
     assert keep.best["epoch"] == best and keep.best["restored"] and keep.best["state"] is None
     for k, v in rec.seen[best][1].items():
@@ -243,13 +245,71 @@ def test_val_auroc_is_the_validation_cells_auroc_against_their_well_labels(tiny_
     assert logged == pytest.approx(by_hand, abs=1e-6)
 
 
+class _Trainer:   # what KeepBestPretrain reads of a trainer
+    sanity_checking = False
+
+    def __init__(self):
+        self.current_epoch, self.callback_metrics = 0, {}
+
+
+def _keep_sequence(values, z=1.96):
+    """Feed (auroc, se) per pretrain epoch to KeepBestPretrain; the epoch it keeps and what it loads."""
+    plan = [Phase("pretrain", trainable_groups("pretrain", True), {}, False)] * len(values) + \
+           [Phase("warm", trainable_groups("warm", True), {}, False)]
+    keep = KeepBestPretrain(plan, z=z)
+    module = torch.nn.Module()
+    module.net = torch.nn.Module()
+    module.net.features, module.probe = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    trainer = _Trainer()
+    for epoch, (a, se) in enumerate(values):
+        trainer.current_epoch = epoch
+        module.net.features.weight.data.fill_(epoch)           # each epoch's weights name their epoch
+        trainer.callback_metrics = {"val/auroc": torch.tensor(a), "val/auroc_se": torch.tensor(se)}
+        keep.on_validation_end(trainer, module)
+    trainer.current_epoch = len(values)
+    keep.on_train_epoch_start(trainer, module)
+    return keep.best["epoch"], int(module.net.features.weight.item())
+
+
+def test_keep_best_pretrain_keeps_the_latest_epoch_within_z_standard_errors_of_the_best():
+    # the validation AUROC of a 30 %-affected run split by well (its epochs 0-11), SE ≈ 0.022: flat
+    # within the noise over epochs 0-5, then the network reads the training wells and it falls
+    seq = [(0.541, .022), (0.546, .022), (0.528, .022), (0.520, .022), (0.531, .022), (0.523, .022),
+           (0.466, .022), (0.415, .022), (0.372, .022), (0.254, .022), (0.192, .022), (0.142, .022)]
+    assert _keep_sequence(seq) == (5, 5)            # 0.523 ≥ 0.546 − 1.96 × 0.022; 0.466 is not
+    assert _keep_sequence(seq, z=0.0) == (1, 1)     # z = 0: the maximum itself
+    # a later, clearly better epoch resets the reference: earlier ties no longer count
+    assert _keep_sequence([(0.60, .01), (0.59, .01), (0.70, .01), (0.65, .01)]) == (2, 2)
+    # a NaN epoch (one condition among the validation cells) is never kept
+    assert _keep_sequence([(0.60, .01), (float("nan"), .01)]) == (0, 0)
+
+
+def test_auroc_se_matches_the_spread_of_simulated_aurocs():
+    """Hanley & McNeil's formula is exact for exponential scores: negatives Exp(1), positives Exp(λ)
+    have AUROC 1 / (1 + λ); the SD of 4000 simulated AUROCs agrees with it within sampling error."""
+    import numpy as np
+
+    from protocell.metrics.truth import auroc_se
+
+    rng = np.random.default_rng(0)
+    n_pos, n_neg, lam = 60, 40, 0.25
+    pos = rng.exponential(1 / lam, (4000, n_pos))
+    neg = rng.exponential(1.0, (4000, n_neg))
+    a = (pos[:, :, None] > neg[:, None, :]).mean(axis=(1, 2))
+    assert a.mean() == pytest.approx(1 / (1 + lam), abs=0.005)
+    assert auroc_se(0.8, n_pos, n_neg) == pytest.approx(a.std(), rel=0.05)
+    assert np.isnan(auroc_se(0.8, 0, 10)) and np.isnan(auroc_se(float("nan"), 5, 5))
+
+
 def test_keep_best_pretrain_resumes_an_old_checkpoint_by_its_own_criterion():
     """A checkpoint written before the monitor was stored chose by the lowest validation cross-entropy:
     a resumed run goes on choosing by it rather than comparing AUROCs with a loss."""
     keep = KeepBestPretrain([Phase("pretrain", trainable_groups("pretrain", True), {}, False)] * 3)
     keep.load_state_dict({"value": 0.69, "epoch": 0, "state": None, "restored": False})
-    assert (keep.monitor, keep.mode) == ("val/ce", "min")
+    assert (keep.monitor, keep.mode, keep.z) == ("val/ce", "min", 0.0)
     assert keep._better(0.6) and not keep._better(0.8) and not keep._better(float("nan"))
+    assert not keep._tied(0.70)
     fresh = KeepBestPretrain([Phase("pretrain", trainable_groups("pretrain", True), {}, False)])
-    assert (fresh.monitor, fresh.mode) == ("val/auroc", "max") and fresh.state_dict()["monitor"] == "val/auroc"
+    assert (fresh.monitor, fresh.mode, fresh.z) == ("val/auroc", "max", 1.96)
+    assert fresh.state_dict()["monitor"] == "val/auroc"
     assert fresh._better(0.51) and not fresh._better(float("nan"))
