@@ -102,6 +102,15 @@ class KeepBestPretrain(Callback):
             return False
         return value > self.best["top"] if self.mode == "max" else value < self.best["top"]
 
+    def offer(self, value: float, se: float = 0.0) -> bool:
+        """One epoch's validation value and its standard error: is this epoch the one to keep so far?
+        Yes when it is the best so far, or not significantly worse than the best (the latest such
+        epoch wins). Updates the best; the caller stores the epoch's state."""
+        if self._better(value):
+            self.best.update(top=value, top_se=se if math.isfinite(se) else 0.0)
+            return True
+        return self._tied(value)
+
     def _tied(self, value: float) -> bool:
         """Is ``value`` within ``z`` standard errors of the best (not significantly worse)?"""
         if not math.isfinite(value) or not math.isfinite(self.best["top"]):
@@ -143,12 +152,8 @@ class KeepBestPretrain(Callback):
             return
         value = float(value)
         se = trainer.callback_metrics.get(self.se) if self.se else None
-        se = float(se) if se is not None and math.isfinite(float(se)) else 0.0
-        if self._better(value):
-            self.best.update(top=value, top_se=se)
-        elif not self._tied(value):
+        if not self.offer(value, float(se) if se is not None else 0.0):
             return
-        # the best so far, or the latest epoch not significantly worse: kept (the latest such wins)
         state = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
                  for name, m in self._modules(pl_module).items()}
         self.best.update(value=value, epoch=trainer.current_epoch, state=state)
