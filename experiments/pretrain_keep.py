@@ -23,6 +23,9 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
+from compare import run_factors  # noqa: E402
+
 from protocell.training.callbacks import KeepBestPretrain  # noqa: E402
 
 
@@ -47,7 +50,7 @@ def run_table(run: Path) -> dict | None:
     if p.empty:
         return None
     kept = replay(p)
-    row = {"run": run.name, "plate": cfg.get("plate") or "default", "split": cfg["data"]["split_by"],
+    row = {"run": run.name, "plate": run_factors(run).get("plate") or "default", "split": cfg["data"]["split_by"],
            "seed": cfg["seed"], "threads": cfg.get("threads"), "best_true": p["val/true_auroc"].max()}
     for rule, epoch in kept.items():
         row[f"{rule}_epoch"], row[f"{rule}_true"] = epoch, p.loc[epoch, "val/true_auroc"]

@@ -25,7 +25,9 @@ def test_rules_replayed_on_a_run_folder(tmp_path):
     run = tmp_path / "0_plate=exp30"
     run.mkdir()
     pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
-    (run / "config.yaml").write_text(yaml.safe_dump({"plate": "exp30", "seed": 1, "threads": 2,
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["plate=exp30", "seed=1"]))
+    (run / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "threads": 2,
                                                      "data": {"split_by": "well"},
                                                      "schedule": {"pretrain_epochs": 4}}))
     row = pretrain_keep.run_table(run)
