@@ -100,6 +100,23 @@ def misses(r: dict) -> list[str]:
     return [name for name, ok in checks if not ok]
 
 
+def matrix_summary(runs: pd.DataFrame) -> str:
+    """Per thread count, over every protocell run: the affected fraction's error and how often its CI
+    covers the truth, against what a calibrated 95 % CI would give (a row of 3 seeds misses once in
+    7 rows by chance alone, so coverage is read over the matrix too)."""
+    from scipy.stats import binom
+
+    lines = []
+    for threads, g in runs[runs["head"] == "protopnet"].groupby("threads"):
+        err = g["affected_fraction_error"].dropna()
+        n, miss = len(g), int((~g["affected_fraction_ci_covers"].astype(bool)).sum())
+        lines.append(f"threads={int(threads)}: {n} runs; affected fraction |error| mean {err.abs().mean():.3f}, "
+                     f"bias {err.mean():+.3f}, max {err.abs().max():.3f}; CI covers the truth in {n - miss} of {n} "
+                     f"({(n - miss) / n:.0%}; a calibrated 95 % CI misses {miss} or more of {n} with probability "
+                     f"{binom.sf(miss - 1, n, 0.05):.2f})")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(s: pd.DataFrame) -> str:
     head = ["plate", "split", "threads", "seeds", "true AUROC (min)", "call acc (min)", "well cue (max)",
             "|frac err| mean (max)", "CI covers", "Exp proto up & on change", "localisation", "distinct (min)",
@@ -127,7 +144,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     runs = load(Path(args.sweep), args.refit_fraction)
     table = summarise(runs)
-    md = markdown(table)
+    md = markdown(table) + "\n" + matrix_summary(runs)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
