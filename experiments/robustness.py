@@ -112,8 +112,8 @@ def matrix_summary(runs: pd.DataFrame) -> str:
         n, miss = len(g), int((~g["affected_fraction_ci_covers"].astype(bool)).sum())
         lines.append(f"threads={int(threads)}: {n} runs; affected fraction |error| mean {err.abs().mean():.3f}, "
                      f"bias {err.mean():+.3f}, max {err.abs().max():.3f}; CI covers the truth in {n - miss} of {n} "
-                     f"({(n - miss) / n:.0%}; a calibrated 95 % CI misses {miss} or more of {n} with probability "
-                     f"{binom.sf(miss - 1, n, 0.05):.2f})")
+                     f"({(n - miss) / n:.0%}" + (f"; a calibrated 95 % CI misses {miss} or more of {n} with probability "
+                                                 f"{binom.sf(miss - 1, n, 0.05):.2f})" if miss else ")"))
     return "\n".join(lines) + "\n"
 
 
