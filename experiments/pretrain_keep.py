@@ -40,6 +40,10 @@ def replay(p: pd.DataFrame) -> dict[str, int]:
 
 
 def run_table(run: Path) -> dict | None:
+    """The rules' kept epochs of one finished run; None for a run still going (no metrics.json) or one
+    that did not log what the rules read."""
+    if not (run / "metrics.json").exists():
+        return None
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     m = pd.read_csv(run / "metrics.csv")
     need = ["val/ce", "val/auroc", "val/auroc_se", "val/true_auroc"]

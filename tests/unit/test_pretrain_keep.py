@@ -30,6 +30,8 @@ def test_rules_replayed_on_a_run_folder(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "threads": 2,
                                                      "data": {"split_by": "well"},
                                                      "schedule": {"pretrain_epochs": 4}}))
+    assert pretrain_keep.run_table(run) is None                                 # still running: no metrics.json
+    (run / "metrics.json").write_text("{}")
     row = pretrain_keep.run_table(run)
     assert (row["ce_epoch"], row["auroc_max_epoch"], row["auroc_tied_epoch"], row["last_epoch"]) == (0, 1, 2, 3)
     assert row["auroc_tied_true"] == 0.85 and row["best_true"] == 0.85      # epoch 4 is not pretrain
