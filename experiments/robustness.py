@@ -1,6 +1,6 @@
 """The robustness table and its bar, from a folder that experiments/robustness.sh filled.
 
-    python experiments/robustness.py outputs/multirun/robustness [--out experiments/results/robustness_threads2]
+    python experiments/robustness.py outputs/multirun/robustness [--out experiments/results/robustness]
 
 One row per plate layout × split × thread count: mean ± sd over seeds (min or max where the bar asks
 for every run), the black-box baseline's true-label AUROC on the same plates and seeds, and a
