@@ -156,7 +156,8 @@ class ProtoPNetModule(L.LightningModule):
         """``val/auroc``: the AUROC of the validation cells' exposed scores against their *well*
         labels, over every rank's cells (each cell once), and ``val/auroc_se``, its standard error
         (Hanley & McNeil). Pretrain chooses the epoch it keeps by them (``KeepBestPretrain``)."""
-        from protocell.distributed import gather_rows, is_distributed
+        from protocell.distributed import is_distributed
+        from protocell.evaluate import gather_predictions
         from protocell.metrics.truth import auroc, auroc_se
 
         if self._val_cells:
@@ -166,7 +167,8 @@ class ProtoPNetModule(L.LightningModule):
         else:
             return
         self._val_cells = []
-        cell, y, score = gather_rows(*cols)
+        (rows,) = gather_predictions([dict(zip(("cell_id", "label", "score"), cols))])
+        cell, y, score = rows["cell_id"], rows["label"], rows["score"]
         if len(cell) == 0:
             return
         cell, first = np.unique(cell.cpu().numpy(), return_index=True)   # a padded DDP sampler repeats cells
