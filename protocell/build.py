@@ -6,8 +6,11 @@ DataModule from ``cfg.data``. ``build_module(cfg, dm)`` builds the ProtoPNetModu
 arguments (``cfg.backbone``, ``cfg.model``, loss and optimiser settings), so its checkpoint can
 rebuild it (``load_module``). A run folder is read back the same way (``protocell.artifacts``).
 
-Configs read from a run folder may come from someone else: ``instantiate_trusted`` only builds
-``_target_``s under protocell, torch, torchvision or lightning.
+Configs read from a run folder may come from someone else (run folders are data people mail each
+other): ``datamodule_from_run`` never instantiates anything a file names. It checks the run's
+``data`` values against the schema (``protocell.config.DataConfig``) and calls the one class this
+project builds for them, ``CellDataModule``; a ``_target_`` other than that class's, anywhere in the
+node, is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from protocell.errors import ConfigError
 
 log = logging.getLogger("protocell.build")
-TRUSTED_TARGETS = ("protocell.", "torch.", "torchvision.", "lightning.")
+DATAMODULE_TARGET = "protocell.data.datamodule.CellDataModule"
 
 
 def _plain(node) -> dict:
@@ -46,16 +49,37 @@ def targets(node, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def instantiate_trusted(node, source: str, key: str = "", **kwargs):
-    """``instantiate`` a config node read from ``source`` (a file; ``key``: the node's place in it),
-    refusing any ``_target_`` outside protocell/torch/torchvision/lightning: a run folder must not run
-    code by naming it."""
-    plain = _plain(node)
-    bad = [(k, t) for k, t in targets(plain, key) if not t.startswith(TRUSTED_TARGETS)]
-    if bad:
-        raise ConfigError(f"{source}: {bad[0][0]}._target_={bad[0][1]!r} is not a protocell, torch, torchvision "
-                          f"or lightning class; protocell builds only those from a run folder's config")
-    return instantiate(plain, **kwargs)
+def datamodule_from_run(data, source: str, key: str = "data"):
+    """The ``CellDataModule`` a run folder's ``data`` values describe, built without ``instantiate``.
+
+    ``data`` (read from ``source``, a run's ``config.yaml``) may name its class only as
+    ``_target_: protocell.data.datamodule.CellDataModule``; any other ``_target_``, at the top or
+    nested (``data.photometric._target_: torch.load``), an unknown key or a value of the wrong type or
+    range is refused with a ``ConfigError`` naming the file and key, before anything is built."""
+    from dataclasses import fields
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    from protocell.config import DataConfig, validate_node
+    from protocell.data.datamodule import CellDataModule
+
+    plain = data if isinstance(data, dict) else _plain(data)
+    for where, target in targets(plain, key):
+        if where == key and target == DATAMODULE_TARGET:
+            continue
+        raise ConfigError(f"{source}: {where}._target_={target!r} is refused: a run folder's config never chooses "
+                          f"code to run; protocell rebuilds '{key}' itself as {DATAMODULE_TARGET} from plain values "
+                          f"(remove the _target_ key, or retrain to get a config train.py wrote)")
+    values = {k: v for k, v in plain.items() if k != "_target_"}
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(DataConfig), values)
+    except OmegaConfBaseException as e:       # an unknown key, a string where a number belongs
+        raise ConfigError(f"{source}: '{key}' does not match protocell's data schema: "
+                          f"{str(e).splitlines()[0]}; retrain to get a config train.py wrote") from None
+    validate_node(typed, DataConfig, f"{key}.", source)
+    kwargs = OmegaConf.to_container(typed, resolve=True)
+    skip = {"_target_", "synthetic"}
+    return CellDataModule(**{f.name: kwargs[f.name] for f in fields(DataConfig) if f.name not in skip})
 
 
 # ----------------------------------------------------------------------------- data
@@ -64,9 +88,7 @@ def store_path(cfg) -> Path:
     """The crop store the config names: ``data.path`` when it is set (a prepared store; any
     ``data.synthetic`` keys, e.g. from ``experiment=smoke``, are then ignored), else the cached
     synthetic wells of ``data.synthetic`` (keys it does not set take ``WellSpec``'s defaults)."""
-    from dataclasses import fields
-
-    from protocell.data.synthetic import WellSpec, build_store
+    from protocell.data.synthetic import build_store
 
     path = OmegaConf.select(cfg, "data.path", throw_on_missing=False) if OmegaConf.is_config(cfg) \
         else (cfg.get("data") or {}).get("path")
@@ -74,18 +96,31 @@ def store_path(cfg) -> Path:
         if _plain(cfg.data).get("synthetic"):
             log.info("data.path=%s is set: the data.synthetic settings are not used", path)
         return Path(path)
-    spec = _plain(cfg.data).get("synthetic")
+    spec = synthetic_spec(cfg)
     if spec is None:
         raise ConfigError("config value data.path is missing: data=prepared needs data.path=<crop store folder> "
                           "(python prepare.py prints it), or use data=synthetic")
+    t0 = time.time()
+    path = build_store(Path(cfg.paths.cache_dir), spec)
+    log.info("synthetic wells at %s (%.1f s)", path, time.time() - t0)
+    return path
+
+
+def synthetic_spec(cfg):
+    """The built-in plate's ``WellSpec`` from ``data.synthetic`` (keys it does not set take the
+    spec's defaults), or None when the config has no such section."""
+    from dataclasses import fields
+
+    from protocell.data.synthetic import WellSpec
+
+    spec = _plain(cfg.data).get("synthetic") if "data" in cfg else None
+    if spec is None:
+        return None
     known = {f.name for f in fields(WellSpec)}
     spec = {k: v for k, v in spec.items() if k in known and v is not None}
     if "affected_fraction" in spec:
         spec["affected_fraction"] = dict(spec["affected_fraction"])
-    t0 = time.time()
-    path = build_store(Path(cfg.paths.cache_dir), WellSpec(**spec))
-    log.info("synthetic wells at %s (%.1f s)", path, time.time() - t0)
-    return path
+    return WellSpec(**spec)
 
 
 def build_datamodule(cfg, path: str | Path | None = None, source: str | None = None, setup: bool = True):
@@ -93,7 +128,7 @@ def build_datamodule(cfg, path: str | Path | None = None, source: str | None = N
     data = _plain(cfg.data)
     data.pop("synthetic", None)
     data["path"] = str(path if path is not None else store_path(cfg))
-    dm = instantiate_trusted(data, source, key="data") if source else instantiate(data)
+    dm = datamodule_from_run(data, source) if source else instantiate(data)
     if setup:
         dm.setup("fit")
     return dm

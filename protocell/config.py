@@ -280,6 +280,33 @@ def _missing_keys(cfg, prefix: str = ""):
             yield from _missing_keys(node, path + ".")
 
 
+def validate_node(node, schema, prefix: str = "", source: str | None = None) -> None:
+    """Check the range of every key of ``node`` that has a rule in ``schema`` (a dataclass); the
+    ``ConfigError`` names ``source`` (the file the node was read from) when given."""
+    try:
+        for _ in _walk(schema, node, prefix):
+            pass
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+
+
+def interpolations(cfg, prefix: str = ""):
+    """Dotted keys whose value is an interpolation (``${…}``), found without resolving any: a
+    config train.py wrote is resolved, so a run folder's config has none."""
+    from omegaconf import DictConfig, ListConfig
+
+    keys = cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg))
+    for key in keys:
+        path = f"{prefix}{key}" if isinstance(cfg, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
+        node = cfg._get_node(key)
+        if node is None:
+            continue
+        if node._is_interpolation():
+            yield path
+        elif isinstance(node, (DictConfig, ListConfig)) and not node._is_none():
+            yield from interpolations(node, path + ".")
+
+
 def validate(cfg, schema=TrainConfig) -> None:
     """Refuse a mandatory key left unset (``???``), then check the range of every key that has a
     rule; raise ``ConfigError`` naming the first bad one."""

@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from protocell.artifacts import RunFolder, RunFolderError, positive_class, read_prototypes
-from protocell.build import build_datamodule, load_module
+from protocell.build import build_datamodule, load_module, synthetic_spec
 
 log = logging.getLogger("protocell.explain")
 ExplainError = RunFolderError       # what explain raises: a run folder it cannot read
@@ -135,17 +135,39 @@ def _store_path(record: dict, cfg, proto_path: Path) -> Path:
     store = Path(record["store"])
     if (store / "store.json").exists():
         return store
-    spec = OmegaConf.to_container(cfg.data, resolve=True).get("synthetic") if "data" in cfg else None
-    if spec and store.name.startswith("synthetic-"):
-        from protocell.data.synthetic import WellSpec, build_store
+    spec = synthetic_spec(cfg)
+    if spec is not None and store.name.startswith("synthetic-"):
+        from protocell.data.synthetic import build_store
 
-        spec["affected_fraction"] = dict(spec["affected_fraction"])
         log.info("crop store %s is gone; rebuilding the synthetic wells it held", store)
-        rebuilt = build_store(store.parent, WellSpec(**spec))
+        rebuilt = build_store(store.parent, spec)
         if rebuilt == store:
             return rebuilt
     raise RunFolderError(f"the crop store {store} named in {proto_path} does not exist: the run's cells are needed; "
                          "restore that folder (or re-run prepare with the same settings to that path)")
+
+
+def read_run_config(folder: RunFolder):
+    """The run's ``config.yaml``: a mapping of plain values, as train.py writes it (resolved). An
+    interpolation (``${oc.env:…}``) would make reading the file pull values from the reader's machine,
+    so it is refused, as is anything that is not YAML."""
+    from omegaconf import DictConfig
+    from yaml import YAMLError
+
+    from protocell.config import interpolations
+
+    try:
+        cfg = OmegaConf.load(folder.config)
+    except (YAMLError, ValueError, OSError) as e:
+        raise RunFolderError(f"{folder.config} cannot be read as a config ({type(e).__name__}: {str(e)[:200]}); "
+                             "it is not the file train.py wrote: retrain") from None
+    if not isinstance(cfg, DictConfig):
+        raise RunFolderError(f"{folder.config} is not a mapping of settings: not a protocell train.py config")
+    found = next(iter(interpolations(cfg)), None)
+    if found is not None:
+        raise RunFolderError(f"{folder.config}: {found} is an interpolation (${{…}}): train.py writes resolved "
+                             "values only, so this file was edited; replace it with its value or retrain")
+    return cfg
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -158,7 +180,7 @@ def load_run(run_dir: str | Path) -> Run:
     record = read_prototypes(folder.prototypes)
     folder.require(folder.checkpoint, "train.py writes it at the end of every epoch")
     folder.require(folder.test_predictions, "train.py writes it after testing")
-    cfg = OmegaConf.load(folder.config)
+    cfg = read_run_config(folder)
     if "data" not in cfg:
         raise RunFolderError(f"{folder.config} has no 'data' section: not a protocell train.py config")
     try:

@@ -268,21 +268,99 @@ def test_explain_refuses_a_truncated_checkpoint_naming_the_file(tiny_run, tmp_pa
     assert not (run / "report.html").exists()
 
 
-@pytest.mark.parametrize("key,target", [("data", "subprocess.call"), ("data.photometric", "builtins.eval")])
-def test_explain_refuses_a_run_folder_whose_config_names_another_target(tiny_run, tmp_path, key, target):
-    """A run folder may come from someone else: its config.yaml must not make explain build (run) an
-    object outside protocell/torch/torchvision/lightning."""
+class _Evil:
+    """A pickle whose loading runs a shell command (touches ``marker``)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# What a crafted config.yaml can name: loaders that unpickle or run a file, an entry point that parses
+# the command line, the shell, and a target nested below a plain value.
+ATTACKS = {
+    "torch.load": lambda evil: {"_target_": "torch.load", "f": str(evil), "weights_only": False},
+    "torch.hub.load": lambda evil: {"_target_": "torch.hub.load", "repo_or_dir": str(evil.parent), "model": "x",
+                                    "source": "local", "trust_repo": True},
+    "torch.jit.load": lambda evil: {"_target_": "torch.jit.load", "f": str(evil)},
+    "lightning.pytorch.cli.LightningCLI": lambda evil: {"_target_": "lightning.pytorch.cli.LightningCLI",
+                                                        "args": ["--help"]},
+    "os.system": lambda evil: {"_target_": "os.system", "command": f"touch {evil.parent / 'marker'}"},
+}
+
+
+def _crafted_run(tiny_run, tmp_path, key: str, attack: str, nested: bool = False) -> tuple[Path, Path]:
+    """A copy of ``tiny_run`` whose config.yaml puts ``ATTACKS[attack]`` under ``key`` (``nested``: one
+    level deeper, as the value of a plain setting). Returns (run, the file the attack would create)."""
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("explain", "report.html", "score", "score.html"))
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    torch.save(_Evil(str(marker)), evil)
+    (tmp_path / "hubconf.py").write_text(f"import os\nos.system('touch {marker}')\ndef x():\n    return 0\n")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    payload = ATTACKS[attack](evil)
+    if nested:
+        node["gain"] = payload
+    elif key == "data":
+        node["_target_"] = payload["_target_"]
+        node.update({k: v for k, v in payload.items() if k != "_target_"})
+    else:
+        node.clear()
+        node.update(payload)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run, marker
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+@pytest.mark.parametrize("key,nested", [("data.photometric", False), ("data.photometric", True), ("data", False)])
+def test_explain_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack, key, nested):
+    """A run folder is data people mail each other: its config.yaml must never choose code to run
+    (issue 25: torch.load passed a module-prefix allow-list and unpickled a payload that ran a command)."""
+    run, marker = _crafted_run(tiny_run, tmp_path, key, attack, nested)
+    proc = explain_cli(run)
+    assert not marker.exists(), f"{attack} under {key} ran code"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    where = f"{key}.gain" if nested else key
+    assert f"explain: {run / 'config.yaml'}: {where}._target_='{ATTACKS[attack](Path('x'))['_target_']}' is refused" \
+        in proc.stderr, proc.stderr[-2000:]
+    assert "never chooses code to run" in proc.stderr
+    assert not (run / "explain").exists()
+
+
+@pytest.mark.parametrize("attack", ["torch.load", "lightning.pytorch.cli.LightningCLI"])
+def test_score_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack):
+    run, marker = _crafted_run(tiny_run, tmp_path, "data.photometric", attack)
+    proc = subprocess.run([sys.executable, "score.py", f"run={run}", "bootstrap=20", "wandb=false", "threads=1",
+                           "progress=false"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert not marker.exists(), f"{attack} ran code"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"{run / 'config.yaml'}: data.photometric._target_=" in proc.stderr and "is refused" in proc.stderr
+    assert not (run / "score.html").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda cfg: cfg["data"].update(batch_size="many"), "'data' does not match protocell's data schema"),
+    (lambda cfg: cfg["data"].update(loader_hook="x"), "'data' does not match protocell's data schema"),
+    (lambda cfg: cfg["data"].update(test_fraction=2.0), "config value data.test_fraction=2.0 is invalid"),
+    (lambda cfg: cfg["data"].update(path="${oc.env:HOME}"), "data.path is an interpolation"),
+])
+def test_explain_refuses_a_run_config_outside_the_schema(tiny_run, tmp_path, edit, message):
     import yaml
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("explain", "report.html"))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    node["_target_"] = target
+    edit(cfg)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     proc = explain_cli(run)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert f"explain: {run / 'config.yaml'}: {key}._target_='{target}' is not a protocell, torch" in proc.stderr
-    assert not (run / "explain").exists()
+    assert message in proc.stderr and str(run / "config.yaml") in proc.stderr, proc.stderr[-2000:]
