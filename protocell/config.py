@@ -20,7 +20,7 @@ from protocell.errors import ConfigError
 LAST_LAYER_MODES = ("trained", "frozen")
 CALIBRATIONS = ("noisy_label", "platt", "none")
 NORMALIZE = ("auto", "dataset", "cell", "none")
-SPLIT_BY = ("image", "well")
+SPLIT_BY = ("auto", "image", "well")
 PRETRAIN_KEEP = ("best", "last")
 SEPARATIONS = ("reference", "all")
 INIT_METHODS = ("evidence", "kmeans", "random")
@@ -69,6 +69,16 @@ class DoseSeriesConfig:
 
 
 @dataclass
+class WellEffectsConfig:
+    """``data.synthetic.well_effects`` (``protocell.data.synthetic.WellEffects``; group ``well_effects``)."""
+    gain: float = rule(lambda v: 0 <= v <= 0.9, "in [0, 0.9] (per-well gain 1 ± gain)", 0.2)
+    blur: float = rule(lambda v: 0 <= v <= 1, "in [0, 1] (per-well optics σ 0.8·(1 ± blur) px)", 0.0)
+    noise: float = rule(lambda v: 0 <= v <= 1, "in [0, 1] (per-well read noise ×(1 ± noise))", 0.0)
+    align: float = rule(lambda v: 0 <= v <= 1, "a probability in [0, 1] (0 independent of the condition, "
+                                              "1 exposed wells imaged differently)", 0.0)
+
+
+@dataclass
 class SyntheticConfig:
     wells_per_condition: int = rule(_int(1), "an integer ≥ 1", 8)
     fields_per_well: int = rule(_int(1), "an integer ≥ 1", 6)
@@ -82,6 +92,7 @@ class SyntheticConfig:
     read_noise: float = rule(lambda v: v >= 0, "≥ 0", 6.0)
     seed: int = 0
     dose_series: Optional[DoseSeriesConfig] = None
+    well_effects: WellEffectsConfig = field(default_factory=WellEffectsConfig)
 
 
 @dataclass
@@ -97,7 +108,7 @@ class DataConfig:
     augment: bool = True
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     normalize: str = rule(_one_of(NORMALIZE), f"one of {NORMALIZE}", "auto")
-    split_by: str = rule(_one_of(SPLIT_BY), f"one of {SPLIT_BY}", "image")
+    split_by: str = rule(_one_of(SPLIT_BY), f"one of {SPLIT_BY}", "auto")
     test_fraction: float = rule(_fraction(), "a fraction in (0, 1)", 0.5)
     val_fraction: float = rule(_fraction(False), "a fraction in [0, 1)", 0.2)
     batch_size: int = rule(_int(1), "an integer ≥ 1", 64)
@@ -254,7 +265,7 @@ def _dataclass_of(f):
     return t if is_dataclass(t) else None
 
 
-_TYPES = {c.__name__: c for c in (PhotometricConfig, DoseSeriesConfig, SyntheticConfig, DataConfig, BackboneConfig, MaskConfig,
+_TYPES = {c.__name__: c for c in (PhotometricConfig, DoseSeriesConfig, WellEffectsConfig, SyntheticConfig, DataConfig, BackboneConfig, MaskConfig,
                                   LastLayerConfig, ScheduleConfig, HeadConfig, PrototypesConfig, LossConfig,
                                   OptimConfig, PerformanceConfig, ReportConfig)}
 

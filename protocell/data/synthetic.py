@@ -16,6 +16,15 @@ illumination offset, both stronger in Exp wells) lives outside the cells, so a m
 the background can predict the well label without looking at any cell: the mask ablation has
 something to show. Fields then get optics blur, per-well gain, Poisson and Gaussian noise.
 
+**Well effects** (``well_effects``): every well is imaged a little differently. Its gain is
+1 + ``gain``·u (u ∈ [−1, 1], drawn per well: ×0.8–1.2 by default, which after per-cell normalisation
+still changes the shot-noise level a cell shows), its optics blur σ = 0.8·(1 + ``blur``·u′) px and its
+camera read noise ``read_noise``·(1 + ``noise``·u″) (both spreads 0 by default). ``align`` is the
+probability that a well's draws take the sign of its condition (Exp +, Ref −): 0 (default) leaves the
+effects independent of the condition, as wells imaged in random order; 1 images every exposed well
+brighter, blurrier and noisier than every reference well, as a condition imaged on another day or
+in its own columns — the same spread, lined up with the label.
+
 **Dose series** (``dose_series``, off by default): after the control wells, a compound at several
 doses × replicate wells whose affected fraction follows a known four-parameter logistic of the
 dose, ``bottom + (top − bottom) / (1 + (ec50 / dose)^hill)``; these wells have no condition (label
@@ -80,6 +89,23 @@ class DoseSeries:
 
 
 @dataclass
+class WellEffects:
+    """How each well's imaging differs (module doc, "Well effects"); the defaults are the plain plate's."""
+
+    gain: float = 0.2                  # gain = 1 + gain·u
+    blur: float = 0.0                  # optics σ = 0.8·(1 + blur·u′) px
+    noise: float = 0.0                 # read noise = read_noise·(1 + noise·u″)
+    align: float = 0.0                 # P(a well's u, u′, u″ take its condition's sign): 0 independent, 1 aligned
+
+    def __post_init__(self):
+        for key in ("gain", "blur", "noise", "align"):
+            value = float(getattr(self, key))
+            if not 0 <= value <= (1 if key != "gain" else 0.9):
+                raise ValueError(f"well_effects.{key} must be in [0, {1 if key != 'gain' else 0.9}], got {value}")
+            setattr(self, key, value)
+
+
+@dataclass
 class WellSpec:
     """Parameters of the synthetic plate. Defaults are the embedded data set of ``make run``."""
 
@@ -97,17 +123,22 @@ class WellSpec:
     read_noise: float = 6.0
     seed: int = 0
     dose_series: dict | None = None    # DoseSeries fields: compound wells after the controls (module doc)
+    well_effects: dict | None = None   # WellEffects fields: per-well imaging and how it lines up with the condition
 
     def __post_init__(self):
         if self.dose_series is not None:   # every field spelt out: one plate, one cache key
             self.dose_series = asdict(DoseSeries(**self.dose_series))
+        effects = asdict(WellEffects(**(self.well_effects or {})))
+        self.well_effects = None if effects == asdict(WellEffects()) else effects
 
     def as_dict(self) -> dict:
-        """The parameters; ``dose_series`` only when on, so that plates without it keep their cache
-        key and their bytes (``store.json``, ``spec.json``) from before the option existed."""
+        """The parameters; ``dose_series`` and ``well_effects`` only when they differ from the plain
+        plate, so that plates without them keep their cache key and their bytes (``store.json``,
+        ``spec.json``) from before the options existed."""
         d = asdict(self)
-        if d["dose_series"] is None:
-            del d["dose_series"]
+        for key in ("dose_series", "well_effects"):
+            if d[key] is None:
+                del d[key]
         return d
 
     def key(self) -> str:
@@ -219,13 +250,15 @@ def _render_cell(rng, radius, affected, p):
 # ----------------------------------------------------------------------------- fields
 
 def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain: float,
-                 affected: float | None = None, confound: float | None = None, cells_per_field: int | None = None):
+                 affected: float | None = None, confound: float | None = None, cells_per_field: int | None = None,
+                 blur: float = 0.8, read_noise: float | None = None):
     """Render one field. Returns image (2, H, W) uint16, labels (H, W) uint16, texture (H, W)
     uint8, and a list of per-cell dicts (``label_id``, centroid, ``true_label``).
 
     ``condition`` sets the share of affected cells (``spec.affected_fraction``) and the background
     confound (1 in Exp, 0 in Ref); ``affected``, ``confound`` (a level in [0, 1]) and
-    ``cells_per_field`` override them for wells without a condition (dose series)."""
+    ``cells_per_field`` override them for wells without a condition (dose series); ``gain``, ``blur``
+    (the optics' σ in px) and ``read_noise`` (default ``spec.read_noise``) are the well's imaging."""
     p_affected = spec.affected_fraction[condition] if affected is None else float(affected)
     level = (1.0 if condition == "Exp" else 0.0) if confound is None else float(confound)
     level = level if spec.confound else 0.0
@@ -283,8 +316,9 @@ def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain:
 
     out = np.empty((2, H, W), np.uint16)
     for c, img in enumerate((actin, nuclei)):
-        img = ndi.gaussian_filter(img, 0.8) * gain * spec.photons
-        img = rng.poisson(np.clip(img, 0, None)).astype(np.float32) + rng.normal(100, spec.read_noise, img.shape)
+        img = ndi.gaussian_filter(img, blur) * gain * spec.photons
+        img = rng.poisson(np.clip(img, 0, None)).astype(np.float32) + rng.normal(
+            100, spec.read_noise if read_noise is None else read_noise, img.shape)
         out[c] = np.clip(img, 0, 65535).astype(np.uint16)
     return out, labels, texture, cells
 
@@ -323,13 +357,39 @@ def plate_wells(spec: WellSpec) -> list[dict]:
     return wells
 
 
+def well_imaging(spec: WellSpec) -> list[dict]:
+    """Each well's imaging in generation order: ``well``, ``condition``, ``gain`` (× the stress
+    wells' factor), ``blur`` (optics σ, px) and ``read_noise`` (module doc, "Well effects"). The
+    plain plate draws only the gain, from the plate's own random stream (its bytes are those from
+    before well effects existed); the other draws and the alignment come from a stream of their own."""
+    fx = WellEffects(**(spec.well_effects or {}))
+    rng = np.random.default_rng(spec.seed)
+    side = np.random.default_rng([spec.seed, 0x77E11])          # the effects' own stream
+    out = []
+    for w in plate_wells(spec):
+        g = float(rng.uniform(0.8, 1.2))               # the plain plate's gain draw
+        for _ in range(spec.fields_per_well):          # the fields' seeds follow in the plate's stream
+            rng.integers(2 ** 31)
+        u = [(g - 1) / 0.2, float(side.uniform(-1, 1)), float(side.uniform(-1, 1))]
+        sign = {"Exp": 1.0, "Ref": -1.0}.get(w["condition"], 0.0)
+        aligned = bool(sign) and side.random() < fx.align
+        if aligned:
+            u = [sign * abs(v) for v in u]
+        gain = g if (fx.gain == 0.2 and not aligned) else 1 + fx.gain * u[0]    # the plain plate's float
+        out.append({"well": w["well"], "condition": w["condition"], "gain": gain * w["gain"],
+                    "blur": 0.8 * (1 + fx.blur * u[1]), "read_noise": spec.read_noise * (1 + fx.noise * u[2])})
+    return out
+
+
 def _iter_fields(spec: WellSpec):
     rng = np.random.default_rng(spec.seed)
-    for w in plate_wells(spec):
-        gain = float(rng.uniform(0.8, 1.2)) * w["gain"]
+    imaging = well_imaging(spec)
+    for w, im in zip(plate_wells(spec), imaging):
+        rng.uniform(0.8, 1.2)                          # the well's gain draw (well_imaging turned it into u)
+        render = {**w["render"], "blur": im["blur"], "read_noise": im["read_noise"]}
         for f in range(spec.fields_per_well):
             seed = int(rng.integers(2 ** 31))
-            yield w, f, gain, np.random.default_rng(seed)
+            yield {**w, "render": render}, f, im["gain"], np.random.default_rng(seed)
 
 
 def crop_cell(image: np.ndarray, labels: np.ndarray, label_id: int, cy: float, cx: float, size: int):
