@@ -32,41 +32,101 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from protocell.data.dataset import CellDataset, EpochSampler, Photometric
 from protocell.data.normalization import auto_normalization
-from protocell.data.split import assign
+from protocell.data.split import assign, n_out
 from protocell.distributed import rank_and_world
+from protocell.config import SPLIT_BY
 from protocell.errors import ConfigError
 from protocell.data.store import CropStore, StoreError
 
 log = logging.getLogger("protocell.data")
+MIN_TRAIN_WELLS = 2            # split_by=auto: training wells a condition keeps when whole wells are split
+
+
+def units_per_split(n_wells: int, test_fraction: float, val_fraction: float) -> dict[str, int]:
+    """Wells of one condition in test, val and train when whole wells are split (``protocell.data.split``)."""
+    test = n_out(n_wells, test_fraction)
+    val = n_out(n_wells - test, val_fraction)
+    return {"test": test, "val": val, "train": n_wells - test - val}
+
+
+def choose_split(manifest, test_fraction: float, val_fraction: float, split_by: str) -> tuple[str, str]:
+    """(``image`` or ``well``, why). ``auto`` splits by well when every condition keeps at least
+    ``MIN_TRAIN_WELLS`` training wells after its test and validation wells: held-out wells are the only
+    test a network cannot pass by recognising the wells it trained on (per-well imaging, plating);
+    with fewer wells a condition would train on one or two wells, so ``auto`` splits by image."""
+    if split_by not in SPLIT_BY:
+        raise ConfigError.invalid("data.split_by", split_by, f"one of {SPLIT_BY}")
+    if split_by != "auto":
+        return split_by, f"data.split_by={split_by} (set in the config)"
+    m = manifest[manifest["aug_of"] < 0]
+    wells = m.assign(_well=m["plate"].astype(str) + "/" + m["well"].astype(str)).groupby("condition")["_well"].nunique()
+    train = {c: units_per_split(int(k), test_fraction, val_fraction)["train"] for c, k in wells.items()}
+    if train and min(train.values()) >= MIN_TRAIN_WELLS:
+        return "well", (f"data.split_by=auto → well: every condition keeps ≥ {MIN_TRAIN_WELLS} training wells "
+                        f"({', '.join(f'{c}: {k}' for c, k in sorted(train.items()))}); test and validation wells "
+                        "are wells the network never trained on")
+    return "image", (f"data.split_by=auto → image: splitting whole wells would leave "
+                     f"{', '.join(f'{c}: {k}' for c, k in sorted(train.items()))} training well(s) a condition "
+                     f"(< {MIN_TRAIN_WELLS}); test images come from training wells, validation from wells of their own")
 
 
 def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int,
                    unit: str = "image") -> np.ndarray:
-    """Split labels ('train'/'val'/'test'/'drop') per row; every image lies in one split only
-    (the policy of ``protocell.data.split``, shared with prepare).
+    """Split labels ('train'/'val'/'test'/'drop') per row (the policy of ``protocell.data.split``,
+    shared with prepare); every image lies in one split only.
 
-    ``unit="well"`` keeps whole wells together (all fields of a well in one split): per-well batch
-    effects (intensity, focus) then cannot carry a well's label from training into test."""
+    Test: ``unit="image"`` takes ``test_fraction`` of each condition's images (prepare's own split
+    when the manifest has one); ``unit="well"`` whole wells (all fields of a well in one split), so
+    per-well batch effects (imaging, plating) cannot carry a well's label from training into test.
+    Validation: the non-test images of ``val_fraction`` of each condition's wells, whatever ``unit``
+    is — the epoch pretrain keeps is chosen on wells the network never trained on (a score on held-out
+    images of training wells rewards memorising the wells). A condition with one such well only gives
+    ``val_fraction`` of its training images instead (``val_unit`` says which happened)."""
+    return split_rows(manifest, test_fraction, val_fraction, seed, unit)[0]
+
+
+def split_rows(manifest, test_fraction: float, val_fraction: float, seed: int,
+               unit: str = "image") -> tuple[np.ndarray, dict]:
+    """``split_by_image``'s labels and what it did: {"val_unit": {condition: "well" | "image"},
+    "wells": {split: {condition: n}}}."""
     rng = np.random.default_rng(seed)
-    given = manifest["split"].astype(str).to_numpy()
-    originals = manifest["aug_of"].to_numpy() < 0
     if unit not in ("image", "well"):
         raise ConfigError.invalid("data.split_by", unit, "'image' or 'well'")
-    if unit == "well":
-        manifest = manifest.assign(image_id=manifest["plate"].astype(str) + "/" + manifest["well"].astype(str))
+    given = manifest["split"].astype(str).to_numpy()
+    originals = manifest["aug_of"].to_numpy() < 0
     image_of = manifest["image_id"].astype(str).to_numpy()
-    first = manifest[originals].drop_duplicates("image_id")
-    by_cond = {c: g["image_id"].astype(str).tolist() for c, g in first.groupby("condition", sort=True)}
-    if (given[originals] != "").all():      # prepare split by image: carve val out of its train images
-        split_of_image = dict(zip(image_of, given))
-        train = {c: [i for i in imgs if split_of_image[i] == "train"] for c, imgs in by_cond.items()}
-        split_of_image.update(assign(train, {"val": val_fraction}, seed, rng))
+    well_of = (manifest["plate"].astype(str) + "/" + manifest["well"].astype(str)).to_numpy()
+    first = manifest[originals].assign(_well=well_of[originals]).drop_duplicates("image_id")
+    # 1. test
+    if unit == "well":
+        wells = {c: sorted(g["_well"].unique()) for c, g in first.groupby("condition", sort=True)}
+        test_wells = {w for w, s in assign(wells, {"test": test_fraction}, seed, rng).items() if s == "test"}
+        test_image = {i: w in test_wells for i, w in zip(first["image_id"].astype(str), first["_well"])}
+    elif (given[originals] != "").all():      # prepare split by image
+        test_image = {i: s == "test" for i, s in zip(image_of, given)}
     else:
-        split_of_image = assign(by_cond, {"test": test_fraction, "val": val_fraction}, seed, rng)
+        images = {c: g["image_id"].astype(str).tolist() for c, g in first.groupby("condition", sort=True)}
+        test_image = {i: s == "test" for i, s in assign(images, {"test": test_fraction}, seed, rng).items()}
+    # 2. validation: whole wells among those with non-test images
+    rest = first[~first["image_id"].astype(str).map(test_image).to_numpy(bool)]
+    split_of_image = {i: "test" for i, t in test_image.items() if t}
+    val_unit = {}
+    for cond, g in rest.groupby("condition", sort=True):
+        wells = sorted(g["_well"].unique())
+        if len(wells) >= 2 or val_fraction <= 0:
+            val_wells = {w for w, s in assign({cond: wells}, {"val": val_fraction}, seed, rng).items() if s == "val"}
+            split_of_image.update({i: "val" if w in val_wells else "train"
+                                   for i, w in zip(g["image_id"].astype(str), g["_well"])})
+            val_unit[str(cond)] = "well"
+        else:                                  # one well left: validation images of the training well
+            split_of_image.update(assign({cond: g["image_id"].astype(str).tolist()}, {"val": val_fraction}, seed, rng))
+            val_unit[str(cond)] = "image"
     out = np.array([split_of_image.get(i, "train") for i in image_of], dtype=object)
     # augmented rows train only (their images are train images by construction)
     out[~originals & (out != "train")] = "drop"
-    return out
+    counts = {s: {str(c): int(n) for c, n in manifest.assign(_s=out, _well=well_of)[originals & (out == s)]
+                  .groupby("condition")["_well"].nunique().items()} for s in ("train", "val", "test")}
+    return out, {"val_unit": val_unit, "wells": counts}
 
 
 class ShardSampler(DistributedSampler):
@@ -148,7 +208,7 @@ class CellDataModule(L.LightningDataModule):
                  zero_background: bool = False, augment: bool = True, normalize: str = "dataset",
                  test_fraction: float = 0.5, val_fraction: float = 0.2, batch_size: int = 64,
                  eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool | None = None,
-                 split_by: str = "image", seed: int = 0, photometric: dict | None = None,
+                 split_by: str = "auto", seed: int = 0, photometric: dict | None = None,
                  zero_margin: int = 0, bag_size: int = 1):
         super().__init__()
         self.path = Path(path)
@@ -204,8 +264,15 @@ class CellDataModule(L.LightningDataModule):
         # wells without a condition (label −1: wells to score, e.g. compounds and doses) take no split
         labelled = m["label"].to_numpy() >= 0
         self.splits = np.full(len(m), "unlabelled", dtype=object)
-        self.splits[labelled] = split_by_image(m[labelled], self.test_fraction, self.val_fraction, self.seed,
-                                               self.split_by)
+        self.split_unit, self.split_why = choose_split(m[labelled], self.test_fraction, self.val_fraction, self.split_by)
+        log.info("split: %s", self.split_why)
+        self.splits[labelled], self.split_info = split_rows(m[labelled], self.test_fraction, self.val_fraction,
+                                                            self.seed, self.split_unit)
+        single = sorted(c for c, u in self.split_info["val_unit"].items() if u == "image")
+        if single and self.val_fraction > 0:
+            log.warning("validation cells of %s come from images of a training well (one well left after the test "
+                        "split): the pretrain epoch is then chosen on wells the network trained on, which rewards "
+                        "recognising wells; a condition needs ≥ 3 wells for a validation well of its own", single)
         originals = m["aug_of"].to_numpy() < 0
         self.rows = {s: np.flatnonzero(self.splits == s) for s in ("train", "val", "test")}
         self.rows["push"] = np.flatnonzero((self.splits == "train") & originals)

@@ -190,4 +190,5 @@ def data_checks(dm) -> dict:
         log.warning("%s", w)
     return {"normalization": {"store": store_normalization(dm.store.info), "training": dm.normalize,
                               "said": dm.normalize_why},
+            "split": {"by": dm.split_unit, "why": dm.split_why, **dm.split_info},
             "intensity_auroc": aurocs, "warnings": warnings}

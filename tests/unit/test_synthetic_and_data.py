@@ -71,13 +71,55 @@ def test_write_fields_writes_tiffs_with_ground_truth(tmp_path):
 
 def test_split_keeps_each_image_and_well_in_one_split(tiny_store):
     m = CropStore(tiny_store).manifest
-    for unit, key in (("image", "image_id"), ("well", "well")):
+    for unit in ("image", "well"):
         s = split_by_image(m, 0.5, 0.3, seed=0, unit=unit)
-        per = m.assign(split=s).groupby(key)["split"].nunique()
-        assert (per == 1).all()
+        assert (m.assign(split=s).groupby("image_id")["split"].nunique() == 1).all()
         assert {"train", "test"} <= set(s)
+    s = split_by_image(m, 0.5, 0.3, seed=0, unit="well")
+    assert (m.assign(split=s)[s == "test"].groupby("well")["split"].size()
+            == m[s == "test"].groupby("well").size()).all()
     with pytest.raises(ConfigError, match="split_by"):
         split_by_image(m, 0.5, 0.3, 0, unit="plate")
+
+
+@pytest.fixture(scope="module")
+def eight_wells(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("eight"), WellSpec(wells_per_condition=8, fields_per_well=3,
+                                                                    field_size=128, cells_per_field=3, seed=5))
+
+
+@pytest.mark.parametrize("unit", ["image", "well"])
+def test_validation_cells_come_from_wells_that_never_train(eight_wells, unit):
+    """Pretrain keeps its epoch by the validation AUROC: on images of training wells that score rewards
+    memorising the wells (issue 22), so validation takes whole wells whatever the test split is."""
+    from protocell.data.datamodule import split_rows
+
+    m = CropStore(eight_wells).manifest
+    s, info = split_rows(m, 0.5, 0.2, seed=0, unit=unit)
+    wells = m.assign(split=s).groupby("well")["split"].agg(set)
+    val_wells = [w for w, ss in wells.items() if "val" in ss]
+    assert len(val_wells) >= 2                                       # round(0.2 · wells with training images) ≥ 1 a condition
+    assert all("train" not in wells[w] for w in val_wells)
+    assert info["val_unit"] == {"Exp": "well", "Ref": "well"}
+    if unit == "well":
+        assert all(len(ss) == 1 for ss in wells)                     # every well in one split
+        assert info["wells"] == {"train": {"Exp": 3, "Ref": 3}, "val": {"Exp": 1, "Ref": 1},
+                                 "test": {"Exp": 4, "Ref": 4}}
+    else:                                                            # test images from every well
+        assert sum(info["wells"]["test"].values()) > 8 and min(info["wells"]["train"].values()) >= 5
+
+
+def test_split_auto_splits_by_well_only_when_every_condition_keeps_two_training_wells(eight_wells, tiny_store):
+    from protocell.data.datamodule import choose_split
+
+    assert choose_split(CropStore(eight_wells).manifest, 0.5, 0.2, "auto")[0] == "well"
+    unit, why = choose_split(CropStore(tiny_store).manifest, 0.5, 0.2, "auto")
+    assert unit == "image" and "Exp: 1, Ref: 1 training well(s)" in why
+    assert choose_split(CropStore(tiny_store).manifest, 0.5, 0.2, "well")[0] == "well"
+    dm = CellDataModule(eight_wells, seed=0)
+    dm.setup()
+    assert dm.split_unit == "well" and set(dm.store.manifest.loc[dm.rows["val"], "well"]).isdisjoint(
+        set(dm.store.manifest.loc[dm.rows["train"], "well"]))
 
 
 def test_datamodule_items_zeroed_background_and_channel_selection(tiny_store):
@@ -341,3 +383,27 @@ def test_optional_config_sections_have_their_ranges_checked():
             cfg = compose("train", overrides=["plate=dose_series", override])
         with pytest.raises(ConfigError, match=message):
             validate(cfg)
+
+
+def test_well_effects_default_is_the_plain_plate_and_align_orders_the_wells():
+    """The well-effects knob (issue 22): its defaults keep the plain plate's cache key (and bytes: the
+    gain comes from the same draw); ``align=1`` images every Exp well above every Ref well on each axis,
+    with the same spread; ``align=0`` leaves them independent of the condition."""
+    from protocell.data.synthetic import well_imaging
+
+    plain = WellSpec(wells_per_condition=6, seed=4)
+    assert WellSpec(wells_per_condition=6, seed=4, well_effects={"gain": 0.2, "align": 0.0}).key() == plain.key()
+    assert "well_effects" not in plain.as_dict()
+    base = well_imaging(plain)
+    gains = [w["gain"] for w in base]
+    assert all(0.8 <= g <= 1.2 for g in gains) and {w["blur"] for w in base} == {0.8}
+    aligned = well_imaging(WellSpec(wells_per_condition=6, seed=4,
+                                    well_effects={"gain": 0.2, "blur": 0.25, "noise": 0.5, "align": 1.0}))
+    for key in ("gain", "blur", "read_noise"):
+        ref = [w[key] for w in aligned if w["condition"] == "Ref"]
+        exp = [w[key] for w in aligned if w["condition"] == "Exp"]
+        assert max(ref) <= min(exp), key
+    # the same magnitudes as the plain plate's draws: only the signs follow the condition
+    assert sorted(abs(w["gain"] - 1) for w in aligned) == pytest.approx(sorted(abs(g - 1) for g in gains))
+    with pytest.raises(ValueError, match="well_effects.align"):
+        WellSpec(well_effects={"align": 2})
