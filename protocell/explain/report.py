@@ -58,6 +58,15 @@ def status_banner(metrics: dict) -> str:
     return out
 
 
+def locality_banner(metrics: dict) -> str:
+    """A red notice above the prototypes when the receptive field covers the crop (``metrics.json`` →
+    ``locality``): the boxes then frame whole cells, not parts of them."""
+    loc = metrics.get("locality") or {}
+    if loc.get("local", True):
+        return ""
+    return _box("failed", "These prototypes are whole cells, not parts of cells", [loc.get("warning", "")])
+
+
 def channel_legend(look) -> str:
     """Each drawn channel's name in its composite colour."""
     if look is None:
@@ -157,6 +166,7 @@ channel's contrast from its percentiles over the run's cells). Left: a box of th
 ({rf['size']:.0f} px) centred on the maximum activation; right: the original ProtoPNet box around the pixels at or
 above the 95th percentile of the activation heat map (yellow contours, or a panel of its own). White: cell
 outline. Click a prototype for its {k_near} nearest training patches.</p>
+{locality_banner(metrics)}
 {grid}
 
 <h2>Cell scores and the affected fraction of {exp}</h2>

@@ -85,3 +85,18 @@ def receptive_field(layers, rf: ReceptiveField | None = None) -> ReceptiveField:
         for k, s, p, d in layer_ops(m):
             rf = rf.then(k, s, p, d)
     return rf
+
+
+def locality(rf: ReceptiveField, crop_size: int) -> dict:
+    """Can a prototype be a *part* of a cell? ``local`` is False when one latent unit sees the whole
+    crop (receptive field ≥ crop): every prototype then compares whole cells and its "box" is the
+    crop, whatever the figures draw. ``warning`` says so with the fixes."""
+    latent = max(1, int(crop_size // rf.jump))
+    out = {"receptive_field": float(rf.size), "crop_size": int(crop_size), "latent_size": latent,
+           "local": bool(rf.size < crop_size)}
+    if not out["local"]:
+        out["warning"] = (f"the receptive field ({rf.size:.0f} px, a {latent}×{latent} latent grid) covers the whole "
+                          f"{crop_size} px crop: every prototype compares whole cells, so its box and heat map "
+                          f"cannot show a part of a cell; set backbone.max_rf (e.g. {max(8, crop_size * 3 // 4)}), "
+                          "a larger data.crop_size, or backbone=vgg11_narrow (46 px)")
+    return out

@@ -23,6 +23,7 @@ from protocell.artifacts import RunFolder
 from protocell.build import build_datamodule, build_module
 from protocell.config import validate
 from protocell.errors import ConfigError
+from protocell.model.receptive_field import locality
 from protocell.evaluate import evaluate, gather_predictions, run_status
 from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock
 from protocell.tracking import build_logger, is_wandb, log_media, run_summary
@@ -82,6 +83,10 @@ def _train(cfg, folder: RunFolder) -> dict:
     dm = build_datamodule(cfg)
     data_report = data_checks(dm)
     module = build_module(cfg, dm)
+    data_report["locality"] = locality(module.net.rf, dm.crop_size)
+    if not data_report["locality"]["local"] and cfg.get("head", "protopnet") == "protopnet":
+        log.warning("%s", data_report["locality"]["warning"])
+        data_report["warnings"].append(data_report["locality"]["warning"])
     schedule = schedule_from_config(cfg)
     if cfg.get("head", "protopnet") == "baseline":     # the black box: the pretrain phase is the whole run
         schedule = [p for p in schedule if p.name == "pretrain"]

@@ -143,3 +143,20 @@ def test_a_run_on_shuffled_labels_is_marked_failed_and_strict_exits_1(tmp_path):
     assert "the run is failed (strict=true)" in proc.stderr
     assert 0 <= metrics["well_label_balanced_accuracy"] <= 1 and metrics["test_composition"]
     assert "Previous log files" not in proc.stderr                 # the run folder is not the logger's to clear
+
+
+def test_a_receptive_field_that_covers_the_crop_is_said_at_start_and_recorded(tmp_path):
+    """A receptive field as large as the crop (here the narrow VGG-11's 46 px on 32 px crops; the
+    card's `backbone=vgg11` on 64 px crops is the unit test's case): the prototypes cannot be parts of
+    cells, and the run says so at start, in metrics.json and in its warnings (issue 22.7)."""
+    proc = train(tmp_path, "data.crop_size=32")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    loc = metrics["locality"]
+    assert loc == {"receptive_field": 46.0, "crop_size": 32, "latent_size": 4, "local": False,
+                   "warning": loc["warning"]}
+    out = proc.stdout + proc.stderr
+    assert "covers the whole 32 px crop" in out and "backbone.max_rf" in out
+    assert any("covers the whole 32 px crop" in w for w in metrics["warnings"])
+    narrow = json.loads(train(tmp_path / "narrow").returncode == 0 and
+                        (tmp_path / "narrow" / "run" / "metrics.json").read_text())["locality"]
+    assert narrow["local"] and "warning" not in narrow

@@ -102,3 +102,16 @@ def test_rf_box_of_a_latent_unit_is_where_its_gradient_lands():
     chain = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, padding=2, dilation=2))
     rf = receptive_field(list(chain))
     assert rf.box(6, 9) == gradient_box(chain, 1, 40, 6, 9)
+
+
+def test_locality_of_the_cards_vgg11_on_64_px_crops_and_of_the_cpu_default():
+    """`python train.py backbone=vgg11 mask=on` on the built-in 64 px crops: a 150 px receptive field,
+    a 2×2 latent grid, no part of a cell to show (issue 22.7); the narrow default (46 px) is local."""
+    from protocell.model.receptive_field import locality
+
+    full = locality(build_backbone("vgg11", 2).rf, 64)
+    assert full["receptive_field"] == 150 and full["latent_size"] == 2 and not full["local"]
+    assert "backbone.max_rf" in full["warning"] and "vgg11_narrow" in full["warning"]
+    cut = locality(build_backbone("vgg11", 2, max_rf=48).rf, 64)
+    assert cut["local"] and "warning" not in cut
+    assert locality(build_backbone("vgg11_narrow", 2, width=0.125, max_rf=46).rf, 64)["local"]
