@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from protocell.errors import ConfigError
 
 LAST_LAYER_MODES = ("trained", "frozen")
-CALIBRATIONS = ("noisy_label", "platt", "none")
+CALIBRATIONS = ("mixture", "noisy_label", "platt", "none")
 NORMALIZE = ("auto", "dataset", "cell", "none")
 SPLIT_BY = ("auto", "image", "well")
 PRETRAIN_KEEP = ("best", "last")
@@ -232,7 +232,7 @@ class TrainConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     strict: bool = False
     debug: bool = False
-    calibration: str = rule(_one_of(CALIBRATIONS), f"one of {CALIBRATIONS}", "noisy_label")
+    calibration: str = rule(_one_of(CALIBRATIONS), f"one of {CALIBRATIONS}", "mixture")
 
 
 def register() -> None:

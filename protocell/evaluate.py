@@ -1,15 +1,17 @@
 """Predictions → table → calibration → metrics.
 
 ``predictions_frame`` turns the module's predict outputs into one row per cell (ids, labels, Exp
-score, minimum distance to every prototype) joined with the manifest; ``calibrate`` fits the cell
-call on the *validation* cells' well labels (no ground truth involved) and adds the ``calibrated``
-score and the ``call``; ``cell_metrics`` scores the calls against well labels and, where it is
+score, minimum distance to every prototype) joined with the manifest; ``fractions`` estimates the
+affected fraction from the held-out cells' well labels (no ground truth involved) and ``calibrate``
+adds the ``calibrated`` probability and the ``call``; ``cell_metrics`` scores the calls against well labels and, where it is
 known, the per-cell truth.
 
-Cell calls: ``calibration=noisy_label`` (default) fits P(affected | score) under per-well label noise
-and calls a cell affected when it exceeds 0.5; ``platt`` calls it when the well-label posterior
-P(Exp | score) does; ``none`` keeps the raw argmax. A degenerate noisy-label fit falls back to Platt,
-a Platt slope ≤ 0 to the raw argmax (both logged and recorded).
+Cell calls: ``calibration=mixture`` (default) is P(affected | score) from the affected-fraction fit
+itself (``protocell.fraction``), the cell's posterior at its well's fraction, called above 0.5: the
+calls and the fractions are one model. ``noisy_label`` fits a sigmoid P(affected | score) under
+per-well label noise; ``platt`` calls a cell when the well-label posterior P(Exp | score) exceeds
+0.5; ``none`` keeps the raw argmax. A mixture without a fit and a degenerate noisy-label fit fall
+back to Platt, a Platt slope ≤ 0 to the raw argmax (both logged and recorded).
 
 ``run_status`` judges the finished run from those metrics and the training history: ``ok``,
 ``incomplete`` (stopped before its schedule ended, or never pushed) or ``failed`` (nothing learnt, or
@@ -30,7 +32,6 @@ from protocell.calibration import noisy_label_apply, noisy_label_fit, platt_appl
 from protocell.distributed import is_distributed
 
 log = logging.getLogger("protocell.evaluate")
-CALIBRATIONS = ("noisy_label", "platt", "none")
 
 
 def gather_predictions(batches: list[dict]) -> list[dict]:
@@ -60,12 +61,28 @@ def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: 
     return df.join(info, on="cell_id")
 
 
-def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str) -> dict | None:
-    """Fit the cell call on ``val``'s *well* labels (held-out cells) and add ``calibrated`` and
-    ``call`` to ``df``."""
+def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str, fraction: dict | None = None) -> dict | None:
+    """Add ``calibrated`` (a probability) and ``call`` to ``df`` from the held-out cells ``val``'s well
+    labels (no ground truth).
+
+    ``mixture`` (the default): P(affected | score) from the affected-fraction fit itself
+    (``fraction``, ``protocell.fraction``): each cell's EM posterior at its well's fraction, called
+    affected above ½ — one model for the call and the fraction. ``noisy_label``: a sigmoid fitted under
+    per-well label noise; ``platt``: P(Exp | score); ``none``: the raw argmax."""
     if method == "none":
         return None
     s, y = val["score"].to_numpy(), (val["label"] == pos).to_numpy()
+    if method == "mixture":
+        from protocell.fraction import cell_posteriors, reference_lr
+
+        if fraction and fraction.get("available"):
+            post, _ = cell_posteriors(reference_lr(df["score"].to_numpy(), fraction["fit"]), df["well"].astype(str).to_numpy())
+            df["calibrated"] = post
+            df["call"] = (post > 0.5).astype(int)
+            return {"method": "mixture: P(affected | score) = the affected-fraction fit's posterior at the cell's "
+                              "well's fraction (protocell.fraction)", "n_cells": len(val), "used": True}
+        log.warning("no affected-fraction fit (%s): cell calls fall back to Platt on the well labels",
+                    (fraction or {}).get("reason", "not computed"))
     if method == "noisy_label":
         fit = noisy_label_fit(s, y)
         if fit["ok"]:
@@ -88,12 +105,12 @@ def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str) -> dic
 
 
 def evaluate(test_batches: list[dict], val_batches: list[dict], manifest: pd.DataFrame, class_names: list[str],
-             method: str = "noisy_label", n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+             method: str = "mixture", n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """Test and validation tables, the cell call, and the test metrics.
 
-    The call is calibrated on the *held-out* cells' well labels — validation and test cells, whose
-    scores the network never trained on (no ground truth involved); the affected fraction of each
-    condition and test well is estimated from the same cells' scores (``protocell.fraction``).
+    The affected fraction of each condition and test well is estimated from the *held-out* cells —
+    validation and test cells, whose scores the network never trained on — and their well labels (no
+    ground truth, ``protocell.fraction``); the cell call comes from the same fit (``calibrate``).
     Returns (test table, validation table or None, metrics with ``calibration`` and ``affected_fraction``)."""
     from protocell.metrics.truth import cell_metrics
 
@@ -102,9 +119,10 @@ def evaluate(test_batches: list[dict], val_batches: list[dict], manifest: pd.Dat
     val = predictions_frame(val_batches, manifest, class_names) if val_batches else None
     held_out = pd.concat([test.assign(target=True)] + ([val.assign(target=False)] if val is not None else []),
                          ignore_index=True)
-    calibration = calibrate(test, held_out, pos, method)
+    fraction = fractions(held_out, pos, n_boot)
+    calibration = calibrate(test, held_out, pos, method, fraction)
     metrics = {**cell_metrics(test, positive=pos, class_names=class_names), "calibration": calibration}
-    metrics["affected_fraction"] = fractions(held_out, pos, n_boot)
+    metrics["affected_fraction"] = fraction
     return test, val, metrics
 
 
@@ -140,7 +158,8 @@ BAG_WARNING = 0.8
 def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float | None, n_val: int,
                epochs_run: int, epochs_planned: int, pushes: int | None = None, interrupted: bool = False,
                bag_size: int = 1) -> dict:
-    """``{"status": "ok" | "incomplete" | "failed", "reasons": [...], "warnings": [...]}`` of a finished run.
+    """``{"status": "ok" | "warning" | "incomplete" | "failed", "reasons": [...], "warnings": [...]}`` of a
+    finished run.
 
     ``metrics``: ``evaluate``'s (``called_fraction``, ``test_composition``, ``well_label_auroc``,
     ``calibration``); ``val_accuracy``: the validation accuracy of every epoch that trained the final
@@ -155,7 +174,9 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
     also stopped early is failed. Warnings do not change the status: a slope or ``hi`` on its bound
     (measured on healthy runs: the default reaches a = 50 with true-label AUROC 0.94), a noisy-label
     fit that fell back to Platt, no affected fraction, and bags of cells (``bag_size`` > 1) on a plate
-    where most exposed cells look affected (``BAG_WARNING``)."""
+    where most exposed cells look affected (``BAG_WARNING``). warning — the run finished but a label-free
+    check says its answer may be wrong (``metrics["diagnostics"]``, ``protocell.diagnostics``: the network
+    reads the wells); the affected fraction is then marked ``reliable: false``."""
     failed, incomplete, warnings = [], [], []
     if interrupted or epochs_run < epochs_planned:
         incomplete.append(f"stopped after {epochs_run} of {epochs_planned} scheduled epochs "
@@ -206,8 +227,13 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
                         "look exposed: responding cells can go unscored (on BBBC013 a quarter of the treated cells). "
                         "data.bag_size=1 (the per-cell cross-entropy) fits a plate where nearly every exposed cell "
                         "responds")
-    status = "failed" if failed else "incomplete" if incomplete else "ok"
-    return {"status": status, "reasons": failed + incomplete, "warnings": warnings}
+    doubts = [d["why"] for d in (metrics.get("diagnostics") or {}).values() if d.get("fires")]
+    if doubts and frac.get("available"):
+        frac["reliable"] = False
+    elif frac.get("available"):
+        frac["reliable"] = True
+    status = "failed" if failed else "incomplete" if incomplete else "warning" if doubts else "ok"
+    return {"status": status, "reasons": failed + incomplete + doubts, "warnings": warnings}
 
 
 def _finite(v) -> bool:

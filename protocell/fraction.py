@@ -36,6 +36,13 @@ affected, which biased every fraction up by that floor).
 weight of ρ·a + (1 − ρ)·u given each cell's LR, by the EM of Saerens, Latinne & Decaestecker (Neural
 Computation, 2002): ρ ← mean_i ρ·LR_i / (ρ·LR_i + 1 − ρ).
 
+**The cell call is the same fit** (``cell_posteriors``): a cell's P(affected | score) is the EM's
+own posterior at its well's fraction, ρ_w·LR / (ρ_w·LR + 1 − ρ_w), and the call is that posterior
+above ½ (the Bayes decision). The mean posterior of a well *is* its fraction (the EM's fixed point),
+so calls and fractions cannot tell two stories; the share of cells *called* is close to the fraction
+when the posteriors are near 0 or 1 and falls short of it when affected and unaffected cells score
+alike — ``called_share`` beside each condition's estimate shows which.
+
 Confidence intervals: per well, a bootstrap over the well's cells (the fit held fixed); per
 condition, a bootstrap over wells of each condition that *refits the anchors and the isotonic
 curve* on every resample, so it carries the fit's uncertainty too. A resample is a *weighting* of the
@@ -173,6 +180,30 @@ def mixture_fractions(lr, weights=None, iters: int = 500, tol: float = 1e-9) -> 
     return rho
 
 
+def posterior(lr, prior: float) -> np.ndarray:
+    """P(affected | score) of cells with likelihood ratios ``lr`` in a set whose affected fraction is
+    ``prior``: the EM's E-step."""
+    lr = np.asarray(lr, np.float64)
+    prior = float(np.clip(prior, 0.0, 1.0))
+    with np.errstate(invalid="ignore"):
+        p = prior * lr / (prior * lr + 1 - prior)
+    return np.where(np.isfinite(p), p, float(prior >= 1.0))
+
+
+def cell_posteriors(lr, group) -> tuple[np.ndarray, dict]:
+    """Each cell's posterior under its ``group``'s (its well's) maximum-likelihood fraction, and those
+    fractions: (posteriors (n,), {group: fraction}). The mean posterior of a group is its fraction."""
+    lr = np.asarray(lr, np.float64)
+    group = np.asarray(group)
+    out = np.empty(len(lr))
+    fractions = {}
+    for g in pd.unique(group):
+        sel = group == g
+        fractions[g] = mixture_fraction(lr[sel])
+        out[sel] = posterior(lr[sel], fractions[g])
+    return out, fractions
+
+
 def _chunks(n_boot: int, n: int, budget: int = 2_000_000):
     """Row blocks of a (n_boot, n) weight matrix of at most ``budget`` entries (bounded memory)."""
     step = max(1, budget // max(n, 1))
@@ -271,8 +302,9 @@ def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) ->
     for c in conds:
         lo, hi = ci([b[c] for b in boots]) if boots else (float("nan"), float("nan"))
         g = target[target["condition"] == c]
+        post, _ = cell_posteriors(target_lr[(target["condition"] == c).to_numpy()], g["well"].to_numpy())
         est = {"estimate": point[c], "ci_low": lo, "ci_high": hi, "n_wells": int(g["well"].nunique()),
-               "n_cells": int(len(g))}
+               "n_cells": int(len(g)), "called_share": float((post > 0.5).mean()) if len(post) else float("nan")}
         if truth:
             est["true"] = float((g["true_label"] == 1).mean())
             est["error"] = est["estimate"] - est["true"]

@@ -53,6 +53,10 @@ def status_banner(metrics: dict) -> str:
     elif status == "incomplete":
         out += _box("incomplete", "This run is INCOMPLETE: it stopped before its schedule ended.",
                     metrics.get("reasons", []))
+    elif status == "warning":
+        out += _box("failed", "This run's answer may be WRONG: a check without ground truth says the network reads "
+                              "the wells, not only the cells. The affected fractions below are unreliable.",
+                    metrics.get("reasons", []))
     if metrics.get("warnings"):
         out += _box("warning", "Warnings", metrics["warnings"])
     return out

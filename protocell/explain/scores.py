@@ -3,7 +3,7 @@
 The fraction is the one estimator of ``protocell.fraction`` (computed at evaluation and stored in
 ``metrics.json`` → ``affected_fraction``); this figure only shows it beside the scores it rests on:
 the calibrated P(affected | score) of every test cell per condition (the raw Exp score when the run
-has no noisy-label calibration).
+has no calibration).
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ def fraction_lines(frac: dict) -> list[str]:
         ci = (f"95 % CI {est['ci_low']:.2f}–{est['ci_high']:.2f}" if np.isfinite([est["ci_low"], est["ci_high"]]).all()
               else "no CI: a condition has fewer than 2 wells")
         line = f"{cond}: affected fraction {est['estimate']:.2f} ({ci}, {est['n_wells']} wells)"
+        if est.get("called_share") is not None and np.isfinite(est["called_share"]):
+            line += f" · {est['called_share']:.2f} called"
         if est.get("true") is not None:
             line += f" · true {est['true']:.2f}"
         lines.append(line)
+    if frac.get("reliable") is False:
+        lines.append("UNRELIABLE: a check says the network reads the wells (metrics.json → diagnostics)")
     return lines
 
 

@@ -24,6 +24,7 @@ from protocell.build import build_datamodule, build_module
 from protocell.config import validate
 from protocell.errors import ConfigError
 from protocell.model.receptive_field import locality
+from protocell.diagnostics import run_diagnostics
 from protocell.evaluate import evaluate, gather_predictions, run_status
 from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock
 from protocell.tracking import build_logger, is_wandb, log_media, run_summary
@@ -124,7 +125,9 @@ def _train(cfg, folder: RunFolder) -> dict:
     metrics = {}
     if trainer.is_global_zero:
         test, val, metrics = evaluate(test_batches, val_batches, dm.store.manifest, dm.class_names,
-                                      cfg.get("calibration", "noisy_label"))
+                                      cfg.calibration)
+        train_wells = set(dm.store.manifest["well"].astype(str).to_numpy()[dm.rows["train"]])
+        metrics["diagnostics"] = run_diagnostics(test, val, train_wells, dm.class_names, metrics["affected_fraction"])
         if val is not None:
             val.to_csv(folder.val_predictions, index=False)
         test.to_csv(folder.test_predictions, index=False)

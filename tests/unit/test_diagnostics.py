@@ -1,0 +1,113 @@
+"""The label-free checks of ``protocell.diagnostics`` and the one model of "affected" (calls from the
+fraction's own fit), on simulated held-out scores whose truth is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from protocell.diagnostics import calls_match_fraction, memorised_wells, reference_wells_agree, run_diagnostics
+from protocell.evaluate import calibrate, fractions, run_status
+from protocell.fraction import cell_posteriors, mixture_fraction, posterior
+
+SIG = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+
+
+def plate(rng, wells=6, cells=300, rho=(0.05, 0.3), shift=None, split="test"):
+    """Held-out cells of ``wells`` Ref and Exp wells: logit N(2.5, 1) affected, N(−1, 1) not, plus a per-well
+    ``shift[w]`` on every cell's logit (a well effect the network reads)."""
+    rows = []
+    for cond, label, p in (("Ref", 0, rho[0]), ("Exp", 1, rho[1])):
+        for w in range(wells):
+            name = f"{cond[0]}{w}"
+            aff = rng.random(cells) < p
+            z = np.where(aff, rng.normal(2.5, 1, cells), rng.normal(-1, 1, cells))
+            z = z + (shift or {}).get(name, 0.0)
+            rows.append(pd.DataFrame({"cell_id": np.arange(cells) + len(rows) * cells, "well": name, "condition": cond,
+                                      "label": label, "score": SIG(z), "true_label": aff.astype(int), "split": split}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def held(df):
+    return df.assign(target=df["split"] == "test")
+
+
+def test_reference_wells_agree_fires_on_a_well_effect_and_not_on_replicates():
+    rng = np.random.default_rng(0)
+    good = plate(rng)
+    frac = fractions(held(good), 1)
+    quiet = reference_wells_agree(good, frac["fit"], "Ref")
+    assert not quiet["fires"] and quiet["n_wells"] == 6 and quiet["value"] < 0.03
+    # every Ref well read a little differently (its own shift of the logit): the fractions spread
+    shifts = {f"R{w}": s for w, s in enumerate([-1.0, 0.0, 1.0, 1.8, -0.5, 2.2])}
+    bad = plate(rng, shift=shifts)
+    loud = reference_wells_agree(bad, fractions(held(bad), 1)["fit"], "Ref")
+    assert loud["fires"] and loud["value"] > 0.05 and loud["p_value"] < 1e-3
+    assert "replicate untreated wells get different answers" in loud["why"]
+    two = reference_wells_agree(bad[bad["well"].isin(["R0", "R1", "E0", "E1"])], frac["fit"], "Ref")
+    assert not two["fires"] and "three are needed" in two["why"]
+
+
+def test_memorised_wells_compares_training_wells_with_unseen_ones():
+    rng = np.random.default_rng(1)
+    df = plate(rng, wells=4)
+    seen = df["well"].isin(["R0", "R1", "E0", "E1"])
+    same = memorised_wells(df.assign(seen=seen), "Exp")
+    assert not same["fires"] and abs(same["value"]) < 0.05
+    # the seen wells' cells scored by their well (their label): a network that recognises its wells
+    memo = df.copy()
+    memo.loc[seen, "score"] = SIG(np.where(memo.loc[seen, "label"] == 1, 1.5, -1.5) + rng.normal(0, 0.5, seen.sum()))
+    loud = memorised_wells(memo.assign(seen=seen), "Exp")
+    assert loud["fires"] and loud["auroc_seen"] > 0.95 and loud["value"] > 0.1
+    assert not memorised_wells(df.assign(seen=False), "Exp")["fires"]      # nothing seen: nothing to compare
+
+
+def test_calls_come_from_the_fraction_fit_and_a_wells_mean_posterior_is_its_fraction():
+    rng = np.random.default_rng(2)
+    df = held(plate(rng))
+    frac = fractions(df, 1)
+    test = df[df["target"]].copy()
+    cal = calibrate(test, df, 1, "mixture", frac)
+    assert cal["used"] and cal["method"].startswith("mixture")
+    from protocell.fraction import reference_lr
+
+    lr = reference_lr(test["score"].to_numpy(), frac["fit"])
+    post, per_well = cell_posteriors(lr, test["well"].to_numpy())
+    assert np.allclose(test["calibrated"], post) and (test["call"] == (post > 0.5)).all()
+    for well, f in per_well.items():
+        sel = (test["well"] == well).to_numpy()
+        assert post[sel].mean() == pytest.approx(f, abs=1e-6)              # the EM's fixed point
+        assert f == pytest.approx(mixture_fraction(lr[sel]))
+    # a clean plate: calls and fractions agree, and both are near the truth
+    for cond in ("Ref", "Exp"):
+        est = frac["conditions"][cond]
+        assert abs(est["called_share"] - est["estimate"]) < 0.05 and abs(est["error"]) < 0.05
+    assert not calls_match_fraction(frac)["fires"]
+    assert posterior(np.array([0.0, 1.0, 1e6]), 0.2).tolist() == pytest.approx([0.0, 0.2, 1.0], abs=1e-5)
+
+
+def test_calls_match_fraction_fires_when_the_called_share_leaves_the_ci():
+    frac = {"conditions": {"Exp": {"estimate": 0.3, "ci_low": 0.25, "ci_high": 0.35, "called_share": 0.05},
+                           "Ref": {"estimate": 0.05, "ci_low": 0.03, "ci_high": 0.07, "called_share": 0.06}}}
+    out = calls_match_fraction(frac)
+    assert out["fires"] and out["value"] == pytest.approx(0.20)
+    frac["conditions"]["Exp"]["called_share"] = 0.22
+    assert not calls_match_fraction(frac)["fires"]                            # 0.03 outside: within tolerance
+
+
+def test_a_check_that_fires_makes_the_status_warning_and_the_fraction_unreliable():
+    rng = np.random.default_rng(3)
+    shifts = {f"R{w}": s for w, s in enumerate([-1.0, 0.0, 1.0, 1.8, -0.5, 2.2])}
+    df = held(plate(rng, shift=shifts))
+    frac = fractions(df, 1)
+    test = df[df["target"]].copy()
+    calibrate(test, df, 1, "mixture", frac)
+    diag = run_diagnostics(test, None, set(), ["Ref", "Exp"], frac)
+    assert diag["reference_wells_agree"]["fires"] and not diag["memorised_wells"]["fires"]
+    metrics = {"n_cells": len(test), "called_fraction": 0.3, "well_label_auroc": 0.8, "affected_fraction": frac,
+               "diagnostics": diag, "test_composition": [{"condition": "Ref"}, {"condition": "Exp"}]}
+    status = run_status(metrics, val_accuracy=[0.9], val_majority=0.5, n_val=500, epochs_run=10, epochs_planned=10)
+    assert status["status"] == "warning" and any("replicate untreated wells" in r for r in status["reasons"])
+    assert frac["reliable"] is False
+    metrics["diagnostics"] = {k: {**v, "fires": False} for k, v in diag.items()}
+    assert run_status(metrics, val_accuracy=[0.9], val_majority=0.5, n_val=500, epochs_run=10,
+                      epochs_planned=10)["status"] == "ok" and frac["reliable"] is True
