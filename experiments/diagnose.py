@@ -25,23 +25,28 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protocell.artifacts import RunFolder  # noqa: E402
-from protocell.build import datamodule_from_run, synthetic_spec  # noqa: E402
+from protocell.build import datamodule_from_run, load_module, synthetic_spec  # noqa: E402
 from protocell.diagnostics import run_diagnostics  # noqa: E402
 from protocell.evaluate import calibrate, fractions  # noqa: E402
 from protocell.metrics.truth import auroc, well_cue  # noqa: E402
 
 
-def train_wells(run: Path, store: str) -> set[str]:
-    """The wells with training cells, from the run's config rebuilt on its store."""
+def rebuild(run: Path, store: str, imaging: bool):
+    """(the run's DataModule on its store, with its training normalisation; its module or None)."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     data = {k: v for k, v in cfg["data"].items() if k != "synthetic"}
     data["path"] = store
     dm = datamodule_from_run(data, str(run / "config.yaml"))
     dm.setup("fit")
-    return set(dm.store.manifest["well"].astype(str).to_numpy()[dm.rows["train"]])
+    if not imaging or not (run / "checkpoints" / "last.ckpt").exists():
+        return dm, None
+    module, state = load_module(run / "checkpoints" / "last.ckpt")
+    if type(dm).__qualname__ in state:
+        dm.load_state_dict(state[type(dm).__qualname__])
+    return dm, module
 
 
-def replay(run: Path) -> dict | None:
+def replay(run: Path, imaging: bool = False) -> dict | None:
     folder = RunFolder(run)
     if not folder.metrics.exists() or not folder.test_predictions.exists():
         return None
@@ -60,7 +65,9 @@ def replay(run: Path) -> dict | None:
 
     store = torch.load(run / "prototypes.pt", weights_only=True)["store"] if (run / "prototypes.pt").exists() \
         else str(Path(cfg["paths"]["cache_dir"]) / f"synthetic-{synthetic_spec(OmegaConf.create(cfg)).key()}")
-    diag = run_diagnostics(test, val, train_wells(run, store), classes, frac)
+    dm, module = rebuild(run, store, imaging)
+    wells = set(dm.store.manifest["well"].astype(str).to_numpy()[dm.rows["train"]])
+    diag = run_diagnostics(test, val, wells, classes, frac, module=module, dm=dm if module is not None else None)
     syn = (cfg["data"].get("synthetic") or {})
     row = {"run": str(run), "head": cfg.get("head", "protopnet"), "seed": cfg["seed"], "plate": syn.get("seed"),
            "exp_fraction": (syn.get("affected_fraction") or {}).get("Exp"),
@@ -90,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--imaging", action="store_true", help="also the imaging counterfactual (loads each checkpoint)")
     args = ap.parse_args(argv)
     runs = sorted({m.parent for f in args.folders for m in Path(f).rglob("metrics.json")})
-    rows = [r for r in (replay(run) for run in runs) if r is not None]
+    rows = [r for r in (replay(run, args.imaging) for run in runs) if r is not None]
     table = pd.DataFrame(rows)
     if args.out:
         table.to_csv(args.out, index=False)

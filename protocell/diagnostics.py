@@ -15,6 +15,11 @@ is also beyond sampling noise (false-alarm rates measured on the robustness matr
   than cells of wells never trained on (> 0.03 and beyond 1.96 standard errors): the network
   recognises the wells it trained on. Only where both kinds of held-out cells exist
   (``data.split_by=image``).
+- ``imaging_counterfactual``: the conditions' wells imaged differently (per-cell noise level and
+  sharpness of what the network sees) and the network's answer moving with it: the held-out cells of
+  the cleaner condition are given the other condition's noise, or blur, and re-scored; if their
+  affected fraction moves toward the other condition's by more than 0.05, the fraction measures the
+  imaging. An intervention, not a correlation: it needs no within-condition spread of imaging.
 - ``calls_match_fraction``: per condition, the share of cells called affected against the fraction
   (the mean posterior of the same fit): apart by more than its CI and 0.05, the scores do not separate
   affected from unaffected cells well enough to call single cells.
@@ -32,6 +37,7 @@ from protocell.metrics.truth import auroc, auroc_se
 SPREAD = 0.05          # excess SD of reference wells' fractions beyond their cells' sampling
 GAP = 0.03             # well-label AUROC gap, seen wells − unseen wells
 CALLS = 0.05           # |called share − fraction| beyond the CI
+IMAGING = 0.05         # fraction shift of a condition's cells given the other condition's imaging
 MIN_CELLS = 20         # cells a well needs to be judged
 
 
@@ -115,14 +121,143 @@ def calls_match_fraction(fraction: dict) -> dict:
                                     "single cells" if fires else ""))
 
 
+# ----------------------------------------------------------------------------- imaging counterfactual
+
+def imaging_stats(image, mask) -> np.ndarray:
+    """Per channel (noise, sharpness) of a normalised crop inside its cell (mask eroded by 3 px):
+    noise = 1.4826·MAD / √6 of the second differences along rows and columns (the SD of white pixel
+    noise: they cancel any linear gradient, and the MAD ignores the few steps of structure), sharpness =
+    mean |Laplacian| after a σ = 0.5 px smoothing (focus). (C, S, S), (S, S) → (C, 2)."""
+    from scipy import ndimage as ndi
+
+    inner = ndi.binary_erosion(np.asarray(mask) > 0, iterations=3)
+    if inner.sum() < 16:
+        inner = np.asarray(mask) > 0
+    triples = [(inner[:, 2:] & inner[:, 1:-1] & inner[:, :-2], lambda x: x[:, 2:] - 2 * x[:, 1:-1] + x[:, :-2]),
+               (inner[2:, :] & inner[1:-1, :] & inner[:-2, :], lambda x: x[2:, :] - 2 * x[1:-1, :] + x[:-2, :])]
+    out = np.full((image.shape[0], 2), np.nan)
+    for c, x in enumerate(np.asarray(image, np.float64)):
+        d = np.concatenate([diff(x)[both] for both, diff in triples])
+        if len(d):
+            out[c, 0] = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(6)
+            out[c, 1] = np.abs(ndi.laplace(ndi.gaussian_filter(x, 0.5)))[inner].mean()
+    return out
+
+
+class _Imaged:
+    """Held-out cells as the network sees them, with an imaging change applied before the background is
+    zeroed (as the training augmentation is): ``noise`` (C,) added Gaussian SD, ``blur`` σ in px; the
+    noise of each cell drawn from its own seeded generator."""
+
+    def __init__(self, dm, rows, noise=None, blur: float = 0.0):
+        import torch
+
+        from protocell.data.dataset import CellDataset, zeroing_mask
+
+        self.ds = CellDataset(dm.store, rows, dm.channel_index, dm.crop_size, dm.norm_lo, dm.norm_hi, False, False,
+                              dm.seed, per_cell=dm.normalize == "cell")
+        self.keep = lambda m: torch.from_numpy(zeroing_mask(m, dm.zero_margin).astype(np.float32)) \
+            if dm.zero_margin else torch.from_numpy(m.astype(np.float32))
+        self.zero = bool(dm.zero_background)
+        self.noise = None if noise is None else torch.as_tensor(np.asarray(noise), dtype=torch.float32).view(-1, 1, 1)
+        self.blur = float(blur)
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        import torch
+        from torchvision.transforms.functional import gaussian_blur
+
+        x, m, y, cell_id = self.ds[i]
+        if self.blur > 0.05:
+            k = 2 * int(np.ceil(3 * self.blur)) + 1
+            x = gaussian_blur(x, [k, k], [self.blur, self.blur])
+        if self.noise is not None:
+            g = torch.Generator().manual_seed(int(cell_id))
+            x = x + self.noise * torch.randn(x.shape, generator=g)
+        if self.zero:
+            x = x * self.keep(m[0].numpy() > 0)[None]
+        return x, m, y, cell_id
+
+
+def _scores(module, cells, batch_size: int = 256) -> np.ndarray:
+    import torch
+    from torch.utils.data import DataLoader
+
+    module.eval()
+    out = []
+    with torch.no_grad():
+        for x, m, y, cid in DataLoader(cells, batch_size=batch_size):
+            out.append(torch.softmax(module.scores(x, m)[0].float(), 1)[:, module.positive].numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def imaging_counterfactual(module, dm, held: pd.DataFrame, fit: dict, class_names: list[str],
+                           max_cells: int = 1500, seed: int = 0) -> dict:
+    """How far a condition's affected fraction moves when its held-out cells are given the other
+    condition's imaging (module doc). ``held``: held-out cells (cell_id, condition)."""
+    from protocell.fraction import mixture_fraction, reference_lr
+
+    rng = np.random.default_rng(seed)
+    row_of = dict(zip(dm.store.manifest["cell_id"].to_numpy(), range(len(dm.store.manifest))))
+    rows, stats = {}, {}
+    for cond in class_names[:2]:
+        ids = held.loc[held["condition"] == cond, "cell_id"].to_numpy()
+        ids = np.sort(rng.choice(ids, min(max_cells, len(ids)), replace=False)) if len(ids) else ids
+        rows[cond] = np.array([row_of[int(c)] for c in ids], dtype=np.int64)
+        plain = _Imaged(dm, rows[cond][: min(300, len(ids))])
+        stats[cond] = np.nanmedian(np.stack([imaging_stats(x.numpy(), m[0].numpy()) for x, m, _, _ in
+                                             (plain[i] for i in range(len(plain)))]), axis=0) if len(plain) else None
+    ref, exp = class_names[0], class_names[-1]
+    if min(len(rows[ref]), len(rows[exp])) < MIN_CELLS or stats[ref] is None or stats[exp] is None:
+        return _check("imaging_counterfactual", None, IMAGING, False, "too few held-out cells of a condition")
+    shifts, why = {}, []
+    base = {c: mixture_fraction(reference_lr(_scores(module, _Imaged(dm, rows[c])), fit)) for c in (ref, exp)}
+    # noise: the cleaner condition gets the difference of variances, per channel
+    noisy = exp if stats[exp][:, 0].mean() > stats[ref][:, 0].mean() else ref
+    clean = ref if noisy == exp else exp
+    add = np.sqrt(np.maximum(stats[noisy][:, 0] ** 2 - stats[clean][:, 0] ** 2, 0.0))
+    # blur: the sharper condition blurred to the other's sharpness (σ searched on a sample)
+    blurry = exp if stats[exp][:, 1].mean() < stats[ref][:, 1].mean() else ref
+    sharp = ref if blurry == exp else exp
+    sample = _Imaged(dm, rows[sharp][: min(200, len(rows[sharp]))])
+    target = stats[blurry][:, 1].mean()
+    best = (0.0, abs(stats[sharp][:, 1].mean() - target))
+    for sigma in np.arange(0.25, 2.01, 0.25):
+        sample.blur = float(sigma)
+        got = np.nanmean([imaging_stats(x.numpy(), m[0].numpy())[:, 1].mean() for x, m, _, _ in
+                          (sample[i] for i in range(len(sample)))])
+        if abs(got - target) < best[1]:
+            best = (float(sigma), abs(got - target))
+    for name, cond, kwargs in (("noise", clean, {"noise": add}), ("blur", sharp, {"blur": best[0]})):
+        moved = mixture_fraction(reference_lr(_scores(module, _Imaged(dm, rows[cond], **kwargs)), fit))
+        other = exp if cond == ref else ref
+        toward = (moved - base[cond]) * (1 if base[other] > base[cond] else -1)
+        shifts[name] = {"condition": cond, "from": base[cond], "to": moved, "toward_other": toward,
+                        **({"noise_added": add.round(4).tolist()} if name == "noise" else {"blur_sigma": best[0]})}
+        why.append(f"{cond} cells given {other}'s {name} "
+                   f"({'SD +' + ', '.join(f'{a:.3f}' for a in add) if name == 'noise' else f'σ {best[0]:.2f} px'}): "
+                   f"fraction {base[cond]:.3f} → {moved:.3f}")
+    worst = max(v["toward_other"] for v in shifts.values())
+    fires = worst > IMAGING
+    return _check("imaging_counterfactual", worst, IMAGING, fires,
+                  "; ".join(why) + (": the affected fraction follows the imaging, not only the cells" if fires else ""),
+                  shifts=shifts, imaging={c: {"noise": stats[c][:, 0].round(4).tolist(),
+                                              "sharpness": stats[c][:, 1].round(4).tolist()} for c in (ref, exp)})
+
+
 def run_diagnostics(test: pd.DataFrame, val: pd.DataFrame | None, train_wells: set[str], class_names: list[str],
-                    fraction: dict, n_boot: int = 200) -> dict:
+                    fraction: dict, n_boot: int = 200, module=None, dm=None) -> dict:
     """Every check on a finished run's held-out predictions (``evaluate``'s test and validation tables;
-    ``train_wells``: the wells with training cells)."""
+    ``train_wells``: the wells with training cells); with the trained ``module`` and its DataModule
+    ``dm``, the imaging counterfactual too."""
     held = pd.concat([test] + ([val] if val is not None else []), ignore_index=True)
     held = held.assign(seen=held["well"].astype(str).isin(train_wells))
     out = {"memorised_wells": memorised_wells(held, class_names[-1])}
     if fraction.get("available"):
         out["reference_wells_agree"] = reference_wells_agree(held, fraction["fit"], class_names[0], n_boot)
         out["calls_match_fraction"] = calls_match_fraction(fraction)
+        if module is not None and dm is not None:
+            out["imaging_counterfactual"] = imaging_counterfactual(module, dm, held, fraction["fit"], class_names)
     return out

@@ -127,7 +127,8 @@ def _train(cfg, folder: RunFolder) -> dict:
         test, val, metrics = evaluate(test_batches, val_batches, dm.store.manifest, dm.class_names,
                                       cfg.calibration)
         train_wells = set(dm.store.manifest["well"].astype(str).to_numpy()[dm.rows["train"]])
-        metrics["diagnostics"] = run_diagnostics(test, val, train_wells, dm.class_names, metrics["affected_fraction"])
+        metrics["diagnostics"] = run_diagnostics(test, val, train_wells, dm.class_names, metrics["affected_fraction"],
+                                                 module=module, dm=dm)
         if val is not None:
             val.to_csv(folder.val_predictions, index=False)
         test.to_csv(folder.test_predictions, index=False)

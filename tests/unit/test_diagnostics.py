@@ -111,3 +111,76 @@ def test_a_check_that_fires_makes_the_status_warning_and_the_fraction_unreliable
     metrics["diagnostics"] = {k: {**v, "fires": False} for k, v in diag.items()}
     assert run_status(metrics, val_accuracy=[0.9], val_majority=0.5, n_val=500, epochs_run=10,
                       epochs_planned=10)["status"] == "ok" and frac["reliable"] is True
+
+
+def test_imaging_stats_measure_noise_and_focus():
+    from scipy import ndimage as ndi
+
+    from protocell.diagnostics import imaging_stats
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:48, :48]
+    mask = ((yy - 24) ** 2 + (xx - 24) ** 2 < 20 ** 2).astype(np.uint8)
+    smooth = 0.5 + 0.2 * np.sin(yy / 6.0) * np.cos(xx / 7.0)
+    for sd in (0.01, 0.03):
+        got = imaging_stats((smooth + rng.normal(0, sd, smooth.shape))[None], mask)
+        assert got[0, 0] == pytest.approx(sd, rel=0.35)                  # the MAD of the median residual
+    spots = smooth.copy()
+    spots[rng.integers(8, 40, 30), rng.integers(8, 40, 30)] += 1.0
+    sharp, blurred = imaging_stats(spots[None], mask)[0, 1], imaging_stats(ndi.gaussian_filter(spots, 1.0)[None], mask)[0, 1]
+    assert blurred < 0.6 * sharp
+
+
+class NoiseReader(__import__("torch").nn.Module):
+    """A network whose exposed score rises with the pixel noise of the crop (what a network that reads
+    imaging instead of cells does), or, with ``k = 0``, ignores it."""
+
+    def __init__(self, k: float, centre: float = 0.0):
+        super().__init__()
+        self.k, self.centre, self.positive = k, centre, 1
+
+    @staticmethod
+    def rough(x, m):
+        return (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1)
+
+    def scores(self, x, m):
+        import torch
+
+        z = self.k * (self.rough(x, m) / self.centre - 1) * 20 + 2 * (x.sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1) - 0.3)
+        return torch.stack([-z / 2, z / 2], 1), None
+
+
+@pytest.fixture(scope="module")
+def imaged_apart(tmp_path_factory):
+    """A small plate whose exposed wells were imaged with far more light than its reference wells (gain
+    1–1.9 against 0.1–1): after per-cell normalisation the reference cells are the noisier."""
+    from protocell.data.synthetic import WellSpec, build_store
+
+    return build_store(tmp_path_factory.mktemp("apart"), WellSpec(
+        wells_per_condition=2, fields_per_well=2, field_size=192, cells_per_field=12, seed=3,
+        well_effects={"gain": 0.9, "align": 1.0}))
+
+
+def test_the_imaging_counterfactual_fires_for_a_network_that_reads_noise_only(imaged_apart):
+    from protocell.data.datamodule import CellDataModule
+    from protocell.diagnostics import imaging_counterfactual
+    from protocell.fraction import fit_reference
+
+    dm = CellDataModule(imaged_apart, normalize="cell", zero_background=True, zero_margin=2, val_fraction=0.0, seed=0)
+    dm.setup()
+    cells = dm.store.manifest[dm.store.manifest["label"] >= 0]
+    held = pd.DataFrame({"cell_id": cells["cell_id"], "condition": cells["condition"]})
+    rng = np.random.default_rng(5)                 # a reference fit: affected cells score high
+    s = np.r_[SIG(rng.normal(-1, 1, 400)), SIG(np.where(rng.random(400) < 0.4, rng.normal(2, 1, 400), rng.normal(-1, 1, 400)))]
+    fit = fit_reference(s, np.r_[np.zeros(400, bool), np.ones(400, bool)])
+    from protocell.diagnostics import _Imaged
+
+    plain = _Imaged(dm, np.flatnonzero(dm.store.manifest["label"].to_numpy() >= 0))
+    centre = float(np.median([NoiseReader.rough(x[None], m[None]).item() for x, m, _, _ in (plain[i] for i in range(60))]))
+    reads = imaging_counterfactual(NoiseReader(1.0, centre), dm, held, fit, ["Ref", "Exp"], max_cells=80)
+    assert reads["imaging"]["Ref"]["noise"][0] > 1.3 * reads["imaging"]["Exp"]["noise"][0]
+    noise = reads["shifts"]["noise"]
+    assert noise["condition"] == "Exp" and noise["noise_added"][0] > 0.005
+    assert reads["fires"] and noise["toward_other"] > 0.05, reads["why"]
+    ignores = imaging_counterfactual(NoiseReader(0.0, centre), dm, held, fit, ["Ref", "Exp"], max_cells=80)
+    assert not ignores["fires"] and abs(ignores["shifts"]["noise"]["toward_other"]) < 0.05, ignores["why"]
