@@ -2,9 +2,14 @@
 
     python experiments/robustness.py outputs/multirun/robustness [--out experiments/results/robustness]
 
-One row per plate layout × split × thread count: mean ± sd over seeds (min or max where the bar asks
-for every run), the black-box baseline's true-label AUROC on the same plates and seeds, and a
-final column that names the bar items the row misses. Bar (the "learn the cell" issue):
+One row per plate layout × exposed share × well effects × split × thread count: mean ± sd over seeds
+or plates (min or max where the bar asks for every run), the run statuses, the black-box baseline's
+true-label AUROC on the same plates and seeds, and a final column that names the bar items the row
+misses. v2 (issue 22, plates whose seeds are ≥ 100): true AUROC mean ≥ 0.85 / 0.90 / 0.93 at 15 % /
+20 % / ≥ 30 % affected exposed cells and ≥ 0.97 × the baseline, well cue ≤ 0.55 in every run,
+|affected-fraction error| mean ≤ 0.05 and ≤ 0.08 in every run that says ok, no silent failure (a run
+with |error| > 0.10 or true AUROC < 0.85 that says ok), an exposed prototype on the change in every ok
+run; the last lines count silent failures and false alarms over the matrix. v1 (issue 12):
 true AUROC mean ≥ 0.93 (≥ 0.90 when 30 % of Exp cells are affected) and every run ≥ 0.85; cell
 call accuracy mean ≥ 0.88, every run ≥ 0.83; well cue ≤ 0.60; |affected-fraction error| mean ≤ 0.05,
 every run ≤ 0.08, CI covering the truth in ≥ 80 % of runs; every run with an Exp prototype up in Exp
@@ -52,35 +57,77 @@ def load(sweep: Path, refit: bool = False) -> pd.DataFrame:
     for r in done:
         row = run_row(r)
         cfg = __import__("yaml").safe_load((r / "config.yaml").read_text())
+        metrics = __import__("json").loads((r / "metrics.json").read_text())
+        syn = cfg["data"].get("synthetic") or {}
         row["plate"] = row.get("plate", "default")
-        row["split_by"] = cfg["data"]["split_by"]
+        row["split_by"] = (metrics.get("split") or {}).get("by", cfg["data"]["split_by"])
+        row["split_asked"] = cfg["data"]["split_by"]
         row["threads"] = cfg.get("threads")
         row["head"] = cfg.get("head", "protopnet")
+        row["exp_fraction"] = float((syn.get("affected_fraction") or {}).get("Exp", np.nan))
+        effects = syn.get("well_effects") or {}
+        row["well_effects"] = "aligned" if effects.get("align") else "chance"
+        row["plate_seed"] = syn.get("seed")
+        row["status"] = metrics.get("status")
+        row["reasons"] = " | ".join(metrics.get("reasons") or [])
+        est = (metrics.get("affected_fraction") or {}).get("conditions", {}).get("Exp", {})
+        row["called_share_in_ci"] = (bool(est["ci_low"] - 1e-9 <= est["called_share"] <= est["ci_high"] + 1e-9)
+                                     if "called_share" in est and np.isfinite([est["ci_low"], est["ci_high"]]).all()
+                                     else np.nan)
+        for name, d in (metrics.get("diagnostics") or {}).items():
+            row[f"diag_{name}"] = d.get("value")
+            row[f"fires_{name}"] = d.get("fires")
         if refit and row["head"] == "protopnet":
             row.update(refit_fraction(r))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+GROUP = ["plate", "exp_fraction", "well_effects", "split_by", "threads"]
+SILENT = {"frac_err": 0.10, "auroc": 0.85}       # a run beyond either is wrong; it must not say ok
+
+
+def meets_bars(r) -> bool:
+    """Does one run meet the v2 per-run bars (what a flag on it would be a false alarm against)?"""
+    goal = 0.85 if r["exp_fraction"] <= 0.15 else 0.90 if r["exp_fraction"] <= 0.2 else 0.93
+    return bool(r["true_label_auroc"] >= goal and r["well_cue_auroc"] <= 0.55
+                and abs(r["affected_fraction_error"]) <= 0.08)
+
+
+def silent(r) -> bool:
+    """A wrong run that says ok."""
+    wrong = not (abs(r["affected_fraction_error"]) <= SILENT["frac_err"]) or not (r["true_label_auroc"] >= SILENT["auroc"])
+    return bool(wrong and r["status"] == "ok")
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    proto = runs[runs["head"] == "protopnet"]
-    base = runs[runs["head"] == "baseline"].groupby(["plate", "split_by", "seed"])["true_label_auroc"].mean()
+    proto = runs[runs["head"] == "protopnet"].copy()
+    keys = [k for k in GROUP if k != "threads"] + ["plate_seed", "seed"]
+    base = runs[runs["head"] == "baseline"].groupby(keys, dropna=False)["true_label_auroc"].mean()
     out = []
-    for (plate, split, threads), g in proto.groupby(["plate", "split_by", "threads"], sort=True):
-        b = [base.get((plate, split, s)) for s in g["seed"]]
+    for group, g in proto.groupby(GROUP, sort=True, dropna=False):
+        b = [base.get(tuple(r[k] for k in keys)) for _, r in g.iterrows()]
         b = [v for v in b if v is not None and np.isfinite(v)]
         err = g["affected_fraction_error"].abs()
-        row = {"plate": plate, "split": split, "threads": int(threads), "seeds": len(g),
+        ok = g["status"] == "ok"
+        good = g.apply(meets_bars, axis=1)
+        row = {**dict(zip(GROUP, group)), "seeds": len(g), "v2": bool((g["plate_seed"].fillna(0) >= 100).all()),
                "true_auroc": g["true_label_auroc"].mean(), "true_auroc_sd": g["true_label_auroc"].std(ddof=1),
                "true_auroc_min": g["true_label_auroc"].min(),
                "call_acc": g["true_label_accuracy"].mean(), "call_acc_min": g["true_label_accuracy"].min(),
                "well_cue": g["well_cue_auroc"].mean(), "well_cue_max": g["well_cue_auroc"].max(),
                "frac_err_mean": err.mean(), "frac_err_max": err.max(),
+               "frac_err_max_ok": err[ok].max() if ok.any() else np.nan,
                "ci_coverage": g["affected_fraction_ci_covers"].mean(),
+               "called_in_ci": g["called_share_in_ci"].mean() if "called_share_in_ci" in g else np.nan,
                "exp_proto_up_on_change": g["exp_prototype_up_on_change"].min(),
+               "exp_proto_ok_runs": g.loc[ok, "exp_prototype_up_on_change"].min() if ok.any() else np.nan,
                "localisation": g["localisation_share"].mean(),
                "distinct_min": g["distinct_source_patches"].min(),
                "bg_protos": g["background_prototype_share"].max(), "tied_max": g["tied_prototypes"].max(),
+               "status": ", ".join(f"{k} {v}" for k, v in g["status"].value_counts().sort_index().items()),
+               "silent": int(g.apply(silent, axis=1).sum()), "good": int(good.sum()),
+               "good_flagged": int((good & ~ok).sum()),
                "baseline_auroc": float(np.mean(b)) if b else np.nan, "train_s": g["train_seconds"].mean()}
         row["ratio"] = row["true_auroc"] / row["baseline_auroc"] if b else np.nan
         row["misses"] = ", ".join(misses(row))
@@ -89,14 +136,21 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def misses(r: dict) -> list[str]:
-    auroc_goal = 0.90 if r["plate"] == "exp30" else 0.93
-    checks = [("AUROC mean", r["true_auroc"] >= auroc_goal), ("AUROC min", r["true_auroc_min"] >= 0.85),
-              ("call acc", r["call_acc"] >= 0.88), ("call acc min", r["call_acc_min"] >= 0.83),
-              ("well cue", r["well_cue"] <= 0.60), ("frac err", r["frac_err_mean"] <= 0.05),
-              ("frac err max", r["frac_err_max"] <= 0.08), ("CI coverage", r["ci_coverage"] >= 0.8),
-              ("Exp proto", r["exp_proto_up_on_change"] >= 1), ("localisation", r["localisation"] >= 0.80),
+    """The bar items a row misses: v1's (issue 12) or, on v2's plates (plate seeds ≥ 100), issue 22's."""
+    v2 = bool(r["v2"])
+    if v2:
+        goal = 0.85 if r["exp_fraction"] <= 0.15 else 0.90 if r["exp_fraction"] <= 0.2 else 0.93
+    else:
+        goal = 0.90 if r["plate"] == "exp30" else 0.93
+    checks = [("AUROC mean", r["true_auroc"] >= goal), ("AUROC min", r["true_auroc_min"] >= 0.85),
+              ("well cue", r["well_cue_max"] <= (0.55 if v2 else 0.60)), ("frac err", r["frac_err_mean"] <= 0.05),
+              ("frac err max (ok runs)", not (r["frac_err_max_ok"] > 0.08)), ("silent failure", r["silent"] == 0),
+              ("Exp proto (ok runs)", not (r["exp_proto_ok_runs"] < 1)), ("localisation", r["localisation"] >= 0.80),
               ("distinct", r["distinct_min"] >= 18), ("background", r["bg_protos"] == 0),
               ("ties", r["tied_max"] == 0), ("vs baseline", not (r["ratio"] < 0.97))]
+    if not v2:
+        checks += [("call acc", r["call_acc"] >= 0.88), ("call acc min", r["call_acc_min"] >= 0.83),
+                   ("CI coverage", r["ci_coverage"] >= 0.8)]
     return [name for name, ok in checks if not ok]
 
 
@@ -118,21 +172,38 @@ def matrix_summary(runs: pd.DataFrame) -> str:
 
 
 def markdown(s: pd.DataFrame) -> str:
-    head = ["plate", "split", "threads", "seeds", "true AUROC (min)", "call acc (min)", "well cue (max)",
-            "|frac err| mean (max)", "CI covers", "Exp proto up & on change", "localisation", "distinct (min)",
-            "bg protos", "tied", "baseline AUROC", "ratio", "train s", "misses"]
+    head = ["plate", "Exp share", "well effects", "split", "threads", "seeds", "true AUROC (min)", "call acc (min)",
+            "well cue (max)", "|frac err| mean (max; max of ok runs)", "CI covers", "calls in CI", "status",
+            "silent", "good runs flagged", "Exp proto (ok runs)", "localisation", "distinct (min)", "bg", "tied",
+            "baseline AUROC", "ratio", "train s", "misses"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    f = lambda v, d=3: "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
+    f = lambda v, d=3: "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"  # noqa: E731
     for _, r in s.iterrows():
         lines.append("| " + " | ".join([
-            r["plate"], r["split"], str(r["threads"]), str(r["seeds"]),
+            r["plate"], f(r["exp_fraction"], 2), r["well_effects"], r["split_by"], str(r["threads"]), str(r["seeds"]),
             f"{f(r['true_auroc'])} ± {f(r['true_auroc_sd'])} ({f(r['true_auroc_min'])})",
             f"{f(r['call_acc'])} ({f(r['call_acc_min'])})", f"{f(r['well_cue'])} ({f(r['well_cue_max'])})",
-            f"{f(r['frac_err_mean'])} ({f(r['frac_err_max'])})", f(r["ci_coverage"], 2),
-            "all runs" if r["exp_proto_up_on_change"] >= 1 else "not all", f(r["localisation"]),
-            f(r["distinct_min"], 0), f(r["bg_protos"], 2), f(r["tied_max"], 0), f(r["baseline_auroc"]),
-            f(r["ratio"]), f(r["train_s"], 0), r["misses"] or "—"]) + " |")
+            f"{f(r['frac_err_mean'])} ({f(r['frac_err_max'])}; {f(r['frac_err_max_ok'])})", f(r["ci_coverage"], 2),
+            f(r["called_in_ci"], 2), r["status"], str(r["silent"]), f"{r['good_flagged']} of {r['good']}",
+            "" if not np.isfinite(r["exp_proto_ok_runs"]) else "all" if r["exp_proto_ok_runs"] >= 1 else "not all",
+            f(r["localisation"]), f(r["distinct_min"], 0), f(r["bg_protos"], 2), f(r["tied_max"], 0),
+            f(r["baseline_auroc"]), f(r["ratio"]), f(r["train_s"], 0), r["misses"] or "—"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def status_summary(runs: pd.DataFrame) -> str:
+    """The zero-silent-failure and false-alarm lines over every protocell run."""
+    proto = runs[runs["head"] == "protopnet"]
+    if proto.empty or "status" not in proto:
+        return ""
+    good = proto.apply(meets_bars, axis=1)
+    wrong = proto.apply(lambda r: not (abs(r["affected_fraction_error"]) <= SILENT["frac_err"])
+                        or not (r["true_label_auroc"] >= SILENT["auroc"]), axis=1)
+    said = proto["status"] != "ok"
+    return (f"{len(proto)} runs: {int(wrong.sum())} wrong (fraction |error| > {SILENT['frac_err']} or true AUROC < "
+            f"{SILENT['auroc']}), of which {int((wrong & said).sum())} said so and {int((wrong & ~said).sum())} said ok "
+            f"(silent); {int(good.sum())} met the per-run bars, of which {int((good & said).sum())} were flagged "
+            f"(false alarms); {int((~wrong & ~good & said).sum())} flagged between the two.\n")
 
 
 def main(argv=None) -> int:
@@ -144,7 +215,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     runs = load(Path(args.sweep), args.refit_fraction)
     table = summarise(runs)
-    md = markdown(table) + "\n" + matrix_summary(runs)
+    md = markdown(table) + "\n" + matrix_summary(runs) + status_summary(runs)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
