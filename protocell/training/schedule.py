@@ -4,7 +4,8 @@ A ``Phase`` says which parameter groups learn in that epoch, at which learning r
 the prototypes are pushed at its end. ``build_schedule`` expands the ``schedule`` config once:
 
 - ``pretrain`` epochs: backbone and a linear probe on cross-entropy (stands in for ImageNet
-  weights offline, see ``ProtoPNetModule.probe_logits``);
+  weights offline, see ``ProtoPNetModule.probe_logits``); the well adversary, when there is one
+  (``loss.well_adversary``), learns whenever the backbone does, at the probe's rate;
 - ``warm`` epochs: backbone frozen, add-on and prototypes learn;
 - ``joint`` epochs: everything learns (the last layer too when it is trained);
 - a push after prototype-network epoch ``push_start`` and every ``push_every`` epochs after it, and
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 from protocell.errors import ConfigError
 
-GROUPS = ("probe", "features", "add_on", "prototypes", "last_layer")
+GROUPS = ("probe", "features", "add_on", "prototypes", "last_layer", "adversary")
 PHASE_NAMES = ("pretrain", "warm", "joint", "last_layer")
 
 
@@ -42,9 +43,10 @@ class Phase:
 
 def trainable_groups(phase: str, train_last_layer: bool) -> frozenset:
     last = {"last_layer"} if train_last_layer else set()
-    return frozenset({"pretrain": {"features", "probe"},
+    # the well adversary (when there is one) learns whenever the backbone does
+    return frozenset({"pretrain": {"features", "probe", "adversary"},
                       "warm": {"add_on", "prototypes"},
-                      "joint": {"features", "add_on", "prototypes"} | last,
+                      "joint": {"features", "add_on", "prototypes", "adversary"} | last,
                       "last_layer": last}[phase])
 
 
@@ -75,6 +77,7 @@ def epoch_lrs(base: dict, phase: str, epoch: int, step_epochs: int = 0, gamma: f
     """Learning rate of every group at trainer epoch ``epoch`` in ``phase``."""
     lrs = {g: float(base[g]) for g in GROUPS if g in base}
     lrs["probe"] = float(base.get("pretrain", base["features"]))
+    lrs["adversary"] = lrs["probe"]
     if phase == "pretrain":
         lrs["features"] = lrs["probe"]
     if step_epochs:
