@@ -129,6 +129,16 @@ def image_key(source: ImageSource, chash: str) -> str:
     return hashlib.sha1(blob).hexdigest()[:16]
 
 
+def _record(path: Path) -> dict | None:
+    """A resumability record of ``.prepare/``, or None when it is absent or unreadable (then its work is
+    done again: a record is only ever a shortcut)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def _atomic_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, obj, indent=1)
@@ -341,12 +351,10 @@ class Preparer:
         n = self.c["normalize"]
         out, fresh = {}, {}
         for s in self._bar(sources, desc="statistics", unit="image"):
-            path = work / "stats" / f"{s.image_id}.json"
-            if path.exists():
-                rec = json.loads(path.read_text())
-                if rec["key"] == keys[s.image_id]:
-                    out[s.image_id] = rec
-                    continue
+            rec = _record(work / "stats" / f"{s.image_id}.json")
+            if rec is not None and rec.get("key") == keys[s.image_id]:
+                out[s.image_id] = rec
+                continue
             cores = [t.core for t in tile_grid(s.shape, 2048, 0)]
             parts = _imap(pool, partial(block_stats, s, self.names), cores)
             stats = combine_stats(s, self.names, parts, n["low"], n["high"])
@@ -359,10 +367,11 @@ class Preparer:
     def image_pass(self, s: ImageSource, key: str, stats: dict, writer: CropStoreWriter, work: Path, pool,
                    overlay: bool = False) -> dict:
         rec_path = work / "images" / f"{s.image_id}.json"
-        if rec_path.exists():
-            rec = json.loads(rec_path.read_text())
-            if rec["key"] == key and "background" in rec and all(writer.shard_done(sh) for sh in rec["shards"]):
-                return rec
+        rec = _record(rec_path)
+        if rec is not None and rec.get("key") == key and "background" in rec:
+            sizes = pd.Series([r["shard"] for r in rec["rows"]], dtype=object).value_counts()
+            if all(writer.shard_done(sh, int(sizes.get(sh, 0))) for sh in rec["shards"]):
+                return rec          # every shard whole (a deleted or truncated one: the image is done again)
         c = self.c
         tiles = tile_grid(s.shape, c["tile"]["size"], self.halo)
         overlay_tiles = {len(tiles) // 2} if overlay else set()
@@ -454,10 +463,10 @@ class Preparer:
                 rec_path = work / "aug" / f"{name}.json"
                 image_rec_key = records[rows[0]["image_id"]]["key"]
                 meta = None
-                if rec_path.exists() and writer.shard_done(name):
-                    rec = json.loads(rec_path.read_text())
-                    if rec["key"] == [image_rec_key, akey]:
-                        meta = rec["meta"]
+                rec = _record(rec_path)
+                if rec is not None and rec.get("key") == [image_rec_key, akey] and \
+                        writer.shard_done(name, len(rec["meta"])):
+                    meta = rec["meta"]
                 if meta is None:
                     crops = np.load(out / "shards" / f"{shard}.crops.npy", mmap_mode="r")
                     masks = np.load(out / "shards" / f"{shard}.masks.npy", mmap_mode="r")
