@@ -48,7 +48,8 @@ from tqdm import tqdm
 from protocell.data.split import assign
 from protocell.data.store import CropStoreWriter, StoreError
 from protocell.errors import check
-from protocell.fsutil import atomic_write, atomic_write_json, atomic_write_text, exclusive_lock
+from protocell.fsutil import (atomic_write, atomic_write_json, atomic_write_text, exclusive_lock, folder_problem,
+                              output_errors)
 from protocell.prepare.augment import AugmentParams, augment_crops
 from protocell.prepare.crops import COUNT_KEYS, CellFilters, background_sums, extract_cells
 from protocell.prepare.io import ImageSource, InputError, Tile, tile_grid
@@ -102,8 +103,8 @@ def validate(c: dict) -> None:
     _check(int(c["workers"]) >= 1, "workers", c["workers"], "≥ 1")
     _check(isinstance(c.get("overwrite", False), bool), "overwrite", c.get("overwrite"), "true or false")
     out = c.get("output")
-    _check(not out or not Path(out).exists() or Path(out).is_dir(), "output", out,
-           "a folder for the crop store (created if absent), not a file")
+    problem = folder_problem(out) if out else None
+    _check(problem is None, "output", out, f"a folder for the crop store (created if absent), not a file; it {problem}")
 
 
 def halo_of(c: dict) -> int:
@@ -267,7 +268,7 @@ class Preparer:
         try:
             stats, fresh = self.stats_pass(sources, keys, work, pool)   # refuses bad pixels; writes nothing
             # every input check has passed: from here on the output folder is written
-            with exclusive_lock(work / "lock", lambda holder: InputError(
+            with output_errors(out, "output", InputError), exclusive_lock(work / "lock", lambda holder: InputError(
                     f"output={out} is being written by another prepare ({holder}); wait for it to finish, or give "
                     "this one another output=")):
                 try:
@@ -287,7 +288,7 @@ class Preparer:
                     by_id = {e.image_id: e for e in entries}
                     df = self.finish(out, work, writer, sources, by_id, records, order)
                     self.summary(out, sources, by_id, records, stats, df, order, time.perf_counter() - t_start)
-                except InputError:
+                except (InputError, OSError):
                     if created:                     # a refused prepare into a new folder leaves no folder
                         shutil.rmtree(out, ignore_errors=True)
                     raise

@@ -138,6 +138,13 @@ def read_table(csv_path: Path, key: str) -> pd.DataFrame:
     return df
 
 
+def same_rows(df: pd.DataFrame) -> list[list[int]]:
+    """Groups (≥ 2) of positions of rows of a ``read_table`` frame that are equal in every column once
+    stripped: an exact duplicate row."""
+    stripped = df.apply(lambda c: c.str.strip())
+    return [list(rows) for rows in stripped.groupby(list(df.columns), sort=False).indices.values() if len(rows) > 1]
+
+
 def _describe(row: pd.Series, i: int) -> str:
     """'row 5 (plate1/B03 field 2, condition Exp)': a plate-map row as the user finds it (header = row 1)."""
     where = f"{row['plate']}/{row['well']} field {row['field']}"
@@ -149,12 +156,10 @@ def _duplicates(df: pd.DataFrame, files: dict[int, Path], csv_path: Path) -> lis
     """An exact duplicate row, and a file named by two rows: the same cells would be stored twice (as two
     conditions, or in train and in test). ``files``: row → the resolved file it names."""
     problems, repeats = [], set()
-    stripped = df.apply(lambda c: c.str.strip())
-    for rows in stripped.groupby(list(df.columns), sort=False).indices.values():
-        if len(rows) > 1:
-            repeats.update(rows[1:])
-            problems.append(f"plate_map={csv_path} rows {', '.join(str(r + 2) for r in rows)} are the same row "
-                            "(every column equal): delete all but one")
+    for rows in same_rows(df):
+        repeats.update(rows[1:])
+        problems.append(f"plate_map={csv_path} rows {', '.join(str(r + 2) for r in rows)} are the same row "
+                        "(every column equal): delete all but one")
     by_file: dict[Path, list[int]] = {}
     for i, path in files.items():
         if i not in repeats:
