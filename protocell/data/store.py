@@ -228,6 +228,9 @@ class CropStore:
         missing = [c for c in MANIFEST_COLUMNS if c not in self.manifest]
         if missing:
             raise StoreError(f"{manifest} lacks columns {missing}; {self._fix(info)}")
+        if len(self.manifest) == 0:        # no writer of protocell's finishes a store without cells
+            raise StoreError(f"{manifest} lists no cells (a header without rows): the file was emptied or written by "
+                             f"another tool; {self._fix(info)}")
         self._shards: dict[tuple[str, str], np.ndarray] = {}
         self._shard_col = self.manifest["shard"].to_numpy()
         self._index_col = self.manifest["shard_index"].to_numpy()
