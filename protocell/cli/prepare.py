@@ -4,7 +4,9 @@ then the command that trains on the store (or scores it, when it holds wells to 
 
 from __future__ import annotations
 
+import json
 import shlex
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,10 +27,8 @@ def prepare_store(c: dict):
 def next_step(out) -> str:
     """The command that uses the store: train on it when it holds two conditions or more, else (wells to
     score only) score it with a trained run."""
-    from protocell.data.store import CropStore
-
     data = shlex.quote(f"data.path={out}")
-    conditions = CropStore(out, validate=False).info.get("conditions") or []
+    conditions = json.loads((Path(out) / "store.json").read_text()).get("conditions") or []
     if len(conditions) >= 2:
         return f"train on it: python train.py data=prepared {data}"
     held = f"one condition ({conditions[0]})" if conditions else "no condition"

@@ -123,7 +123,7 @@ def read_table(csv_path: Path, key: str) -> pd.DataFrame:
     except Exception as err:  # noqa: BLE001 - any parser failure is a bad file to the user
         raise InputError(f"{key}={csv_path} cannot be read as CSV ({type(err).__name__}: {str(err)[:200]})") from None
     raw = raw.fillna("")
-    columns = [str(c).strip() for c in raw.iloc[0]]
+    columns = [str(c).replace("\ufeff", "").strip() for c in raw.iloc[0]]
     df = raw.iloc[1:].reset_index(drop=True)
     df.columns = range(len(columns))
     keep = [k for k, c in enumerate(columns) if c or (df[k] != "").any()]

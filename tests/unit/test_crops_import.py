@@ -228,3 +228,20 @@ def test_metadata_problems_are_refused_naming_rows_and_other_columns_reach_the_m
     out = import_crops(root, CHANNELS, tmp_path / "store", metadata=tmp_path / "meta.csv", masks="none", progress=False)
     m = CropStore(out).manifest
     assert (m["dose"].astype(str) == "1").all() and (m["compound"] == "X").all() and len(m) == 12
+
+
+def test_a_damaged_imported_store_names_its_import_command_and_that_command_repairs_it(crops_folder, tmp_path):
+    """The repair the store's error prints works for imported crops too (issue 25.3): the import rewrites
+    every shard."""
+    from protocell.data.store import StoreError
+
+    root, _ = crops_folder
+    out = import_crops(root, CHANNELS, tmp_path / "store", pattern=PATTERN, progress=False)
+    original = {p.name: p.read_bytes() for p in (out / "shards").iterdir()} | {"manifest": (out / "manifest.csv").read_bytes()}
+    shard = next((out / "shards").glob("*.crops.npy"))
+    shard.write_bytes(shard.read_bytes()[:500])
+    with pytest.raises(StoreError, match=rf"python prepare.py mode=crops input={root} … output={out}, the same settings"):
+        CropStore(out)
+    import_crops(root, CHANNELS, out, pattern=PATTERN, progress=False)
+    assert len(CropStore(out)) == 12
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} | {"manifest": (out / "manifest.csv").read_bytes()} == original
