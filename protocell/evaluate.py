@@ -151,23 +151,57 @@ def beats_majority(accuracy: float, majority: float, n: int) -> bool:
     return accuracy > majority + 2 * math.sqrt(majority * (1 - majority) / n)
 
 
+def beats_chance(auroc: float, se: float) -> bool:
+    """Does a validation AUROC (exposed score against the well labels) stand above ½ by more than
+    chance? By more than two of its standard errors (Hanley & McNeil, ≈ 95 %). Unlike accuracy
+    against the majority share it does not move with the share of each condition."""
+    return math.isfinite(auroc) and math.isfinite(se) and auroc - 2 * se > 0.5
+
+
+def learning_failure(val_auroc: list[tuple[float, float]] | None, val_accuracy: list[float],
+                     val_majority: float | None, n_val: int) -> str | None:
+    """Why the run learnt nothing, judged on the validation cells (None: it learnt something): no epoch's
+    AUROC ``beats_chance``. Without any AUROC recorded (a run resumed from a checkpoint older than
+    this rule), its accuracy against the majority class (``beats_majority``) as before."""
+    if val_auroc:
+        finite = [(a, se) for a, se in val_auroc if math.isfinite(a)]
+        if not finite:
+            return ("the validation cells hold one condition: their AUROC is undefined, so nothing shows the run "
+                    "learnt; the store needs validation images of every condition (data.val_fraction)")
+        if any(beats_chance(a, se) for a, se in finite):
+            return None
+        a, se = max(finite)
+        return (f"the validation AUROC never stood above chance: best {a:.3f} ± {se:.3f} (one standard error; "
+                f"{n_val} validation cells, any mix of conditions); a network that learnt something needs "
+                "AUROC − 2·SE > 0.5")
+    if val_majority is not None and val_accuracy and n_val > 0:
+        best = max(val_accuracy)
+        if not beats_majority(best, val_majority, n_val):
+            return (f"validation accuracy never beat the majority class: best {best:.3f} against a majority share of "
+                    f"{val_majority:.3f} ({n_val} validation cells; beating it needs more than "
+                    f"{val_majority + 2 * math.sqrt(val_majority * (1 - val_majority) / n_val):.3f})")
+    return None
+
+
 # ρ_Exp above which bags of cells are the wrong model of the plate: see ``run_status`` and data.bag_size
 BAG_WARNING = 0.8
 
 
 def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float | None, n_val: int,
                epochs_run: int, epochs_planned: int, pushes: int | None = None, interrupted: bool = False,
-               bag_size: int = 1) -> dict:
+               bag_size: int = 1, val_auroc: list[tuple[float, float]] | None = None) -> dict:
     """``{"status": "ok" | "warning" | "incomplete" | "failed", "reasons": [...], "warnings": [...]}`` of a
     finished run.
 
     ``metrics``: ``evaluate``'s (``called_fraction``, ``test_composition``, ``well_label_auroc``,
     ``calibration``); ``val_accuracy``: the validation accuracy of every epoch that trained the final
     model (not the pretrain probe's); ``val_majority``: the share of the commonest class among the
-    ``n_val`` validation cells; ``pushes``: the prototype pushes (None for the baseline head).
+    ``n_val`` validation cells; ``pushes``: the prototype pushes (None for the baseline head);
+    ``val_auroc``: (val/auroc, val/auroc_se) of those epochs.
 
-    failed — the run learnt nothing or could not be evaluated: validation accuracy never beat the
-    majority class (``beats_majority``); every test cell got the same call; the test split holds one
+    failed — the run learnt nothing or could not be evaluated: no epoch's validation AUROC stood above
+    chance (``learning_failure``: on 87 % cells of one condition, accuracy against the majority share
+    failed useful runs and passed useless ones); every test cell got the same call; the test split holds one
     condition (AUROC undefined); the calibration rejected (slope ≤ 0: validation ranks the wells
     backwards) or degenerate on a bound (``FAILING_BOUNDS``). incomplete — stopped before the
     schedule ended (``trainer.max_time``, an interrupt) or prototypes never pushed. A failed run that
@@ -183,12 +217,9 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
                           "(trainer.max_time, an interrupt or another stop); resume=<run>/checkpoints/last.ckpt continues it")
     if pushes is not None and pushes < 1:
         incomplete.append("the prototypes were never pushed, so they are not cell patches and explain cannot show them")
-    if val_majority is not None and val_accuracy and n_val > 0:
-        best = max(val_accuracy)
-        if not beats_majority(best, val_majority, n_val):
-            failed.append(f"validation accuracy never beat the majority class: best {best:.3f} against a majority "
-                          f"share of {val_majority:.3f} ({n_val} validation cells; beating it needs more than "
-                          f"{val_majority + 2 * math.sqrt(val_majority * (1 - val_majority) / n_val):.3f})")
+    learnt_nothing = learning_failure(val_auroc, val_accuracy, val_majority, n_val)
+    if learnt_nothing:
+        failed.append(learnt_nothing)
     conditions = sorted({r["condition"] for r in metrics.get("test_composition") or []})
     if len(conditions) == 1 or (conditions == [] and not _finite(metrics.get("well_label_auroc"))):
         failed.append(f"the test split holds one condition ({', '.join(conditions) or '?'}): well-label AUROC is "

@@ -4,11 +4,14 @@ Every file protocell writes goes through ``atomic_write``: the bytes go to a tem
 are flushed to disk, and the temporary file is renamed over the target (``os.replace`` is atomic
 on POSIX file systems). A temporary file left by a killed process is overwritten by the next write.
 
-``exclusive_lock`` keeps two processes out of one folder (a prepare output, a run folder).
+``exclusive_lock`` keeps two processes out of one folder (a prepare output, a run folder, a score
+output). ``folder_problem`` and ``output_errors`` turn an output folder that cannot be written (a file,
+a path under a file, no permission, a read-only or full disk) into one line naming the setting.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -96,3 +99,38 @@ def exclusive_lock(path: str | Path, refuse: Callable[[str], Exception]) -> Iter
         yield path
     finally:
         os.close(fd)          # releases the lock
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a folder to write into, from what exists (None: nothing found): it is a file,
+    or lies under one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "is a file"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"lies under the file {parent}"
+    return None
+
+
+# errors of writing that say where, not what: the folder is read-only, full, or not a folder
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
+
+
+@contextmanager
+def output_errors(folder: str | Path, key: str, error: Callable[[str], Exception]) -> Iterator[None]:
+    """Turn an ``OSError`` of writing under ``folder`` (no permission, a read-only or full file system, a
+    file where a folder should be) raised in the ``with`` block into ``error(message)`` naming
+    ``key=folder`` and the fix. Any other ``OSError`` (a file under another folder) passes unchanged."""
+    folder = Path(folder)
+    try:
+        yield
+    except OSError as err:
+        where = Path(err.filename) if isinstance(err.filename, (str, Path)) else None
+        inside = where is not None and (where == folder or folder in where.parents
+                                        or folder.resolve() in where.resolve().parents or where in folder.parents)
+        if not inside and not (where is None and err.errno in _WRITE_ERRNOS):
+            raise
+        reason = err.strerror or type(err).__name__
+        raise error(f"{key}={folder} cannot be written ({reason}: {where or folder}): give a folder you can write to, "
+                    "on a disk with free space") from err

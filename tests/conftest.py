@@ -114,3 +114,36 @@ def require_shared_data(path, what: str) -> None:
 
     if not Path(path).is_dir():
         skip_or_fail(f"{what} is not at {path} (no shared data folder beside the repository)")
+
+
+@pytest.fixture()
+def unwritable(tmp_path):
+    """A folder nothing can be created in, even by root (the tests run as root, who ignores permission
+    bits): made immutable with ``chattr +i`` as root, read-only (mode 555) otherwise; sysfs as a last
+    resort. Each candidate is probed: creating a folder in it must fail."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    folder = tmp_path / "unwritable"
+    folder.mkdir()
+    undo = None
+    if os.geteuid() == 0 and shutil.which("chattr") and \
+            subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False).returncode == 0:
+        undo = ["chattr", "-i", str(folder)]
+    elif os.geteuid() != 0:
+        folder.chmod(0o555)
+    candidates = [folder, Path("/sys")]
+    try:
+        for candidate in candidates:
+            try:
+                (candidate / "protocell-probe").mkdir()
+            except OSError:
+                yield candidate
+                return
+            (candidate / "protocell-probe").rmdir()
+        pytest.fail("no folder that refuses writes was found (chattr +i, mode 555, /sys)")
+    finally:
+        if undo:
+            subprocess.run(undo, check=True)
+        folder.chmod(0o755)

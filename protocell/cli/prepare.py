@@ -1,10 +1,12 @@
 """``prepare.py``: the composed config → ``protocell.prepare.pipeline.prepare`` (raw plates) or, with
 ``mode=crops``, ``protocell.prepare.crops_import`` (pre-cut crops); one clean line on a user error,
-then the command that trains on the store."""
+then the command that trains on the store (or scores it, when it holds wells to score only)."""
 
 from __future__ import annotations
 
+import json
 import shlex
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +24,18 @@ def prepare_store(c: dict):
     return import_from_config(c) if mode == "crops" else prepare(c)
 
 
+def next_step(out) -> str:
+    """The command that uses the store: train on it when it holds two conditions or more, else (wells to
+    score only) score it with a trained run."""
+    data = shlex.quote(f"data.path={out}")
+    conditions = json.loads((Path(out) / "store.json").read_text()).get("conditions") or []
+    if len(conditions) >= 2:
+        return f"train on it: python train.py data=prepared {data}"
+    held = f"one condition ({conditions[0]})" if conditions else "no condition"
+    return f"score it with a trained run (it holds {held}, nothing to train on): python score.py run=<run folder> {data}"
+
+
 def run(cfg: DictConfig):
     out = run_cli("prepare", lambda c: prepare_store(OmegaConf.to_container(c, resolve=True)), cfg)
-    print(f"crop store: {out}\ntrain on it: python train.py data=prepared {shlex.quote(f'data.path={out}')}")
+    print(f"crop store: {out}\n{next_step(out)}")
     return out

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +101,14 @@ class CropStoreWriter:
         self.dtype: str | None = None
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
 
-    def shard_done(self, shard: str) -> bool:
-        return (self.root / "shards" / f"{shard}.masks.npy").exists()
+    def shard_done(self, shard: str, n: int) -> bool:
+        """Are the shard's crops and masks on disk and whole, with exactly ``n`` cells of this store's
+        shape and pixel type? From the ``.npy`` headers and file sizes (``npy_problem``): a resumed or
+        repeated writer keeps a shard only when this holds, so a deleted, truncated or foreign shard
+        is written again."""
+        C, S = len(self.channels), self.crop_size
+        return all(npy_problem(self.root / "shards" / f"{shard}.{kind}.npy", n, tail, exact=True, dtype=dtype) is None
+                   for kind, tail, dtype in (("crops", (C, S, S), self.dtype), ("masks", (S, S), "uint8")))
 
     def write_shard(self, shard: str, crops: np.ndarray, masks: np.ndarray, rows: list[dict],
                     texture: np.ndarray | None = None) -> None:
@@ -118,7 +125,7 @@ class CropStoreWriter:
         if texture is not None:
             atomic_save_npy(base / f"{shard}.texture.npy", texture.astype(np.uint8))
         atomic_save_npy(base / f"{shard}.crops.npy", np.ascontiguousarray(crops))
-        # masks last: their presence marks the shard complete (see shard_done)
+        # masks last: a killed writer leaves no masks, or no crops at all (see shard_done)
         atomic_save_npy(base / f"{shard}.masks.npy", (masks > 0).astype(np.uint8))
         self.add_rows(shard, rows)
 
@@ -152,25 +159,28 @@ class CropStoreWriter:
         return df
 
 
-def npy_problem(path: Path, rows: int, tail: tuple[int, ...]) -> str | None:
-    """What is wrong with the ``.npy`` file at ``path`` as ``(≥ rows, *tail)`` (None: nothing),
-    from its header and size alone."""
+def npy_problem(path: Path, rows: int, tail: tuple[int, ...], exact: bool = False,
+                dtype: str | None = None) -> str | None:
+    """What is wrong with the ``.npy`` file at ``path`` as ``(≥ rows, *tail)`` — exactly ``rows`` with
+    ``exact``, of pixel type ``dtype`` when given — (None: nothing), from its header and size alone."""
     if not path.is_file():
         return "missing"
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(fh)
+            shape, _, stored = read(fh)
             data_start = fh.tell()
     except (ValueError, OSError, EOFError) as err:
         return f"not a readable .npy file ({type(err).__name__}: {str(err)[:80]})"
     size = path.stat().st_size
-    expected = data_start + int(np.prod(shape)) * dtype.itemsize
+    expected = data_start + int(np.prod(shape)) * stored.itemsize
     if size < expected:
         return f"truncated ({size} of {expected} bytes)"
-    if tuple(shape[1:]) != tuple(tail) or shape[0] < rows:
+    if tuple(shape[1:]) != tuple(tail) or shape[0] < rows or (exact and shape[0] != rows):
         return f"shape {tuple(shape)}, the manifest and store.json need ({rows}, {', '.join(map(str, tail))})"
+    if dtype is not None and np.dtype(dtype) != stored:
+        return f"pixel type {stored}, the store's is {np.dtype(dtype)}"
     return None
 
 
@@ -218,6 +228,9 @@ class CropStore:
         missing = [c for c in MANIFEST_COLUMNS if c not in self.manifest]
         if missing:
             raise StoreError(f"{manifest} lacks columns {missing}; {self._fix(info)}")
+        if len(self.manifest) == 0:        # no writer of protocell's finishes a store without cells
+            raise StoreError(f"{manifest} lists no cells (a header without rows): the file was emptied or written by "
+                             f"another tool; {self._fix(info)}")
         self._shards: dict[tuple[str, str], np.ndarray] = {}
         self._shard_col = self.manifest["shard"].to_numpy()
         self._index_col = self.manifest["shard_index"].to_numpy()
@@ -225,10 +238,19 @@ class CropStore:
             self.validate()
 
     def _fix(self, info: dict | None) -> str:
-        if (info or {}).get("source") == "synthetic":
+        """How to repair this store: the command that wrote it, as far as ``store.json`` tells."""
+        info = info or {}
+        if info.get("source") == "synthetic":
             return f"delete {self.root} and run again (the built-in wells are regenerated)"
-        return (f"re-create the store (python prepare.py … output={self.root}: prepare redoes only what is "
-                "missing) or restore the folder from a backup")
+        given = ""
+        if isinstance(info.get("crops"), dict):           # prepare.py mode=crops rewrites every shard
+            given = "mode=crops " + shlex.quote(f"input={info['crops'].get('input')}") + " "
+        elif isinstance((info.get("prepare") or {}).get("config"), dict):
+            c = info["prepare"]["config"]
+            given = " ".join(shlex.quote(f"{k}={c[k]}") for k in ("input", "plate_map", "pattern") if c.get(k)) + " "
+        return (f"re-create the store with the command that wrote it (python prepare.py {given}… output={self.root}, "
+                "the same settings: prepare checks every shard it keeps and redoes what is missing or damaged) or "
+                "restore the folder from a backup")
 
     def validate(self) -> None:
         """Every shard file the manifest uses is present and whole, with the shape ``store.json``

@@ -172,6 +172,9 @@ def read_run_config(folder: RunFolder):
 
 def load_run(run_dir: str | Path) -> Run:
     folder = RunFolder(run_dir)
+    if folder.root.is_file():
+        raise RunFolderError(f"run={folder.root} is a file, not a run folder: pass the folder train.py wrote (it holds "
+                             f"config.yaml, prototypes.pt and checkpoints/), e.g. run={folder.root.parent}")
     if not folder.root.is_dir():
         raise RunFolderError(f"run folder {folder.root} does not exist; pass run=<a train.py run folder>, "
                              "e.g. run=outputs/train/<date_time>")

@@ -33,21 +33,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from protocell.data.store import CropStoreWriter
-from protocell.fsutil import atomic_write_json
+from protocell.data.store import MANIFEST_COLUMNS, POSITION_COLUMNS, CropStoreWriter
+from protocell.doses import DOSE_COLUMN, parse_doses
+from protocell.doses import NEED as DOSE_NEED
+from protocell.fsutil import atomic_write_json, folder_problem, output_errors
 from protocell.prepare.io import InputError
+from protocell.prepare.plate import read_table, same_rows
 
 log = logging.getLogger("protocell.prepare")
 
 CROP_SUFFIXES = (".npy", ".tif", ".tiff")
 MASK_MODES = ("auto", "files", "segment", "none")
 LOCATION = ("plate", "well", "field", "image_id")
+PATTERN_GROUPS = ("condition", *LOCATION)      # the named groups of ``pattern`` that say where a crop came from
 REFERENCE_NAMES = r"^(ref|reference|control|ctrl|dmso|untreated|mock|vehicle|neg|negative|wt|wild[ _-]?type)"
 STORE_DTYPES = ("uint8", "uint16", "float32")
 
@@ -60,12 +66,14 @@ def _is_mask(path: Path) -> bool:
 
 def list_crops(root: Path, skip: tuple[Path, ...] = ()) -> tuple[list[str], set[str]]:
     """(crop files, mask files) under ``root`` as posix paths relative to it, sorted. Hidden files
-    and ``skip`` (the metadata CSV) are ignored; any other file that is not a crop is refused."""
+    and ``skip`` (the metadata CSV, the store's own folder when it lies inside ``root``, and whatever
+    is in it) are ignored; any other file that is not a crop is refused."""
     crops, masks = [], set()
     skip = {p.resolve() for p in skip}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if p.is_dir() or any(part.startswith(".") for part in rel.parts) or p.resolve() in skip:
+        if p.is_dir() or any(part.startswith(".") for part in rel.parts) or \
+                any(q == p.resolve() or q in p.resolve().parents for q in skip):
             continue
         if _is_mask(p):
             masks.add(rel.as_posix())
@@ -132,43 +140,108 @@ def store_dtype(dtypes: set) -> str:
 
 # ----------------------------------------------------------------------------- where each crop came from
 
+def _relative(name: str, root: Path) -> str | None:
+    """A metadata ``file`` value → the crop's path relative to ``root`` (posix, normalised), or None when
+    it cannot name a file under ``root`` (empty, outside it, a NUL byte)."""
+    name = name.strip()
+    if not name or "\x00" in name:
+        return None
+    p = Path(name)
+    if p.is_absolute():
+        try:
+            return p.resolve().relative_to(root.resolve()).as_posix()
+        except (ValueError, OSError):
+            return None
+    rel = Path(os.path.normpath(name)).as_posix()
+    return None if rel == ".." or rel.startswith("../") or rel == "." else rel
+
+
+# the metadata columns crop_table reads itself; any other column is carried into the manifest as text
+META_COLUMNS = ("file", "condition", "plate", "well", "field", "image_id", "mask", "true_label")
+OWN_COLUMNS = ("file", "mask_source")          # manifest columns the import writes besides MANIFEST_COLUMNS
+
+
+def read_metadata(metadata: Path, root: Path, crops: list[str]) -> pd.DataFrame:
+    """The metadata CSV, one row per crop (``file`` relative to ``root``); every problem (a row naming no
+    crop under ``input``, a crop named twice, a crop without a row, an empty well, a ``true_label`` that
+    is not -1/0/1, a dose that is not a finite number ≥ 0) refused at once, naming rows."""
+    meta = read_table(metadata, "metadata")
+    for col in ("file", "condition"):
+        if col not in meta:
+            raise InputError(f"metadata={metadata} has no '{col}' column: it needs file (path relative to input) "
+                             "and condition, optionally plate, well, field, image_id, mask, true_label")
+    reserved = [c for c in meta.columns if c not in META_COLUMNS and (c in MANIFEST_COLUMNS or c in OWN_COLUMNS)]
+    if reserved:
+        raise InputError(f"metadata={metadata} has column(s) {reserved}, which the crop store's manifest uses itself; "
+                         "rename them (other columns such as dose or compound are carried into the manifest as they are)")
+    if len(meta) == 0:
+        raise InputError(f"metadata={metadata} has no rows: list one row per crop (file, condition, …)")
+    files = [_relative(f, root) for f in meta["file"]]
+    problems = [f"metadata={metadata} row {i + 2}: file {meta['file'].iloc[i]!r} does not name a file under input={root}"
+                for i, f in enumerate(files) if f is None]
+    meta["file"] = [f or "" for f in files]
+    repeats = set()
+    for rows in same_rows(meta):
+        repeats.update(rows[1:])
+        problems.append(f"metadata={metadata} rows {', '.join(str(r + 2) for r in rows)} are the same row (every "
+                        "column equal): delete all but one")
+    named = meta[(meta["file"] != "") & ~meta.index.isin(repeats)]
+    for f, rows in named.groupby("file").indices.items():
+        if len(rows) > 1:
+            rows = named.index[rows]
+            listed = " and ".join(f"row {r + 2} (condition {meta['condition'][r]!r}"
+                                  + (f", well {meta['well'][r]!r}" if "well" in meta else "") + ")" for r in rows)
+            problems.append(f"metadata={metadata} names the crop {f} in {listed}: one crop is one cell, and it would "
+                            "be stored twice (as two conditions, or in train and in test); keep one row")
+    for col in ("well", "image_id"):
+        if col in meta and (meta[col].str.strip() == "").any():
+            rows = [str(i + 2) for i in np.flatnonzero((meta[col].str.strip() == "").to_numpy())]
+            problems.append(f"metadata={metadata} row(s) {', '.join(rows[:5])}{' …' if len(rows) > 5 else ''} have an "
+                            f"empty {col}: give every crop its {col}, or drop the column")
+    if "true_label" in meta:
+        bad = ~meta["true_label"].str.strip().isin(["", "-1", "0", "1"])
+        problems += [f"metadata={metadata} row {i + 2}: true_label {meta['true_label'].iloc[i]!r} is not 1 (affected), "
+                     "0 (not) or -1/empty (unknown)" for i in np.flatnonzero(bad.to_numpy())]
+    if DOSE_COLUMN in meta:
+        _, bad = parse_doses(meta[DOSE_COLUMN])
+        problems += [f"metadata={metadata} row {i + 2} ({meta['file'].iloc[i]}): dose {meta[DOSE_COLUMN].iloc[i]!r} is "
+                     f"not {DOSE_NEED}" for i in np.flatnonzero(bad.to_numpy())]
+    if problems:
+        raise InputError("\n".join(problems))
+    missing = sorted(set(crops) - set(meta["file"]))
+    if missing:
+        raise InputError(f"{len(missing)} crop file(s) have no row in metadata={metadata}, e.g. {missing[0]}: add "
+                         "their rows (file, condition, …) or remove the files from input")
+    extra = sorted(set(meta["file"]) - set(crops))
+    if extra:
+        raise InputError(f"metadata={metadata} lists {len(extra)} file(s) that are not crops under input={root}, "
+                         f"e.g. {extra[0]}: fix the paths (relative to input) or drop the rows")
+    return meta.apply(lambda c: c if c.name == "file" else c.str.strip())
+
+
 def crop_table(root: Path, crops: list[str], metadata: str | Path | None, pattern: str | None) -> pd.DataFrame:
-    """One row per crop file: file, condition, plate, well, field, image_id (+ mask, true_label when
-    the metadata has them), from the metadata CSV, the pattern's named groups and the folder name."""
+    """One row per crop file: file, condition, plate, well, field, image_id (+ mask, true_label and any
+    other column the metadata has), from the metadata CSV (``read_metadata``), the pattern's named
+    groups and the folder name."""
     table = pd.DataFrame({"file": crops})
     if metadata:
-        meta = pd.read_csv(metadata, dtype=str, keep_default_na=False)
-        for col in ("file", "condition"):
-            if col not in meta:
-                raise InputError(f"metadata={metadata} has no '{col}' column: it needs file (path relative to input) "
-                                 "and condition, optionally plate, well, field, image_id, mask, true_label")
-        meta["file"] = [Path(f).as_posix().lstrip("./") if not Path(f).is_absolute() else
-                        Path(f).resolve().relative_to(root.resolve()).as_posix() for f in meta["file"]]
-        if meta["file"].duplicated().any():
-            raise InputError(f"metadata={metadata}: file {meta.loc[meta['file'].duplicated(), 'file'].iloc[0]} has "
-                             "more than one row")
-        missing = sorted(set(crops) - set(meta["file"]))
-        if missing:
-            raise InputError(f"{len(missing)} crop file(s) have no row in metadata={metadata}, e.g. {missing[0]}: add "
-                             "their rows (file, condition, …) or remove the files from input")
-        extra = sorted(set(meta["file"]) - set(crops))
-        if extra:
-            raise InputError(f"metadata={metadata} lists {len(extra)} file(s) that are not crops under input={root}, "
-                             f"e.g. {extra[0]}: fix the paths (relative to input) or drop the rows")
-        table = table.merge(meta, on="file", how="left")
+        table = table.merge(read_metadata(Path(metadata), root, crops), on="file", how="left")
     if pattern:
-        rx = re.compile(pattern)
+        try:
+            rx = re.compile(pattern)
+        except re.error as err:
+            raise InputError(f"pattern={pattern!r} is not a valid regular expression ({err})") from None
         found = []
         for f in table["file"]:
             m = rx.search(f)
             if m is None:
                 raise InputError(f"pattern={pattern!r} does not match the crop {f}: every crop path (relative to "
                                  "input) must match; test it with python -c \"import re; print(re.search(…))\"")
-            found.append({k: v for k, v in m.groupdict().items() if v is not None})
-        groups = pd.DataFrame(found, index=table.index)
+            found.append({k: v for k, v in m.groupdict().items() if v is not None and k in PATTERN_GROUPS})
+        groups = pd.DataFrame(found, index=table.index, columns=[g for g in PATTERN_GROUPS if g in rx.groupindex])
         for col in groups:
-            if col not in table or (table[col] == "").all():
-                table[col] = groups[col]
+            if groups[col].notna().any() and (col not in table or (table[col] == "").all()):
+                table[col] = groups[col].fillna("")
     if "condition" not in table or (table["condition"] == "").any():
         no_folder = [f for f in table["file"] if "/" not in f]
         if no_folder and ("condition" not in table or (table["condition"] == "").any()):
@@ -278,6 +351,44 @@ def read_mask(path: Path, S: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the import
 
+def check_pixels(root: Path, table: pd.DataFrame, layouts: dict, floats: set[str], dtype: str, masks: str,
+                 mask_files: set[str], S: int) -> None:
+    """Before anything is written: every crop's pixels are finite once stored as ``dtype`` (the crops of
+    a float type, ``floats``, are read here; an integer one cannot hold NaN), and every mask file the
+    import would read exists and is one (S, S) plane (``crops.masks=files``: every crop has one). All
+    problems at once."""
+    problems, nonfinite = [], []
+    for _, r in table.iterrows():
+        if r["file"] in floats:
+            with np.errstate(over="ignore"):          # a value beyond the store's type becomes inf: found below
+                x = to_cyx(read_array(root / r["file"]), layouts[r["file"]]).astype(dtype)
+            bad = ~np.isfinite(x)
+            if bad.any():
+                c, y, xx = (int(v) for v in np.argwhere(bad)[0])
+                nonfinite.append(f"{r['file']} ({int(bad.sum())} pixel(s), first at channel {c}, y={y}, x={xx})")
+        if masks not in ("auto", "files"):
+            continue
+        path = mask_file(root, r, mask_files)
+        if path is None:
+            if masks == "files":
+                problems.append(f"crops.masks=files but {root / r['file']} has no mask file (<name>.mask.npy or .tif "
+                                "beside it, or the metadata's mask column); use crops.masks=auto to segment the rest")
+        elif not path.is_file():
+            problems.append(f"mask file {path} does not exist: fix the metadata's mask column or add the file")
+        else:
+            shape = tuple(d for d in _header(path)[0] if d != 1)
+            if shape != (S, S):
+                problems.append(f"mask file {path} has shape {shape}, its crop is {S}×{S}: a mask is one (H, W) plane "
+                                "of the crop's size, non-zero inside the cell")
+    if nonfinite:
+        problems.insert(0, f"{len(nonfinite)} crop(s) hold NaN or infinite pixel values (as {dtype}; a value beyond "
+                           f"float32's range is infinite there): {'; '.join(nonfinite[:5])}"
+                           f"{' …' if len(nonfinite) > 5 else ''}: a network cannot read them; fix or remove these crops")
+    if problems:
+        raise InputError(f"{len(problems)} input problem(s) under input={root}:\n- " + "\n- ".join(problems[:20])
+                         + (f"\n- … and {len(problems) - 20} more" if len(problems) > 20 else ""))
+
+
 def import_crops(input: str | Path, channels: list[str], output: str | Path | None = None, *,
                  metadata: str | Path | None = None, pattern: str | None = None, masks: str = "auto",
                  main: str | None = None, second: str | None = None, conditions: list[str] | None = None,
@@ -286,7 +397,9 @@ def import_crops(input: str | Path, channels: list[str], output: str | Path | No
 
     ``channels``: channel names in file order; ``main``/``second``: the cell-body and nuclei channels
     segmentation uses (default: the first channel, and a channel named like DNA/nuclei if any);
-    ``output``: the store folder (default ``outputs/prepared/<input name>-crops-<hash>``)."""
+    ``output``: the store folder (default ``outputs/prepared/<input name>-crops-<hash>``; inside
+    ``input``, its files are not read as crops). Every check — files, metadata, sizes, NaN/inf
+    pixels, mask files — runs before anything is written; a refused import leaves no folder."""
     from tqdm import tqdm
 
     root = Path(input)
@@ -299,18 +412,25 @@ def import_crops(input: str | Path, channels: list[str], output: str | Path | No
         raise InputError(f"config value channels.names={channels} is invalid: distinct channel names, in file order")
     if metadata and not Path(metadata).is_file():
         raise InputError(f"config value metadata={str(metadata)!r} is invalid: an existing CSV file")
-    crops, mask_files = list_crops(root, skip=(Path(metadata),) if metadata else ())
+    out = Path(output) if output else default_output(root, metadata, pattern, channels, masks)
+    problem = folder_problem(out)
+    if problem or out.resolve() == root.resolve():
+        raise InputError(f"config value output={str(out)!r} is invalid: a folder for the crop store (created if "
+                         f"absent), not a file and not the input folder; it {problem or 'is input='}")
+    crops, mask_files = list_crops(root, skip=((Path(metadata),) if metadata else ()) + (out,))
     table = crop_table(root, crops, metadata, pattern)
     order = class_order(table["condition"].tolist(), conditions)
 
     # every header first: mixed sizes and wrong channel counts are refused before anything is written
-    shapes, dtypes, layouts = {}, set(), {}
+    shapes, dtypes, layouts, floats = {}, set(), {}, set()
     for f in crops:
         shape, dtype = _header(root / f)
         if dtype.kind not in "uif":
             raise InputError(f"{root / f}: pixel type {dtype} is not a number type; re-export as uint16 or float32")
         shapes[f], layouts[f] = crop_shape(shape, len(channels), root / f)
         dtypes.add(dtype)
+        if dtype.kind == "f":
+            floats.add(f)
     sizes = pd.Series(shapes).map(lambda s: "×".join(map(str, s)))
     if sizes.nunique() > 1:
         counts = sizes.value_counts()
@@ -322,14 +442,45 @@ def import_crops(input: str | Path, channels: list[str], output: str | Path | No
         raise InputError(f"crops are {H}×{W} pixels: protocell's crops are square; pad them to {max(H, W)}×{max(H, W)}")
     dtype = store_dtype(dtypes)
     main_i, second_i = segmentation_channels(channels, main, second)
+    check_pixels(root, table, layouts, floats, dtype, masks, mask_files, H)
+    extra = [c for c in table.columns if c not in META_COLUMNS and c not in LOCATION]   # the metadata's own columns
 
-    out = Path(output) if output else default_output(root, metadata, pattern, channels, masks)
-    (out / "store.json").unlink(missing_ok=True)      # unfinished until written again, last
-    writer = CropStoreWriter(out, channels, H, source="crops")
+    created = not out.exists()
+    try:
+        with output_errors(out, "output", InputError):
+            (out / "store.json").unlink(missing_ok=True)      # unfinished until written again, last
+            writer = CropStoreWriter(out, channels, H, source="crops")
+            mask_count = _write(root, table, layouts, writer, dtype, masks, mask_files, main_i, second_i, order,
+                                    extra, shard_size, tqdm(total=len(table), desc="crops", unit="crop",
+                                                            disable=None if progress else True))
+            if mask_count["whole crop"] and masks != "none":
+                log.warning("%d crop(s) had no object to segment: their mask is the whole crop", mask_count["whole crop"])
+            writer.extra = {"conditions": order, "normalization": {"method": "as_given"},
+                            "crops": {"input": str(root), "metadata": str(metadata) if metadata else None,
+                                      "pattern": pattern, "masks": masks, "mask_sources": mask_count}}
+            df = writer.finish()
+            atomic_write_json(out / "prepare_summary.json", {
+                "store": str(out), "mode": "crops", "cells": int(len(df)), "crop": [C, H, W], "dtype": dtype,
+                "conditions": order,
+                "cells_per_condition": {k: int(v) for k, v in df.groupby("condition").size().items()},
+                "cells_per_well": {f"{p}/{w}": int(v) for (p, w), v in df.groupby(["plate", "well"]).size().items()},
+                "images": int(df["image_id"].nunique()), "mask_sources": mask_count})
+    except BaseException:
+        if created:                 # a failed import into a new folder leaves no folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    log.info("crop store written: %s (%d crops, %d images, masks %s)", out, len(df), df["image_id"].nunique(), mask_count)
+    return out
+
+
+def _write(root: Path, table: pd.DataFrame, layouts: dict, writer: CropStoreWriter, dtype: str, masks: str,
+           mask_files: set[str], main_i: int, second_i: int | None, order: list[str], extra: list[str],
+           shard_size: int, bar) -> dict:
+    """Every crop and its mask into shards of ``shard_size``; returns how many masks came from each
+    source (file, segmented, whole crop)."""
     writer.dtype = dtype
-    table["label"] = table["condition"].map({c: k for k, c in enumerate(order)})
+    label = {c: k for k, c in enumerate(order)}
     mask_count = {"file": 0, "segmented": 0, "whole crop": 0}
-    bar = tqdm(total=len(table), desc="crops", unit="crop", disable=None if progress else True)
     for start in range(0, len(table), shard_size):
         part = table.iloc[start:start + shard_size]
         xs, ms, rows = [], [], []
@@ -339,27 +490,15 @@ def import_crops(input: str | Path, channels: list[str], output: str | Path | No
             mask_count[how] += 1
             xs.append(x)
             ms.append(m)
-            rows.append({"cell_id": int(i), "image_id": str(r["image_id"]), "plate": str(r["plate"]),
+            rows.append({**{c: str(r[c]) for c in extra},
+                         "cell_id": int(i), "image_id": str(r["image_id"]), "plate": str(r["plate"]),
                          "well": str(r["well"]), "field": str(r["field"]), "condition": r["condition"],
-                         "label": int(r["label"]), "true_label": int(r.get("true_label") or -1),
-                         **{c: np.nan for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x")},
-                         "file": r["file"], "mask_source": how})
+                         "label": label[r["condition"]], "true_label": int(r.get("true_label") or -1),
+                         **{c: np.nan for c in POSITION_COLUMNS}, "file": r["file"], "mask_source": how})
             bar.update()
         writer.write_shard(f"crops_{start // shard_size:05d}", np.stack(xs), np.stack(ms).astype(np.uint8), rows)
     bar.close()
-    if mask_count["whole crop"] and masks != "none":
-        log.warning("%d crop(s) had no object to segment: their mask is the whole crop", mask_count["whole crop"])
-    writer.extra = {"conditions": order, "normalization": {"method": "as_given"},
-                    "crops": {"input": str(root), "metadata": str(metadata) if metadata else None, "pattern": pattern,
-                              "masks": masks, "mask_sources": mask_count}}
-    df = writer.finish()
-    atomic_write_json(out / "prepare_summary.json", {
-        "store": str(out), "mode": "crops", "cells": int(len(df)), "crop": [C, H, W], "dtype": dtype,
-        "conditions": order, "cells_per_condition": {k: int(v) for k, v in df.groupby("condition").size().items()},
-        "cells_per_well": {f"{p}/{w}": int(v) for (p, w), v in df.groupby(["plate", "well"]).size().items()},
-        "images": int(df["image_id"].nunique()), "mask_sources": mask_count})
-    log.info("crop store written: %s (%d crops, %d images, masks %s)", out, len(df), df["image_id"].nunique(), mask_count)
-    return out
+    return mask_count
 
 
 def segmentation_channels(channels: list[str], main: str | None, second: str | None) -> tuple[int, int | None]:

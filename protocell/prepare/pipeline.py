@@ -48,7 +48,8 @@ from tqdm import tqdm
 from protocell.data.split import assign
 from protocell.data.store import CropStoreWriter, StoreError
 from protocell.errors import check
-from protocell.fsutil import atomic_write, atomic_write_json, atomic_write_text, exclusive_lock
+from protocell.fsutil import (atomic_write, atomic_write_json, atomic_write_text, exclusive_lock, folder_problem,
+                              output_errors)
 from protocell.prepare.augment import AugmentParams, augment_crops
 from protocell.prepare.crops import COUNT_KEYS, CellFilters, background_sums, extract_cells
 from protocell.prepare.io import ImageSource, InputError, Tile, tile_grid
@@ -102,8 +103,8 @@ def validate(c: dict) -> None:
     _check(int(c["workers"]) >= 1, "workers", c["workers"], "≥ 1")
     _check(isinstance(c.get("overwrite", False), bool), "overwrite", c.get("overwrite"), "true or false")
     out = c.get("output")
-    _check(not out or not Path(out).exists() or Path(out).is_dir(), "output", out,
-           "a folder for the crop store (created if absent), not a file")
+    problem = folder_problem(out) if out else None
+    _check(problem is None, "output", out, f"a folder for the crop store (created if absent), not a file; it {problem}")
 
 
 def halo_of(c: dict) -> int:
@@ -127,6 +128,16 @@ def image_key(source: ImageSource, chash: str) -> str:
     finger = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
     blob = json.dumps([chash, source.image_id, finger]).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def _record(path: Path) -> dict | None:
+    """A resumability record of ``.prepare/``, or None when it is absent or unreadable (then its work is
+    done again: a record is only ever a shortcut)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -257,7 +268,7 @@ class Preparer:
         try:
             stats, fresh = self.stats_pass(sources, keys, work, pool)   # refuses bad pixels; writes nothing
             # every input check has passed: from here on the output folder is written
-            with exclusive_lock(work / "lock", lambda holder: InputError(
+            with output_errors(out, "output", InputError), exclusive_lock(work / "lock", lambda holder: InputError(
                     f"output={out} is being written by another prepare ({holder}); wait for it to finish, or give "
                     "this one another output=")):
                 try:
@@ -277,7 +288,7 @@ class Preparer:
                     by_id = {e.image_id: e for e in entries}
                     df = self.finish(out, work, writer, sources, by_id, records, order)
                     self.summary(out, sources, by_id, records, stats, df, order, time.perf_counter() - t_start)
-                except InputError:
+                except (InputError, OSError):
                     if created:                     # a refused prepare into a new folder leaves no folder
                         shutil.rmtree(out, ignore_errors=True)
                     raise
@@ -341,12 +352,10 @@ class Preparer:
         n = self.c["normalize"]
         out, fresh = {}, {}
         for s in self._bar(sources, desc="statistics", unit="image"):
-            path = work / "stats" / f"{s.image_id}.json"
-            if path.exists():
-                rec = json.loads(path.read_text())
-                if rec["key"] == keys[s.image_id]:
-                    out[s.image_id] = rec
-                    continue
+            rec = _record(work / "stats" / f"{s.image_id}.json")
+            if rec is not None and rec.get("key") == keys[s.image_id]:
+                out[s.image_id] = rec
+                continue
             cores = [t.core for t in tile_grid(s.shape, 2048, 0)]
             parts = _imap(pool, partial(block_stats, s, self.names), cores)
             stats = combine_stats(s, self.names, parts, n["low"], n["high"])
@@ -359,10 +368,11 @@ class Preparer:
     def image_pass(self, s: ImageSource, key: str, stats: dict, writer: CropStoreWriter, work: Path, pool,
                    overlay: bool = False) -> dict:
         rec_path = work / "images" / f"{s.image_id}.json"
-        if rec_path.exists():
-            rec = json.loads(rec_path.read_text())
-            if rec["key"] == key and "background" in rec and all(writer.shard_done(sh) for sh in rec["shards"]):
-                return rec
+        rec = _record(rec_path)
+        if rec is not None and rec.get("key") == key and "background" in rec:
+            sizes = pd.Series([r["shard"] for r in rec["rows"]], dtype=object).value_counts()
+            if all(writer.shard_done(sh, int(sizes.get(sh, 0))) for sh in rec["shards"]):
+                return rec          # every shard whole (a deleted or truncated one: the image is done again)
         c = self.c
         tiles = tile_grid(s.shape, c["tile"]["size"], self.halo)
         overlay_tiles = {len(tiles) // 2} if overlay else set()
@@ -454,10 +464,10 @@ class Preparer:
                 rec_path = work / "aug" / f"{name}.json"
                 image_rec_key = records[rows[0]["image_id"]]["key"]
                 meta = None
-                if rec_path.exists() and writer.shard_done(name):
-                    rec = json.loads(rec_path.read_text())
-                    if rec["key"] == [image_rec_key, akey]:
-                        meta = rec["meta"]
+                rec = _record(rec_path)
+                if rec is not None and rec.get("key") == [image_rec_key, akey] and \
+                        writer.shard_done(name, len(rec["meta"])):
+                    meta = rec["meta"]
                 if meta is None:
                     crops = np.load(out / "shards" / f"{shard}.crops.npy", mmap_mode="r")
                     masks = np.load(out / "shards" / f"{shard}.masks.npy", mmap_mode="r")

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from protocell.data.store import MANIFEST_COLUMNS
+from protocell.doses import DOSE_COLUMN, parse_doses
+from protocell.doses import NEED as DOSE_NEED
 from protocell.prepare.io import ImageSource, InputError, file_channels
 
 REQUIRED_COLUMNS = ["image", "plate", "well", "field", "condition"]
@@ -106,39 +108,118 @@ def _group(rows: list[dict], names: list[str], mapping: dict, where: str, extra:
     return list(entries.values())
 
 
+def read_table(csv_path: Path, key: str) -> pd.DataFrame:
+    """A user's CSV (a plate map, a crops metadata table) as text: UTF-8 with or without the byte-order
+    mark spreadsheets write, names and missing cells as "" (never NaN), column names stripped, a
+    nameless empty column (a trailing comma) dropped. Refused in one line, naming ``key=csv_path``,
+    when it cannot be read, names a column twice or has a nameless column with values."""
+    try:
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, header=None, encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{key}={csv_path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as "
+                         "CSV UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{key}={csv_path} is empty: it needs a header row and one row per file") from None
+    except Exception as err:  # noqa: BLE001 - any parser failure is a bad file to the user
+        raise InputError(f"{key}={csv_path} cannot be read as CSV ({type(err).__name__}: {str(err)[:200]})") from None
+    raw = raw.fillna("")
+    columns = [str(c).replace("\ufeff", "").strip() for c in raw.iloc[0]]
+    df = raw.iloc[1:].reset_index(drop=True)
+    df.columns = range(len(columns))
+    keep = [k for k, c in enumerate(columns) if c or (df[k] != "").any()]
+    nameless = [k + 1 for k in keep if not columns[k]]
+    if nameless:
+        raise InputError(f"{key}={csv_path}: column(s) {nameless} have values but no name in the header row: name them")
+    df, columns = df[keep], [columns[k] for k in keep]
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise InputError(f"{key}={csv_path} has column(s) {twice} more than once: keep one of each")
+    df.columns = columns
+    return df
+
+
+def same_rows(df: pd.DataFrame) -> list[list[int]]:
+    """Groups (≥ 2) of positions of rows of a ``read_table`` frame that are equal in every column once
+    stripped: an exact duplicate row."""
+    stripped = df.apply(lambda c: c.str.strip())
+    return [list(rows) for rows in stripped.groupby(list(df.columns), sort=False).indices.values() if len(rows) > 1]
+
+
+def _describe(row: pd.Series, i: int) -> str:
+    """'row 5 (plate1/B03 field 2, condition Exp)': a plate-map row as the user finds it (header = row 1)."""
+    where = f"{row['plate']}/{row['well']} field {row['field']}"
+    channel = f", channel {row['channel']}" if str(row.get("channel", "")).strip() else ""
+    return f"row {i + 2} ({where}{channel}, condition {row['condition'] or '(none)'})"
+
+
+def _duplicates(df: pd.DataFrame, files: dict[int, Path], csv_path: Path) -> list[str]:
+    """An exact duplicate row, and a file named by two rows: the same cells would be stored twice (as two
+    conditions, or in train and in test). ``files``: row → the resolved file it names."""
+    problems, repeats = [], set()
+    for rows in same_rows(df):
+        repeats.update(rows[1:])
+        problems.append(f"plate_map={csv_path} rows {', '.join(str(r + 2) for r in rows)} are the same row "
+                        "(every column equal): delete all but one")
+    by_file: dict[Path, list[int]] = {}
+    for i, path in files.items():
+        if i not in repeats:
+            by_file.setdefault(path, []).append(i)
+    for path, rows in by_file.items():
+        if len(rows) > 1:
+            listed = " and ".join(_describe(df.iloc[r], r) for r in rows)
+            problems.append(f"plate_map={csv_path} names the file {path} in {listed}: one file is one image of one "
+                            "well, and its cells would be stored twice (as two conditions, or in train and in test); "
+                            "keep the row that is right and fix or delete the other")
+    return problems
+
+
+def _dose_problems(df: pd.DataFrame, csv_path: Path) -> list[str]:
+    """Each dose that is not a finite number ≥ 0 (``protocell.doses``), named by row and well."""
+    if DOSE_COLUMN not in df:
+        return []
+    _, bad = parse_doses(df[DOSE_COLUMN])
+    return [f"plate_map={csv_path} {_describe(df.iloc[i], i)}: dose {df[DOSE_COLUMN].iloc[i]!r} is not {DOSE_NEED}"
+            for i in np.flatnonzero(bad.to_numpy())]
+
+
 def read_plate_map(csv_path: str | Path, input_dir: str | Path, names: list[str], mapping: dict) -> list[ImageEntry]:
     csv_path, input_dir = Path(csv_path), Path(input_dir)
     if not csv_path.is_file():
         raise InputError(f"plate_map={csv_path} does not exist; give the CSV path (columns {REQUIRED_COLUMNS})")
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"plate_map={csv_path} cannot be read as CSV ({err})") from None
-    df.columns = [c.strip() for c in df.columns]
+    df = read_table(csv_path, "plate_map")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"plate_map={csv_path} lacks columns {missing} (it has {list(df.columns)}); the header "
                          "must be: image,plate,well,field,condition[,channel][,image_id]")
     if len(df) == 0:
-        raise InputError(f"plate_map={csv_path} has no rows")
+        raise InputError(f"plate_map={csv_path} has no rows: list one row per image file under the header "
+                         "image,plate,well,field,condition")
     extra = [c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     reserved = [c for c in extra if c in MANIFEST_COLUMNS or c == "path"]
     if reserved:
         raise InputError(f"plate_map={csv_path} has column(s) {reserved}, which the crop store's manifest uses itself; "
                          "rename them (extra columns such as dose or compound are carried into the manifest as they are)")
-    rows, problems = [], []
+    rows, problems, files = [], [], {}
     for i, r in df.iterrows():
-        p = Path(r["image"])
+        p = Path(r["image"].strip())
         path = p if p.is_absolute() else input_dir / p
-        if not path.is_file():
+        try:
+            found = r["image"].strip() != "" and path.is_file()
+        except (OSError, ValueError) as err:       # a NUL byte, a name longer than the file system allows
+            problems.append(f"plate_map={csv_path} row {i + 2}: image {r['image']!r} is not a usable file name "
+                            f"({type(err).__name__}): fix the path")
+            continue
+        if not found:
             problems.append(f"plate_map={csv_path} row {i + 2} names image '{r['image']}', which is not in the input "
                             f"folder {input_dir} (looked for {path}): fix the path or add the file")
             continue
+        files[i] = path.resolve()
         empty = [c for c in REQUIRED_COLUMNS if c != "condition" and str(r[c]).strip() == ""]   # no condition: scored only
         if empty:
             problems.append(f"plate_map={csv_path} row {i + 2} ({r['image']}) has empty {empty}")
             continue
         rows.append({**{c: str(r[c]).strip() for c in df.columns}, "path": str(path)})
+    problems += _duplicates(df, files, csv_path) + _dose_problems(df, csv_path)
     if problems:
         raise InputError("\n".join(problems))
     return _group(rows, names, mapping, f"plate_map={csv_path}", extra)

@@ -19,9 +19,10 @@ from protocell.data.dataset import CellDataset
 
 class ScoringCells(Dataset):
     """``CellDataset`` items with the cell's raw brightness: (image (C, S, S), mask (1, S, S), cell_id,
-    intensity), where intensity is the mean stored pixel value inside the cell's mask over the network's
-    channels, before any normalisation (a well-gain diagnostic: per-cell normalisation hides it from the
-    network by design)."""
+    intensity, finite), where intensity is the mean stored pixel value inside the cell's mask over the
+    network's channels, before any normalisation (a well-gain diagnostic: per-cell normalisation hides
+    it from the network by design), and finite says every stored pixel of those channels is a number
+    (a NaN or inf crop gets a meaningless score: ``score`` refuses it)."""
 
     def __init__(self, cells: CellDataset):
         self.cells = cells
@@ -40,24 +41,25 @@ class ScoringCells(Dataset):
         crop = self.cells.store.crop(r)[self.cells.channels]
         inside = self.cells.store.mask(r) > 0
         raw = crop[:, inside] if inside.any() else crop.reshape(len(crop), -1)
-        return x, m, cell_id, float(raw.mean(dtype=np.float64))
+        return x, m, cell_id, float(raw.mean(dtype=np.float64)), bool(np.isfinite(crop).all())
 
 
 @torch.no_grad()
 def infer(net, cells: CellDataset, positive: int, batch_size: int = 256, num_workers: int = 0,
           progress: bool = True) -> dict[str, np.ndarray]:
     """cell_id (n,), score (n,) = P(exposed class), min_d (n, P) masked minimum distances,
-    intensity (n,), in the order of ``cells.rows``."""
+    intensity (n,), finite (n,) bool (``ScoringCells``), in the order of ``cells.rows``."""
     net.eval()
     loader = DataLoader(ScoringCells(cells), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    out = {"cell_id": [], "score": [], "min_d": [], "intensity": []}
+    out = {"cell_id": [], "score": [], "min_d": [], "intensity": [], "finite": []}
     with tqdm(total=len(cells), desc="score", unit="cell", disable=not progress, dynamic_ncols=True) as bar:
-        for x, m, cell_id, raw in loader:
+        for x, m, cell_id, raw, finite in loader:
             o = net(x, m)
             out["score"].append(F.softmax(o["logits"].float(), 1)[:, positive].numpy())
             out["min_d"].append(o["min_distances"].float().numpy())
             out["cell_id"].append(cell_id.numpy())
             out["intensity"].append(raw.numpy())
+            out["finite"].append(finite.numpy())
             bar.update(len(cell_id))
     P = net.prototypes.shape[0]
     empty = {"min_d": np.zeros((0, P), np.float32)}

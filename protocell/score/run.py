@@ -14,15 +14,19 @@ under ``out`` (default: the run folder)::
     score/plate_<plate>.png, dose_<compound>.png, dose_<compound>_prototypes.png, enrichment.png
     score.html                      all of it on one page
 
-Every check on the inputs (run folder, calibration, channels, crop size, doses) runs before the
-network does. The ``score/`` folder is written under a temporary name and renamed into place, and
-``score.html`` atomically after it: an interrupted run leaves the previous results whole.
+Every check on the inputs (run folder, calibration, channels, crop size, doses, ``out``) runs before
+the network does; a cell with NaN or inf pixels is refused during the network's pass, before anything is
+written. One score writes into ``out`` at a time (``out/.score.lock``: a second is refused, naming the
+holder). The ``score/`` folder is written under a temporary name and renamed into place, and
+``score.html`` atomically after it: an interrupted run leaves the previous results whole, and the next
+run removes the temporary folder a SIGKILL left.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -36,16 +40,18 @@ from protocell.data.store import CropStore
 from protocell.errors import check
 from protocell.explain.source import Run, load_run
 from protocell.fraction import ASSUMPTION, ESTIMATOR
-from protocell.fsutil import atomic_write_json, atomic_write_text
+from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock, folder_problem, output_errors
 from protocell.score.dose import dose_response
 from protocell.score.infer import infer
 from protocell.score.plots import plot_compound, plot_compound_prototypes, plot_enrichment, plot_plate, safe_name
 from protocell.score.report import score_page
-from protocell.score.source import empty_wells, open_store, plate_wells, run_calibration, run_reference
+from protocell.score.source import (ScoreError, empty_wells, open_store, plate_wells, run_calibration,
+                                   run_reference)
 from protocell.score.tables import cell_table, enrichment, similarities, top_prototypes, treatment_table, well_table
 
 log = logging.getLogger("protocell.score")
 TOLERANCE = 0.08        # the bar's per-well tolerance, reported in the ground-truth checks
+SCORE_LOCK = ".score.lock"     # held while a score writes into its out= folder (one writer per folder)
 
 
 def _run(run) -> Run:
@@ -67,10 +73,29 @@ def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, models: dict, 
     rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
     result = infer(run.net, run.dm.dataset_of(store, rows), positive_class(run.class_names),
                    int(batch_size or run.dm.eval_batch_size), int(num_workers), progress)
+    refuse_nonfinite(store, rows, result)
     run_split = None
     if store.root.resolve() == Path(run.dm.path).resolve():     # the run's own cells: say which it trained on
         run_split = np.where(run.dm.splits[rows] == "unlabelled", "", run.dm.splits[rows]).astype(str)
     return cell_table(store.manifest.iloc[rows], wells, result, models, nearest, run_split)
+
+
+def refuse_nonfinite(store: CropStore, rows: np.ndarray, result: dict) -> None:
+    """A cell with a NaN or inf pixel (or, from a broken network, a NaN score) gets a meaningless score and
+    would be called and counted in its well: refused, naming the cells and where their pixels are."""
+    pixels = ~result["finite"].astype(bool)
+    scores = ~np.isfinite(result["score"]) & ~pixels
+    for bad, what, fix in ((pixels, "NaN or infinite pixel values",
+                            "fix or remove those crops and prepare the store again (prepare refuses them)"),
+                           (scores, "a NaN score from finite pixels",
+                            "the checkpoint is damaged or its training diverged: retrain")):
+        if bad.any():
+            m = store.manifest.iloc[rows[bad]]
+            shown = "; ".join(f"cell_id {r.cell_id} (plate {r.plate}, well {r.well}: shards/{r.shard}.crops.npy "
+                              f"[{r.shard_index}]{f', file {r.file}' if isinstance(getattr(r, 'file', None), str) else ''})"
+                              for r in m.head(3).itertuples())
+            raise ScoreError(f"{store.root}: {int(bad.sum())} of {len(rows)} cells have {what}, e.g. {shown}; their "
+                             f"scores would be meaningless and counted in their wells: {fix}")
 
 
 def score_store(run, store=None, batch_size: int | None = None, num_workers: int = 0, progress: bool = True,
@@ -186,11 +211,59 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
     check(isinstance(nearest, int) and nearest >= 1, "nearest", nearest, "an integer ≥ 1")
     check(isinstance(top, int) and top >= 0, "top_prototypes", top, "an integer ≥ 0")
     check(isinstance(min_cells, int) and min_cells >= 1, "min_cells", min_cells, "an integer ≥ 1")
+    problem = folder_problem(out) if out is not None else None
+    check(problem is None, "out", str(out), f"a folder for score/ and score.html (created if absent); it {problem}")
     t0 = time.time()
     run, models, store, wells = _inputs(run_dir, store)
-    calibration, anchors = models["call"], models["fraction"]
     out = Path(out) if out is not None else run.dir
-    out.mkdir(parents=True, exist_ok=True)
+    with output_errors(out, "out", ScoreError):
+        out.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(out / SCORE_LOCK, lambda holder: ScoreError(
+                f"out={out} is being written by another score.py ({holder}); wait for it to finish, or give this one "
+                "another out=")):
+            remove_leftovers(out)
+            cells, wells_out = _score_into(out, run, models, store, wells, t0, n_boot, nearest, top, min_cells,
+                                           batch_size, num_workers, progress, seed)
+    if log_wandb:
+        if out.resolve() == run.dir.resolve():
+            from protocell.tracking import log_to_saved_run
+
+            log_to_saved_run(run.cfg, run.dir, keys=("score/",))
+        else:
+            log.info("W&B: not logged (score/ is outside the run folder, out=%s)", out)
+    log.info("score: %d cells, %d wells → %s (%.1f s)", len(cells), len(wells_out), out / "score.html", time.time() - t0)
+    return out / "score"
+
+
+def remove_leftovers(out: Path) -> None:
+    """The ``.score.partial-<pid>-…`` and ``.score.old-<pid>`` folders a score killed with SIGKILL left in
+    ``out``. Called under ``out``'s lock, so no other score writes there; a folder whose process still
+    runs on this host is kept all the same."""
+    for path in out.glob(".score.*"):
+        m = re.fullmatch(r"\.score\.(?:partial|old)-(\d+)(?:-\w+)?", path.name)
+        if m and path.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("score: removed %s, left by a score that was killed", path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # another user's process
+        return True
+    return True
+
+
+def _score_into(out: Path, run: Run, models: dict, store: CropStore, wells: pd.DataFrame, t0: float, n_boot: int,
+                nearest: int, top: int, min_cells: int, batch_size: int | None, num_workers: int, progress: bool,
+                seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score the cells and write ``out/score/`` (under a temporary name, then renamed) and ``out/score.html``;
+    returns (cells, wells)."""
+    calibration, anchors = models["call"], models["fraction"]
     own = store.root.resolve() == Path(run.dm.path).resolve()
     cells = _score_cells(run, store, wells, models, batch_size, num_workers, progress, nearest)
 
@@ -262,12 +335,4 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_text(out / "score.html", page)
-    if log_wandb:
-        if out.resolve() == run.dir.resolve():
-            from protocell.tracking import log_to_saved_run
-
-            log_to_saved_run(run.cfg, run.dir, keys=("score/",))
-        else:
-            log.info("W&B: not logged (score/ is outside the run folder, out=%s)", out)
-    log.info("score: %d cells, %d wells → %s (%.1f s)", len(cells), len(wells_out), out / "score.html", time.time() - t0)
-    return out / "score"
+    return cells, wells_out

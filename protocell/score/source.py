@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from protocell import doses
 from protocell.data.store import MANIFEST_COLUMNS, CropStore
 from protocell.errors import ProtocellError
 
@@ -108,16 +109,15 @@ def _one_per_well(m: pd.DataFrame, col: str, where: Path) -> pd.Series:
 
 
 def parse_doses(text: pd.Series, where: Path) -> pd.Series:
-    """Plate-map dose values (text) → float, NaN where empty; a value that is not a number ≥ 0 is
-    refused, naming its wells."""
+    """Plate-map dose values (text) → float, NaN where empty; a value that is not a dose
+    (``protocell.doses``: a finite number ≥ 0) is refused, naming its wells."""
     text = text.astype(str).str.strip()
-    empty = text.isin(["", "nan", "NaN", "None"])
-    dose = pd.to_numeric(text.where(~empty), errors="coerce")
-    bad = (~empty & (dose.isna() | (dose < 0)))
+    dose, bad = doses.parse_doses(text)
     if bad.any():
         shown = ", ".join(f"{'/'.join(map(str, k))} ({text[k]!r})" for k in list(bad[bad].index)[:5])
-        raise ScoreError(f"{where}: dose must be a number ≥ 0 (or empty for wells without one); not so in well(s) "
-                         f"{shown}{' …' if bad.sum() > 5 else ''}: fix the plate map's dose column and prepare again")
+        raise ScoreError(f"{where}: dose must be a number ≥ 0, finite (or empty for wells without one); not so in "
+                         f"well(s) {shown}{' …' if bad.sum() > 5 else ''}: fix the plate map's dose column and "
+                         "prepare again")
     return dose
 
 

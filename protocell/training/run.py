@@ -170,6 +170,7 @@ def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, e
     labels = dm.store.manifest["label"].to_numpy()[dm.rows["val"]]
     majority = float(max((labels == k).mean() for k in set(labels.tolist()))) if len(labels) else None
     status = run_status(metrics, val_accuracy=history.accuracies(head), val_majority=majority, n_val=len(labels),
+                        val_auroc=history.aurocs(head),
                         epochs_run=int(trainer.current_epoch), epochs_planned=epochs_planned,
                         pushes=int(module.net.pushes) if head == "protopnet" else None,
                         interrupted=bool(trainer.interrupted), bag_size=int(getattr(dm, "bag_size", 1)))

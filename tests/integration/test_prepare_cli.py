@@ -24,7 +24,7 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
            "tile.size=128", "progress=false", f"hydra.run.dir={tmp_path / 'prep_run'}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"data.path={out}" in proc.stdout
+    assert f"train on it: python train.py data=prepared data.path={out}" in proc.stdout
 
     store = CropStore(out)
     m = store.manifest
@@ -88,3 +88,19 @@ def test_a_killed_run_resumes_and_skips_finished_images(tmp_path, synthetic_fiel
     assert all(p.stat().st_mtime_ns != stamps.get(p.name) for p in (out / "shards").glob("*.npy"))
     assert CropStore(out).info["prepare"]["config"]["denoise_sigma"] == 0.5
     assert_store_folder(out)                   # the earlier store's shards were removed after the switch
+
+
+def test_a_store_of_wells_to_score_only_is_followed_by_the_score_command(tmp_path, synthetic_fields):
+    """Before: "train on it: python train.py …" for a store without conditions, which train.py refuses."""
+    plate = pd.read_csv(synthetic_fields / "plate_map.csv").head(2).assign(condition="")
+    plate["image"] = [str(synthetic_fields / p) for p in plate["image"]]
+    plate.to_csv(tmp_path / "plate_map.csv", index=False)
+    out = tmp_path / "store"
+    proc = subprocess.run([sys.executable, "prepare.py", f"input={synthetic_fields}", f"plate_map={tmp_path / 'plate_map.csv'}",
+                           f"output={out}", "tile.size=128", "progress=false", "augment.copies=0", "summary.overlays=0",
+                           f"hydra.run.dir={tmp_path / 'prep_run'}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train on it" not in proc.stdout
+    assert (f"score it with a trained run (it holds no condition, nothing to train on): python score.py "
+            f"run=<run folder> data.path={out}") in proc.stdout

@@ -75,3 +75,16 @@ def test_prepare_refusals_are_one_line(tmp_path, synthetic_fields):
                        f"output={tmp_path / 'store'}", "conditions=[A,B]", "progress=false"), "prepare",
                    "conditions=['A', 'B'] does not match")
     assert not (tmp_path / "store").exists()
+
+
+def test_a_prepare_output_that_cannot_be_written_is_one_line(tmp_path, synthetic_fields, unwritable):
+    """Before: PermissionError / NotADirectoryError tracebacks with debug=false (issue 25.5). The tests run as
+    root, so the folder is made immutable (conftest ``unwritable``), not merely read-only."""
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    for out, fragment in ((unwritable / "store", f"output={unwritable / 'store'} cannot be written ("),
+                          (afile / "store", f"it lies under the file {afile}")):
+        assert_refused(run("prepare.py", tmp_path, f"input={synthetic_fields}", "progress=false", "debug=false",
+                           f"plate_map={synthetic_fields / 'plate_map.csv'}", f"output={out}", "tile.size=128"),
+                       "prepare", fragment)
+    assert afile.read_text() == "x" and not (unwritable / "store").exists()

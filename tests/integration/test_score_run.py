@@ -89,7 +89,7 @@ def test_score_writes_every_table_figure_and_the_page(scored):
     for src in re.findall(r'(?:src|href)="([^"]+)"', page):
         assert (run / src).exists(), src
     assert "unaffected cells of a scored well look like the reference" in page and "Wells without a dose (7)" in page   # 4 controls, 3 stress wells
-    assert not list(run.glob(".score*"))                                          # no partial folder left
+    assert [p.name for p in run.glob(".score*")] == [".score.lock"]                # no partial folder left
 
 
 def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(scored):
@@ -167,7 +167,8 @@ def _score(run, *args, **kw):
 
 
 def _untouched(out):
-    assert not (out / "score").exists() and not (out / "score.html").exists() and not list(out.glob(".score*"))
+    assert not (out / "score").exists() and not (out / "score.html").exists()
+    assert not [p for p in out.glob(".score*") if p.name != ".score.lock"]
 
 
 def test_a_run_folder_without_prototypes_is_refused_by_the_cli_in_one_line(scored, tmp_path):
@@ -281,7 +282,7 @@ def test_an_interrupted_score_leaves_the_previous_results_whole(scored, tmp_path
     with pytest.raises(RuntimeError, match="disk full"):
         _score(copy)
     assert {p.name: p.read_bytes() for p in (copy / "score").iterdir()} == before
-    assert (copy / "score.html").read_bytes() == page and not list(copy.glob(".score*"))
+    assert (copy / "score.html").read_bytes() == page and [p.name for p in copy.glob(".score*")] == [".score.lock"]
 
 
 # ----------------------------------------------------------------------------- W&B and the browser
@@ -369,3 +370,91 @@ def test_a_well_imaged_at_twice_the_gain_keeps_its_fraction_and_is_flagged(score
     cells, plain = score_store(run, copy, progress=False), score_store(run, progress=False)
     c04 = (cells["well"] == "C04").to_numpy()
     assert np.allclose(cells.loc[c04, "score"], plain.loc[c04, "score"], atol=0.02)
+
+
+# ----------------------------------------------------------------------------- issue 25: NaN, out=, leftovers, lock
+
+def test_cells_with_nan_or_inf_pixels_are_refused_naming_them(scored, tmp_path):
+    """Before: score.py scored them (a NaN score: call 0, counted in n_cells), exit 0."""
+    run, _ = scored
+    src = _store(run)
+    w = CropStoreWriter(tmp_path / "nan", src.channels, src.crop_size, source="test")
+    rows = [i for i in range(len(src)) if src.manifest["aug_of"].iloc[i] < 0][:6]
+    crops = np.stack([src.crop(i) for i in rows]).astype(np.float32)
+    crops[4, 1, 30, 31] = np.nan
+    crops[5, 0, 2, 2] = np.inf
+    w.write_shard("s0", crops, np.stack([src.mask(i) for i in rows]),
+                  [{"cell_id": k, "image_id": "i0", "well": "C01", "condition": "", "label": -1,
+                    **{c: 0 for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x")}}
+                   for k in range(6)])
+    w.finish()
+    with pytest.raises(ProtocellError, match=r"nan: 2 of 6 cells have NaN or infinite pixel values, e\.g\. cell_id 4 "
+                                             r"\(plate plate1, well C01: shards/s0\.crops\.npy \[4\]\); cell_id 5 .*prepare"):
+        _score(run, tmp_path / "nan", out=tmp_path / "o")
+    _untouched(tmp_path / "o")
+
+
+def test_an_out_that_is_a_file_or_cannot_be_written_is_one_line(scored, tmp_path, unwritable):
+    """Before: FileExistsError and PermissionError tracebacks (debug=false)."""
+    run, _ = scored
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, fragment in ((afile, f"config value out='{afile}' is invalid: a folder for score/ and score.html "
+                                  "(created if absent); it is a file"),
+                          (afile / "o", f"it lies under the file {afile}"),
+                          (unwritable / "o", f"out={unwritable / 'o'} cannot be written (")):
+        proc = subprocess.run([sys.executable, "score.py", f"run={run}", f"out={out}", "threads=1", "progress=false",
+                               "bootstrap=5", "debug=false"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        line = [ln for ln in proc.stderr.splitlines() if ln.startswith("score: ")]
+        assert len(line) == 1 and fragment in line[0], (fragment, proc.stderr[-2000:])
+    assert afile.read_text() == "x"
+
+
+def test_a_run_that_is_a_file_is_named_as_a_file(scored, tmp_path):
+    """Before: "run folder … does not exist" for a file that exists."""
+    run, _ = scored
+    with pytest.raises(ProtocellError, match=r"run=\S+metrics.json is a file, not a run folder: .* e\.g\. run="):
+        _score(run / "metrics.json", out=tmp_path / "o")
+
+
+def test_a_score_killed_with_sigkill_leaves_a_folder_the_next_score_removes(scored, tmp_path):
+    """Before: each SIGKILL while score/ was written left a .score.partial-<pid>-… folder for good."""
+    import signal
+    import time
+
+    run, _ = scored
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p.name: p.read_bytes() for p in (copy / "score").iterdir()}
+    proc = subprocess.Popen([sys.executable, "score.py", f"run={copy}", "threads=1", "progress=false", "wandb=false"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not list(copy.glob(".score.partial-*")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        assert list(copy.glob(".score.partial-*")), "score.py finished before it could be killed while writing"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    left = [p.name for p in copy.glob(".score.*") if p.name != ".score.lock"]
+    assert left and all(n.startswith(f".score.partial-{proc.pid}-") for n in left), left
+    assert {p.name: p.read_bytes() for p in (copy / "score").iterdir()} == before        # the previous results whole
+    _score(copy)
+    assert [p.name for p in copy.glob(".score*")] == [".score.lock"]
+    assert (copy / "score" / "cells.csv").exists()
+
+
+def test_two_scores_on_one_out_the_second_is_refused_naming_the_holder(scored, tmp_path):
+    """Before: no lock; the second score silently replaced the first's results."""
+    from protocell.fsutil import exclusive_lock
+
+    run, _ = scored
+    out = tmp_path / "o"
+    with exclusive_lock(out / ".score.lock", RuntimeError):          # as a running score.py holds it
+        with pytest.raises(ProtocellError, match=rf"out={out} is being written by another score.py "
+                                                 rf"\(pid {os.getpid()} on [^)]+\); wait for it to finish"):
+            _score(run, out=out)
+    _untouched(out)

@@ -271,3 +271,48 @@ def test_plate_map_columns_the_manifest_uses_are_refused(plate):
     pm.to_csv(plate / "plate_map.csv", index=False)
     msg = refused(plate, match=r"column\(s\) \['split'\].*manifest uses itself")
     assert "plate_map.csv" in msg and "rename" in msg
+
+
+# ----------------------------------------------------------------------------- issue 25: duplicates and doses
+
+def test_one_file_under_two_wells_is_refused_naming_both_rows(plate):
+    """Before: the same cells were stored as Ref *and* Exp (or, under two wells of one condition, in train
+    and in test), silently."""
+    pm = pd.read_csv(plate / "plate_map.csv")
+    first = pm.iloc[0]
+    pm.loc[len(pm)] = ["./" + first["image"], "plate1", "C01", 0, "Exp"]        # another spelling of one file
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    msg = refused(plate, match="names the file")
+    assert str((plate / first["image"]).resolve()) in msg
+    assert f"row 2 (plate1/{first['well']} field {first['field']}, condition {first['condition']})" in msg
+    assert "row 6 (plate1/C01 field 0, condition Exp)" in msg and "stored twice" in msg
+    pm.loc[len(pm) - 1, "condition"] = first["condition"]                       # one condition: train and test
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    refused(plate, match=r"names the file .* in row 2 .* and row 6")
+
+
+def test_an_exact_duplicate_row_is_named_as_such(plate):
+    """Before, with per-channel files: "image '…' has two files for channel 'nuclei': X and X"."""
+    rows = []
+    for img in pd.read_csv(plate / "plate_map.csv").itertuples():
+        data = tifffile.imread(plate / img.image)
+        for c, name in enumerate(["actin", "nuclei"]):
+            tifffile.imwrite(plate / f"{Path(img.image).stem}_{name}.tif", data[c])
+            rows.append({"image": f"{Path(img.image).stem}_{name}.tif", "plate": img.plate, "well": img.well,
+                         "field": img.field, "condition": img.condition, "channel": name})
+    rows.insert(4, dict(rows[1]))
+    pd.DataFrame(rows).to_csv(plate / "plate_map.csv", index=False)
+    msg = refused(plate, match=r"rows 3, 6 are the same row \(every column equal\): delete all but one")
+    assert "two files for channel" not in msg and "names the file" not in msg
+
+
+@pytest.mark.parametrize("dose", ["high", "-1", "inf", "-inf", "1e400", "10 µM"])
+def test_a_dose_that_is_not_a_finite_number_is_refused_at_prepare_time_naming_the_well(plate, dose):
+    """Before: refused only by score.py (after prepare and train), and ``inf`` not even there (issue 23.7)."""
+    pm = pd.read_csv(plate / "plate_map.csv")
+    pm["dose"] = ["0", "", "2.5", "1"]
+    pm.loc[2, "dose"] = dose
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    r = pm.iloc[2]
+    msg = refused(plate, match="is not a finite number ≥ 0")
+    assert f"row 4 (plate1/{r['well']} field {r['field']}, condition {r['condition']}): dose '{dose}'" in msg

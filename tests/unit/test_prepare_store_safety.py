@@ -115,3 +115,50 @@ def test_one_output_has_one_writer_and_the_refusal_names_the_holder(plate, good)
                                              rf"\(pid {os.getpid()} on [^)]+\)"):
             prepare(config(plate, good, "denoise_sigma=0.5"))
     assert snapshot(good) == before
+
+
+def test_the_repair_the_store_error_prints_repairs_the_store(plate, tmp_path):
+    """Issue 25.3, end to end: a truncated shard, a deleted one, a truncated augmented mask and a damaged
+    resumability record; the error names the command that wrote the store, and that command (also with
+    overwrite=true) gives back the original store, byte for byte. Before, the rerun exited 0 with "crop
+    store written" and left the shards broken (prepare kept every shard whose masks file existed)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from protocell.data.store import StoreError
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "store"
+    command = [sys.executable, "prepare.py", f"input={plate}", f"plate_map={plate / 'plate_map.csv'}", f"output={out}",
+               "tile.size=128", "augment.copies=1", "summary.overlays=0", "progress=false", "workers=1"]
+
+    def prepare_cli(*extra):
+        proc = subprocess.run(command + list(extra), cwd=root, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def store_files():
+        return {k: v for k, v in snapshot(out).items() if k.startswith("shards/") or k == "manifest.csv"}
+
+    prepare_cli()
+    original = store_files()
+    for extra in ((), ("overwrite=true",)):
+        shards = sorted(CropStore(out).manifest["shard"].unique())
+        originals, augmented = [s for s in shards if ".aug-" not in s], [s for s in shards if ".aug-" in s]
+        first = out / "shards" / f"{originals[0]}.crops.npy"
+        first.write_bytes(first.read_bytes()[:-1000])
+        (out / "shards" / f"{originals[1]}.crops.npy").unlink()
+        aug_masks = out / "shards" / f"{augmented[0]}.masks.npy"
+        aug_masks.write_bytes(aug_masks.read_bytes()[:200])
+        next((out / ".prepare" / "images").glob("*.json")).write_text('{"key": "trunc')
+        with pytest.raises(StoreError) as err:
+            CropStore(out)
+        assert (f"python prepare.py input={plate} plate_map={plate / 'plate_map.csv'} … output={out}, the same "
+                "settings: prepare checks every shard it keeps and redoes what is missing or damaged") in str(err.value)
+        prepare_cli(*extra)                                 # the command the message prints
+        assert len(CropStore(out)) > 0                      # opens and validates
+        assert store_files() == original, extra             # the original store, byte for byte
+        assert json.loads((out / "store.json").read_text())["manifest_sha1"]
+        assert_store_folder(out)

@@ -95,3 +95,69 @@ def test_bags_on_a_plate_where_most_exposed_cells_respond_and_a_missing_fraction
     none = {"available": False, "reason": "no exposed cells unlike the reference"}
     s = _status(_ok_metrics(affected_fraction=none), bag_size=4)
     assert s["status"] == "ok" and s["warnings"] == ["no affected fraction: no exposed cells unlike the reference"]
+
+
+def _validation(rng, n_ref: int, n_exp: int, shift: float):
+    """Validation cells of an unbalanced plate: logit scores N(0, 1) for Ref, N(shift, 1) for Exp, called
+    Exp above 0. Returns (accuracy, majority share, n, (AUROC, SE)) as train.py records them."""
+    from protocell.metrics.truth import auroc, auroc_se
+
+    y = np.r_[np.zeros(n_ref), np.ones(n_exp)].astype(int)
+    s = np.r_[rng.normal(0, 1, n_ref), rng.normal(shift, 1, n_exp)]
+    a = auroc(s, y)
+    return float(((s > 0) == y).mean()), n_ref / len(y), len(y), (a, auroc_se(a, n_exp, n_ref))
+
+
+def test_an_unbalanced_validation_set_is_judged_by_auroc_not_by_the_majority_share():
+    """Issue 25.8: 87 % of the validation cells in one condition. A network that ranks Exp cells well but calls
+    half the Ref cells Exp has an accuracy far below the majority share — the accuracy rule failed it; a
+    network that learnt nothing but calls nearly everything Ref sits at the majority share and, on a lucky
+    epoch, above it — the rule passed it. By the AUROC and its standard error: the other way round."""
+    rng = np.random.default_rng(0)
+    acc, majority, n, useful = _validation(rng, 261, 39, shift=1.5)
+    assert acc < majority and useful[0] > 0.8 and useful[0] - 2 * useful[1] > 0.5
+    s = _status(_ok_metrics(), val_accuracy=[acc], val_majority=majority, n_val=n)                 # the old rule
+    assert s["status"] == "failed" and "never beat the majority class" in s["reasons"][0]
+    assert _status(_ok_metrics(), val_accuracy=[acc], val_majority=majority, n_val=n,
+                   val_auroc=[useful]) == {"status": "ok", "reasons": [], "warnings": []}
+
+    _, majority, n, chance = _validation(rng, 261, 39, shift=0.0)
+    lucky = [0.85, 0.93]                                      # above the bar 0.87 + 2·0.019 = 0.909
+    assert _status(_ok_metrics(), val_accuracy=lucky, val_majority=majority, n_val=n)["status"] == "ok"
+    s = _status(_ok_metrics(), val_accuracy=lucky, val_majority=majority, n_val=n, val_auroc=[(0.45, 0.05), chance])
+    assert s["status"] == "failed", s
+    assert f"validation AUROC never stood above chance: best {chance[0]:.3f} ± {chance[1]:.3f}" in s["reasons"][0]
+
+
+def test_the_auroc_rule_needs_two_standard_errors_and_both_conditions():
+    from protocell.evaluate import beats_chance
+
+    assert beats_chance(0.62, 0.05) and not beats_chance(0.60, 0.05) and not beats_chance(float("nan"), 0.05)
+    s = _status(_ok_metrics(), val_auroc=[(float("nan"), float("nan"))])
+    assert s["status"] == "failed" and "validation cells hold one condition" in s["reasons"][0]
+    assert _status(_ok_metrics(), val_auroc=[(0.55, 0.04), (0.7, 0.04)])["status"] == "ok"   # one epoch is enough
+
+
+def test_the_history_records_each_epochs_validation_auroc_and_its_standard_error(tiny_store):
+    """What run_status reads: ValAccuracyHistory keeps val/auroc and val/auroc_se as the module logs them."""
+    import lightning as L
+
+    from conftest import tiny_module
+    from protocell.data.datamodule import CellDataModule
+    from protocell.training.callbacks import ValAccuracyHistory
+
+    dm = CellDataModule(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
+                        test_fraction=0.3, val_fraction=0.3, seed=0)
+    module = tiny_module()
+    module.phase = "joint"
+    history = ValAccuracyHistory()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[history])
+    trainer.validate(module, datamodule=dm, verbose=False)
+    (entry,) = history.history
+    assert entry["auroc"] == pytest.approx(float(trainer.callback_metrics["val/auroc"]))
+    assert entry["auroc_se"] == pytest.approx(float(trainer.callback_metrics["val/auroc_se"])) and entry["auroc_se"] > 0
+    assert history.aurocs() == [(entry["auroc"], entry["auroc_se"])] and history.accuracies() == [entry["acc"]]
+    module.phase = "pretrain"
+    trainer.validate(module, datamodule=dm, verbose=False)
+    assert len(history.aurocs()) == 1 and len(history.aurocs("baseline")) == 2    # the probe's epochs: baseline only

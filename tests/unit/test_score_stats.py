@@ -191,3 +191,13 @@ def test_the_fraction_is_biased_when_a_wells_unaffected_cells_do_not_look_like_t
     assert bias[0.5] > 0.04 and bias[1.0] > 0.1               # exposed-looking unaffected cells: over-estimated
     assert bias[-1.0] < -0.01                                 # the other way: under-estimated
     assert bias[-1.0] < bias[0.0] < bias[0.5] < bias[1.0]
+
+
+def test_an_infinite_dose_is_refused_by_score_too():
+    """Before, ``inf`` (and 1e400, which reads as inf) passed score's dose check (issue 25 / 23.7)."""
+    from protocell.score.source import ScoreError, parse_doses
+
+    idx = pd.MultiIndex.from_tuples([("p", "A01"), ("p", "A02")])
+    for bad in ("inf", "1e400", "-inf", "Infinity"):
+        with pytest.raises(ScoreError, match=rf"finite .* p/A02 \('{bad}'\)"):
+            parse_doses(pd.Series(["1", bad], index=idx), "manifest.csv")

@@ -106,3 +106,15 @@ def test_train_refuses_a_damaged_store_before_the_first_epoch(store, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"\ntrain: the crop store {store} is damaged" in proc.stderr and "masks.npy" in proc.stderr
     assert not (run / "checkpoints").exists() and not (run / "metrics.csv").exists()
+
+
+def test_a_manifest_without_rows_is_named_with_the_fix(store):
+    """Before: train.py said "the 'train' split is empty", score.py "lists no original cells (only offline
+    augmentations)" — neither true, neither with a fix (issue 25.7)."""
+    header = (store / "manifest.csv").read_text().splitlines()[0] + "\n"
+    (store / "manifest.csv").write_text(header)
+    info = json.loads((store / "store.json").read_text())
+    del info["manifest_sha1"]
+    (store / "store.json").write_text(json.dumps(info))
+    with pytest.raises(StoreError, match=r"manifest.csv lists no cells \(a header without rows\).*re-create the store"):
+        CropStore(store)
