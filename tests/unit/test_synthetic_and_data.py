@@ -109,17 +109,23 @@ def test_validation_cells_come_from_wells_that_never_train(eight_wells, unit):
         assert sum(info["wells"]["test"].values()) > 8 and min(info["wells"]["train"].values()) >= 5
 
 
-def test_split_auto_splits_by_well_only_when_every_condition_keeps_two_training_wells(eight_wells, tiny_store):
+def test_split_auto_splits_by_well_only_when_every_condition_keeps_five_training_wells(eight_wells, tiny_store,
+                                                                                       tmp_path_factory):
     from protocell.data.datamodule import choose_split
 
-    assert choose_split(CropStore(eight_wells).manifest, 0.5, 0.2, "auto")[0] == "well"
+    unit, why = choose_split(CropStore(eight_wells).manifest, 0.5, 0.2, "auto")
+    assert unit == "image" and "Exp: 3, Ref: 3 training well(s)" in why          # 8 wells: 4 test, 1 val, 3 train
     unit, why = choose_split(CropStore(tiny_store).manifest, 0.5, 0.2, "auto")
     assert unit == "image" and "Exp: 1, Ref: 1 training well(s)" in why
     assert choose_split(CropStore(tiny_store).manifest, 0.5, 0.2, "well")[0] == "well"
-    dm = CellDataModule(eight_wells, seed=0)
+    twelve = build_store(tmp_path_factory.mktemp("twelve"), WellSpec(wells_per_condition=12, fields_per_well=1,
+                                                                      field_size=128, cells_per_field=3, seed=5))
+    dm = CellDataModule(twelve, seed=0)                                           # 6 test, 1 val, 5 train
     dm.setup()
-    assert dm.split_unit == "well" and set(dm.store.manifest.loc[dm.rows["val"], "well"]).isdisjoint(
-        set(dm.store.manifest.loc[dm.rows["train"], "well"]))
+    assert dm.split_unit == "well" and "keeps ≥ 5 training wells" in dm.split_why
+    m = dm.store.manifest
+    assert set(m.loc[dm.rows["val"], "well"]).isdisjoint(set(m.loc[dm.rows["train"], "well"]))
+    assert set(m.loc[dm.rows["test"], "well"]).isdisjoint(set(m.loc[dm.rows["train"], "well"]))
 
 
 def test_datamodule_items_zeroed_background_and_channel_selection(tiny_store):
