@@ -148,13 +148,10 @@ def build_module(cfg, dm):
     perf = cfg.get("performance") or {}
     # trainer=gpu sets trainer.channels_last (a protocell key, not a Trainer argument)
     channels_last = bool(perf.get("channels_last", False) or cfg.trainer.get("channels_last", False))
-    m = dm.store.manifest
-    train_wells = (m["plate"].astype(str) + "/" + m["well"].astype(str)).to_numpy()[dm.rows["train"]]
     module = ProtoPNetModule(net_spec(cfg, dm.in_channels), class_names=list(dm.class_names),
                              last_layer=cfg.last_layer.mode, lr=_plain(cfg.optim.lr),
                              weight_decay=float(cfg.optim.weight_decay), channels_last=channels_last,
-                             bag_size=int(dm.bag_size), head=cfg.get("head", "protopnet"),
-                             adversary_wells=len(set(train_wells.tolist())), **_plain(cfg.loss))
+                             bag_size=int(dm.bag_size), head=cfg.get("head", "protopnet"), **_plain(cfg.loss))
     if channels_last:
         module.to(memory_format=torch.channels_last)
     if perf.get("compile"):

@@ -13,17 +13,8 @@ learns the task through a linear *probe* (1×1 conv → mean over in-cell latent
 cross-entropy only), so that the ProtoPNet phases start from useful features, as in the paper. The
 probe is not part of the prototype network and is not used by it.
 
-Parameter groups (``groups()``: probe, features, add-on, prototypes, last layer and, when on, the
-well adversary) each get their own optimiser group, named, so a phase can set each one's learning rate.
-
-**The well adversary** (``well_adversary`` = λ > 0; Ganin et al. 2016, *Domain-adversarial training*):
-a 1×1 conv on the backbone's features, averaged inside the cell as the probe is, guesses which
-*training well of the cell's own condition* the cell comes from; a gradient-reversal layer makes the
-backbone work against it with weight λ. Wells of one condition share their biology and differ in
-what a network must not read — imaging, plating, position — so features that tell them apart are
-nuisance by construction; a change shared by a condition's wells (even by all its cells) is left
-alone. The head is only a training device: its guesses are logged (``train/adv_acc``, chance = 1 /
-wells of a condition), never used to score a cell.
+Parameter groups (``groups()``: probe, features, add-on, prototypes, last layer) each get their
+own optimiser group, named, so a phase can set each one's learning rate.
 """
 
 from __future__ import annotations
@@ -42,24 +33,11 @@ SEPARATIONS = ("reference", "all")
 HEADS = ("protopnet", "baseline")
 
 
-class _ReverseGradient(torch.autograd.Function):
-    """Identity forward; the gradient times −1 backward (DANN's gradient-reversal layer)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -grad
-
-
 class ProtoPNetModule(L.LightningModule):
     def __init__(self, net_spec: dict, class_names: list[str], last_layer: str = "trained",
                  lr: dict | None = None, weight_decay: float = 1e-3, clst: float = 0.8, sep: float = 0.08,
                  l1: float = 1e-4, div: float = 0.0, ref_sim: float = 0.0, ramp_epochs: int = 0, bag_size: int = 1,
-                 separation: str = "all", head: str = "protopnet", channels_last: bool = False,
-                 well_adversary: float = 0.0, adversary_wells: int = 0):
+                 separation: str = "all", head: str = "protopnet", channels_last: bool = False):
         super().__init__()
         if last_layer not in LAST_LAYER_MODES:
             raise ValueError(f"last_layer must be one of {LAST_LAYER_MODES}, got '{last_layer}'")
@@ -70,7 +48,7 @@ class ProtoPNetModule(L.LightningModule):
         # initial rates; the phase callback sets every group's rate at the start of every epoch
         self.lr = {"features": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-3, **(lr or {})}
         self.lr.setdefault("pretrain", self.lr["features"])
-        self.lr["probe"] = self.lr["adversary"] = self.lr["pretrain"]
+        self.lr["probe"] = self.lr["pretrain"]
         self.weight_decay = weight_decay
         self.coef = {"clst": clst, "sep": sep, "l1": l1, "div": div, "ref_sim": ref_sim}
         if bag_size > 1 and len(class_names) != 2:
@@ -93,68 +71,6 @@ class ProtoPNetModule(L.LightningModule):
         self.probe = torch.nn.Conv2d(self.net.add_on[0].in_channels, self.net.num_classes, 1)
         if last_layer == "frozen":
             self.net.last_layer.weight.requires_grad_(False)
-        # the well adversary: a head over ``adversary_wells`` training wells (module doc)
-        self.well_adversary = float(well_adversary)
-        self.adversary = (torch.nn.Conv2d(self.net.add_on[0].in_channels, int(adversary_wells), 1)
-                          if self.well_adversary > 0 and adversary_wells > 1 else None)
-        self._features = None
-        self.well_index: torch.Tensor | None = None      # training wells: set by set_training_wells
-        if self.adversary is not None:
-            self.net.features.register_forward_hook(self._keep_features)
-
-    def _keep_features(self, module, inputs, output):
-        if self.training:
-            self._features = output
-
-    def set_training_wells(self, cell_ids, wells, labels) -> None:
-        """The adversary's targets: each training cell's well (``cell_ids``, ``wells`` names, ``labels``
-        the wells' conditions), numbered in sorted order, and which wells share each condition."""
-        names = sorted(set(map(str, wells)))
-        if self.adversary is not None and len(names) != self.adversary.out_channels:
-            raise ValueError(f"the well adversary was built for {self.adversary.out_channels} training wells, the "
-                             f"data have {len(names)}")
-        index = {w: i for i, w in enumerate(names)}
-        order = np.argsort(np.asarray(cell_ids))
-        self._adv_cells = torch.as_tensor(np.asarray(cell_ids)[order], dtype=torch.long)
-        self.well_index = torch.as_tensor([index[str(w)] for w in np.asarray(wells)[order]], dtype=torch.long)
-        cond = {}
-        for w, y in zip(map(str, wells), labels):
-            cond[index[w]] = int(y)
-        self.well_condition = torch.as_tensor([cond[i] for i in range(len(names))], dtype=torch.long)
-
-    def adversary_loss(self, mask, y, cell_id) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Cross-entropy of the adversary's guess of each cell's well among the training wells of its
-        condition, through the gradient reversal (module doc); None when it is off or has no targets."""
-        if self.adversary is None or self._features is None or self.well_index is None \
-                or not self.adversary.weight.requires_grad:
-            self._features = None
-            return None
-        f = _ReverseGradient.apply(self._features)
-        self._features = None
-        g = self.adversary(f)                                               # (B, N, H, W)
-        inside = self.net.inside(mask, g.shape[-2:])
-        logits = g.mean(dim=(2, 3)) if inside is None else \
-            (g * inside.to(g.dtype)).sum(dim=(2, 3)) / inside.to(g.dtype).sum(dim=(2, 3)).clamp_min(1)
-        ids = cell_id.detach().cpu().long()
-        pos = torch.searchsorted(self._adv_cells, ids).clamp_max(len(self._adv_cells) - 1)
-        known = self._adv_cells[pos] == ids
-        if not known.any():
-            return None
-        target = self.well_index[pos].to(logits.device)
-        same = (self.well_condition.to(logits.device)[None, :] == y[:, None])          # wells of the cell's condition
-        logits = logits.float().masked_fill(~same, float("-inf"))
-        known = known.to(logits.device)
-        ce = F.cross_entropy(logits[known], target[known])
-        acc = (logits[known].argmax(1) == target[known]).float().mean()
-        return ce, acc
-
-    def on_fit_start(self):
-        dm = getattr(self.trainer, "datamodule", None)
-        if self.adversary is not None and dm is not None:
-            m = dm.store.manifest
-            rows = dm.rows["train"]
-            self.set_training_wells(m["cell_id"].to_numpy()[rows], (m["plate"].astype(str) + "/" +
-                                    m["well"].astype(str)).to_numpy()[rows], m["label"].to_numpy()[rows])
 
     def groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """The parameter groups a phase switches on and off, by name."""
@@ -162,8 +78,7 @@ class ProtoPNetModule(L.LightningModule):
                 "features": list(self.net.features.parameters()),
                 "add_on": list(self.net.add_on.parameters()),
                 "prototypes": [self.net.prototypes],
-                "last_layer": [self.net.last_layer.weight],
-                **({"adversary": list(self.adversary.parameters())} if self.adversary is not None else {})}
+                "last_layer": [self.net.last_layer.weight]}
 
     def group_modules(self) -> dict[str, torch.nn.Module]:
         """Modules whose train/eval mode follows their group (batch-norm statistics of a frozen
@@ -228,11 +143,6 @@ class ProtoPNetModule(L.LightningModule):
                                     positive=self.positive)
             self._log(stage, {**losses, "acc": acc}, bs)
             loss = losses["loss"]
-        adv = self.adversary_loss(mask, y, cell_id) if stage == "train" else None
-        if adv is not None:
-            loss = loss + self.well_adversary * adv[0]
-            self.log_dict({"train/adv_ce": adv[0].detach(), "train/adv_acc": adv[1]}, on_step=False, on_epoch=True,
-                          batch_size=bs)
         if stage == "val":
             score = F.softmax(logits.detach().float(), 1)[:, self.positive]
             self._val_cells.append((cell_id.detach(), y.detach(), score))
@@ -293,7 +203,7 @@ class ProtoPNetModule(L.LightningModule):
     def configure_optimizers(self):
         groups = [{"params": params, "name": name,
                    "lr": self.lr["pretrain"] if (name == "features" and self.phase == "pretrain") else self.lr[name],
-                   "weight_decay": self.weight_decay if name in ("features", "add_on", "probe", "adversary") else 0.0}
+                   "weight_decay": self.weight_decay if name in ("features", "add_on", "probe") else 0.0}
                   for name, params in self.groups().items()
                   if not (name == "last_layer" and self.last_layer_mode == "frozen")]
         return torch.optim.Adam(groups)

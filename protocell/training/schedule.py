@@ -4,8 +4,7 @@ A ``Phase`` says which parameter groups learn in that epoch, at which learning r
 the prototypes are pushed at its end. ``build_schedule`` expands the ``schedule`` config once:
 
 - ``pretrain`` epochs: backbone and a linear probe on cross-entropy (stands in for ImageNet
-  weights offline, see ``ProtoPNetModule.probe_logits``); the well adversary, when there is one
-  (``loss.well_adversary``), learns whenever the backbone does, at the probe's rate;
+  weights offline, see ``ProtoPNetModule.probe_logits``);
 - ``warm`` epochs: backbone frozen, add-on and prototypes learn;
 - ``joint`` epochs: everything learns (the last layer too when it is trained);
 - a push after prototype-network epoch ``push_start`` and every ``push_every`` epochs after it, and
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 
 from protocell.errors import ConfigError
 
-GROUPS = ("probe", "features", "add_on", "prototypes", "last_layer", "adversary")
+GROUPS = ("probe", "features", "add_on", "prototypes", "last_layer")
 PHASE_NAMES = ("pretrain", "warm", "joint", "last_layer")
 
 
@@ -43,10 +42,9 @@ class Phase:
 
 def trainable_groups(phase: str, train_last_layer: bool) -> frozenset:
     last = {"last_layer"} if train_last_layer else set()
-    # the well adversary (when there is one) learns whenever the backbone does
-    return frozenset({"pretrain": {"features", "probe", "adversary"},
+    return frozenset({"pretrain": {"features", "probe"},
                       "warm": {"add_on", "prototypes"},
-                      "joint": {"features", "add_on", "prototypes", "adversary"} | last,
+                      "joint": {"features", "add_on", "prototypes"} | last,
                       "last_layer": last}[phase])
 
 
@@ -77,7 +75,6 @@ def epoch_lrs(base: dict, phase: str, epoch: int, step_epochs: int = 0, gamma: f
     """Learning rate of every group at trainer epoch ``epoch`` in ``phase``."""
     lrs = {g: float(base[g]) for g in GROUPS if g in base}
     lrs["probe"] = float(base.get("pretrain", base["features"]))
-    lrs["adversary"] = lrs["probe"]
     if phase == "pretrain":
         lrs["features"] = lrs["probe"]
     if step_epochs:

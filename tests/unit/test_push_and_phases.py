@@ -79,8 +79,8 @@ def test_schedule_pushes_every_n_epochs_and_at_the_end():
     pre = build_schedule(4, push_every=2, pretrain_epochs=3)
     assert [p.name for p in pre[:3]] == ["pretrain"] * 3 and [i for i, p in enumerate(pre) if p.push] == [4, 6]
     assert plan[0].train == {"add_on", "prototypes"} and plan[10].train == {"last_layer"}
-    assert plan[6].train == {"features", "add_on", "prototypes", "last_layer", "adversary"}   # the adversary learns with the backbone (when there is one)
-    assert frozen[6].train == {"features", "add_on", "prototypes", "adversary"}
+    assert plan[6].train == {"features", "add_on", "prototypes", "last_layer"}
+    assert frozen[6].train == {"features", "add_on", "prototypes"}
 
 
 def test_schedule_rates_step_decay_every_group_but_the_last_layer():
