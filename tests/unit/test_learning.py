@@ -186,3 +186,34 @@ def test_reference_similarity_is_the_reference_cells_largest_similarity_to_an_ex
     far = reference_similarity(d + 1e6, y, cls)
     assert 0 <= far.item() < 1e-5                                            # bounded: vanishes with distance
     assert reference_similarity(d, torch.tensor([1, 1, 1]), cls).item() == 0.0
+
+
+def test_imaged_worse_keeps_the_background_and_the_invariance_term_is_the_evidence_change():
+    """loss.invariance: the training batch seen imaged a little worse; the term is the mean squared change
+    of each cell's evidence logit_Exp − logit_Ref (computed here by hand with the same draws)."""
+    import torch
+
+    from conftest import tiny_module
+    from protocell.model.module import IMAGING_NOISE, imaged_worse
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 2, 64, 64, generator=g)
+    x[:, :, :10, :] = 0                                         # a zeroed background band
+    worse = imaged_worse(x, torch.Generator().manual_seed(1))
+    assert (worse[:, :, :10, :] == 0).all() and not torch.equal(worse[:, :, 20:, :], x[:, :, 20:, :])
+    assert (worse - x)[:, :, 20:44, 20:44].std() < 3 * IMAGING_NOISE + 0.2
+    m = tiny_module(invariance=2.0)
+    m.phase = "pretrain"
+    mask = torch.ones(6, 1, 64, 64)
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    cell = torch.arange(6)
+    m.train()
+    torch.manual_seed(3)
+    with_term = m._step((x, mask, y, cell), "train")
+    logits, _ = m.scores(x, mask)
+    gen = torch.Generator().manual_seed(int(m.global_step) * 7919 + 0)
+    w, _ = m.scores(imaged_worse(x, gen), mask)
+    by_hand = (((logits[:, 1] - logits[:, 0]) - (w[:, 1] - w[:, 0])) ** 2).mean()
+    m.invariance = 0.0
+    without = m._step((x, mask, y, cell), "train")
+    assert float(with_term - without) == pytest.approx(2.0 * float(by_hand), rel=1e-4)
