@@ -17,8 +17,9 @@ Parameter groups (``groups()``: probe, features, add-on, prototypes, last layer)
 own optimiser group, named, so a phase can set each one's learning rate.
 
 **Imaging invariance** (``invariance`` = λ > 0): every training batch is also seen imaged a little
-worse — per cell, Gaussian pixel noise of SD ~ U(0, ``IMAGING_NOISE``) per channel and a Gaussian blur
-of σ ~ U(0, ``IMAGING_BLUR``) px (what wells imaged with less light or another focus differ by) — and
+worse — per cell, a Gaussian blur of the signal of σ ~ U(0, ``IMAGING_BLUR``) px with the pixel noise it
+smoothed away put back, Gaussian pixel noise of SD ~ U(0, ``IMAGING_NOISE``) more per channel and a
+contrast change (what wells imaged with less light or another focus differ by; ``imaged_worse``) — and
 λ · mean((g(x) − g(x′))²) is added, g the cell's evidence logit_Exp − logit_Ref of the model in use. A
 network that reads imaging pays for it on every cell, whatever the imaging of the wells happens to
 be; augmentation alone (training on perturbed crops) leaves the wells' own imaging readable and, when
@@ -42,22 +43,41 @@ SEPARATIONS = ("reference", "all")
 HEADS = ("protopnet", "baseline")
 IMAGING_NOISE = 0.03     # normalised units: about the pixel noise of a cell, so up to ×2 its SD
 IMAGING_BLUR = 0.8       # px
+IMAGING_CONTRAST = 0.15  # ×e^U(±0.15) per channel
+
+
+def pixel_noise(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, C) pixel-noise SD of crops (B, C, S, S) inside ``keep`` (B, 1, S, S): 1.4826·MAD / √6 of the
+    second differences along rows (white noise; a linear gradient cancels)."""
+    d = x[..., 2:] - 2 * x[..., 1:-1] + x[..., :-2]
+    inside = (keep[..., 2:] * keep[..., 1:-1] * keep[..., :-2]).expand_as(d) > 0
+    d = torch.where(inside, d, torch.full_like(d, float("nan"))).flatten(2)
+    med = torch.nanmedian(d, dim=2, keepdim=True).values
+    mad = torch.nanmedian((d - med).abs(), dim=2).values
+    return torch.nan_to_num(1.4826 * mad / 6 ** 0.5, nan=0.0)
 
 
 def imaged_worse(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, C, S, S) crops imaged a little worse (module doc): per cell a blur of σ ~ U(0, IMAGING_BLUR) px and
-    Gaussian noise of SD ~ U(0, IMAGING_NOISE) per channel; the zeroed background stays zero."""
+    """(B, C, S, S) crops imaged a little worse (module doc), as optics and a camera would do it: per cell
+    a blur of σ ~ U(0, IMAGING_BLUR) px of the *signal* with the pixel noise it removed put back (optics
+    blur light, not the camera's noise: a blur that also smooths the noise would be a tell), Gaussian noise
+    of SD ~ U(0, IMAGING_NOISE) more per channel, and a contrast ×e^U(±IMAGING_CONTRAST) per channel (what
+    another gain leaves after per-cell normalisation); the zeroed background stays zero."""
     from torchvision.transforms.functional import gaussian_blur
 
     B, C = x.shape[:2]
     keep = (x != 0).any(dim=1, keepdim=True).to(x.dtype)
+    before = pixel_noise(x, keep)
     sigma = torch.rand(B, generator=generator) * IMAGING_BLUR
     k = 2 * int(np.ceil(3 * IMAGING_BLUR)) + 1
     out = torch.stack([gaussian_blur(x[i:i + 1], [k, k], [float(s), float(s)])[0] if s > 0.05 else x[i]
                        for i, s in enumerate(sigma.tolist())])
-    sd = (torch.rand(B, C, 1, 1, generator=generator) * IMAGING_NOISE).to(x.device, x.dtype)
+    lost = (before ** 2 - pixel_noise(out, keep) ** 2).clamp_min(0)
+    extra = (torch.rand(B, C, generator=generator) * IMAGING_NOISE).to(x.device, x.dtype)
+    sd = (lost + extra ** 2).sqrt()[..., None, None]
+    contrast = torch.exp((torch.rand(B, C, 1, 1, generator=generator) * 2 - 1) * IMAGING_CONTRAST).to(x.device, x.dtype)
     noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
-    return (out + sd * noise) * keep
+    return (out * contrast + sd * noise) * keep
 
 
 class ProtoPNetModule(L.LightningModule):
