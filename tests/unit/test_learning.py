@@ -217,3 +217,19 @@ def test_imaged_worse_keeps_the_background_and_the_invariance_term_is_the_eviden
     m.invariance = 0.0
     without = m._step((x, mask, y, cell), "train")
     assert float(with_term - without) == pytest.approx(2.0 * float(by_hand), rel=1e-4)
+
+
+def test_a_blur_in_the_invariance_perturbation_puts_back_the_pixel_noise_it_removed():
+    """Optics blur the light, not the camera's noise: a perturbed crop must not be told apart by smoother
+    noise (the first version's tell), so its white-noise SD is at least the original's."""
+    import torch
+
+    from protocell.model.module import imaged_worse, pixel_noise
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.02 * torch.randn(16, 2, 64, 64, generator=g)
+    x[:, :, :8] = 0
+    keep = (x != 0).any(1, keepdim=True).float()
+    assert pixel_noise(x, keep) == pytest.approx(torch.full((16, 2), 0.02), abs=0.002)
+    worse = imaged_worse(x, torch.Generator().manual_seed(1))
+    assert (pixel_noise(worse, keep) >= 0.9 * pixel_noise(x, keep)).all()
