@@ -177,7 +177,6 @@ class LossConfig:
     ref_sim: float = rule(lambda v: v >= 0, "≥ 0", 0.0)
     separation: str = rule(_one_of(SEPARATIONS), f"one of {SEPARATIONS}", "all")
     ramp_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
-    invariance: float = rule(lambda v: v >= 0, "≥ 0 (0 = off)", 0.0)
 
 
 @dataclass

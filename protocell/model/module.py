@@ -15,16 +15,6 @@ probe is not part of the prototype network and is not used by it.
 
 Parameter groups (``groups()``: probe, features, add-on, prototypes, last layer) each get their
 own optimiser group, named, so a phase can set each one's learning rate.
-
-**Imaging invariance** (``invariance`` = λ > 0): every training batch is also seen imaged a little
-worse — per cell, a Gaussian blur of the signal of σ ~ U(0, ``IMAGING_BLUR``) px with the pixel noise it
-smoothed away put back, Gaussian pixel noise of SD ~ U(0, ``IMAGING_NOISE``) more per channel and a
-contrast change (what wells imaged with less light or another focus differ by; ``imaged_worse``) — and
-λ · mean((g(x) − g(x′))²) is added, g the cell's evidence logit_Exp − logit_Ref of the model in use. A
-network that reads imaging pays for it on every cell, whatever the imaging of the wells happens to
-be; augmentation alone (training on perturbed crops) leaves the wells' own imaging readable and, when
-a condition was imaged apart, useful (measured: docs/method.md). ``protocell.diagnostics``'s imaging
-sensitivity checks the same property on held-out cells after training.
 """
 
 from __future__ import annotations
@@ -41,51 +31,13 @@ PHASE_INDEX = {"pretrain": 0, "warm": 1, "joint": 2, "last_layer": 3}
 LAST_LAYER_MODES = ("trained", "frozen")
 SEPARATIONS = ("reference", "all")
 HEADS = ("protopnet", "baseline")
-IMAGING_NOISE = 0.03     # normalised units: about the pixel noise of a cell, so up to ×2 its SD
-IMAGING_BLUR = 0.8       # px
-IMAGING_CONTRAST = 0.15  # ×e^U(±0.15) per channel
-
-
-def pixel_noise(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(B, C) pixel-noise SD of crops (B, C, S, S) inside ``keep`` (B, 1, S, S): 1.4826·MAD / √6 of the
-    second differences along rows (white noise; a linear gradient cancels)."""
-    d = x[..., 2:] - 2 * x[..., 1:-1] + x[..., :-2]
-    inside = (keep[..., 2:] * keep[..., 1:-1] * keep[..., :-2]).expand_as(d) > 0
-    d = torch.where(inside, d, torch.full_like(d, float("nan"))).flatten(2)
-    med = torch.nanmedian(d, dim=2, keepdim=True).values
-    mad = torch.nanmedian((d - med).abs(), dim=2).values
-    return torch.nan_to_num(1.4826 * mad / 6 ** 0.5, nan=0.0)
-
-
-def imaged_worse(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, C, S, S) crops imaged a little worse (module doc), as optics and a camera would do it: per cell
-    a blur of σ ~ U(0, IMAGING_BLUR) px of the *signal* with the pixel noise it removed put back (optics
-    blur light, not the camera's noise: a blur that also smooths the noise would be a tell), Gaussian noise
-    of SD ~ U(0, IMAGING_NOISE) more per channel, and a contrast ×e^U(±IMAGING_CONTRAST) per channel (what
-    another gain leaves after per-cell normalisation); the zeroed background stays zero."""
-    from torchvision.transforms.functional import gaussian_blur
-
-    B, C = x.shape[:2]
-    keep = (x != 0).any(dim=1, keepdim=True).to(x.dtype)
-    before = pixel_noise(x, keep)
-    sigma = torch.rand(B, generator=generator) * IMAGING_BLUR
-    k = 2 * int(np.ceil(3 * IMAGING_BLUR)) + 1
-    out = torch.stack([gaussian_blur(x[i:i + 1], [k, k], [float(s), float(s)])[0] if s > 0.05 else x[i]
-                       for i, s in enumerate(sigma.tolist())])
-    lost = (before ** 2 - pixel_noise(out, keep) ** 2).clamp_min(0)
-    extra = (torch.rand(B, C, generator=generator) * IMAGING_NOISE).to(x.device, x.dtype)
-    sd = (lost + extra ** 2).sqrt()[..., None, None]
-    contrast = torch.exp((torch.rand(B, C, 1, 1, generator=generator) * 2 - 1) * IMAGING_CONTRAST).to(x.device, x.dtype)
-    noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
-    return (out * contrast + sd * noise) * keep
 
 
 class ProtoPNetModule(L.LightningModule):
     def __init__(self, net_spec: dict, class_names: list[str], last_layer: str = "trained",
                  lr: dict | None = None, weight_decay: float = 1e-3, clst: float = 0.8, sep: float = 0.08,
                  l1: float = 1e-4, div: float = 0.0, ref_sim: float = 0.0, ramp_epochs: int = 0, bag_size: int = 1,
-                 separation: str = "all", head: str = "protopnet", channels_last: bool = False,
-                 invariance: float = 0.0):
+                 separation: str = "all", head: str = "protopnet", channels_last: bool = False):
         super().__init__()
         if last_layer not in LAST_LAYER_MODES:
             raise ValueError(f"last_layer must be one of {LAST_LAYER_MODES}, got '{last_layer}'")
@@ -107,7 +59,6 @@ class ProtoPNetModule(L.LightningModule):
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got '{head}'")
         self.bag_size, self.separation, self.head = int(bag_size), separation, head
-        self.invariance = float(invariance)
         self.positive = len(class_names) - 1      # the exposed population is the last class
         # From scratch, the cluster cost can collapse all features onto the prototypes before the
         # cross-entropy has found anything that differs between the classes; ramping λ_clst and
@@ -192,13 +143,6 @@ class ProtoPNetModule(L.LightningModule):
                                     positive=self.positive)
             self._log(stage, {**losses, "acc": acc}, bs)
             loss = losses["loss"]
-        if stage == "train" and self.invariance > 0 and self.phase in ("pretrain", "joint"):
-            g = torch.Generator().manual_seed(int(self.global_step) * 7919 + int(cell_id[0]))
-            worse, _ = self.scores(imaged_worse(x, g), mask)
-            gap = (logits[:, self.positive] - logits[:, 0]) - (worse[:, self.positive] - worse[:, 0])
-            inv = (gap.float() ** 2).mean()
-            self.log("train/invariance", inv.detach(), on_step=False, on_epoch=True, batch_size=bs)
-            loss = loss + self.invariance * inv
         if stage == "val":
             score = F.softmax(logits.detach().float(), 1)[:, self.positive]
             self._val_cells.append((cell_id.detach(), y.detach(), score))
