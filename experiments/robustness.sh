@@ -21,9 +21,11 @@ V2_PLATES=5439,7578,8936          # drawn once with Python's SystemRandom from [
 if [ "$MATRIX" = v2 ]; then
   SWEEP=${SWEEP:-outputs/multirun/robustness_v2}
   run() {   # run <name> <overrides…>: protocell, then the black box on the same plates
-    OMP_NUM_THREADS=2 "$PY" train.py -m "$@" threads=2 trainer.enable_progress_bar=false "hydra.sweep.dir=$SWEEP/protocell/$1"
+    local name=$1
+    shift
+    OMP_NUM_THREADS=2 "$PY" train.py -m "$@" threads=2 trainer.enable_progress_bar=false "hydra.sweep.dir=$SWEEP/protocell/$name"
     OMP_NUM_THREADS=2 "$PY" train.py -m "$@" threads=2 trainer.enable_progress_bar=false head=baseline explain=false \
-        "hydra.sweep.dir=$SWEEP/baseline/$1"
+        "hydra.sweep.dir=$SWEEP/baseline/$name"
   }
   common=("data.synthetic.seed=$V2_PLATES" seed=0)
   run auto data.synthetic.affected_fraction.Exp=0.15,0.2,0.3,0.5 well_effects=chance,aligned "${common[@]}"
