@@ -144,7 +144,11 @@ def plate_wells(store: CropStore, ref: str, exp: str) -> pd.DataFrame:
         values = g[col].nunique(dropna=False)
         if (values == 1).all():
             wells[col] = g[col].first()
-    wells = wells.reset_index()
+    return _placed(wells.reset_index(), ref, exp)
+
+
+def _placed(wells: pd.DataFrame, ref: str, exp: str) -> pd.DataFrame:
+    """``wells`` (plate, well, condition, compound, dose) with row, column, treatment and role."""
     pos = wells["well"].map(parse_well)
     wells["row"] = pos.map(lambda p: None if p is None else p[0])
     wells["column"] = pos.map(lambda p: None if p is None else p[1])
@@ -154,18 +158,32 @@ def plate_wells(store: CropStore, ref: str, exp: str) -> pd.DataFrame:
     return wells
 
 
-def empty_wells(store: CropStore, wells: pd.DataFrame) -> pd.DataFrame:
+def empty_wells(store: CropStore, wells: pd.DataFrame, ref: str = "", exp: str = "") -> pd.DataFrame:
     """Wells ``prepare`` read images of but found no cell in (``prepare_summary.json``), so the manifest
-    cannot list them: plate, well, condition, n_images."""
+    cannot list them: plate, well, condition, n_images, role, and the plate map's other columns (compound,
+    dose, … as prepare recorded them per image: stores prepared before it did have none) with the dose
+    parsed and the ``treatment`` named as for the other wells."""
     path = store.root / "prepare_summary.json"
+    cols = ["plate", "well", "condition", "n_images"]
     if not path.exists():
-        return pd.DataFrame(columns=["plate", "well", "condition", "n_images"])
-    per_image = pd.DataFrame(json.loads(path.read_text()).get("per_image", []))
+        return pd.DataFrame(columns=cols)
+    records = json.loads(path.read_text()).get("per_image", [])
+    per_image = pd.DataFrame([{k: v for k, v in r.items() if k != "meta"} | {f"meta:{k}": v for k, v in (r.get("meta") or {}).items()}
+                              for r in records])
     if per_image.empty:
-        return pd.DataFrame(columns=["plate", "well", "condition", "n_images"])
+        return pd.DataFrame(columns=cols)
     per_image[["plate", "well"]] = per_image[["plate", "well"]].astype(str)
+    meta = [c for c in per_image.columns if c.startswith("meta:")]
     seen = set(zip(wells["plate"].astype(str), wells["well"].astype(str)))
     g = per_image.groupby(["plate", "well"], sort=True).agg(condition=("condition", "first"),
-                                                            n_images=("image_id", "nunique"), cells=("cells", "sum"))
+                                                            n_images=("image_id", "nunique"), cells=("cells", "sum"),
+                                                            **{c[5:]: (c, "first") for c in meta})
     g = g[np.array([k not in seen for k in g.index], bool) & (g["cells"] == 0).to_numpy()]
-    return g.drop(columns="cells").reset_index()
+    out = g.drop(columns="cells").reset_index()
+    if out.empty:
+        return out[cols]
+    out["compound"] = out["compound"].fillna("").astype(str) if "compound" in out else ""
+    dose = out["dose"].fillna("").astype(str) if "dose" in out else pd.Series("", index=out.index)
+    dose.index = pd.MultiIndex.from_frame(out[["plate", "well"]])
+    out["dose"] = parse_doses(dose, path).to_numpy()
+    return _placed(out, ref, exp)
