@@ -26,7 +26,6 @@ wells, EC50 within ×1.5, Z′ reported, the hits as said.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -38,7 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
-from score_dose import TINY, markdown  # noqa: E402
+from score_dose import TINY, seeds_main  # noqa: E402
 
 TOL, EC50_FACTOR, SHARE = 0.08, 1.5, 0.90
 PLATE1_ONLY = "data.synthetic.plates=[{name: plate1}]"
@@ -88,7 +87,7 @@ def run_seed(seed: int, out: Path, threads: int, tiny: bool) -> dict[str, Path]:
     return runs
 
 
-def plate_rows(seed: int, scenario: str, run: Path) -> list[dict]:
+def plate_rows(scenario: str, run: Path) -> list[dict]:
     """One row per plate of a scored run (score/wells.csv, dose_response.csv, qc.csv, hits.csv, score.json)."""
     score = run / "score"
     wells = pd.read_csv(score / "wells.csv", keep_default_na=False, na_values=[""])
@@ -99,6 +98,7 @@ def plate_rows(seed: int, scenario: str, run: Path) -> list[dict]:
     info = json.loads((score / "score.json").read_text())
     design = info["design"]
     metrics = json.loads((run / "metrics.json").read_text())
+    seed = metrics.get("seed", -1)
     above = hits[(hits["compound"] == design["compound"]) & (hits["dose"] > design["ec50"])]
     vehicle = hits[(hits["compound"] == design["compound"]) & (hits["dose"] == 0)]
     rows = []
@@ -128,25 +128,12 @@ def plate_rows(seed: int, scenario: str, run: Path) -> list[dict]:
     return rows
 
 
-def tabulate(runs: dict[int, dict[str, Path]]) -> pd.DataFrame:
-    return pd.DataFrame([r for seed, scen in runs.items() for name, run in scen.items()
-                         for r in plate_rows(seed, name, run)])
+def tabulate(runs: list[dict[str, Path]]) -> pd.DataFrame:
+    return pd.DataFrame([r for scenarios in runs for name, run in scenarios.items() for r in plate_rows(name, run)])
 
 
 def main(argv=None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "score_plates")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tiny", action="store_true", help="tiny plates and schedule: checks the wiring only")
-    args = ap.parse_args(argv)
-    runs = {s: run_seed(s, args.out, args.threads, args.tiny) for s in args.seeds}
-    df = tabulate(runs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "score_plates.csv", index=False)
-    (args.out / "score_plates.md").write_text(markdown(df))
-    print(markdown(df))
-    return df
+    return seeds_main(argv, __doc__, "score_plates", run_seed, tabulate)
 
 
 if __name__ == "__main__":

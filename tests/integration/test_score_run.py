@@ -395,7 +395,7 @@ def test_the_plates_measurement_script_tabulates_each_plate(scored, several, tmp
     run = tmp_path / "run"
     shutil.copytree(out / "score", run / "score")
     shutil.copy(scored[0] / "metrics.json", run / "metrics.json")
-    rows = pd.DataFrame(score_plates.plate_rows(0, "both", run)).set_index("plate")
+    rows = pd.DataFrame(score_plates.plate_rows("both", run)).set_index("plate")
     wells = pd.read_csv(out / "score" / "wells.csv", keep_default_na=False, na_values=[""])
     for plate in ("plate1", "p2", "p3"):
         w = wells[(wells["plate"] == plate) & wells["dose"].notna()]
