@@ -139,12 +139,14 @@ def plot_by_rank(res: dict, out: Path) -> None:
 
 
 def markdown(results: list[dict]) -> str:
+    """The EC50 / QC table (one row per readout and seed; the classic readouts depend on the seed only through
+    which control wells were held out) and the per-rank table."""
     def f(v, d=3):
         return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
     lines = ["| readout | seed | EC50 A–D (dose rank, 95 % CI) | Hill A–D | EC50 E–H (dose rank, 95 % CI) | Hill E–H | "
              "Z′ held-out controls | robust Z′ | SSMD | Z′ all 24 controls |", "|" + "---|" * 10]
     for col, name in READOUTS.items():
-        for res in results if col not in CLASSIC else results[:1]:
+        for res in results:
             cells = []
             for series in ("series_AD", "series_EH"):
                 fit = res["fits"].get(f"{col}|{series}", {})
@@ -152,16 +154,14 @@ def markdown(results: list[dict]) -> str:
                           f(fit.get("hill"), 1)]
             q = res["qc"][f"{col}|held_out"]
             allq = res["qc"].get(f"{col}|all", {})
-            lines.append(f"| {name} | {res['seed'] if col not in CLASSIC else '—'} | {cells[0]} | {cells[1]} | {cells[2]} | "
-                         f"{cells[3]} | {f(q['z_prime'])} | {f(q['robust_z_prime'])} | {f(q['ssmd'], 1)} | "
-                         f"{f(allq.get('z_prime'))} |")
-    lines += ["", "| readout | seed | " + " | ".join(f"rank {r:g}" for r in results[0]["by_rank"]["dose_rank"]) + " |",
-              "|" + "---|" * (2 + len(results[0]["by_rank"]["dose_rank"]))]
+            lines.append(f"| {name} | {res['seed']} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
+                         f"{f(q['z_prime'])} | {f(q['robust_z_prime'])} | {f(q['ssmd'], 1)} | {f(allq.get('z_prime'))} |")
+    ranks = results[0]["by_rank"]["dose_rank"]
+    lines += ["", "| readout | seed | " + " | ".join(f"rank {r:g}" for r in ranks) + " |", "|" + "---|" * (2 + len(ranks))]
     for col, name in READOUTS.items():
         for res in results if col not in CLASSIC else results[:1]:
-            lines.append(f"| {name} | {res['seed'] if col not in CLASSIC else '—'} | "
-                         + " | ".join(f(v, 3 if col != "score_shift" and col != "nc_median" else 2)
-                                      for v in res["by_rank"][col]) + " |")
+            lines.append(f"| {name} | {res['seed'] if col not in CLASSIC else 'any'} | "
+                         + " | ".join(f(v, 2 if col in ("score_shift", "nc_median") else 3) for v in res["by_rank"][col]) + " |")
     return "\n".join(lines) + "\n"
 
 
