@@ -80,8 +80,9 @@ reference wells are boxed blue, exposed control wells red. <a href="score/wells.
 {figs("plate")}
 <p class="how"><b>Normalisation to each plate's controls</b> (wells.csv): <code>percent_of_control</code> = 100 · (x −
 median of the plate's reference wells) / (median of its exposed wells − that), <code>robust_z</code> = (x − reference
-median) / scaled MAD of the reference wells, and <code>normalised_fraction</code>, the fraction put on the run's own
-controls' scale (ρ_Ref + percent of control / 100 · (ρ_Exp − ρ_Ref)), so that plates imaged differently can be compared.
+median) / scaled MAD of the reference wells, and <code>normalised_fraction</code>, the fraction put on the level of every
+plate's controls together (their medians m̄: m̄_ref + percent of control / 100 · (m̄_exp − m̄_ref)), so that plates
+imaged differently can be compared; with one plate it is the fraction itself.
 Downstream tools read <a href="score/well_table.csv">well_table.csv</a> / <a href="score/well_table.parquet">.parquet</a>
 (<code>Metadata_*</code>, <code>Protocell_*</code>, <code>Cells_*</code>).</p>
 {effects_html}

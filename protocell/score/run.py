@@ -311,7 +311,7 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
     for col, src in (("n_replicates", "n_wells"), ("treatment_fraction", "affected_fraction"),
                      ("treatment_ci_low", "ci_low"), ("treatment_ci_high", "ci_high")):
         wells[col] = wells["treatment"].map(per[src])
-    wells, tables = screen(cells, wells, reference["score"].to_numpy(np.float64), anchors, fdr, bscore)
+    wells, tables = screen(cells, wells, reference["score"].to_numpy(np.float64), fdr, bscore)
     classes = [run.class_names[int(c)] for c in run.record["prototype_class"]]
     enrich = enrichment(cells, wells, reference, classes, n_boot, seed)
 

@@ -41,15 +41,15 @@ def qc_readouts(cells: pd.DataFrame) -> dict[str, str]:
     return {**NETWORK, **{feature_name(c): c for c in ["intensity"] + cell_feature_columns(cells.columns)}}
 
 
-def screen(cells: pd.DataFrame, wells: pd.DataFrame, reference_scores, anchors: dict, fdr: float = 0.05,
+def screen(cells: pd.DataFrame, wells: pd.DataFrame, reference_scores, fdr: float = 0.05,
            bscore: bool = False) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """(``wells`` with percent_of_control, robust_z, normalised_fraction and, with ``bscore``, b_score;
     the tables: ``qc`` (plate × readout), ``plate_effects`` (several plates), ``trends`` (plate ×
-    measure), ``hits`` (treatment)). ``anchors``: the run's fraction reference (rho_ref, rho_exp)."""
+    measure), ``hits`` (treatment))."""
     ctrl = control_wells(cells, wells, reference_scores)
     plates = sorted(wells["plate"].astype(str).unique())
     qc = plate_qc(ctrl, qc_readouts(cells), plates)
-    wells = normalise(wells, ctrl, "untrained_fraction", anchors["rho_ref"], anchors["rho_exp"])
+    wells = normalise(wells, ctrl, "untrained_fraction")
     if bscore:
         wells["b_score"] = b_scores(wells, "untrained_fraction")
     effects = plate_effects(ctrl, "untrained_fraction") if len(plates) > 1 else pd.DataFrame()

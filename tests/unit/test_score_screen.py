@@ -55,17 +55,21 @@ def test_normalisation_to_each_plates_controls_by_hand():
                                    "reference", "reference", "exposed", "scored", "scored"],
                           "x": [0.1, 0.2, 0.6, 0.7, 0.4, 0.0, 0.2, 0.3, 0.5, 0.2]})
     controls = wells[wells["role"] != "scored"]
-    out = normalise(wells, controls, "x", rho_ref=0.05, rho_exp=0.5)
+    out = normalise(wells, controls, "x")
+    # every plate's controls together: reference wells 0.1, 0.2, 0.0, 0.2 (median 0.15), exposed 0.6, 0.7, 0.3 (0.6)
     a = out.iloc[4]                       # plate a: reference median 0.15, exposed 0.65, reference MAD 0.05 (×1.4826)
     assert a["percent_of_control"] == pytest.approx(100 * (0.4 - 0.15) / 0.5)
     assert a["robust_z"] == pytest.approx((0.4 - 0.15) / (1.4826 * 0.05))
-    assert a["normalised_fraction"] == pytest.approx(0.05 + 0.5 * 0.45)
+    assert a["normalised_fraction"] == pytest.approx(0.15 + 0.5 * 0.45)
     b = out.iloc[8]                       # plate b: reference median 0.1, exposed 0.3 (one well)
-    assert b["percent_of_control"] == pytest.approx(200.0) and b["normalised_fraction"] == pytest.approx(0.05 + 2 * 0.45)
-    # the controls land on the run's scale: reference wells around rho_ref, exposed around rho_exp
-    assert out.iloc[[0, 1]]["normalised_fraction"].mean() == pytest.approx(0.05)
-    assert out.iloc[[2, 3]]["normalised_fraction"].mean() == pytest.approx(0.5)
+    assert b["percent_of_control"] == pytest.approx(200.0) and b["normalised_fraction"] == pytest.approx(0.15 + 2 * 0.45)
+    # each plate's controls land on the common level: reference wells around 0.15, exposed around 0.6
+    assert out.iloc[[0, 1]]["normalised_fraction"].mean() == pytest.approx(0.15)
+    assert out.iloc[[2, 3]]["normalised_fraction"].mean() == pytest.approx(0.6)
     assert out.iloc[9][["percent_of_control", "robust_z", "normalised_fraction"]].isna().all()    # plate c: none
+    # one plate: the normalised fraction is the value itself
+    one = wells[wells["plate"] == "a"]
+    assert np.allclose(normalise(one, one[one["role"] != "scored"], "x")["normalised_fraction"], one["x"])
 
 
 def _direct_median_polish(grid, max_iter=10, eps=0.01):
