@@ -330,7 +330,7 @@ def several(scored, tmp_path_factory):
 
     run, _ = scored
     tmp = tmp_path_factory.mktemp("several")
-    spec = {k: v for k, v in _store(run).info["synthetic"].items()}
+    spec = {**_store(run).info["synthetic"], "fields_per_well": 1}          # the run's design, one field a well
     two = build_store(tmp / "cache", WellSpec(**{**spec, "plates": [
         {"name": "p2", "gain": 0.5, "offset": 0.05, "edge": 0.3}, {"name": "p3"}]}))
     bare = _write_store(tmp / "bare", ["actin", "nuclei"], 64, ["C01", "C02", "D01"],
