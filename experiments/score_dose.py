@@ -105,20 +105,26 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def seeds_main(argv, doc: str, name: str, run_seed, tabulate) -> pd.DataFrame:
+    """The command line of a seeds experiment: ``run_seed(seed, out, threads, tiny)`` for each seed, then
+    ``tabulate(runs)`` written to ``<out>/<name>.csv`` and ``.md`` and printed."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "score_dose")
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / name)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tiny", action="store_true", help="tiny plate and schedule: checks the wiring only")
+    ap.add_argument("--tiny", action="store_true", help="tiny plates and schedule: checks the wiring only")
     args = ap.parse_args(argv)
     runs = [run_seed(s, args.out, args.threads, args.tiny) for s in args.seeds]
     df = tabulate(runs)
     args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "score_dose.csv", index=False)
-    (args.out / "score_dose.md").write_text(markdown(df))
+    df.to_csv(args.out / f"{name}.csv", index=False)
+    (args.out / f"{name}.md").write_text(markdown(df))
     print(markdown(df))
     return df
+
+
+def main(argv=None) -> pd.DataFrame:
+    return seeds_main(argv, __doc__, "score_dose", run_seed, tabulate)
 
 
 if __name__ == "__main__":

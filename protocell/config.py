@@ -58,7 +58,7 @@ class PhotometricConfig:
 class DoseSeriesConfig:
     """``data.synthetic.dose_series`` (``protocell.data.synthetic.DoseSeries``; ``plate=dose_series``)."""
     compound: str = "C1"
-    doses: List[float] = rule(lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of doses > 0",
+    doses: List[float] = rule(lambda v: len(v) > 0 and min(v) >= 0, "a non-empty list of doses ≥ 0 (0: vehicle)",
                               default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
     replicates: int = rule(_int(1), "an integer ≥ 1", 3)
     ec50: float = rule(lambda v: v > 0, "> 0 (in the doses' unit)", 0.5)
@@ -79,6 +79,21 @@ class WellEffectsConfig:
 
 
 @dataclass
+class PlateConfig:
+    """One plate of ``data.synthetic.plates`` (``protocell.data.synthetic.Plate``; ``plate=two_plates``)."""
+    name: str = "plate1"
+    gain: float = 1.0           # × every well's own gain
+    offset: float = 0.0         # uniform light, in units of the brightest actin structure
+    edge: float = 0.0           # the outer ring of wells at gain × (1 − edge)
+    seed: Optional[int] = None  # None: data.synthetic.seed + the plate's position
+
+
+def _plates_ok(plates) -> bool:
+    return plates is None or (len(plates) > 0 and len({p["name"] for p in plates}) == len(plates) and all(
+        p["name"] and p["gain"] > 0 and p["offset"] >= 0 and 0 <= p["edge"] < 1 for p in plates))
+
+
+@dataclass
 class SyntheticConfig:
     wells_per_condition: int = rule(_int(1), "an integer ≥ 1", 8)
     fields_per_well: int = rule(_int(1), "an integer ≥ 1", 6)
@@ -93,6 +108,8 @@ class SyntheticConfig:
     seed: int = 0
     dose_series: Optional[DoseSeriesConfig] = None
     well_effects: WellEffectsConfig = field(default_factory=WellEffectsConfig)
+    plates: Optional[List[PlateConfig]] = rule(_plates_ok, "null or a list of plates with distinct non-empty names, "
+                                               "gain > 0, offset ≥ 0 and edge in [0, 1)", None)
 
 
 @dataclass

@@ -27,7 +27,8 @@ MEDIA = {"explain/population": ["explain/population_similarity.png"],
          "explain/cells": ["explain/cells/*.png"],
          "score/plate": ["score/*.png"]}
 TABLES = {"explain/prototype_differences": "explain/prototype_differences.csv",
-          "score/wells": "score/wells.csv", "score/prototype_enrichment": "score/prototype_enrichment.csv"}
+          "score/wells": "score/wells.csv", "score/prototype_enrichment": "score/prototype_enrichment.csv",
+          "score/qc": "score/qc.csv", "score/hits": "score/hits.csv"}
 
 
 def is_wandb(logger) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from protocell.cli.common import run_cli
 
@@ -14,7 +14,12 @@ def run(cfg: DictConfig):
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     return run_cli("score", lambda c: score_run(
-        c.run, store=c.data.get("path"), out=c.get("out"), n_boot=c.bootstrap, nearest=c.nearest,
+        c.run, store=_stores(c.data.get("path")), out=c.get("out"), n_boot=c.bootstrap, nearest=c.nearest,
         top=c.top_prototypes, min_cells=c.min_cells, batch_size=c.data.get("batch_size"),
         num_workers=int(c.data.get("num_workers", 0)), progress=bool(c.progress), log_wandb=bool(c.wandb),
-        seed=int(c.seed)), cfg)
+        seed=int(c.seed), fdr=c.fdr, bscore=c.bscore), cfg)
+
+
+def _stores(path):
+    """data.path: null, one store, or a list of stores (data.path=[a,b])."""
+    return [str(p) for p in path] if isinstance(path, ListConfig) else path

@@ -61,6 +61,14 @@ MANIFEST_COLUMNS = [
 POSITION_COLUMNS = ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x")
 
 
+def cell_feature_columns(columns) -> list[str]:
+    """The per-cell features ``prepare`` writes beside the manifest columns, those of ``columns``: the
+    mask's ``area``, ``eccentricity``, ``solidity`` and the mean stored intensity per channel, ``mean_<channel>``."""
+    columns = list(columns)
+    return [c for c in ("area", "eccentricity", "solidity") if c in columns] + sorted(c for c in columns
+                                                                                     if c.startswith("mean_"))
+
+
 class StoreError(ProtocellError):
     """A crop store that cannot be read or written as asked; the message names the path and fix."""
 

@@ -26,7 +26,7 @@ brighter, blurrier and noisier than every reference well, as a condition imaged 
 in its own columns — the same spread, lined up with the label.
 
 **Dose series** (``dose_series``, off by default): after the control wells, a compound at several
-doses × replicate wells whose affected fraction follows a known four-parameter logistic of the
+doses (0: vehicle, the fraction ``bottom``) × replicate wells whose affected fraction follows a known four-parameter logistic of the
 dose, ``bottom + (top − bottom) / (1 + (ec50 / dose)^hill)``; these wells have no condition (label
 −1: they are scored, never trained on) and the manifest records ``compound``, ``dose`` and the
 design's ``true_fraction`` of every well. Their background confound grows with the response (0 at
@@ -34,6 +34,13 @@ design's ``true_fraction`` of every well. Their background confound grows with t
 break the scoring's assumption on purpose: gain ×0.5, gain ×2, a quarter of the cell density.
 Controls come first from the same random stream, so the controls of a dose-series plate are the
 cells of the plate without it.
+
+**Several plates** (``plates``, off by default: one plate ``plate1``): each entry is a plate with the
+same layout, drawn from its own random stream (``seed``, default the spec's seed + its position), and
+a plate effect: every field of it imaged at ``gain`` × (the wells' own gain) with ``offset`` extra
+uniform light (in units of the brightest actin structure, before the shot noise), and its outer ring
+of wells (row A, column 1, and the last row and column holding a well) at ``1 − edge`` of the gain.
+A plate at gain 1, offset 0, edge 0 and the spec's seed is the single plate, cell for cell.
 
 Outputs (``write_fields``): ``fields/<image_id>.tif`` (uint16 (2, H, W), channels [actin,
 nuclei]), ``fields/<image_id>.labels.tif`` (uint16 cell instance ids), ``fields/<image_id>.texture.tif``
@@ -79,12 +86,14 @@ class DoseSeries:
 
     def __post_init__(self):
         self.doses = [float(d) for d in self.doses]
-        if not self.doses or min(self.doses) <= 0 or int(self.replicates) < 1 or self.ec50 <= 0 or self.hill <= 0:
-            raise ValueError(f"dose_series needs doses > 0, replicates ≥ 1, ec50 > 0 and hill > 0, got {self}")
+        if not self.doses or min(self.doses) < 0 or int(self.replicates) < 1 or self.ec50 <= 0 or self.hill <= 0:
+            raise ValueError(f"dose_series needs doses ≥ 0 (0: vehicle), replicates ≥ 1, ec50 > 0 and hill > 0, got {self}")
         if not (0 <= self.bottom <= 1 and 0 <= self.top <= 1):
             raise ValueError(f"dose_series.bottom and .top are fractions in [0, 1], got {self.bottom}, {self.top}")
 
     def fraction(self, dose: float) -> float:
+        if dose == 0:                  # vehicle
+            return self.bottom
         return self.bottom + (self.top - self.bottom) / (1 + (self.ec50 / dose) ** self.hill)
 
 
@@ -106,6 +115,21 @@ class WellEffects:
 
 
 @dataclass
+class Plate:
+    """One plate of ``WellSpec.plates``: its name and imaging effect (module doc)."""
+
+    name: str = "plate1"
+    gain: float = 1.0
+    offset: float = 0.0
+    edge: float = 0.0                  # the outer ring of wells at gain × (1 − edge)
+    seed: int | None = None            # its random stream; None: the spec's seed + the plate's position
+
+    def __post_init__(self):
+        if not str(self.name) or self.gain <= 0 or self.offset < 0 or not 0 <= self.edge < 1:
+            raise ValueError(f"a plate needs a name, gain > 0, offset ≥ 0 and edge in [0, 1), got {self}")
+
+
+@dataclass
 class WellSpec:
     """Parameters of the synthetic plate. Defaults are the embedded data set of ``make run``."""
 
@@ -124,19 +148,26 @@ class WellSpec:
     seed: int = 0
     dose_series: dict | None = None    # DoseSeries fields: compound wells after the controls (module doc)
     well_effects: dict | None = None   # WellEffects fields: per-well imaging and how it lines up with the condition
+    plates: list | None = None         # Plate fields, one dict a plate (module doc); None: one plate, plate1
 
     def __post_init__(self):
         if self.dose_series is not None:   # every field spelt out: one plate, one cache key
             self.dose_series = asdict(DoseSeries(**self.dose_series))
         effects = asdict(WellEffects(**(self.well_effects or {})))
         self.well_effects = None if effects == asdict(WellEffects()) else effects
+        if self.plates is not None:
+            self.plates = [asdict(Plate(**{"seed": self.seed + i, **{k: v for k, v in dict(p).items() if v is not None}}))
+                           for i, p in enumerate(self.plates)]
+            names = [p["name"] for p in self.plates]
+            if not names or len(set(names)) < len(names):
+                raise ValueError(f"plates need distinct names, got {names}")
 
     def as_dict(self) -> dict:
         """The parameters; ``dose_series`` and ``well_effects`` only when they differ from the plain
         plate, so that plates without them keep their cache key and their bytes (``store.json``,
         ``spec.json``) from before the options existed."""
         d = asdict(self)
-        for key in ("dose_series", "well_effects"):
+        for key in ("dose_series", "well_effects", "plates"):
             if d[key] is None:
                 del d[key]
         return d
@@ -251,14 +282,15 @@ def _render_cell(rng, radius, affected, p):
 
 def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain: float,
                  affected: float | None = None, confound: float | None = None, cells_per_field: int | None = None,
-                 blur: float = 0.8, read_noise: float | None = None):
+                 blur: float = 0.8, read_noise: float | None = None, offset: float = 0.0):
     """Render one field. Returns image (2, H, W) uint16, labels (H, W) uint16, texture (H, W)
     uint8, and a list of per-cell dicts (``label_id``, centroid, ``true_label``).
 
     ``condition`` sets the share of affected cells (``spec.affected_fraction``) and the background
     confound (1 in Exp, 0 in Ref); ``affected``, ``confound`` (a level in [0, 1]) and
     ``cells_per_field`` override them for wells without a condition (dose series); ``gain``, ``blur``
-    (the optics' σ in px) and ``read_noise`` (default ``spec.read_noise``) are the well's imaging."""
+    (the optics' σ in px) and ``read_noise`` (default ``spec.read_noise``) are the well's imaging;
+    ``offset`` adds uniform light to both channels before the gain and the shot noise (a plate effect)."""
     p_affected = spec.affected_fraction[condition] if affected is None else float(affected)
     level = (1.0 if condition == "Exp" else 0.0) if confound is None else float(confound)
     level = level if spec.confound else 0.0
@@ -316,7 +348,10 @@ def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain:
 
     out = np.empty((2, H, W), np.uint16)
     for c, img in enumerate((actin, nuclei)):
-        img = ndi.gaussian_filter(img, blur) * gain * spec.photons
+        img = ndi.gaussian_filter(img, blur)
+        if offset:
+            img = img + offset
+        img = img * gain * spec.photons
         img = rng.poisson(np.clip(img, 0, None)).astype(np.float32) + rng.normal(
             100, spec.read_noise if read_noise is None else read_noise, img.shape)
         out[c] = np.clip(img, 0, 65535).astype(np.uint16)
@@ -357,14 +392,16 @@ def plate_wells(spec: WellSpec) -> list[dict]:
     return wells
 
 
-def well_imaging(spec: WellSpec) -> list[dict]:
+def well_imaging(spec: WellSpec, seed: int | None = None) -> list[dict]:
     """Each well's imaging in generation order: ``well``, ``condition``, ``gain`` (× the stress
     wells' factor), ``blur`` (optics σ, px) and ``read_noise`` (module doc, "Well effects"). The
     plain plate draws only the gain, from the plate's own random stream (its bytes are those from
-    before well effects existed); the other draws and the alignment come from a stream of their own."""
+    before well effects existed); the other draws and the alignment come from a stream of their own.
+    ``seed``: the plate's random stream (default ``spec.seed``; ``spec.plates`` gives each its own)."""
     fx = WellEffects(**(spec.well_effects or {}))
-    rng = np.random.default_rng(spec.seed)
-    side = np.random.default_rng([spec.seed, 0x77E11])          # the effects' own stream
+    seed = spec.seed if seed is None else seed
+    rng = np.random.default_rng(seed)
+    side = np.random.default_rng([seed, 0x77E11])          # the effects' own stream
     out = []
     for w in plate_wells(spec):
         g = float(rng.uniform(0.8, 1.2))               # the plain plate's gain draw
@@ -381,15 +418,29 @@ def well_imaging(spec: WellSpec) -> list[dict]:
     return out
 
 
+def outer_ring(wells: list[str]) -> set[str]:
+    """The wells of a plate's outer ring: row A, column 1, and the last row and column holding a well."""
+    pos = {w: (ord(w[0]) - 65, int(w[1:])) for w in wells}
+    last_row, last_col = max(r for r, _ in pos.values()), max(c for _, c in pos.values())
+    return {w for w, (r, c) in pos.items() if r in (0, last_row) or c in (1, last_col)}
+
+
 def _iter_fields(spec: WellSpec):
-    rng = np.random.default_rng(spec.seed)
-    imaging = well_imaging(spec)
-    for w, im in zip(plate_wells(spec), imaging):
-        rng.uniform(0.8, 1.2)                          # the well's gain draw (well_imaging turned it into u)
-        render = {**w["render"], "blur": im["blur"], "read_noise": im["read_noise"]}
-        for f in range(spec.fields_per_well):
-            seed = int(rng.integers(2 ** 31))
-            yield {**w, "render": render}, f, im["gain"], np.random.default_rng(seed)
+    """(plate, well, field, gain, the field's random generator) for every field, plate by plate; the
+    well's ``render`` carries its optics and read noise (``well_imaging``)."""
+    layout = plate_wells(spec)
+    edge = outer_ring([w["well"] for w in layout])
+    for plate in spec.plates or [{"name": "plate1", "gain": 1.0, "offset": 0.0, "edge": 0.0, "seed": spec.seed}]:
+        rng = np.random.default_rng(plate["seed"])
+        for w, im in zip(layout, well_imaging(spec, plate["seed"])):
+            rng.uniform(0.8, 1.2)                      # the well's gain draw (well_imaging turned it into u)
+            gain = im["gain"]
+            if spec.plates is not None:
+                gain *= plate["gain"] * (1 - plate["edge"] if w["well"] in edge else 1.0)
+            render = {**w["render"], "blur": im["blur"], "read_noise": im["read_noise"]}
+            for f in range(spec.fields_per_well):
+                seed = int(rng.integers(2 ** 31))
+                yield plate, {**w, "render": render}, f, gain, np.random.default_rng(seed)
 
 
 def crop_cell(image: np.ndarray, labels: np.ndarray, label_id: int, cy: float, cx: float, size: int):
@@ -415,14 +466,14 @@ def write_fields(out_dir: str | Path, spec: WellSpec | None = None, **overrides)
     out = Path(out_dir)
     (out / "fields").mkdir(parents=True, exist_ok=True)
     plate_rows, cell_rows = [], []
-    for w, f, gain, rng in _iter_fields(spec):
+    for plate, w, f, gain, rng in _iter_fields(spec):
         well = w["well"]
-        image_id = f"plate1_{well}_f{f}"
-        img, labels, tex, cells = render_field(rng, spec, w["condition"], gain, **w["render"])
+        image_id = f"{plate['name']}_{well}_f{f}"
+        img, labels, tex, cells = render_field(rng, spec, w["condition"], gain, offset=plate["offset"], **w["render"])
         tifffile.imwrite(out / "fields" / f"{image_id}.tif", img, metadata={"axes": "CYX", "channels": CHANNELS})
         tifffile.imwrite(out / "fields" / f"{image_id}.labels.tif", labels)
         tifffile.imwrite(out / "fields" / f"{image_id}.texture.tif", tex)
-        plate_rows.append({"image": f"fields/{image_id}.tif", "plate": "plate1", "well": well,
+        plate_rows.append({"image": f"fields/{image_id}.tif", "plate": plate["name"], "well": well,
                            "field": f, "condition": w["condition"], **w["meta"]})
         cell_rows += [{"image_id": image_id, **c} for c in cells]
     pd.DataFrame(plate_rows).to_csv(out / "plate_map.csv", index=False)
@@ -445,10 +496,10 @@ def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> 
                              extra={"synthetic": spec.as_dict(), "conditions": CONDITIONS,
                                     "normalization": {"method": "raw"}})
     next_id = 0
-    for w, f, gain, rng in _iter_fields(spec):
+    for plate, w, f, gain, rng in _iter_fields(spec):
         well, cond = w["well"], w["condition"]
-        image_id = f"plate1_{well}_f{f}"
-        img, labels, tex, cells = render_field(rng, spec, cond, gain, **w["render"])
+        image_id = f"{plate['name']}_{well}_f{f}"
+        img, labels, tex, cells = render_field(rng, spec, cond, gain, offset=plate["offset"], **w["render"])
         crops, masks, texs, rows = [], [], [], []
         for c in cells:
             crop, mask, (y0, x0, y1, x1) = crop_cell(img, labels, c["label_id"], c["centroid_y"],
@@ -457,7 +508,7 @@ def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> 
             crops.append(crop)
             masks.append(mask)
             texs.append(t[0] * mask)
-            rows.append({"cell_id": next_id, "image_id": image_id, "plate": "plate1", "well": well,
+            rows.append({"cell_id": next_id, "image_id": image_id, "plate": plate["name"], "well": well,
                          "field": f, "condition": cond, "label": w["label"],
                          "bbox_y0": y0, "bbox_x0": x0, "bbox_y1": y1, "bbox_x1": x1,
                          "centroid_y": round(c["centroid_y"], 2), "centroid_x": round(c["centroid_x"], 2),

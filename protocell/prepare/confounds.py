@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from protocell.data.store import cell_feature_columns
+
 FLAG_AUROC = 0.75
 # features that describe imaging or segmentation, not the cells' biology
 NOT_BIOLOGY = ("cells_per_field", "area", "eccentricity", "solidity")
@@ -58,7 +60,7 @@ def well_features(manifest: pd.DataFrame, images: pd.DataFrame | None = None) ->
     m = manifest[manifest.get("aug_of", pd.Series(-1, index=manifest.index)) < 0]
     m = m[m["condition"].astype(str) != ""]
     key = m["plate"].astype(str) + "/" + m["well"].astype(str)
-    cell_cols = [c for c in ("area", "eccentricity", "solidity") if c in m] + sorted(c for c in m if c.startswith("mean_"))
+    cell_cols = cell_feature_columns(m.columns)
     g = m.assign(_well=key).groupby("_well")
     out = g[cell_cols].mean()
     out["condition"] = g["condition"].first()

@@ -509,7 +509,7 @@ class Preparer:
                               "dropped": {k: v for k, v in rec["counts"].items() if k not in ("objects", "kept")},
                               "thresholds": stats[s.image_id]["thresholds"],
                               "normalisation": stats[s.image_id]["channels"],
-                              "background": rec.get("background", {})})
+                              "background": rec.get("background", {}), "meta": dict(e.meta)})
         summary = {
             "store": str(out), "config_hash": self.chash, "seconds": round(seconds, 2),
             "images": len(sources), "cells": int(len(orig)), "augmented": int((df["aug_of"] >= 0).sum()),

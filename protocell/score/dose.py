@@ -116,24 +116,26 @@ def bootstrap_fit(dose, y, fit: dict, n_boot: int, rng: np.random.Generator) -> 
 
 
 def dose_response(wells: pd.DataFrame, measure: str, n_boot: int = 200, seed: int = 0,
-                  min_cells: int = 0) -> pd.DataFrame:
-    """One fitted curve per compound of ``measure`` (a column of ``wells``) against ``dose``.
+                  min_cells: int = 0, by_plate: bool = False) -> pd.DataFrame:
+    """One fitted curve per compound of ``measure`` (a column of ``wells``) against ``dose``; with
+    ``by_plate`` one per plate and compound (column ``plate``; "" for a curve over every plate).
 
     ``wells``: one row per well, columns compound, dose (float, NaN = none), ``measure`` and optionally
     n_cells (wells with fewer than ``min_cells`` are left out of the fit, counted in ``n_excluded``).
     Wells without a dose are not fitted (the caller lists them); doses ≤ 0 are counted in ``n_vehicle``."""
     rng = np.random.default_rng(seed)
     rows = []
-    dosed = wells[wells["dose"].notna()]
-    for compound, g in dosed.groupby("compound", sort=True):
+    dosed = wells[wells["dose"].notna() & wells[measure].notna()]
+    for key, g in dosed.groupby(["plate", "compound"] if by_plate else ["compound"], sort=True):
+        plate, compound = key if by_plate else ("", key[0])
         few = (g["n_cells"] < min_cells).to_numpy() if "n_cells" in g else np.zeros(len(g), bool)
         fit = fit_logistic(g.loc[~few, "dose"], g.loc[~few, measure])
         fit.update(bootstrap_fit(g.loc[~few, "dose"], g.loc[~few, measure], fit, n_boot, rng))
         if few.any() and not fit["ok"]:
             fit["message"] += f" ({few.sum()} wells with < {min_cells} cells left out)"
-        rows.append({"compound": compound, "measure": measure, "n_wells": int((~few).sum()), "n_excluded": int(few.sum()),
+        rows.append({"plate": plate, "compound": compound, "measure": measure, "n_wells": int((~few).sum()), "n_excluded": int(few.sum()),
                      "n_vehicle": int((g.loc[~few, "dose"] <= 0).sum()), **fit})
-    cols = ["compound", "measure", "n_wells", "n_excluded", "n_doses", "n_vehicle", "ok", "bottom", "top", "hill", "ec50",
+    cols = ["plate", "compound", "measure", "n_wells", "n_excluded", "n_doses", "n_vehicle", "ok", "bottom", "top", "hill", "ec50",
             "ec50_ci_low", "ec50_ci_high", "ec50_in_range", "r2", "bottom_ci_low", "bottom_ci_high",
             "top_ci_low", "top_ci_high", "log_ec50", "n", "n_boot", "message"]
     df = pd.DataFrame(rows)

@@ -108,11 +108,40 @@ def plot_dose(ax, wells: pd.DataFrame, measure: str, fit: dict | None, label: st
     ax.tick_params(labelsize=7)
 
 
+def _truth(wells: pd.DataFrame, truth_col: str | None):
+    """(doses > 0, the design's fraction there) for the dashed truth curve, or None."""
+    if not truth_col or truth_col not in wells:
+        return None
+    on = (wells["dose"] > 0) & pd.to_numeric(wells[truth_col], errors="coerce").notna()
+    return (wells.loc[on, "dose"], pd.to_numeric(wells.loc[on, truth_col])) if on.any() else None
+
+
+def plot_compound_plates(wells: pd.DataFrame, fits: dict[str, dict], compound: str, out: Path,
+                         truth_col: str | None = None) -> Path:
+    """One panel per plate: the normalised fraction of the compound's wells on it against dose, with the
+    plate's fitted curve (``fits``: plate → fit of ``normalised_fraction``)."""
+    plt = _plt()
+    plates = sorted(wells["plate"].unique())
+    fig, axes = plt.subplots(1, len(plates), figsize=(4.4 * len(plates), 3.4), squeeze=False, sharey=True)
+    for ax, plate in zip(axes[0], plates):
+        w = wells[(wells["plate"] == plate) & wells["normalised_fraction"].notna()]
+        if w.empty:
+            ax.set_title(f"plate {plate}: no controls, no normalised fraction", fontsize=8)
+            continue
+        plot_dose(ax, w, "normalised_fraction", fits.get(plate), "normalised fraction", _truth(w, truth_col))
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(f"{plate}: " + ax.get_title(), fontsize=8)
+    fig.suptitle(f"{compound}: fraction normalised to each plate's own controls", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def plot_compound(wells: pd.DataFrame, fit: dict | None, compound: str, out: Path, truth_col: str | None = None) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    truth = (wells["dose"], wells[truth_col]) if truth_col and truth_col in wells and (wells["dose"] > 0).all() else None
-    plot_dose(ax, wells, "affected_fraction", fit, "affected fraction (95 % CI over cells)", truth,
+    plot_dose(ax, wells, "affected_fraction", fit, "affected fraction (95 % CI over cells)", _truth(wells, truth_col),
               ("ci_low", "ci_high"))
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=6, loc="upper left")

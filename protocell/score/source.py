@@ -29,13 +29,35 @@ class ScoreError(ProtocellError):
     """Input score cannot use; the message names the file or well and the fix."""
 
 
+def is_mixture(calibration: dict) -> bool:
+    """The cell call is the affected-fraction fit's posterior (``calibration=mixture``, the default)."""
+    return str(calibration.get("method", "")).startswith("mixture")
+
+
+def run_status(metrics_path: Path) -> dict:
+    """The run's ``status``, ``reasons`` and ``warnings`` from ``metrics.json``; a ``failed`` run is refused
+    (its scores are not a readout: a screen scored with it would report fractions the run itself says are
+    meaningless). ``warning`` and ``incomplete`` runs are scored, and the page says so on top."""
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    status = {"status": metrics.get("status", "unknown"), "reasons": list(metrics.get("reasons") or []),
+              "warnings": list(metrics.get("warnings") or [])}
+    if status["status"] == "failed":
+        why = "; ".join(status["reasons"]) or "no reason recorded"
+        raise ScoreError(f"{metrics_path} says status failed ({why}): a failed run's scores are not a readout; "
+                         "retrain (fix what the reasons name) and score with a run whose status is ok")
+    return status
+
+
 def run_calibration(metrics_path: Path) -> dict:
-    """The noisy-label calibration train.py stored in ``metrics.json``; refused when there is none to use
-    (the affected fraction is defined through it, ``protocell.fraction``)."""
+    """The cell call train.py stored in ``metrics.json``: ``calibration=mixture`` (each cell's posterior
+    at its well's affected fraction, ``protocell.fraction``) or a noisy-label calibration (a, b, lo, hi);
+    refused when there is none to use."""
     if not metrics_path.exists():
         raise ScoreError(f"{metrics_path} is missing: it holds the calibration the affected fraction needs; "
                          "pass a run that finished training (train.py writes it after testing)")
     cal = json.loads(metrics_path.read_text()).get("calibration") or {}
+    if is_mixture(cal) and cal.get("used", False):
+        return cal
     needed = ("a", "b", "lo", "hi", "prior")
     if not all(k in cal for k in needed) or not cal.get("used", False) or not cal.get("ok", False):
         why = ("no calibration (calibration=none)" if not cal else
@@ -44,7 +66,7 @@ def run_calibration(metrics_path: Path) -> dict:
                f"a noisy-label calibration that is degenerate (ok={cal.get('ok')}, used={cal.get('used')}, "
                f"hi − lo = {cal.get('hi', 0) - cal.get('lo', 0):.3f} on {cal.get('n_cells', '?')} held-out cells)")
         raise ScoreError(f"{metrics_path} holds {why}: the affected fraction is the mixing weight of the noisy-label "
-                         "calibration's likelihood ratios; retrain with calibration=noisy_label (the default), with "
+                         "calibration's likelihood ratios; retrain with calibration=mixture (the default) or noisy_label, with "
                          "enough validation wells (data.val_fraction) for a fit with cell-level evidence")
     return cal
 
@@ -144,7 +166,11 @@ def plate_wells(store: CropStore, ref: str, exp: str) -> pd.DataFrame:
         values = g[col].nunique(dropna=False)
         if (values == 1).all():
             wells[col] = g[col].first()
-    wells = wells.reset_index()
+    return _placed(wells.reset_index(), ref, exp)
+
+
+def _placed(wells: pd.DataFrame, ref: str, exp: str) -> pd.DataFrame:
+    """``wells`` (plate, well, condition, compound, dose) with row, column, treatment and role."""
     pos = wells["well"].map(parse_well)
     wells["row"] = pos.map(lambda p: None if p is None else p[0])
     wells["column"] = pos.map(lambda p: None if p is None else p[1])
@@ -154,18 +180,32 @@ def plate_wells(store: CropStore, ref: str, exp: str) -> pd.DataFrame:
     return wells
 
 
-def empty_wells(store: CropStore, wells: pd.DataFrame) -> pd.DataFrame:
+def empty_wells(store: CropStore, wells: pd.DataFrame, ref: str = "", exp: str = "") -> pd.DataFrame:
     """Wells ``prepare`` read images of but found no cell in (``prepare_summary.json``), so the manifest
-    cannot list them: plate, well, condition, n_images."""
+    cannot list them: plate, well, condition, n_images, role, and the plate map's other columns (compound,
+    dose, … as prepare recorded them per image: stores prepared before it did have none) with the dose
+    parsed and the ``treatment`` named as for the other wells."""
     path = store.root / "prepare_summary.json"
+    cols = ["plate", "well", "condition", "n_images"]
     if not path.exists():
-        return pd.DataFrame(columns=["plate", "well", "condition", "n_images"])
-    per_image = pd.DataFrame(json.loads(path.read_text()).get("per_image", []))
+        return pd.DataFrame(columns=cols)
+    records = json.loads(path.read_text()).get("per_image", [])
+    per_image = pd.DataFrame([{k: v for k, v in r.items() if k != "meta"} | {f"meta:{k}": v for k, v in (r.get("meta") or {}).items()}
+                              for r in records])
     if per_image.empty:
-        return pd.DataFrame(columns=["plate", "well", "condition", "n_images"])
+        return pd.DataFrame(columns=cols)
     per_image[["plate", "well"]] = per_image[["plate", "well"]].astype(str)
+    meta = [c for c in per_image.columns if c.startswith("meta:")]
     seen = set(zip(wells["plate"].astype(str), wells["well"].astype(str)))
     g = per_image.groupby(["plate", "well"], sort=True).agg(condition=("condition", "first"),
-                                                            n_images=("image_id", "nunique"), cells=("cells", "sum"))
+                                                            n_images=("image_id", "nunique"), cells=("cells", "sum"),
+                                                            **{c[5:]: (c, "first") for c in meta})
     g = g[np.array([k not in seen for k in g.index], bool) & (g["cells"] == 0).to_numpy()]
-    return g.drop(columns="cells").reset_index()
+    out = g.drop(columns="cells").reset_index()
+    if out.empty:
+        return out[cols]
+    out["compound"] = out["compound"].fillna("").astype(str) if "compound" in out else ""
+    dose = out["dose"].fillna("").astype(str) if "dose" in out else pd.Series("", index=out.index)
+    dose.index = pd.MultiIndex.from_frame(out[["plate", "well"]])
+    out["dose"] = parse_doses(dose, path).to_numpy()
+    return _placed(out, ref, exp)

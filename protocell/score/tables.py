@@ -17,8 +17,10 @@ import pandas as pd
 import torch
 
 from protocell.calibration import noisy_label_apply
-from protocell.fraction import bootstrap_wells, ci, mixture_fraction, reference_lr, well_fractions
+from protocell.data.store import cell_feature_columns
+from protocell.fraction import bootstrap_wells, cell_posteriors, ci, mixture_fraction, reference_lr, well_fractions
 from protocell.model.prototypes import log_similarity
+from protocell.score.source import is_mixture
 
 BUDGET = 2_000_000          # entries of a bootstrap weight matrix held at once
 
@@ -32,17 +34,23 @@ def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, models: di
                run_split: np.ndarray | None = None) -> pd.DataFrame:
     """One row per scored cell: ids and where it is, its well's compound/dose/treatment, true_label
     (when known), run_split (the run's split of this cell when the store is the run's own, else ""),
-    score (P(exposed)), p_affected (the calibration ``models["call"]``), call (p_affected > 0.5),
+    score (P(exposed)), p_affected (the cell call ``models["call"]``: with ``calibration=mixture`` the cell's
+    posterior at its well's affected fraction, so a well's mean p_affected is its fraction), call (p_affected > 0.5),
     likelihood_ratio (p(s | affected)/p(s | unaffected) under ``models["fraction"]``: what the fractions
-    are estimated from), intensity, the ``nearest`` most similar prototypes with their similarities, and
-    sim_p<j> for every prototype.
+    are estimated from), intensity, the per-cell features prepare computed (``store.cell_feature_columns``:
+    area, eccentricity, solidity, mean_<channel>; none for synthetic stores), the ``nearest`` most similar
+    prototypes with their similarities, and sim_p<j> for every prototype.
 
     ``rows``: the manifest rows scored, in the order of ``result`` (``infer``)."""
     if not np.array_equal(rows["cell_id"].to_numpy(), result["cell_id"]):
         raise RuntimeError("scored cells are not in manifest order")   # a bug, not an input problem
     sims = similarities(result["min_d"])
     score = result["score"].astype(np.float64)      # float64 in the table: cells.csv reproduces p_affected exactly
-    p = noisy_label_apply(score, models["call"])
+    lr = reference_lr(score, models["fraction"])
+    if is_mixture(models["call"]):        # one model: each cell's posterior at its well's fraction
+        p, _ = cell_posteriors(lr, (rows["plate"].astype(str) + "/" + rows["well"].astype(str)).to_numpy())
+    else:
+        p = noisy_label_apply(score, models["call"])
     base = rows[["cell_id", "image_id", "plate", "well", "field", "condition"]].reset_index(drop=True)
     info = wells.set_index(["plate", "well"])[["compound", "dose", "treatment"]]
     base = base.join(info, on=["plate", "well"])
@@ -51,9 +59,11 @@ def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, models: di
     base["run_split"] = run_split if run_split is not None else ""
     base["score"] = score
     base["p_affected"] = p
-    base["likelihood_ratio"] = reference_lr(score, models["fraction"])
+    base["likelihood_ratio"] = lr
     base["call"] = (p > 0.5).astype(int)
     base["intensity"] = result["intensity"]
+    for col in cell_feature_columns(rows.columns):
+        base[col] = pd.to_numeric(rows[col], errors="coerce").to_numpy(np.float64)
     k = min(nearest, sims.shape[1])
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     near = {}
@@ -66,6 +76,29 @@ def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, models: di
 
 def well_key(df: pd.DataFrame) -> pd.Series:
     return df["plate"].astype(str) + "/" + df["well"].astype(str)
+
+
+def logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def well_readouts(cells: pd.DataFrame, reference_scores) -> pd.DataFrame:
+    """Per well (index ``plate/well``) of ``cells``: n_cells, the affected fraction (the EM point
+    estimate), the graded readouts — mean_p_affected (the mean of the cells' calibrated P(affected)) and
+    score_shift (the mean logit score minus the reference cells' mean, in units of the reference cells'
+    SD) — and the mean of ``intensity`` and of every per-cell feature prepare computed."""
+    ref = logit(reference_scores)
+    centre, sd = (float(ref.mean()), float(ref.std(ddof=1))) if len(ref) > 1 else (np.nan, np.nan)
+    feats = ["intensity"] + cell_feature_columns(cells.columns)
+    df = cells[["likelihood_ratio", "p_affected"] + feats].assign(logit=logit(cells["score"]), key=well_key(cells).to_numpy())
+    g = df.groupby("key", sort=True)
+    out = g[feats].mean()
+    out.insert(0, "score_shift", (g["logit"].mean() - centre) / sd if sd > 0 else np.nan)
+    out.insert(0, "mean_p_affected", g["p_affected"].mean())
+    out.insert(0, "affected_fraction", g["likelihood_ratio"].agg(lambda v: mixture_fraction(v.to_numpy())))
+    out.insert(0, "n_cells", g.size())
+    return out
 
 
 def _ratio_flag(value: pd.Series, reference: pd.Series, what: str, slack: float = 1.25) -> tuple[pd.Series, pd.Series]:
@@ -81,11 +114,13 @@ def _ratio_flag(value: pd.Series, reference: pd.Series, what: str, slack: float 
 
 
 def well_table(cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200, seed: int = 0,
-               min_cells: int = 20) -> pd.DataFrame:
+               min_cells: int = 20, reference_scores=()) -> pd.DataFrame:
     """``wells`` (``source.plate_wells``) with, per well: n_cells, affected_fraction and its 95 % CI
-    over the well's cells, truth (share of cells truly affected) and error where the truth is known,
-    n_train_cells (cells the run trained on), intensity and cells_per_image relative to the reference
-    wells, and ``flag`` (what to read with care)."""
+    over the well's cells, the graded readouts mean_p_affected and score_shift (``well_readouts``, shift
+    from ``reference_scores``), truth (share of cells truly affected) and error where the truth is known,
+    n_train_cells (cells the run trained on) and untrained_fraction (the fraction of the others: what
+    the plate statistics use), intensity and cells_per_image relative to the reference wells, and
+    ``flag`` (what to read with care)."""
     key = well_key(cells)
     fr = well_fractions(pd.DataFrame({"well": key, "lr": cells["likelihood_ratio"].to_numpy()}), n_boot=n_boot,
                         seed=seed).set_index("well")
@@ -94,6 +129,9 @@ def well_table(cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200, seed
     out["n_cells"] = k.map(fr["n_cells"]).fillna(0).astype(int)
     for col in ("affected_fraction", "ci_low", "ci_high"):
         out[col] = k.map(fr[col])
+    graded = well_readouts(cells, reference_scores)
+    for col in ("mean_p_affected", "score_shift"):
+        out[col] = k.map(graded[col])
     g = cells.assign(key=key).groupby("key")
     if "true_label" in cells:
         known = g["true_label"].agg(lambda t: float((t == 1).mean()) if (t >= 0).all() else np.nan)
@@ -101,6 +139,9 @@ def well_table(cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200, seed
         out["error"] = out["affected_fraction"] - out["truth"]
         out["ci_covers_truth"] = (out["ci_low"] <= out["truth"]) & (out["truth"] <= out["ci_high"])
     out["n_train_cells"] = k.map(g["run_split"].agg(lambda s: int((s == "train").sum()))).fillna(0).astype(int)
+    untrained = cells[(cells["run_split"] != "train").to_numpy()]
+    out["untrained_fraction"] = k.map(untrained.groupby(well_key(untrained).to_numpy())["likelihood_ratio"].agg(
+        lambda v: mixture_fraction(v.to_numpy())))
     out["intensity"] = k.map(g["intensity"].median())
     out["cells_per_image"] = out["n_cells"] / out["n_images"].clip(lower=1)
     ref = out["role"] == "reference"

@@ -18,7 +18,7 @@ import torch
 
 from protocell.data.store import CropStore, CropStoreWriter
 from protocell.errors import ProtocellError
-from protocell.fraction import mixture_fraction, reference_lr
+from protocell.fraction import mixture_fraction, posterior, reference_lr
 from protocell.model.prototypes import log_similarity
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,11 +110,14 @@ def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(sco
     logits = cells[[f"sim_p{j}" for j in range(P)]].to_numpy() @ w.T
     assert np.allclose(cells["score"], np.exp(logits[:, -1]) / np.exp(logits).sum(1), atol=1e-4)
     cal = json.loads((run / "metrics.json").read_text())["calibration"]
-    s = np.clip(cells["score"].to_numpy(np.float64), 1e-6, 1 - 1e-6)
-    p = 1 / (1 + np.exp(-(cal["a"] * np.log(s / (1 - s)) + cal["b"])))
-    assert np.allclose(cells["p_affected"], p, rtol=1e-6, atol=1e-12)
+    assert cal["method"].startswith("mixture")           # the default: the call is the fraction's own posterior
     fit = json.loads((run / "metrics.json").read_text())["affected_fraction"]["fit"]    # the fraction's reference
     assert np.allclose(cells["likelihood_ratio"], reference_lr(cells["score"].to_numpy(), fit), rtol=1e-6)
+    p = pd.Series(np.nan, index=cells.index)
+    for _, g in cells.groupby("well"):                   # each cell at its well's maximum-likelihood fraction
+        lr = g["likelihood_ratio"].to_numpy()
+        p[g.index] = posterior(lr, mixture_fraction(lr))
+    assert np.allclose(cells["p_affected"], p, rtol=1e-6, atol=1e-12)
     assert (cells["call"] == (p > 0.5)).all()
     best = cells[[f"sim_p{j}" for j in range(P)]].to_numpy().argmax(1)
     assert (cells["nearest_1"].to_numpy() == best).all()
@@ -122,6 +125,8 @@ def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(sco
     for w in wells.itertuples():                                                  # one estimator, per well
         lr = cells.loc[cells["well"] == w.well, "likelihood_ratio"]
         assert w.affected_fraction == pytest.approx(mixture_fraction(lr.to_numpy()), abs=1e-9)
+        # one model: the mean P(affected) of a well is its fraction
+        assert cells.loc[cells["well"] == w.well, "p_affected"].mean() == pytest.approx(w.affected_fraction, abs=1e-6)
         truth = (cells.loc[cells["well"] == w.well, "true_label"] == 1).mean()
         assert w.truth == pytest.approx(truth)
 
@@ -189,11 +194,35 @@ def test_a_degenerate_calibration_is_refused_naming_metrics_json(scored, tmp_pat
     broken = tmp_path / "run"
     shutil.copytree(run, broken, ignore=shutil.ignore_patterns("score", "score.html"))
     m = json.loads((broken / "metrics.json").read_text())
-    m["calibration"].update(ok=False, used=False)
+    m["calibration"] = {"method": "noisy-label calibration on validation well labels (P(affected | score))",
+                        "a": 1.0, "b": 0.0, "lo": 0.5, "hi": 0.5, "prior": 0.5, "ok": False, "used": False}
     (broken / "metrics.json").write_text(json.dumps(m))
     with pytest.raises(ProtocellError, match=r"metrics.json holds a noisy-label calibration that is degenerate"):
         _score(broken)
     _untouched(broken)
+
+
+def test_a_failed_run_is_refused_and_a_warning_run_is_scored_under_a_banner(scored, tmp_path):
+    """Before: score read any run, a failed one included, and its page looked like any other."""
+    run, _ = scored
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("score", "score.html"))
+    m = json.loads((copy / "metrics.json").read_text())
+    (copy / "metrics.json").write_text(json.dumps({**m, "status": "failed", "reasons": ["no epoch beat chance"]}))
+    proc = subprocess.run([sys.executable, "score.py", f"run={copy}", "threads=1", "progress=false", "wandb=false"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("score")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(line) == 1 and "metrics.json says status failed (no epoch beat chance)" in line[0]
+    _untouched(copy)
+    reason = "the reference wells disagree more than cell sampling explains"
+    (copy / "metrics.json").write_text(json.dumps({**m, "status": "warning", "reasons": [reason]}))
+    _score(copy)
+    summary = json.loads((copy / "score" / "score.json").read_text())
+    assert summary["run_status"] == {"status": "warning", "reasons": [reason], "warnings": m.get("warnings", [])}
+    page = (copy / "score.html").read_text()
+    assert "answer may be WRONG" in page and reason in page
+    assert "answer may be WRONG" not in (run / "score.html").read_text()      # the ok run's page has no banner
 
 
 def test_the_fraction_reference_is_refitted_from_an_older_runs_predictions_or_refused_when_unusable(scored, tmp_path):
@@ -255,15 +284,25 @@ def test_a_non_numeric_dose_is_refused_naming_the_well_and_an_empty_well_is_repo
         _score(run, bad, out=tmp_path / "o")
     assert not (tmp_path / "o" / "score").exists()
     # prepare found no cell in well H12's image: it cannot be in the manifest, score lists it
+    # (prepare records each image's plate-map columns: the empty well keeps its compound and dose)
     ok = _write_store(tmp_path / "ok", ["actin", "nuclei"], 64, ["C01", "C02"])
     (ok / "prepare_summary.json").write_text(json.dumps({"per_image": [
         {"image_id": "i0", "plate": "plate1", "well": "C01", "condition": "", "cells": 4},
-        {"image_id": "h12", "plate": "plate1", "well": "H12", "condition": "", "cells": 0}]}))
+        {"image_id": "h12", "plate": "plate1", "well": "H12", "condition": "", "cells": 0,
+         "meta": {"compound": "X", "dose": "3"}}]}))
     out = _score(run, ok, out=tmp_path / "o", min_cells=2)
     wells = pd.read_csv(out / "wells.csv", keep_default_na=False, na_values=[""]).set_index("well")
     assert wells.loc["H12", "n_cells"] == 0 and "no cells" in wells.loc["H12", "flag"]
+    assert wells.loc["H12", "compound"] == "X" and wells.loc["H12", "dose"] == 3.0 and wells.loc["H12", "treatment"] == "X · 3"
+    table = pd.read_parquet(out / "well_table.parquet").set_index("Metadata_Well")
+    assert table.loc["H12", "Metadata_Compound"] == "X" and table.loc["H12", "Metadata_Count_Cells"] == 0
     assert "H12" in (tmp_path / "o" / "score.html").read_text()
     assert "no Ref wells" in json.loads((out / "score.json").read_text())["reference for enrichment"]
+    # a plate without controls: "no controls" in its QC, no normalisation, no crash
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False, na_values=[""])
+    assert set(qc["verdict"]) == {"no controls"} and qc["z_prime"].isna().all()
+    assert wells["normalised_fraction"].isna().all() and "No controls on plate(s) plate1" in \
+        (tmp_path / "o" / "score.html").read_text()
 
 
 def test_an_interrupted_score_leaves_the_previous_results_whole(scored, tmp_path, monkeypatch):
@@ -308,6 +347,111 @@ def test_wandb_gets_the_score_tables_and_figures_offline(scored, tmp_path):
     tables = [p.name for p in offline[0].rglob("media/table/**/*.json")]
     assert any("plate" in n for n in images) and len(images) == len(list((copy / "score").glob("*.png")))
     assert any("wells" in n for n in tables) and any("prototype_enrichment" in n for n in tables)
+
+
+# ----------------------------------------------------------------------------- several plates and stores
+
+@pytest.fixture(scope="module")
+def several(scored, tmp_path_factory):
+    """The tiny run scores three stores in one call: its own (plate1), a two-plate store of the same design
+    (plate p2 at half the gain with extra light and a dimmer outer ring, plate p3 without effects) and a
+    store of one plate without controls."""
+    from protocell.data.synthetic import WellSpec, build_store
+
+    run, _ = scored
+    tmp = tmp_path_factory.mktemp("several")
+    spec = {**_store(run).info["synthetic"], "fields_per_well": 1}          # the run's design, one field a well
+    two = build_store(tmp / "cache", WellSpec(**{**spec, "plates": [
+        {"name": "p2", "gain": 0.5, "offset": 0.05, "edge": 0.3}, {"name": "p3"}]}))
+    bare = _write_store(tmp / "bare", ["actin", "nuclei"], 64, ["C01", "C02", "D01"],
+                        {w: {"plate": "bare", "compound": "Z", "dose": "1"} for w in ("C01", "C02", "D01")})
+    proc = subprocess.run([sys.executable, "score.py", f"run={run}", f"data.path=[{_store(run).root},{two},{bare}]",
+                           f"out={tmp / 'o'}", "threads=1", "bootstrap=20", "min_cells=5", "progress=false",
+                           "bscore=true", "wandb=false"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "o", [_store(run).root, two, bare]
+
+
+def test_several_stores_and_plates_are_scored_in_one_call_each_plate_against_its_own_controls(scored, several):
+    out, stores = several
+    wells = pd.read_csv(out / "score" / "wells.csv", keep_default_na=False, na_values=[""])
+    cells = pd.read_csv(out / "score" / "cells.csv", keep_default_na=False, na_values=[""])
+    assert sorted(wells["plate"].unique()) == ["bare", "p2", "p3", "plate1"]
+    assert set(wells["store"]) == {str(s) for s in stores} and cells.columns[0] == "store"
+    assert len(cells) == len(cells.drop_duplicates(["store", "cell_id"]))        # cell ids are per store
+    qc = pd.read_csv(out / "score" / "qc.csv", keep_default_na=False, na_values=[""]).set_index(["plate", "readout"])
+    assert qc.loc[("bare", "Protocell_AffectedFraction"), "verdict"] == "no controls"
+    for plate in ("p2", "p3"):                 # 2 + 2 controls, none trained on: a Z′ of their own
+        row = qc.loc[(plate, "Protocell_AffectedFraction")]
+        assert (row["n_neg"], row["n_pos"]) == (2, 2) and np.isfinite(row["z_prime"]), plate
+        assert np.isfinite(qc.loc[(plate, "Cells_Intensity_MeanIntensity_Stored"), "z_prime"])   # the classic readout's
+    # the normalisation by hand on plate p2: its controls' medians define percent of control and the normalised fraction
+    p2 = wells[wells["plate"] == "p2"]
+    mn = p2.loc[p2["role"] == "reference", "untrained_fraction"].median()
+    mp = p2.loc[p2["role"] == "exposed", "untrained_fraction"].median()
+    share = (p2["untrained_fraction"] - mn) / (mp - mn)
+    assert np.allclose(p2["percent_of_control"], 100 * share)
+    ctrl = wells[(wells["role"] != "scored") & (wells["plate"] != "bare") & wells["untrained_fraction"].notna()]
+    level = ctrl.groupby("role")["untrained_fraction"].median()       # every plate's controls together
+    assert np.allclose(p2["normalised_fraction"], level["reference"] + share * (level["exposed"] - level["reference"]))
+    assert wells.loc[wells["plate"] == "bare", "normalised_fraction"].isna().all()
+    assert wells.loc[(wells["role"] == "scored") & wells["row"].notna() & (wells["plate"] != "bare"), "b_score"].notna().any()
+    # p2's outer ring is dimmer: the trend check on the brightness says so
+    trends = pd.read_csv(out / "score" / "trends.csv").set_index(["plate", "measure"])
+    assert trends.loc[("p2", "log2 intensity"), "outer_minus_inner"] < -0.2
+    effects = pd.read_csv(out / "score" / "plate_effects.csv")
+    assert set(effects["plate"]) == {"plate1", "p2", "p3"} and set(effects["role"]) == {"reference", "exposed"}
+    hits = pd.read_csv(out / "score" / "hits.csv", keep_default_na=False, na_values=[""])
+    assert "Ref" not in set(hits["treatment"]) and (hits["q_value"] >= hits["p_value"] - 1e-12).all()
+    assert hits.loc[hits["treatment"] == "Z · 1", "basis"].item() == "untrained_fraction"   # no controls: the raw fraction
+    fits = pd.read_csv(out / "score" / "dose_response.csv", keep_default_na=False, na_values=[""])
+    per_plate = fits[(fits["measure"] == "normalised_fraction") & (fits["compound"] == "C1")]
+    assert sorted(per_plate["plate"]) == ["p2", "p3", "plate1"]
+    table = pd.read_parquet(out / "score" / "well_table.parquet")
+    assert len(table) == len(wells) and {"Metadata_Plate", "Metadata_Well", "Metadata_Store", "Protocell_NormalisedFraction",
+                                         "Protocell_BScore", "Metadata_true_fraction"} <= set(table.columns)
+    summary = json.loads((out / "score" / "score.json").read_text())
+    assert summary["plates"] == 4 and len(summary["stores"]) == 3 and "p2: normalised fraction: share within ±0.08" in summary["truth"]
+    page = (out / "score.html").read_text()
+    for src in re.findall(r'(?:src|href)="([^"]+)"', page):
+        assert (out / src).exists(), src
+    assert "No controls on plate(s) bare" in page and "Z′ &gt; 0.5: excellent" in page and (out / "score" / "dose_C1_plates.png").exists()
+
+
+def test_the_plates_measurement_script_tabulates_each_plate(scored, several, tmp_path):
+    """experiments/score_plates.py's table, per plate, against the scored tables it reads."""
+    import score_plates
+
+    out, _ = several
+    run = tmp_path / "run"
+    shutil.copytree(out / "score", run / "score")
+    shutil.copy(scored[0] / "metrics.json", run / "metrics.json")
+    rows = pd.DataFrame(score_plates.plate_rows("both", run)).set_index("plate")
+    wells = pd.read_csv(out / "score" / "wells.csv", keep_default_na=False, na_values=[""])
+    for plate in ("plate1", "p2", "p3"):
+        w = wells[(wells["plate"] == plate) & wells["dose"].notna()]
+        err = (w["normalised_fraction"] - w["truth"]).abs()
+        assert rows.loc[plate, "dose_wells"] == 24 and rows.loc[plate, "norm_within"] == pytest.approx((err <= 0.08).mean())
+        assert rows.loc[plate, "raw_mae"] == pytest.approx((w["affected_fraction"] - w["truth"]).abs().mean())
+        assert rows.loc[plate, "bar"].startswith(("met", "missed"))
+    assert rows.loc["p2", "z_prime"] == pytest.approx(pd.read_csv(out / "score" / "qc.csv").set_index(
+        ["plate", "readout"]).loc[("p2", "Protocell_AffectedFraction"), "z_prime"])
+
+
+def test_a_well_in_two_stores_is_refused_naming_both(scored, tmp_path):
+    run, _ = scored
+    copy = tmp_path / "copy"
+    shutil.copytree(_store(run).root, copy)
+    with pytest.raises(ProtocellError, match=r"well plate1/A01 is in .*manifest.csv and in .*manifest.csv.*different names"):
+        _score(run, [_store(run).root, copy], out=tmp_path / "o")
+    _untouched(tmp_path / "o")
+
+
+def test_the_several_plates_page_loads_every_image_in_a_real_headless_browser(several, tmp_path):
+    require_chromium()
+    out, _ = several
+    n, broken = browser_images(out / "score.html", tmp_path)
+    assert n == len(list((out / "score").glob("*.png"))) and broken == [], f"{n} images, broken: {broken}"
 
 
 def test_score_page_loads_every_image_in_a_real_headless_browser(scored, tmp_path):

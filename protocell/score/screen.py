@@ -1,0 +1,62 @@
+"""The screen's statistics over every scored plate (``plates`` and ``hits`` put together): control QC
+per plate, the per-plate normalisation, the plate-effect and trend checks, the B-score, the hits.
+
+Control wells are read over the cells the run did **not** train on (a trained-on cell scores
+optimistically): on the run's own store a control well's value is that of its held-out cells, and a
+well whose every cell was trained on (``data.split_by=well``) is left out of the plate statistics.
+Wells without a condition are never trained on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from protocell.data.store import cell_feature_columns
+from protocell.score.export import feature_name
+from protocell.score.hits import hit_table
+from protocell.score.plates import b_scores, normalise, plate_effects, plate_qc, trends
+from protocell.score.tables import well_key, well_readouts
+
+# the network's readouts in the QC table (names as in well_table.csv) → the control wells' column
+NETWORK = {"Protocell_AffectedFraction": "untrained_fraction", "Protocell_MeanPAffected": "mean_p_affected",
+           "Protocell_ScoreShift": "score_shift"}
+
+
+def control_wells(cells: pd.DataFrame, wells: pd.DataFrame, reference_scores) -> pd.DataFrame:
+    """One row per control well (reference or exposed) with cells the run did not train on: plate, well,
+    role, n_cells and every readout of ``tables.well_readouts`` over those cells (the fraction named
+    ``untrained_fraction``)."""
+    untrained = cells[(cells["run_split"] != "train").to_numpy()]
+    r = well_readouts(untrained, reference_scores).rename(columns={"affected_fraction": "untrained_fraction"})
+    ctrl = wells.loc[wells["role"].isin(["reference", "exposed"]), ["plate", "well", "role"]].copy()
+    key = well_key(ctrl)
+    for col in r.columns:
+        ctrl[col] = key.map(r[col]).to_numpy()
+    return ctrl[ctrl["n_cells"].fillna(0) > 0].reset_index(drop=True)
+
+
+def qc_readouts(cells: pd.DataFrame, mixture: bool = False) -> dict[str, str]:
+    """The readouts the QC table judges: the network's, then the classic per-well means (``mixture``: the
+    cell call is the fraction's own posterior, so the mean P(affected) is the fraction and not judged twice)."""
+    network = {k: v for k, v in NETWORK.items() if not (mixture and v == "mean_p_affected")}
+    return {**network, **{feature_name(c): c for c in ["intensity"] + cell_feature_columns(cells.columns)}}
+
+
+def screen(cells: pd.DataFrame, wells: pd.DataFrame, reference_scores, fdr: float = 0.05,
+           bscore: bool = False, mixture: bool = False) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(``wells`` with percent_of_control, robust_z, normalised_fraction and, with ``bscore``, b_score;
+    the tables: ``qc`` (plate × readout), ``plate_effects`` (several plates), ``trends`` (plate ×
+    measure), ``hits`` (treatment))."""
+    ctrl = control_wells(cells, wells, reference_scores)
+    plates = sorted(wells["plate"].astype(str).unique())
+    qc = plate_qc(ctrl, qc_readouts(cells, mixture), plates)
+    wells = normalise(wells, ctrl, "untrained_fraction")
+    if bscore:
+        wells["b_score"] = b_scores(wells, "untrained_fraction")
+    effects = plate_effects(ctrl, "untrained_fraction") if len(plates) > 1 else pd.DataFrame()
+    log_intensity = np.log2(wells["intensity"].clip(lower=1e-12))
+    trend = trends(wells.assign(log2_intensity=log_intensity),
+                   {"affected fraction": ("untrained_fraction", True), "log2 intensity": ("log2_intensity", False)})
+    hits = hit_table(wells, "normalised_fraction", "untrained_fraction", fdr)
+    return wells, {"qc": qc, "plate_effects": effects, "trends": trend, "hits": hits}
