@@ -24,6 +24,12 @@ so a re-run never overwrites a shard the current store uses: the old store stays
 the new ``manifest.csv`` and ``store.json`` (written last, with the manifest's hash) replace it, and
 only then are the old shards deleted. An output holding a store of other inputs is refused unless
 ``overwrite=true``; a refused prepare into a new folder leaves no folder.
+
+In shares (a cluster, docs/prepare.md): ``shards=N shard=k`` runs stages 1–3 on every N-th image of the
+plate map from the k-th (statistics are per image, so a share needs nothing from another) and writes
+``.prepare/shares/k-of-N.json``; ``shard=merge`` runs stage 4 once every image of the plate map has its
+finished records (else it is refused, naming the shares), giving the store one process writes, byte for
+byte (``store.json`` records the settings that make the store, not ``RUN_KEYS``).
 """
 
 from __future__ import annotations

@@ -96,13 +96,14 @@ def score_share(run: Run, store: CropStore, out: Path, share: int, shards: int, 
                 progress: bool = True) -> Path:
     """One task of a sharded score (``protocell.score.shares``): the network's pass over share ``share`` of
     ``shards`` of the store's cells, written to ``out/.score-shares/``; returns that file."""
+    t0 = time.time()
     rows = _originals(store)
     batch = int(batch_size or run.dm.eval_batch_size)
     ident = shares.identity(run.dir, store, batch, len(rows), shards, share)
     mine = rows[slice(*ident["rows"])]
     result = _infer(run, store, mine, batch, num_workers, progress)
     refuse_nonfinite(store, mine, result)
-    path = shares.write_share(out, result, ident)
+    path = shares.write_share(out, result, ident, time.time() - t0)
     log.info("score: share %d of %d (%d cells) → %s; when every share is done: score.py … shard=merge", share, shards,
              len(mine), path)
     return path

@@ -10,7 +10,8 @@ its part of the store only) and every batch is one of the batches a single proce
 per-cell numbers are those of ``shard=all`` bit for bit (same threads). A task writes
 ``<out>/.score-shares/<k>-of-<N>.npz`` — per cell the exposed-class score, the minimum distance to each
 prototype, the raw brightness and whether its pixels are finite, plus what it was computed from (run
-checkpoint, store manifest, batch size, the share's rows) — atomically, and nothing else. The merge
+checkpoint, store manifest, batch size, the share's rows) — atomically, and ``<k>-of-<N>.json`` (its cells,
+seconds, peak RSS, host), and nothing else. The merge
 refuses, naming the shares, until every file is there and was computed from this run, this store and
 this batch size; then it scores exactly as one process does from those numbers and removes the files.
 Each task's memory is that of the pass (flat in the number of cells); the merge holds P + 4 numbers a
@@ -55,12 +56,20 @@ def identity(run_dir: Path, store: CropStore, batch: int, n: int, shards: int, s
             "batch_size": batch, "cells": n, "shards": shards, "share": share, "rows": [rows.start, rows.stop]}
 
 
-def write_share(out: Path, result: dict, ident: dict) -> Path:
+def write_share(out: Path, result: dict, ident: dict, seconds: float) -> Path:
+    """The share's numbers (``.npz``), then a report beside it (``.json``: cells, seconds, peak RSS, host)."""
+    import resource
+    import socket
+
     path = share_path(out, ident["share"], ident["shards"])
     with output_errors(out, "out", ScoreError):
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.asarray(result[k]) for k in ARRAYS}
         atomic_write(path, lambda fh: np.savez(fh, identity=np.array(json.dumps(ident, sort_keys=True)), **arrays))
+        peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        report = {"share": ident["share"], "shards": ident["shards"], "cells": len(arrays["cell_id"]),
+                  "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024, 1), "host": socket.gethostname()}
+        atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(report, indent=1).encode()))
     return path
 
 
@@ -101,6 +110,7 @@ def remove_shares(out: Path, shards: int) -> None:
     """The share files a merge has used (the folder too, once empty)."""
     for k in range(shards):
         share_path(out, k, shards).unlink(missing_ok=True)
+        share_path(out, k, shards).with_suffix(".json").unlink(missing_ok=True)
     try:
         (Path(out) / SHARES).rmdir()
     except OSError:
