@@ -20,7 +20,7 @@ from protocell.errors import ConfigError
 LAST_LAYER_MODES = ("trained", "frozen")
 CALIBRATIONS = ("mixture", "noisy_label", "platt", "none")
 NORMALIZE = ("auto", "dataset", "cell", "none")
-SPLIT_BY = ("auto", "image", "well")
+SPLIT_BY = ("auto", "image", "well", "plate")
 PRETRAIN_KEEP = ("best", "last")
 SEPARATIONS = ("reference", "all")
 INIT_METHODS = ("evidence", "kmeans", "random")

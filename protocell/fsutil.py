@@ -78,19 +78,21 @@ def atomic_torch_save(path: str | Path, obj) -> Path:
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, refuse: Callable[[str], Exception]) -> Iterator[Path]:
+def exclusive_lock(path: str | Path, refuse: Callable[[str], Exception], shared: bool = False) -> Iterator[Path]:
     """Hold an exclusive ``fcntl.flock`` on ``path`` (created if absent) for the ``with`` block.
 
     Another process holding it gets ``refuse(holder)`` raised at once (no waiting: a second writer
     of one folder is a mistake, not a queue), where ``holder`` is "pid N on host" as the holder wrote
     it. The kernel releases the lock when its process ends, even by ``kill -9``, so a stale lock file
-    never blocks anyone. Only the pid and host are written: a command line may hold secrets."""
+    never blocks anyone. Only the pid and host are written: a command line may hold secrets.
+    ``shared``: a shared lock instead, which any number of shared holders hold together while an
+    exclusive holder is refused (the share tasks of one sharded prepare, against a merge)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             raise refuse(holder) from None

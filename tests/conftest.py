@@ -81,7 +81,8 @@ def prepare_cfg():
 def assert_store_folder(out) -> None:
     """A finished prepare output holds exactly: store.json, manifest.csv, prepare_summary.json, the
     crops and masks of the shards the manifest uses (no orphan, no temporary file), the resumability
-    records and lock in .prepare/, overlay PNGs and the confound table (confounds.csv, when two conditions have cells)."""
+    records and lock in .prepare/ (and the share tasks' locks and reports, when it was prepared in shares), overlay
+    PNGs and the confound table (confounds.csv, when two conditions have cells)."""
     import re
     from pathlib import Path
 
@@ -93,7 +94,8 @@ def assert_store_folder(out) -> None:
     expected_shards = {f"shards/{s}.{kind}.npy" for s in shards for kind in ("crops", "masks")}
     rest = files - expected_shards - {"store.json", "manifest.csv", "prepare_summary.json", "confounds.csv", ".prepare/lock"}
     assert expected_shards <= files, sorted(expected_shards - files)
-    unexpected = sorted(f for f in rest if not re.fullmatch(r"\.prepare/(images|stats|aug)/[^/]+\.json|overlays/[^/]+\.png", f))
+    unexpected = sorted(f for f in rest if not re.fullmatch(r"\.prepare/(images|stats|aug)/[^/]+\.json|overlays/[^/]+\.png|"
+                                                           r"\.prepare/lock-share-\d+|\.prepare/shares/\d+-of-\d+\.json", f))
     assert not unexpected, unexpected
 
 

@@ -4,6 +4,9 @@ Ratios are taken within one run (the machines here are noisy); each figure is th
 repeats; threads are set explicitly. ``python -m protocell.bench --quick`` is a smaller pass.
 ``score``: cells/s of score's streaming pass and of the whole scoring with its tables, and the peak
 RSS of a fresh scoring process at two store sizes (memory must not grow with the store).
+``scale``: a plate of ≥ 10⁵ cells prepared and scored in one task and in two share tasks + merge
+(``protocell.bench.scale``; ``--quick``: a 16-image plate), and ``scale_screen`` the arithmetic of a
+20-plate screen on 50 nodes from those figures.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from protocell.bench.prepare_bench import run as prepare_run
+from protocell.bench.scale import run as scale_run
 from protocell.training.callbacks import apply_phase
 from protocell.training.schedule import Phase, trainable_groups
 
@@ -295,6 +299,8 @@ def main(argv=None) -> dict:
                         "pass_cells_per_s": large["pass_cells_per_s"], "whole_cells_per_s": large["whole_cells_per_s"],
                         "peak_rss_mb_small": small["peak_rss_mb"], "peak_rss_mb_large": large["peak_rss_mb"]}
     results["prepare"] = prepare_run(quick=args.quick)
+    at_scale = scale_run(quick=args.quick)        # prepare and score in shares (protocell/bench/scale.py)
+    results["scale"], results["scale_screen"] = at_scale["scale"], at_scale["at_scale"]
     if not args.quick:
         results["make_run"] = bench_make_run()
     (OUT / "bench.json").write_text(json.dumps(results, indent=2))

@@ -37,5 +37,9 @@ def next_step(out) -> str:
 
 def run(cfg: DictConfig):
     out = run_cli("prepare", lambda c: prepare_store(OmegaConf.to_container(c, resolve=True)), cfg)
-    print(f"crop store: {out}\n{next_step(out)}")
+    if isinstance(cfg.get("shard", "all"), int):     # one share of a sharded prepare: no store yet
+        print(f"share {cfg.shard} of {cfg.shards} prepared into {out}\nwhen every share is done, write the store: the "
+              "same command with shard=merge")
+    else:
+        print(f"crop store: {out}\n{next_step(out)}")
     return out

@@ -63,6 +63,12 @@ def choose_split(manifest, test_fraction: float, val_fraction: float, split_by: 
     seen, and ``protocell.diagnostics.memorised_wells`` compares the two kinds of held-out cells."""
     if split_by not in SPLIT_BY:
         raise ConfigError.invalid("data.split_by", split_by, f"one of {SPLIT_BY}")
+    if split_by == "plate":
+        m = manifest[manifest["aug_of"] < 0]
+        plates = sorted(m["plate"].astype(str).unique())
+        if len(plates) < 2:
+            raise ConfigError.invalid("data.split_by", split_by, f"image, well or auto: the store's labelled cells lie "
+                                      f"on {len(plates)} plate(s) {plates}, and whole plates need two or more")
     if split_by != "auto":
         return split_by, f"data.split_by={split_by} (set in the config)"
     m = manifest[manifest["aug_of"] < 0]
@@ -85,7 +91,9 @@ def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: in
 
     Test: ``unit="image"`` takes ``test_fraction`` of each condition's images (prepare's own split
     when the manifest has one); ``unit="well"`` whole wells (all fields of a well in one split), so
-    per-well batch effects (imaging, plating) cannot carry a well's label from training into test.
+    per-well batch effects (imaging, plating) cannot carry a well's label from training into test;
+    ``unit="plate"`` ``test_fraction`` of the plates, whole (a store spanning plates: test plates the
+    network never saw, as a screen's later plates are), at least one plate training.
     Validation: the non-test images of ``val_fraction`` of each condition's wells, whatever ``unit``
     is — the epoch pretrain keeps is chosen on wells the network never trained on (a score on held-out
     images of training wells rewards memorising the wells). A condition with one such well only gives
@@ -98,15 +106,19 @@ def split_rows(manifest, test_fraction: float, val_fraction: float, seed: int,
     """``split_by_image``'s labels and what it did: {"val_unit": {condition: "well" | "image"},
     "wells": {split: {condition: n}}}."""
     rng = np.random.default_rng(seed)
-    if unit not in ("image", "well"):
-        raise ConfigError.invalid("data.split_by", unit, "'image' or 'well'")
+    if unit not in ("image", "well", "plate"):
+        raise ConfigError.invalid("data.split_by", unit, "'image', 'well' or 'plate'")
     given = manifest["split"].astype(str).to_numpy()
     originals = manifest["aug_of"].to_numpy() < 0
     image_of = manifest["image_id"].astype(str).to_numpy()
     well_of = (manifest["plate"].astype(str) + "/" + manifest["well"].astype(str)).to_numpy()
     first = manifest[originals].assign(_well=well_of[originals]).drop_duplicates("image_id")
     # 1. test
-    if unit == "well":
+    if unit == "plate":                       # whole plates: a plate's own imaging never reaches test from training
+        plates = sorted(first["plate"].astype(str).unique())
+        test_plates = {p for p, s in assign({"": plates}, {"test": test_fraction}, seed, rng).items() if s == "test"}
+        test_image = {i: p in test_plates for i, p in zip(first["image_id"].astype(str), first["plate"].astype(str))}
+    elif unit == "well":
         wells = {c: sorted(g["_well"].unique()) for c, g in first.groupby("condition", sort=True)}
         test_wells = {w for w, s in assign(wells, {"test": test_fraction}, seed, rng).items() if s == "test"}
         test_image = {i: w in test_wells for i, w in zip(first["image_id"].astype(str), first["_well"])}

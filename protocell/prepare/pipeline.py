@@ -24,6 +24,12 @@ so a re-run never overwrites a shard the current store uses: the old store stays
 the new ``manifest.csv`` and ``store.json`` (written last, with the manifest's hash) replace it, and
 only then are the old shards deleted. An output holding a store of other inputs is refused unless
 ``overwrite=true``; a refused prepare into a new folder leaves no folder.
+
+In shares (a cluster, docs/prepare.md): ``shards=N shard=k`` runs stages 1–3 on every N-th image of the
+plate map from the k-th (statistics are per image, so a share needs nothing from another) and writes
+``.prepare/shares/k-of-N.json``; ``shard=merge`` runs stage 4 once every image of the plate map has its
+finished records (else it is refused, naming the shares), giving the store one process writes, byte for
+byte (``store.json`` records the settings that make the store, not ``RUN_KEYS``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import shutil
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -62,6 +69,9 @@ log = logging.getLogger("protocell.prepare")
 SEGMENTATION_KEYS_NOT_FOR_BUILDER = ("method", "nuclei_threshold", "cell_threshold", "threshold_method",
                                      "min_nuclei_snr")
 STORE_DTYPES = ("uint16", "float32")
+# how a prepare ran, not what its store holds: left out of store.json, so a store merged from share tasks is
+# byte for byte the store one process writes
+RUN_KEYS = ("workers", "progress", "debug", "overwrite", "shards", "shard")
 
 
 # ----------------------------------------------------------------------------- config
@@ -101,6 +111,12 @@ def validate(c: dict) -> None:
     _check(0 < c["split"]["test_fraction"] < 1, "split.test_fraction", c["split"]["test_fraction"], "in (0, 1)")
     _check(int(c["augment"]["copies"]) >= 0, "augment.copies", c["augment"]["copies"], "≥ 0 (0 = off)")
     _check(int(c["workers"]) >= 1, "workers", c["workers"], "≥ 1")
+    shards, share = c.get("shards", 1), c.get("shard", "all")
+    _check(isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1, "shards", shards,
+           "an integer ≥ 1: the number of tasks the images are dealt to (docs/usage.md, 'A screen on SLURM')")
+    _check(share in ("all", "merge") or (isinstance(share, int) and not isinstance(share, bool) and 0 <= share < shards),
+           "shard", share, f"all (every image here, then the store), one share 0 … {shards - 1} (shards={shards}), "
+           "or merge (the store from the finished shares)")
     _check(isinstance(c.get("overwrite", False), bool), "overwrite", c.get("overwrite"), "true or false")
     out = c.get("output")
     problem = folder_problem(out) if out else None
@@ -204,13 +220,16 @@ def thresholds_of(stats: list[ChannelStats], names: list[str], seg: dict, main: 
     return out
 
 
-def split_images(conditions: dict[str, str], test_fraction: float, seed: int) -> dict[str, str]:
-    """image_id → 'train'/'test', stratified by condition (``protocell.data.split``, the policy the
-    DataModule uses too); an only image of a condition trains."""
-    by_cond: dict[str, list[str]] = {}
+def split_images(conditions: dict[str, str], test_fraction: float, seed: int,
+                 plates: dict[str, str] | None = None) -> dict[str, str]:
+    """image_id → 'train'/'test', stratified by plate and condition (``protocell.data.split``, the policy
+    the DataModule uses too): each plate's images of a condition are split alike, so every plate of a
+    store lies in train and in test in proportion; an only image of a plate's condition trains. One plate:
+    the strata (and draws) of a split by condition alone."""
+    strata: dict[tuple[str, str], list[str]] = {}
     for image, cond in conditions.items():
-        by_cond.setdefault(cond, []).append(image)
-    return assign(by_cond, {"test": test_fraction}, seed)
+        strata.setdefault(((plates or {}).get(image, ""), cond), []).append(image)
+    return assign(strata, {"test": test_fraction}, seed)
 
 
 class Preparer:
@@ -248,12 +267,18 @@ class Preparer:
 
     # -- main
     def run(self) -> Path:
+        """Prepare the store (``shard=all``), one share of its images (``shard=<k>``: no store yet), or write
+        the store from finished shares (``shard=merge``); returns the output folder."""
         t_start = time.perf_counter()
         out = self.output_dir()
         self.check_output(out)
         entries = self.entries()
         order = self.condition_order(entries)
-        sources = open_images(entries, self.names)
+        share = self.share
+        # a share is every shards-th image of the plate map, from its own place: the same images whatever
+        # the machine, and each share a mix of wells and conditions
+        index = [i for i in range(len(entries)) if not isinstance(share, int) or i % self.shards == share]
+        sources = open_images([entries[i] for i in index], self.names)
         min_area = self.c["cells"]["min_area"]
         tiny = [f"{s.image_id} ({s.shape[0]}×{s.shape[1]})" for s in sources if s.shape[0] * s.shape[1] < min_area]
         if tiny:
@@ -263,33 +288,39 @@ class Preparer:
         # a tile larger than an image is the whole image (tile_grid clips it): nothing to refuse
         work = out / ".prepare"
         keys = {s.image_id: image_key(s, self.chash) for s in sources}
+        by_id = {e.image_id: e for e in entries}
+        if share == "merge":
+            return self.merge(out, work, sources, keys, by_id, order, t_start)
         pool = _pool(int(self.c["workers"]))
         created = not out.exists()
         try:
             stats, fresh = self.stats_pass(sources, keys, work, pool)   # refuses bad pixels; writes nothing
             # every input check has passed: from here on the output folder is written
-            with output_errors(out, "output", InputError), exclusive_lock(work / "lock", lambda holder: InputError(
-                    f"output={out} is being written by another prepare ({holder}); wait for it to finish, or give "
-                    "this one another output=")):
+            with output_errors(out, "output", InputError), self.lock(out, work):
                 try:
                     self.check_output(out)          # again, under the lock
-                    for f in out.rglob("*.tmp"):    # left by a killed writer; no writer is alive now
-                        f.unlink()
+                    if share == "all":              # share tasks may be writing theirs: the merge removes them
+                        for f in out.rglob("*.tmp"):    # left by a killed writer; no writer is alive now
+                            f.unlink()
                     for image_id, rec in fresh.items():
                         _atomic_json(work / "stats" / f"{image_id}.json", rec)
                     (work / "images").mkdir(parents=True, exist_ok=True)
-                    records = {}
-                    writer = CropStoreWriter(out, self.names, self.c["cells"]["crop_size"], source="prepare")
-                    writer.dtype = self.c["store_dtype"]
+                    records, n_cells = {}, 0
+                    writer = self.writer(out)
                     n_overlay = int(self.c["summary"].get("overlays", 0))
-                    for k, s in enumerate(self._bar(sources, desc="images", unit="image")):
-                        records[s.image_id] = self.image_pass(s, keys[s.image_id], stats[s.image_id], writer, work,
-                                                              pool, overlay=k < n_overlay)
-                    by_id = {e.image_id: e for e in entries}
+                    for k, s in zip(index, self._bar(sources, desc="images", unit="image")):
+                        rec = self.image_pass(s, keys[s.image_id], stats[s.image_id], writer, work, pool,
+                                              overlay=k < n_overlay)   # k: the image's place in the plate map
+                        n_cells += len(rec["rows"])
+                        if share == "all":          # a share task keeps none: its memory stays that of one image
+                            records[s.image_id] = rec
+                    if share != "all":
+                        self.share_done(work, sources, n_cells, time.perf_counter() - t_start)
+                        return out
                     df = self.finish(out, work, writer, sources, by_id, records, order)
                     self.summary(out, sources, by_id, records, stats, df, order, time.perf_counter() - t_start)
                 except (InputError, OSError):
-                    if created:                     # a refused prepare into a new folder leaves no folder
+                    if created and share == "all":  # a refused prepare into a new folder leaves no folder
                         shutil.rmtree(out, ignore_errors=True)
                     raise
         finally:
@@ -298,6 +329,92 @@ class Preparer:
                 pool.join()
         log.info("crop store written: %s (%d rows)", out, len(df))
         return out
+
+    @property
+    def shards(self) -> int:
+        return int(self.c.get("shards", 1))
+
+    @property
+    def share(self) -> int | str:
+        """``all``, ``merge``, or the index of this task's share."""
+        return self.c.get("shard", "all")
+
+    def writer(self, out: Path) -> CropStoreWriter:
+        writer = CropStoreWriter(out, self.names, self.c["cells"]["crop_size"], source="prepare")
+        writer.dtype = self.c["store_dtype"]
+        return writer
+
+    @contextmanager
+    def lock(self, out: Path, work: Path):
+        """``.prepare/lock``, exclusive for a prepare that writes the store (``all``, ``merge``); a share task
+        holds it shared (the other shares' tasks run beside it, a merge or a whole prepare is refused) and
+        ``.prepare/lock-share-<k>`` exclusive (a second task of its share is refused)."""
+        def refuse(holder):
+            return InputError(f"output={out} is being written by another prepare ({holder}); wait for it to finish, "
+                              "or give this one another output=")
+        share = self.share
+        with exclusive_lock(work / "lock", refuse, shared=isinstance(share, int)):
+            if not isinstance(share, int):
+                yield
+                return
+            with exclusive_lock(work / f"lock-share-{share}", lambda holder: InputError(
+                    f"share {share} of output={out} is being prepared by another task ({holder}): a share runs in one "
+                    "task at a time; wait for it, or stop it before re-running the share")):
+                yield
+
+    def share_done(self, work: Path, sources, n_cells: int, seconds: float) -> None:
+        """``.prepare/shares/<k>-of-<n>.json``: what this share task did (the merge reports it; whether a share
+        is complete is decided from the image records themselves)."""
+        import resource
+        import socket
+
+        peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        _atomic_json(work / "shares" / f"{self.share}-of-{self.shards}.json", {
+            "share": self.share, "shards": self.shards, "images": len(sources), "cells": n_cells,
+            "megapixels": round(sum(s.shape[0] * s.shape[1] for s in sources) / 1e6, 3),
+            "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024, 1), "workers": int(self.c["workers"]),
+            "host": socket.gethostname()})
+        log.info("share %s of %d prepared: %d images, %d cells in %s; when every share is done: prepare.py … "
+                 "shard=merge", self.share, self.shards, len(sources), n_cells, work.parent)
+
+    def merge(self, out: Path, work: Path, sources, keys: dict, by_id: dict, order: list[str], t_start: float) -> Path:
+        """Write the store from the records and shards the share tasks left, exactly as ``shard=all`` would
+        from its own (the same ``finish`` and ``summary``); refused, naming the shares, while an image of the
+        plate map has no finished record (its statistics, its image record, every shard whole)."""
+        if not (work / "images").is_dir():
+            raise InputError(f"output={out} holds no prepared share: run the share tasks first (the same command with "
+                             f"shards={self.shards} shard=0 … shard={self.shards - 1}), then shard=merge")
+        with output_errors(out, "output", InputError), self.lock(out, work):
+            self.check_output(out)
+            for f in out.rglob("*.tmp"):            # left by killed share tasks; none is alive now (the lock)
+                f.unlink()
+            writer = self.writer(out)
+            stats, records, missing = {}, {}, []
+            for k, s in enumerate(sources):
+                st = _record(work / "stats" / f"{s.image_id}.json")
+                rec = self.finished_image(work, s.image_id, keys[s.image_id], writer)
+                if st is None or st.get("key") != keys[s.image_id] or rec is None:
+                    missing.append(k)
+                else:
+                    stats[s.image_id], records[s.image_id] = st, rec
+            if missing:
+                shares = sorted({k % self.shards for k in missing})
+                names = ", ".join(str(k) for k in shares)
+                example = sources[missing[0]].image_id
+                raise InputError(f"output={out}: share(s) {names} of {self.shards} are not complete ({len(missing)} of "
+                                 f"{len(sources)} images have no finished record, e.g. {example}; a task still running, "
+                                 "failed or never run, or its inputs or settings changed since): run the share task(s) "
+                                 f"again — the same command with shard={shares[0]}"
+                                 f"{''.join(f', shard={k}' for k in shares[1:])} — then shard=merge; nothing was written")
+            df = self.finish(out, work, writer, sources, by_id, records, order)
+            self.summary(out, sources, by_id, records, stats, df, order, time.perf_counter() - t_start,
+                         shares=self.share_records(work))
+        log.info("crop store written: %s (%d rows, merged from %d shares)", out, len(df), self.shards)
+        return out
+
+    def share_records(self, work: Path) -> list[dict]:
+        recs = [_record(work / "shares" / f"{k}-of-{self.shards}.json") for k in range(self.shards)]
+        return [r for r in recs if r is not None]
 
     def check_output(self, out: Path) -> None:
         """Refuse an output that is a file, or holds something other than a store of these inputs
@@ -365,14 +482,22 @@ class Preparer:
             out[s.image_id] = fresh[s.image_id] = rec
         return out, fresh
 
+    @staticmethod
+    def finished_image(work: Path, image_id: str, key: str, writer: CropStoreWriter) -> dict | None:
+        """The image's record when its work is done with these files and settings and every shard it lists is
+        whole (a deleted or truncated shard: None, the image is done again)."""
+        rec = _record(work / "images" / f"{image_id}.json")
+        if rec is None or rec.get("key") != key or "background" not in rec:
+            return None
+        sizes = pd.Series([r["shard"] for r in rec["rows"]], dtype=object).value_counts()
+        return rec if all(writer.shard_done(sh, int(sizes.get(sh, 0))) for sh in rec["shards"]) else None
+
     def image_pass(self, s: ImageSource, key: str, stats: dict, writer: CropStoreWriter, work: Path, pool,
                    overlay: bool = False) -> dict:
         rec_path = work / "images" / f"{s.image_id}.json"
-        rec = _record(rec_path)
-        if rec is not None and rec.get("key") == key and "background" in rec:
-            sizes = pd.Series([r["shard"] for r in rec["rows"]], dtype=object).value_counts()
-            if all(writer.shard_done(sh, int(sizes.get(sh, 0))) for sh in rec["shards"]):
-                return rec          # every shard whole (a deleted or truncated one: the image is done again)
+        rec = self.finished_image(work, s.image_id, key, writer)
+        if rec is not None:
+            return rec
         c = self.c
         tiles = tile_grid(s.shape, c["tile"]["size"], self.halo)
         overlay_tiles = {len(tiles) // 2} if overlay else set()
@@ -432,7 +557,8 @@ class Preparer:
         conditions = {s.image_id: by_id[s.image_id].condition for s in sources}
         # an image without a condition is scored only: label −1, no split (the DataModule skips it)
         with_cells = {i: cond for i, cond in conditions.items() if records[i]["rows"] and cond}
-        split = split_images(with_cells, c["split"]["test_fraction"], int(c["split"]["seed"]))
+        split = split_images(with_cells, c["split"]["test_fraction"], int(c["split"]["seed"]),
+                             {i: by_id[i].plate for i in with_cells})
         writer.rows.clear()
         next_id = 0
         originals: list[tuple[str, list[dict]]] = []
@@ -484,7 +610,8 @@ class Preparer:
                     next_id += 1
                     aug_rows.append(r)
                 writer.add_rows(name, aug_rows)
-        writer.extra = {"conditions": order, "prepare": {"config_hash": self.chash, "config": c},
+        kept = {k: v for k, v in c.items() if k not in RUN_KEYS}
+        writer.extra = {"conditions": order, "prepare": {"config_hash": self.chash, "config": kept},
                         "normalization": {"method": "per_image_percentiles", **c["normalize"]}}
         try:
             df = writer.finish()
@@ -497,7 +624,8 @@ class Preparer:
                 f.unlink()
         return df
 
-    def summary(self, out: Path, sources, by_id, records, stats, df, order: list[str], seconds: float) -> None:
+    def summary(self, out: Path, sources, by_id, records, stats, df, order: list[str], seconds: float,
+                shares: list[dict] | None = None) -> None:
         orig = df[df["aug_of"] < 0]
         per_image = []
         for s in sources:
@@ -522,6 +650,8 @@ class Preparer:
             "confounds": self.confounds(out, orig, per_image, order),
             "per_image": per_image,
         }
+        if shares:                      # a merged store: what each share task did
+            summary["shares"] = shares
         _atomic_json(out / "prepare_summary.json", summary)
         for f in (out / "overlays").glob("*.png"):        # figures of images this store no longer holds
             if f"overlays/{f.name}" not in summary["overlays"]:

@@ -49,6 +49,7 @@ from protocell.errors import check
 from protocell.explain.source import Run, load_run
 from protocell.fraction import ASSUMPTION, ESTIMATOR
 from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock, folder_problem, output_errors
+from protocell.score import shares
 from protocell.score.dose import dose_response
 from protocell.score.export import METADATA, well_export, write_well_table
 from protocell.score.infer import infer
@@ -122,15 +123,43 @@ def _own(run: Run, store: CropStore) -> bool:
 
 
 def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, models: dict, batch_size=None,
-                 num_workers: int = 0, progress: bool = True, nearest: int = 3) -> pd.DataFrame:
-    rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
-    result = infer(run.net, run.dm.dataset_of(store, rows), positive_class(run.class_names),
-                   int(batch_size or run.dm.eval_batch_size), int(num_workers), progress)
+                 num_workers: int = 0, progress: bool = True, nearest: int = 3, result: dict | None = None) -> pd.DataFrame:
+    """The cells table; ``result``: the network's numbers for every original cell, already computed (the
+    shares of a sharded score, ``protocell.score.shares``), else computed here."""
+    rows = _originals(store)
+    if result is None:
+        result = _infer(run, store, rows, batch_size, num_workers, progress)
     refuse_nonfinite(store, rows, result)
     run_split = None
     if _own(run, store):                              # the run's own cells: say which it trained on
         run_split = np.where(run.dm.splits[rows] == "unlabelled", "", run.dm.splits[rows]).astype(str)
     return cell_table(store.manifest.iloc[rows], wells, result, models, nearest, run_split)
+
+
+def _originals(store: CropStore) -> np.ndarray:
+    return np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
+
+
+def _infer(run: Run, store: CropStore, rows: np.ndarray, batch_size, num_workers: int, progress: bool) -> dict:
+    return infer(run.net, run.dm.dataset_of(store, rows), positive_class(run.class_names),
+                 int(batch_size or run.dm.eval_batch_size), int(num_workers), progress)
+
+
+def score_share(run: Run, store: CropStore, out: Path, share: int, shards: int, batch_size=None, num_workers: int = 0,
+                progress: bool = True) -> Path:
+    """One task of a sharded score (``protocell.score.shares``): the network's pass over share ``share`` of
+    ``shards`` of the store's cells, written to ``out/.score-shares/``; returns that file."""
+    t0 = time.time()
+    rows = _originals(store)
+    batch = int(batch_size or run.dm.eval_batch_size)
+    ident = shares.identity(run.dir, store, batch, len(rows), shards, share)
+    mine = rows[slice(*ident["rows"])]
+    result = _infer(run, store, mine, batch, num_workers, progress)
+    refuse_nonfinite(store, mine, result)
+    path = shares.write_share(out, result, ident, time.time() - t0)
+    log.info("score: share %d of %d (%d cells) → %s; when every share is done: score.py … shard=merge", share, shards,
+             len(mine), path)
+    return path
 
 
 def refuse_nonfinite(store: CropStore, rows: np.ndarray, result: dict) -> None:
@@ -151,11 +180,12 @@ def refuse_nonfinite(store: CropStore, rows: np.ndarray, result: dict) -> None:
                              f"scores would be meaningless and counted in their wells: {fix}")
 
 
-def _score_stores(run: Run, stores: list[CropStore], wells: pd.DataFrame, models: dict, *args) -> pd.DataFrame:
+def _score_stores(run: Run, stores: list[CropStore], wells: pd.DataFrame, models: dict, *args,
+                  result: dict | None = None) -> pd.DataFrame:
     """The cells of every store, one table; with several stores a first column ``store`` (cell ids are
-    per store)."""
+    per store). ``result``: the one store's numbers from the shares of a sharded score."""
     if len(stores) == 1:
-        return _score_cells(run, stores[0], wells, models, *args)
+        return _score_cells(run, stores[0], wells, models, *args, result=result)
     return pd.concat([_score_cells(run, s, wells, models, *args).assign(store=str(s.root)) for s in stores],
                      ignore_index=True).pipe(lambda d: d[["store"] + [c for c in d.columns if c != "store"]])
 
@@ -321,9 +351,11 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3, top: int = 3, min_cells: int = 20,
               batch_size: int | None = None, num_workers: int = 0, progress: bool = True, log_wandb: bool = True,
-              seed: int = 0, fdr: float = 0.05, bscore: bool = False) -> Path:
+              seed: int = 0, fdr: float = 0.05, bscore: bool = False, shards: int = 1, shard: int | str = "all") -> Path:
     """Score ``store`` (a crop store, a list of them; default: the run's own) with the run in ``run_dir``;
-    returns the ``score/`` folder."""
+    returns the ``score/`` folder. ``shard``: ``all`` (here, at once), a share 0 … ``shards`` − 1 (one task
+    of a sharded score of one store: returns its file under ``out/.score-shares/``), or ``merge`` (the
+    tables and page from the finished shares)."""
     check(isinstance(n_boot, int) and n_boot >= 1, "bootstrap", n_boot, "an integer ≥ 1 (resamples for the CIs)")
     check(isinstance(nearest, int) and nearest >= 1, "nearest", nearest, "an integer ≥ 1")
     check(isinstance(top, int) and top >= 0, "top_prototypes", top, "an integer ≥ 0")
@@ -332,9 +364,22 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
     check(isinstance(bscore, bool), "bscore", bscore, "true or false")
     problem = folder_problem(out) if out is not None else None
     check(problem is None, "out", str(out), f"a folder for score/ and score.html (created if absent); it {problem}")
+    check(isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1, "shards", shards,
+          "an integer ≥ 1: the number of tasks the cells are dealt to")
+    check(shard in ("all", "merge") or (isinstance(shard, int) and not isinstance(shard, bool) and 0 <= shard < shards),
+          "shard", shard, f"all (every cell here), one share 0 … {shards - 1} (shards={shards}), or merge (the tables "
+          "from the finished shares)")
     t0 = time.time()
     run, models, stores, wells = _inputs(run_dir, store)
     out = Path(out) if out is not None else run.dir
+    if shard != "all" and len(stores) > 1:
+        raise ScoreError(f"shard={shard} with {len(stores)} stores in data.path: a sharded score takes one store a "
+                         "call — sweep data.path over the stores (score.py -m 'data.path=a,b' shards=N …) or use shard=all")
+    batch = int(batch_size or run.dm.eval_batch_size)
+    if isinstance(shard, int):
+        return score_share(run, stores[0], out, shard, shards, batch, num_workers, progress)
+    result = (shares.read_shares(out, run.dir, stores[0], batch, len(_originals(stores[0])), shards)
+              if shard == "merge" else None)
     with output_errors(out, "out", ScoreError):
         out.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(out / SCORE_LOCK, lambda holder: ScoreError(
@@ -342,7 +387,9 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
                 "another out=")):
             remove_leftovers(out)
             cells, wells_out = _score_into(out, run, models, stores, wells, t0, n_boot, nearest, top, min_cells,
-                                           batch_size, num_workers, progress, seed, fdr, bscore)
+                                           batch_size, num_workers, progress, seed, fdr, bscore, result)
+            if result is not None:
+                shares.remove_shares(out, shards)
     if log_wandb:
         if out.resolve() == run.dir.resolve():
             from protocell.tracking import log_to_saved_run
@@ -379,11 +426,12 @@ def _alive(pid: int) -> bool:
 
 def _score_into(out: Path, run: Run, models: dict, stores: list[CropStore], wells: pd.DataFrame, t0: float,
                 n_boot: int, nearest: int, top: int, min_cells: int, batch_size: int | None, num_workers: int,
-                progress: bool, seed: int, fdr: float, bscore: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score the cells and write ``out/score/`` (under a temporary name, then renamed) and ``out/score.html``;
-    returns (cells, wells)."""
+                progress: bool, seed: int, fdr: float, bscore: bool,
+                result: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score the cells (``result``: the network's numbers from the shares, else computed here) and write
+    ``out/score/`` (under a temporary name, then renamed) and ``out/score.html``; returns (cells, wells)."""
     calibration, anchors = models["call"], models["fraction"]
-    cells = _score_stores(run, stores, wells, models, batch_size, num_workers, progress, nearest)
+    cells = _score_stores(run, stores, wells, models, batch_size, num_workers, progress, nearest, result=result)
     reference, ref_note = _reference(run, cells)
 
     extra = [c for c in wells.columns if c not in METADATA]          # the plate map's other columns

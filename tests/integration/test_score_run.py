@@ -602,3 +602,37 @@ def test_two_scores_on_one_out_the_second_is_refused_naming_the_holder(scored, t
                                                  rf"\(pid {os.getpid()} on [^)]+\); wait for it to finish"):
             _score(run, out=out)
     _untouched(out)
+
+
+def test_a_score_in_shares_through_the_local_launcher_equals_the_one_process_score(scored, tmp_path):
+    """Two share tasks (hydra/launcher=local: the code path of hydra/launcher=slurm_cpu), each the network's pass
+    over its whole batches of cells, then one merge: the tables of a one-process score, byte for byte; the merge
+    is refused, naming the share, while a share is missing or was scored at another batch size."""
+    run, _ = scored
+    common = [f"run={run}", "threads=1", "progress=false", "wandb=false", "bootstrap=20", "min_cells=5",
+              "data.batch_size=64"]
+    score = [sys.executable, "score.py"]
+    proc = subprocess.run([*score, *common, f"out={tmp_path / 'one'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "shares"
+    _score(run, out=out, batch_size=64, shards=2, shard=0)
+    with pytest.raises(ProtocellError, match=r"1 of 2 shares are not ready \(not scored: share\(s\) 1; .* with "
+                                             r"shard=1 \(a multirun: shard=1\), then shard=merge; nothing was written"):
+        _score(run, out=out, batch_size=64, shards=2, shard="merge")
+    assert not (out / "score").exists() and not (out / "score.html").exists()
+    proc = subprocess.run([*score, "-m", "hydra/launcher=local", *common, f"out={out}", "shards=2", "shard=0,1",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))) == 2
+    with pytest.raises(ProtocellError, match=r"2 of 2 shares are not ready \(scored from another run checkpoint, "
+                                             r"store, batch size or share count, or damaged: share\(s\) 0, 1"):
+        _score(run, out=out, batch_size=32, shards=2, shard="merge")
+    proc = subprocess.run([*score, *common, f"out={out}", "shards=2", "shard=merge"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("cells", "wells", "treatments", "prototype_enrichment", "dose_response"):
+        assert (out / "score" / f"{name}.csv").read_bytes() == (tmp_path / "one" / "score" / f"{name}.csv").read_bytes()
+    cells = pd.read_csv(out / "score" / "cells.csv")
+    assert len(cells) > 128 and (out / "score.html").exists() and not (out / ".score-shares").exists()

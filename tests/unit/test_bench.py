@@ -54,3 +54,39 @@ def test_score_bench_reports_both_rates_and_a_peak_rss_per_store_size():
     res = bench_score(1)
     assert res["cells"] > 0 and res["store_mb"] > 0
     assert res["pass_cells_per_s"] > 0 and 0 < res["whole_cells_per_s"] <= res["pass_cells_per_s"]
+
+
+def test_the_scale_figures_and_the_screen_arithmetic_follow_from_the_measured_times(tmp_path):
+    """protocell.bench.scale: speedups, efficiencies and the screen's hours, memory and disk, from fixed
+    measurements (a plate of 100 images, 1 MPix each, 30,000 cells)."""
+    from protocell.bench.scale import figures, screen
+
+    (tmp_path / "fields").mkdir()
+    (tmp_path / "fields" / "a.tif").write_bytes(b"x" * 2_000_000)                # 2 MB of raw images
+    task = lambda s, rss: {"seconds": s, "peak_rss_mb": rss}                     # noqa: E731
+    merge = lambda s, rss, cells: {"merge": task(s, rss), "cells": cells}        # noqa: E731
+    p = {"one_task": {"seconds": 200.0, "peak_rss_mb": 900.0, "cells": 30000, "augmented": 5000, "images": 100,
+                      "megapixels": 100.0, "store_mb": 1000.0},
+         "one_task_two_workers": task(110.0, 300.0),
+         "two_tasks": {"seconds": 95.0, "tasks": [task(90.0, 250.0), task(94.0, 260.0)], **merge(10.0, 900.0, 30000)},
+         "quarter_two_tasks": {"seconds": 25.0, "tasks": [task(22.0, 245.0), task(23.0, 250.0)],
+                               **merge(4.0, 840.0, 7500)},
+         "identical_to_one_task": True}
+    s = {"one_task": {"seconds": 60.0, "peak_rss_mb": 1100.0, "cells": 30000},
+         "two_tasks": {"seconds": 30.0, "tasks": [task(25.0, 1050.0), task(26.0, 1060.0)], **merge(15.0, 1200.0, 30000)},
+         "quarter_two_tasks": {"seconds": 10.0, "tasks": [task(6.0, 1040.0), task(6.0, 1040.0)],
+                               **merge(11.0, 1100.0, 7500)},
+         "identical_to_one_task": True}
+    f = figures(p, s, tmp_path)
+    assert f["prepare_mpix_per_s_per_core"] == 0.5 and f["prepare_2tasks_mpix_per_s"] == 100 / 95
+    assert f["prepare_2tasks_speedup"] == (200 - 10) / 95 and f["prepare_2tasks_scaling_efficiency"] == 1.0
+    assert f["prepare_2tasks_with_merge_speedup"] == 200 / 105
+    assert f["score_1task_cells_per_s"] == 500 and f["score_2tasks_speedup"] == (60 - 15) / 30
+    assert f["prepare_task_peak_rss_mb_quarter_plate"] == [245.0, 250.0] and f["raw_mb"] == 2.0
+    assert f["prepare_merge_seconds_line"] == pytest.approx((2.0, 6 / 22500))    # 4 s at 7,500 cells, 10 s at 30,000
+    at = screen(f, plates=2, nodes=1, cores=10, wells=10, fields=10)             # 200 images, 60,000 cells
+    assert at["prepare_tasks_hours"] == pytest.approx(200 * 1.0 / (100 / 95 / 2 * 10) / 3600)
+    assert at["score_tasks_hours"] == pytest.approx(60000 / (30000 / 30 / 2 * 10) / 3600)
+    assert at["prepare_merge_hours"] == pytest.approx(2 * (2.0 + 30000 * 6 / 22500) / 3600)   # 2 plates on 1 node
+    assert at["node_gb_score"] == pytest.approx(10 * 1060 / 1024)
+    assert at["raw_tb"] == pytest.approx(2.0 / 100 * 200 / 1e6) and at["stores_tb"] == pytest.approx(1000 / 30000 * 60000 / 1e6)

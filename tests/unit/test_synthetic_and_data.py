@@ -79,7 +79,7 @@ def test_split_keeps_each_image_and_well_in_one_split(tiny_store):
     assert (m.assign(split=s)[s == "test"].groupby("well")["split"].size()
             == m[s == "test"].groupby("well").size()).all()
     with pytest.raises(ConfigError, match="split_by"):
-        split_by_image(m, 0.5, 0.3, 0, unit="plate")
+        split_by_image(m, 0.5, 0.3, 0, unit="field")
 
 
 @pytest.fixture(scope="module")
