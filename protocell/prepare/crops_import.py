@@ -45,6 +45,7 @@ from protocell.data.store import MANIFEST_COLUMNS, POSITION_COLUMNS, CropStoreWr
 from protocell.doses import DOSE_COLUMN, parse_doses
 from protocell.doses import NEED as DOSE_NEED
 from protocell.fsutil import atomic_write_json, folder_problem, output_errors
+from protocell.prepare.classes import class_order
 from protocell.prepare.io import InputError
 from protocell.prepare.plate import read_table, same_rows
 
@@ -54,7 +55,6 @@ CROP_SUFFIXES = (".npy", ".tif", ".tiff")
 MASK_MODES = ("auto", "files", "segment", "none")
 LOCATION = ("plate", "well", "field", "image_id")
 PATTERN_GROUPS = ("condition", *LOCATION)      # the named groups of ``pattern`` that say where a crop came from
-REFERENCE_NAMES = r"^(ref|reference|control|ctrl|dmso|untreated|mock|vehicle|neg|negative|wt|wild[ _-]?type)"
 STORE_DTYPES = ("uint8", "uint16", "float32")
 
 
@@ -267,25 +267,6 @@ def crop_table(root: Path, crops: list[str], metadata: str | Path | None, patter
     return table
 
 
-def class_order(conditions: list[str], given: list[str] | None) -> list[str]:
-    """Conditions in class order, the reference first (the exposed population is the last class):
-    ``given`` (the ``conditions`` setting), else a name that reads like a reference (Ref, control,
-    DMSO, …) first and the rest sorted."""
-    found = sorted(set(conditions))
-    if given:
-        unknown = sorted(set(found) - set(given))
-        if unknown:
-            raise InputError(f"conditions={list(given)} does not list {unknown}, which the crops have: list every "
-                             "condition, the reference first")
-        return [c for c in given if c in found]
-    refs = [c for c in found if re.match(REFERENCE_NAMES, c.lower())]
-    order = refs[:1] + [c for c in found if c not in refs[:1]]
-    if not refs:
-        log.warning("no condition reads like a reference (Ref, control, DMSO, …): class order %s, the reference "
-                    "first; set conditions=[<reference>,<exposed>] to choose", order)
-    return order
-
-
 # ----------------------------------------------------------------------------- masks
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -419,7 +400,7 @@ def import_crops(input: str | Path, channels: list[str], output: str | Path | No
                          f"absent), not a file and not the input folder; it {problem or 'is input='}")
     crops, mask_files = list_crops(root, skip=((Path(metadata),) if metadata else ()) + (out,))
     table = crop_table(root, crops, metadata, pattern)
-    order = class_order(table["condition"].tolist(), conditions)
+    order = class_order(table["condition"].tolist(), conditions, f"the crops under input={root}")
 
     # every header first: mixed sizes and wrong channel counts are refused before anything is written
     shapes, dtypes, layouts, floats = {}, set(), {}, set()

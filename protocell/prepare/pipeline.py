@@ -58,6 +58,7 @@ from protocell.errors import check
 from protocell.fsutil import (atomic_write, atomic_write_json, atomic_write_text, exclusive_lock, folder_problem,
                               output_errors)
 from protocell.prepare.augment import AugmentParams, augment_crops
+from protocell.prepare.classes import class_order
 from protocell.prepare.crops import COUNT_KEYS, CellFilters, background_sums, extract_cells
 from protocell.prepare.io import ImageSource, InputError, Tile, tile_grid
 from protocell.prepare.plate import ImageEntry, match_pattern, open_images, read_plate_map
@@ -445,23 +446,11 @@ class Preparer:
                              "replace that store: give another output=, or overwrite=true to replace it")
 
     def condition_order(self, entries: list[ImageEntry]) -> list[str]:
-        """Class order (label 0, 1, …): ``conditions`` as given, or order of first appearance;
-        refused before any pixel is read when it and the plate map's conditions differ. Images without a
-        condition (scoring only) are not a class."""
-        present = list(dict.fromkeys(e.condition for e in entries if e.condition))
-        given = self.c.get("conditions")
-        if not given:
-            return present
-        order = [str(x) for x in given]
-        unknown = [x for x in present if x not in order]
-        absent = [x for x in order if x not in present]
-        if unknown or absent:
-            raise InputError(f"conditions={order} does not match the plate map's conditions {present}: "
-                             + "; ".join(([f"not listed: {unknown}"] if unknown else [])
-                                         + ([f"no image has {absent}"] if absent else []))
-                             + ". List exactly the conditions of the plate map, reference first (or leave "
-                             "conditions=null)")
-        return order
+        """Class order (label 0, 1, …; ``protocell.prepare.classes``): ``conditions`` as given, else the
+        reference-like name first; refused before any pixel is read when ``conditions`` and the plate map's
+        conditions differ. Images without a condition (scoring only) are not a class."""
+        return class_order([e.condition for e in entries], self.c.get("conditions"),
+                           f"the plate map {self.c.get('plate_map') or ''}".rstrip())
 
     def stats_pass(self, sources, keys, work: Path, pool) -> tuple[dict, dict]:
         """Statistics of every image first: bad pixels are refused before anything is written.

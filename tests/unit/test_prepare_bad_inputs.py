@@ -316,3 +316,36 @@ def test_a_dose_that_is_not_a_finite_number_is_refused_at_prepare_time_naming_th
     r = pm.iloc[2]
     msg = refused(plate, match="is not a finite number ≥ 0")
     assert f"row 4 (plate1/{r['well']} field {r['field']}, condition {r['condition']}): dose '{dose}'" in msg
+
+
+def test_a_plate_map_listing_the_treated_wells_first_keeps_the_reference_as_label_0(plate, caplog):
+    """Before: prepare took the plate map's order of first appearance (treated first → treated was the
+    reference, silently) while the crops importer put a reference-like name first; now one rule for both,
+    and the order chosen is logged."""
+    import logging
+
+    pm = pd.read_csv(plate / "plate_map.csv")
+    names = {"Ref": "untreated", "Exp": "drug"}
+    pm["condition"] = pm["condition"].map(names)
+    pm = pd.concat([pm[pm["condition"] == "drug"], pm[pm["condition"] == "untreated"]])   # treated rows first
+    pm.to_csv(plate / "plate_map.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="protocell.prepare"):
+        out, _ = run(plate)
+    assert CropStore(out).info["conditions"] == ["untreated", "drug"]
+    said = [r.getMessage() for r in caplog.records if "class order" in r.getMessage()]
+    assert said and "['untreated', 'drug']" in said[0] and "'drug' is the exposed class" in said[0]
+    shutil.rmtree(out)
+    out, _ = run(plate, "conditions=[drug,untreated]")                   # the setting still decides
+    assert CropStore(out).info["conditions"] == ["drug", "untreated"]
+
+
+def test_class_order_is_one_rule():
+    from protocell.prepare.classes import class_order
+
+    assert class_order(["drug", "DMSO", "drug", ""]) == ["DMSO", "drug"]
+    assert class_order(["b", "a"]) == ["a", "b"]                     # no reference-like name: by name, logged
+    assert class_order(["x", "y"], ["y", "x"]) == ["y", "x"]
+    for given, match in ((["x"], r"not listed: \['y'\]"), (["x", "y", "z"], r"no image has \['z'\]"),
+                         (["x", "x", "y"], "listed twice")):
+        with pytest.raises(InputError, match=match):
+            class_order(["x", "y"], given, "the plate map p.csv")
