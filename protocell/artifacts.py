@@ -38,7 +38,7 @@ from protocell.fsutil import atomic_torch_save
 
 PROTOTYPES_FORMAT = "protocell-prototypes"
 PROTOTYPES_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (PROTOTYPES_VERSION,)
 REQUIRED_KEYS = ("vectors", "prototype_class", "class_names", "cell_id", "latent_yx", "box_clipped", "rf",
                  "crop_size", "latent_size", "pushes", "store")
 

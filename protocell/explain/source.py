@@ -25,7 +25,6 @@ from protocell.artifacts import RunFolder, RunFolderError, positive_class, read_
 from protocell.build import build_datamodule, load_module, synthetic_spec
 
 log = logging.getLogger("protocell.explain")
-ExplainError = RunFolderError       # what explain raises: a run folder it cannot read
 
 
 @dataclass

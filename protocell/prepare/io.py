@@ -58,15 +58,6 @@ def _open(path: str) -> tifffile.TiffFile:
     return tif
 
 
-def close_all() -> None:
-    """Close this process's cached handles (tests and long-lived processes)."""
-    pid = os.getpid()
-    for key in [k for k in _HANDLES if k[0] == pid]:
-        _HANDLES.pop(key).close()
-    for key in [k for k in _MEMMAPS if k[0] == pid]:
-        _MEMMAPS.pop(key)
-
-
 def _page(tif: tifffile.TiffFile, index: int) -> tifffile.TiffPage:
     page = tif.pages[index]
     return page.aspage() if hasattr(page, "aspage") and not isinstance(page, tifffile.TiffPage) else page

@@ -73,21 +73,14 @@ def run_calibration(metrics_path: Path) -> dict:
 
 def run_reference(run_dir: Path, exp: str) -> dict:
     """The fraction reference (``protocell.fraction.fit_reference``) train.py stored in ``metrics.json``
-    → ``affected_fraction.fit``; for a run evaluated before it was stored there, fitted anew from the
-    run's held-out cells (``val_predictions.csv`` and ``test_predictions.csv``, exposed = ``exp``)."""
-    from protocell.artifacts import RunFolder
-    from protocell.fraction import fit_reference
-
+    → ``affected_fraction.fit``; refused when there is none (``exp``: the exposed condition, for the message)."""
     metrics_path = run_dir / "metrics.json"
     frac = json.loads(metrics_path.read_text()).get("affected_fraction") or {} if metrics_path.exists() else {}
     fit = frac.get("fit")
     if fit is None:
-        held = RunFolder(run_dir).held_out_predictions()
-        if held is None:
-            raise ScoreError(f"{run_dir} has neither an affected-fraction reference in metrics.json nor held-out "
-                             "predictions (val_predictions.csv, test_predictions.csv) to fit one: pass a run that "
-                             "finished training (train.py writes them after testing)")
-        fit = fit_reference(held["score"].to_numpy(), (held["condition"].astype(str) == exp).to_numpy())
+        raise ScoreError(f"{metrics_path} has no affected-fraction reference (affected_fraction.fit: "
+                         f"{frac.get('reason', 'absent')}), which every fraction of {exp} cells is measured against: "
+                         "pass a run that finished training with this protocell (train.py writes it after testing)")
     if not fit.get("ok"):
         raise ScoreError(f"{metrics_path}: the affected-fraction reference fitted on the run's held-out cells is "
                          f"unusable ({fit.get('reason', 'not ok')}); a run whose scores do not separate any "

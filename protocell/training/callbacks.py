@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from protocell.artifacts import prototype_record, write_prototypes
+from protocell.errors import ProtocellError
 from protocell.model.init import initial_prototypes
 from protocell.training.push import broadcast_buffers, broadcast_tensor, push_prototypes
 from protocell.training.schedule import Phase
@@ -163,15 +164,15 @@ class KeepBestPretrain(Callback):
 
     def load_state_dict(self, state_dict):
         state = dict(state_dict)
-        # a checkpoint written before the rule was stored chose the lowest validation cross-entropy
-        rule = (state.pop("monitor", "val/ce"), state.pop("mode", "min"), state.pop("se", None),
-                float(state.pop("z", 0.0)))
+        missing = [k for k in ("monitor", "mode", "se", "z", "top", "top_se") if k not in state]
+        if missing:
+            raise ProtocellError(f"the checkpoint's pretrain keep rule lacks {missing}: it was written by an older "
+                                 "protocell, which this one does not resume; start the run again")
+        rule = (state.pop("monitor"), state.pop("mode"), state.pop("se"), float(state.pop("z")))
         if rule != (self.monitor, self.mode, self.se, self.z):
             log.info("pretrain: the checkpoint chose its epoch by %s (%s, z = %g); the resumed run goes on "
                      "choosing by that rule", rule[0], rule[1], rule[3])
             self.monitor, self.mode, self.se, self.z = rule
-        state.setdefault("top", state.get("value"))
-        state.setdefault("top_se", 0.0)
         self.best = state
 
 

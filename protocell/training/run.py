@@ -158,7 +158,7 @@ def _train(cfg, folder: RunFolder) -> dict:
     return metrics
 
 
-# ----------------------------------------------------------------------------- run status (issue 14)
+# ----------------------------------------------------------------------------- run status
 
 def progress_bar(wanted: bool) -> bool:
     """Progress bars only on a terminal: redrawn bars flood a log file or a CI log."""

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from protocell.explain.run import ExplainError, cell_similarities, explain_run, load_run, nearest_patches
+from protocell.artifacts import RunFolderError
+from protocell.explain.run import cell_similarities, explain_run, load_run, nearest_patches
 from protocell.explain.similarity import population_means, unit_ids
 from protocell.model.prototypes import log_similarity
 
@@ -141,25 +142,25 @@ def test_population_similarities_and_means_equal_a_direct_loop_over_test_cells(t
 
 
 def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
-    with pytest.raises(ExplainError, match="does not exist"):
+    with pytest.raises(RunFolderError, match="does not exist"):
         load_run(tmp_path / "nope")
     broken = tmp_path / "run"
     shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("explain", "report.html"))
     rec = torch.load(broken / "prototypes.pt", weights_only=True)
     torch.save({**rec, "version": 99}, broken / "prototypes.pt")
-    with pytest.raises(ExplainError, match="v99.*protocell version that trained"):
+    with pytest.raises(RunFolderError, match="v99.*protocell version that trained"):
         load_run(broken)
     torch.save({**rec, "pushes": 0}, broken / "prototypes.pt")
-    with pytest.raises(ExplainError, match="pushes = 0.*never pushed"):
+    with pytest.raises(RunFolderError, match="pushes = 0.*never pushed"):
         load_run(broken)
     (broken / "prototypes.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ExplainError, match="cannot be read"):
+    with pytest.raises(RunFolderError, match="cannot be read"):
         load_run(broken)
     torch.save({**rec, "store": str(tmp_path / "gone")}, broken / "prototypes.pt")
-    with pytest.raises(ExplainError, match="crop store .*gone.* does not exist"):
+    with pytest.raises(RunFolderError, match="crop store .*gone.* does not exist"):
         load_run(broken)
     (broken / "prototypes.pt").unlink()
-    with pytest.raises(ExplainError, match="prototypes.pt is missing"):
+    with pytest.raises(RunFolderError, match="prototypes.pt is missing"):
         load_run(broken)
 
 

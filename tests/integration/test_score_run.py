@@ -225,11 +225,9 @@ def test_a_failed_run_is_refused_and_a_warning_run_is_scored_under_a_banner(scor
     assert "answer may be WRONG" not in (run / "score.html").read_text()      # the ok run's page has no banner
 
 
-def test_the_fraction_reference_is_refitted_from_an_older_runs_predictions_or_refused_when_unusable(scored, tmp_path):
-    """A run evaluated before metrics.json carried ``affected_fraction.fit`` gets the same reference from its
-    held-out predictions; a reference with no evidence is refused naming metrics.json."""
-    from protocell.score.source import run_reference
-
+def test_a_missing_or_unusable_fraction_reference_is_refused_naming_metrics_json(scored, tmp_path):
+    """No refit for runs evaluated before metrics.json carried ``affected_fraction.fit`` (a 0.1 project
+    carries no compatibility code): refused, as is a reference with no evidence."""
     run, _ = scored
     stored = json.loads((run / "metrics.json").read_text())["affected_fraction"]["fit"]
     older = tmp_path / "older"
@@ -237,10 +235,8 @@ def test_the_fraction_reference_is_refitted_from_an_older_runs_predictions_or_re
     m = json.loads((older / "metrics.json").read_text())
     del m["affected_fraction"]["fit"]
     (older / "metrics.json").write_text(json.dumps(m))
-    refit = run_reference(older, "Exp")
-    for key in ("rho_exp", "rho_ref", "kappa_low", "kappa_high", "n_exp", "n_ref"):
-        assert refit[key] == pytest.approx(stored[key], rel=1e-6), key
-    assert refit["knots"] == pytest.approx(stored["knots"], rel=1e-6)
+    with pytest.raises(ProtocellError, match=r"metrics.json has no affected-fraction reference"):
+        _score(older)
     m["affected_fraction"]["fit"] = {**stored, "ok": False, "reason": "no exposed cells unlike the reference"}
     (older / "metrics.json").write_text(json.dumps(m))
     with pytest.raises(ProtocellError, match=r"metrics.json: the affected-fraction reference .* is unusable"):

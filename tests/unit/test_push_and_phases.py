@@ -301,14 +301,17 @@ def test_auroc_se_matches_the_spread_of_simulated_aurocs():
     assert np.isnan(auroc_se(0.8, 0, 10)) and np.isnan(auroc_se(float("nan"), 5, 5))
 
 
-def test_keep_best_pretrain_resumes_an_old_checkpoint_by_its_own_criterion():
-    """A checkpoint written before the monitor was stored chose by the lowest validation cross-entropy:
-    a resumed run goes on choosing by it rather than comparing AUROCs with a loss."""
+def test_keep_best_pretrain_refuses_a_checkpoint_without_its_rule_and_resumes_its_own():
+    """A checkpoint without the keep rule (an older protocell's) is refused by name, not resumed by a guess."""
+    from protocell.errors import ProtocellError
+
     keep = KeepBestPretrain([Phase("pretrain", trainable_groups("pretrain", True), {}, False)] * 3)
-    keep.load_state_dict({"value": 0.69, "epoch": 0, "state": None, "restored": False})
-    assert (keep.monitor, keep.mode, keep.z) == ("val/ce", "min", 0.0)
-    assert keep._better(0.6) and not keep._better(0.8) and not keep._better(float("nan"))
-    assert not keep._tied(0.70)
+    with pytest.raises(ProtocellError, match=r"lacks \['monitor', 'mode', 'se', 'z', 'top', 'top_se'\].*start the run again"):
+        keep.load_state_dict({"value": 0.69, "epoch": 0, "state": None, "restored": False})
+    saved = {**keep.state_dict(), "value": 0.7, "epoch": 1, "top": 0.72, "top_se": 0.01}
+    again = KeepBestPretrain([Phase("pretrain", trainable_groups("pretrain", True), {}, False)] * 3)
+    again.load_state_dict(saved)
+    assert again.best["top"] == 0.72 and (again.monitor, again.mode) == ("val/auroc", "max")
     fresh = KeepBestPretrain([Phase("pretrain", trainable_groups("pretrain", True), {}, False)])
     assert (fresh.monitor, fresh.mode, fresh.z) == ("val/auroc", "max", 1.96)
     assert fresh.state_dict()["monitor"] == "val/auroc"
