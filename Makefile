@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 THREADS ?= 2
 export OMP_NUM_THREADS ?= $(THREADS)
 
-.PHONY: setup test run bench clean
+.PHONY: setup lint test test-fast run bench clean
 
 setup: $(BIN)/.installed
 
@@ -19,10 +19,17 @@ $(BIN)/.installed: pyproject.toml
 		|| echo "chromium not installed: the report's browser test will be skipped"
 	touch $@
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
 	@# one worker per core, one thread each (two 2-thread processes on 2 cores run many times slower);
 	@# a test file stays on one worker, so its module fixtures are built once
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(THREADS) --dist loadfile
+
+test-fast: setup
+	@# the unit tests only: no training run, no subprocess CLI
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(THREADS) --dist loadfile tests/unit
 
 run: setup
 	$(BIN)/python train.py

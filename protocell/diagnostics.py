@@ -193,7 +193,7 @@ def _scores(module, cells, batch_size: int = 256) -> np.ndarray:
     module.eval()
     out = []
     with torch.no_grad():
-        for x, m, y, cid in DataLoader(cells, batch_size=batch_size):
+        for x, m, _y, _cid in DataLoader(cells, batch_size=batch_size):
             out.append(torch.softmax(module.scores(x, m)[0].float(), 1)[:, module.positive].numpy())
     return np.concatenate(out) if out else np.zeros(0)
 

@@ -16,7 +16,7 @@ class ConfigError(ProtocellError):
     """A configuration value that cannot work; raised before any work starts."""
 
     @classmethod
-    def invalid(cls, key: str, value, need: str) -> "ConfigError":
+    def invalid(cls, key: str, value, need: str) -> ConfigError:
         return cls(f"config value {key}={value!r} is invalid: {need}")
 
 

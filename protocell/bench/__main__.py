@@ -147,11 +147,11 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
 
 
 def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
+    from omegaconf import OmegaConf
+
     from protocell.data.datamodule import CellDataModule
     from protocell.data.synthetic import WellSpec, build_store
     from protocell.model.search import nearest_patches
-
-    from omegaconf import OmegaConf
 
     store = build_store(ROOT / "outputs" / "cache", WellSpec(wells_per_condition=n_wells, fields_per_well=4))
     # the embedded default's data handling (conf/data/synthetic.yaml, conf/mask/on.yaml)
@@ -170,7 +170,7 @@ def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
 
     def inference():
         with torch.no_grad():
-            for x, m, y, c in dm.push_dataloader():
+            for x, m, _y, _c in dm.push_dataloader():
                 net(x, m)
 
     def push():
@@ -202,6 +202,7 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     network (untrained: the same cost): cells/s of the streaming pass (network, similarities) and of the
     whole scoring with its tables (per-cell calls, well fractions, treatments, enrichment, 200 bootstraps)."""
     import numpy as np
+    from omegaconf import OmegaConf
 
     from protocell.data.datamodule import CellDataModule
     from protocell.data.synthetic import WellSpec, build_store
@@ -209,7 +210,6 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     from protocell.score.infer import infer
     from protocell.score.source import plate_wells
     from protocell.score.tables import cell_table, enrichment, treatment_table, well_table
-    from omegaconf import OmegaConf
 
     store = build_store(ROOT / "outputs" / "cache", WellSpec(wells_per_condition=n_wells, fields_per_well=4))
     data_cfg, mask_cfg = OmegaConf.load(ROOT / "conf/data/synthetic.yaml"), OmegaConf.load(ROOT / "conf/mask/on.yaml")

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from protocell.config import SPLIT_BY
 from protocell.data.dataset import CellDataset, EpochSampler, Photometric
 from protocell.data.normalization import auto_normalization
 from protocell.data.split import assign, n_out
-from protocell.distributed import rank_and_world
-from protocell.config import SPLIT_BY
-from protocell.errors import ConfigError
 from protocell.data.store import CropStore, StoreError
+from protocell.distributed import rank_and_world
+from protocell.errors import ConfigError
 
 log = logging.getLogger("protocell.data")
 MIN_TRAIN_WELLS = 5            # split_by=auto: training wells a condition must keep to split whole wells (module doc)

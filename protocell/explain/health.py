@@ -6,8 +6,8 @@ Collapsed or duplicate prototypes are the most common failure users of prototype
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
-
 
 
 def duplicate_pairs(vectors: torch.Tensor, cell_id, latent_yx, tol: float = 1e-3) -> list[tuple[int, int]]:
@@ -44,7 +44,7 @@ def nearest_other(vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return i.numpy(), v.numpy()
 
 
-def prototype_health(run, near: dict, tol: float = 1e-3) -> "pd.DataFrame":
+def prototype_health(run, near: dict, tol: float = 1e-3) -> pd.DataFrame:
     """Figure 7 as a table, one row per prototype: near-duplicates, the share of its nearest patches
     that straddle the cell border or lie in background, its purity; ``flag`` names the problems."""
     import pandas as pd

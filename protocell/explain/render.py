@@ -77,7 +77,7 @@ class Look:
 
     @classmethod
     def from_sample(cls, channels: list[str], display: dict, images: np.ndarray, masks: np.ndarray | None = None,
-                    contrast=(0.5, 99.5), heatmap: str = "contour", channel_panels: bool = False) -> "Look":
+                    contrast=(0.5, 99.5), heatmap: str = "contour", channel_panels: bool = False) -> Look:
         """``display`` (channel → colour; empty: ``default_display``) and per-channel contrast from the
         ``contrast`` percentiles of ``images`` (N, C, S, S) inside ``masks`` (N, 1, S, S) when given."""
         unknown = [c for c in display if c not in channels]
@@ -91,7 +91,7 @@ class Look:
                                 contrast)
         return cls(tuple(channels), colours, lo, hi, heatmap, channel_panels)
 
-    def only(self, c: int) -> "Look":
+    def only(self, c: int) -> Look:
         """The same look with channel ``c`` alone, in grey."""
         colours = np.zeros_like(self.colours)
         colours[c] = 1.0

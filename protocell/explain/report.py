@@ -16,7 +16,6 @@ import pandas as pd
 from protocell.explain.scores import fraction_lines
 from protocell.fsutil import atomic_write_text
 
-
 # the look of every protocell page (report.html, score.html)
 STYLE = """<style>body{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em;color:#222}
 figure{display:inline-block;margin:4px;vertical-align:top} figure.p{width:380px} figure.c{width:600px}

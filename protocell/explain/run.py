@@ -33,20 +33,20 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from protocell.artifacts import positive_class
 from protocell.explain.health import prototype_health
 from protocell.explain.heatmap import prototype_maps, render_prototype
 from protocell.explain.local import render_cell, sample_cells
 from protocell.explain.mosaic import N_NEAREST, nearest_patches, render_mosaic
-from protocell.explain.scores import plot_scores
 from protocell.explain.options import report_options
 from protocell.explain.render import Look
+from protocell.explain.scores import plot_scores
 from protocell.explain.similarity import plot_population, population_means, rank_differences, replicate_unit, unit_ids
-from protocell.artifacts import positive_class
 from protocell.explain.source import Run, load_run
 from protocell.fsutil import atomic_write_json
-from protocell.model.prototypes import log_similarity
 from protocell.metrics.localisation import background_share, texture_share
 from protocell.metrics.truth import true_label_metrics, well_cue
+from protocell.model.prototypes import log_similarity
 from protocell.tracking import log_to_saved_run
 
 __all__ = ["Run", "explain_run", "load_run", "nearest_patches", "cell_similarities"]

@@ -27,7 +27,7 @@ class ReceptiveField:
     jump: float = 1.0     # input pixels between neighbouring output units
     start: float = 0.0    # centre of output unit 0, in input pixels
 
-    def then(self, k: int, s: int, p: int, d: int = 1) -> "ReceptiveField":
+    def then(self, k: int, s: int, p: int, d: int = 1) -> ReceptiveField:
         return ReceptiveField(self.size + (k - 1) * d * self.jump, self.jump * s,
                               self.start + ((k - 1) * d / 2 - p) * self.jump)
 

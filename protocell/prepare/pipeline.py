@@ -55,8 +55,14 @@ from tqdm import tqdm
 from protocell.data.split import assign
 from protocell.data.store import CropStoreWriter, StoreError
 from protocell.errors import check
-from protocell.fsutil import (atomic_write, atomic_write_json, atomic_write_text, exclusive_lock, folder_problem,
-                              output_errors)
+from protocell.fsutil import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    exclusive_lock,
+    folder_problem,
+    output_errors,
+)
 from protocell.prepare.augment import AugmentParams, augment_crops
 from protocell.prepare.classes import class_order
 from protocell.prepare.crops import COUNT_KEYS, CellFilters, background_sums, extract_cells
@@ -676,9 +682,8 @@ class Preparer:
 
 def write_overlay(path: Path, main: np.ndarray, second: np.ndarray, labels: np.ndarray, kept: set) -> Path:
     """RGB PNG: main channel grey, nuclei blue, kept cells outlined green, dropped objects red."""
-    from skimage.segmentation import find_boundaries
-
     import matplotlib
+    from skimage.segmentation import find_boundaries
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

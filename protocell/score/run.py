@@ -53,14 +53,35 @@ from protocell.score import shares
 from protocell.score.dose import dose_response
 from protocell.score.export import METADATA, well_export, write_well_table
 from protocell.score.infer import infer
-from protocell.score.plots import (plot_compound, plot_compound_plates, plot_compound_prototypes, plot_enrichment,
-                                   plot_plate, safe_name)
+from protocell.score.plots import (
+    plot_compound,
+    plot_compound_plates,
+    plot_compound_prototypes,
+    plot_enrichment,
+    plot_plate,
+    safe_name,
+)
 from protocell.score.report import score_page
 from protocell.score.screen import screen
-from protocell.score.source import (ScoreError, empty_wells, is_mixture, open_store, plate_wells, run_calibration,
-                                   run_reference, run_status)
-from protocell.score.tables import (cell_table, enrichment, similarities, top_prototypes, treatment_table, well_readouts,
-                                    well_table)
+from protocell.score.source import (
+    ScoreError,
+    empty_wells,
+    is_mixture,
+    open_store,
+    plate_wells,
+    run_calibration,
+    run_reference,
+    run_status,
+)
+from protocell.score.tables import (
+    cell_table,
+    enrichment,
+    similarities,
+    top_prototypes,
+    treatment_table,
+    well_readouts,
+    well_table,
+)
 
 log = logging.getLogger("protocell.score")
 TOLERANCE = 0.08        # the bar's per-well tolerance, reported in the ground-truth checks

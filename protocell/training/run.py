@@ -22,16 +22,21 @@ from omegaconf import OmegaConf
 from protocell.artifacts import RunFolder
 from protocell.build import build_datamodule, build_module
 from protocell.config import validate
-from protocell.errors import ConfigError
-from protocell.model.receptive_field import locality
 from protocell.diagnostics import run_diagnostics
+from protocell.errors import ConfigError
 from protocell.evaluate import evaluate, gather_predictions, run_status
 from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock
+from protocell.model.receptive_field import locality
 from protocell.tracking import build_logger, is_wandb, log_media, run_summary
-from protocell.training.checkpoint import (AtomicCheckpointIO, EpochCheckpoint, check_resume,
-                                           cluster_plugins)
-from protocell.training.callbacks import (GroundTruthMonitor, InitPrototypes, KeepBestPretrain, PhaseCallback,
-                                          PushCallback, ValAccuracyHistory)
+from protocell.training.callbacks import (
+    GroundTruthMonitor,
+    InitPrototypes,
+    KeepBestPretrain,
+    PhaseCallback,
+    PushCallback,
+    ValAccuracyHistory,
+)
+from protocell.training.checkpoint import AtomicCheckpointIO, EpochCheckpoint, check_resume, cluster_plugins
 from protocell.training.figures import plot_training_curves
 from protocell.training.schedule import schedule_from_config
 

@@ -121,5 +121,5 @@ def test_ddp_two_processes_equal_single_process(tiny_store, tmp_path):
     for k, v in ranks[0]["trained"].items():
         assert torch.equal(v, ranks[1]["trained"][k]), k
     assert int(ranks[0]["trained"]["net.pushes"]) == 2
-    per_rank_batches = -(-(-(-n_train // 2)) // 8)
+    per_rank_batches = -(-((n_train + 1) // 2) // 8)     # ceil(ceil(n_train / 2) / 8): each rank's half, in batches of 8
     assert ranks[0]["steps"] == ranks[1]["steps"] == 2 * per_rank_batches

@@ -88,7 +88,7 @@ def test_nearest_patches_are_sorted_and_equal_brute_force(tiny_run, explained):
     assert (near["distance"][1:] >= near["distance"][:-1]).all()
     best = {}
     with torch.no_grad():
-        for x, m, y, cid in run.dm.push_dataloader():
+        for x, m, _y, cid in run.dm.push_dataloader():
             d = run.net.distances(run.net.latent(x), m).flatten(2).amin(2)
             for b in range(len(cid)):
                 best[int(cid[b])] = d[b]

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import prepare_config, require_shared_data
-from protocell.prepare.pipeline import prepare
+
 from protocell.data.store import CropStore
+from protocell.prepare.pipeline import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 # the shared data folder beside the repository (<repo>/../shared/data); a worktree beside it finds it too

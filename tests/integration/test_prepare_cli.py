@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import assert_store_folder, prepare_config
-from protocell.prepare.pipeline import prepare
+
 from protocell.data.store import CropStore
+from protocell.prepare.pipeline import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
     assert store.channels == ["actin", "nuclei"] and store.crop_size == 64
     assert len(orig) > 80 and len(aug) == 2 * (orig["split"] == "train").sum()
     assert set(orig["split"]) == {"train", "test"}
-    for cond, g in orig.groupby("condition"):             # split by image, stratified: 2 of 4 images each
+    for _cond, g in orig.groupby("condition"):             # split by image, stratified: 2 of 4 images each
         assert g.groupby("split")["image_id"].nunique().to_dict() == {"train": 2, "test": 2}
     assert (aug["split"] == "train").all() and aug["aug"].str.startswith("rot=").all()
     parent = orig.set_index("cell_id").loc[aug["aug_of"]]

@@ -461,6 +461,7 @@ def test_a_plate_prepared_from_raw_images_with_its_plate_map_is_scored(scored, t
     """Another plate, the raw way: TIFF fields + a plate map with compound and dose columns and empty
     conditions → prepare.py → score.py with data.path (per-image normalisation said on the page)."""
     from conftest import prepare_config
+
     from protocell.data.synthetic import WellSpec, write_fields
     from protocell.prepare.pipeline import prepare
 

@@ -14,7 +14,7 @@ def _manifest(area_ref, area_exp, gfp_ref, gfp_exp, cells=5, seed=0):
     rows = []
     for cond, areas, gfps in (("untreated", area_ref, gfp_ref), ("treated", area_exp, gfp_exp)):
         for w, (a, g) in enumerate(zip(areas, gfps)):
-            for i in range(cells):
+            for _i in range(cells):
                 rows.append({"plate": "P", "well": f"{cond[0]}{w}", "image_id": f"{cond}{w}", "condition": cond,
                              "aug_of": -1, "area": a + rng.uniform(-1, 1), "eccentricity": 0.5, "solidity": 0.9,
                              "mean_gfp": g + rng.uniform(-0.01, 0.01)})

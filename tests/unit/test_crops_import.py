@@ -1,6 +1,5 @@
 """Pre-cut crops → crop store (``prepare.py mode=crops``): the same pixels and masks back, bad inputs refused."""
 
-import json
 import os
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """Ground-truth metric functions and small explain helpers on hand-made cases."""
 
-import numpy as np
 import pandas as pd
 import torch
 

@@ -1,8 +1,13 @@
 import numpy as np
 import pandas as pd
 
-from protocell.explain.similarity import (benjamini_hochberg, population_means, rank_differences, replicate_unit,
-                                          unit_ids)
+from protocell.explain.similarity import (
+    benjamini_hochberg,
+    population_means,
+    rank_differences,
+    replicate_unit,
+    unit_ids,
+)
 
 
 def _cells(seed=0):

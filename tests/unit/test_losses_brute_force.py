@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protocell.model.losses import (bag_evidence, cluster_separation, diversity, last_layer_l1, mil_loss,
-                                    protopnet_loss)
+from protocell.model.losses import bag_evidence, cluster_separation, diversity, last_layer_l1, mil_loss, protopnet_loss
 from protocell.model.prototypes import latent_inside, log_similarity
 
 

@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from protocell.data.normalization import (auto_normalization, brightness_warnings, intensity_separation,
-                                          separation_auroc)
+from protocell.data.normalization import auto_normalization, brightness_warnings, intensity_separation, separation_auroc
 
 
 def test_auto_normalization_follows_store_json():

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from conftest import prepare_config
-from protocell.prepare.pipeline import prepare
+
 from protocell.data.store import CropStore
 from protocell.prepare.io import InputError
+from protocell.prepare.pipeline import prepare
 
 
 @pytest.fixture()

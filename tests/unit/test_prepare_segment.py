@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from conftest import prepare_config
-from protocell.prepare.pipeline import prepare
+
+from protocell.data.store import CropStore
 from protocell.prepare.crops import CellFilters, extract_cells
 from protocell.prepare.io import Tile
+from protocell.prepare.pipeline import prepare
 from protocell.prepare.segment import CellposeSegmenter, WatershedSegmenter, instance_f1
-from protocell.data.store import CropStore
 
 # Watershed reaches F1 = 1.00 on these fields (cells do not touch; nuclei are bright ellipses);
 # 0.9 leaves room for a few boundary-IoU misses on other seeds while still failing loudly when a

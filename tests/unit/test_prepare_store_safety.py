@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from conftest import assert_store_folder, prepare_config
+
 from protocell.data.store import CropStore
 from protocell.prepare.io import InputError
 from protocell.prepare.pipeline import Preparer, prepare

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import tiny_module
+
 from protocell.artifacts import prototype_record
 from protocell.model.prototypes import squared_distances
 from protocell.training.callbacks import KeepBestPretrain, PhaseCallback, PushCallback
@@ -51,7 +51,7 @@ def test_push_projects_each_prototype_onto_its_brute_force_nearest_in_cell_own_c
 def test_with_mask_no_prototype_is_pushed_to_background(tiny_net, tiny_dm):
     push_prototypes(tiny_net, tiny_dm.push_dataloader())
     by_cell = {}
-    for z, inside, y, cid in _latents(tiny_net, tiny_dm):
+    for _z, inside, _y, cid in _latents(tiny_net, tiny_dm):
         for b in range(len(cid)):
             by_cell[int(cid[b])] = inside[b, 0]
     for j in range(tiny_net.prototypes.shape[0]):
@@ -227,6 +227,7 @@ def test_pretrain_keeps_the_last_epoch_not_significantly_below_the_best_validati
 def test_val_auroc_is_the_validation_cells_auroc_against_their_well_labels(tiny_store):
     import lightning as L
     import numpy as np
+
     from protocell.data.datamodule import CellDataModule
 
     dm = CellDataModule(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,

@@ -13,7 +13,7 @@ def probe_net(features: nn.Module) -> nn.Module:
     pools pass gradient to one input only, so they are swapped for average pools of the same
     geometry; weights are made positive so that no path cancels."""
     net = copy.deepcopy(features).double().eval()
-    for name, m in list(net.named_modules()):
+    for _name, m in list(net.named_modules()):
         for cname, child in list(m.named_children()):
             if isinstance(child, nn.MaxPool2d):
                 setattr(m, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))

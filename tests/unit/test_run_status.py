@@ -141,8 +141,8 @@ def test_the_auroc_rule_needs_two_standard_errors_and_both_conditions():
 def test_the_history_records_each_epochs_validation_auroc_and_its_standard_error(tiny_store):
     """What run_status reads: ValAccuracyHistory keeps val/auroc and val/auroc_se as the module logs them."""
     import lightning as L
-
     from conftest import tiny_module
+
     from protocell.data.datamodule import CellDataModule
     from protocell.training.callbacks import ValAccuracyHistory
 

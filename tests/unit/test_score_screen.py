@@ -11,8 +11,16 @@ import pytest
 from scipy import stats
 
 from protocell.score.hits import hit_table, single_well, welch
-from protocell.score.plates import (b_scores, control_stats, median_polish, normalise, plate_effects, plate_qc,
-                                    scaled_mad, trends)
+from protocell.score.plates import (
+    b_scores,
+    control_stats,
+    median_polish,
+    normalise,
+    plate_effects,
+    plate_qc,
+    scaled_mad,
+    trends,
+)
 
 
 def test_z_prime_ssmd_and_signal_window_equal_the_hand_computed_values():

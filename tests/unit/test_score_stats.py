@@ -57,7 +57,7 @@ def test_logistic_fit_recovers_the_ec50_of_noiseless_and_of_noisy_points():
     # by hand at the EC50: half way; one decade above it, hill 1: bottom + span · 10/11
     assert logistic4(np.log10(0.5), 0.05, 0.7, np.log10(0.5), 1.0) == pytest.approx(0.375)
     assert logistic4(np.log10(5.0), 0.05, 0.7, np.log10(0.5), 1.0) == pytest.approx(0.05 + 0.65 * 10 / 11)
-    from protocell.score.dose import _jacobian                 # the hand derivatives against finite differences
+    from protocell.score.dose import _jacobian  # the hand derivatives against finite differences
     p0, x0, h = np.array([0.1, 0.8, -0.2, 1.3]), np.log10(doses), 1e-6
     numeric = np.stack([(logistic4(x0, *(p0 + h * e)) - logistic4(x0, *(p0 - h * e))) / (2 * h) for e in np.eye(4)], 1)
     assert np.allclose(_jacobian(p0, x0), numeric, atol=1e-6)
@@ -70,7 +70,7 @@ def test_logistic_fit_recovers_the_ec50_of_noiseless_and_of_noisy_points():
     # and its bootstrap-over-wells CI covers the truth
     rng = np.random.default_rng(0)
     hits = 0
-    for trial in range(8):
+    for _trial in range(8):
         d = np.repeat(doses, 3)
         yn = logistic4(np.log10(d), 0.05, 0.7, np.log10(0.5), 1.0) + rng.normal(0, 0.04, len(d))
         fit = fit_logistic(d, yn)
@@ -103,7 +103,7 @@ def _wells_and_cells(seed=0, P=3):
     wells = pd.DataFrame([{"plate": "p1", "well": w, "condition": c, "treatment": t, "compound": "C1" if not c else "",
                            "dose": np.nan} for w, c, t, _ in spec])
     cells = []
-    for w, c, t, shift in spec:
+    for w, c, _t, shift in spec:
         n = int(rng.integers(8, 20))
         sims = rng.normal(1.0, 0.3, (n, P))
         sims[:, 0] += shift

@@ -5,8 +5,8 @@ import tifffile
 from protocell.data.datamodule import CellDataModule, split_by_image
 from protocell.data.dataset import zeroing_mask
 from protocell.data.store import CropStore, StoreError
-from protocell.errors import ConfigError
 from protocell.data.synthetic import WellSpec, build_store, crop_cell, render_field, write_fields
+from protocell.errors import ConfigError
 
 
 def test_generator_is_deterministic_and_cached(tmp_path):
@@ -163,7 +163,7 @@ def test_zero_margin_erosion_equals_scipys_city_block_erosion():
     from scipy import ndimage as ndi
 
     rng = np.random.default_rng(0)
-    for trial in range(40):
+    for _trial in range(40):
         mask = (ndi.gaussian_filter(rng.random((37, 41)), 3) > 0.5).astype(np.uint8)
         mask[rng.integers(0, 37), :] = 1                             # cells that touch the crop's border too
         for margin in (1, 2, 3):
@@ -376,10 +376,11 @@ def test_dose_series_wells_follow_the_logistic_and_leave_the_controls_alone(tmp_
 
 
 def test_optional_config_sections_have_their_ranges_checked():
+    from pathlib import Path
+
     from hydra import compose, initialize_config_dir
 
     from protocell.config import register, validate
-    from pathlib import Path
 
     register()
     conf = Path(__file__).resolve().parents[2] / "conf"
