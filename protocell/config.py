@@ -1,5 +1,10 @@
 """Structured configs: the types and ranges of every train.py key, in one place.
 
+Values live in the YAML under ``conf/`` (what a user reads and overrides; the groups are YAML files);
+the defaults below mirror the default composition (``python train.py`` with no override) so that a
+Python user of the schema and a CLI user get the same model — ``tests/unit/test_config_defaults.py``
+fails when the two drift apart.
+
 The dataclasses below are registered in Hydra's ConfigStore as ``train_schema`` and listed first in
 ``conf/train.yaml``'s defaults, so Hydra checks every key's *type* while composing (an unknown key or
 ``data.batch_size=abc`` is refused with the key's name). *Ranges* sit beside the types as field
@@ -120,18 +125,18 @@ class DataConfig:
     path: Optional[str] = "???"
     crop_size: int = rule(_int(16), "an integer ≥ 16", 64)
     channels: Optional[List[str]] = None
-    zero_background: bool = False
-    zero_margin: int = rule(_int(0), "a whole number of pixels ≥ 0", 0)
+    zero_background: bool = True
+    zero_margin: int = rule(_int(0), "a whole number of pixels ≥ 0", 2)
     augment: bool = True
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
-    normalize: str = rule(_one_of(NORMALIZE), f"one of {NORMALIZE}", "auto")
+    normalize: str = rule(_one_of(NORMALIZE), f"one of {NORMALIZE}", "cell")
     split_by: str = rule(_one_of(SPLIT_BY), f"one of {SPLIT_BY}", "auto")
     test_fraction: float = rule(_fraction(), "a fraction in (0, 1)", 0.5)
     val_fraction: float = rule(_fraction(False), "a fraction in [0, 1)", 0.2)
     batch_size: int = rule(_int(1), "an integer ≥ 1", 64)
-    eval_batch_size: Optional[int] = None
+    eval_batch_size: Optional[int] = 256
     num_workers: int = rule(_int(0), "an integer ≥ 0", 0)
-    bag_size: int = rule(_int(1), "an integer ≥ 1 (1: one cell at a time)", 1)
+    bag_size: int = rule(_int(1), "an integer ≥ 1 (1: one cell at a time)", 4)
     seed: int = 0
     synthetic: Optional[SyntheticConfig] = None
 
@@ -140,8 +145,8 @@ class DataConfig:
 class BackboneConfig:
     name: str = "vgg11_narrow"
     pretrained: bool = False
-    max_rf: Optional[float] = rule(lambda v: v is None or v > 0, "a positive number or null", None)
-    width: float = rule(lambda v: 0 < v <= 1, "in (0, 1]", 1.0)
+    max_rf: Optional[float] = rule(lambda v: v is None or v > 0, "a positive number or null", 46.0)
+    width: float = rule(lambda v: 0 < v <= 1, "in (0, 1]", 0.125)
     batch_norm: bool = True
 
 
@@ -159,13 +164,13 @@ class LastLayerConfig:
 
 @dataclass
 class ScheduleConfig:
-    pretrain_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
+    pretrain_epochs: int = rule(_int(0), "an integer ≥ 0", 12)
     pretrain_keep: str = rule(_one_of(PRETRAIN_KEEP), f"one of {PRETRAIN_KEEP}", "best")
     epochs: int = rule(_int(1), "≥ 1", 30)
-    warm_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
+    warm_epochs: int = rule(_int(0), "an integer ≥ 0", 2)
     push_every: int = rule(_int(1), "≥ 1", 10)
-    push_start: Optional[int] = rule(lambda v: v is None or (isinstance(v, int) and v >= 1), "≥ 1 or null", None)
-    last_layer_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
+    push_start: Optional[int] = rule(lambda v: v is None or (isinstance(v, int) and v >= 1), "≥ 1 or null", 10)
+    last_layer_epochs: int = rule(_int(0), "an integer ≥ 0", 5)
     lr_step_epochs: int = rule(_int(0), "an integer ≥ 0 (0 = constant rates)", 0)
     loss_ramp_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
 
@@ -181,26 +186,26 @@ class HeadConfig:
 
 @dataclass
 class PrototypesConfig:
-    init: str = rule(_one_of(INIT_METHODS), f"one of {INIT_METHODS}", "random")
-    push_unique: bool = False
+    init: str = rule(_one_of(INIT_METHODS), f"one of {INIT_METHODS}", "evidence")
+    push_unique: bool = True
 
 
 @dataclass
 class LossConfig:
     clst: float = rule(lambda v: v >= 0, "≥ 0", 0.8)
-    sep: float = rule(lambda v: v >= 0, "≥ 0", 0.08)
+    sep: float = rule(lambda v: v >= 0, "≥ 0", 0.0)
     l1: float = rule(lambda v: v >= 0, "≥ 0", 1e-4)
-    div: float = rule(lambda v: v >= 0, "≥ 0", 0.0)
-    ref_sim: float = rule(lambda v: v >= 0, "≥ 0", 0.0)
-    separation: str = rule(_one_of(SEPARATIONS), f"one of {SEPARATIONS}", "all")
+    div: float = rule(lambda v: v >= 0, "≥ 0", 0.5)
+    ref_sim: float = rule(lambda v: v >= 0, "≥ 0", 1.0)
+    separation: str = rule(_one_of(SEPARATIONS), f"one of {SEPARATIONS}", "reference")
     ramp_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
 
 
 @dataclass
 class OptimConfig:
     lr: Dict[str, float] = rule(lambda v: all(x >= 0 for x in v.values()), "every rate ≥ 0 (0 freezes the group)",
-                                default_factory=lambda: {"features": 1e-4, "add_on": 3e-3, "prototypes": 3e-3,
-                                                         "last_layer": 1e-2, "pretrain": 3e-3})
+                                default_factory=lambda: {"features": 1e-4, "add_on": 1e-3, "prototypes": 1e-3,
+                                                         "last_layer": 1e-2, "pretrain": 1e-3})
     weight_decay: float = rule(lambda v: v >= 0, "≥ 0", 1e-3)
     lr_step_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
     lr_gamma: float = rule(lambda v: 0 < v <= 1, "in (0, 1]", 0.1)
