@@ -203,7 +203,19 @@ def status_summary(runs: pd.DataFrame) -> str:
     return (f"{len(proto)} runs: {int(wrong.sum())} wrong (fraction |error| > {SILENT['frac_err']} or true AUROC < "
             f"{SILENT['auroc']}), of which {int((wrong & said).sum())} said so and {int((wrong & ~said).sum())} said ok "
             f"(silent); {int(good.sum())} met the per-run bars, of which {int((good & said).sum())} were flagged "
-            f"(false alarms); {int((~wrong & ~good & said).sum())} flagged between the two.\n")
+            f"(false alarms); {int((~wrong & ~good & said).sum())} flagged between the two.\n" + check_summary(proto, good, wrong))
+
+
+def check_summary(proto: pd.DataFrame, good: pd.Series, wrong: pd.Series) -> str:
+    """Per label-free check (``protocell.diagnostics``): how often it fired in runs that met the bars (its
+    false alarms) and in wrong runs (what it caught)."""
+    lines = []
+    for col in sorted(c for c in proto if c.startswith("fires_")):
+        fired = proto[col].fillna(False).astype(bool)
+        ran = proto[col].notna()
+        lines.append(f"- {col[len('fires_'):]}: fired in {int((fired & good).sum())} of {int((ran & good).sum())} runs that "
+                     f"met the bars, {int((fired & wrong).sum())} of {int((ran & wrong).sum())} wrong runs")
+    return ("Checks:\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def main(argv=None) -> int:
