@@ -66,7 +66,7 @@ def store_ratios(store, channels: list[str]) -> pd.DataFrame:
 
 def evaluate(run_dir: Path) -> dict:
     from protocell.explain.source import load_run
-    from protocell.metrics.truth import auroc
+    from protocell.stats import auroc
 
     run = load_run(run_dir)
     store = run.dm.store

@@ -28,7 +28,8 @@ from protocell.artifacts import RunFolder  # noqa: E402
 from protocell.build import datamodule_from_run, load_module, synthetic_spec  # noqa: E402
 from protocell.diagnostics import run_diagnostics  # noqa: E402
 from protocell.evaluate import calibrate, fractions  # noqa: E402
-from protocell.metrics.truth import auroc, well_cue  # noqa: E402
+from protocell.metrics.truth import well_cue  # noqa: E402
+from protocell.stats import auroc  # noqa: E402
 
 
 def rebuild(run: Path, store: str, imaging: bool):

@@ -36,7 +36,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from protocell.metrics.truth import auroc, auroc_se
+from protocell.stats import auroc, auroc_se
 
 SPREAD = 0.05          # excess SD of reference wells' fractions beyond their cells' sampling
 GAP = 0.05             # well-label AUROC gap, seen wells − unseen wells

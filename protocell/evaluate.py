@@ -25,27 +25,11 @@ import math
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 
 from protocell.artifacts import positive_class
 from protocell.calibration import noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
-from protocell.distributed import is_distributed
 
 log = logging.getLogger("protocell.evaluate")
-
-
-def gather_predictions(batches: list[dict]) -> list[dict]:
-    """Under DDP, every rank's predictions in loader order (``ShardSampler``: rank r holds positions
-    r, r + world, …); one process: ``batches`` unchanged."""
-    if not is_distributed() or not batches:
-        return batches
-    world = dist.get_world_size()
-    local = {k: torch.cat([b[k] for b in batches]).cpu() for k in batches[0]}
-    shards: list = [None] * world
-    dist.all_gather_object(shards, local)
-    position = torch.cat([r + world * torch.arange(len(sh["cell_id"])) for r, sh in enumerate(shards)])
-    order = torch.argsort(position)
-    return [{k: torch.cat([sh[k] for sh in shards])[order] for k in local}]
 
 
 def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:

@@ -16,7 +16,12 @@ def _train(cfg: DictConfig) -> dict:
     validate(cfg)        # a bad value is refused before the training stack is imported (torch + Lightning: ≈ 5 s)
     from protocell.training.run import train
 
-    return train(cfg)
+    def explain(run_dir):
+        from protocell.explain.run import explain_run
+
+        explain_run(run_dir, log_wandb=False)    # the run's W&B run logs explain/ after this returns
+
+    return train(cfg, explain)
 
 
 def run(cfg: DictConfig) -> dict:

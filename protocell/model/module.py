@@ -156,9 +156,8 @@ class ProtoPNetModule(L.LightningModule):
         """``val/auroc``: the AUROC of the validation cells' exposed scores against their *well*
         labels, over every rank's cells (each cell once), and ``val/auroc_se``, its standard error
         (Hanley & McNeil). Pretrain chooses the epoch it keeps by them (``KeepBestPretrain``)."""
-        from protocell.distributed import is_distributed
-        from protocell.evaluate import gather_predictions
-        from protocell.metrics.truth import auroc, auroc_se
+        from protocell.distributed import gather_predictions, is_distributed
+        from protocell.stats import auroc, auroc_se
 
         if self._val_cells:
             cols = [torch.cat(t) for t in zip(*self._val_cells)]

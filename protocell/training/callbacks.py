@@ -234,7 +234,7 @@ class GroundTruthMonitor(Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or not self.cells or trainer.world_size > 1:
             return
-        from protocell.metrics.truth import auroc
+        from protocell.stats import auroc
 
         m = trainer.datamodule.store.manifest.set_index("cell_id")
         cells = torch.cat(self.cells).numpy()

@@ -23,8 +23,9 @@ from protocell.artifacts import RunFolder
 from protocell.build import build_datamodule, build_module
 from protocell.config import validate
 from protocell.diagnostics import run_diagnostics
+from protocell.distributed import gather_predictions
 from protocell.errors import ConfigError
-from protocell.evaluate import evaluate, gather_predictions, run_status
+from protocell.evaluate import evaluate, run_status
 from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock
 from protocell.model.receptive_field import locality
 from protocell.tracking import build_logger, is_wandb, log_media, run_summary
@@ -71,7 +72,10 @@ def claim_run_folder(folder: RunFolder, config_yaml: str, resuming: bool):
         yield folder
 
 
-def train(cfg) -> dict:
+def train(cfg, explain=None) -> dict:
+    """Train, evaluate and write the run folder; ``explain``: called with the run folder once metrics.json
+    is written (``train.py`` passes ``protocell.explain.run.explain_run`` when ``explain=true``: training
+    never imports a later stage)."""
     validate(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -79,10 +83,10 @@ def train(cfg) -> dict:
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     with claim_run_folder(folder, config_yaml, resuming=bool(cfg.resume)):
         atomic_write_text(folder.config, config_yaml)
-        return _train(cfg, folder)
+        return _train(cfg, folder, explain)
 
 
-def _train(cfg, folder: RunFolder) -> dict:
+def _train(cfg, folder: RunFolder, explain=None) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     t_start = time.time()
 
@@ -149,10 +153,8 @@ def _train(cfg, folder: RunFolder) -> dict:
         log.info("test: %s", {k: v for k, v in metrics.items() if ("accuracy" in k or "auroc" in k) and isinstance(v, (int, float))})
         if cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet" and int(module.net.pushes) == 0:
             log.warning("explain skipped: the prototypes were never pushed (metrics.json status %s)", metrics["status"])
-        elif cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
-            from protocell.explain.run import explain_run
-
-            explain_run(folder.root, log_wandb=False)
+        elif explain is not None and cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
+            explain(folder.root)
         if is_wandb(logger):
             log_media(logger.experiment, folder.root, keys=("explain/",))
             logger.experiment.summary.update(run_summary(folder.root))

@@ -42,7 +42,7 @@ def _trainer(**kw):
 
 def _evaluate(trainer, dm, module):
     """Test metrics, all predictions (gathered under DDP), this rank's predicted cells, push."""
-    from protocell.evaluate import gather_predictions
+    from protocell.distributed import gather_predictions
     from protocell.training.push import push_prototypes
 
     trainer.test(module, datamodule=dm, verbose=False)

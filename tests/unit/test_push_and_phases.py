@@ -290,7 +290,7 @@ def test_auroc_se_matches_the_spread_of_simulated_aurocs():
     have AUROC 1 / (1 + λ); the SD of 4000 simulated AUROCs agrees with it within sampling error."""
     import numpy as np
 
-    from protocell.metrics.truth import auroc_se
+    from protocell.stats import auroc_se
 
     rng = np.random.default_rng(0)
     n_pos, n_neg, lam = 60, 40, 0.25

@@ -100,7 +100,7 @@ def test_bags_on_a_plate_where_most_exposed_cells_respond_and_a_missing_fraction
 def _validation(rng, n_ref: int, n_exp: int, shift: float):
     """Validation cells of an unbalanced plate: logit scores N(0, 1) for Ref, N(shift, 1) for Exp, called
     Exp above 0. Returns (accuracy, majority share, n, (AUROC, SE)) as train.py records them."""
-    from protocell.metrics.truth import auroc, auroc_se
+    from protocell.stats import auroc, auroc_se
 
     y = np.r_[np.zeros(n_ref), np.ones(n_exp)].astype(int)
     s = np.r_[rng.normal(0, 1, n_ref), rng.normal(shift, 1, n_exp)]

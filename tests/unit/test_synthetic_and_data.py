@@ -211,7 +211,7 @@ def test_background_confound_reaches_the_outline_and_a_2px_margin_removes_it():
     from Ref almost perfectly (the 'well cue'). Zeroing the background leaves it; a 2 px margin hides it."""
     from scipy import ndimage as ndi
 
-    from protocell.metrics.truth import auroc
+    from protocell.stats import auroc
 
     spec = WellSpec(field_size=256, cells_per_field=25, affected_fraction={"Ref": 0.0, "Exp": 0.0})
     steps = {0: [], 2: []}
