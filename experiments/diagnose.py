@@ -37,7 +37,7 @@ def rebuild(run: Path, store: str, imaging: bool):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     data = {k: v for k, v in cfg["data"].items() if k != "synthetic"}
     data["path"] = store
-    dm = datamodule_from_run(data, str(run / "config.yaml"))
+    dm = datamodule_from_run(data, str(run / "config.yaml"), mask=cfg.get("mask"))
     dm.setup("fit")
     if not imaging or not (run / "checkpoints" / "last.ckpt").exists():
         return dm, None

@@ -49,18 +49,20 @@ def targets(node, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def datamodule_from_run(data, source: str, key: str = "data"):
+def datamodule_from_run(data, source: str, key: str = "data", mask=None):
     """The ``CellDataModule`` a run folder's ``data`` values describe, built without ``instantiate``.
 
     ``data`` (read from ``source``, a run's ``config.yaml``) may name its class only as
     ``_target_: protocell.data.datamodule.CellDataModule``; any other ``_target_``, at the top or
     nested (``data.photometric._target_: torch.load``), an unknown key or a value of the wrong type or
-    range is refused with a ``ConfigError`` naming the file and key, before anything is built."""
+    range is refused with a ``ConfigError`` naming the file and key, before anything is built. ``mask``: the
+    run's ``mask`` values (zeroed background and margin; checked against ``MaskConfig`` alike; None: the
+    schema's defaults)."""
     from dataclasses import fields
 
     from omegaconf.errors import OmegaConfBaseException
 
-    from protocell.config import DataConfig, validate_node
+    from protocell.config import DataConfig, MaskConfig, validate_node
     from protocell.data.datamodule import CellDataModule
 
     plain = data if isinstance(data, dict) else _plain(data)
@@ -79,7 +81,25 @@ def datamodule_from_run(data, source: str, key: str = "data"):
     validate_node(typed, DataConfig, f"{key}.", source)
     kwargs = OmegaConf.to_container(typed, resolve=True)
     skip = {"_target_", "synthetic"}
-    return CellDataModule(**{f.name: kwargs[f.name] for f in fields(DataConfig) if f.name not in skip})
+    zeroing = _mask_values(mask, source, MaskConfig, validate_node)
+    return CellDataModule(**{f.name: kwargs[f.name] for f in fields(DataConfig) if f.name not in skip}, **zeroing)
+
+
+def _mask_values(mask, source: str | None, schema, validate_node) -> dict:
+    """``zero_background`` and ``zero_margin`` for the DataModule from a ``mask`` node, typed and checked."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = {} if mask is None else (mask if isinstance(mask, dict) else _plain(mask))
+    if any(isinstance(v, dict) for v in plain.values()) or "_target_" in plain:
+        raise ConfigError(f"{source}: 'mask' holds nested values or a _target_: it is three plain settings "
+                          "(distance_term, zero_background, zero_margin); retrain to get a config train.py wrote")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), plain)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: 'mask' does not match protocell's schema: {str(e).splitlines()[0]}; retrain to "
+                          "get a config train.py wrote") from None
+    validate_node(typed, schema, "mask.", source)
+    return {"zero_background": bool(typed.zero_background), "zero_margin": int(typed.zero_margin)}
 
 
 # ----------------------------------------------------------------------------- data
@@ -128,7 +148,10 @@ def build_datamodule(cfg, path: str | Path | None = None, source: str | None = N
     data = _plain(cfg.data)
     data.pop("synthetic", None)
     data["path"] = str(path if path is not None else store_path(cfg))
-    dm = datamodule_from_run(data, source) if source else instantiate(data)
+    if source:
+        dm = datamodule_from_run(data, source, mask=cfg.get("mask"))
+    else:          # the mask group owns the zeroing; the DataModule applies it
+        dm = instantiate(data, zero_background=bool(cfg.mask.zero_background), zero_margin=int(cfg.mask.zero_margin))
     if setup:
         dm.setup("fit")
     return dm
@@ -138,7 +161,8 @@ def build_datamodule(cfg, path: str | Path | None = None, source: str | None = N
 
 def net_spec(cfg, in_channels: int) -> dict:
     """Plain keyword arguments of the network: backbone, prototype head, input channels."""
-    return {"backbone": _plain(cfg.backbone), "head": _plain(cfg.model), "in_channels": int(in_channels)}
+    return {"backbone": _plain(cfg.backbone), "head": {**_plain(cfg.model), "use_mask": bool(cfg.mask.distance_term)},
+            "in_channels": int(in_channels)}
 
 
 def build_module(cfg, dm):
@@ -146,12 +170,12 @@ def build_module(cfg, dm):
     from protocell.model.module import ProtoPNetModule
 
     perf = cfg.get("performance") or {}
-    # trainer=gpu sets trainer.channels_last (a protocell key, not a Trainer argument)
-    channels_last = bool(perf.get("channels_last", False) or cfg.trainer.get("channels_last", False))
+    channels_last = bool(cfg.trainer.get("channels_last", False))    # a protocell key in the trainer group
     module = ProtoPNetModule(net_spec(cfg, dm.in_channels), class_names=list(dm.class_names),
                              last_layer=cfg.last_layer.mode, lr=_plain(cfg.optim.lr),
                              weight_decay=float(cfg.optim.weight_decay), channels_last=channels_last,
-                             bag_size=int(dm.bag_size), head=cfg.get("head", "protopnet"), **_plain(cfg.loss))
+                             bag_size=int(dm.bag_size), head=cfg.get("head", "protopnet"),
+                             ramp_epochs=int(cfg.schedule.loss_ramp_epochs), **_plain(cfg.loss))
     if channels_last:
         module.to(memory_format=torch.channels_last)
     if perf.get("compile"):

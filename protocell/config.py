@@ -125,8 +125,6 @@ class DataConfig:
     path: Optional[str] = "???"
     crop_size: int = rule(_int(16), "an integer ≥ 16", 64)
     channels: Optional[List[str]] = None
-    zero_background: bool = True
-    zero_margin: int = rule(_int(0), "a whole number of pixels ≥ 0", 2)
     augment: bool = True
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     normalize: str = rule(_one_of(NORMALIZE), f"one of {NORMALIZE}", "cell")
@@ -179,7 +177,6 @@ class ScheduleConfig:
 class HeadConfig:
     prototypes_per_class: int = rule(_int(1), "an integer ≥ 1", 10)
     prototype_dim: int = rule(_int(1), "an integer ≥ 1", 64)
-    use_mask: bool = True
     mask_penalty: Optional[float] = rule(lambda v: v is None or v > 0, "> 0 or null", None)
     incorrect_class_weight: float = -0.5
 
@@ -198,7 +195,6 @@ class LossConfig:
     div: float = rule(lambda v: v >= 0, "≥ 0", 0.5)
     ref_sim: float = rule(lambda v: v >= 0, "≥ 0", 1.0)
     separation: str = rule(_one_of(SEPARATIONS), f"one of {SEPARATIONS}", "reference")
-    ramp_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
 
 
 @dataclass
@@ -207,13 +203,11 @@ class OptimConfig:
                                 default_factory=lambda: {"features": 1e-4, "add_on": 1e-3, "prototypes": 1e-3,
                                                          "last_layer": 1e-2, "pretrain": 1e-3})
     weight_decay: float = rule(lambda v: v >= 0, "≥ 0", 1e-3)
-    lr_step_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
     lr_gamma: float = rule(lambda v: 0 < v <= 1, "in (0, 1]", 0.1)
 
 
 @dataclass
 class PerformanceConfig:
-    channels_last: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
 
@@ -232,7 +226,7 @@ class ReportConfig:
 
 @dataclass
 class TrainConfig:
-    # checked in this order: mask before data, whose zero_margin interpolates mask.zero_margin
+    # checked in this order: mask first (the DataModule's zeroing comes from it)
     mask: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

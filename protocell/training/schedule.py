@@ -14,7 +14,7 @@ the prototypes are pushed at its end. ``build_schedule`` expands the ``schedule`
 
 Learning rates: each group's base rate (``optim.lr``; the backbone uses ``lr.pretrain`` during
 pretrain, ``lr.features`` after), times ``gamma ** (epoch // step)`` when a step decay is set
-(``optim.lr_step_epochs``; every group but the last layer, counted in trainer epochs). The decay is
+(``schedule.lr_step_epochs``; every group but the last layer, counted in trainer epochs). The decay is
 part of the data, so nothing else writes a learning rate (``PhaseCallback`` applies it). A base rate
 of 0 freezes its group (e.g. ``optim.lr.features=0``: the backbone stays as pretrain left it).
 """
@@ -105,4 +105,4 @@ def schedule_from_config(cfg) -> list[Phase]:
     return build_schedule(int(s.epochs), int(s.warm_epochs), int(s.push_every), s.get("push_start"),
                           int(s.last_layer_epochs), int(s.get("pretrain_epochs", 0)),
                           train_last_layer=cfg.last_layer.mode == "trained", lr=dict(o.lr),
-                          lr_step_epochs=int(o.get("lr_step_epochs") or 0), lr_gamma=float(o.get("lr_gamma", 0.1)))
+                          lr_step_epochs=int(s.lr_step_epochs), lr_gamma=float(o.get("lr_gamma", 0.1)))

@@ -104,7 +104,7 @@ def test_bad_config_values_are_refused_before_any_work(tmp_path, override, messa
 def test_gpu_paths_are_wired_on_cpu_bf16_channels_last_compile(tmp_path):
     """bf16 mixed precision, channels_last and torch.compile run end to end (on the CPU here: this
     checks the wiring, not the speed; a GPU runs the same code paths)."""
-    train(tmp_path, "trainer.precision=bf16-mixed", "performance.channels_last=true",
+    train(tmp_path, "trainer.precision=bf16-mixed", "trainer.channels_last=true",
           "performance.compile=true", "performance.compile_backend=aot_eager", "schedule.epochs=2",
           "schedule.push_every=1", "schedule.push_start=1", "schedule.pretrain_epochs=0", "schedule.warm_epochs=0")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
