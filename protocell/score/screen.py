@@ -51,7 +51,8 @@ def screen(cells: pd.DataFrame, wells: pd.DataFrame, reference_scores, fdr: floa
     ctrl = control_wells(cells, wells, reference_scores)
     plates = sorted(wells["plate"].astype(str).unique())
     qc = plate_qc(ctrl, qc_readouts(cells, mixture), plates)
-    wells = normalise(wells, ctrl, "untrained_fraction")
+    own = cells.loc[cells["run_split"].astype(str) != "", "plate"].astype(str).unique()   # the run's own store
+    wells = normalise(wells, ctrl, "untrained_fraction", anchors=own)
     if bscore:
         wells["b_score"] = b_scores(wells, "untrained_fraction")
     effects = plate_effects(ctrl, "untrained_fraction") if len(plates) > 1 else pd.DataFrame()

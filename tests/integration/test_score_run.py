@@ -387,8 +387,10 @@ def test_several_stores_and_plates_are_scored_in_one_call_each_plate_against_its
     mp = p2.loc[p2["role"] == "exposed", "untrained_fraction"].median()
     share = (p2["untrained_fraction"] - mn) / (mp - mn)
     assert np.allclose(p2["percent_of_control"], 100 * share)
-    ctrl = wells[(wells["role"] != "scored") & (wells["plate"] != "bare") & wells["untrained_fraction"].notna()]
-    level = ctrl.groupby("role")["untrained_fraction"].median()       # every plate's controls together
+    own = cells.loc[cells["run_split"].fillna("").astype(str) != "", "plate"].unique()
+    assert list(own) == ["plate1"]                     # the run's own store: the plate the fraction is defined on
+    ctrl = wells[(wells["role"] != "scored") & (wells["plate"] == "plate1") & wells["untrained_fraction"].notna()]
+    level = ctrl.groupby("role")["untrained_fraction"].median()       # the other plates go onto its levels
     assert np.allclose(p2["normalised_fraction"], level["reference"] + share * (level["exposed"] - level["reference"]))
     assert wells.loc[wells["plate"] == "bare", "normalised_fraction"].isna().all()
     assert wells.loc[(wells["role"] == "scored") & wells["row"].notna() & (wells["plate"] != "bare"), "b_score"].notna().any()

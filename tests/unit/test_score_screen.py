@@ -78,6 +78,14 @@ def test_normalisation_to_each_plates_controls_by_hand():
     # one plate: the normalised fraction is the value itself
     one = wells[wells["plate"] == "a"]
     assert np.allclose(normalise(one, one[one["role"] != "scored"], "x")["normalised_fraction"], one["x"])
+    # anchored on the run's own plate a: plate a keeps its own scale (the fraction is defined there) and
+    # plate b is put onto plate a's control levels (reference 0.15, exposed 0.65)
+    anchored = normalise(wells, controls, "x", anchors=["a"])
+    assert np.allclose(anchored.iloc[:5]["normalised_fraction"], wells.iloc[:5]["x"])
+    assert anchored.iloc[8]["normalised_fraction"] == pytest.approx(0.15 + 2 * 0.5)
+    assert anchored.iloc[[5, 6]]["normalised_fraction"].mean() == pytest.approx(0.15)
+    assert np.allclose(normalise(wells, controls, "x", anchors=["c"])["normalised_fraction"],    # c has no controls
+                       out["normalised_fraction"], equal_nan=True)
 
 
 def _direct_median_polish(grid, max_iter=10, eps=0.01):
