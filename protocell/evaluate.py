@@ -28,6 +28,7 @@ import torch
 
 from protocell.artifacts import positive_class
 from protocell.calibration import noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
+from protocell.stats import auroc_se
 
 log = logging.getLogger("protocell.evaluate")
 
@@ -167,6 +168,28 @@ def learning_failure(val_auroc: list[tuple[float, float]] | None, val_accuracy: 
     return None
 
 
+def test_failure(metrics: dict) -> str | None:
+    """Why the test cells say the run learnt nothing that generalises (None: they do not): their
+    well-label AUROC does not stand above chance by two standard errors (``beats_chance``; the SE taken
+    the larger way round, as the exposed condition is not named here). The validation rule
+    (``learning_failure``) can pass on one lucky epoch of a few hundred cells; the test split is the
+    larger, untouched sample."""
+    a = metrics.get("well_label_auroc")
+    counts: dict[str, int] = {}
+    for w in metrics.get("test_composition") or []:
+        if "n_cells" in w:
+            counts[str(w["condition"])] = counts.get(str(w["condition"]), 0) + int(w["n_cells"])
+    if not _finite(a) or len(counts) != 2:
+        return None
+    n1, n2 = counts.values()
+    se = max(auroc_se(a, n1, n2), auroc_se(a, n2, n1))
+    if beats_chance(a, se):
+        return None
+    return (f"the test cells' well-label AUROC is {a:.3f} ± {se:.3f} (one standard error; {n1 + n2} cells the network "
+            "never trained on): at chance — the network learnt nothing that holds beyond its training cells, or the "
+            "conditions do not differ; a run needs AUROC − 2·SE > 0.5 on its test cells")
+
+
 # ρ_Exp above which bags of cells are the wrong model of the plate: see ``run_status`` and data.bag_size
 BAG_WARNING = 0.8
 
@@ -191,10 +214,12 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
     schedule ended (``trainer.max_time``, an interrupt) or prototypes never pushed. A failed run that
     also stopped early is failed. Warnings do not change the status: a slope or ``hi`` on its bound
     (measured on healthy runs: the default reaches a = 50 with true-label AUROC 0.94), a noisy-label
-    fit that fell back to Platt, no affected fraction, and bags of cells (``bag_size`` > 1) on a plate
+    fit that fell back to Platt, and bags of cells (``bag_size`` > 1) on a plate
     where most exposed cells look affected (``BAG_WARNING``). warning — the run finished but a label-free
     check says its answer may be wrong (``metrics["diagnostics"]``, ``protocell.diagnostics``: the network
-    reads the wells); the affected fraction is then marked ``reliable: false``."""
+    reads the wells), or no affected fraction could be estimated (the scores give no evidence of affected
+    cells: the run has not answered its question); the affected fraction is then marked ``reliable: false``.
+    The test cells' well-label AUROC at chance (``test_failure``) is failed too."""
     failed, incomplete, warnings = [], [], []
     if interrupted or epochs_run < epochs_planned:
         incomplete.append(f"stopped after {epochs_run} of {epochs_planned} scheduled epochs "
@@ -204,6 +229,8 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
     learnt_nothing = learning_failure(val_auroc, val_accuracy, val_majority, n_val)
     if learnt_nothing:
         failed.append(learnt_nothing)
+    elif test_failure(metrics):
+        failed.append(test_failure(metrics))
     conditions = sorted({r["condition"] for r in metrics.get("test_composition") or []})
     if len(conditions) == 1 or (conditions == [] and not _finite(metrics.get("well_label_auroc"))):
         failed.append(f"the test split holds one condition ({', '.join(conditions) or '?'}): well-label AUROC is "
@@ -233,8 +260,8 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
     if cal.get("fallback_from") and cal.get("used", True):
         warnings.append("the noisy-label calibration was degenerate (no cell-level evidence) and fell back to Platt")
     frac = metrics.get("affected_fraction") or {}
-    if frac and not frac.get("available", False):
-        warnings.append(f"no affected fraction: {frac.get('reason', '?')}")
+    # a run whose scores give no fraction has not answered its question: not ok (a reason, not a warning)
+    missing = [f"no affected fraction: {frac.get('reason', '?')}"] if frac and not frac.get("available", False) else []
     rho = (frac.get("fit") or {}).get("rho_exp") if frac.get("available") else None
     if bag_size > 1 and rho is not None and rho >= BAG_WARNING:
         warnings.append(f"most exposed cells look affected (ρ_Exp ≈ {rho:.2f} from the held-out scores) but training "
@@ -247,8 +274,8 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
         frac["reliable"] = False
     elif frac.get("available"):
         frac["reliable"] = True
-    status = "failed" if failed else "incomplete" if incomplete else "warning" if doubts else "ok"
-    return {"status": status, "reasons": failed + incomplete + doubts, "warnings": warnings}
+    status = "failed" if failed else "incomplete" if incomplete else "warning" if doubts or missing else "ok"
+    return {"status": status, "reasons": failed + incomplete + doubts + missing, "warnings": warnings}
 
 
 def _finite(v) -> bool:

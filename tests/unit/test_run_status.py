@@ -94,7 +94,19 @@ def test_bags_on_a_plate_where_most_exposed_cells_respond_and_a_missing_fraction
     assert _status(_ok_metrics(affected_fraction=few), bag_size=4)["warnings"] == []           # a minority: bags fit
     none = {"available": False, "reason": "no exposed cells unlike the reference"}
     s = _status(_ok_metrics(affected_fraction=none), bag_size=4)
-    assert s["status"] == "ok" and s["warnings"] == ["no affected fraction: no exposed cells unlike the reference"]
+    # before: ok with a warning — a run that has not answered its question is not ok
+    assert s["status"] == "warning" and s["reasons"] == ["no affected fraction: no exposed cells unlike the reference"]
+
+
+def test_test_cells_at_chance_fail_the_run():
+    """Before: a run at Exp 0.15 (plate 5439) passed the validation rule on one epoch (0.567 ± 0.032 of 380
+    cells) while its 2,613 test cells gave a well-label AUROC of 0.500 — and it said ok."""
+    comp = [{"well": "A", "condition": "Ref", "n_cells": 1300}, {"well": "B", "condition": "Exp", "n_cells": 1313}]
+    s = _status(_ok_metrics(well_label_auroc=0.500, test_composition=comp), val_auroc=[(0.567, 0.032)])
+    assert s["status"] == "failed" and "test cells' well-label AUROC is 0.500" in s["reasons"][0], s
+    assert _status(_ok_metrics(well_label_auroc=0.55, test_composition=comp), val_auroc=[(0.567, 0.032)])["status"] == "ok"
+    assert _status(_ok_metrics(well_label_auroc=0.515, test_composition=comp[:1] + comp[1:]),
+                   val_auroc=[(0.567, 0.032)])["status"] == "failed"          # 0.515 − 2·0.0113 < 0.5
 
 
 def _validation(rng, n_ref: int, n_exp: int, shift: float):
