@@ -240,6 +240,17 @@ def normalisation_note(run: Run, stores: list[CropStore]) -> str:
     return note
 
 
+def _read_differently(table: pd.DataFrame) -> str:
+    """The page's line for ``screen.plates_read_differently``."""
+    if not len(table):
+        return "— (one plate, or no reference wells off the run's plates)"
+    hit = table[table["flag"]]
+    if not len(hit):
+        return "none (every other plate's reference wells read like the run's)"
+    return "; ".join(f"{r.plate}: reference wells {r.reference_median:.2f} vs {r.training_plates_reference_median:.2f} "
+                     f"(p = {r.mann_whitney_p:.1g}) — its fractions are biased, read them with care" for r in hit.itertuples())
+
+
 def call_note(calibration: dict) -> str:
     """How the cell call (p_affected > 0.5) was made, for score.json and the page."""
     if is_mixture(calibration):
@@ -495,7 +506,7 @@ def _score_into(out: Path, run: Run, models: dict, stores: list[CropStore], well
         enrich.to_csv(tmp / "prototype_enrichment.csv", index=False)
         fits.to_csv(tmp / "dose_response.csv", index=False)
         for name, table in tables.items():
-            if len(table) or name != "plate_effects":
+            if len(table) or name not in ("plate_effects", "plates_read_differently"):
                 table.to_csv(tmp / f"{name}.csv", index=False)
         design = _design(stores)                     # synthetic plates: the known curve
         truth = _truth(wells, fits, tables["hits"], design)
@@ -517,6 +528,7 @@ def _score_into(out: Path, run: Run, models: dict, stores: list[CropStore], well
                    "cells": int(len(cells)), "wells": int(len(wells_out)), "treatments": int(len(treatments)),
                    "compounds with a dose": int(fits.loc[fits["measure"] == "affected_fraction", "compound"].nunique()),
                    f"hits at FDR {fdr:g}": int(tables["hits"]["hit"].sum()),
+                   "plates read differently": _read_differently(tables["plates_read_differently"]),
                    "bootstrap resamples": n_boot, "reference for enrichment": ref_note}
         atomic_write_json(tmp / "score.json", {**summary, "stores": [str(s.root) for s in stores],
                                                "calibration": calibration, "fraction_reference": anchors,
@@ -525,6 +537,7 @@ def _score_into(out: Path, run: Run, models: dict, stores: list[CropStore], well
                                                "options": {"fdr": fdr, "bscore": bscore, "min_cells": min_cells},
                                                "qc": _records(tables["qc"]), "plate_effects": _records(tables["plate_effects"]),
                                                "trends": _records(tables["trends"]), "hits": _records(tables["hits"]),
+                                               "plates_read_differently": _records(tables["plates_read_differently"]),
                                                "dose_response": _records(fits),
                                                "seconds": round(time.time() - t0, 1)})
         top_rows = (enrich[enrich["level"] == "treatment"].assign(a=lambda d: d["difference"].abs())

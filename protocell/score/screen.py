@@ -53,6 +53,7 @@ def screen(cells: pd.DataFrame, wells: pd.DataFrame, reference_scores, fdr: floa
     qc = plate_qc(ctrl, qc_readouts(cells, mixture), plates)
     own = cells.loc[cells["run_split"].astype(str) != "", "plate"].astype(str).unique()   # the run's own store
     wells = normalise(wells, ctrl, "untrained_fraction", anchors=own)
+    wells, reads = plates_read_differently(wells, ctrl, own)
     if bscore:
         wells["b_score"] = b_scores(wells, "untrained_fraction")
     effects = plate_effects(ctrl, "untrained_fraction") if len(plates) > 1 else pd.DataFrame()
@@ -60,4 +61,35 @@ def screen(cells: pd.DataFrame, wells: pd.DataFrame, reference_scores, fdr: floa
     trend = trends(wells.assign(log2_intensity=log_intensity),
                    {"affected fraction": ("untrained_fraction", True), "log2 intensity": ("log2_intensity", False)})
     hits = hit_table(wells, "normalised_fraction", "untrained_fraction", fdr)
-    return wells, {"qc": qc, "plate_effects": effects, "trends": trend, "hits": hits}
+    return wells, {"qc": qc, "plate_effects": effects, "trends": trend, "hits": hits, "plates_read_differently": reads}
+
+
+def plates_read_differently(wells: pd.DataFrame, ctrl: pd.DataFrame, own, alpha: float = 0.01,
+                            margin: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Plates whose **reference** control wells the network reads differently from the reference wells of
+    the run's own plates (``own``): their unaffected cells do not score like the training plate's, so
+    every fraction on the plate is biased by what the network reads (gain, focus, another batch), and
+    the normalised fraction corrects it only as far as it is a shift and a scale. Flagged (each well of
+    the plate and the returned table) when the two sets of wells differ by more than ``margin`` in median
+    and a Mann–Whitney test says p < ``alpha``. Returns (wells with the flag, one row per other plate)."""
+    from scipy.stats import mannwhitneyu
+
+    ref = ctrl[(ctrl["role"] == "reference") & ctrl["untrained_fraction"].notna()]
+    base = ref.loc[ref["plate"].astype(str).isin({str(p) for p in own}), "untrained_fraction"].to_numpy()
+    rows = []
+    for plate, g in ref[~ref["plate"].astype(str).isin({str(p) for p in own})].groupby("plate", sort=True):
+        v = g["untrained_fraction"].to_numpy()
+        if len(v) < 2 or len(base) < 2:
+            continue
+        diff = float(np.median(v) - np.median(base))
+        p = float(mannwhitneyu(v, base, alternative="two-sided").pvalue)
+        flagged = abs(diff) > margin and p < alpha
+        rows.append({"plate": plate, "n_reference_wells": len(v), "reference_median": float(np.median(v)),
+                     "training_plates_reference_median": float(np.median(base)), "difference": diff,
+                     "mann_whitney_p": p, "flag": flagged})
+        if flagged:
+            note = (f"plate read differently: its reference wells {np.median(v):.2f} vs {np.median(base):.2f} on the "
+                    "run's plates — fractions biased, normalised only as far as a shift and scale")
+            on = wells["plate"].astype(str) == str(plate)
+            wells.loc[on, "flag"] = [f"{f}; {note}" if f else note for f in wells.loc[on, "flag"]]
+    return wells, pd.DataFrame(rows)

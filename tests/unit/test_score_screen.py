@@ -305,3 +305,24 @@ def test_a_second_plate_carries_its_gain_offset_and_edge_and_stands_alone(tmp_pa
     alone = CropStore(build_store(tmp_path, replace(spec, plates=[spec.plates[1]])))
     assert alone.manifest["centroid_x"].tolist() == d["centroid_x"].tolist()
     assert all(np.array_equal(alone.crop(i), both.crop(int(j))) for i, j in enumerate(d.index))
+
+
+def test_a_plate_whose_reference_wells_read_differently_is_flagged():
+    """Two-plate truth, trained on plate 1, seed 1: plate 2's reference wells read 0.24 against plate 1's
+    0.09, and its dose wells' fractions were off by 0.11 on average with nothing on the page saying so."""
+    from protocell.score.screen import plates_read_differently
+
+    ctrl = pd.DataFrame({"plate": ["p1"] * 8 + ["p2"] * 8 + ["p3"] * 8, "role": "reference",
+                         "untrained_fraction": [0.08, 0.09, 0.10, 0.07, 0.09, 0.11, 0.08, 0.10]
+                         + [0.22, 0.25, 0.24, 0.23, 0.26, 0.21, 0.24, 0.25]
+                         + [0.09, 0.10, 0.08, 0.12, 0.07, 0.09, 0.10, 0.11]})
+    wells = pd.DataFrame({"plate": ["p1", "p2", "p2", "p3"], "well": ["C01", "C01", "C02", "C01"],
+                          "flag": ["", "", "few cells", ""]})
+    out, table = plates_read_differently(wells.copy(), ctrl, ["p1"])
+    t = table.set_index("plate")
+    assert list(t.index) == ["p2", "p3"] and bool(t.loc["p2", "flag"]) and not bool(t.loc["p3", "flag"])
+    assert t.loc["p2", "difference"] == pytest.approx(0.24 - 0.09)
+    assert out.loc[1, "flag"].startswith("plate read differently: its reference wells 0.24 vs 0.09")
+    assert out.loc[2, "flag"].startswith("few cells; plate read differently")
+    assert out.loc[0, "flag"] == "" and out.loc[3, "flag"] == ""
+    assert plates_read_differently(wells.copy(), ctrl[ctrl["plate"] == "p1"], ["p1"])[1].empty    # one plate
