@@ -332,7 +332,7 @@ def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain:
 
     # background: illumination offset and debris specks, both stronger in Exp when confounded
     # (written so that levels 0 and 1 give exactly the floats of the two-condition generator)
-    offset = 0.04 + 0.03 * level
+    background = 0.04 + 0.03 * level
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) / H
     illum = 1 + 0.1 * np.sin(2 * np.pi * (yy * rng.uniform(0.3, 1) + xx * rng.uniform(0.3, 1)))
     n_debris = int(rng.poisson(H * W / 2500 * level + H * W / 12000 * (1 - level)))
@@ -340,7 +340,7 @@ def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain:
     outside = labels[dy.astype(int), dx.astype(int)] == 0
     debris = _gaussian_spots((H, W), dy[outside], dx[outside], 1.0, rng.uniform(0.5, 0.8, outside.sum()))
     # the offset lies on the background; only with confound_under_cells does it reach into cells
-    extra = offset - 0.04
+    extra = background - 0.04
     where = np.ones((H, W), np.float32) if spec.confound_under_cells else (labels == 0).astype(np.float32)
     offset_map = 0.04 + extra * where
     actin = (actin + debris + offset_map) * illum

@@ -414,3 +414,29 @@ def test_well_effects_default_is_the_plain_plate_and_align_orders_the_wells():
     assert sorted(abs(w["gain"] - 1) for w in aligned) == pytest.approx(sorted(abs(g - 1) for g in gains))
     with pytest.raises(ValueError, match="well_effects.align"):
         WellSpec(well_effects={"align": 2})
+
+
+def test_the_built_in_plates_pixels_are_pinned(tmp_path):
+    """The generator's bytes, pinned (digest from the generator before the several-plates option): the
+    merge of that option let the plate's ``offset`` argument be shadowed by the background level, so every
+    pixel of every built-in plate got 0.04 (Ref) or 0.07 (Exp) extra light — a condition cue inside
+    the cells that no mask removes — while a plate's own offset was ignored; no test compared pixels."""
+    import hashlib
+
+    s = CropStore(build_store(tmp_path, WellSpec(wells_per_condition=2, fields_per_well=1, field_size=160,
+                                                     cells_per_field=6, seed=3)))
+    h = hashlib.sha1()
+    for i in range(len(s)):
+        h.update(np.ascontiguousarray(s.crop(i)).tobytes())
+        h.update(np.ascontiguousarray(s.mask(i)).tobytes())
+    assert (len(s), h.hexdigest()[:16]) == (18, "1b618b4775e802e8")
+
+
+def test_a_plates_offset_adds_light_and_nothing_else():
+    from protocell.data.synthetic import render_field
+
+    spec = WellSpec(field_size=128, cells_per_field=4, seed=1)
+    plain, _, _, _ = render_field(np.random.default_rng(7), spec, "Ref", 1.0)
+    lit, _, _, _ = render_field(np.random.default_rng(7), spec, "Ref", 1.0, offset=0.1)
+    gain = spec.photons * 0.1                      # 0.1 of the brightest structure, in counts
+    assert float(lit.mean() - plain.mean()) == pytest.approx(gain, rel=0.05)
