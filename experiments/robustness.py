@@ -68,7 +68,8 @@ def load(sweep: Path, refit: bool = False) -> pd.DataFrame:
         effects = syn.get("well_effects") or {}
         row["well_effects"] = "aligned" if effects.get("align") else "chance"
         row["plate_seed"] = syn.get("seed")
-        row["status"] = metrics.get("status")
+        row["status_recorded"] = metrics.get("status")
+        row["status"] = status_now(metrics)
         row["reasons"] = " | ".join(metrics.get("reasons") or [])
         est = (metrics.get("affected_fraction") or {}).get("conditions", {}).get("Exp", {})
         row["called_share_in_ci"] = (bool(est["ci_low"] - 1e-9 <= est["called_share"] <= est["ci_high"] + 1e-9)
@@ -81,6 +82,23 @@ def load(sweep: Path, refit: bool = False) -> pd.DataFrame:
             row.update(refit_fraction(r))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def status_now(metrics: dict) -> str:
+    """The run's status under this code's rules, from what its metrics.json recorded: the rules added
+    since (``evaluate.test_failure``: test cells at chance → failed; no affected fraction → warning) need
+    no retraining, so runs of an earlier commit are read as a run of this one would be."""
+    from protocell.evaluate import test_failure
+
+    status = metrics.get("status")
+    if status in ("failed", "incomplete"):
+        return status
+    if test_failure(metrics):
+        return "failed"
+    frac = metrics.get("affected_fraction") or {}
+    if status == "ok" and frac and not frac.get("available", False):
+        return "warning"
+    return status
 
 
 GROUP = ["plate", "exp_fraction", "well_effects", "split_by", "threads"]
