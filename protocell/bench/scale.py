@@ -2,8 +2,8 @@
 
     python -m protocell.bench.scale                       # 96 wells × 4 fields × 3 channels at 1080², ≥ 10⁵ cells
     python -m protocell.bench.scale --quick               # 8 wells × 2 fields at 512²: the wiring, minutes
-    python -m protocell.bench.scale --data /fast/disk     # where the raw plate is written (default /work/scale_data
-                                                          # when it exists, else outputs/bench/scale_data)
+    python -m protocell.bench.scale --data /fast/disk     # where the raw plate is written (default
+                                                          # outputs/bench/scale_data)
 
 The plate: the project's own synthetic field generator (``protocell.data.synthetic.render_field``:
 irregular cells with nuclei, cortical actin, fibres and puncta, per-well gain, optics blur, Poisson and
@@ -345,8 +345,7 @@ def run(quick: bool = False, data: Path | None = None, out: Path | None = None, 
         fields: int | None = None, size: int | None = None, plates: int = 20, nodes: int = 50, cores: int = 32) -> dict:
     dims = {**(QUICK if quick else FULL), **{k: v for k, v in (("wells", wells), ("fields", fields), ("size", size))
                                              if v is not None}}
-    data = Path(data) if data else (Path("/work/scale_data") if Path("/work/scale_data").is_dir()
-                                    else ROOT / "outputs" / "bench" / "scale_data")
+    data = Path(data) if data else ROOT / "outputs" / "bench" / "scale_data"
     out = Path(out) if out else ROOT / "outputs" / "bench" / "scale"
     work = out / "work"
     shutil.rmtree(work / "store_2t", ignore_errors=True)
