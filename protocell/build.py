@@ -60,9 +60,7 @@ def datamodule_from_run(data, source: str, key: str = "data", mask=None):
     schema's defaults)."""
     from dataclasses import fields
 
-    from omegaconf.errors import OmegaConfBaseException
-
-    from protocell.config import DataConfig, MaskConfig, validate_node
+    from protocell.config import DataConfig, MaskConfig
     from protocell.data.datamodule import CellDataModule
 
     plain = data if isinstance(data, dict) else _plain(data)
@@ -72,34 +70,29 @@ def datamodule_from_run(data, source: str, key: str = "data", mask=None):
         raise ConfigError(f"{source}: {where}._target_={target!r} is refused: a run folder's config never chooses "
                           f"code to run; protocell rebuilds '{key}' itself as {DATAMODULE_TARGET} from plain values "
                           f"(remove the _target_ key, or retrain to get a config train.py wrote)")
-    values = {k: v for k, v in plain.items() if k != "_target_"}
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(DataConfig), values)
-    except OmegaConfBaseException as e:       # an unknown key, a string where a number belongs
-        raise ConfigError(f"{source}: '{key}' does not match protocell's data schema: "
-                          f"{str(e).splitlines()[0]}; retrain to get a config train.py wrote") from None
-    validate_node(typed, DataConfig, f"{key}.", source)
+    typed = _checked({k: v for k, v in plain.items() if k != "_target_"}, DataConfig, key, source)
     kwargs = OmegaConf.to_container(typed, resolve=True)
     skip = {"_target_", "synthetic"}
-    zeroing = _mask_values(mask, source, MaskConfig, validate_node)
-    return CellDataModule(**{f.name: kwargs[f.name] for f in fields(DataConfig) if f.name not in skip}, **zeroing)
+    zeroing = _checked({} if mask is None else mask if isinstance(mask, dict) else _plain(mask), MaskConfig, "mask",
+                       source)
+    return CellDataModule(**{f.name: kwargs[f.name] for f in fields(DataConfig) if f.name not in skip},
+                          zero_background=bool(zeroing.zero_background), zero_margin=int(zeroing.zero_margin))
 
 
-def _mask_values(mask, source: str | None, schema, validate_node) -> dict:
-    """``zero_background`` and ``zero_margin`` for the DataModule from a ``mask`` node, typed and checked."""
+def _checked(values: dict, schema, key: str, source: str | None):
+    """``values`` typed by ``schema`` (a protocell dataclass) and range-checked; an unknown key (a
+    ``_target_`` too), a value of the wrong type or out of range is a ``ConfigError`` naming ``source``."""
     from omegaconf.errors import OmegaConfBaseException
 
-    plain = {} if mask is None else (mask if isinstance(mask, dict) else _plain(mask))
-    if any(isinstance(v, dict) for v in plain.values()) or "_target_" in plain:
-        raise ConfigError(f"{source}: 'mask' holds nested values or a _target_: it is three plain settings "
-                          "(distance_term, zero_background, zero_margin); retrain to get a config train.py wrote")
+    from protocell.config import validate_node
+
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), plain)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: 'mask' does not match protocell's schema: {str(e).splitlines()[0]}; retrain to "
-                          "get a config train.py wrote") from None
-    validate_node(typed, schema, "mask.", source)
-    return {"zero_background": bool(typed.zero_background), "zero_margin": int(typed.zero_margin)}
+        typed = OmegaConf.merge(OmegaConf.structured(schema), values)
+    except OmegaConfBaseException as e:       # an unknown key, a string where a number belongs
+        raise ConfigError(f"{source}: '{key}' does not match protocell's {key.split('.')[-1]} schema: "
+                          f"{str(e).splitlines()[0]}; retrain to get a config train.py wrote") from None
+    validate_node(typed, schema, f"{key}.", source)
+    return typed
 
 
 # ----------------------------------------------------------------------------- data
