@@ -75,9 +75,10 @@ def plates_read_differently(wells: pd.DataFrame, ctrl: pd.DataFrame, own, alpha:
     from scipy.stats import mannwhitneyu
 
     ref = ctrl[(ctrl["role"] == "reference") & ctrl["untrained_fraction"].notna()]
-    base = ref.loc[ref["plate"].astype(str).isin({str(p) for p in own}), "untrained_fraction"].to_numpy()
+    on_own = ref["plate"].astype(str).isin({str(p) for p in own})
+    base = ref.loc[on_own, "untrained_fraction"].to_numpy()
     rows = []
-    for plate, g in ref[~ref["plate"].astype(str).isin({str(p) for p in own})].groupby("plate", sort=True):
+    for plate, g in ref[~on_own].groupby("plate", sort=True):
         v = g["untrained_fraction"].to_numpy()
         if len(v) < 2 or len(base) < 2:
             continue

@@ -48,7 +48,7 @@ def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, models: di
     score = result["score"].astype(np.float64)      # float64 in the table: cells.csv reproduces p_affected exactly
     lr = reference_lr(score, models["fraction"])
     if is_mixture(models["call"]):        # one model: each cell's posterior at its well's fraction
-        p, _ = cell_posteriors(lr, (rows["plate"].astype(str) + "/" + rows["well"].astype(str)).to_numpy())
+        p, _ = cell_posteriors(lr, well_key(rows).to_numpy())
     else:
         p = noisy_label_apply(score, models["call"])
     base = rows[["cell_id", "image_id", "plate", "well", "field", "condition"]].reset_index(drop=True)
