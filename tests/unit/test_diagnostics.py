@@ -161,7 +161,7 @@ def imaged_apart(tmp_path_factory):
         well_effects={"gain": 0.9, "align": 1.0}))
 
 
-def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_only(imaged_apart):
+def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_polarity(imaged_apart):
     from protocell.data.datamodule import CellDataModule
     from protocell.diagnostics import _Imaged, imaging_sensitivity
     from protocell.fraction import fit_reference
@@ -175,10 +175,50 @@ def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_only(image
     fit = fit_reference(s, np.r_[np.zeros(400, bool), np.ones(400, bool)])
     plain = _Imaged(dm, np.flatnonzero(dm.store.manifest["label"].to_numpy() >= 0))
     centre = float(np.median([NoiseReader.rough(x[None], m[None]).item() for x, m, _, _ in (plain[i] for i in range(60))]))
-    reads = imaging_sensitivity(NoiseReader(3.0, centre), dm, held, fit, ["Ref", "Exp"], max_cells=80)
-    # the reference wells (less light) are the noisier: the noise reader calls them exposed-like, and the exposed
-    # cells given more noise move toward them
-    assert reads["noise_added"]["Ref"][0] > reads["noise_added"]["Exp"][0]
-    assert reads["fires"] and reads["shifts"]["Exp/noise"]["toward_other"] > 0.10, reads["why"]
+    # the Ref wells had less light: their cells are the noisier after per-cell normalisation
+    # a network that calls clean cells affected: the (noisy) reference cells made cleaner look affected
+    clean = imaging_sensitivity(NoiseReader(-3.0, centre), dm, held, fit, ["Ref", "Exp"], max_cells=80)
+    assert clean["noise_sd"]["Ref"][0] > clean["noise_sd"]["Exp"][0]
+    assert clean["fires"] and clean["value"] == clean["shifts"]["Ref/less_noise"]["change"] > 0.10, clean["why"]
+    assert "pixel noise halved" in clean["why"]
+    # a network that calls noisy cells affected, with the clean (Exp-labelled) wells as its reference:
+    # those cells given more noise look affected
+    noisy = imaging_sensitivity(NoiseReader(3.0, centre), dm, held, fit, ["Exp", "Ref"], max_cells=80)
+    assert noisy["fires"] and noisy["value"] == noisy["shifts"]["Exp/more_noise"]["change"] > 0.10, noisy["why"]
+    # a network that reads the cells' intensity only: no imaging change moves the reference
     ignores = imaging_sensitivity(NoiseReader(0.0, centre), dm, held, fit, ["Ref", "Exp"], max_cells=80)
     assert not ignores["fires"] and abs(ignores["value"]) < 0.05, ignores["why"]
+    assert set(ignores["shifts"]) == {f"{c}/{k}" for c in ("Ref", "Exp")
+                                      for k in ("more_noise", "less_noise", "softer_focus", "sharper_focus")}
+
+
+def test_the_imaging_changes_are_mirrors_of_each_other():
+    """``sharper`` undoes the blur ``_Imaged`` adds (to float precision inside the crop); ``less_noise``
+    lowers the noise ``imaging_stats`` reads toward 1/√2 of itself and brings the image closer to its
+    noise-free signal, not further."""
+    import torch
+    from scipy import ndimage as ndi
+    from torchvision.transforms.functional import gaussian_blur
+
+    from protocell.diagnostics import FOCUS, imaging_stats, less_noise, sharper
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    mask = ((yy - 32) ** 2 + (xx - 32) ** 2 < 26 ** 2).astype(np.uint8)
+    smooth = 0.5 + 0.2 * np.sin(yy / 6.0) * np.cos(xx / 7.0)
+    puncta = smooth.copy()
+    puncta[rng.integers(8, 56, 40), rng.integers(8, 56, 40)] += 2
+    puncta = ndi.gaussian_filter(puncta, 0.8)
+    x = torch.tensor(puncta[None], dtype=torch.float32)
+    blurred = gaussian_blur(x, [5, 5], [FOCUS, FOCUS])
+    assert float((blurred - x).abs().max()) > 0.01
+    assert float((sharper(blurred, FOCUS) - x)[0, 4:-4, 4:-4].abs().max()) < 1e-4
+    assert imaging_stats(sharper(x, FOCUS).numpy(), mask)[0, 1] > imaging_stats(x.numpy(), mask)[0, 1]
+    for signal in (smooth, puncta):
+        for sd in (0.01, 0.03):
+            noisy = torch.tensor((signal + rng.normal(0, sd, signal.shape))[None], dtype=torch.float32)
+            before = imaging_stats(noisy.numpy(), mask)[0, 0]
+            quiet = less_noise(noisy, [before])
+            assert 0.65 < imaging_stats(quiet.numpy(), mask)[0, 0] / before < 0.85
+            inside = mask > 0
+            assert np.abs(quiet[0].numpy() - signal)[inside].mean() < np.abs(noisy[0].numpy() - signal)[inside].mean()
