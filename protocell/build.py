@@ -162,18 +162,18 @@ def build_module(cfg, dm):
     """The ProtoPNetModule for ``cfg`` on ``dm``'s channels and classes."""
     from protocell.model.module import ProtoPNetModule
 
-    perf = cfg.get("performance") or {}
-    channels_last = bool(cfg.trainer.get("channels_last", False))    # a protocell key in the trainer group
+    perf = cfg.performance
+    channels_last = bool(cfg.trainer.channels_last)    # a protocell key in the trainer group
     module = ProtoPNetModule(net_spec(cfg, dm.in_channels), class_names=list(dm.class_names),
                              last_layer=cfg.last_layer.mode, lr=_plain(cfg.optim.lr),
                              weight_decay=float(cfg.optim.weight_decay), channels_last=channels_last,
-                             bag_size=int(dm.bag_size), head=cfg.get("head", "protopnet"),
+                             bag_size=int(dm.bag_size), head=cfg.head,
                              ramp_epochs=int(cfg.schedule.loss_ramp_epochs), **_plain(cfg.loss))
     if channels_last:
         module.to(memory_format=torch.channels_last)
-    if perf.get("compile"):
+    if perf.compile:
         # the backbone is where the time goes; the prototype head is small and shape-dynamic
-        module.net.features = torch.compile(module.net.features, backend=perf.get("compile_backend", "inductor"))
+        module.net.features = torch.compile(module.net.features, backend=perf.compile_backend)
     return module
 
 

@@ -30,6 +30,7 @@ PRETRAIN_KEEP = ("best", "last")
 SEPARATIONS = ("reference", "all")
 INIT_METHODS = ("evidence", "kmeans", "random")
 HEADS = ("protopnet", "baseline")
+LR_GROUPS = ("features", "add_on", "prototypes", "last_layer", "pretrain")   # optim.lr: a rate for each
 
 
 def rule(check, need: str, default=MISSING, **kw):
@@ -199,7 +200,8 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: Dict[str, float] = rule(lambda v: all(x >= 0 for x in v.values()), "every rate ≥ 0 (0 freezes the group)",
+    lr: Dict[str, float] = rule(lambda v: set(LR_GROUPS) <= set(v) and all(x >= 0 for x in v.values()),
+                                f"a rate ≥ 0 for each of {LR_GROUPS} (0 freezes the group)",
                                 default_factory=lambda: {"features": 1e-4, "add_on": 1e-3, "prototypes": 1e-3,
                                                          "last_layer": 1e-2, "pretrain": 1e-3})
     weight_decay: float = rule(lambda v: v >= 0, "≥ 0", 1e-3)

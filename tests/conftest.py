@@ -32,7 +32,15 @@ TINY_SPEC = {"backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
              "head": {"prototypes_per_class": 3, "prototype_dim": 16, "use_mask": True}, "in_channels": 2}
 
 
-def tiny_module(seed: int = 0, per_class: int = 3, dim: int = 16, **kw):
+# the unit tests' module settings (chosen for tiny, fast networks; train.py's come from conf/): ``lr`` given to
+# ``tiny_module`` is merged into TINY_LR
+TINY_LR = {"features": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-3, "pretrain": 1e-3}
+TINY_SETTINGS = {"last_layer": "trained", "weight_decay": 1e-3, "clst": 0.8, "sep": 0.08, "l1": 1e-4, "div": 0.0,
+                 "ref_sim": 0.0, "ramp_epochs": 0, "bag_size": 1, "separation": "all", "head": "protopnet",
+                 "channels_last": False}
+
+
+def tiny_module(seed: int = 0, per_class: int = 3, dim: int = 16, lr: dict | None = None, **kw):
     """A ProtoPNetModule on the narrow VGG-11 (RF 46 px), built as train.py builds it."""
     import torch
 
@@ -40,7 +48,7 @@ def tiny_module(seed: int = 0, per_class: int = 3, dim: int = 16, **kw):
 
     torch.manual_seed(seed)
     spec = {**TINY_SPEC, "head": {**TINY_SPEC["head"], "prototypes_per_class": per_class, "prototype_dim": dim}}
-    return ProtoPNetModule(spec, class_names=["Ref", "Exp"], **kw)
+    return ProtoPNetModule(spec, class_names=["Ref", "Exp"], lr={**TINY_LR, **(lr or {})}, **{**TINY_SETTINGS, **kw})
 
 
 @pytest.fixture()

@@ -74,11 +74,17 @@ def timed_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
 
 
 def _module(backbone: str, crop: int, width: float = 0.125, max_rf=46):
+    from dataclasses import asdict
+
+    from protocell.config import LastLayerConfig, LossConfig, OptimConfig, ScheduleConfig, TrainConfig
     from protocell.model.module import ProtoPNetModule
 
     spec = {"backbone": {"name": backbone, "width": width, "max_rf": max_rf},
             "head": {"prototypes_per_class": 10, "prototype_dim": 64}, "in_channels": 2}
-    return ProtoPNetModule(spec, class_names=["Ref", "Exp"])
+    optim = OptimConfig()       # the default run's settings (bags of one cell: the step measured per cell)
+    return ProtoPNetModule(spec, class_names=["Ref", "Exp"], last_layer=LastLayerConfig().mode, lr=optim.lr,
+                           weight_decay=optim.weight_decay, ramp_epochs=ScheduleConfig().loss_ramp_epochs, bag_size=1,
+                           head=TrainConfig.head, channels_last=False, **asdict(LossConfig()))
 
 
 def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -> dict:

@@ -19,7 +19,7 @@ def prepare_store(c: dict):
     from protocell.prepare.crops_import import import_from_config
     from protocell.prepare.pipeline import prepare
 
-    mode = c.get("mode", "plates")
+    mode = c.mode
     check(mode in ("plates", "crops"), "mode", mode, "plates (raw fields) or crops (a folder of pre-cut crops)")
     return import_from_config(c) if mode == "crops" else prepare(c)
 
@@ -37,7 +37,7 @@ def next_step(out) -> str:
 
 def run(cfg: DictConfig):
     out = run_cli("prepare", lambda c: prepare_store(OmegaConf.to_container(c, resolve=True)), cfg)
-    if isinstance(cfg.get("shard", "all"), int):     # one share of a sharded prepare: no store yet
+    if isinstance(cfg.shard, int):     # one share of a sharded prepare: no store yet
         print(f"share {cfg.shard} of {cfg.shards} prepared into {out}\nwhen every share is done, write the store: the "
               "same command with shard=merge")
     else:

@@ -16,9 +16,9 @@ def run(cfg: DictConfig):
     return run_cli("score", lambda c: score_run(
         c.run, store=_stores(c.data.get("path")), out=c.get("out"), n_boot=c.bootstrap, nearest=c.nearest,
         top=c.top_prototypes, min_cells=c.min_cells, batch_size=c.data.get("batch_size"),
-        num_workers=int(c.data.get("num_workers", 0)), progress=bool(c.progress), log_wandb=bool(c.wandb),
+        num_workers=int(c.data.num_workers), progress=bool(c.progress), log_wandb=bool(c.wandb),
         seed=int(c.seed), fdr=c.fdr, bscore=c.bscore,
-        shards=c.get("shards", 1), shard=c.get("shard", "all")), cfg)
+        shards=c.shards, shard=c.shard), cfg)
 
 
 def _stores(path):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from protocell.config import SPLIT_BY
+from protocell.config import NORMALIZE, SPLIT_BY
 from protocell.data.dataset import CellDataset, EpochSampler, Photometric
 from protocell.data.normalization import auto_normalization
 from protocell.data.split import assign, n_out
@@ -106,8 +106,8 @@ def split_rows(manifest, test_fraction: float, val_fraction: float, seed: int,
     """``split_by_image``'s labels and what it did: {"val_unit": {condition: "well" | "image"},
     "wells": {split: {condition: n}}}."""
     rng = np.random.default_rng(seed)
-    if unit not in ("image", "well", "plate"):
-        raise ConfigError.invalid("data.split_by", unit, "'image', 'well' or 'plate'")
+    if unit not in SPLIT_BY[1:]:
+        raise ConfigError.invalid("data.split_by", unit, f"one of {SPLIT_BY[1:]}")
     given = manifest["split"].astype(str).to_numpy()
     originals = manifest["aug_of"].to_numpy() < 0
     image_of = manifest["image_id"].astype(str).to_numpy()
@@ -240,8 +240,8 @@ class CellDataModule(L.LightningDataModule):
         self.zero_margin = int(zero_margin)
         self.augment = augment
         self.photometric = Photometric(**(photometric or {}))
-        if normalize not in ("auto", "dataset", "cell", "none"):
-            raise ConfigError.invalid("data.normalize", normalize, "'auto', 'dataset', 'cell' or 'none'")
+        if normalize not in NORMALIZE:
+            raise ConfigError.invalid("data.normalize", normalize, f"one of {NORMALIZE}")
         self.normalize = normalize
         self.normalize_why = f"data.normalize={normalize} (set in the config)"
         self.test_fraction, self.val_fraction = test_fraction, val_fraction

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-INIT_METHODS = ("evidence", "kmeans", "random")
+from protocell.config import INIT_METHODS
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:

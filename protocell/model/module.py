@@ -24,21 +24,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from protocell.config import HEADS, LAST_LAYER_MODES, LR_GROUPS, SEPARATIONS
 from protocell.model.losses import mil_loss, protopnet_loss
 from protocell.model.protopnet import build_protopnet
 
 PHASE_INDEX = {"pretrain": 0, "warm": 1, "joint": 2, "last_layer": 3}
-LAST_LAYER_MODES = ("trained", "frozen")
-SEPARATIONS = ("reference", "all")
-HEADS = ("protopnet", "baseline")
 
 
 class ProtoPNetModule(L.LightningModule):
-    def __init__(self, net_spec: dict, class_names: list[str], last_layer: str = "trained",
-                 lr: dict | None = None, weight_decay: float = 1e-3, clst: float = 0.8, sep: float = 0.08,
-                 l1: float = 1e-4, div: float = 0.0, ref_sim: float = 0.0, ramp_epochs: int = 0, bag_size: int = 1,
-                 separation: str = "all", head: str = "protopnet", channels_last: bool = False):
+    def __init__(self, net_spec: dict, class_names: list[str], *, last_layer: str, lr: dict, weight_decay: float,
+                 clst: float, sep: float, l1: float, div: float, ref_sim: float, ramp_epochs: int, bag_size: int,
+                 separation: str, head: str, channels_last: bool):
+        """Every setting is given: the values live in conf/ and ``protocell.config`` (``build.build_module``
+        passes them; a checkpoint carries its own), never in this signature."""
         super().__init__()
+        missing = [g for g in LR_GROUPS if g not in lr]
+        if missing:
+            raise ValueError(f"optim.lr has no rate for {missing}: give every group of {LR_GROUPS}")
         if last_layer not in LAST_LAYER_MODES:
             raise ValueError(f"last_layer must be one of {LAST_LAYER_MODES}, got '{last_layer}'")
         self.save_hyperparameters()
@@ -46,9 +48,7 @@ class ProtoPNetModule(L.LightningModule):
         self.class_names = list(class_names)
         self.last_layer_mode = last_layer
         # initial rates; the phase callback sets every group's rate at the start of every epoch
-        self.lr = {"features": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-3, **(lr or {})}
-        self.lr.setdefault("pretrain", self.lr["features"])
-        self.lr["probe"] = self.lr["pretrain"]
+        self.lr = {**lr, "probe": lr["pretrain"]}
         self.weight_decay = weight_decay
         self.coef = {"clst": clst, "sep": sep, "l1": l1, "div": div, "ref_sim": ref_sim}
         if bag_size > 1 and len(class_names) != 2:

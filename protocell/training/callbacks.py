@@ -27,7 +27,6 @@ from protocell.training.push import broadcast_buffers, broadcast_tensor, push_pr
 from protocell.training.schedule import Phase
 
 log = logging.getLogger("protocell.train")
-PRETRAIN_KEEP = ("best", "last")
 
 
 def apply_phase(module, phase: Phase, optimizer: torch.optim.Optimizer | None = None) -> None:

@@ -45,10 +45,9 @@ log = logging.getLogger("protocell.train")
 
 
 def callbacks_for(cfg, schedule, folder: RunFolder, meta: dict, truth: bool) -> list:
-    keep = [KeepBestPretrain(schedule)] if cfg.schedule.get("pretrain_keep", "best") == "best" else []
-    protos = cfg.get("prototypes") or {}
-    return keep + [InitPrototypes(schedule, protos.get("init", "random")), PhaseCallback(schedule),
-                   PushCallback(schedule, folder.root, meta, unique=bool(protos.get("push_unique", False))),
+    keep = [KeepBestPretrain(schedule)] if cfg.schedule.pretrain_keep == "best" else []
+    return keep + [InitPrototypes(schedule, cfg.prototypes.init), PhaseCallback(schedule),
+                   PushCallback(schedule, folder.root, meta, unique=bool(cfg.prototypes.push_unique)),
                    *([GroundTruthMonitor()] if truth else []),
                    EpochCheckpoint(folder.checkpoint, len(schedule))]
 
@@ -94,11 +93,11 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
     data_report = data_checks(dm)
     module = build_module(cfg, dm)
     data_report["locality"] = locality(module.net.rf, dm.crop_size)
-    if not data_report["locality"]["local"] and cfg.get("head", "protopnet") == "protopnet":
+    if not data_report["locality"]["local"] and cfg.head == "protopnet":
         log.warning("%s", data_report["locality"]["warning"])
         data_report["warnings"].append(data_report["locality"]["warning"])
     schedule = schedule_from_config(cfg)
-    if cfg.get("head", "protopnet") == "baseline":     # the black box: the pretrain phase is the whole run
+    if cfg.head == "baseline":     # the black box: the pretrain phase is the whole run
         schedule = [p for p in schedule if p.name == "pretrain"]
         if not schedule:
             raise ConfigError("head=baseline trains the backbone with its mean-pooled linear head in the pretrain "
@@ -109,7 +108,7 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
     logger = build_logger(cfg, folder.root)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("channels_last", None)
-    trainer_cfg["enable_progress_bar"] = progress_bar(trainer_cfg.get("enable_progress_bar", True))
+    trainer_cfg["enable_progress_bar"] = progress_bar(trainer_cfg["enable_progress_bar"])
     history = ValAccuracyHistory()
     plugins = [AtomicCheckpointIO(last=folder.checkpoint), *cluster_plugins(trainer_cfg)]
     trainer = instantiate(trainer_cfg, max_epochs=len(schedule),
@@ -146,14 +145,14 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
                         "backbone": cfg.backbone.name, "mask": OmegaConf.to_container(cfg.mask),
                         "last_layer": cfg.last_layer.mode, "seed": cfg.seed})
         metrics.update(data_report)
-        metrics.update(status_of(metrics, trainer, module, dm, history, len(schedule), cfg.get("head", "protopnet")))
+        metrics.update(status_of(metrics, trainer, module, dm, history, len(schedule), cfg.head))
         atomic_write_json(folder.metrics, metrics)
         if folder.metrics_csv.exists():
             plot_training_curves(folder.metrics_csv, folder.curves)
         log.info("test: %s", {k: v for k, v in metrics.items() if ("accuracy" in k or "auroc" in k) and isinstance(v, (int, float))})
-        if cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet" and int(module.net.pushes) == 0:
+        if cfg.get("explain") and cfg.head == "protopnet" and int(module.net.pushes) == 0:
             log.warning("explain skipped: the prototypes were never pushed (metrics.json status %s)", metrics["status"])
-        elif explain is not None and cfg.get("explain") and cfg.get("head", "protopnet") == "protopnet":
+        elif explain is not None and cfg.get("explain") and cfg.head == "protopnet":
             explain(folder.root)
         if is_wandb(logger):
             log_media(logger.experiment, folder.root, keys=("explain/",))

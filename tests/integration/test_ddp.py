@@ -30,7 +30,9 @@ def _setup(store, seed=0):
     torch.manual_seed(seed)
     spec = {"backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
             "head": {"prototypes_per_class": 3, "prototype_dim": 16}, "in_channels": 2}
-    return dm, ProtoPNetModule(spec, ["Ref", "Exp"], lr={"features": 1e-3, "pretrain": 3e-3})
+    from conftest import TINY_LR, TINY_SETTINGS
+
+    return dm, ProtoPNetModule(spec, ["Ref", "Exp"], lr={**TINY_LR, "pretrain": 3e-3}, **TINY_SETTINGS)
 
 
 def _trainer(**kw):
