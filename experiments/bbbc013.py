@@ -65,7 +65,7 @@ def store_ratios(store, channels: list[str]) -> pd.DataFrame:
 
 
 def evaluate(run_dir: Path) -> dict:
-    from protocell.explain.source import load_run
+    from protocell.runs import load_run
     from protocell.stats import auroc
 
     run = load_run(run_dir)

@@ -1,4 +1,4 @@
-"""Reading a run folder for explain (and score), and saying where every cell came from.
+"""A finished run, loaded: what explain and score both read, and where every cell came from.
 
 ``load_run(run_dir)`` checks the run folder's contract (``protocell.artifacts``), refuses folders it
 cannot read with a message that names the file and the fix, and rebuilds what training saw: the
@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from protocell.artifacts import RunFolder, RunFolderError, positive_class, read_prototypes
 from protocell.build import build_datamodule, load_module, synthetic_spec
 
-log = logging.getLogger("protocell.explain")
+log = logging.getLogger("protocell.runs")
 
 
 @dataclass

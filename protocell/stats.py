@@ -25,3 +25,18 @@ def auroc_se(a: float, n_pos: int, n_neg: int) -> float:
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
     return float(np.sqrt(max(var, 0.0)))
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """BH-adjusted p-values (q-values), monotone, capped at 1; NaN p-values stay NaN and do not count."""
+    p = np.asarray(p, np.float64)
+    out = np.full(len(p), np.nan)
+    known = np.flatnonzero(np.isfinite(p))
+    n = len(known)
+    if n == 0:
+        return out
+    order = known[np.argsort(p[known])]
+    ranked = p[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out[order] = np.minimum(q, 1.0)
+    return out

@@ -17,8 +17,8 @@ import torch
 
 from protocell.explain.boxes import percentile_box, rf_box, upsample
 from protocell.explain.render import BOX, Look, add_legend, draw_crop, draw_heat
-from protocell.explain.source import fmt_box
 from protocell.model.prototypes import log_similarity
+from protocell.runs import fmt_box
 
 log = logging.getLogger("protocell.explain")
 

@@ -16,8 +16,8 @@ import torch
 from protocell.explain.boxes import rf_box, upsample
 from protocell.explain.heatmap import draw_box
 from protocell.explain.render import Look, add_legend, draw_crop, draw_heat
-from protocell.explain.source import fmt_box
 from protocell.model.prototypes import log_similarity
+from protocell.runs import fmt_box
 
 
 def contributions(similarities: torch.Tensor, weights: torch.Tensor, cls: int) -> torch.Tensor:

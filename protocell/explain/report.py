@@ -15,50 +15,7 @@ import pandas as pd
 
 from protocell.explain.scores import fraction_lines
 from protocell.fsutil import atomic_write_text
-
-# the look of every protocell page (report.html, score.html)
-STYLE = """<style>body{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em;color:#222}
-figure{display:inline-block;margin:4px;vertical-align:top} figure.p{width:380px} figure.c{width:600px}
-figcaption{font-size:12px} img{max-width:100%} .flag{color:#b00}
-table.t,table.kv{border-collapse:collapse;font-size:12px} table td,table th{padding:2px 6px;border-bottom:1px solid #ddd;text-align:left}
-p.how{font-size:13px;color:#444;max-width:900px}
-.box{padding:8px 12px;margin:10px 0;border-radius:4px;font-size:14px;max-width:1100px} .box ul{margin:4px 0}
-.failed{background:#fde8e8;border:2px solid #c00;color:#900} .incomplete{background:#fff1e0;border:2px solid #e07000;color:#8a4500}
-.warning{background:#fff8dc;border:1px solid #d4a000} .note{background:#eef4fb;border:1px solid #9bb8d8}
-.sw{display:inline-block;width:11px;height:11px;margin:0 3px 0 8px;border:1px solid #888;vertical-align:middle}</style>"""
-
-
-def table_html(df: pd.DataFrame, digits: int = 3) -> str:
-    """A table; ``to_html`` escapes every cell."""
-    return df.to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0, classes="t", na_rep="")
-
-
-def fmt(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
-
-
-def _box(kind: str, title: str, lines: list[str]) -> str:
-    """A coloured notice: ``kind`` failed (red), incomplete (orange) or warning (amber)."""
-    items = "".join(f"<li>{html.escape(str(line))}</li>" for line in lines)
-    return f'<div class="box {kind}"><b>{html.escape(title)}</b><ul>{items}</ul></div>'
-
-
-def status_banner(metrics: dict) -> str:
-    """The run's status from metrics.json: nothing when ok, else a banner that cannot be missed."""
-    status = metrics.get("status")
-    out = ""
-    if status == "failed":
-        out += _box("failed", "This run FAILED: read nothing below as a result.", metrics.get("reasons", []))
-    elif status == "incomplete":
-        out += _box("incomplete", "This run is INCOMPLETE: it stopped before its schedule ended.",
-                    metrics.get("reasons", []))
-    elif status == "warning":
-        out += _box("failed", "This run's answer may be WRONG: a check without ground truth says the network reads "
-                              "the wells, not only the cells. The affected fractions below are unreliable.",
-                    metrics.get("reasons", []))
-    if metrics.get("warnings"):
-        out += _box("warning", "Warnings", metrics["warnings"])
-    return out
+from protocell.html import STYLE, box, img_html, kv_html, kv_table, status_banner, table_html
 
 
 def locality_banner(metrics: dict) -> str:
@@ -67,7 +24,7 @@ def locality_banner(metrics: dict) -> str:
     loc = metrics.get("locality") or {}
     if loc.get("local", True):
         return ""
-    return _box("failed", "These prototypes are whole cells, not parts of cells", [loc.get("warning", "")])
+    return box("failed", "These prototypes are whole cells, not parts of cells", [loc.get("warning", "")])
 
 
 def channel_legend(look) -> str:
@@ -76,16 +33,6 @@ def channel_legend(look) -> str:
         return ""
     return " ".join(f'<span class="sw" style="background:rgb({",".join(str(int(round(255 * v))) for v in col)})">'
                     f'</span>{html.escape(name)}' for name, col in look.legend())
-
-
-def img_html(src: str, alt: str, width: str = "") -> str:
-    style = f' style="max-width:{width}"' if width else ""
-    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{style}>'
-
-
-def kv_html(pairs: dict) -> str:
-    """Rows of a key–value table (``<table class="kv">``), keys and values escaped."""
-    return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{fmt(v)}</td></tr>" for k, v in pairs.items())
 
 
 def write_report(run, protos: list[dict], pop: pd.DataFrame, ranked: pd.DataFrame, em: dict, metrics: dict,
@@ -191,7 +138,7 @@ the prototype's own source patch.</p>
 nearest patch outside the cell), <b>impure</b> (fewer than half of its nearest patches from its own class).
 <a href="explain/prototype_health.csv">CSV</a>.</p>
 {table_html(health) if health is not None else ""}
-{_kv({k.replace("_", " "): v for k, v in em.items() if k in QUALITY})}
+{kv_table({k.replace("_", " "): v for k, v in em.items() if k in QUALITY})}
 {truth_section(run, em, frac)}
 </body></html>"""
     atomic_write_text(run.dir / "report.html", page)
@@ -199,11 +146,6 @@ nearest patch outside the cell), <b>impure</b> (fewer than half of its nearest p
 
 QUALITY = ("distinct_source_patches", "distinct_source_cells", "prototypes_with_tied_nearest",
            "background_prototype_share")
-
-
-def _kv(d: dict) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{fmt(v)}</td></tr>" for k, v in d.items())
-    return f'<table class="kv">{rows}</table>' if rows else ""
 
 
 def test_set_section(metrics: dict, class_names: list[str]) -> str:
@@ -220,7 +162,7 @@ def test_set_section(metrics: dict, class_names: list[str]) -> str:
     return (f'<h2>Test set</h2><p class="how">Accuracy on an unbalanced test set rewards calling every cell the larger '
             f'condition; balanced accuracy (the mean of the recalls) does not. "called" is the share of a well\'s '
             f'cells the cell call puts in {html.escape(class_names[-1])} (affected, when calibrated).</p>'
-            f'{_kv(kv)}{table_html(pd.DataFrame(comp).rename(columns={"called_fraction": "called"}))}')
+            f'{kv_table(kv)}{table_html(pd.DataFrame(comp).rename(columns={"called_fraction": "called"}))}')
 
 
 def confound_section(store: str) -> str:
@@ -240,16 +182,16 @@ def confound_section(store: str) -> str:
     table = pd.DataFrame(conf["table"])
     flagged = conf.get("flagged") or []
     ref, exp = html.escape(str(conf["reference"])), html.escape(str(conf["exposed"]))
-    box = (_box("failed", "Confound: the conditions differ in how they were imaged or segmented",
-                [f"{', '.join(flagged)} alone separate(s) {conf['exposed']} from {conf['reference']} over wells (strength > "
-                 f"{conf['flag_auroc']:.2f}): a network can read that instead of the biology, and the prototypes may "
-                 "show it. For the mask, segmentation=distance grows every nucleus by the same distance."])
-           if flagged else "")
+    notice = (box("failed", "Confound: the conditions differ in how they were imaged or segmented",
+                   [f"{', '.join(flagged)} alone separate(s) {conf['exposed']} from {conf['reference']} over wells (strength > "
+                    f"{conf['flag_auroc']:.2f}): a network can read that instead of the biology, and the prototypes may "
+                    "show it. For the mask, segmentation=distance grows every nucleus by the same distance."])
+              if flagged else "")
     return (f'<h2>Confound check (from prepare)</h2><p class="how">Each single feature\'s mean over the wells of '
             f'each condition and the AUROC with which it separates {exp} from {ref} <b>over wells</b> (strength = '
             f'max(AUROC, 1 − AUROC), 95 % CI from a bootstrap over wells). Cell count, mask area and shape and the '
             f'background describe the imaging or the segmentation, not the cells: they are flagged above '
-            f'{conf["flag_auroc"]:.2f}. Intensities are in prepare\'s per-image normalised units.</p>{box}'
+            f'{conf["flag_auroc"]:.2f}. Intensities are in prepare\'s per-image normalised units.</p>{notice}'
             f'{table_html(table)}')
 
 
@@ -268,4 +210,4 @@ def truth_section(run, em: dict, frac: dict) -> str:
     return (f'<h2>Ground-truth checks</h2><p class="how">This store knows every cell\'s truth (synthetic wells): '
             f'true-label accuracy and AUROC of the cell scores, localisation of the {exp} prototypes on the planted '
             f'change, the estimated vs the true affected fraction (<a href="explain/explain_metrics.json">JSON</a>).'
-            f'</p>{_kv(truth)}')
+            f'</p>{kv_table(truth)}')

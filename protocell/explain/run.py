@@ -42,11 +42,11 @@ from protocell.explain.options import report_options
 from protocell.explain.render import Look
 from protocell.explain.scores import plot_scores
 from protocell.explain.similarity import plot_population, population_means, rank_differences, replicate_unit, unit_ids
-from protocell.explain.source import Run, load_run
 from protocell.fsutil import atomic_write_json
 from protocell.metrics.localisation import background_share, texture_share
 from protocell.metrics.truth import true_label_metrics, well_cue
 from protocell.model.prototypes import log_similarity
+from protocell.runs import Run, load_run
 from protocell.tracking import log_to_saved_run
 
 __all__ = ["Run", "explain_run", "load_run", "nearest_patches", "cell_similarities"]

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
+from protocell.stats import benjamini_hochberg
+
 MIN_REPLICATES = 3
 UNITS = {"well": ("plate", "well"), "image": ("image_id",), "field": ("plate", "well", "field")}
 PLURAL = {"well": "wells", "image": "images", "field": "fields"}
@@ -99,21 +101,6 @@ def population_means(cells: pd.DataFrame, protos: list[str], ref: str, exp: str,
                         "difference": point[exp] - point[ref],
                         "diff_ci_low": _percentile_or_nan(diff, 2.5, both),
                         "diff_ci_high": _percentile_or_nan(diff, 97.5, both)})
-    return out
-
-
-def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """BH-adjusted p-values (q-values), monotone, capped at 1; NaN p-values stay NaN and do not count."""
-    p = np.asarray(p, np.float64)
-    out = np.full(len(p), np.nan)
-    known = np.flatnonzero(np.isfinite(p))
-    n = len(known)
-    if n == 0:
-        return out
-    order = known[np.argsort(p[known])]
-    ranked = p[order] * n / np.arange(1, n + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out[order] = np.minimum(q, 1.0)
     return out
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from protocell.explain.similarity import benjamini_hochberg
+from protocell.stats import benjamini_hochberg
 
 
 def welch(a, b) -> tuple[float, float]:

@@ -7,7 +7,7 @@ import html
 
 import pandas as pd
 
-from protocell.explain.report import STYLE, img_html, kv_html, status_banner, table_html
+from protocell.html import STYLE, img_html, kv_html, status_banner, table_html
 
 WELL_COLUMNS = ["plate", "well", "treatment", "role", "n_cells", "affected_fraction", "ci_low", "ci_high",
                 "mean_p_affected", "score_shift", "normalised_fraction", "percent_of_control", "robust_z", "b_score",

@@ -46,9 +46,9 @@ import pandas as pd
 from protocell.artifacts import RunFolder, positive_class
 from protocell.data.store import CropStore
 from protocell.errors import check
-from protocell.explain.source import Run, load_run
 from protocell.fraction import ASSUMPTION, ESTIMATOR
 from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock, folder_problem, output_errors
+from protocell.runs import Run, load_run
 from protocell.score import shares
 from protocell.score.dose import dose_response
 from protocell.score.export import METADATA, well_export, write_well_table

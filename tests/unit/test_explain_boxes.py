@@ -44,7 +44,7 @@ def test_report_helpers_escape_html_from_names_and_paths():
     """Condition, well and image names come from a user's plate map: the page shows them, never runs them."""
     import pandas as pd
 
-    from protocell.explain.report import fmt, img_html, table_html
+    from protocell.html import fmt, img_html, table_html
 
     hostile = '<script>alert("x")</script>'
     assert fmt(hostile) == "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"

@@ -2,12 +2,12 @@ import numpy as np
 import pandas as pd
 
 from protocell.explain.similarity import (
-    benjamini_hochberg,
     population_means,
     rank_differences,
     replicate_unit,
     unit_ids,
 )
+from protocell.stats import benjamini_hochberg
 
 
 def _cells(seed=0):

@@ -7,18 +7,18 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "protocell"
 # earlier → later; a module may import its own stage and earlier ones
 STAGES = [
-    {"errors", "fsutil", "config", "doses", "distributed", "stats", "artifacts", "tracking"},   # shared ground
+    {"errors", "fsutil", "config", "doses", "distributed", "stats", "artifacts", "tracking", "html"},   # shared ground
     {"data"},                                                  # the crop store, the built-in wells, the DataModule
     {"prepare"},                                               # raw plates → a store
     {"model"},                                                 # the network and its losses
     {"metrics", "calibration", "fraction", "evaluate", "diagnostics"},   # what a run's predictions mean
-    {"build"},                                                 # config → DataModule, network
+    {"build", "runs"},                                         # config → DataModule, network; a finished run loaded
     {"training"},                                              # Lightning, phases, the run folder
-    {"explain"},                                               # a finished run → figures and report.html
-    {"score"},                                                 # a finished run × a plate → score.html
-    {"cli", "bench"},                                          # entry points and measurements
+    {"explain", "score"},                                      # a finished run → report.html; × a plate → score.html
+    {"cli", "bench", "compare"},                               # entry points, measurements, tables of runs
 ]
 RANK = {name: i for i, stage in enumerate(STAGES) for name in stage}
+SIBLINGS = [{"explain", "score"}]      # parts of one stage that never import each other: what both need is earlier
 
 
 def _part(path: Path) -> str:
@@ -51,3 +51,16 @@ def test_no_stage_imports_a_later_one():
             if target in RANK and RANK[target] > RANK[part]:
                 back.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({part}) imports protocell.{target}")
     assert not back, "imports from a later stage:\n" + "\n".join(back)
+
+
+def test_siblings_do_not_import_each_other():
+    across = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        part = _part(path)
+        for group in SIBLINGS:
+            if part not in group:
+                continue
+            for line, target in _imported(ast.parse(path.read_text())):
+                if target in group and target != part:
+                    across.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({part}) imports protocell.{target}")
+    assert not across, "imports between sibling stages (move what both need to an earlier stage):\n" + "\n".join(across)
