@@ -23,9 +23,7 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).parent))
-from compare import run_factors  # noqa: E402
-
+from protocell.compare import run_factors  # noqa: E402
 from protocell.training.callbacks import KeepBestPretrain  # noqa: E402
 
 

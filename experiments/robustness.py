@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
-from compare import find_runs, run_row  # noqa: E402
+from protocell.compare import find_runs, run_row
 
 
 def refit_fraction(run: Path) -> dict:

@@ -1,17 +1,18 @@
-"""experiments/compare.py: run folders → one table, mean ± sd over seeds, explain columns optional."""
+"""protocell.compare (experiments/compare.py's library): run folders → one table, mean ± sd over seeds,
+explain columns optional."""
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+import protocell.compare as compare
+
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("compare", ROOT / "experiments" / "compare.py")
-compare = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare)
 
 
 def _run(root: Path, name: str, backbone: str, mask: str, last: str, seed: int, acc: float,
@@ -89,4 +90,6 @@ def test_no_finished_run_is_an_error_naming_the_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(compare.CompareError, match="no finished run.*empty"):
         compare.compare([tmp_path / "empty"])
-    assert compare.main([str(tmp_path / "missing")]) == 2
+    script = subprocess.run([sys.executable, str(ROOT / "experiments" / "compare.py"), str(tmp_path / "missing")],
+                            capture_output=True, text=True)
+    assert script.returncode == 2 and f"compare: {tmp_path / 'missing'} is not a folder" in script.stderr
