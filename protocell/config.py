@@ -30,6 +30,8 @@ PRETRAIN_KEEP = ("best", "last")
 SEPARATIONS = ("reference", "all")
 INIT_METHODS = ("evidence", "kmeans", "random")
 HEADS = ("protopnet", "baseline")
+HEATMAPS = ("contour", "panel")                       # report.heatmap
+REPLICATE_UNITS = ("auto", "well", "image", "field")   # report.unit
 LR_GROUPS = ("features", "add_on", "prototypes", "last_layer", "pretrain")   # optim.lr: a rate for each
 
 
@@ -87,16 +89,37 @@ class WellEffectsConfig:
 @dataclass
 class PlateConfig:
     """One plate of ``data.synthetic.plates`` (``protocell.data.synthetic.Plate``; ``plate=two_plates``)."""
-    name: str = "plate1"
-    gain: float = 1.0           # × every well's own gain
-    offset: float = 0.0         # uniform light, in units of the brightest actin structure
-    edge: float = 0.0           # the outer ring of wells at gain × (1 − edge)
+    name: str = rule(lambda v: bool(str(v)), "a non-empty name", "plate1")
+    gain: float = rule(lambda v: v > 0, "gain > 0 (× every well's own gain)", 1.0)
+    offset: float = rule(lambda v: v >= 0, "offset ≥ 0 (uniform light, in units of the brightest actin structure)",
+                         0.0)
+    edge: float = rule(lambda v: 0 <= v < 1, "edge in [0, 1) (the outer ring of wells at gain × (1 − edge))", 0.0)
     seed: Optional[int] = None  # None: data.synthetic.seed + the plate's position
+
+
+def broken_rule(schema, values) -> tuple[str, object, str] | None:
+    """The first field of ``values`` (a mapping, or a dataclass instance) that breaks its ``rule`` in
+    ``schema``: (key, value, need), or None. How a library dataclass checks itself against the schema
+    without writing its ranges a second time (``protocell.data.synthetic``)."""
+    get = values.get if hasattr(values, "get") else lambda k, d=None: getattr(values, k, d)
+    for f in fields(schema):
+        check = f.metadata.get("check")
+        value = get(f.name, f.default)
+        if check is not None and value is not MISSING and not check(value):
+            return f.name, value, f.metadata["need"]
+    return None
+
+
+def check_fields(values, schema, prefix: str) -> None:
+    """Raise ``ConfigError`` naming ``prefix.key`` for the first field that breaks its rule."""
+    broken = broken_rule(schema, values)
+    if broken is not None:
+        raise ConfigError.invalid(f"{prefix}.{broken[0]}", broken[1], broken[2])
 
 
 def _plates_ok(plates) -> bool:
     return plates is None or (len(plates) > 0 and len({p["name"] for p in plates}) == len(plates) and all(
-        p["name"] and p["gain"] > 0 and p["offset"] >= 0 and 0 <= p["edge"] < 1 for p in plates))
+        broken_rule(PlateConfig, p) is None for p in plates))
 
 
 @dataclass
@@ -217,13 +240,13 @@ class PerformanceConfig:
 @dataclass
 class ReportConfig:
     """How explain draws and tests (``protocell.explain.options``); explain.py reads them from the run."""
-    display: Dict[str, str] = field(default_factory=dict)
-    contrast: List[float] = rule(lambda v: len(v) == 2 and 0 <= v[0] < v[1] <= 100,
+    display: Dict[str, str] = rule(lambda v: hasattr(v, "items"), "a mapping channel → colour", default_factory=dict)
+    contrast: List[float] = rule(lambda v: len(v) == 2 and 0 <= float(v[0]) < float(v[1]) <= 100,
                                  "[low, high] percentiles with 0 ≤ low < high ≤ 100",
                                  default_factory=lambda: [0.5, 99.5])
-    heatmap: str = rule(_one_of(("contour", "panel")), "one of ('contour', 'panel')", "contour")
+    heatmap: str = rule(_one_of(HEATMAPS), f"one of {HEATMAPS}", "contour")
     channel_panels: bool = False
-    unit: str = rule(_one_of(("auto", "well", "image", "field")), "one of ('auto', 'well', 'image', 'field')", "auto")
+    unit: str = rule(_one_of(REPLICATE_UNITS), f"one of {REPLICATE_UNITS}", "auto")
 
 
 @dataclass

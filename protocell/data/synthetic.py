@@ -63,6 +63,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from protocell.config import DoseSeriesConfig, PlateConfig, WellEffectsConfig, check_fields
 from protocell.data.store import CropStoreWriter, atomic_write_text
 
 CHANNELS = ["actin", "nuclei"]
@@ -72,24 +73,13 @@ STRESS_WELLS = (("gain x0.5", {"gain": 0.5}), ("gain x2", {"gain": 2.0}), ("dens
 
 
 @dataclass
-class DoseSeries:
-    """A compound at ``doses`` × ``replicates`` wells; affected fraction a 4-parameter logistic of dose."""
-
-    compound: str = "C1"
-    doses: list = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
-    replicates: int = 3
-    ec50: float = 0.5
-    hill: float = 1.0
-    bottom: float = 0.05               # the reference wells' fraction: no effect at low dose
-    top: float = 0.7
-    stress: bool = False               # add STRESS_WELLS
+class DoseSeries(DoseSeriesConfig):
+    """A compound at ``doses`` × ``replicates`` wells; affected fraction a 4-parameter logistic of dose
+    (fields, defaults and ranges: ``protocell.config.DoseSeriesConfig``; ``stress`` adds STRESS_WELLS)."""
 
     def __post_init__(self):
         self.doses = [float(d) for d in self.doses]
-        if not self.doses or min(self.doses) < 0 or int(self.replicates) < 1 or self.ec50 <= 0 or self.hill <= 0:
-            raise ValueError(f"dose_series needs doses ≥ 0 (0: vehicle), replicates ≥ 1, ec50 > 0 and hill > 0, got {self}")
-        if not (0 <= self.bottom <= 1 and 0 <= self.top <= 1):
-            raise ValueError(f"dose_series.bottom and .top are fractions in [0, 1], got {self.bottom}, {self.top}")
+        check_fields(self, DoseSeriesConfig, "data.synthetic.dose_series")
 
     def fraction(self, dose: float) -> float:
         if dose == 0:                  # vehicle
@@ -98,35 +88,25 @@ class DoseSeries:
 
 
 @dataclass
-class WellEffects:
-    """How each well's imaging differs (module doc, "Well effects"); the defaults are the plain plate's."""
-
-    gain: float = 0.2                  # gain = 1 + gain·u
-    blur: float = 0.0                  # optics σ = 0.8·(1 + blur·u′) px
-    noise: float = 0.0                 # read noise = read_noise·(1 + noise·u″)
-    align: float = 0.0                 # P(a well's u, u′, u″ take its condition's sign): 0 independent, 1 aligned
+class WellEffects(WellEffectsConfig):
+    """How each well's imaging differs (module doc, "Well effects"): gain = 1 + gain·u, optics σ =
+    0.8·(1 + blur·u′) px, read noise = read_noise·(1 + noise·u″), ``align`` the probability that a well's
+    u, u′, u″ take its condition's sign. Fields, defaults (the plain plate's) and ranges:
+    ``protocell.config.WellEffectsConfig``."""
 
     def __post_init__(self):
         for key in ("gain", "blur", "noise", "align"):
-            value = float(getattr(self, key))
-            if not 0 <= value <= (1 if key != "gain" else 0.9):
-                raise ValueError(f"well_effects.{key} must be in [0, {1 if key != 'gain' else 0.9}], got {value}")
-            setattr(self, key, value)
+            setattr(self, key, float(getattr(self, key)))
+        check_fields(self, WellEffectsConfig, "data.synthetic.well_effects")
 
 
 @dataclass
-class Plate:
-    """One plate of ``WellSpec.plates``: its name and imaging effect (module doc)."""
-
-    name: str = "plate1"
-    gain: float = 1.0
-    offset: float = 0.0
-    edge: float = 0.0                  # the outer ring of wells at gain × (1 − edge)
-    seed: int | None = None            # its random stream; None: the spec's seed + the plate's position
+class Plate(PlateConfig):
+    """One plate of ``WellSpec.plates``: its name and imaging effect (module doc); fields, defaults and
+    ranges: ``protocell.config.PlateConfig``."""
 
     def __post_init__(self):
-        if not str(self.name) or self.gain <= 0 or self.offset < 0 or not 0 <= self.edge < 1:
-            raise ValueError(f"a plate needs a name, gain > 0, offset ≥ 0 and edge in [0, 1), got {self}")
+        check_fields(self, PlateConfig, "data.synthetic.plates[]")
 
 
 @dataclass

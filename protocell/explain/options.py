@@ -18,32 +18,22 @@ call (conf/explain.yaml lists them as null: "as the run says").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from omegaconf import OmegaConf
 
-from protocell.errors import ConfigError, check
-
-HEATMAPS = ("contour", "panel")
-UNIT_CHOICES = ("auto", "well", "image", "field")
+from protocell.config import ReportConfig, check_fields
+from protocell.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class ReportOptions:
-    display: dict = field(default_factory=dict)
-    contrast: tuple = (0.5, 99.5)
-    heatmap: str = "contour"
-    channel_panels: bool = False
-    unit: str = "auto"
-
-    def __post_init__(self):
-        check(isinstance(self.display, dict), "report.display", self.display, "a mapping channel → colour")
-        lo_hi = tuple(float(v) for v in self.contrast)
-        check(len(lo_hi) == 2 and 0 <= lo_hi[0] < lo_hi[1] <= 100, "report.contrast", list(self.contrast),
-              "[low, high] percentiles with 0 ≤ low < high ≤ 100")
-        object.__setattr__(self, "contrast", lo_hi)
-        check(self.heatmap in HEATMAPS, "report.heatmap", self.heatmap, f"one of {HEATMAPS}")
-        check(self.unit in UNIT_CHOICES, "report.unit", self.unit, f"one of {UNIT_CHOICES}")
+    """The checked settings explain draws with (values, defaults and ranges: ``protocell.config.ReportConfig``)."""
+    display: dict
+    contrast: tuple
+    heatmap: str
+    channel_panels: bool
+    unit: str
 
 
 def _plain(node) -> dict:
@@ -58,11 +48,18 @@ def _plain(node) -> dict:
 
 def report_options(run_report=None, override=None) -> ReportOptions:
     """The run's ``report:`` settings with ``override``'s non-null keys on top, over the defaults."""
-    known = {f.name for f in fields(ReportOptions)}
-    merged = {}
+    known = {f.name for f in fields(ReportConfig)}
+    merged = asdict(ReportConfig())
     for source in (_plain(run_report), _plain(override)):
         unknown = sorted(set(source) - known)
         if unknown:
             raise ConfigError(f"config value report.{unknown[0]} is unknown: report settings are {sorted(known)}")
         merged.update({k: v for k, v in source.items() if v is not None})
-    return ReportOptions(**merged)
+    try:
+        check_fields(merged, ReportConfig, "report")
+    except (TypeError, ValueError) as e:          # a contrast that is no pair of numbers
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError.invalid("report.contrast", merged["contrast"], "[low, high] percentiles") from None
+    return ReportOptions(display=dict(merged["display"]), contrast=tuple(float(v) for v in merged["contrast"]),
+                         heatmap=merged["heatmap"], channel_panels=bool(merged["channel_panels"]), unit=merged["unit"])
