@@ -19,7 +19,7 @@ def prepare_store(c: dict):
     from protocell.prepare.crops_import import import_from_config
     from protocell.prepare.pipeline import prepare
 
-    mode = c.mode
+    mode = c["mode"]
     check(mode in ("plates", "crops"), "mode", mode, "plates (raw fields) or crops (a folder of pre-cut crops)")
     return import_from_config(c) if mode == "crops" else prepare(c)
 

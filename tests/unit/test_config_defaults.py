@@ -50,3 +50,45 @@ def test_the_built_in_plates_defaults_are_the_data_groups():
     plate = OmegaConf.to_container(_composed().data.synthetic, resolve=True)
     default = OmegaConf.to_container(OmegaConf.structured(SyntheticConfig))
     assert plate == default
+
+
+def _flat(d: dict, prefix: str = ""):
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _own_keys(group: str, name: str) -> dict:
+    """The keys a group file sets itself and through the files of its own group it lists in
+    ``defaults`` (``- paper_common``), the later winning; ``override /…`` entries are other groups'."""
+    import yaml
+
+    text = yaml.safe_load((CONF / group / f"{name}.yaml").read_text()) or {}
+    keys: dict = {}
+    for entry in text.pop("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            keys.update(_own_keys(group, entry))
+    keys.update(dict(_flat(text)))
+    return keys
+
+
+def test_every_experiments_and_objectives_keys_reach_the_composed_config():
+    """A key an experiment (or objective) file sets must be the composed value: with ``_self_`` after the
+    experiment in conf/train.yaml's defaults, train.yaml's own keys silently won over the experiment's
+    (experiment=paper_* trained with protocell's loss, prototype initialisation and rates, not ProtoPNet's)."""
+    register()
+    checked = 0
+    for group in ("experiment", "objective"):
+        for path in sorted((CONF / group).glob("*.yaml")):
+            if path.stem.endswith("_common"):
+                continue                               # included by the experiments, not chosen alone
+            with initialize_config_dir(config_dir=str(CONF), version_base=None):
+                cfg = compose(config_name="train", overrides=[f"{group}={path.stem}"])
+            for key, value in _own_keys(group, path.stem).items():
+                got = OmegaConf.select(cfg, key)
+                got = OmegaConf.to_container(got, resolve=True) if OmegaConf.is_config(got) else got
+                assert got == value, f"{group}={path.stem}: {key} is {got!r} in the composed config, the file says {value!r}"
+                checked += 1
+    assert checked > 50
