@@ -5,7 +5,7 @@
     python -m protocell.bench.scale --data /fast/disk     # where the raw plate is written (default
                                                           # outputs/bench/scale_data)
 
-The plate: the project's own synthetic field generator (``protocell.data.synthetic.render_field``:
+The plate: the project's own synthetic field generator (``protocell.data.synthetic_render.render_field``:
 irregular cells with nuclei, cortical actin, fibres and puncta, per-well gain, optics blur, Poisson and
 read noise) at ``--size``² pixels, a third channel (``mito``: the actin smoothed, its own noise), uint16
 TIFFs, written once (kept under ``--data`` for the next run; the crop stores are removed after use).
@@ -77,7 +77,8 @@ def _write_field(job: tuple) -> None:
     import tifffile
     from scipy import ndimage as ndi
 
-    from protocell.data.synthetic import DoseSeries, WellSpec, render_field
+    from protocell.data.synthetic import DoseSeries, WellSpec
+    from protocell.data.synthetic_render import render_field
 
     path, size, seed, well_index, field, cond, dose = job
     spec = WellSpec(field_size=size, cells_per_field=int(600 * (size / 1080) ** 2), cell_radius=(13.0, 18.0))

@@ -302,7 +302,7 @@ def test_a_non_numeric_dose_is_refused_naming_the_well_and_an_empty_well_is_repo
 
 
 def test_an_interrupted_score_leaves_the_previous_results_whole(scored, tmp_path, monkeypatch):
-    import protocell.score.run as score_run_module
+    import protocell.score.write as score_write
 
     run, _ = scored
     copy = tmp_path / "run"
@@ -313,7 +313,7 @@ def test_an_interrupted_score_leaves_the_previous_results_whole(scored, tmp_path
     def broken(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(score_run_module, "plot_enrichment", broken)
+    monkeypatch.setattr(score_write, "plot_enrichment", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         _score(copy)
     assert {p.name: p.read_bytes() for p in (copy / "score").iterdir()} == before

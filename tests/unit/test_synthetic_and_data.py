@@ -5,7 +5,8 @@ import tifffile
 from protocell.data.datamodule import CellDataModule, split_by_image
 from protocell.data.dataset import zeroing_mask
 from protocell.data.store import CropStore, StoreError
-from protocell.data.synthetic import WellSpec, build_store, crop_cell, render_field, write_fields
+from protocell.data.synthetic import WellSpec, build_store, crop_cell, write_fields
+from protocell.data.synthetic_render import render_field
 from protocell.errors import ConfigError
 
 
@@ -46,7 +47,7 @@ def test_true_labels_and_masks_line_up_with_the_pixels():
 def test_planted_change_is_exactly_where_its_mask_says():
     """Same cell drawn twice from one seed, with and without the change: the pixels differ only
     inside the texture mask (noise-free rendering, before optics and noise)."""
-    from protocell.data.synthetic import _render_cell
+    from protocell.data.synthetic_render import _render_cell
 
     p = {"isolated_puncta": 2.0, "cluster_radius": 5.0}
     for seed in range(5):
@@ -433,7 +434,7 @@ def test_the_built_in_plates_pixels_are_pinned(tmp_path):
 
 
 def test_a_plates_offset_adds_light_and_nothing_else():
-    from protocell.data.synthetic import render_field
+    from protocell.data.synthetic_render import render_field
 
     spec = WellSpec(field_size=128, cells_per_field=4, seed=1)
     plain, _, _, _ = render_field(np.random.default_rng(7), spec, "Ref", 1.0)
