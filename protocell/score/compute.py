@@ -249,15 +249,17 @@ def dose_fits(wells: pd.DataFrame, enrich: pd.DataFrame, classes: list[str], n_b
     fits = [dose_response(wells, "affected_fraction", n_boot, seed, min_cells)]
     curves = []
     several = wells["plate"].nunique() > 1
+    by_plate = None                   # the per-plate fits of the normalised fraction (each compound's figure)
     if several:
         fits += [dose_response(wells, m, n_boot, seed, min_cells, by_plate=True)
                  for m in ("affected_fraction", "normalised_fraction")]
+        by_plate = fits[-1]
     dosed = wells[wells["dose"].notna() & (wells["n_cells"] > 0)]
     for compound, g in dosed.groupby("compound", sort=True):
         fit = fits[0].set_index("compound").loc[compound].to_dict()
         plates = None
         if several:
-            per_plate = fits[-1][fits[-1]["compound"] == compound].set_index("plate")
+            per_plate = by_plate[by_plate["compound"] == compound].set_index("plate")
             plates = {p: per_plate.loc[p].to_dict() for p in per_plate.index}
         per, pfits = {}, {}
         for j in top_prototypes(enrich, g["treatment"].unique().tolist(), top):

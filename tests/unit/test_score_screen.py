@@ -326,3 +326,30 @@ def test_a_plate_whose_reference_wells_read_differently_is_flagged():
     assert out.loc[2, "flag"].startswith("few cells; plate read differently")
     assert out.loc[0, "flag"] == "" and out.loc[3, "flag"] == ""
     assert plates_read_differently(wells.copy(), ctrl[ctrl["plate"] == "p1"], ["p1"])[1].empty    # one plate
+
+
+def test_each_compounds_per_plate_curves_are_its_normalised_fraction_fits():
+    """With several plates, every dosed compound's figure gets the per-plate fits of the normalised fraction
+    — the second compound's once took the first compound's prototype fit (the list's last entry)."""
+    from protocell.score.compute import dose_fits
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for plate in ("p1", "p2"):
+        for compound, ec50 in (("A", 1.0), ("B", 3.0)):
+            for dose in (0.1, 0.3, 1, 3, 10, 30):
+                for rep in range(2):
+                    f = 0.05 + 0.8 / (1 + (ec50 / dose) ** 2) + rng.normal(0, 0.01)
+                    rows.append({"plate": plate, "well": f"{compound}{dose}{rep}", "compound": compound, "dose": dose,
+                                 "treatment": f"{compound}@{dose}", "n_cells": 100, "affected_fraction": f,
+                                 "normalised_fraction": f})
+    wells = pd.DataFrame(rows)
+    enrich = pd.DataFrame([{"level": lvl, "treatment": t, "prototype": 0, "plate": p, "well": w, "difference": 0.1,
+                            "n_cells": 100} for lvl in ("treatment", "well")
+                           for t, p, w in wells[["treatment", "plate", "well"]].itertuples(index=False)])
+    fits, curves = dose_fits(wells, enrich, ["Ref", "Exp"], n_boot=20, seed=0, min_cells=0, top=1)
+    assert [c.label for c in curves] == ["A", "B"]
+    for c in curves:
+        assert set(c.plates) == {"p1", "p2"}
+        assert all(v["measure"] == "normalised_fraction" and v["compound"] == c.label for v in c.plates.values())
+    assert curves[1].plates["p1"]["ec50"] == pytest.approx(3.0, rel=0.3)
