@@ -20,12 +20,24 @@ def tiny_store(tmp_path_factory):
 
 @pytest.fixture()
 def tiny_dm(tiny_store):
-    from protocell.data.datamodule import CellDataModule
-
-    dm = CellDataModule(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
-                        test_fraction=0.5, val_fraction=0.0, seed=0)
+    dm = tiny_data(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
+                   test_fraction=0.5, val_fraction=0.0, seed=0)
     dm.setup()
     return dm
+
+
+# the tests' DataModule settings (small and explicit; train.py's come from conf/data, conf/mask): ``tiny_data``'s
+# keyword arguments replace any of them
+TINY_DATA = {"crop_size": 64, "channels": None, "zero_background": False, "augment": True, "normalize": "dataset",
+             "test_fraction": 0.5, "val_fraction": 0.2, "batch_size": 64, "eval_batch_size": None, "num_workers": 0,
+             "split_by": "auto", "seed": 0, "photometric": None, "zero_margin": 0, "bag_size": 1}
+
+
+def tiny_data(path, **kw):
+    """A CellDataModule on the store at ``path`` with TINY_DATA's settings and ``kw``."""
+    from protocell.data.datamodule import CellDataModule
+
+    return CellDataModule(path, **{**TINY_DATA, **kw})
 
 
 TINY_SPEC = {"backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},

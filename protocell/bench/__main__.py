@@ -73,6 +73,20 @@ def timed_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _default_dm(store, **data):
+    """The embedded default run's DataModule (``python train.py``'s composed data and mask settings, with
+    ``data`` keys replaced) on ``store``, set up."""
+    from hydra import compose, initialize_config_dir
+
+    from protocell.build import build_datamodule
+    from protocell.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="train", overrides=[f"data.{k}={v}" for k, v in data.items()])
+    return build_datamodule(cfg, path=store)
+
+
 def _module(backbone: str, crop: int, width: float = 0.125, max_rf=46):
     from dataclasses import asdict
 
@@ -153,18 +167,12 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
 
 
 def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
-    from omegaconf import OmegaConf
 
-    from protocell.data.datamodule import CellDataModule
     from protocell.data.synthetic import WellSpec, build_store
     from protocell.model.search import nearest_patches
 
     store = build_store(ROOT / "outputs" / "cache", WellSpec(wells_per_condition=n_wells, fields_per_well=4))
-    # the embedded default's data handling (conf/data/synthetic.yaml, conf/mask/on.yaml)
-    data_cfg, mask_cfg = OmegaConf.load(ROOT / "conf/data/synthetic.yaml"), OmegaConf.load(ROOT / "conf/mask/on.yaml")
-    dm = CellDataModule(store, zero_background=mask_cfg.zero_background, zero_margin=mask_cfg.zero_margin,
-                        normalize=data_cfg.normalize, batch_size=64, eval_batch_size=256)
-    dm.setup()
+    dm = _default_dm(store, batch_size=64, eval_batch_size=256)
     module = _module("vgg11_narrow", 64)
     net = module.net.eval()
     n_push = len(dm.rows["push"])
@@ -208,9 +216,7 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     network (untrained: the same cost): cells/s of the streaming pass (network, similarities) and of the
     whole scoring with its tables (per-cell calls, well fractions, treatments, enrichment, 200 bootstraps)."""
     import numpy as np
-    from omegaconf import OmegaConf
 
-    from protocell.data.datamodule import CellDataModule
     from protocell.data.synthetic import WellSpec, build_store
     from protocell.fraction import fit_reference
     from protocell.score.infer import infer
@@ -218,10 +224,7 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     from protocell.score.tables import cell_table, enrichment, treatment_table, well_table
 
     store = build_store(ROOT / "outputs" / "cache", WellSpec(wells_per_condition=n_wells, fields_per_well=4))
-    data_cfg, mask_cfg = OmegaConf.load(ROOT / "conf/data/synthetic.yaml"), OmegaConf.load(ROOT / "conf/mask/on.yaml")
-    dm = CellDataModule(store, zero_background=mask_cfg.zero_background, zero_margin=mask_cfg.zero_margin,
-                        normalize=data_cfg.normalize, eval_batch_size=256)
-    dm.setup()
+    dm = _default_dm(store, eval_batch_size=256)
     net = _module("vgg11_narrow", 64).net.eval()
     rows = np.flatnonzero(dm.store.manifest["aug_of"].to_numpy() < 0)
     t = time.perf_counter()

@@ -224,12 +224,12 @@ class BagSampler(DistributedSampler):
 
 
 class CellDataModule(L.LightningDataModule):
-    def __init__(self, path: str, crop_size: int = 64, channels: list[str] | None = None,
-                 zero_background: bool = False, augment: bool = True, normalize: str = "dataset",
-                 test_fraction: float = 0.5, val_fraction: float = 0.2, batch_size: int = 64,
-                 eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool | None = None,
-                 split_by: str = "auto", seed: int = 0, photometric: dict | None = None,
-                 zero_margin: int = 0, bag_size: int = 1):
+    def __init__(self, path: str, *, crop_size: int, channels: list[str] | None, zero_background: bool, augment: bool,
+                 normalize: str, test_fraction: float, val_fraction: float, batch_size: int,
+                 eval_batch_size: int | None, num_workers: int, split_by: str, seed: int,
+                 photometric: dict | None, zero_margin: int, bag_size: int):
+        """Every setting is given: the values live in conf/ (``data``, ``mask``) and ``protocell.config``
+        (``build.build_datamodule`` passes them; a run folder's config.yaml carries its own)."""
         super().__init__()
         self.path = Path(path)
         self.crop_size = crop_size
@@ -253,7 +253,7 @@ class CellDataModule(L.LightningDataModule):
                 raise ConfigError.invalid(key, value, f"a multiple of data.bag_size={bag_size} (≥ 1): a batch "
                                                       "holds whole bags of cells from one well")
         self.num_workers = num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.pin_memory = torch.cuda.is_available()      # pinned host memory feeds a GPU; nothing to gain on a CPU
         self.split_by = split_by
         self.seed = seed
         self.store: CropStore | None = None

@@ -22,11 +22,12 @@ PROTO = ("prototypes", "proto_cell_id", "proto_latent_yx", "proto_distance")
 
 
 def _setup(store, seed=0):
-    from protocell.data.datamodule import CellDataModule
+    from conftest import tiny_data
+
     from protocell.model.module import ProtoPNetModule
 
     torch.set_num_threads(1)
-    dm = CellDataModule(store, zero_background=True, batch_size=8, eval_batch_size=8, val_fraction=0.0, seed=0)
+    dm = tiny_data(store, zero_background=True, batch_size=8, eval_batch_size=8, val_fraction=0.0, seed=0)
     torch.manual_seed(seed)
     spec = {"backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
             "head": {"prototypes_per_class": 3, "prototype_dim": 16}, "in_channels": 2}

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_store_folder, prepare_config
+from conftest import assert_store_folder, prepare_config, tiny_data
 
-from protocell.data.datamodule import CellDataModule, choose_split
+from protocell.data.datamodule import choose_split
 from protocell.errors import ProtocellError
 from protocell.fsutil import exclusive_lock
 from protocell.prepare.io import InputError
@@ -157,7 +157,7 @@ def test_share_tasks_and_a_merge_exclude_each_other_and_bad_share_settings_are_r
 
 
 def test_split_by_plate_holds_whole_plates_out_and_a_single_plate_is_refused(one_process):
-    dm = CellDataModule(one_process, split_by="plate", test_fraction=0.5, val_fraction=0.3, seed=0)
+    dm = tiny_data(one_process, split_by="plate", test_fraction=0.5, val_fraction=0.3, seed=0)
     dm.setup()
     m = dm.store.manifest
     plates = {s: set(m.loc[dm.rows[s], "plate"]) for s in ("train", "val", "test")}

@@ -7,9 +7,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import tiny_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from protocell.data.datamodule import CellDataModule
 from protocell.training.callbacks import KeepBestPretrain, PhaseCallback, PushCallback
 from protocell.training.schedule import build_schedule
 
@@ -29,7 +29,7 @@ def _module():
 
 def _train(store, out, epochs, resume=None):
     torch.set_num_threads(1)
-    dm = CellDataModule(store, zero_background=True, batch_size=16, val_fraction=0.3, seed=0)
+    dm = tiny_data(store, zero_background=True, batch_size=16, val_fraction=0.3, seed=0)
     module = _module()
     ckpt = ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,

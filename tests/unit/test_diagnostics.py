@@ -162,11 +162,12 @@ def imaged_apart(tmp_path_factory):
 
 
 def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_polarity(imaged_apart):
-    from protocell.data.datamodule import CellDataModule
+    from conftest import tiny_data
+
     from protocell.diagnostics import _Imaged, imaging_sensitivity
     from protocell.fraction import fit_reference
 
-    dm = CellDataModule(imaged_apart, normalize="cell", zero_background=True, zero_margin=2, val_fraction=0.0, seed=0)
+    dm = tiny_data(imaged_apart, normalize="cell", zero_background=True, zero_margin=2, val_fraction=0.0, seed=0)
     dm.setup()
     cells = dm.store.manifest[dm.store.manifest["label"] >= 0]
     held = pd.DataFrame({"cell_id": cells["cell_id"], "condition": cells["condition"]})

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_data
 
-from protocell.data.datamodule import CellDataModule
 from protocell.data.store import CropStore, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,13 +85,13 @@ def test_corrupt_store_json_and_missing_or_broken_manifest(store, tiny_store, tm
 
 def test_the_datamodule_refuses_a_damaged_store_at_setup(store):
     first_shard(store).unlink()
-    dm = CellDataModule(store, batch_size=8)
+    dm = tiny_data(store, batch_size=8)
     with pytest.raises(StoreError, match="crops.npy: missing"):
         dm.setup()
 
 
 def test_a_crop_size_above_the_stores_is_warned(tiny_store, caplog):
-    dm = CellDataModule(tiny_store, crop_size=96, batch_size=8, val_fraction=0.0)
+    dm = tiny_data(tiny_store, crop_size=96, batch_size=8, val_fraction=0.0)
     dm.setup()
     assert "data.crop_size=96 is larger than the store's 64 px crops" in caplog.text
     assert "upscaled ×1.50" in caplog.text and "data.crop_size=64 or smaller" in caplog.text

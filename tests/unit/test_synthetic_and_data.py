@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 import tifffile
+from conftest import tiny_data
 
-from protocell.data.datamodule import CellDataModule, split_by_image
+from protocell.data.datamodule import split_by_image
 from protocell.data.dataset import zeroing_mask
 from protocell.data.store import CropStore, StoreError
 from protocell.data.synthetic import WellSpec, build_store, crop_cell, write_fields
@@ -121,7 +122,7 @@ def test_split_auto_splits_by_well_only_when_every_condition_keeps_five_training
     assert choose_split(CropStore(tiny_store).manifest, 0.5, 0.2, "well")[0] == "well"
     twelve = build_store(tmp_path_factory.mktemp("twelve"), WellSpec(wells_per_condition=12, fields_per_well=1,
                                                                       field_size=128, cells_per_field=3, seed=5))
-    dm = CellDataModule(twelve, seed=0)                                           # 6 test, 1 val, 5 train
+    dm = tiny_data(twelve, seed=0)                                           # 6 test, 1 val, 5 train
     dm.setup()
     assert dm.split_unit == "well" and "keeps ≥ 5 training wells" in dm.split_why
     m = dm.store.manifest
@@ -130,20 +131,20 @@ def test_split_auto_splits_by_well_only_when_every_condition_keeps_five_training
 
 
 def test_datamodule_items_zeroed_background_and_channel_selection(tiny_store):
-    dm = CellDataModule(tiny_store, crop_size=48, zero_background=True, channels=["actin"], seed=0)
+    dm = tiny_data(tiny_store, crop_size=48, zero_background=True, channels=["actin"], seed=0)
     dm.setup()
     x, m, y, cid = dm.dataset("train")[0]
     assert x.shape == (1, 48, 48) and m.shape == (1, 48, 48)
     assert (x[m.expand_as(x) == 0] == 0).all()
     with pytest.raises(StoreError, match="dapi"):
-        CellDataModule(tiny_store, channels=["dapi"]).setup()
+        tiny_data(tiny_store, channels=["dapi"]).setup()
 
 
 def test_zero_margin_hides_the_outline_but_keeps_the_cells_mask(tiny_store):
     import torch
 
-    plain = CellDataModule(tiny_store, crop_size=64, zero_background=True, seed=0).dataset("test")
-    shrunk = CellDataModule(tiny_store, crop_size=64, zero_background=True, zero_margin=2, seed=0).dataset("test")
+    plain = tiny_data(tiny_store, crop_size=64, zero_background=True, seed=0).dataset("test")
+    shrunk = tiny_data(tiny_store, crop_size=64, zero_background=True, zero_margin=2, seed=0).dataset("test")
     for i in range(5):
         x0, m0, *_ = plain[i]
         x2, m2, *_ = shrunk[i]
@@ -157,7 +158,7 @@ def test_zero_margin_hides_the_outline_but_keeps_the_cells_mask(tiny_store):
     assert zeroing_mask(tiny, 1).sum() == 1
     for bad in (-1, 1.5):
         with pytest.raises(ConfigError, match="zero_margin"):
-            CellDataModule(tiny_store, zero_margin=bad)
+            tiny_data(tiny_store, zero_margin=bad)
 
 
 def test_zero_margin_erosion_equals_scipys_city_block_erosion():
@@ -237,7 +238,7 @@ def test_photometric_augmentation_is_seeded_keeps_background_zero_and_is_off_by_
     import torch
 
     def items(photometric, augment=True, epoch=3):
-        dm = CellDataModule(tiny_store, crop_size=64, zero_background=True, seed=1, photometric=photometric)
+        dm = tiny_data(tiny_store, crop_size=64, zero_background=True, seed=1, photometric=photometric)
         ds = dm.dataset("train", augment=augment)
         return [ds[(i, epoch)] for i in range(6)]
 
@@ -263,7 +264,7 @@ def test_photometric_augmentation_is_seeded_keeps_background_zero_and_is_off_by_
         r = ratio[c][big[c]]
         assert torch.allclose(r, r.median().expand_as(r), rtol=1e-4) and 0.66 < float(r.median()) < 1.5
     with pytest.raises(ValueError, match="photometric"):
-        CellDataModule(tiny_store, photometric={"gain": -1})
+        tiny_data(tiny_store, photometric={"gain": -1})
 
 
 def test_missing_store_names_the_fix(tmp_path):
@@ -370,7 +371,7 @@ def test_dose_series_wells_follow_the_logistic_and_leave_the_controls_alone(tmp_
     assert wells.loc["E01":"E03", "stress"].tolist() == ["gain x0.5", "gain x2", "density x0.25"]
     assert wells.loc["E03", "cells"] < wells.loc["E01", "cells"]
     # a DataModule on the dose plate trains on its controls only
-    dm = CellDataModule(dosed.root, seed=0)
+    dm = tiny_data(dosed.root, seed=0)
     dm.setup()
     assert set(dm.splits[n:]) == {"unlabelled"} and dm.class_names == ["Ref", "Exp"]
     assert all((dm.rows[s] < n).all() for s in ("train", "val", "test", "push"))
