@@ -8,13 +8,18 @@ mapped, compressed ones are decoded segment by segment with tifffile's own codec
 else of the image is ever held in memory, so memory does not grow with image size.
 
 File handles are cached per process (keyed by pid): a worker forked from a parent that already
-opened the file gets its own handle, never a shared file offset.
+opened the file gets its own handle, never a shared file offset. The cache holds the ``OPEN_FILES``
+files used last and closes the rest (with their memory maps): a plate of thousands of images neither
+runs out of file descriptors nor keeps every image it read mapped (the mapped pages counted in a task's
+resident memory, which then grew with the plate: 0.56 GB for a quarter of the scale bench's plate,
+1.53 GB for the whole).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +41,8 @@ class ChannelRef:
     sample: int = 0
 
 
-_HANDLES: dict[tuple, tifffile.TiffFile] = {}
+OPEN_FILES = 16      # files a process keeps open (an image is one file, or one a channel: up to 16 channels)
+_HANDLES: OrderedDict[tuple, tifffile.TiffFile] = OrderedDict()     # least recently used first
 _MEMMAPS: dict[tuple, np.ndarray] = {}
 
 
@@ -47,14 +53,25 @@ def _file_key(path: str) -> tuple:
     return os.getpid(), path, st.st_size, st.st_mtime_ns
 
 
+def _close(key: tuple) -> None:
+    """Close one cached file and drop its memory maps."""
+    _HANDLES.pop(key).close()
+    for mm in [k for k in _MEMMAPS if k[:4] == key]:
+        del _MEMMAPS[mm]
+
+
 def _open(path: str) -> tifffile.TiffFile:
     key = _file_key(path)
     tif = _HANDLES.get(key)
     if tif is None:
         for old in [k for k in _HANDLES if k[:2] == key[:2]]:
-            _HANDLES.pop(old).close()
+            _close(old)
         tif = tifffile.TiffFile(path)
         _HANDLES[key] = tif
+        while len(_HANDLES) > OPEN_FILES:
+            _close(next(iter(_HANDLES)))
+    else:
+        _HANDLES.move_to_end(key)
     return tif
 
 

@@ -32,6 +32,34 @@ def test_region_reads_equal_the_full_image(tmp_path, layout):
         np.testing.assert_array_equal(src.read(y0, y1, x0, x1), img[:, y0:y1, x0:x1])
 
 
+@pytest.mark.parametrize("layout", ["pages_raw_memmap", "tiled_zlib"])
+def test_reading_many_images_keeps_a_bounded_number_of_files_open(tmp_path, layout):
+    """A plate of thousands of images: the process keeps at most OPEN_FILES files (and their memory maps)
+    open, and an image read again after its file was closed reads the same pixels."""
+    import os
+
+    from protocell.prepare import io
+
+    rng = np.random.default_rng(1)
+    images, sources = [], []
+    for i in range(io.OPEN_FILES + 9):
+        img = rng.integers(0, 60000, (2, 40, 50)).astype(np.uint16)
+        path = tmp_path / f"f{i}.tif"
+        tifffile.imwrite(path, img, **LAYOUTS[layout])
+        refs, shape, dtype = file_channels(path)
+        images.append(img)
+        sources.append(ImageSource(f"f{i}", refs, shape, dtype))
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for img, src in zip(images, sources):
+        np.testing.assert_array_equal(src.read(0, 40, 0, 50), img)
+    mine = [k for k in io._HANDLES if k[0] == os.getpid()]
+    assert len(mine) <= io.OPEN_FILES
+    assert all(k[:4] in io._HANDLES for k in io._MEMMAPS)               # no map outlives its file
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) - fds <= io.OPEN_FILES * 3     # a handle, and a map a channel
+    np.testing.assert_array_equal(sources[0].read(5, 30, 7, 44), images[0][:, 5:30, 7:44])   # reopened
+
+
 def test_tile_cores_cover_every_pixel_once_and_halos_stay_inside():
     H, W, size, halo = 300, 470, 128, 40
     cover = np.zeros((H, W), int)
