@@ -22,8 +22,9 @@ from conftest import assert_store_folder, prepare_config, tiny_data
 from protocell.data.datamodule import choose_split
 from protocell.errors import ProtocellError
 from protocell.fsutil import exclusive_lock
+from protocell.prepare.assemble import split_images
 from protocell.prepare.io import InputError
-from protocell.prepare.pipeline import prepare, split_images
+from protocell.prepare.pipeline import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

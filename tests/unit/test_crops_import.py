@@ -13,7 +13,8 @@ import tifffile
 from protocell.data.normalization import auto_normalization
 from protocell.data.store import CropStore
 from protocell.prepare.classes import class_order
-from protocell.prepare.crops_import import centre_object_mask, import_crops
+from protocell.prepare.crops_import import import_crops
+from protocell.prepare.crops_masks import centre_object_mask
 from protocell.prepare.io import InputError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from protocell.doses import dose_value
 from protocell.errors import ProtocellError
-from protocell.prepare.crops_import import crop_table
+from protocell.prepare.crops_table import crop_table
 from protocell.prepare.plate import read_plate_map
 
 SEED = 25
