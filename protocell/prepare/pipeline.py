@@ -12,7 +12,7 @@ Stages (each image streamed tile by tile; memory does not grow with image size):
 3. per image, per tile (with halo, in a process pool): normalise → Gaussian denoise → segment →
    cells owned by the tile → filters → crops + masks; written as shards of ``shard_size`` cells
    (``protocell.prepare.passes``);
-4. split by source image (stratified by condition, seeded), offline augmentation of training
+4. split by source image (stratified by plate and condition, seeded), offline augmentation of training
    crops, manifest + ``store.json`` (written last; ``protocell.prepare.assemble``),
    ``prepare_summary.json`` and overlay PNGs (``protocell.prepare.report``).
 
