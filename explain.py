@@ -1,4 +1,5 @@
 """Explain a trained run: ``python explain.py run=outputs/train/<date_time>``."""
+
 from protocell.cli.entry import explain
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Train a ProtoPNet: ``python train.py backbone=vgg11 mask=on`` (see conf/train.yaml)."""
+
 from protocell.cli.entry import train
 
 if __name__ == "__main__":

@@ -41,10 +41,14 @@ from bbbc013 import store_ratios  # noqa: E402
 from protocell.score.dose import dose_response  # noqa: E402
 from protocell.score.plates import control_stats  # noqa: E402
 
-READOUTS = {"affected_fraction": "protocell affected fraction", "mean_p_affected": "protocell mean P(affected)",
-            "score_shift": "protocell score shift (reference SD)",
-            "score_share": "protocell: share of cells with score > untreated 95th pct",
-            "nc_share": "classic: share of cells with N/C > untreated 95th pct", "nc_median": "classic: median N/C per well"}
+READOUTS = {
+    "affected_fraction": "protocell affected fraction",
+    "mean_p_affected": "protocell mean P(affected)",
+    "score_shift": "protocell score shift (reference SD)",
+    "score_share": "protocell: share of cells with score > untreated 95th pct",
+    "nc_share": "classic: share of cells with N/C > untreated 95th pct",
+    "nc_median": "classic: median N/C per well",
+}
 CLASSIC = ("nc_share", "nc_median")
 
 
@@ -73,8 +77,22 @@ def well_readouts(run: Path, nc: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     nc_cut = float(np.nanpercentile(untreated["nc"], 95))
     score_cut = float(np.nanpercentile(untreated.loc[untreated["run_split"] != "train", "score"], 95))
     g = cells.assign(above_nc=cells["nc"] > nc_cut, above_score=cells["score"] > score_cut).groupby("well")
-    out = wells[["plate", "well", "role", "compound", "dose", "dose_rank", "n_cells", "n_train_cells", "affected_fraction",
-                 "untrained_fraction", "mean_p_affected", "score_shift"]].copy()
+    out = wells[
+        [
+            "plate",
+            "well",
+            "role",
+            "compound",
+            "dose",
+            "dose_rank",
+            "n_cells",
+            "n_train_cells",
+            "affected_fraction",
+            "untrained_fraction",
+            "mean_p_affected",
+            "score_shift",
+        ]
+    ].copy()
     out["nc_share"] = out["well"].map(g["above_nc"].mean())
     out["nc_median"] = out["well"].map(g["nc"].median())
     out["score_share"] = out["well"].map(g["above_score"].mean())
@@ -90,7 +108,7 @@ def run_numbers(run: Path, nc: pd.DataFrame, n_boot: int = 200) -> dict:
     for col in READOUTS:
         for name, c in (("held_out", held), ("all", ctrl)):
             if name == "all" and col not in CLASSIC:
-                continue                     # the network's readouts on trained-on wells would flatter it
+                continue  # the network's readouts on trained-on wells would flatter it
             s = control_stats(c.loc[c["role"] == "exposed", col], c.loc[c["role"] == "reference", col])
             qc[f"{col}|{name}"] = {k: s[k] for k in ("n_neg", "n_pos", "z_prime", "robust_z_prime", "ssmd", "verdict")}
     dosed = wells[wells["dose"].notna()]
@@ -98,15 +116,28 @@ def run_numbers(run: Path, nc: pd.DataFrame, n_boot: int = 200) -> dict:
     for col in READOUTS:
         f = dose_response(dosed, col, n_boot=n_boot, seed=0)
         for r in f.itertuples():
-            fits[f"{col}|{r.compound}"] = {"ec50_rank": 9 + np.log2(r.ec50), "ci_low_rank": 9 + np.log2(r.ec50_ci_low),
-                                           "ci_high_rank": 9 + np.log2(r.ec50_ci_high), "hill": r.hill, "r2": r.r2,
-                                           "ok": bool(r.ok)}
+            fits[f"{col}|{r.compound}"] = {
+                "ec50_rank": 9 + np.log2(r.ec50),
+                "ci_low_rank": 9 + np.log2(r.ec50_ci_low),
+                "ci_high_rank": 9 + np.log2(r.ec50_ci_high),
+                "hill": r.hill,
+                "r2": r.r2,
+                "ok": bool(r.ok),
+            }
     by_rank = dosed.groupby("dose_rank")[list(READOUTS)].mean()
-    return {"run": str(run), "seed": json.loads((run / "metrics.json").read_text()).get("seed"), **cuts,
-            "qc": qc, "fits": fits, "by_rank": by_rank.reset_index().to_dict(orient="list"),
-            "controls": {"held_out_reference": int((held["role"] == "reference").sum()),
-                         "held_out_exposed": int((held["role"] == "exposed").sum())},
-            "wells": wells.to_dict(orient="list")}
+    return {
+        "run": str(run),
+        "seed": json.loads((run / "metrics.json").read_text()).get("seed"),
+        **cuts,
+        "qc": qc,
+        "fits": fits,
+        "by_rank": by_rank.reset_index().to_dict(orient="list"),
+        "controls": {
+            "held_out_reference": int((held["role"] == "reference").sum()),
+            "held_out_exposed": int((held["role"] == "exposed").sum()),
+        },
+        "wells": wells.to_dict(orient="list"),
+    }
 
 
 def plot_by_rank(res: dict, out: Path) -> None:
@@ -124,8 +155,9 @@ def plot_by_rank(res: dict, out: Path) -> None:
             lo = wells.loc[wells["role"] == "reference", col].median()
             hi = wells.loc[wells["role"] == "exposed", col].median()
             m = d.groupby("dose_rank")[col].mean()
-            ax.plot(m.index, 100 * (m - lo) / (hi - lo), "o-" if col not in CLASSIC else "s--", ms=3.5, lw=1.2,
-                    label=name)
+            ax.plot(
+                m.index, 100 * (m - lo) / (hi - lo), "o-" if col not in CLASSIC else "s--", ms=3.5, lw=1.2, label=name
+            )
         ax.axhline(0, color="k", lw=0.5)
         ax.axhline(100, color="k", lw=0.5)
         ax.set_xlabel("dose rank (two-fold dilutions; 9 = top dose)", fontsize=8)
@@ -141,27 +173,43 @@ def plot_by_rank(res: dict, out: Path) -> None:
 def markdown(results: list[dict]) -> str:
     """The EC50 / QC table (one row per readout and seed; the classic readouts depend on the seed only through
     which control wells were held out) and the per-rank table."""
+
     def f(v, d=3):
         return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
-    lines = ["| readout | seed | EC50 A–D (dose rank, 95 % CI) | Hill A–D | EC50 E–H (dose rank, 95 % CI) | Hill E–H | "
-             "Z′ held-out controls | robust Z′ | SSMD | Z′ all 24 controls |", "|" + "---|" * 10]
+
+    lines = [
+        "| readout | seed | EC50 A–D (dose rank, 95 % CI) | Hill A–D | EC50 E–H (dose rank, 95 % CI) | Hill E–H | "
+        "Z′ held-out controls | robust Z′ | SSMD | Z′ all 24 controls |",
+        "|" + "---|" * 10,
+    ]
     for col, name in READOUTS.items():
         for res in results:
             cells = []
             for series in ("series_AD", "series_EH"):
                 fit = res["fits"].get(f"{col}|{series}", {})
-                cells += [f"{f(fit.get('ec50_rank'), 2)} ({f(fit.get('ci_low_rank'), 2)}–{f(fit.get('ci_high_rank'), 2)})",
-                          f(fit.get("hill"), 1)]
+                cells += [
+                    f"{f(fit.get('ec50_rank'), 2)} ({f(fit.get('ci_low_rank'), 2)}–{f(fit.get('ci_high_rank'), 2)})",
+                    f(fit.get("hill"), 1),
+                ]
             q = res["qc"][f"{col}|held_out"]
             allq = res["qc"].get(f"{col}|all", {})
-            lines.append(f"| {name} | {res['seed']} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
-                         f"{f(q['z_prime'])} | {f(q['robust_z_prime'])} | {f(q['ssmd'], 1)} | {f(allq.get('z_prime'))} |")
+            lines.append(
+                f"| {name} | {res['seed']} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
+                f"{f(q['z_prime'])} | {f(q['robust_z_prime'])} | {f(q['ssmd'], 1)} | {f(allq.get('z_prime'))} |"
+            )
     ranks = results[0]["by_rank"]["dose_rank"]
-    lines += ["", "| readout | seed | " + " | ".join(f"rank {r:g}" for r in ranks) + " |", "|" + "---|" * (2 + len(ranks))]
+    lines += [
+        "",
+        "| readout | seed | " + " | ".join(f"rank {r:g}" for r in ranks) + " |",
+        "|" + "---|" * (2 + len(ranks)),
+    ]
     for col, name in READOUTS.items():
         for res in results if col not in CLASSIC else results[:1]:
-            lines.append(f"| {name} | {res['seed'] if col not in CLASSIC else 'any'} | "
-                         + " | ".join(f(v, 2 if col in ("score_shift", "nc_median") else 3) for v in res["by_rank"][col]) + " |")
+            lines.append(
+                f"| {name} | {res['seed'] if col not in CLASSIC else 'any'} | "
+                + " | ".join(f(v, 2 if col in ("score_shift", "nc_median") else 3) for v in res["by_rank"][col])
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-PANELS = {   # metric → (title, better)
+PANELS = {  # metric → (title, better)
     "true_label_auroc": ("true-label AUROC", "higher"),
     "true_label_accuracy": ("cell-call accuracy (truth)", "higher"),
     "well_label_auroc": ("well-label AUROC", "≈ what the biology allows"),
@@ -48,18 +48,20 @@ def dashboard(runs: pd.DataFrame, out: str | Path, group: list[str], metrics: li
             v = runs.loc[labels == name, metric].astype(float).dropna().to_numpy()
             if len(v) == 0:
                 continue
-            ax.bar(i, v.mean(), color=colour, alpha=0.35, width=0.7,
-                   yerr=v.std(ddof=1) if len(v) > 1 else None, capsize=3)
+            ax.bar(
+                i, v.mean(), color=colour, alpha=0.35, width=0.7, yerr=v.std(ddof=1) if len(v) > 1 else None, capsize=3
+            )
             ax.scatter(i + np.linspace(-0.18, 0.18, len(v)), v, color=colour, s=14, zorder=3)
         title, better = PANELS.get(metric, (metric, ""))
         ax.set_title(f"{title}\n(better: {better})", fontsize=8.5)
         ax.set_xticks(range(len(order)), order, rotation=35, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
-    fig.suptitle(f"{len(runs)} runs grouped by {' · '.join(group)}: bars = mean ± SD over seeds, dots = runs",
-                 fontsize=9)
+    fig.suptitle(
+        f"{len(runs)} runs grouped by {' · '.join(group)}: bars = mean ± SD over seeds, dots = runs", fontsize=9
+    )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -57,24 +57,33 @@ def replay(run: Path, imaging: bool = False) -> dict | None:
     val = pd.read_csv(folder.val_predictions, dtype={"well": str}) if folder.val_predictions.exists() else None
     pos = int(test["label"].max())
     classes = [test.loc[test["label"] == k, "condition"].iloc[0] for k in range(pos + 1)]
-    held = pd.concat([test.assign(target=True)] + ([val.assign(target=False)] if val is not None else []),
-                     ignore_index=True)
+    held = pd.concat(
+        [test.assign(target=True)] + ([val.assign(target=False)] if val is not None else []), ignore_index=True
+    )
     frac = fractions(held, pos)
     test = test.drop(columns=[c for c in ("calibrated", "call") if c in test])
     calibrate(test, held, pos, "mixture", frac)
     import torch
 
-    store = torch.load(run / "prototypes.pt", weights_only=True)["store"] if (run / "prototypes.pt").exists() \
+    store = (
+        torch.load(run / "prototypes.pt", weights_only=True)["store"]
+        if (run / "prototypes.pt").exists()
         else str(Path(cfg["paths"]["cache_dir"]) / f"synthetic-{synthetic_spec(OmegaConf.create(cfg)).key()}")
+    )
     dm, module = rebuild(run, store, imaging)
     wells = set(dm.store.manifest["well"].astype(str).to_numpy()[dm.rows["train"]])
     diag = run_diagnostics(test, val, wells, classes, frac, module=module, dm=dm if module is not None else None)
-    syn = (cfg["data"].get("synthetic") or {})
-    row = {"run": str(run), "head": cfg.get("head", "protopnet"), "seed": cfg["seed"], "plate": syn.get("seed"),
-           "exp_fraction": (syn.get("affected_fraction") or {}).get("Exp"),
-           "well_effects": "aligned" if (syn.get("well_effects") or {}).get("align") else "chance",
-           "split": (metrics.get("split") or {}).get("by", cfg["data"]["split_by"]),
-           "status_at_train": metrics.get("status")}
+    syn = cfg["data"].get("synthetic") or {}
+    row = {
+        "run": str(run),
+        "head": cfg.get("head", "protopnet"),
+        "seed": cfg["seed"],
+        "plate": syn.get("seed"),
+        "exp_fraction": (syn.get("affected_fraction") or {}).get("Exp"),
+        "well_effects": "aligned" if (syn.get("well_effects") or {}).get("align") else "chance",
+        "split": (metrics.get("split") or {}).get("by", cfg["data"]["split_by"]),
+        "status_at_train": metrics.get("status"),
+    }
     truth = test["true_label"].to_numpy() if "true_label" in test else np.array([-1])
     if (truth >= 0).all():
         row["true_auroc"] = auroc(test["score"].to_numpy(), (truth == 1).astype(int))

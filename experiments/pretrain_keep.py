@@ -52,8 +52,14 @@ def run_table(run: Path) -> dict | None:
     if p.empty:
         return None
     kept = replay(p)
-    row = {"run": run.name, "plate": run_factors(run).get("plate") or "default", "split": cfg["data"]["split_by"],
-           "seed": cfg["seed"], "threads": cfg.get("threads"), "best_true": p["val/true_auroc"].max()}
+    row = {
+        "run": run.name,
+        "plate": run_factors(run).get("plate") or "default",
+        "split": cfg["data"]["split_by"],
+        "seed": cfg["seed"],
+        "threads": cfg.get("threads"),
+        "best_true": p["val/true_auroc"].max(),
+    }
     for rule, epoch in kept.items():
         row[f"{rule}_epoch"], row[f"{rule}_true"] = epoch, p.loc[epoch, "val/true_auroc"]
     return row
@@ -64,19 +70,27 @@ def main() -> None:
     ap.add_argument("folders", nargs="+", type=Path)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    rows = [r for f in args.folders for c in sorted(f.rglob("config.yaml"))
-            if (c.parent / "metrics.csv").exists() and (r := run_table(c.parent)) is not None]
+    rows = [
+        r
+        for f in args.folders
+        for c in sorted(f.rglob("config.yaml"))
+        if (c.parent / "metrics.csv").exists() and (r := run_table(c.parent)) is not None
+    ]
     if not rows:
         sys.exit("pretrain_keep: no run with val/auroc, val/auroc_se, val/ce and val/true_auroc in its metrics.csv")
     df = pd.DataFrame(rows).sort_values(["threads", "plate", "split", "seed"])
     rules = ["ce", "auroc_max", "auroc_tied", "last"]
     print(df.round(3).to_string(index=False))
-    print("\nprobe's true AUROC at the kept epoch, mean (min) over runs; best reachable:",
-          f"{df['best_true'].mean():.3f} ({df['best_true'].min():.3f})")
+    print(
+        "\nprobe's true AUROC at the kept epoch, mean (min) over runs; best reachable:",
+        f"{df['best_true'].mean():.3f} ({df['best_true'].min():.3f})",
+    )
     for r in rules:
         gap = df["best_true"] - df[f"{r}_true"]
-        print(f"  {r:10s} {df[f'{r}_true'].mean():.3f} ({df[f'{r}_true'].min():.3f})   "
-              f"short of the best by > 0.02 in {(gap > 0.02).sum()} of {len(df)} runs")
+        print(
+            f"  {r:10s} {df[f'{r}_true'].mean():.3f} ({df[f'{r}_true'].min():.3f})   "
+            f"short of the best by > 0.02 in {(gap > 0.02).sum()} of {len(df)} runs"
+        )
     if args.out:
         df.to_csv(args.out, index=False)
 

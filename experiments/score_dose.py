@@ -36,12 +36,25 @@ TOL, MAE, EC50_FACTOR, SHARE = 0.08, 0.05, 1.5, 0.90
 # confound, small batches and 60 short pretrain epochs, so that the network learned something and its
 # fraction reference finds evidence at its confidence bounds (score needs it): the default plate's subtle
 # change leaves a network this small at chance (true AUROC ≈ 0.4), and such a run is refused.
-TINY = ["data.synthetic.affected_fraction.Ref=0.0", "data.synthetic.affected_fraction.Exp=1.0",
-        "data.synthetic.photons=6000", "data.synthetic.confound=false",
-        "data.synthetic.wells_per_condition=2", "data.synthetic.fields_per_well=2", "data.synthetic.field_size=256",
-        "data.synthetic.cells_per_field=40", "data.val_fraction=0.3", "data.batch_size=16",
-        "schedule.pretrain_epochs=60", "schedule.epochs=3", "schedule.warm_epochs=1", "schedule.push_every=2",
-        "schedule.push_start=2", "schedule.last_layer_epochs=1", "model.prototypes_per_class=2"]
+TINY = [
+    "data.synthetic.affected_fraction.Ref=0.0",
+    "data.synthetic.affected_fraction.Exp=1.0",
+    "data.synthetic.photons=6000",
+    "data.synthetic.confound=false",
+    "data.synthetic.wells_per_condition=2",
+    "data.synthetic.fields_per_well=2",
+    "data.synthetic.field_size=256",
+    "data.synthetic.cells_per_field=40",
+    "data.val_fraction=0.3",
+    "data.batch_size=16",
+    "schedule.pretrain_epochs=60",
+    "schedule.epochs=3",
+    "schedule.warm_epochs=1",
+    "schedule.push_every=2",
+    "schedule.push_start=2",
+    "schedule.last_layer_epochs=1",
+    "model.prototypes_per_class=2",
+]
 
 
 def run_seed(seed: int, out: Path, threads: int, tiny: bool) -> Path:
@@ -52,11 +65,37 @@ def run_seed(seed: int, out: Path, threads: int, tiny: bool) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     py = sys.executable
     if not (run / "metrics.json").exists():
-        subprocess.run([py, "train.py", "plate=dose_series", f"seed={seed}", f"data.synthetic.seed={seed}",
-                        f"hydra.run.dir={run}", f"threads={threads}", "explain=false",
-                        "trainer.enable_progress_bar=false", *(TINY if tiny else [])], cwd=ROOT, env=env, check=True)
-    subprocess.run([py, "score.py", f"run={run}", f"threads={threads}", "progress=false", "wandb=false",
-                    *(["bootstrap=50", "min_cells=5"] if tiny else [])], cwd=ROOT, env=env, check=True)
+        subprocess.run(
+            [
+                py,
+                "train.py",
+                "plate=dose_series",
+                f"seed={seed}",
+                f"data.synthetic.seed={seed}",
+                f"hydra.run.dir={run}",
+                f"threads={threads}",
+                "explain=false",
+                "trainer.enable_progress_bar=false",
+                *(TINY if tiny else []),
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
+    subprocess.run(
+        [
+            py,
+            "score.py",
+            f"run={run}",
+            f"threads={threads}",
+            "progress=false",
+            "wandb=false",
+            *(["bootstrap=50", "min_cells=5"] if tiny else []),
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
     return run
 
 
@@ -65,7 +104,7 @@ def seed_row(run: Path) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     wells = pd.read_csv(run / "score" / "wells.csv", keep_default_na=False, na_values=[""])
     fits = pd.read_csv(run / "score" / "dose_response.csv")
-    design = json.loads((run / "score" / "score.json").read_text())["design"]     # the plate's dose series
+    design = json.loads((run / "score" / "score.json").read_text())["design"]  # the plate's dose series
     dosed = wells[wells["dose"].notna() & (wells["n_cells"] > 0)]
     err = (dosed["affected_fraction"] - dosed["truth"]).abs()
     means = dosed.groupby("dose")["affected_fraction"].mean().sort_index()
@@ -73,26 +112,41 @@ def seed_row(run: Path) -> dict:
     rises = bool(fit["ok"]) and (fit["top"] - fit["bottom"]) * (design["top"] - design["bottom"]) > 0
     max_drop = float((-means.diff()).max()) if len(means) > 1 else 0.0
     ratio = float(fit["ec50"] / design["ec50"]) if fit["ok"] else float("nan")
-    row = {"seed": int(metrics.get("seed", -1)), "true_auroc": metrics.get("true_label_auroc"),
-           "dose_wells": int(len(dosed)), "cells_per_well": float(dosed["n_cells"].mean()),
-           "within_tol": float((err <= TOL).mean()), "mae": float(err.mean()), "max_err": float(err.max()),
-           "ci_coverage": float(((dosed["ci_low"] <= dosed["truth"]) & (dosed["truth"] <= dosed["ci_high"])).mean()),
-           "ec50": float(fit["ec50"]) if fit["ok"] else float("nan"),
-           "ec50_ci": f"{fit['ec50_ci_low']:.3g}–{fit['ec50_ci_high']:.3g}" if fit["ok"] else "",
-           "ec50_ratio": ratio, "curve_rises": rises, "dose_means_max_drop": max_drop,
-           "monotone": bool(rises and max_drop <= TOL)}
+    row = {
+        "seed": int(metrics.get("seed", -1)),
+        "true_auroc": metrics.get("true_label_auroc"),
+        "dose_wells": int(len(dosed)),
+        "cells_per_well": float(dosed["n_cells"].mean()),
+        "within_tol": float((err <= TOL).mean()),
+        "mae": float(err.mean()),
+        "max_err": float(err.max()),
+        "ci_coverage": float(((dosed["ci_low"] <= dosed["truth"]) & (dosed["truth"] <= dosed["ci_high"])).mean()),
+        "ec50": float(fit["ec50"]) if fit["ok"] else float("nan"),
+        "ec50_ci": f"{fit['ec50_ci_low']:.3g}–{fit['ec50_ci_high']:.3g}" if fit["ok"] else "",
+        "ec50_ratio": ratio,
+        "curve_rises": rises,
+        "dose_means_max_drop": max_drop,
+        "monotone": bool(rises and max_drop <= TOL),
+    }
     for r in wells[wells.get("stress", pd.Series("", index=wells.index)).fillna("") != ""].itertuples():
         row[f"stress {r.stress}: error"] = float(r.affected_fraction - r.truth)
-    misses = [name for name, ok in (("within ±0.08", row["within_tol"] >= SHARE), ("MAE", row["mae"] <= MAE),
-                                    ("EC50", 1 / EC50_FACTOR <= ratio <= EC50_FACTOR), ("monotone", row["monotone"]))
-              if not ok]
+    misses = [
+        name
+        for name, ok in (
+            ("within ±0.08", row["within_tol"] >= SHARE),
+            ("MAE", row["mae"] <= MAE),
+            ("EC50", 1 / EC50_FACTOR <= ratio <= EC50_FACTOR),
+            ("monotone", row["monotone"]),
+        )
+        if not ok
+    ]
     row["bar"] = "met" if not misses else "missed: " + ", ".join(misses)
     return row
 
 
 def tabulate(runs: list[Path]) -> pd.DataFrame:
     df = pd.DataFrame([seed_row(r) for r in runs])
-    num = df.select_dtypes(["number", "bool"]).drop(columns=["seed"]).astype(float)   # booleans: the share of seeds
+    num = df.select_dtypes(["number", "bool"]).drop(columns=["seed"]).astype(float)  # booleans: the share of seeds
     mean = {"seed": "mean", **num.mean().to_dict(), "bar": f"{(df['bar'] == 'met').sum()} of {len(df)} seeds met"}
     return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
 
@@ -100,6 +154,7 @@ def tabulate(runs: list[Path]) -> pd.DataFrame:
 def markdown(df: pd.DataFrame) -> str:
     def cell(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"

@@ -63,8 +63,15 @@ def run_seed(seed: int, out: Path, threads: int, tiny: bool) -> dict[str, Path]:
     """Train and score both scenarios of one seed (skipped when done); returns scenario → run folder."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     py = sys.executable
-    common = ["plate=two_plates", f"seed={seed}", f"data.synthetic.seed={seed}", f"threads={threads}",
-              "explain=false", "trainer.enable_progress_bar=false", *(TINY if tiny else [])]
+    common = [
+        "plate=two_plates",
+        f"seed={seed}",
+        f"data.synthetic.seed={seed}",
+        f"threads={threads}",
+        "explain=false",
+        "trainer.enable_progress_bar=false",
+        *(TINY if tiny else []),
+    ]
     score = [f"threads={threads}", "progress=false", "wandb=false", *(["bootstrap=50", "min_cells=5"] if tiny else [])]
     runs = {"both": out / f"seed{seed}" / "both", "plate1": out / f"seed{seed}" / "plate1"}
     for scenario, run in runs.items():
@@ -92,7 +99,7 @@ def plate_rows(scenario: str, run: Path) -> list[dict]:
     score = run / "score"
     wells = pd.read_csv(score / "wells.csv", keep_default_na=False, na_values=[""])
     fits = pd.read_csv(score / "dose_response.csv", keep_default_na=False, na_values=[""])
-    fits["plate"] = fits["plate"].fillna("")                   # "": the curve over every plate
+    fits["plate"] = fits["plate"].fillna("")  # "": the curve over every plate
     qc = pd.read_csv(score / "qc.csv", keep_default_na=False, na_values=[""])
     hits = pd.read_csv(score / "hits.csv", keep_default_na=False, na_values=[""])
     info = json.loads((score / "score.json").read_text())
@@ -105,24 +112,51 @@ def plate_rows(scenario: str, run: Path) -> list[dict]:
     for plate, w in wells.groupby("plate", sort=True):
         dosed = w[w["dose"].notna() & (w["n_cells"] > 0)]
         raw, norm = ((dosed[c] - dosed["truth"]).abs() for c in ("affected_fraction", "normalised_fraction"))
-        fit = fits[(fits["plate"] == plate) & (fits["measure"] == "affected_fraction") & (fits["compound"] == design["compound"])]
-        if fit.empty:                                 # one plate: the curve over every plate is this plate's
-            fit = fits[(fits["plate"] == "") & (fits["measure"] == "affected_fraction") & (fits["compound"] == design["compound"])]
+        fit = fits[
+            (fits["plate"] == plate)
+            & (fits["measure"] == "affected_fraction")
+            & (fits["compound"] == design["compound"])
+        ]
+        if fit.empty:  # one plate: the curve over every plate is this plate's
+            fit = fits[
+                (fits["plate"] == "")
+                & (fits["measure"] == "affected_fraction")
+                & (fits["compound"] == design["compound"])
+            ]
         fit = fit.iloc[0]
         z = qc[(qc["plate"] == plate) & (qc["readout"] == "Protocell_AffectedFraction")].iloc[0]
         ratio = float(fit["ec50"] / design["ec50"]) if fit["ok"] else float("nan")
-        row = {"seed": seed, "scenario": scenario, "plate": plate, "trained_on": "both plates" if scenario == "both" else "plate1",
-               "true_auroc": metrics.get("true_label_auroc"), "dose_wells": len(dosed),
-               "raw_within": float((raw <= TOL).mean()), "raw_mae": float(raw.mean()),
-               "norm_within": float((norm <= TOL).mean()), "norm_mae": float(norm.mean()), "norm_max": float(norm.max()),
-               "ec50": float(fit["ec50"]), "ec50_ci": f"{fit['ec50_ci_low']:.3g}–{fit['ec50_ci_high']:.3g}",
-               "ec50_ratio": ratio, "z_prime": float(z["z_prime"]), "robust_z_prime": float(z["robust_z_prime"]),
-               "qc_verdict": z["verdict"],
-               "hits_above_ec50": f"{above['hit'].sum()} of {len(above)}", "vehicle_hit": bool(vehicle["hit"].any())}
-        misses = [name for name, ok in (("within ±0.08", row["norm_within"] >= SHARE),
-                                        ("EC50", 1 / EC50_FACTOR <= ratio <= EC50_FACTOR),
-                                        ("Z′", pd.notna(row["z_prime"])),
-                                        ("hits", bool(above["hit"].all()) and not row["vehicle_hit"])) if not ok]
+        row = {
+            "seed": seed,
+            "scenario": scenario,
+            "plate": plate,
+            "trained_on": "both plates" if scenario == "both" else "plate1",
+            "true_auroc": metrics.get("true_label_auroc"),
+            "dose_wells": len(dosed),
+            "raw_within": float((raw <= TOL).mean()),
+            "raw_mae": float(raw.mean()),
+            "norm_within": float((norm <= TOL).mean()),
+            "norm_mae": float(norm.mean()),
+            "norm_max": float(norm.max()),
+            "ec50": float(fit["ec50"]),
+            "ec50_ci": f"{fit['ec50_ci_low']:.3g}–{fit['ec50_ci_high']:.3g}",
+            "ec50_ratio": ratio,
+            "z_prime": float(z["z_prime"]),
+            "robust_z_prime": float(z["robust_z_prime"]),
+            "qc_verdict": z["verdict"],
+            "hits_above_ec50": f"{above['hit'].sum()} of {len(above)}",
+            "vehicle_hit": bool(vehicle["hit"].any()),
+        }
+        misses = [
+            name
+            for name, ok in (
+                ("within ±0.08", row["norm_within"] >= SHARE),
+                ("EC50", 1 / EC50_FACTOR <= ratio <= EC50_FACTOR),
+                ("Z′", pd.notna(row["z_prime"])),
+                ("hits", bool(above["hit"].all()) and not row["vehicle_hit"]),
+            )
+            if not ok
+        ]
         row["bar"] = "met" if not misses else "missed: " + ", ".join(misses)
         rows.append(row)
     return rows

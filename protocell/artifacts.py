@@ -39,8 +39,19 @@ from protocell.fsutil import atomic_torch_save
 PROTOTYPES_FORMAT = "protocell-prototypes"
 PROTOTYPES_VERSION = 2
 READABLE_VERSIONS = (PROTOTYPES_VERSION,)
-REQUIRED_KEYS = ("vectors", "prototype_class", "class_names", "cell_id", "latent_yx", "box_clipped", "rf",
-                 "crop_size", "latent_size", "pushes", "store")
+REQUIRED_KEYS = (
+    "vectors",
+    "prototype_class",
+    "class_names",
+    "cell_id",
+    "latent_yx",
+    "box_clipped",
+    "rf",
+    "crop_size",
+    "latent_size",
+    "pushes",
+    "store",
+)
 
 
 class RunFolderError(ProtocellError):
@@ -78,14 +89,19 @@ class RunFolder:
         frame (None when neither does): the held-out cells the fractions are estimated from."""
         import pandas as pd
 
-        parts = [pd.read_csv(path).assign(target=target)
-                 for path, target in ((self.test_predictions, True), (self.val_predictions, False)) if path.exists()]
+        parts = [
+            pd.read_csv(path).assign(target=target)
+            for path, target in ((self.test_predictions, True), (self.val_predictions, False))
+            if path.exists()
+        ]
         return pd.concat(parts, ignore_index=True) if parts else None
 
     def require(self, path: Path, why: str) -> Path:
         if not path.exists():
-            raise RunFolderError(f"{path} is missing, so {self.root} is not a finished protocell run ({why}); "
-                                 "pass the folder of a run that finished, or re-run train.py")
+            raise RunFolderError(
+                f"{path} is missing, so {self.root} is not a finished protocell run ({why}); "
+                "pass the folder of a run that finished, or re-run train.py"
+            )
         return path
 
 
@@ -95,7 +111,8 @@ def prototype_record(net, crop_size: int, latent_size, class_names: list[str], m
     boxes = [rf.box(int(y), int(x)) for y, x in net.proto_latent_yx.tolist()]
     clipped = [rf.box(int(y), int(x), clip=crop_size) for y, x in net.proto_latent_yx.tolist()]
     return {
-        "format": PROTOTYPES_FORMAT, "version": PROTOTYPES_VERSION,
+        "format": PROTOTYPES_FORMAT,
+        "version": PROTOTYPES_VERSION,
         "vectors": net.prototypes.detach().cpu().clone(),
         "prototype_class": net.prototype_class.cpu().clone(),
         "class_names": list(class_names),
@@ -103,11 +120,16 @@ def prototype_record(net, crop_size: int, latent_size, class_names: list[str], m
         "cell_id": net.proto_cell_id.cpu().clone(),
         "latent_yx": net.proto_latent_yx.cpu().clone(),
         "distance": net.proto_distance.cpu().clone(),
-        "box": torch.tensor(boxes, dtype=torch.long),            # RF box in crop pixels (y0, x0, y1, x1)
+        "box": torch.tensor(boxes, dtype=torch.long),  # RF box in crop pixels (y0, x0, y1, x1)
         "box_clipped": torch.tensor(clipped, dtype=torch.long),  # the same, clipped to the crop
-        "rf": rf.as_dict(), "crop_size": int(crop_size), "latent_size": [int(v) for v in latent_size],
-        "pushes": int(net.pushes), "use_mask": bool(net.use_mask), "mask_penalty": float(net.mask_penalty),
-        "backbone": net.backbone_name, **meta,
+        "rf": rf.as_dict(),
+        "crop_size": int(crop_size),
+        "latent_size": [int(v) for v in latent_size],
+        "pushes": int(net.pushes),
+        "use_mask": bool(net.use_mask),
+        "mask_penalty": float(net.mask_penalty),
+        "backbone": net.backbone_name,
+        **meta,
     }
 
 
@@ -121,20 +143,29 @@ def read_prototypes(path: str | Path, pushed: bool = True) -> dict:
     try:
         record = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # a truncated file, or a pickle of another program
-        raise RunFolderError(f"{path} cannot be read as a protocell prototypes file ({type(e).__name__}: "
-                             f"{str(e)[:200]}); re-run train.py to write it again") from e
-    if not isinstance(record, dict) or record.get("format") != PROTOTYPES_FORMAT \
-            or int(record.get("version", -1)) not in READABLE_VERSIONS:
+        raise RunFolderError(
+            f"{path} cannot be read as a protocell prototypes file ({type(e).__name__}: "
+            f"{str(e)[:200]}); re-run train.py to write it again"
+        ) from e
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != PROTOTYPES_FORMAT
+        or int(record.get("version", -1)) not in READABLE_VERSIONS
+    ):
         fmt = record.get("format") if isinstance(record, dict) else type(record).__name__
         ver = record.get("version") if isinstance(record, dict) else None
-        raise RunFolderError(f"{path} is format {fmt} v{ver}, this protocell reads {PROTOTYPES_FORMAT} "
-                             f"v{'/'.join(map(str, READABLE_VERSIONS))}: use the protocell version that trained "
-                             "it, or retrain with this one")
+        raise RunFolderError(
+            f"{path} is format {fmt} v{ver}, this protocell reads {PROTOTYPES_FORMAT} "
+            f"v{'/'.join(map(str, READABLE_VERSIONS))}: use the protocell version that trained "
+            "it, or retrain with this one"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
         raise RunFolderError(f"{path} lacks {missing}: written by another protocell version; retrain with this one")
     if pushed and (int(record["pushes"]) < 1 or bool((torch.as_tensor(record["cell_id"]) < 0).any())):
-        raise RunFolderError(f"{path}: pushes = {int(record['pushes'])}, the prototypes were never pushed, so "
-                             "they are not cell patches yet and there is nothing to show; train until the first "
-                             "push (schedule.push_every / schedule.push_start) and try again")
+        raise RunFolderError(
+            f"{path}: pushes = {int(record['pushes'])}, the prototypes were never pushed, so "
+            "they are not cell patches yet and there is nothing to show; train until the first "
+            "push (schedule.push_every / schedule.push_start) and try again"
+        )
     return record

@@ -67,16 +67,22 @@ def datamodule_from_run(data, source: str, key: str = "data", mask=None):
     for where, target in targets(plain, key):
         if where == key and target == DATAMODULE_TARGET:
             continue
-        raise ConfigError(f"{source}: {where}._target_={target!r} is refused: a run folder's config never chooses "
-                          f"code to run; protocell rebuilds '{key}' itself as {DATAMODULE_TARGET} from plain values "
-                          f"(remove the _target_ key, or retrain to get a config train.py wrote)")
+        raise ConfigError(
+            f"{source}: {where}._target_={target!r} is refused: a run folder's config never chooses "
+            f"code to run; protocell rebuilds '{key}' itself as {DATAMODULE_TARGET} from plain values "
+            f"(remove the _target_ key, or retrain to get a config train.py wrote)"
+        )
     typed = _checked({k: v for k, v in plain.items() if k != "_target_"}, DataConfig, key, source)
     kwargs = OmegaConf.to_container(typed, resolve=True)
     skip = {"_target_", "synthetic"}
-    zeroing = _checked({} if mask is None else mask if isinstance(mask, dict) else _plain(mask), MaskConfig, "mask",
-                       source)
-    return CellDataModule(**{f.name: kwargs[f.name] for f in fields(DataConfig) if f.name not in skip},
-                          zero_background=bool(zeroing.zero_background), zero_margin=int(zeroing.zero_margin))
+    zeroing = _checked(
+        {} if mask is None else mask if isinstance(mask, dict) else _plain(mask), MaskConfig, "mask", source
+    )
+    return CellDataModule(
+        **{f.name: kwargs[f.name] for f in fields(DataConfig) if f.name not in skip},
+        zero_background=bool(zeroing.zero_background),
+        zero_margin=int(zeroing.zero_margin),
+    )
 
 
 def _checked(values: dict, schema, key: str, source: str | None):
@@ -88,14 +94,17 @@ def _checked(values: dict, schema, key: str, source: str | None):
 
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), values)
-    except OmegaConfBaseException as e:       # an unknown key, a string where a number belongs
-        raise ConfigError(f"{source}: '{key}' does not match protocell's {key.split('.')[-1]} schema: "
-                          f"{str(e).splitlines()[0]}; retrain to get a config train.py wrote") from None
+    except OmegaConfBaseException as e:  # an unknown key, a string where a number belongs
+        raise ConfigError(
+            f"{source}: '{key}' does not match protocell's {key.split('.')[-1]} schema: "
+            f"{str(e).splitlines()[0]}; retrain to get a config train.py wrote"
+        ) from None
     validate_node(typed, schema, f"{key}.", source)
     return typed
 
 
 # ----------------------------------------------------------------------------- data
+
 
 def store_path(cfg) -> Path:
     """The crop store the config names: ``data.path`` when it is set (a prepared store; any
@@ -103,16 +112,21 @@ def store_path(cfg) -> Path:
     synthetic wells of ``data.synthetic`` (keys it does not set take ``WellSpec``'s defaults)."""
     from protocell.data.synthetic import build_store
 
-    path = OmegaConf.select(cfg, "data.path", throw_on_missing=False) if OmegaConf.is_config(cfg) \
+    path = (
+        OmegaConf.select(cfg, "data.path", throw_on_missing=False)
+        if OmegaConf.is_config(cfg)
         else (cfg.get("data") or {}).get("path")
+    )
     if path and path != "???":
         if _plain(cfg.data).get("synthetic"):
             log.info("data.path=%s is set: the data.synthetic settings are not used", path)
         return Path(path)
     spec = synthetic_spec(cfg)
     if spec is None:
-        raise ConfigError("config value data.path is missing: data=prepared needs data.path=<crop store folder> "
-                          "(python prepare.py prints it), or use data=synthetic")
+        raise ConfigError(
+            "config value data.path is missing: data=prepared needs data.path=<crop store folder> "
+            "(python prepare.py prints it), or use data=synthetic"
+        )
     t0 = time.time()
     path = build_store(Path(cfg.paths.cache_dir), spec)
     log.info("synthetic wells at %s (%.1f s)", path, time.time() - t0)
@@ -143,7 +157,7 @@ def build_datamodule(cfg, path: str | Path | None = None, source: str | None = N
     data["path"] = str(path if path is not None else store_path(cfg))
     if source:
         dm = datamodule_from_run(data, source, mask=cfg.get("mask"))
-    else:          # the mask group owns the zeroing; the DataModule applies it
+    else:  # the mask group owns the zeroing; the DataModule applies it
         dm = instantiate(data, zero_background=bool(cfg.mask.zero_background), zero_margin=int(cfg.mask.zero_margin))
     if setup:
         dm.setup("fit")
@@ -152,10 +166,14 @@ def build_datamodule(cfg, path: str | Path | None = None, source: str | None = N
 
 # ----------------------------------------------------------------------------- model
 
+
 def net_spec(cfg, in_channels: int) -> dict:
     """Plain keyword arguments of the network: backbone, prototype head, input channels."""
-    return {"backbone": _plain(cfg.backbone), "head": {**_plain(cfg.model), "use_mask": bool(cfg.mask.distance_term)},
-            "in_channels": int(in_channels)}
+    return {
+        "backbone": _plain(cfg.backbone),
+        "head": {**_plain(cfg.model), "use_mask": bool(cfg.mask.distance_term)},
+        "in_channels": int(in_channels),
+    }
 
 
 def build_module(cfg, dm):
@@ -163,12 +181,19 @@ def build_module(cfg, dm):
     from protocell.model.module import ProtoPNetModule
 
     perf = cfg.performance
-    channels_last = bool(cfg.trainer.channels_last)    # a protocell key in the trainer group
-    module = ProtoPNetModule(net_spec(cfg, dm.in_channels), class_names=list(dm.class_names),
-                             last_layer=cfg.last_layer.mode, lr=_plain(cfg.optim.lr),
-                             weight_decay=float(cfg.optim.weight_decay), channels_last=channels_last,
-                             bag_size=int(dm.bag_size), head=cfg.head,
-                             ramp_epochs=int(cfg.schedule.loss_ramp_epochs), **_plain(cfg.loss))
+    channels_last = bool(cfg.trainer.channels_last)  # a protocell key in the trainer group
+    module = ProtoPNetModule(
+        net_spec(cfg, dm.in_channels),
+        class_names=list(dm.class_names),
+        last_layer=cfg.last_layer.mode,
+        lr=_plain(cfg.optim.lr),
+        weight_decay=float(cfg.optim.weight_decay),
+        channels_last=channels_last,
+        bag_size=int(dm.bag_size),
+        head=cfg.head,
+        ramp_epochs=int(cfg.schedule.loss_ramp_epochs),
+        **_plain(cfg.loss),
+    )
     if channels_last:
         module.to(memory_format=torch.channels_last)
     if perf.compile:

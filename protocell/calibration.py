@@ -42,7 +42,7 @@ def platt_apply(scores: np.ndarray, a: float, b: float) -> np.ndarray:
     return 1 / (1 + np.exp(-(a * _logit(scores) + b)))
 
 
-BOUNDS = {"a": (1e-3, 50.0), "b": (-50.0, 50.0), "lo": (-10.0, 10.0), "hi": (-10.0, 10.0)}   # lo, hi: logits
+BOUNDS = {"a": (1e-3, 50.0), "b": (-50.0, 50.0), "lo": (-10.0, 10.0), "hi": (-10.0, 10.0)}  # lo, hi: logits
 
 
 def noisy_label_fit(scores: np.ndarray, targets: np.ndarray, start: dict | None = None) -> dict:
@@ -88,20 +88,31 @@ def noisy_label_fit(scores: np.ndarray, targets: np.ndarray, start: dict | None 
         return np.log(p / (1 - p))
 
     if start is not None:
-        starts = [[start["a"], start["b"], logit(start["lo"]),
-                   logit((start["hi"] - start["lo"]) / max(1 - start["lo"], 1e-9))]]
+        starts = [
+            [
+                start["a"],
+                start["b"],
+                logit(start["lo"]),
+                logit((start["hi"] - start["lo"]) / max(1 - start["lo"], 1e-9)),
+            ]
+        ]
     else:
-        starts = [[*ab, np.log(lo0 / (1 - lo0)), np.log((hi0 - lo0) / (1 - hi0))]
-                  for lo0, hi0 in ((0.2, 0.8), (0.35, 0.9), (0.1, 0.95), (0.4, 0.7))
-                  for ab in ((max(a0, 0.1), b0), (1.0, 0.0))]
+        starts = [
+            [*ab, np.log(lo0 / (1 - lo0)), np.log((hi0 - lo0) / (1 - hi0))]
+            for lo0, hi0 in ((0.2, 0.8), (0.35, 0.9), (0.1, 0.95), (0.4, 0.7))
+            for ab in ((max(a0, 0.1), b0), (1.0, 0.0))
+        ]
     best = None
     for w0 in starts:
         w0 = [float(np.clip(v, lo_b + 1e-9, hi_b - 1e-9)) for v, (lo_b, hi_b) in zip(w0, BOUNDS.values())]
         r = minimize(nll, w0, method="L-BFGS-B", bounds=list(BOUNDS.values()))
         if best is None or r.fun < best.fun:
             best = r
-    at_bound = [k for k, v, (lo_b, hi_b) in zip(BOUNDS, best.x, BOUNDS.values())
-                if abs(v - lo_b) < 1e-6 * max(1, abs(lo_b)) or abs(v - hi_b) < 1e-6 * max(1, abs(hi_b))]
+    at_bound = [
+        k
+        for k, v, (lo_b, hi_b) in zip(BOUNDS, best.x, BOUNDS.values())
+        if abs(v - lo_b) < 1e-6 * max(1, abs(lo_b)) or abs(v - hi_b) < 1e-6 * max(1, abs(hi_b))
+    ]
     a, b, lo, hi = unpack(best.x)
     pi = float(y.mean())
     c1, c2 = pi * (1 - hi) / ((1 - pi) * hi), pi * (1 - lo) / ((1 - pi) * lo)
@@ -110,8 +121,18 @@ def noisy_label_fit(scores: np.ndarray, targets: np.ndarray, start: dict | None 
     rho_ref = c1 * rho_exp
     # the share of affected cells among the fitted ones: the prior P(affected | s) is relative to
     prior = pi * rho_exp + (1 - pi) * rho_ref
-    return {"a": float(a), "b": float(b), "lo": float(lo), "hi": float(hi), "rho_exp": float(rho_exp),
-            "rho_ref": float(rho_ref), "prior": float(prior), "nll": float(best.fun), "ok": ok, "at_bound": at_bound}
+    return {
+        "a": float(a),
+        "b": float(b),
+        "lo": float(lo),
+        "hi": float(hi),
+        "rho_exp": float(rho_exp),
+        "rho_ref": float(rho_ref),
+        "prior": float(prior),
+        "nll": float(best.fun),
+        "ok": ok,
+        "at_bound": at_bound,
+    }
 
 
 def noisy_label_apply(scores: np.ndarray, fit: dict) -> np.ndarray:

@@ -55,8 +55,20 @@ METRICS = {
 # factors every table shows, in this order, when the runs have them
 MAIN_FACTORS = ["experiment", "backbone", "mask", "last_layer"]
 # settings that never make a factor: bookkeeping, not design
-IGNORED = {"seed", "threads", "resume", "explain", "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir",
-           "paths.output_dir", "paths.cache_dir", "trainer.enable_progress_bar", "logger", "data.synthetic.seed"}
+IGNORED = {
+    "seed",
+    "threads",
+    "resume",
+    "explain",
+    "hydra.run.dir",
+    "hydra.sweep.dir",
+    "hydra.sweep.subdir",
+    "paths.output_dir",
+    "paths.cache_dir",
+    "trainer.enable_progress_bar",
+    "logger",
+    "data.synthetic.seed",
+}
 SIGNIFICANT_Q = 0.05
 
 
@@ -122,13 +134,13 @@ def run_factors(run: Path) -> dict:
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
     hydra_file = run / ".hydra" / "hydra.yaml"
     if hydra_file.exists():
-        choices = (_get(yaml.safe_load(hydra_file.read_text()) or {}, "hydra.runtime.choices") or {})
+        choices = _get(yaml.safe_load(hydra_file.read_text()) or {}, "hydra.runtime.choices") or {}
         out.update({k: v for k, v in choices.items() if not k.startswith("hydra/") and v is not None})
     overrides = run / ".hydra" / "overrides.yaml"
     if overrides.exists():
         for item in yaml.safe_load(overrides.read_text()) or []:
             key, _, value = str(item).lstrip("+~").partition("=")
-            if "/" not in key and key not in out:          # group choices are already in `out`
+            if "/" not in key and key not in out:  # group choices are already in `out`
                 out[key] = value
     out.setdefault("backbone", _get(cfg, "backbone.name"))
     out.setdefault("mask", mask_name(cfg.get("mask")))
@@ -157,8 +169,11 @@ def exposed_fraction(metrics: dict) -> dict:
 
 def run_row(run: Path) -> dict:
     metrics = _read_json(run / "metrics.json")
-    sources = {"metrics": metrics, "explain": _read_json(run / "explain" / "explain_metrics.json"),
-               "fraction": exposed_fraction(metrics)}
+    sources = {
+        "metrics": metrics,
+        "explain": _read_json(run / "explain" / "explain_metrics.json"),
+        "fraction": exposed_fraction(metrics),
+    }
     row = {"run": str(run), **run_factors(run)}
     for col, (src, keys) in METRICS.items():
         if src == "differences":
@@ -200,20 +215,31 @@ def _cell(mean, sd, digits: int) -> str:
 
 
 def markdown(summary: pd.DataFrame, factors: list[str]) -> str:
-    labels = {"well_label_accuracy": "well acc", "well_label_auroc": "well AUROC",
-              "true_label_accuracy": "true acc", "true_label_auroc": "true AUROC",
-              "localisation_share": "localisation", "background_prototype_share": "bg protos",
-              "affected_fraction_error": "affected-frac err", "affected_fraction_ci_covers": "CI covers",
-              "well_cue_auroc": "well cue", "distinct_source_patches": "distinct sources",
-              "tied_prototypes": "tied protos", "exp_prototype_up_on_change": "Exp proto up & on change",
-              "significant_prototype_share": "signif. protos", "train_seconds": "train s"}
+    labels = {
+        "well_label_accuracy": "well acc",
+        "well_label_auroc": "well AUROC",
+        "true_label_accuracy": "true acc",
+        "true_label_auroc": "true AUROC",
+        "localisation_share": "localisation",
+        "background_prototype_share": "bg protos",
+        "affected_fraction_error": "affected-frac err",
+        "affected_fraction_ci_covers": "CI covers",
+        "well_cue_auroc": "well cue",
+        "distinct_source_patches": "distinct sources",
+        "tied_prototypes": "tied protos",
+        "exp_prototype_up_on_change": "Exp proto up & on change",
+        "significant_prototype_share": "signif. protos",
+        "train_seconds": "train s",
+    }
     metrics = [c for c in METRICS if f"{c}_mean" in summary and summary[f"{c}_mean"].notna().any()]
     head = factors + ["seeds"] + [labels[c] for c in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for _, r in summary.iterrows():
         cells = [str(r[f]) for f in factors] + [str(int(r["seeds"]))]
-        cells += [_cell(r[f"{c}_mean"], r[f"{c}_sd"], 0 if c in ("train_seconds", "distinct_source_patches") else 3)
-                  for c in metrics]
+        cells += [
+            _cell(r[f"{c}_mean"], r[f"{c}_sd"], 0 if c in ("train_seconds", "distinct_source_patches") else 3)
+            for c in metrics
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

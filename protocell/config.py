@@ -30,9 +30,9 @@ PRETRAIN_KEEP = ("best", "last")
 SEPARATIONS = ("reference", "all")
 INIT_METHODS = ("evidence", "kmeans", "random")
 HEADS = ("protopnet", "baseline")
-HEATMAPS = ("contour", "panel")                       # report.heatmap
-REPLICATE_UNITS = ("auto", "well", "image", "field")   # report.unit
-LR_GROUPS = ("features", "add_on", "prototypes", "last_layer", "pretrain")   # optim.lr: a rate for each
+HEATMAPS = ("contour", "panel")  # report.heatmap
+REPLICATE_UNITS = ("auto", "well", "image", "field")  # report.unit
+LR_GROUPS = ("features", "add_on", "prototypes", "last_layer", "pretrain")  # optim.lr: a rate for each
 
 
 def rule(check, need: str, default=MISSING, **kw):
@@ -65,9 +65,13 @@ class PhotometricConfig:
 @dataclass
 class DoseSeriesConfig:
     """``data.synthetic.dose_series`` (``protocell.data.synthetic.DoseSeries``; ``plate=dose_series``)."""
+
     compound: str = "C1"
-    doses: List[float] = rule(lambda v: len(v) > 0 and min(v) >= 0, "a non-empty list of doses ≥ 0 (0: vehicle)",
-                              default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
+    doses: List[float] = rule(
+        lambda v: len(v) > 0 and min(v) >= 0,
+        "a non-empty list of doses ≥ 0 (0: vehicle)",
+        default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0],
+    )
     replicates: int = rule(_int(1), "an integer ≥ 1", 3)
     ec50: float = rule(lambda v: v > 0, "> 0 (in the doses' unit)", 0.5)
     hill: float = rule(lambda v: v > 0, "> 0", 1.0)
@@ -79,20 +83,24 @@ class DoseSeriesConfig:
 @dataclass
 class WellEffectsConfig:
     """``data.synthetic.well_effects`` (``protocell.data.synthetic.WellEffects``; group ``well_effects``)."""
+
     gain: float = rule(lambda v: 0 <= v <= 0.9, "in [0, 0.9] (per-well gain 1 ± gain)", 0.2)
     blur: float = rule(lambda v: 0 <= v <= 1, "in [0, 1] (per-well optics σ 0.8·(1 ± blur) px)", 0.0)
     noise: float = rule(lambda v: 0 <= v <= 1, "in [0, 1] (per-well read noise ×(1 ± noise))", 0.0)
-    align: float = rule(lambda v: 0 <= v <= 1, "a probability in [0, 1] (0 independent of the condition, "
-                                              "1 exposed wells imaged differently)", 0.0)
+    align: float = rule(
+        lambda v: 0 <= v <= 1,
+        "a probability in [0, 1] (0 independent of the condition, 1 exposed wells imaged differently)",
+        0.0,
+    )
 
 
 @dataclass
 class PlateConfig:
     """One plate of ``data.synthetic.plates`` (``protocell.data.synthetic.Plate``; ``plate=two_plates``)."""
+
     name: str = rule(lambda v: bool(str(v)), "a non-empty name", "plate1")
     gain: float = rule(lambda v: v > 0, "gain > 0 (× every well's own gain)", 1.0)
-    offset: float = rule(lambda v: v >= 0, "offset ≥ 0 (uniform light, in units of the brightest actin structure)",
-                         0.0)
+    offset: float = rule(lambda v: v >= 0, "offset ≥ 0 (uniform light, in units of the brightest actin structure)", 0.0)
     edge: float = rule(lambda v: 0 <= v < 1, "edge in [0, 1) (the outer ring of wells at gain × (1 − edge))", 0.0)
     seed: Optional[int] = None  # None: data.synthetic.seed + the plate's position
 
@@ -118,8 +126,11 @@ def check_fields(values, schema, prefix: str) -> None:
 
 
 def _plates_ok(plates) -> bool:
-    return plates is None or (len(plates) > 0 and len({p["name"] for p in plates}) == len(plates) and all(
-        broken_rule(PlateConfig, p) is None for p in plates))
+    return plates is None or (
+        len(plates) > 0
+        and len({p["name"] for p in plates}) == len(plates)
+        and all(broken_rule(PlateConfig, p) is None for p in plates)
+    )
 
 
 @dataclass
@@ -137,8 +148,11 @@ class SyntheticConfig:
     seed: int = 0
     dose_series: Optional[DoseSeriesConfig] = None
     well_effects: WellEffectsConfig = field(default_factory=WellEffectsConfig)
-    plates: Optional[List[PlateConfig]] = rule(_plates_ok, "null or a list of plates with distinct non-empty names, "
-                                               "gain > 0, offset ≥ 0 and edge in [0, 1)", None)
+    plates: Optional[List[PlateConfig]] = rule(
+        _plates_ok,
+        "null or a list of plates with distinct non-empty names, gain > 0, offset ≥ 0 and edge in [0, 1)",
+        None,
+    )
 
 
 @dataclass
@@ -223,10 +237,17 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: Dict[str, float] = rule(lambda v: set(LR_GROUPS) <= set(v) and all(x >= 0 for x in v.values()),
-                                f"a rate ≥ 0 for each of {LR_GROUPS} (0 freezes the group)",
-                                default_factory=lambda: {"features": 1e-4, "add_on": 1e-3, "prototypes": 1e-3,
-                                                         "last_layer": 1e-2, "pretrain": 1e-3})
+    lr: Dict[str, float] = rule(
+        lambda v: set(LR_GROUPS) <= set(v) and all(x >= 0 for x in v.values()),
+        f"a rate ≥ 0 for each of {LR_GROUPS} (0 freezes the group)",
+        default_factory=lambda: {
+            "features": 1e-4,
+            "add_on": 1e-3,
+            "prototypes": 1e-3,
+            "last_layer": 1e-2,
+            "pretrain": 1e-3,
+        },
+    )
     weight_decay: float = rule(lambda v: v >= 0, "≥ 0", 1e-3)
     lr_gamma: float = rule(lambda v: 0 < v <= 1, "in (0, 1]", 0.1)
 
@@ -240,10 +261,13 @@ class PerformanceConfig:
 @dataclass
 class ReportConfig:
     """How explain draws and tests (``protocell.explain.options``); explain.py reads them from the run."""
+
     display: Dict[str, str] = rule(lambda v: hasattr(v, "items"), "a mapping channel → colour", default_factory=dict)
-    contrast: List[float] = rule(lambda v: len(v) == 2 and 0 <= float(v[0]) < float(v[1]) <= 100,
-                                 "[low, high] percentiles with 0 ≤ low < high ≤ 100",
-                                 default_factory=lambda: [0.5, 99.5])
+    contrast: List[float] = rule(
+        lambda v: len(v) == 2 and 0 <= float(v[0]) < float(v[1]) <= 100,
+        "[low, high] percentiles with 0 ≤ low < high ≤ 100",
+        default_factory=lambda: [0.5, 99.5],
+    )
     heatmap: str = rule(_one_of(HEATMAPS), f"one of {HEATMAPS}", "contour")
     channel_panels: bool = False
     unit: str = rule(_one_of(REPLICATE_UNITS), f"one of {REPLICATE_UNITS}", "auto")
@@ -301,18 +325,37 @@ def _walk(schema, node, prefix: str):
 
 def _dataclass_of(f):
     t = f.type if not isinstance(f.type, str) else _TYPES.get(f.type.replace("Optional[", "").rstrip("]"))
-    if not is_dataclass(t):   # Optional[X]: X (else the rules of optional sections are never checked)
+    if not is_dataclass(t):  # Optional[X]: X (else the rules of optional sections are never checked)
         t = next((a for a in get_args(t) if is_dataclass(a)), None)
     return t if is_dataclass(t) else None
 
 
-_TYPES = {c.__name__: c for c in (PhotometricConfig, DoseSeriesConfig, WellEffectsConfig, SyntheticConfig, DataConfig, BackboneConfig, MaskConfig,
-                                  LastLayerConfig, ScheduleConfig, HeadConfig, PrototypesConfig, LossConfig,
-                                  OptimConfig, PerformanceConfig, ReportConfig)}
+_TYPES = {
+    c.__name__: c
+    for c in (
+        PhotometricConfig,
+        DoseSeriesConfig,
+        WellEffectsConfig,
+        SyntheticConfig,
+        DataConfig,
+        BackboneConfig,
+        MaskConfig,
+        LastLayerConfig,
+        ScheduleConfig,
+        HeadConfig,
+        PrototypesConfig,
+        LossConfig,
+        OptimConfig,
+        PerformanceConfig,
+        ReportConfig,
+    )
+}
 
 
-MISSING_HINTS = {"data.path": "data=prepared needs data.path=<crop store folder> (python prepare.py prints it), "
-                               "or use data=synthetic"}
+MISSING_HINTS = {
+    "data.path": "data=prepared needs data.path=<crop store folder> (python prepare.py prints it), "
+    "or use data=synthetic"
+}
 
 
 def _missing_keys(cfg, prefix: str = ""):
@@ -364,7 +407,9 @@ def validate(cfg, schema=TrainConfig) -> None:
     rule; raise ``ConfigError`` naming the first bad one."""
     missing = sorted(_missing_keys(cfg)) if OmegaConf.is_config(cfg) else []
     if missing:
-        raise ConfigError(f"config value {missing[0]} is missing: "
-                          + MISSING_HINTS.get(missing[0], f"set it on the command line ({missing[0]}=…)"))
+        raise ConfigError(
+            f"config value {missing[0]} is missing: "
+            + MISSING_HINTS.get(missing[0], f"set it on the command line ({missing[0]}=…)")
+        )
     for _ in _walk(schema, cfg, ""):
         pass

@@ -43,17 +43,22 @@ import pandas as pd
 
 from protocell.stats import auroc, auroc_se
 
-SPREAD = 0.05          # excess SD of reference wells' fractions beyond their cells' sampling
-GAP = 0.05             # well-label AUROC gap, seen wells − unseen wells
-CALLS = 0.05           # |called share − fraction| beyond the CI
-IMAGING = 0.10         # rise of the reference fraction when its cells are imaged a little differently
-FOCUS = 0.35           # px: the Gaussian blur added ("softer") or removed ("sharper") by the focus changes
-MIN_CELLS = 20         # cells a well needs to be judged
+SPREAD = 0.05  # excess SD of reference wells' fractions beyond their cells' sampling
+GAP = 0.05  # well-label AUROC gap, seen wells − unseen wells
+CALLS = 0.05  # |called share − fraction| beyond the CI
+IMAGING = 0.10  # rise of the reference fraction when its cells are imaged a little differently
+FOCUS = 0.35  # px: the Gaussian blur added ("softer") or removed ("sharper") by the focus changes
+MIN_CELLS = 20  # cells a well needs to be judged
 
 
 def _check(name: str, value: float, threshold: float, fires: bool, why: str, **extra) -> dict:
-    return {"value": None if value is None or not math.isfinite(value) else float(value),
-            "threshold": threshold, "fires": bool(fires), "why": why, **extra}
+    return {
+        "value": None if value is None or not math.isfinite(value) else float(value),
+        "threshold": threshold,
+        "fires": bool(fires),
+        "why": why,
+        **extra,
+    }
 
 
 def reference_wells_agree(held: pd.DataFrame, fit: dict, reference: str, n_boot: int = 200, seed: int = 0) -> dict:
@@ -72,27 +77,47 @@ def reference_wells_agree(held: pd.DataFrame, fit: dict, reference: str, n_boot:
         boots = bootstrap_cells(lr, n_boot, rng)
         rows.append((str(well), mixture_fraction(lr), float(np.nanstd(boots, ddof=1)), len(g)))
     if len(rows) < 3:
-        return _check("reference_wells_agree", None, SPREAD, False,
-                      f"{len(rows)} held-out {reference} well(s) with ≥ {MIN_CELLS} cells: three are needed to judge",
-                      n_wells=len(rows))
+        return _check(
+            "reference_wells_agree",
+            None,
+            SPREAD,
+            False,
+            f"{len(rows)} held-out {reference} well(s) with ≥ {MIN_CELLS} cells: three are needed to judge",
+            n_wells=len(rows),
+        )
     f = np.array([r[1] for r in rows])
-    se = np.maximum(np.array([r[2] for r in rows]), 1e-3)      # a fraction pinned at 0 still has sampling noise
-    w = 1 / se ** 2
+    se = np.maximum(np.array([r[2] for r in rows]), 1e-3)  # a fraction pinned at 0 still has sampling noise
+    w = 1 / se**2
     mean = float((w * f).sum() / w.sum())
     q = float((w * (f - mean) ** 2).sum())
     p = float(chi2.sf(q, len(f) - 1))
-    excess = math.sqrt(max(0.0, float(np.var(f, ddof=1)) - float(np.mean(se ** 2))))
+    excess = math.sqrt(max(0.0, float(np.var(f, ddof=1)) - float(np.mean(se**2))))
     fires = excess > SPREAD and p < 0.01
-    why = (f"the {len(f)} held-out {reference} wells' affected fractions ({', '.join(f'{v:.2f}' for v in f)}) differ by "
-           f"an SD of {excess:.3f} beyond what their cells explain (homogeneity p = {p:.2g}): " +
-           ("replicate untreated wells get different answers, so the network reads something the wells do not "
-            "share (imaging, plating) and the fractions carry it" if fires else "they agree"))
-    return _check("reference_wells_agree", excess, SPREAD, fires, why, p_value=p, n_wells=len(f),
-                  wells={r[0]: round(r[1], 4) for r in rows})
+    why = (
+        f"the {len(f)} held-out {reference} wells' affected fractions ({', '.join(f'{v:.2f}' for v in f)}) differ by "
+        f"an SD of {excess:.3f} beyond what their cells explain (homogeneity p = {p:.2g}): "
+        + (
+            "replicate untreated wells get different answers, so the network reads something the wells do not "
+            "share (imaging, plating) and the fractions carry it"
+            if fires
+            else "they agree"
+        )
+    )
+    return _check(
+        "reference_wells_agree",
+        excess,
+        SPREAD,
+        fires,
+        why,
+        p_value=p,
+        n_wells=len(f),
+        wells={r[0]: round(r[1], 4) for r in rows},
+    )
 
 
 def memorised_wells(held: pd.DataFrame, exposed: str) -> dict:
     """Well-label AUROC on held-out cells of training wells (``seen``) minus that of wells never trained on."""
+
     def part(cells: pd.DataFrame) -> tuple[float, float, int]:
         y = (cells["condition"] == exposed).to_numpy()
         a = auroc(cells["score"].to_numpy(), y.astype(int))
@@ -100,16 +125,27 @@ def memorised_wells(held: pd.DataFrame, exposed: str) -> dict:
 
     seen, unseen = held[held["seen"]], held[~held["seen"]]
     if min(seen["condition"].nunique() if len(seen) else 0, unseen["condition"].nunique() if len(unseen) else 0) < 2:
-        return _check("memorised_wells", None, GAP, False,
-                      "every held-out cell comes from wells the network never trained on (or none does): nothing to "
-                      "compare", n_seen=len(seen), n_unseen=len(unseen))
+        return _check(
+            "memorised_wells",
+            None,
+            GAP,
+            False,
+            "every held-out cell comes from wells the network never trained on (or none does): nothing to compare",
+            n_seen=len(seen),
+            n_unseen=len(unseen),
+        )
     (a1, s1, n1), (a2, s2, n2) = part(seen), part(unseen)
-    gap, se = a1 - a2, math.sqrt(s1 ** 2 + s2 ** 2)
+    gap, se = a1 - a2, math.sqrt(s1**2 + s2**2)
     fires = gap > GAP and gap > 1.96 * se
-    why = (f"well-label AUROC {a1:.3f} on held-out images of training wells ({n1} cells) against {a2:.3f} on wells "
-           f"never trained on ({n2} cells): " +
-           ("the network recognises the wells it trained on; what it reports for their cells carries the wells"
-            if fires else "no sign of memorised wells"))
+    why = (
+        f"well-label AUROC {a1:.3f} on held-out images of training wells ({n1} cells) against {a2:.3f} on wells "
+        f"never trained on ({n2} cells): "
+        + (
+            "the network recognises the wells it trained on; what it reports for their cells carries the wells"
+            if fires
+            else "no sign of memorised wells"
+        )
+    )
     return _check("memorised_wells", gap, GAP, fires, why, se=se, auroc_seen=a1, auroc_unseen=a2)
 
 
@@ -126,12 +162,22 @@ def calls_match_fraction(fraction: dict) -> dict:
         worst = max(worst, off)
         why.append(f"{cond}: {share:.3f} called against a fraction of {f:.3f} [{lo:.3f}, {hi:.3f}]")
     fires = worst > CALLS
-    return _check("calls_match_fraction", worst, CALLS, fires,
-                  "; ".join(why) + (": the scores do not separate affected from unaffected cells well enough to call "
-                                    "single cells" if fires else ""))
+    return _check(
+        "calls_match_fraction",
+        worst,
+        CALLS,
+        fires,
+        "; ".join(why)
+        + (
+            ": the scores do not separate affected from unaffected cells well enough to call single cells"
+            if fires
+            else ""
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- imaging sensitivity
+
 
 def imaging_stats(image, mask) -> np.ndarray:
     """Per channel (noise, sharpness) of a normalised crop inside its cell (mask eroded by 3 px):
@@ -143,8 +189,10 @@ def imaging_stats(image, mask) -> np.ndarray:
     inner = ndi.binary_erosion(np.asarray(mask) > 0, iterations=3)
     if inner.sum() < 16:
         inner = np.asarray(mask) > 0
-    triples = [(inner[:, 2:] & inner[:, 1:-1] & inner[:, :-2], lambda x: x[:, 2:] - 2 * x[:, 1:-1] + x[:, :-2]),
-               (inner[2:, :] & inner[1:-1, :] & inner[:-2, :], lambda x: x[2:, :] - 2 * x[1:-1, :] + x[:-2, :])]
+    triples = [
+        (inner[:, 2:] & inner[:, 1:-1] & inner[:, :-2], lambda x: x[:, 2:] - 2 * x[:, 1:-1] + x[:, :-2]),
+        (inner[2:, :] & inner[1:-1, :] & inner[:-2, :], lambda x: x[2:, :] - 2 * x[1:-1, :] + x[:-2, :]),
+    ]
     out = np.full((image.shape[0], 2), np.nan)
     for c, x in enumerate(np.asarray(image, np.float64)):
         d = np.concatenate([diff(x)[both] for both, diff in triples])
@@ -219,10 +267,23 @@ class _Imaged:
 
         from protocell.data.dataset import CellDataset, zeroing_mask
 
-        self.ds = CellDataset(dm.store, rows, dm.channel_index, dm.crop_size, dm.norm_lo, dm.norm_hi, False, False,
-                              dm.seed, per_cell=dm.normalize == "cell")
-        self.keep = lambda m: torch.from_numpy(zeroing_mask(m, dm.zero_margin).astype(np.float32)) \
-            if dm.zero_margin else torch.from_numpy(m.astype(np.float32))
+        self.ds = CellDataset(
+            dm.store,
+            rows,
+            dm.channel_index,
+            dm.crop_size,
+            dm.norm_lo,
+            dm.norm_hi,
+            False,
+            False,
+            dm.seed,
+            per_cell=dm.normalize == "cell",
+        )
+        self.keep = lambda m: (
+            torch.from_numpy(zeroing_mask(m, dm.zero_margin).astype(np.float32))
+            if dm.zero_margin
+            else torch.from_numpy(m.astype(np.float32))
+        )
         self.zero = bool(dm.zero_background)
         self.noise = None if noise is None else torch.as_tensor(np.asarray(noise), dtype=torch.float32).view(-1, 1, 1)
         self.quiet = None if quiet is None else np.asarray(quiet, dtype=np.float64)
@@ -263,7 +324,7 @@ def _scores(module, cells, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-CHANGES = {                # name: (what it is, _Imaged's argument: "sd" is the condition's own median noise SD)
+CHANGES = {  # name: (what it is, _Imaged's argument: "sd" is the condition's own median noise SD)
     "more_noise": ("pixel noise doubled in variance", {"noise": "sd"}),
     "less_noise": ("pixel noise halved in variance", {"quiet": "sd"}),
     "softer_focus": (f"focus softened by {FOCUS} px", {"blur": FOCUS}),
@@ -271,8 +332,9 @@ CHANGES = {                # name: (what it is, _Imaged's argument: "sd" is the 
 }
 
 
-def imaging_sensitivity(module, dm, held: pd.DataFrame, fit: dict, class_names: list[str],
-                        max_cells: int = 1000, seed: int = 0) -> dict:
+def imaging_sensitivity(
+    module, dm, held: pd.DataFrame, fit: dict, class_names: list[str], max_cells: int = 1000, seed: int = 0
+) -> dict:
     """Each condition's affected fraction when its held-out cells are re-imaged a little differently
     (``CHANGES``: noise doubled or halved in variance — the noise SD each condition's cells show,
     measured by ``imaging_stats`` — and focus softened or sharpened by ``FOCUS`` px); fires when the
@@ -289,8 +351,19 @@ def imaging_sensitivity(module, dm, held: pd.DataFrame, fit: dict, class_names: 
         ids = np.sort(rng.choice(ids, min(max_cells, len(ids)), replace=False)) if len(ids) else ids
         rows[cond] = np.array([row_of[int(c)] for c in ids], dtype=np.int64)
         plain = _Imaged(dm, rows[cond][:200])
-        noise[cond] = np.nanmedian(np.stack([imaging_stats(x.numpy(), m[0].numpy())[:, 0] for x, m, _, _ in
-                                             (plain[i] for i in range(len(plain)))]), axis=0) if len(plain) else None
+        noise[cond] = (
+            np.nanmedian(
+                np.stack(
+                    [
+                        imaging_stats(x.numpy(), m[0].numpy())[:, 0]
+                        for x, m, _, _ in (plain[i] for i in range(len(plain)))
+                    ]
+                ),
+                axis=0,
+            )
+            if len(plain)
+            else None
+        )
     if min(len(rows[ref]), len(rows[exp])) < MIN_CELLS:
         return _check("imaging_sensitivity", None, IMAGING, False, "too few held-out cells of a condition")
 
@@ -309,17 +382,35 @@ def imaging_sensitivity(module, dm, held: pd.DataFrame, fit: dict, class_names: 
     rises = {name: shifts[f"{ref}/{name}"]["change"] for name in CHANGES}
     worst = max(rises, key=rises.get)
     fires = rises[worst] > IMAGING
-    return _check("imaging_sensitivity", rises[worst], IMAGING, fires,
-                  "affected fraction when the held-out cells are imaged a little differently: " + "; ".join(why) +
-                  (f": the reference cells, imaged with {CHANGES[worst][0]}, look {rises[worst]:.2f} more affected — "
-                   "no imaging change gives unaffected cells the exposed state's evidence, so the network reads "
-                   "imaging, and wells imaged apart (another day, another focus) would change the answer"
-                   if fires else ""),
-                  shifts=shifts, noise_sd={c: np.round(v, 4).tolist() for c, v in noise.items() if v is not None})
+    return _check(
+        "imaging_sensitivity",
+        rises[worst],
+        IMAGING,
+        fires,
+        "affected fraction when the held-out cells are imaged a little differently: "
+        + "; ".join(why)
+        + (
+            f": the reference cells, imaged with {CHANGES[worst][0]}, look {rises[worst]:.2f} more affected — "
+            "no imaging change gives unaffected cells the exposed state's evidence, so the network reads "
+            "imaging, and wells imaged apart (another day, another focus) would change the answer"
+            if fires
+            else ""
+        ),
+        shifts=shifts,
+        noise_sd={c: np.round(v, 4).tolist() for c, v in noise.items() if v is not None},
+    )
 
 
-def run_diagnostics(test: pd.DataFrame, val: pd.DataFrame | None, train_wells: set[str], class_names: list[str],
-                    fraction: dict, n_boot: int = 200, module=None, dm=None) -> dict:
+def run_diagnostics(
+    test: pd.DataFrame,
+    val: pd.DataFrame | None,
+    train_wells: set[str],
+    class_names: list[str],
+    fraction: dict,
+    n_boot: int = 200,
+    module=None,
+    dm=None,
+) -> dict:
     """Every check on a finished run's held-out predictions (``evaluate``'s test and validation tables;
     ``train_wells``: the wells with training cells); with the trained ``module`` and its DataModule
     ``dm``, the imaging sensitivity too."""

@@ -38,8 +38,14 @@ def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: 
     manifest's image_id, well, condition, true_label."""
     cat = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
     probs = cat["probs"].numpy()
-    df = pd.DataFrame({"cell_id": cat["cell_id"].numpy(), "label": cat["label"].numpy(),
-                       "pred": probs.argmax(1), "score": probs[:, positive_class(class_names)]})
+    df = pd.DataFrame(
+        {
+            "cell_id": cat["cell_id"].numpy(),
+            "label": cat["label"].numpy(),
+            "pred": probs.argmax(1),
+            "score": probs[:, positive_class(class_names)],
+        }
+    )
     for j in range(cat["min_distances"].shape[1] if "min_distances" in cat else 0):
         df[f"min_d_{j}"] = cat["min_distances"][:, j].numpy()
     info = manifest.set_index("cell_id")[["image_id", "well", "condition", "true_label"]]
@@ -61,36 +67,69 @@ def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str, fracti
         from protocell.fraction import cell_posteriors, reference_lr
 
         if fraction and fraction.get("available"):
-            post, _ = cell_posteriors(reference_lr(df["score"].to_numpy(), fraction["fit"]), df["well"].astype(str).to_numpy())
+            post, _ = cell_posteriors(
+                reference_lr(df["score"].to_numpy(), fraction["fit"]), df["well"].astype(str).to_numpy()
+            )
             df["calibrated"] = post
             df["call"] = (post > 0.5).astype(int)
-            return {"method": "mixture: P(affected | score) = the affected-fraction fit's posterior at the cell's "
-                              "well's fraction (protocell.fraction)", "n_cells": len(val), "used": True}
-        log.warning("no affected-fraction fit (%s): cell calls fall back to Platt on the well labels",
-                    (fraction or {}).get("reason", "not computed"))
+            return {
+                "method": "mixture: P(affected | score) = the affected-fraction fit's posterior at the cell's "
+                "well's fraction (protocell.fraction)",
+                "n_cells": len(val),
+                "used": True,
+            }
+        log.warning(
+            "no affected-fraction fit (%s): cell calls fall back to Platt on the well labels",
+            (fraction or {}).get("reason", "not computed"),
+        )
     if method == "noisy_label":
         fit = noisy_label_fit(s, y)
         if fit["ok"]:
             df["calibrated"] = noisy_label_apply(df["score"].to_numpy(), fit)
             df["call"] = (df["calibrated"] > 0.5).astype(int)
-            return {"method": "noisy-label calibration on validation well labels (P(affected | score))",
-                    **fit, "n_cells": len(val), "used": True}
-        log.warning("noisy-label calibration degenerate on %d validation cells (hi − lo = %.3f, slope %.3g): "
-                    "falling back to Platt", len(val), fit["hi"] - fit["lo"], fit["a"])
+            return {
+                "method": "noisy-label calibration on validation well labels (P(affected | score))",
+                **fit,
+                "n_cells": len(val),
+                "used": True,
+            }
+        log.warning(
+            "noisy-label calibration degenerate on %d validation cells (hi − lo = %.3f, slope %.3g): "
+            "falling back to Platt",
+            len(val),
+            fit["hi"] - fit["lo"],
+            fit["a"],
+        )
     a, b = platt_fit(s, y)
-    calibration = {"method": "platt on validation well labels (P(Exp | score))", "a": a, "b": b,
-                   "n_cells": len(val), "used": a > 0, **({"fallback_from": method} if method != "platt" else {})}
+    calibration = {
+        "method": "platt on validation well labels (P(Exp | score))",
+        "a": a,
+        "b": b,
+        "n_cells": len(val),
+        "used": a > 0,
+        **({"fallback_from": method} if method != "platt" else {}),
+    }
     if a > 0:
         df["calibrated"] = platt_apply(df["score"].to_numpy(), a, b)
         df["call"] = (df["calibrated"] > 0.5).astype(int)
     else:  # validation scores rank the wells backwards: a fit that would invert the calls
-        log.warning("calibration rejected (slope %.3g ≤ 0 on %d validation cells): cell calls are "
-                    "the raw argmax; more validation wells (data.val_fraction) make it usable", a, len(val))
+        log.warning(
+            "calibration rejected (slope %.3g ≤ 0 on %d validation cells): cell calls are "
+            "the raw argmax; more validation wells (data.val_fraction) make it usable",
+            a,
+            len(val),
+        )
     return calibration
 
 
-def evaluate(test_batches: list[dict], val_batches: list[dict], manifest: pd.DataFrame, class_names: list[str],
-             method: str = "mixture", n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+def evaluate(
+    test_batches: list[dict],
+    val_batches: list[dict],
+    manifest: pd.DataFrame,
+    class_names: list[str],
+    method: str = "mixture",
+    n_boot: int = 200,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """Test and validation tables, the cell call, and the test metrics.
 
     The affected fraction of each condition and test well is estimated from the *held-out* cells —
@@ -102,8 +141,9 @@ def evaluate(test_batches: list[dict], val_batches: list[dict], manifest: pd.Dat
     pos = positive_class(class_names)
     test = predictions_frame(test_batches, manifest, class_names)
     val = predictions_frame(val_batches, manifest, class_names) if val_batches else None
-    held_out = pd.concat([test.assign(target=True)] + ([val.assign(target=False)] if val is not None else []),
-                         ignore_index=True)
+    held_out = pd.concat(
+        [test.assign(target=True)] + ([val.assign(target=False)] if val is not None else []), ignore_index=True
+    )
     fraction = fractions(held_out, pos, n_boot)
     calibration = calibrate(test, held_out, pos, method, fraction)
     metrics = {**cell_metrics(test, positive=pos, class_names=class_names), "calibration": calibration}
@@ -121,10 +161,12 @@ def fractions(held_out: pd.DataFrame, pos: int, n_boot: int = 200) -> dict:
 
 
 # calibration parameters whose bound means a degenerate fit (see ``run_status``)
-FAILING_BOUNDS = {"lo": "P(Exp | unaffected) pinned at its bound while the fit calls few exposed cells affected "
-                        "(ρ_Exp < 0.5): the fit contradicts itself, so the cell calls and affected fractions rest "
-                        "on nothing",
-                  "b": "the intercept sits on its bound: the calibration curve is degenerate"}
+FAILING_BOUNDS = {
+    "lo": "P(Exp | unaffected) pinned at its bound while the fit calls few exposed cells affected "
+    "(ρ_Exp < 0.5): the fit contradicts itself, so the cell calls and affected fractions rest "
+    "on nothing",
+    "b": "the intercept sits on its bound: the calibration curve is degenerate",
+}
 
 
 def beats_majority(accuracy: float, majority: float, n: int) -> bool:
@@ -143,28 +185,35 @@ def beats_chance(auroc: float, se: float) -> bool:
     return math.isfinite(auroc) and math.isfinite(se) and auroc - 2 * se > 0.5
 
 
-def learning_failure(val_auroc: list[tuple[float, float]] | None, val_accuracy: list[float],
-                     val_majority: float | None, n_val: int) -> str | None:
+def learning_failure(
+    val_auroc: list[tuple[float, float]] | None, val_accuracy: list[float], val_majority: float | None, n_val: int
+) -> str | None:
     """Why the run learnt nothing, judged on the validation cells (None: it learnt something): no epoch's
     AUROC ``beats_chance``. Without any AUROC recorded (a run resumed from a checkpoint older than
     this rule), its accuracy against the majority class (``beats_majority``) as before."""
     if val_auroc:
         finite = [(a, se) for a, se in val_auroc if math.isfinite(a)]
         if not finite:
-            return ("the validation cells hold one condition: their AUROC is undefined, so nothing shows the run "
-                    "learnt; the store needs validation images of every condition (data.val_fraction)")
+            return (
+                "the validation cells hold one condition: their AUROC is undefined, so nothing shows the run "
+                "learnt; the store needs validation images of every condition (data.val_fraction)"
+            )
         if any(beats_chance(a, se) for a, se in finite):
             return None
         a, se = max(finite)
-        return (f"the validation AUROC never stood above chance: best {a:.3f} ± {se:.3f} (one standard error; "
-                f"{n_val} validation cells, any mix of conditions); a network that learnt something needs "
-                "AUROC − 2·SE > 0.5")
+        return (
+            f"the validation AUROC never stood above chance: best {a:.3f} ± {se:.3f} (one standard error; "
+            f"{n_val} validation cells, any mix of conditions); a network that learnt something needs "
+            "AUROC − 2·SE > 0.5"
+        )
     if val_majority is not None and val_accuracy and n_val > 0:
         best = max(val_accuracy)
         if not beats_majority(best, val_majority, n_val):
-            return (f"validation accuracy never beat the majority class: best {best:.3f} against a majority share of "
-                    f"{val_majority:.3f} ({n_val} validation cells; beating it needs more than "
-                    f"{val_majority + 2 * math.sqrt(val_majority * (1 - val_majority) / n_val):.3f})")
+            return (
+                f"validation accuracy never beat the majority class: best {best:.3f} against a majority share of "
+                f"{val_majority:.3f} ({n_val} validation cells; beating it needs more than "
+                f"{val_majority + 2 * math.sqrt(val_majority * (1 - val_majority) / n_val):.3f})"
+            )
     return None
 
 
@@ -185,18 +234,30 @@ def test_failure(metrics: dict) -> str | None:
     se = max(auroc_se(a, n1, n2), auroc_se(a, n2, n1))
     if beats_chance(a, se):
         return None
-    return (f"the test cells' well-label AUROC is {a:.3f} ± {se:.3f} (one standard error; {n1 + n2} cells the network "
-            "never trained on): at chance — the network learnt nothing that holds beyond its training cells, or the "
-            "conditions do not differ; a run needs AUROC − 2·SE > 0.5 on its test cells")
+    return (
+        f"the test cells' well-label AUROC is {a:.3f} ± {se:.3f} (one standard error; {n1 + n2} cells the network "
+        "never trained on): at chance — the network learnt nothing that holds beyond its training cells, or the "
+        "conditions do not differ; a run needs AUROC − 2·SE > 0.5 on its test cells"
+    )
 
 
 # ρ_Exp above which bags of cells are the wrong model of the plate: see ``run_status`` and data.bag_size
 BAG_WARNING = 0.8
 
 
-def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float | None, n_val: int,
-               epochs_run: int, epochs_planned: int, pushes: int | None = None, interrupted: bool = False,
-               bag_size: int = 1, val_auroc: list[tuple[float, float]] | None = None) -> dict:
+def run_status(
+    metrics: dict,
+    *,
+    val_accuracy: list[float],
+    val_majority: float | None,
+    n_val: int,
+    epochs_run: int,
+    epochs_planned: int,
+    pushes: int | None = None,
+    interrupted: bool = False,
+    bag_size: int = 1,
+    val_auroc: list[tuple[float, float]] | None = None,
+) -> dict:
     """``{"status": "ok" | "warning" | "incomplete" | "failed", "reasons": [...], "warnings": [...]}`` of a
     finished run.
 
@@ -222,8 +283,10 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
     The test cells' well-label AUROC at chance (``test_failure``) is failed too."""
     failed, incomplete, warnings = [], [], []
     if interrupted or epochs_run < epochs_planned:
-        incomplete.append(f"stopped after {epochs_run} of {epochs_planned} scheduled epochs "
-                          "(trainer.max_time, an interrupt or another stop); resume=<run>/checkpoints/last.ckpt continues it")
+        incomplete.append(
+            f"stopped after {epochs_run} of {epochs_planned} scheduled epochs "
+            "(trainer.max_time, an interrupt or another stop); resume=<run>/checkpoints/last.ckpt continues it"
+        )
     if pushes is not None and pushes < 1:
         incomplete.append("the prototypes were never pushed, so they are not cell patches and explain cannot show them")
     learnt_nothing = learning_failure(val_auroc, val_accuracy, val_majority, n_val)
@@ -233,30 +296,40 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
         failed.append(test_failure(metrics))
     conditions = sorted({r["condition"] for r in metrics.get("test_composition") or []})
     if len(conditions) == 1 or (conditions == [] and not _finite(metrics.get("well_label_auroc"))):
-        failed.append(f"the test split holds one condition ({', '.join(conditions) or '?'}): well-label AUROC is "
-                      "undefined and nothing can be compared; the store needs at least two source images per "
-                      "condition (one trains, one tests)")
+        failed.append(
+            f"the test split holds one condition ({', '.join(conditions) or '?'}): well-label AUROC is "
+            "undefined and nothing can be compared; the store needs at least two source images per "
+            "condition (one trains, one tests)"
+        )
     called = metrics.get("called_fraction")
     if called is not None and called in (0.0, 1.0) and metrics.get("n_cells", 0) > 0:
-        failed.append(f"every test cell got the same call ({'positive' if called == 1.0 else 'negative'}, "
-                      f"{metrics['n_cells']} cells): the cell calls separate nothing")
+        failed.append(
+            f"every test cell got the same call ({'positive' if called == 1.0 else 'negative'}, "
+            f"{metrics['n_cells']} cells): the cell calls separate nothing"
+        )
     cal = metrics.get("calibration") or {}
     if cal and not cal.get("used", True):
-        failed.append("the calibration was rejected (validation scores rank the wells backwards, slope ≤ 0): the "
-                      "cell calls are the raw argmax of a network that does not separate the wells")
+        failed.append(
+            "the calibration was rejected (validation scores rank the wells backwards, slope ≤ 0): the "
+            "cell calls are the raw argmax of a network that does not separate the wells"
+        )
     for key in cal.get("at_bound") or []:
         if key == "lo" and cal.get("rho_exp", 0.0) >= 0.5:
             # lo = P(Exp | unaffected) → 0 is what a plate where (nearly) every exposed cell responds gives
             # (ρ_Exp → 1, e.g. BBBC013's inhibited wells); pinned with few exposed cells affected, it is degenerate
-            warnings.append(f"calibration parameter lo = {cal['lo']:.3g} sits on its bound with ρ_Exp = "
-                            f"{cal['rho_exp']:.3f}: the fit finds (almost) no unaffected cells in the exposed wells; "
-                            "the exposed condition's affected fraction sits at its upper limit")
+            warnings.append(
+                f"calibration parameter lo = {cal['lo']:.3g} sits on its bound with ρ_Exp = "
+                f"{cal['rho_exp']:.3f}: the fit finds (almost) no unaffected cells in the exposed wells; "
+                "the exposed condition's affected fraction sits at its upper limit"
+            )
         elif key in FAILING_BOUNDS or (key == "a" and cal.get("a", 1.0) < 1.0):
             why = FAILING_BOUNDS.get(key, "the slope sits on its lower bound: the scores carry no cell-level evidence")
             failed.append(f"calibration parameter {key} = {cal.get(key, float('nan')):.3g} sits on its bound: {why}")
         else:
-            warnings.append(f"calibration parameter {key} = {cal.get(key, float('nan')):.3g} sits on its bound "
-                            f"({'the scores saturate: calls are only as good as the ranking' if key == 'a' else 'no affected cells in the reference condition'})")
+            warnings.append(
+                f"calibration parameter {key} = {cal.get(key, float('nan')):.3g} sits on its bound "
+                f"({'the scores saturate: calls are only as good as the ranking' if key == 'a' else 'no affected cells in the reference condition'})"
+            )
     if cal.get("fallback_from") and cal.get("used", True):
         warnings.append("the noisy-label calibration was degenerate (no cell-level evidence) and fell back to Platt")
     frac = metrics.get("affected_fraction") or {}
@@ -264,11 +337,13 @@ def run_status(metrics: dict, *, val_accuracy: list[float], val_majority: float 
     missing = [f"no affected fraction: {frac.get('reason', '?')}"] if frac and not frac.get("available", False) else []
     rho = (frac.get("fit") or {}).get("rho_exp") if frac.get("available") else None
     if bag_size > 1 and rho is not None and rho >= BAG_WARNING:
-        warnings.append(f"most exposed cells look affected (ρ_Exp ≈ {rho:.2f} from the held-out scores) but training "
-                        f"used bags of {bag_size} cells, in which only the most exposed-looking cell of a bag must "
-                        "look exposed: responding cells can go unscored (on BBBC013 a quarter of the treated cells). "
-                        "data.bag_size=1 (the per-cell cross-entropy) fits a plate where nearly every exposed cell "
-                        "responds")
+        warnings.append(
+            f"most exposed cells look affected (ρ_Exp ≈ {rho:.2f} from the held-out scores) but training "
+            f"used bags of {bag_size} cells, in which only the most exposed-looking cell of a bag must "
+            "look exposed: responding cells can go unscored (on BBBC013 a quarter of the treated cells). "
+            "data.bag_size=1 (the per-cell cross-entropy) fits a plate where nearly every exposed cell "
+            "responds"
+        )
     doubts = [d["why"] for d in (metrics.get("diagnostics") or {}).values() if d.get("fires")]
     if doubts and frac.get("available"):
         frac["reliable"] = False

@@ -56,11 +56,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-ESTIMATOR = ("maximum-likelihood mixing weight of affected cells (EM, Saerens et al. 2002) given each cell's "
-             "likelihood ratio, from mixture proportion estimation on the held-out control cells (Blanchard et "
-             "al. 2016) and an isotonic fit of the well label on the score")
-ASSUMPTION = ("the reference fitted on held-out control cells holds for these cells: unaffected cells (and "
-              "affected ones) score alike in every well")
+ESTIMATOR = (
+    "maximum-likelihood mixing weight of affected cells (EM, Saerens et al. 2002) given each cell's "
+    "likelihood ratio, from mixture proportion estimation on the held-out control cells (Blanchard et "
+    "al. 2016) and an isotonic fit of the well label on the score"
+)
+ASSUMPTION = (
+    "the reference fitted on held-out control cells holds for these cells: unaffected cells (and "
+    "affected ones) score alike in every well"
+)
 
 
 def _cp_bounds(k: np.ndarray, n: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +87,7 @@ def tail_ratio(num, den, upper: bool = False, max_thresholds: int = 400) -> dict
     Thresholds are ``den``'s order statistics (at most ``max_thresholds`` of them, geometrically spaced
     in rank so that the tail keeps every point); bounds are one-sided Clopper–Pearson at δ = 1/n of each
     sample. Returns {"kappa" (≤ 1), "threshold", "n_num", "n_den" (cells of each at or beyond it)}."""
-    sign = -1.0 if upper else 1.0                                # upper tails: the lower tails of −score
+    sign = -1.0 if upper else 1.0  # upper tails: the lower tails of −score
     num, den = np.sort(sign * np.asarray(num, np.float64)), np.sort(sign * np.asarray(den, np.float64))
     n_num, n_den = len(num), len(den)
     if n_num == 0 or n_den == 0:
@@ -97,8 +101,12 @@ def tail_ratio(num, den, upper: bool = False, max_thresholds: int = 400) -> dict
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(lb > 0, ub / lb, np.inf)
     i = int(np.argmin(ratio))
-    return {"kappa": float(min(ratio[i], 1.0)), "threshold": float(sign * t[i]),
-            "n_num": int(k_num[i]), "n_den": int(k_den[i])}
+    return {
+        "kappa": float(min(ratio[i], 1.0)),
+        "threshold": float(sign * t[i]),
+        "n_num": int(k_num[i]),
+        "n_den": int(k_den[i]),
+    }
 
 
 def fit_reference(scores, exposed, min_cells: int = 20) -> dict:
@@ -113,8 +121,10 @@ def fit_reference(scores, exposed, min_cells: int = 20) -> dict:
     n_exp, n_ref = int(y.sum()), int((~y).sum())
     out = {"method": "mpe+isotonic", "n_exp": n_exp, "n_ref": n_ref, "ok": False}
     if min(n_exp, n_ref) < min_cells:
-        return {**out, "reason": f"{n_exp} exposed and {n_ref} reference held-out cells: at least {min_cells} of "
-                                 "each are needed"}
+        return {
+            **out,
+            "reason": f"{n_exp} exposed and {n_ref} reference held-out cells: at least {min_cells} of each are needed",
+        }
     low = tail_ratio(s[y], s[~y])
     high = tail_ratio(s[~y], s[y], upper=True)
     k1, k2 = low["kappa"], high["kappa"]
@@ -123,12 +133,25 @@ def fit_reference(scores, exposed, min_cells: int = 20) -> dict:
     order = np.lexsort((y, s))
     fitted = np.clip(isotonic_regression(y[order].astype(np.float64)).x, 1e-6, 1 - 1e-6)
     xs = s[order]
-    change = np.flatnonzero(np.r_[True, np.diff(fitted) != 0])          # the steps' first cells
-    out.update({"rho_exp": float(rho_exp), "rho_ref": float(rho_ref), "kappa_low": k1, "kappa_high": k2,
-                "low_tail": low, "high_tail": high, "knots": xs[change].tolist(), "values": fitted[change].tolist()})
+    change = np.flatnonzero(np.r_[True, np.diff(fitted) != 0])  # the steps' first cells
+    out.update(
+        {
+            "rho_exp": float(rho_exp),
+            "rho_ref": float(rho_ref),
+            "kappa_low": k1,
+            "kappa_high": k2,
+            "low_tail": low,
+            "high_tail": high,
+            "knots": xs[change].tolist(),
+            "values": fitted[change].tolist(),
+        }
+    )
     if k1 >= 1 or rho_exp - rho_ref < 1e-3:
-        return {**out, "reason": "no exposed cells unlike the reference at the tails' confidence bounds: the "
-                                 "scores give no evidence of affected cells"}
+        return {
+            **out,
+            "reason": "no exposed cells unlike the reference at the tails' confidence bounds: the "
+            "scores give no evidence of affected cells",
+        }
     return {**out, "ok": True}
 
 
@@ -217,8 +240,9 @@ def bootstrap_cells(lr, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     n = len(lr)
     if n == 0:
         return np.full(n_boot, np.nan)
-    return np.concatenate([mixture_fractions(lr, rng.multinomial(n, np.full(n, 1.0 / n), size=b))
-                           for b in _chunks(n_boot, n)])
+    return np.concatenate(
+        [mixture_fractions(lr, rng.multinomial(n, np.full(n, 1.0 / n), size=b)) for b in _chunks(n_boot, n)]
+    )
 
 
 def bootstrap_wells(lr, well, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -233,7 +257,7 @@ def bootstrap_wells(lr, well, n_boot: int, rng: np.random.Generator) -> np.ndarr
     out = []
     for b in _chunks(n_boot, len(lr)):
         picks = rng.integers(0, k, (b, k))
-        counts = np.stack([np.bincount(row, minlength=k) for row in picks])   # (b, k) draws of each well
+        counts = np.stack([np.bincount(row, minlength=k) for row in picks])  # (b, k) draws of each well
         out.append(mixture_fractions(lr, counts[:, codes]))
     return np.concatenate(out)
 
@@ -296,15 +320,27 @@ def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) ->
             f = fit_reference(sample["score"].to_numpy(), sample["exposed"].to_numpy())
             if f["ok"]:
                 boots.append(estimate(sample, f))
-    out = {"available": True, "estimator": ESTIMATOR, "assumption": ASSUMPTION, "n_boot": len(boots),
-           "fit": fit, "conditions": {}}
+    out = {
+        "available": True,
+        "estimator": ESTIMATOR,
+        "assumption": ASSUMPTION,
+        "n_boot": len(boots),
+        "fit": fit,
+        "conditions": {},
+    }
     truth = "true_label" in target and bool((target["true_label"] >= 0).all())
     for c in conds:
         lo, hi = ci([b[c] for b in boots]) if boots else (float("nan"), float("nan"))
         g = target[target["condition"] == c]
         post, _ = cell_posteriors(target_lr[(target["condition"] == c).to_numpy()], g["well"].to_numpy())
-        est = {"estimate": point[c], "ci_low": lo, "ci_high": hi, "n_wells": int(g["well"].nunique()),
-               "n_cells": int(len(g)), "called_share": float((post > 0.5).mean()) if len(post) else float("nan")}
+        est = {
+            "estimate": point[c],
+            "ci_low": lo,
+            "ci_high": hi,
+            "n_wells": int(g["well"].nunique()),
+            "n_cells": int(len(g)),
+            "called_share": float((post > 0.5).mean()) if len(post) else float("nan"),
+        }
         if truth:
             est["true"] = float((g["true_label"] == 1).mean())
             est["error"] = est["estimate"] - est["true"]

@@ -100,7 +100,7 @@ def exclusive_lock(path: str | Path, refuse: Callable[[str], Exception], shared:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield path
     finally:
-        os.close(fd)          # releases the lock
+        os.close(fd)  # releases the lock
 
 
 def folder_problem(path: str | Path) -> str | None:
@@ -129,10 +129,16 @@ def output_errors(folder: str | Path, key: str, error: Callable[[str], Exception
         yield
     except OSError as err:
         where = Path(err.filename) if isinstance(err.filename, (str, Path)) else None
-        inside = where is not None and (where == folder or folder in where.parents
-                                        or folder.resolve() in where.resolve().parents or where in folder.parents)
+        inside = where is not None and (
+            where == folder
+            or folder in where.parents
+            or folder.resolve() in where.resolve().parents
+            or where in folder.parents
+        )
         if not inside and not (where is None and err.errno in _WRITE_ERRNOS):
             raise
         reason = err.strerror or type(err).__name__
-        raise error(f"{key}={folder} cannot be written ({reason}: {where or folder}): give a folder you can write to, "
-                    "on a disk with free space") from err
+        raise error(
+            f"{key}={folder} cannot be written ({reason}: {where or folder}): give a folder you can write to, "
+            "on a disk with free space"
+        ) from err

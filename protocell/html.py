@@ -42,12 +42,16 @@ def status_banner(metrics: dict) -> str:
     if status == "failed":
         out += box("failed", "This run FAILED: read nothing below as a result.", metrics.get("reasons", []))
     elif status == "incomplete":
-        out += box("incomplete", "This run is INCOMPLETE: it stopped before its schedule ended.",
-                    metrics.get("reasons", []))
+        out += box(
+            "incomplete", "This run is INCOMPLETE: it stopped before its schedule ended.", metrics.get("reasons", [])
+        )
     elif status == "warning":
-        out += box("failed", "This run's answer may be WRONG: a check without ground truth says the network reads "
-                              "the wells, not only the cells. The affected fractions below are unreliable.",
-                    metrics.get("reasons", []))
+        out += box(
+            "failed",
+            "This run's answer may be WRONG: a check without ground truth says the network reads "
+            "the wells, not only the cells. The affected fractions below are unreliable.",
+            metrics.get("reasons", []),
+        )
     if metrics.get("warnings"):
         out += box("warning", "Warnings", metrics["warnings"])
     return out

@@ -33,10 +33,10 @@ class Run:
     cfg: object
     record: dict
     net: torch.nn.Module
-    dm: object                                   # CellDataModule
+    dm: object  # CellDataModule
     preds: pd.DataFrame
     _datasets: dict = field(default_factory=dict, repr=False)
-    _position: dict = field(default_factory=dict, repr=False)   # manifest row → (split, index)
+    _position: dict = field(default_factory=dict, repr=False)  # manifest row → (split, index)
     _row_of_cell: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -66,7 +66,7 @@ class Run:
 
     def crop(self, cell_id: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         """(manifest row, image (C, S, S), mask (1, S, S)) of one push or test cell, as in training."""
-        if not self._datasets:        # built once: explain fetches hundreds of crops
+        if not self._datasets:  # built once: explain fetches hundreds of crops
             self._datasets = {s: self.dm.dataset(s) for s in ("push", "test")}
             self._position = {int(r): (s, i) for s, ds in self._datasets.items() for i, r in enumerate(ds.rows)}
         row = self.row(cell_id)
@@ -83,14 +83,25 @@ class Run:
         sy = (r["bbox_y1"] - r["bbox_y0"]) / self.crop_size
         sx = (r["bbox_x1"] - r["bbox_x0"]) / self.crop_size
         y0, x0, y1, x1 = box
-        return (int(round(r["bbox_y0"] + y0 * sy)), int(round(r["bbox_x0"] + x0 * sx)),
-                int(round(r["bbox_y0"] + y1 * sy)), int(round(r["bbox_x0"] + x1 * sx)))
+        return (
+            int(round(r["bbox_y0"] + y0 * sy)),
+            int(round(r["bbox_x0"] + x0 * sx)),
+            int(round(r["bbox_y0"] + y1 * sy)),
+            int(round(r["bbox_x0"] + x1 * sx)),
+        )
 
     def provenance(self, row: int, box=None) -> dict:
         r = self.manifest.iloc[row]
-        out = {"cell_id": int(r["cell_id"]), "condition": r["condition"], "image_id": r["image_id"],
-               "plate": r.get("plate", ""), "well": r["well"], "field": r["field"],
-               "centroid_y": float(r["centroid_y"]), "centroid_x": float(r["centroid_x"])}
+        out = {
+            "cell_id": int(r["cell_id"]),
+            "condition": r["condition"],
+            "image_id": r["image_id"],
+            "plate": r.get("plate", ""),
+            "well": r["well"],
+            "field": r["field"],
+            "centroid_y": float(r["centroid_y"]),
+            "centroid_x": float(r["centroid_x"]),
+        }
         if "file" in r and r["file"] != "":
             out["file"] = r["file"]
         if box is not None:
@@ -117,14 +128,15 @@ def known_position(r) -> bool:
     import math
 
     try:
-        return all(math.isfinite(float(r[c])) for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1",
-                                                         "centroid_y", "centroid_x"))
+        return all(
+            math.isfinite(float(r[c])) for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x")
+        )
     except (TypeError, ValueError):
         return False
 
 
 def fmt_box(box) -> str:
-    """"y0,x0,y1,x1", or "" for an unknown box."""
+    """ "y0,x0,y1,x1", or "" for an unknown box."""
     return "" if box is None else "{},{},{},{}".format(*[int(v) for v in box])
 
 
@@ -142,8 +154,10 @@ def _store_path(record: dict, cfg, proto_path: Path) -> Path:
         rebuilt = build_store(store.parent, spec)
         if rebuilt == store:
             return rebuilt
-    raise RunFolderError(f"the crop store {store} named in {proto_path} does not exist: the run's cells are needed; "
-                         "restore that folder (or re-run prepare with the same settings to that path)")
+    raise RunFolderError(
+        f"the crop store {store} named in {proto_path} does not exist: the run's cells are needed; "
+        "restore that folder (or re-run prepare with the same settings to that path)"
+    )
 
 
 def read_run_config(folder: RunFolder):
@@ -158,25 +172,33 @@ def read_run_config(folder: RunFolder):
     try:
         cfg = OmegaConf.load(folder.config)
     except (YAMLError, ValueError, OSError) as e:
-        raise RunFolderError(f"{folder.config} cannot be read as a config ({type(e).__name__}: {str(e)[:200]}); "
-                             "it is not the file train.py wrote: retrain") from None
+        raise RunFolderError(
+            f"{folder.config} cannot be read as a config ({type(e).__name__}: {str(e)[:200]}); "
+            "it is not the file train.py wrote: retrain"
+        ) from None
     if not isinstance(cfg, DictConfig):
         raise RunFolderError(f"{folder.config} is not a mapping of settings: not a protocell train.py config")
     found = next(iter(interpolations(cfg)), None)
     if found is not None:
-        raise RunFolderError(f"{folder.config}: {found} is an interpolation (${{…}}): train.py writes resolved "
-                             "values only, so this file was edited; replace it with its value or retrain")
+        raise RunFolderError(
+            f"{folder.config}: {found} is an interpolation (${{…}}): train.py writes resolved "
+            "values only, so this file was edited; replace it with its value or retrain"
+        )
     return cfg
 
 
 def load_run(run_dir: str | Path) -> Run:
     folder = RunFolder(run_dir)
     if folder.root.is_file():
-        raise RunFolderError(f"run={folder.root} is a file, not a run folder: pass the folder train.py wrote (it holds "
-                             f"config.yaml, prototypes.pt and checkpoints/), e.g. run={folder.root.parent}")
+        raise RunFolderError(
+            f"run={folder.root} is a file, not a run folder: pass the folder train.py wrote (it holds "
+            f"config.yaml, prototypes.pt and checkpoints/), e.g. run={folder.root.parent}"
+        )
     if not folder.root.is_dir():
-        raise RunFolderError(f"run folder {folder.root} does not exist; pass run=<a train.py run folder>, "
-                             "e.g. run=outputs/train/<date_time>")
+        raise RunFolderError(
+            f"run folder {folder.root} does not exist; pass run=<a train.py run folder>, "
+            "e.g. run=outputs/train/<date_time>"
+        )
     folder.require(folder.config, "train.py writes config.yaml first")
     folder.require(folder.prototypes, "a run killed before its first push has no prototypes.pt")
     record = read_prototypes(folder.prototypes)
@@ -188,23 +210,31 @@ def load_run(run_dir: str | Path) -> Run:
     try:
         module, state = load_module(folder.checkpoint)
     except Exception as e:  # truncated file, another program's pickle, a network that does not fit
-        raise RunFolderError(f"{folder.checkpoint} cannot be loaded as this run's checkpoint ({type(e).__name__}: "
-                             f"{str(e)[:300]}); it is truncated or from another protocell version: re-run train.py "
-                             "(resume=<an intact checkpoint> continues a run)") from e
+        raise RunFolderError(
+            f"{folder.checkpoint} cannot be loaded as this run's checkpoint ({type(e).__name__}: "
+            f"{str(e)[:300]}); it is truncated or from another protocell version: re-run train.py "
+            "(resume=<an intact checkpoint> continues a run)"
+        ) from e
     dm = build_datamodule(cfg, path=_store_path(record, cfg, folder.prototypes), source=str(folder.config))
-    if type(dm).__qualname__ in state:   # exactly the normalisation training used
+    if type(dm).__qualname__ in state:  # exactly the normalisation training used
         dm.load_state_dict(state[type(dm).__qualname__])
     if int(record["crop_size"]) != dm.crop_size:
-        raise RunFolderError(f"{folder.prototypes} was pushed at crop size {record['crop_size']} but {folder.config} "
-                             f"says data.crop_size={dm.crop_size}: the run folder mixes two runs; retrain")
+        raise RunFolderError(
+            f"{folder.prototypes} was pushed at crop size {record['crop_size']} but {folder.config} "
+            f"says data.crop_size={dm.crop_size}: the run folder mixes two runs; retrain"
+        )
     net = module.net.eval()
     if not torch.allclose(net.prototypes.detach(), record["vectors"].to(net.prototypes.dtype), atol=1e-5):
-        log.warning("%s and %s hold different prototypes (a run resumed after the last push?); "
-                    "explain uses the checkpoint's, the boxes come from prototypes.pt", folder.checkpoint,
-                    folder.prototypes)
+        log.warning(
+            "%s and %s hold different prototypes (a run resumed after the last push?); "
+            "explain uses the checkpoint's, the boxes come from prototypes.pt",
+            folder.checkpoint,
+            folder.prototypes,
+        )
     preds = pd.read_csv(folder.test_predictions, dtype={"well": str, "image_id": str})
     for col in ("cell_id", "well", "condition", "score"):
         if col not in preds:
-            raise RunFolderError(f"{folder.test_predictions} has no column '{col}': written by another protocell "
-                                 "version; retrain")
+            raise RunFolderError(
+                f"{folder.test_predictions} has no column '{col}': written by another protocell version; retrain"
+            )
     return Run(folder.root, cfg, record, net, dm, preds)

@@ -20,15 +20,21 @@ from omegaconf import OmegaConf
 log = logging.getLogger("protocell.tracking")
 
 # what explain and score write, as W&B keys (a glob per key, relative to the run folder)
-MEDIA = {"explain/population": ["explain/population_similarity.png"],
-         "explain/cell_scores": ["explain/cell_scores.png"],
-         "explain/prototypes": ["explain/prototypes/*.png"],
-         "explain/mosaics": ["explain/mosaics/*.png"],
-         "explain/cells": ["explain/cells/*.png"],
-         "score/plate": ["score/*.png"]}
-TABLES = {"explain/prototype_differences": "explain/prototype_differences.csv",
-          "score/wells": "score/wells.csv", "score/prototype_enrichment": "score/prototype_enrichment.csv",
-          "score/qc": "score/qc.csv", "score/hits": "score/hits.csv"}
+MEDIA = {
+    "explain/population": ["explain/population_similarity.png"],
+    "explain/cell_scores": ["explain/cell_scores.png"],
+    "explain/prototypes": ["explain/prototypes/*.png"],
+    "explain/mosaics": ["explain/mosaics/*.png"],
+    "explain/cells": ["explain/cells/*.png"],
+    "score/plate": ["score/*.png"],
+}
+TABLES = {
+    "explain/prototype_differences": "explain/prototype_differences.csv",
+    "score/wells": "score/wells.csv",
+    "score/prototype_enrichment": "score/prototype_enrichment.csv",
+    "score/qc": "score/qc.csv",
+    "score/hits": "score/hits.csv",
+}
 
 
 def is_wandb(logger) -> bool:
@@ -70,23 +76,27 @@ def build_logger(cfg, out_dir: Path):
         return instantiate(cfg.logger)
     choices = hydra_choices()
     group = cfg.logger.get("group") or choices.get("experiment") or "default"
-    make = instantiate(cfg.logger, _partial_=True)   # `config` would clash with instantiate's own argument
+    make = instantiate(cfg.logger, _partial_=True)  # `config` would clash with instantiate's own argument
     # resume=<run>/checkpoints/last.ckpt continues that run's W&B run (its id is in <run>/wandb_run_id.txt)
     previous = Path(cfg.resume).parent.parent / "wandb_run_id.txt" if cfg.get("resume") else None
     run_id = cfg.logger.get("id") or (previous.read_text().strip() if previous and previous.exists() else None)
-    logger = make(group=group, tags=[f"{k}={v}" for k, v in sorted(choices.items())],
-                  config={**OmegaConf.to_container(cfg, resolve=True), "choices": choices},
-                  **({"id": run_id, "resume": "allow"} if run_id else {}))
+    logger = make(
+        group=group,
+        tags=[f"{k}={v}" for k, v in sorted(choices.items())],
+        config={**OmegaConf.to_container(cfg, resolve=True), "choices": choices},
+        **({"id": run_id, "resume": "allow"} if run_id else {}),
+    )
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank == 0:   # other DDP ranks hold a dummy experiment
-        (out_dir / "wandb_run_id.txt").write_text(logger.experiment.id)   # starts the (offline) run
+    if rank_zero_only.rank == 0:  # other DDP ranks hold a dummy experiment
+        (out_dir / "wandb_run_id.txt").write_text(logger.experiment.id)  # starts the (offline) run
     return logger
 
 
 def run_summary(run_dir: Path) -> dict:
     """The run's final numbers for a dashboard's run table: metrics.json and explain's
     explain_metrics.json (prefixed ``explain/``, nested keys joined by ``/``), numbers only."""
+
     def flat(d: dict, prefix: str) -> dict:
         out = {}
         for k, v in d.items():
@@ -97,7 +107,10 @@ def run_summary(run_dir: Path) -> dict:
         return out
 
     summary = {}
-    for path, prefix in ((run_dir / "metrics.json", "final/"), (run_dir / "explain" / "explain_metrics.json", "explain/")):
+    for path, prefix in (
+        (run_dir / "metrics.json", "final/"),
+        (run_dir / "explain" / "explain_metrics.json", "explain/"),
+    ):
         if path.exists():
             summary.update(flat(json.loads(path.read_text()), prefix))
     return summary
@@ -146,8 +159,14 @@ def log_to_saved_run(cfg, run_dir: Path, keys: tuple[str, ...]) -> str:
         log.info("W&B %s", msg)
         return msg
     project = cfg.logger.get("project") or "protocell"
-    w = wandb.init(project=project, id=run_id, resume="allow", mode="offline", dir=str(run_dir),
-                   settings=wandb.Settings(silent=True))
+    w = wandb.init(
+        project=project,
+        id=run_id,
+        resume="allow",
+        mode="offline",
+        dir=str(run_dir),
+        settings=wandb.Settings(silent=True),
+    )
     try:
         log_media(w, run_dir, keys)
     finally:

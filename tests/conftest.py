@@ -20,17 +20,39 @@ def tiny_store(tmp_path_factory):
 
 @pytest.fixture()
 def tiny_dm(tiny_store):
-    dm = tiny_data(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
-                   test_fraction=0.5, val_fraction=0.0, seed=0)
+    dm = tiny_data(
+        tiny_store,
+        crop_size=64,
+        zero_background=True,
+        batch_size=8,
+        eval_batch_size=16,
+        test_fraction=0.5,
+        val_fraction=0.0,
+        seed=0,
+    )
     dm.setup()
     return dm
 
 
 # the tests' DataModule settings (small and explicit; train.py's come from conf/data, conf/mask): ``tiny_data``'s
 # keyword arguments replace any of them
-TINY_DATA = {"crop_size": 64, "channels": None, "zero_background": False, "augment": True, "normalize": "dataset",
-             "test_fraction": 0.5, "val_fraction": 0.2, "batch_size": 64, "eval_batch_size": None, "num_workers": 0,
-             "split_by": "auto", "seed": 0, "photometric": None, "zero_margin": 0, "bag_size": 1}
+TINY_DATA = {
+    "crop_size": 64,
+    "channels": None,
+    "zero_background": False,
+    "augment": True,
+    "normalize": "dataset",
+    "test_fraction": 0.5,
+    "val_fraction": 0.2,
+    "batch_size": 64,
+    "eval_batch_size": None,
+    "num_workers": 0,
+    "split_by": "auto",
+    "seed": 0,
+    "photometric": None,
+    "zero_margin": 0,
+    "bag_size": 1,
+}
 
 
 def tiny_data(path, **kw):
@@ -40,16 +62,30 @@ def tiny_data(path, **kw):
     return CellDataModule(path, **{**TINY_DATA, **kw})
 
 
-TINY_SPEC = {"backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
-             "head": {"prototypes_per_class": 3, "prototype_dim": 16, "use_mask": True}, "in_channels": 2}
+TINY_SPEC = {
+    "backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
+    "head": {"prototypes_per_class": 3, "prototype_dim": 16, "use_mask": True},
+    "in_channels": 2,
+}
 
 
 # the unit tests' module settings (chosen for tiny, fast networks; train.py's come from conf/): ``lr`` given to
 # ``tiny_module`` is merged into TINY_LR
 TINY_LR = {"features": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-3, "pretrain": 1e-3}
-TINY_SETTINGS = {"last_layer": "trained", "weight_decay": 1e-3, "clst": 0.8, "sep": 0.08, "l1": 1e-4, "div": 0.0,
-                 "ref_sim": 0.0, "ramp_epochs": 0, "bag_size": 1, "separation": "all", "head": "protopnet",
-                 "channels_last": False}
+TINY_SETTINGS = {
+    "last_layer": "trained",
+    "weight_decay": 1e-3,
+    "clst": 0.8,
+    "sep": 0.08,
+    "l1": 1e-4,
+    "div": 0.0,
+    "ref_sim": 0.0,
+    "ramp_epochs": 0,
+    "bag_size": 1,
+    "separation": "all",
+    "head": "protopnet",
+    "channels_last": False,
+}
 
 
 def tiny_module(seed: int = 0, per_class: int = 3, dim: int = 16, lr: dict | None = None, **kw):
@@ -70,14 +106,21 @@ def tiny_net():
 
 # ----------------------------------------------------------------------------- prepare (raw plates)
 
+
 @pytest.fixture(scope="session")
 def synthetic_fields(tmp_path_factory):
     """Eight small 2-channel synthetic fields (2 wells × 2 fields × 2 conditions) with
     ground-truth instance labels and a plate map; read-only for the tests that use it."""
     from protocell.data.synthetic import write_fields
 
-    return write_fields(tmp_path_factory.mktemp("fields"), wells_per_condition=2, fields_per_well=2,
-                        field_size=256, cells_per_field=24, seed=1)
+    return write_fields(
+        tmp_path_factory.mktemp("fields"),
+        wells_per_condition=2,
+        fields_per_well=2,
+        field_size=256,
+        cells_per_field=24,
+        seed=1,
+    )
 
 
 def prepare_config(*overrides: str) -> dict:
@@ -112,10 +155,21 @@ def assert_store_folder(out) -> None:
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     shards = set(pd.read_csv(out / "manifest.csv", dtype={"shard": str})["shard"])
     expected_shards = {f"shards/{s}.{kind}.npy" for s in shards for kind in ("crops", "masks")}
-    rest = files - expected_shards - {"store.json", "manifest.csv", "prepare_summary.json", "confounds.csv", ".prepare/lock"}
+    rest = (
+        files
+        - expected_shards
+        - {"store.json", "manifest.csv", "prepare_summary.json", "confounds.csv", ".prepare/lock"}
+    )
     assert expected_shards <= files, sorted(expected_shards - files)
-    unexpected = sorted(f for f in rest if not re.fullmatch(r"\.prepare/(images|stats|aug)/[^/]+\.json|overlays/[^/]+\.png|"
-                                                           r"\.prepare/lock-share-\d+|\.prepare/shares/\d+-of-\d+\.json", f))
+    unexpected = sorted(
+        f
+        for f in rest
+        if not re.fullmatch(
+            r"\.prepare/(images|stats|aug)/[^/]+\.json|overlays/[^/]+\.png|"
+            r"\.prepare/lock-share-\d+|\.prepare/shares/\d+-of-\d+\.json",
+            f,
+        )
+    )
     assert not unexpected, unexpected
 
 
@@ -150,8 +204,11 @@ def unwritable(tmp_path):
     folder = tmp_path / "unwritable"
     folder.mkdir()
     undo = None
-    if os.geteuid() == 0 and shutil.which("chattr") and \
-            subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False).returncode == 0:
+    if (
+        os.geteuid() == 0
+        and shutil.which("chattr")
+        and subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False).returncode == 0
+    ):
         undo = ["chattr", "-i", str(folder)]
     elif os.geteuid() != 0:
         folder.chmod(0o555)

@@ -43,8 +43,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "cuda": torch.cuda.is_available()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.is_available(),
+    }
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:
@@ -93,12 +99,24 @@ def _module(backbone: str, crop: int, width: float = 0.125, max_rf=46):
     from protocell.config import LastLayerConfig, LossConfig, OptimConfig, ScheduleConfig, TrainConfig
     from protocell.model.module import ProtoPNetModule
 
-    spec = {"backbone": {"name": backbone, "width": width, "max_rf": max_rf},
-            "head": {"prototypes_per_class": 10, "prototype_dim": 64}, "in_channels": 2}
-    optim = OptimConfig()       # the default run's settings (bags of one cell: the step measured per cell)
-    return ProtoPNetModule(spec, class_names=["Ref", "Exp"], last_layer=LastLayerConfig().mode, lr=optim.lr,
-                           weight_decay=optim.weight_decay, ramp_epochs=ScheduleConfig().loss_ramp_epochs, bag_size=1,
-                           head=TrainConfig.head, channels_last=False, **asdict(LossConfig()))
+    spec = {
+        "backbone": {"name": backbone, "width": width, "max_rf": max_rf},
+        "head": {"prototypes_per_class": 10, "prototype_dim": 64},
+        "in_channels": 2,
+    }
+    optim = OptimConfig()  # the default run's settings (bags of one cell: the step measured per cell)
+    return ProtoPNetModule(
+        spec,
+        class_names=["Ref", "Exp"],
+        last_layer=LastLayerConfig().mode,
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        ramp_epochs=ScheduleConfig().loss_ramp_epochs,
+        bag_size=1,
+        head=TrainConfig.head,
+        channels_last=False,
+        **asdict(LossConfig()),
+    )
 
 
 def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -> dict:
@@ -107,11 +125,11 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
     module = _module(backbone, crop, **kw)
     x = torch.rand(batch, 2, crop, crop)
     mask = torch.zeros(batch, 1, crop, crop)
-    mask[:, :, crop // 8: -crop // 8, crop // 8: -crop // 8] = 1
+    mask[:, :, crop // 8 : -crop // 8, crop // 8 : -crop // 8] = 1
     y = torch.arange(batch) % 2
     batch_t = (x, mask, y, torch.arange(batch))
     opt = torch.optim.Adam(module.parameters(), 1e-4)
-    module.log = module.log_dict = lambda *a, **k: None    # Lightning logging is not what we measure
+    module.log = module.log_dict = lambda *a, **k: None  # Lightning logging is not what we measure
 
     bare = module.net.features
     head = nn.Conv2d(module.probe.in_channels, 2, 1)
@@ -131,13 +149,14 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
         state = Phase(phase, trainable_groups(phase, train_last_layer=True))
 
         def step():
-            if module.phase != phase:    # a phase change happens once per epoch in training
+            if module.phase != phase:  # a phase change happens once per epoch in training
                 module.train()
                 apply_phase(module, state)
             loss = module.training_step(batch_t, 0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return step
 
     phases = ("joint", "warm", "last_layer", "pretrain")
@@ -158,9 +177,11 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
         min_d = d.flatten(2).amin(2)
         from protocell.model.losses import protopnet_loss
         from protocell.model.prototypes import log_similarity
+
         logits = module.net.last_layer(log_similarity(min_d))
-        protopnet_loss(logits, min_d, y, module.net.prototype_class, module.net.last_layer.weight,
-                       0.8, 0.08, 1e-4)["loss"].backward()
+        protopnet_loss(logits, min_d, y, module.net.prototype_class, module.net.last_layer.weight, 0.8, 0.08, 1e-4)[
+            "loss"
+        ].backward()
 
     res["prototype_head_share_of_joint_step"] = timed(head_only, repeats) / (batch / res["joint_cells_per_s"])
     return res
@@ -176,7 +197,7 @@ def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
     module = _module("vgg11_narrow", 64)
     net = module.net.eval()
     n_push = len(dm.rows["push"])
-    train_loader = dm.train_dataloader()      # one loader for the whole fit, as Lightning does
+    train_loader = dm.train_dataloader()  # one loader for the whole fit, as Lightning does
 
     def data_pass():
         for _ in train_loader:
@@ -191,22 +212,29 @@ def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
         nearest_patches(net, dm.push_dataloader(), k=1, own_class=True)
 
     t = time.perf_counter()
-    data_pass()                              # first epoch: per-cell ranges computed (then cached)
+    data_pass()  # first epoch: per-cell ranges computed (then cached)
     t_first = time.perf_counter() - t
     t_data = timed(data_pass, repeats)
     t_inf = timed(inference, repeats)
     t_push = timed(push, repeats)
-    return {"cells_train": len(dm.rows["train"]), "cells_push": n_push,
-            "data_path_cells_per_s": len(dm.rows["train"]) / t_data,
-            "data_path_first_epoch_cells_per_s": len(dm.rows["train"]) / t_first,
-            "inference_cells_per_s": n_push / t_inf, "push_seconds": t_push, "push_over_inference": t_push / t_inf}
+    return {
+        "cells_train": len(dm.rows["train"]),
+        "cells_push": n_push,
+        "data_path_cells_per_s": len(dm.rows["train"]) / t_data,
+        "data_path_first_epoch_cells_per_s": len(dm.rows["train"]) / t_first,
+        "inference_cells_per_s": n_push / t_inf,
+        "push_seconds": t_push,
+        "push_over_inference": t_push / t_inf,
+    }
 
 
 def push_peak_rss(n_wells: int) -> float:
     """Peak RSS (MB) of a fresh process that builds the store and runs one push."""
-    code = (f"import resource, torch; torch.set_num_threads({torch.get_num_threads()});"
-            f"from protocell.bench.__main__ import bench_data_push_inference as b; b({n_wells}, 1);"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    code = (
+        f"import resource, torch; torch.set_num_threads({torch.get_num_threads()});"
+        f"from protocell.bench.__main__ import bench_data_push_inference as b; b({n_wells}, 1);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -230,8 +258,11 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     t = time.perf_counter()
     result = infer(net, dm.dataset_of(dm.store, rows), 1, 256, 0, progress=False)
     t_pass = time.perf_counter() - t
-    out = {"cells": len(rows), "store_mb": sum(f.stat().st_size for f in (store / "shards").glob("*")) / 1e6,
-           "pass_cells_per_s": len(rows) / t_pass}
+    out = {
+        "cells": len(rows),
+        "store_mb": sum(f.stat().st_size for f in (store / "shards").glob("*")) / 1e6,
+        "pass_cells_per_s": len(rows) / t_pass,
+    }
     if tables:
         t = time.perf_counter()
         wells = plate_wells(dm.store, "Ref", "Exp")
@@ -247,9 +278,11 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
 
 def score_peak_rss(n_wells: int) -> dict:
     """Peak RSS (MB) of a fresh process that scores a store of ``n_wells`` wells per condition."""
-    code = (f"import resource, json, torch; torch.set_num_threads({torch.get_num_threads()});"
-            f"from protocell.bench.__main__ import bench_score as b; r = b({n_wells});"
-            "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))")
+    code = (
+        f"import resource, json, torch; torch.set_num_threads({torch.get_num_threads()});"
+        f"from protocell.bench.__main__ import bench_score as b; r = b({n_wells});"
+        "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -257,27 +290,54 @@ def score_peak_rss(n_wells: int) -> dict:
 def bench_make_run() -> dict:
     run_dir = OUT / "make_run"
     t = time.perf_counter()
-    subprocess.run([sys.executable, "train.py", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false",
-                    f"threads={torch.get_num_threads()}"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"hydra.run.dir={run_dir}",
+            "trainer.enable_progress_bar=false",
+            f"threads={torch.get_num_threads()}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - t
     t = time.perf_counter()
-    subprocess.run([sys.executable, "explain.py", f"run={run_dir}", f"threads={torch.get_num_threads()}"],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "explain.py", f"run={run_dir}", f"threads={torch.get_num_threads()}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     explain_wall = time.perf_counter() - t
     t = time.perf_counter()
-    subprocess.run([sys.executable, "score.py", f"run={run_dir}", f"threads={torch.get_num_threads()}", "progress=false"],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "score.py", f"run={run_dir}", f"threads={torch.get_num_threads()}", "progress=false"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     score_wall = time.perf_counter() - t
     m = json.loads((run_dir / "metrics.json").read_text())
-    return {"wall_seconds": wall, "explain_wall_seconds": explain_wall, "score_wall_seconds": score_wall,
-            "true_label_accuracy": m.get("true_label_accuracy"),
-            "true_label_auroc": m.get("true_label_auroc"), "well_label_accuracy": m.get("well_label_accuracy")}
+    return {
+        "wall_seconds": wall,
+        "explain_wall_seconds": explain_wall,
+        "score_wall_seconds": score_wall,
+        "true_label_accuracy": m.get("true_label_accuracy"),
+        "true_label_auroc": m.get("true_label_auroc"),
+        "well_label_accuracy": m.get("well_label_accuracy"),
+    }
 
 
 def table(results: dict) -> str:
-    lines = [f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
-             f"{results['machine']['threads']} threads, torch {results['machine']['torch']}", "",
-             "| stage | figure | value |", "|---|---|---|"]
+    lines = [
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"{results['machine']['threads']} threads, torch {results['machine']['torch']}",
+        "",
+        "| stage | figure | value |",
+        "|---|---|---|",
+    ]
     for section, vals in results.items():
         if section == "machine" or not isinstance(vals, dict):
             continue
@@ -303,12 +363,18 @@ def main(argv=None) -> dict:
     results["data_push_inference"] = bench_data_push_inference(4 if args.quick else 8, 2 if args.quick else 3)
     results["push_memory"] = {"peak_rss_mb_small": push_peak_rss(2), "peak_rss_mb_large": push_peak_rss(8)}
     small, large = (score_peak_rss(n) for n in ((2, 4) if args.quick else (4, 16)))
-    results["score"] = {"cells_small": small["cells"], "cells_large": large["cells"],
-                        "store_mb_small": small["store_mb"], "store_mb_large": large["store_mb"],
-                        "pass_cells_per_s": large["pass_cells_per_s"], "whole_cells_per_s": large["whole_cells_per_s"],
-                        "peak_rss_mb_small": small["peak_rss_mb"], "peak_rss_mb_large": large["peak_rss_mb"]}
+    results["score"] = {
+        "cells_small": small["cells"],
+        "cells_large": large["cells"],
+        "store_mb_small": small["store_mb"],
+        "store_mb_large": large["store_mb"],
+        "pass_cells_per_s": large["pass_cells_per_s"],
+        "whole_cells_per_s": large["whole_cells_per_s"],
+        "peak_rss_mb_small": small["peak_rss_mb"],
+        "peak_rss_mb_large": large["peak_rss_mb"],
+    }
     results["prepare"] = prepare_run(quick=args.quick)
-    at_scale = scale_run(quick=args.quick)        # prepare and score in shares (protocell/bench/scale.py)
+    at_scale = scale_run(quick=args.quick)  # prepare and score in shares (protocell/bench/scale.py)
     results["scale"], results["scale_screen"] = at_scale["scale"], at_scale["at_scale"]
     if not args.quick:
         results["make_run"] = bench_make_run()

@@ -23,7 +23,7 @@ from protocell.fsutil import atomic_write
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "outputs" / "bench"
-BLOCK = 512            # TIFF tile edge; 4×4 cells per block
+BLOCK = 512  # TIFF tile edge; 4×4 cells per block
 
 
 def _block(ty: int, tx: int, channel: int, seed: int = 0) -> np.ndarray:
@@ -63,9 +63,19 @@ def write_plate_image(path: Path, size: int) -> Path:
                 for tx in range(n):
                     yield _block(ty, tx, c)
 
-    return atomic_write(path, lambda fh: tifffile.imwrite(fh, blocks(), shape=(2, size, size), dtype=np.uint16,
-                                                          tile=(BLOCK, BLOCK), metadata={"axes": "CYX"},
-                                                          photometric="minisblack"), fsync=False)
+    return atomic_write(
+        path,
+        lambda fh: tifffile.imwrite(
+            fh,
+            blocks(),
+            shape=(2, size, size),
+            dtype=np.uint16,
+            tile=(BLOCK, BLOCK),
+            metadata={"axes": "CYX"},
+            photometric="minisblack",
+        ),
+        fsync=False,
+    )
 
 
 _WRAPPER = """
@@ -83,10 +93,16 @@ def run(quick: bool = False) -> dict:
     image_dir = OUT / f"prepare_plate_{size}"
     image = write_plate_image(image_dir / "bench_A01_f0.tif", size)
     store = OUT / f"prepare_store_{size}"
-    shutil.rmtree(store, ignore_errors=True)           # measure a full run, not a resumed one
-    cmd = [sys.executable, str(ROOT / "prepare.py"), f"input={image_dir}",
-           r"pattern='bench_(?P<well>[A-P]\d\d)_f(?P<field>\d+)\.tif'", f"output={store}", "progress=false",
-           f"hydra.run.dir={OUT / 'prepare_run'}"]
+    shutil.rmtree(store, ignore_errors=True)  # measure a full run, not a resumed one
+    cmd = [
+        sys.executable,
+        str(ROOT / "prepare.py"),
+        f"input={image_dir}",
+        r"pattern='bench_(?P<well>[A-P]\d\d)_f(?P<field>\d+)\.tif'",
+        f"output={store}",
+        "progress=false",
+        f"hydra.run.dir={OUT / 'prepare_run'}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     res = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True, env=env, cwd=ROOT)
     rec = json.loads(res.stdout.strip().splitlines()[-1])
@@ -94,9 +110,16 @@ def run(quick: bool = False) -> dict:
         raise RuntimeError(f"prepare failed on {image}:\n{rec['stderr']}")
     summary = json.loads((store / "prepare_summary.json").read_text())
     mpix = size * size / 1e6
-    return {"mpix_per_s": round(mpix / rec["seconds"], 3), "peak_rss_mb": round(rec["maxrss_kb"] / 1024, 1),
-            "cells": summary["cells"], "seconds": round(rec["seconds"], 1), "image": f"{size}x{size}x2 uint16",
-            "augmented": summary["augmented"], "workers": 2, "cpu_count": os.cpu_count()}
+    return {
+        "mpix_per_s": round(mpix / rec["seconds"], 3),
+        "peak_rss_mb": round(rec["maxrss_kb"] / 1024, 1),
+        "cells": summary["cells"],
+        "seconds": round(rec["seconds"], 1),
+        "image": f"{size}x{size}x2 uint16",
+        "augmented": summary["augmented"],
+        "workers": 2,
+        "cpu_count": os.cpu_count(),
+    }
 
 
 if __name__ == "__main__":

@@ -51,13 +51,14 @@ from protocell.fsutil import atomic_write
 
 ROOT = Path(__file__).resolve().parents[2]
 CHANNELS = ["actin", "nuclei", "mito"]
-DOSES = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0]      # columns 2–11
+DOSES = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0]  # columns 2–11
 FULL = {"wells": 96, "fields": 4, "size": 1080}
 QUICK = {"wells": 8, "fields": 2, "size": 512}
 GENERATOR_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- the plate
+
 
 def plate_layout(n_wells: int) -> list[dict]:
     """The first ``n_wells`` wells of a 96-well plate in row order: well, condition, compound, dose."""
@@ -86,7 +87,7 @@ def _write_field(job: tuple) -> None:
     gain = float(rng_well.uniform(0.8, 1.2))
     rng = np.random.default_rng([seed, well_index, field])
     render = {}
-    if not cond:                                # a dose well: its fraction from the curve, no condition
+    if not cond:  # a dose well: its fraction from the curve, no condition
         ds = DoseSeries(doses=DOSES, ec50=1.0)
         p = ds.fraction(float(dose))
         render = {"affected": p, "confound": float(np.clip((p - ds.bottom) / (ds.top - ds.bottom), 0, 1))}
@@ -94,8 +95,9 @@ def _write_field(job: tuple) -> None:
     actin = img[0].astype(np.float32) - 100
     mito = ndi.gaussian_filter(actin, 2.5) * 0.6 + rng.normal(100, 6, actin.shape)
     out = np.concatenate([img, np.clip(mito, 0, 65535).astype(np.uint16)[None]])
-    atomic_write(path, lambda fh: tifffile.imwrite(fh, out, metadata={"axes": "CYX"}, photometric="minisblack"),
-                 fsync=False)
+    atomic_write(
+        path, lambda fh: tifffile.imwrite(fh, out, metadata={"axes": "CYX"}, photometric="minisblack"), fsync=False
+    )
 
 
 def write_plate(data: Path, wells: int, fields: int, size: int, seed: int = 0, workers: int = 2) -> Path:
@@ -109,8 +111,17 @@ def write_plate(data: Path, wells: int, fields: int, size: int, seed: int = 0, w
     for i, w in enumerate(plate_layout(wells)):
         for f in range(fields):
             name = f"fields/plate1_{w['well']}_f{f}.tif"
-            rows.append({"image": name, "plate": "plate1", "well": w["well"], "field": f,
-                         "condition": w["condition"], "compound": w["compound"], "dose": w["dose"]})
+            rows.append(
+                {
+                    "image": name,
+                    "plate": "plate1",
+                    "well": w["well"],
+                    "field": f,
+                    "condition": w["condition"],
+                    "compound": w["compound"],
+                    "dose": w["dose"],
+                }
+            )
             if not (folder / name).exists():
                 jobs.append((folder / name, size, seed, i, f, w["condition"], w["dose"]))
     if jobs:
@@ -120,13 +131,14 @@ def write_plate(data: Path, wells: int, fields: int, size: int, seed: int = 0, w
             for _ in pool.imap_unordered(_write_field, jobs):
                 pass
     table = pd.DataFrame(rows)
-    quarter = table[table["well"].isin([w["well"] for w in plate_layout(wells)[::4]])]     # every 4th well
+    quarter = table[table["well"].isin([w["well"] for w in plate_layout(wells)[::4]])]  # every 4th well
     atomic_write(folder / "plate_map_quarter.csv", lambda fh: fh.write(quarter.to_csv(index=False).encode()))
     atomic_write(folder / "plate_map.csv", lambda fh: fh.write(table.to_csv(index=False).encode()))
     return folder
 
 
 # ----------------------------------------------------------------------------- runs
+
 
 def timed(cmd: list[str], env: dict) -> dict:
     """Run ``cmd`` in a fresh wrapper process: seconds and the peak RSS of its largest process (MB)."""
@@ -138,9 +150,17 @@ def timed(cmd: list[str], env: dict) -> dict:
 
 
 def prepare_args(plate: Path, plate_map: str, store: Path, logs: Path) -> list[str]:
-    return [f"input={plate}", f"plate_map={plate / plate_map}", f"output={store}", "progress=false",
-            f"channels.names=[{','.join(CHANNELS)}]", "channels.main=actin", "channels.second=nuclei",
-            f"hydra.run.dir={logs}", f"hydra.sweep.dir={logs}"]
+    return [
+        f"input={plate}",
+        f"plate_map={plate / plate_map}",
+        f"output={store}",
+        "progress=false",
+        f"channels.names=[{','.join(CHANNELS)}]",
+        "channels.main=actin",
+        "channels.second=nuclei",
+        f"hydra.run.dir={logs}",
+        f"hydra.sweep.dir={logs}",
+    ]
 
 
 def files_digest(store: Path) -> str:
@@ -166,12 +186,30 @@ def prepare_in_shares(plate: Path, plate_map: str, store: Path, logs: Path, env:
     report (seconds, peak RSS), the merge's seconds and peak RSS, cells."""
     py = [sys.executable, "prepare.py"]
     args = prepare_args(plate, plate_map, store, logs)
-    tasks = timed([*py, "-m", "hydra/launcher=local", "hydra.launcher.timeout_min=1440", *args, "workers=1",
-                   "shards=2", "shard=0,1"], env)
+    tasks = timed(
+        [
+            *py,
+            "-m",
+            "hydra/launcher=local",
+            "hydra.launcher.timeout_min=1440",
+            *args,
+            "workers=1",
+            "shards=2",
+            "shard=0,1",
+        ],
+        env,
+    )
     merge = timed([*py, *args, "workers=1", "shards=2", "shard=merge"], env)
     summary = json.loads((store / "prepare_summary.json").read_text())
-    return {"seconds": tasks["seconds"], "tasks": summary["shares"], "merge": merge, "cells": summary["cells"],
-            "augmented": summary["augmented"], "images": summary["images"], "megapixels": summary["megapixels"]}
+    return {
+        "seconds": tasks["seconds"],
+        "tasks": summary["shares"],
+        "merge": merge,
+        "cells": summary["cells"],
+        "augmented": summary["augmented"],
+        "images": summary["images"],
+        "megapixels": summary["megapixels"],
+    }
 
 
 def measure_prepare(plate: Path, work: Path, env: dict) -> tuple[dict, Path, Path]:
@@ -182,15 +220,22 @@ def measure_prepare(plate: Path, work: Path, env: dict) -> tuple[dict, Path, Pat
     res["quarter_two_tasks"] = prepare_in_shares(plate, "plate_map_quarter.csv", quarter, work / "logs_q", env)
 
     two_workers = work / "store_2w"
-    res["one_task_two_workers"] = timed([*py, *prepare_args(plate, "plate_map.csv", two_workers, work / "logs_2w"),
-                                         "workers=2"], env)
+    res["one_task_two_workers"] = timed(
+        [*py, *prepare_args(plate, "plate_map.csv", two_workers, work / "logs_2w"), "workers=2"], env
+    )
     shutil.rmtree(two_workers)
 
     one = work / "store_1t"
     r = timed([*py, *prepare_args(plate, "plate_map.csv", one, work / "logs_1t"), "workers=1"], env)
     s1 = json.loads((one / "prepare_summary.json").read_text())
-    res["one_task"] = {**r, "cells": s1["cells"], "augmented": s1["augmented"], "images": s1["images"],
-                       "megapixels": s1["megapixels"], "store_mb": disk_mb(one)}
+    res["one_task"] = {
+        **r,
+        "cells": s1["cells"],
+        "augmented": s1["augmented"],
+        "images": s1["images"],
+        "megapixels": s1["megapixels"],
+        "store_mb": disk_mb(one),
+    }
 
     two = work / "store_2t"
     res["two_tasks"] = prepare_in_shares(plate, "plate_map.csv", two, work / "logs_2t", env)
@@ -208,15 +253,42 @@ def train_tiny_run(work: Path, env: dict) -> Path:
     from score_dose import TINY
 
     # calibration=noisy_label: score reads the noisy-label calibration (docs/score.md)
-    subprocess.run([sys.executable, "train.py", "plate=dose_series", f"hydra.run.dir={run}", "threads=1",
-                    "explain=false", "trainer.enable_progress_bar=false", "calibration=noisy_label", *TINY],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "plate=dose_series",
+            f"hydra.run.dir={run}",
+            "threads=1",
+            "explain=false",
+            "trainer.enable_progress_bar=false",
+            "calibration=noisy_label",
+            *TINY,
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return run
 
 
 def score_in_shares(py: list[str], store: Path, out: Path, logs: Path, env: dict) -> dict:
-    tasks = timed([*py[:2], "-m", "hydra/launcher=local", "hydra.launcher.timeout_min=1440", *py[2:],
-                   f"data.path={store}", f"out={out}", "shards=2", "shard=0,1", f"hydra.sweep.dir={logs}"], env)
+    tasks = timed(
+        [
+            *py[:2],
+            "-m",
+            "hydra/launcher=local",
+            "hydra.launcher.timeout_min=1440",
+            *py[2:],
+            f"data.path={store}",
+            f"out={out}",
+            "shards=2",
+            "shard=0,1",
+            f"hydra.sweep.dir={logs}",
+        ],
+        env,
+    )
     reports = [json.loads(p.read_text()) for p in sorted((out / ".score-shares").glob("*.json"))]
     merge = timed([*py, f"data.path={store}", f"out={out}", "shards=2", "shard=merge"], env)
     return {"seconds": tasks["seconds"], "tasks": reports, "merge": merge, "cells": sum(r["cells"] for r in reports)}
@@ -230,12 +302,15 @@ def measure_score(run: Path, store: Path, quarter: Path, work: Path, env: dict) 
     res["one_task"] = {**one, "cells": cells}
     res["two_tasks"] = score_in_shares(py, store, work / "score_2t", work / "logs_score_2t", env)
     res["identical_to_one_task"] = all(
-        (work / "score_2t" / "score" / f"{t}.csv").read_bytes() == (work / "score_1t" / "score" / f"{t}.csv").read_bytes()
-        for t in ("cells", "wells", "treatments", "prototype_enrichment"))
+        (work / "score_2t" / "score" / f"{t}.csv").read_bytes()
+        == (work / "score_1t" / "score" / f"{t}.csv").read_bytes()
+        for t in ("cells", "wells", "treatments", "prototype_enrichment")
+    )
     return res
 
 
 # ----------------------------------------------------------------------------- figures
+
 
 def _line(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float]:
     """(intercept, slope) of the line through two measurements (slope ≥ 0)."""
@@ -265,9 +340,13 @@ def figures(p: dict, s: dict, plate: Path) -> dict:
         "prepare_task_peak_rss_mb_whole_plate": [t["peak_rss_mb"] for t in two["tasks"]],
         "prepare_1task_peak_rss_mb": one["peak_rss_mb"],
         "prepare_merge_seconds_quarter_whole": [round(q["merge"]["seconds"], 1), round(two["merge"]["seconds"], 1)],
-        "prepare_merge_peak_rss_mb_quarter_whole": [round(q["merge"]["peak_rss_mb"]), round(two["merge"]["peak_rss_mb"])],
+        "prepare_merge_peak_rss_mb_quarter_whole": [
+            round(q["merge"]["peak_rss_mb"]),
+            round(two["merge"]["peak_rss_mb"]),
+        ],
         "prepare_2tasks_store_identical_to_1task": p["identical_to_one_task"],
-        "store_mb": one["store_mb"], "augmented": one["augmented"],
+        "store_mb": one["store_mb"],
+        "augmented": one["augmented"],
         "raw_mb": disk_mb(plate / "fields"),
         "score_cells": sone["cells"],
         "score_1task_cells_per_s": sone["cells"] / sone["seconds"],
@@ -280,7 +359,10 @@ def figures(p: dict, s: dict, plate: Path) -> dict:
         "score_task_peak_rss_mb_whole_plate": [t["peak_rss_mb"] for t in stwo["tasks"]],
         "score_1task_peak_rss_mb": sone["peak_rss_mb"],
         "score_merge_seconds_quarter_whole": [round(sq["merge"]["seconds"], 1), round(stwo["merge"]["seconds"], 1)],
-        "score_merge_peak_rss_mb_quarter_whole": [round(sq["merge"]["peak_rss_mb"]), round(stwo["merge"]["peak_rss_mb"])],
+        "score_merge_peak_rss_mb_quarter_whole": [
+            round(sq["merge"]["peak_rss_mb"]),
+            round(stwo["merge"]["peak_rss_mb"]),
+        ],
         "score_2tasks_tables_identical_to_1task": s["identical_to_one_task"],
     }
     for step in ("prepare", "score"):
@@ -292,7 +374,9 @@ def figures(p: dict, s: dict, plate: Path) -> dict:
     # the merges, as a line in the number of cells through the quarter and the whole plate
     for step, small, big in (("prepare", q, two), ("score", sq, stwo)):
         for what in ("seconds", "peak_rss_mb"):
-            out[f"{step}_merge_{what}_line"] = _line(small["cells"], small["merge"][what], big["cells"], big["merge"][what])
+            out[f"{step}_merge_{what}_line"] = _line(
+                small["cells"], small["merge"][what], big["cells"], big["merge"][what]
+            )
     return out
 
 
@@ -307,7 +391,7 @@ def screen(f: dict, plates: int, nodes: int, cores: int, wells: int = 384, field
     cores_all = nodes * cores
     prep_core = f["prepare_2tasks_mpix_per_s"] / 2
     score_core = f["score_2tasks_cells_per_s"] / 2
-    waves = -(-plates // nodes)                  # merges: one plate a node
+    waves = -(-plates // nodes)  # merges: one plate a node
 
     def merge(step: str, what: str) -> float:
         a, b = f[f"{step}_merge_{what}_line"]
@@ -320,14 +404,16 @@ def screen(f: dict, plates: int, nodes: int, cores: int, wells: int = 384, field
     task_score = max(f["score_task_peak_rss_mb_whole_plate"]) / 1024
     return {
         "screen": f"{plates} plates × {wells} wells × {fields} fields = {images} images, ≈ {cells / 1e6:.1f} M cells "
-                  f"({cells_plate / 1e3:.0f} k a plate), {nodes} nodes × {cores} cores",
+        f"({cells_plate / 1e3:.0f} k a plate), {nodes} nodes × {cores} cores",
         "prepare_tasks_hours": prep / 3600,
         "prepare_merge_hours": prep_merge / 3600,
         "score_tasks_hours": score / 3600,
         "score_merge_hours": score_merge / 3600,
         "total_hours": (prep + prep_merge + score + score_merge) / 3600,
-        "prepare_task_gb": task_prep, "score_task_gb": task_score,
-        "node_gb_prepare": cores * task_prep, "node_gb_score": cores * task_score,
+        "prepare_task_gb": task_prep,
+        "score_task_gb": task_score,
+        "node_gb_prepare": cores * task_prep,
+        "node_gb_score": cores * task_score,
         "prepare_merge_gb": merge("prepare", "peak_rss_mb") / 1024,
         "score_merge_gb": merge("score", "peak_rss_mb") / 1024,
         "raw_tb": f["raw_mb"] / f["images"] * images / 1e6,
@@ -342,10 +428,21 @@ def table(rows: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(quick: bool = False, data: Path | None = None, out: Path | None = None, wells: int | None = None,
-        fields: int | None = None, size: int | None = None, plates: int = 20, nodes: int = 50, cores: int = 32) -> dict:
-    dims = {**(QUICK if quick else FULL), **{k: v for k, v in (("wells", wells), ("fields", fields), ("size", size))
-                                             if v is not None}}
+def run(
+    quick: bool = False,
+    data: Path | None = None,
+    out: Path | None = None,
+    wells: int | None = None,
+    fields: int | None = None,
+    size: int | None = None,
+    plates: int = 20,
+    nodes: int = 50,
+    cores: int = 32,
+) -> dict:
+    dims = {
+        **(QUICK if quick else FULL),
+        **{k: v for k, v in (("wells", wells), ("fields", fields), ("size", size)) if v is not None},
+    }
     data = Path(data) if data else ROOT / "outputs" / "bench" / "scale_data"
     out = Path(out) if out else ROOT / "outputs" / "bench" / "scale"
     work = out / "work"
@@ -361,15 +458,26 @@ def run(quick: bool = False, data: Path | None = None, out: Path | None = None, 
     run_dir = train_tiny_run(work, env)
     s = measure_score(run_dir, store, quarter, work, env)
     f = figures(p, s, plate)
-    result = {"machine": _machine(), "dims": dims, "generate_seconds": generate, "plate": str(plate),
-              "prepare": p, "score": s, "scale": f, "at_scale": screen(f, plates, nodes, cores)}
+    result = {
+        "machine": _machine(),
+        "dims": dims,
+        "generate_seconds": generate,
+        "plate": str(plate),
+        "prepare": p,
+        "score": s,
+        "scale": f,
+        "at_scale": screen(f, plates, nodes, cores),
+    }
     for name in ("store_quarter", "store_2t", "score_q", "score_1t", "score_2t"):
         shutil.rmtree(work / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(result, indent=2, default=str))
-    md = (f"Machine: {result['machine']}\n\nPlate: {dims} ({plate})\n\n" + table(f)
-          + f"\nA screen ({plates} plates, {nodes} nodes × {cores} cores), from these figures:\n\n"
-          + table(result["at_scale"]))
+    md = (
+        f"Machine: {result['machine']}\n\nPlate: {dims} ({plate})\n\n"
+        + table(f)
+        + f"\nA screen ({plates} plates, {nodes} nodes × {cores} cores), from these figures:\n\n"
+        + table(result["at_scale"])
+    )
     (out / "scale.md").write_text(md)
     return result
 
@@ -378,8 +486,11 @@ def _machine() -> str:
     load = os.getloadavg()
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} cores, load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"

@@ -20,21 +20,25 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 def _command(name: str):
     def main():
         if not (CONF / f"{name}.yaml").is_file():
-            print(f"protocell-{name}: {CONF / f'{name}.yaml'} is missing: protocell's commands read the configs in "
-                  "the source tree's conf/ — install from a clone with `pip install -e <clone>` (make setup does)",
-                  file=sys.stderr)
+            print(
+                f"protocell-{name}: {CONF / f'{name}.yaml'} is missing: protocell's commands read the configs in "
+                "the source tree's conf/ — install from a clone with `pip install -e <clone>` (make setup does)",
+                file=sys.stderr,
+            )
             raise SystemExit(2)
         import hydra
 
         if name == "train":
             from protocell.config import register
 
-            register()   # the typed schema conf/train.yaml starts from
+            register()  # the typed schema conf/train.yaml starts from
         run = import_module(f"protocell.cli.{name}").run
         return hydra.main(version_base="1.3", config_path=str(CONF), config_name=name)(run)()
 
     main.__name__ = name
-    main.__doc__ = f"``protocell-{name}`` / ``python {name}.py``: conf/{name}.yaml composed by Hydra → protocell.cli.{name}.run"
+    main.__doc__ = (
+        f"``protocell-{name}`` / ``python {name}.py``: conf/{name}.yaml composed by Hydra → protocell.cli.{name}.run"
+    )
     return main
 
 

@@ -13,7 +13,15 @@ def run(cfg: DictConfig):
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    return run_cli("explain", lambda c: explain_run(c.run, n_boot=int(c.bootstrap), n_cells=int(c.cells),
-                                                    k=int(c.nearest), log_wandb=bool(c.wandb),
-                                                    options=c.get("report")),
-                   cfg)
+    return run_cli(
+        "explain",
+        lambda c: explain_run(
+            c.run,
+            n_boot=int(c.bootstrap),
+            n_cells=int(c.cells),
+            k=int(c.nearest),
+            log_wandb=bool(c.wandb),
+            options=c.get("report"),
+        ),
+        cfg,
+    )

@@ -32,14 +32,18 @@ def next_step(out) -> str:
     if len(conditions) >= 2:
         return f"train on it: python train.py data=prepared {data}"
     held = f"one condition ({conditions[0]})" if conditions else "no condition"
-    return f"score it with a trained run (it holds {held}, nothing to train on): python score.py run=<run folder> {data}"
+    return (
+        f"score it with a trained run (it holds {held}, nothing to train on): python score.py run=<run folder> {data}"
+    )
 
 
 def run(cfg: DictConfig):
     out = run_cli("prepare", lambda c: prepare_store(OmegaConf.to_container(c, resolve=True)), cfg)
-    if isinstance(cfg.shard, int):     # one share of a sharded prepare: no store yet
-        print(f"share {cfg.shard} of {cfg.shards} prepared into {out}\nwhen every share is done, write the store: the "
-              "same command with shard=merge")
+    if isinstance(cfg.shard, int):  # one share of a sharded prepare: no store yet
+        print(
+            f"share {cfg.shard} of {cfg.shards} prepared into {out}\nwhen every share is done, write the store: the "
+            "same command with shard=merge"
+        )
     else:
         print(f"crop store: {out}\n{next_step(out)}")
     return out

@@ -13,12 +13,28 @@ def run(cfg: DictConfig):
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    return run_cli("score", lambda c: score_run(
-        c.run, store=_stores(c.data.get("path")), out=c.get("out"), n_boot=c.bootstrap, nearest=c.nearest,
-        top=c.top_prototypes, min_cells=c.min_cells, batch_size=c.data.get("batch_size"),
-        num_workers=int(c.data.num_workers), progress=bool(c.progress), log_wandb=bool(c.wandb),
-        seed=int(c.seed), fdr=c.fdr, bscore=c.bscore,
-        shards=c.shards, shard=c.shard), cfg)
+    return run_cli(
+        "score",
+        lambda c: score_run(
+            c.run,
+            store=_stores(c.data.get("path")),
+            out=c.get("out"),
+            n_boot=c.bootstrap,
+            nearest=c.nearest,
+            top=c.top_prototypes,
+            min_cells=c.min_cells,
+            batch_size=c.data.get("batch_size"),
+            num_workers=int(c.data.num_workers),
+            progress=bool(c.progress),
+            log_wandb=bool(c.wandb),
+            seed=int(c.seed),
+            fdr=c.fdr,
+            bscore=c.bscore,
+            shards=c.shards,
+            shard=c.shard,
+        ),
+        cfg,
+    )
 
 
 def _stores(path):

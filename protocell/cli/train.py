@@ -13,13 +13,13 @@ from protocell.cli.common import run_cli
 def _train(cfg: DictConfig) -> dict:
     from protocell.config import validate
 
-    validate(cfg)        # a bad value is refused before the training stack is imported (torch + Lightning: ≈ 5 s)
+    validate(cfg)  # a bad value is refused before the training stack is imported (torch + Lightning: ≈ 5 s)
     from protocell.training.run import train
 
     def explain(run_dir):
         from protocell.explain.run import explain_run
 
-        explain_run(run_dir, log_wandb=False)    # the run's W&B run logs explain/ after this returns
+        explain_run(run_dir, log_wandb=False)  # the run's W&B run logs explain/ after this returns
 
     return train(cfg, explain)
 

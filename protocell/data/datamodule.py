@@ -39,7 +39,7 @@ from protocell.distributed import rank_and_world
 from protocell.errors import ConfigError
 
 log = logging.getLogger("protocell.data")
-MIN_TRAIN_WELLS = 5            # split_by=auto: training wells a condition must keep to split whole wells (module doc)
+MIN_TRAIN_WELLS = 5  # split_by=auto: training wells a condition must keep to split whole wells (module doc)
 
 
 def units_per_split(n_wells: int, test_fraction: float, val_fraction: float) -> dict[str, int]:
@@ -67,25 +67,32 @@ def choose_split(manifest, test_fraction: float, val_fraction: float, split_by: 
         m = manifest[manifest["aug_of"] < 0]
         plates = sorted(m["plate"].astype(str).unique())
         if len(plates) < 2:
-            raise ConfigError.invalid("data.split_by", split_by, f"image, well or auto: the store's labelled cells lie "
-                                      f"on {len(plates)} plate(s) {plates}, and whole plates need two or more")
+            raise ConfigError.invalid(
+                "data.split_by",
+                split_by,
+                f"image, well or auto: the store's labelled cells lie "
+                f"on {len(plates)} plate(s) {plates}, and whole plates need two or more",
+            )
     if split_by != "auto":
         return split_by, f"data.split_by={split_by} (set in the config)"
     m = manifest[manifest["aug_of"] < 0]
     wells = m.assign(_well=m["plate"].astype(str) + "/" + m["well"].astype(str)).groupby("condition")["_well"].nunique()
     train = {c: units_per_split(int(k), test_fraction, val_fraction)["train"] for c, k in wells.items()}
     if train and min(train.values()) >= MIN_TRAIN_WELLS:
-        return "well", (f"data.split_by=auto → well: every condition keeps ≥ {MIN_TRAIN_WELLS} training wells "
-                        f"({', '.join(f'{c}: {k}' for c, k in sorted(train.items()))}); test and validation wells "
-                        "are wells the network never trained on")
-    return "image", (f"data.split_by=auto → image: splitting whole wells would leave "
-                     f"{', '.join(f'{c}: {k}' for c, k in sorted(train.items()))} training well(s) a condition "
-                     f"(< {MIN_TRAIN_WELLS}, too few to keep a per-well nuisance from lining up with the condition); "
-                     "test images come from training wells, validation from wells of their own")
+        return "well", (
+            f"data.split_by=auto → well: every condition keeps ≥ {MIN_TRAIN_WELLS} training wells "
+            f"({', '.join(f'{c}: {k}' for c, k in sorted(train.items()))}); test and validation wells "
+            "are wells the network never trained on"
+        )
+    return "image", (
+        f"data.split_by=auto → image: splitting whole wells would leave "
+        f"{', '.join(f'{c}: {k}' for c, k in sorted(train.items()))} training well(s) a condition "
+        f"(< {MIN_TRAIN_WELLS}, too few to keep a per-well nuisance from lining up with the condition); "
+        "test images come from training wells, validation from wells of their own"
+    )
 
 
-def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int,
-                   unit: str = "image") -> np.ndarray:
+def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int, unit: str = "image") -> np.ndarray:
     """Split labels ('train'/'val'/'test'/'drop') per row (the policy of ``protocell.data.split``,
     shared with prepare); every image lies in one split only.
 
@@ -101,8 +108,9 @@ def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: in
     return split_rows(manifest, test_fraction, val_fraction, seed, unit)[0]
 
 
-def split_rows(manifest, test_fraction: float, val_fraction: float, seed: int,
-               unit: str = "image") -> tuple[np.ndarray, dict]:
+def split_rows(
+    manifest, test_fraction: float, val_fraction: float, seed: int, unit: str = "image"
+) -> tuple[np.ndarray, dict]:
     """``split_by_image``'s labels and what it did: {"val_unit": {condition: "well" | "image"},
     "wells": {split: {condition: n}}}."""
     rng = np.random.default_rng(seed)
@@ -114,7 +122,7 @@ def split_rows(manifest, test_fraction: float, val_fraction: float, seed: int,
     well_of = (manifest["plate"].astype(str) + "/" + manifest["well"].astype(str)).to_numpy()
     first = manifest[originals].assign(_well=well_of[originals]).drop_duplicates("image_id")
     # 1. test
-    if unit == "plate":                       # whole plates: a plate's own imaging never reaches test from training
+    if unit == "plate":  # whole plates: a plate's own imaging never reaches test from training
         plates = sorted(first["plate"].astype(str).unique())
         test_plates = {p for p, s in assign({"": plates}, {"test": test_fraction}, seed, rng).items() if s == "test"}
         test_image = {i: p in test_plates for i, p in zip(first["image_id"].astype(str), first["plate"].astype(str))}
@@ -122,7 +130,7 @@ def split_rows(manifest, test_fraction: float, val_fraction: float, seed: int,
         wells = {c: sorted(g["_well"].unique()) for c, g in first.groupby("condition", sort=True)}
         test_wells = {w for w, s in assign(wells, {"test": test_fraction}, seed, rng).items() if s == "test"}
         test_image = {i: w in test_wells for i, w in zip(first["image_id"].astype(str), first["_well"])}
-    elif (given[originals] != "").all():      # prepare split by image
+    elif (given[originals] != "").all():  # prepare split by image
         test_image = {i: s == "test" for i, s in zip(image_of, given)}
     else:
         images = {c: g["image_id"].astype(str).tolist() for c, g in first.groupby("condition", sort=True)}
@@ -135,24 +143,33 @@ def split_rows(manifest, test_fraction: float, val_fraction: float, seed: int,
         wells = sorted(g["_well"].unique())
         if len(wells) >= 2 or val_fraction <= 0:
             val_wells = {w for w, s in assign({cond: wells}, {"val": val_fraction}, seed, rng).items() if s == "val"}
-            split_of_image.update({i: "val" if w in val_wells else "train"
-                                   for i, w in zip(g["image_id"].astype(str), g["_well"])})
+            split_of_image.update(
+                {i: "val" if w in val_wells else "train" for i, w in zip(g["image_id"].astype(str), g["_well"])}
+            )
             val_unit[str(cond)] = "well"
-        else:                                  # one well left: validation images of the training well
+        else:  # one well left: validation images of the training well
             split_of_image.update(assign({cond: g["image_id"].astype(str).tolist()}, {"val": val_fraction}, seed, rng))
             val_unit[str(cond)] = "image"
     out = np.array([split_of_image.get(i, "train") for i in image_of], dtype=object)
     # augmented rows train only (their images are train images by construction)
     out[~originals & (out != "train")] = "drop"
-    counts = {s: {str(c): int(n) for c, n in manifest.assign(_s=out, _well=well_of)[originals & (out == s)]
-                  .groupby("condition")["_well"].nunique().items()} for s in ("train", "val", "test")}
+    counts = {
+        s: {
+            str(c): int(n)
+            for c, n in manifest.assign(_s=out, _well=well_of)[originals & (out == s)]
+            .groupby("condition")["_well"]
+            .nunique()
+            .items()
+        }
+        for s in ("train", "val", "test")
+    }
     return out, {"val_unit": val_unit, "wells": counts}
 
 
 class ShardSampler(DistributedSampler):
     """Evaluation share of one rank: indices ``rank, rank + world, …``, unpadded (every cell once)."""
 
-    def __init__(self, n: int, rank: int, world: int):   # no super().__init__: it wants a dataset
+    def __init__(self, n: int, rank: int, world: int):  # no super().__init__: it wants a dataset
         self.n, self.rank, self.num_replicas, self.epoch, self.shuffle = n, rank, world, 0, False
 
     def __len__(self) -> int:
@@ -181,7 +198,7 @@ class DistributedEpochSampler(DistributedSampler):
     def __iter__(self):
         items = list(self.base)
         items += items[: self.per_rank * self.num_replicas - len(items)]
-        return iter(items[self.rank::self.num_replicas])
+        return iter(items[self.rank :: self.num_replicas])
 
 
 class BagSampler(DistributedSampler):
@@ -207,12 +224,12 @@ class BagSampler(DistributedSampler):
         bags = []
         for items in self._order.values():
             items = items[torch.randperm(len(items), generator=g).numpy()] if self.shuffle else items
-            bags += [items[i:i + self.bag_size] for i in range(0, len(items) - self.bag_size + 1, self.bag_size)]
+            bags += [items[i : i + self.bag_size] for i in range(0, len(items) - self.bag_size + 1, self.bag_size)]
         if self.shuffle and bags:
             bags = [bags[i] for i in torch.randperm(len(bags), generator=g).tolist()]
         if self.num_replicas > 1 and bags:
             per_rank = -(-len(bags) // self.num_replicas)
-            bags = (bags + bags[: per_rank * self.num_replicas - len(bags)])[self.rank::self.num_replicas]
+            bags = (bags + bags[: per_rank * self.num_replicas - len(bags)])[self.rank :: self.num_replicas]
         return bags
 
     def __len__(self) -> int:
@@ -224,10 +241,26 @@ class BagSampler(DistributedSampler):
 
 
 class CellDataModule(L.LightningDataModule):
-    def __init__(self, path: str, *, crop_size: int, channels: list[str] | None, zero_background: bool, augment: bool,
-                 normalize: str, test_fraction: float, val_fraction: float, batch_size: int,
-                 eval_batch_size: int | None, num_workers: int, split_by: str, seed: int,
-                 photometric: dict | None, zero_margin: int, bag_size: int):
+    def __init__(
+        self,
+        path: str,
+        *,
+        crop_size: int,
+        channels: list[str] | None,
+        zero_background: bool,
+        augment: bool,
+        normalize: str,
+        test_fraction: float,
+        val_fraction: float,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int,
+        split_by: str,
+        seed: int,
+        photometric: dict | None,
+        zero_margin: int,
+        bag_size: int,
+    ):
         """Every setting is given: the values live in conf/ (``data``, ``mask``) and ``protocell.config``
         (``build.build_datamodule`` passes them; a run folder's config.yaml carries its own)."""
         super().__init__()
@@ -250,10 +283,13 @@ class CellDataModule(L.LightningDataModule):
         self.bag_size = int(bag_size)
         for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", self.eval_batch_size)):
             if self.bag_size < 1 or value % self.bag_size:
-                raise ConfigError.invalid(key, value, f"a multiple of data.bag_size={bag_size} (≥ 1): a batch "
-                                                      "holds whole bags of cells from one well")
+                raise ConfigError.invalid(
+                    key,
+                    value,
+                    f"a multiple of data.bag_size={bag_size} (≥ 1): a batch holds whole bags of cells from one well",
+                )
         self.num_workers = num_workers
-        self.pin_memory = torch.cuda.is_available()      # pinned host memory feeds a GPU; nothing to gain on a CPU
+        self.pin_memory = torch.cuda.is_available()  # pinned host memory feeds a GPU; nothing to gain on a CPU
         self.split_by = split_by
         self.seed = seed
         self.store: CropStore | None = None
@@ -262,16 +298,22 @@ class CellDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
-        self.store = store = CropStore(self.path)      # checks every shard against the manifest (StoreError)
-        if self.normalize == "auto":   # from how the store was normalised (protocell.data.normalization)
+        self.store = store = CropStore(self.path)  # checks every shard against the manifest (StoreError)
+        if self.normalize == "auto":  # from how the store was normalised (protocell.data.normalization)
             self.normalize, self.normalize_why = auto_normalization(store.info)
             log.info("%s", self.normalize_why)
         if self.crop_size > store.crop_size:
-            log.warning("data.crop_size=%d is larger than the store's %d px crops (%s): every crop is upscaled "
-                        "×%.2f, which adds no detail and changes what a prototype's receptive field covers; set "
-                        "data.crop_size=%d or smaller, or re-run prepare with cells.crop_size=%d", self.crop_size,
-                        store.crop_size, self.path / "store.json", self.crop_size / store.crop_size,
-                        store.crop_size, self.crop_size)
+            log.warning(
+                "data.crop_size=%d is larger than the store's %d px crops (%s): every crop is upscaled "
+                "×%.2f, which adds no detail and changes what a prototype's receptive field covers; set "
+                "data.crop_size=%d or smaller, or re-run prepare with cells.crop_size=%d",
+                self.crop_size,
+                store.crop_size,
+                self.path / "store.json",
+                self.crop_size / store.crop_size,
+                store.crop_size,
+                self.crop_size,
+            )
         names = self.channel_names or store.channels
         unknown = [c for c in names if c not in store.channels]
         if unknown:
@@ -284,22 +326,29 @@ class CellDataModule(L.LightningDataModule):
         # wells without a condition (label −1: wells to score, e.g. compounds and doses) take no split
         labelled = m["label"].to_numpy() >= 0
         self.splits = np.full(len(m), "unlabelled", dtype=object)
-        self.split_unit, self.split_why = choose_split(m[labelled], self.test_fraction, self.val_fraction, self.split_by)
+        self.split_unit, self.split_why = choose_split(
+            m[labelled], self.test_fraction, self.val_fraction, self.split_by
+        )
         log.info("split: %s", self.split_why)
-        self.splits[labelled], self.split_info = split_rows(m[labelled], self.test_fraction, self.val_fraction,
-                                                            self.seed, self.split_unit)
+        self.splits[labelled], self.split_info = split_rows(
+            m[labelled], self.test_fraction, self.val_fraction, self.seed, self.split_unit
+        )
         single = sorted(c for c, u in self.split_info["val_unit"].items() if u == "image")
         if single and self.val_fraction > 0:
-            log.warning("validation cells of %s come from images of a training well (one well left after the test "
-                        "split): the pretrain epoch is then chosen on wells the network trained on, which rewards "
-                        "recognising wells; a condition needs ≥ 3 wells for a validation well of its own", single)
+            log.warning(
+                "validation cells of %s come from images of a training well (one well left after the test "
+                "split): the pretrain epoch is then chosen on wells the network trained on, which rewards "
+                "recognising wells; a condition needs ≥ 3 wells for a validation well of its own",
+                single,
+            )
         originals = m["aug_of"].to_numpy() < 0
         self.rows = {s: np.flatnonzero(self.splits == s) for s in ("train", "val", "test")}
         self.rows["push"] = np.flatnonzero((self.splits == "train") & originals)
         for s in ("train", "test"):
             if len(self.rows[s]) == 0:
-                raise StoreError(f"{self.path}: the '{s}' split is empty; the store needs at least two "
-                                 "source images per condition")
+                raise StoreError(
+                    f"{self.path}: the '{s}' split is empty; the store needs at least two source images per condition"
+                )
         if len(set(m.loc[self.rows["train"], "label"])) < 2:
             raise StoreError(f"{self.path}: training images hold only one condition; need both")
         self.norm_lo, self.norm_hi = self._norm_ranges()
@@ -334,12 +383,24 @@ class CellDataModule(L.LightningDataModule):
         another plate as the network was trained to see cells."""
         missing = [c for c in self.channels if c not in store.channels]
         if missing:
-            raise StoreError(f"{store.root / 'store.json'} has channels {store.channels} but the network was "
-                             f"trained on {self.channels}: {missing} missing; prepare the plate with those channels")
-        return CellDataset(store, rows, [store.channels.index(c) for c in self.channels], self.crop_size,
-                           self.norm_lo, self.norm_hi, self.zero_background, augment, self.seed,
-                           per_cell=self.normalize == "cell", photometric=self.photometric,
-                           margin=self.zero_margin if self.zero_background else 0)
+            raise StoreError(
+                f"{store.root / 'store.json'} has channels {store.channels} but the network was "
+                f"trained on {self.channels}: {missing} missing; prepare the plate with those channels"
+            )
+        return CellDataset(
+            store,
+            rows,
+            [store.channels.index(c) for c in self.channels],
+            self.crop_size,
+            self.norm_lo,
+            self.norm_hi,
+            self.zero_background,
+            augment,
+            self.seed,
+            per_cell=self.normalize == "cell",
+            photometric=self.photometric,
+            margin=self.zero_margin if self.zero_background else 0,
+        )
 
     # --------------------------------------------------------------------- loaders
     def _loader(self, ds, shuffle: bool, batch_size: int, bags: bool = False) -> DataLoader:
@@ -347,13 +408,22 @@ class CellDataModule(L.LightningDataModule):
         if bags and self.bag_size > 1:
             sampler = BagSampler(self.wells_of(ds), self.bag_size, self.seed, shuffle, rank, world)
         elif world > 1:
-            sampler = (DistributedEpochSampler(len(ds), self.seed, rank, world) if shuffle
-                       else ShardSampler(len(ds), rank, world))
+            sampler = (
+                DistributedEpochSampler(len(ds), self.seed, rank, world)
+                if shuffle
+                else ShardSampler(len(ds), rank, world)
+            )
         else:
             sampler = EpochSampler(len(ds), self.seed) if shuffle else None
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, drop_last=False)
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
 
     def wells_of(self, ds: CellDataset) -> np.ndarray:
         m = self.store.manifest

@@ -75,8 +75,8 @@ def zeroing_mask(mask: np.ndarray, margin: int) -> np.ndarray:
     if margin <= 0:
         return mask
     inner = mask > 0
-    for _ in range(int(margin)):   # one city-block step, as ndi.binary_erosion's default cross, without scipy
-        p = np.zeros((inner.shape[0] + 2, inner.shape[1] + 2), bool)   # outside the crop: background
+    for _ in range(int(margin)):  # one city-block step, as ndi.binary_erosion's default cross, without scipy
+        p = np.zeros((inner.shape[0] + 2, inner.shape[1] + 2), bool)  # outside the crop: background
         p[1:-1, 1:-1] = inner
         inner = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
     return inner.astype(mask.dtype) if inner.any() else mask
@@ -88,7 +88,7 @@ class EpochSampler(Sampler):
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, int(seed), 0
 
-    def set_epoch(self, epoch: int) -> None:   # Lightning calls this at the start of every epoch
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -100,10 +100,21 @@ class EpochSampler(Sampler):
 
 
 class CellDataset(Dataset):
-    def __init__(self, store: CropStore, rows: np.ndarray, channels: list[int], crop_size: int,
-                 norm_lo: np.ndarray, norm_hi: np.ndarray, zero_background: bool = False,
-                 augment: bool = False, seed: int = 0, per_cell: bool = False,
-                 photometric: Photometric | None = None, margin: int = 0):
+    def __init__(
+        self,
+        store: CropStore,
+        rows: np.ndarray,
+        channels: list[int],
+        crop_size: int,
+        norm_lo: np.ndarray,
+        norm_hi: np.ndarray,
+        zero_background: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        per_cell: bool = False,
+        photometric: Photometric | None = None,
+        margin: int = 0,
+    ):
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.channels = list(channels)
@@ -132,16 +143,17 @@ class CellDataset(Dataset):
         mask = torch.from_numpy(raw_mask.astype(np.float32))[None]
         keep = torch.from_numpy(zeroing_mask(raw_mask, self.margin).astype(np.float32))[None] if self.margin else mask
         if self.per_cell:
-            if np.isnan(self._cell_range[i, 0, 0]):   # a crop never changes: percentiles once, then reused
+            if np.isnan(self._cell_range[i, 0, 0]):  # a crop never changes: percentiles once, then reused
                 inside = crop[:, mask[0] > 0] if mask.sum() > 0 else crop.flatten(1)
                 self._cell_range[i] = torch.quantile(inside, torch.tensor([0.01, 0.998]), dim=1).numpy()
-            q = torch.from_numpy(self._cell_range[i])                                  # (2, C): lo, hi
+            q = torch.from_numpy(self._cell_range[i])  # (2, C): lo, hi
             image = (crop - q[0].view(-1, 1, 1)) / (q[1] - q[0]).clamp_min(1e-6).view(-1, 1, 1)
         else:
             image = (crop - self.lo) * self.scale
         if image.shape[-1] != self.crop_size:
-            image = F.interpolate(image[None], size=self.crop_size, mode="bilinear", align_corners=False,
-                                  antialias=True)[0]
+            image = F.interpolate(
+                image[None], size=self.crop_size, mode="bilinear", align_corners=False, antialias=True
+            )[0]
             mask = F.interpolate(mask[None], size=self.crop_size, mode="nearest")[0]
             if self.margin:
                 keep = F.interpolate(keep[None], size=self.crop_size, mode="nearest")[0]

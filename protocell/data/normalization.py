@@ -38,11 +38,15 @@ def auto_normalization(info: dict) -> tuple[str, str]:
     """(data.normalize, why) for a store whose ``store.json`` is ``info``."""
     method = store_normalization(info)
     if method == "per_image_percentiles":
-        return "dataset", ("data.normalize=auto → dataset: prepare normalised each image to its own percentiles, so "
-                           "one dataset-wide range keeps brightness comparable between cells")
-    return "cell", (f"data.normalize=auto → cell: store.json says the pixels are {method.replace('_', ' ')}, so per-cell "
-                    "percentiles remove per-image and per-well gain (a batch effect); whole-cell brightness is then "
-                    "hidden from the network (data.normalize=dataset keeps it)")
+        return "dataset", (
+            "data.normalize=auto → dataset: prepare normalised each image to its own percentiles, so "
+            "one dataset-wide range keeps brightness comparable between cells"
+        )
+    return "cell", (
+        f"data.normalize=auto → cell: store.json says the pixels are {method.replace('_', ' ')}, so per-cell "
+        "percentiles remove per-image and per-well gain (a batch effect); whole-cell brightness is then "
+        "hidden from the network (data.normalize=dataset keeps it)"
+    )
 
 
 def mean_intensities(store, rows: np.ndarray, channels: list[int]) -> np.ndarray:
@@ -69,8 +73,9 @@ def separation_auroc(values: np.ndarray, positive: np.ndarray) -> float:
     return float(max(auc, 1 - auc))
 
 
-def intensity_separation(store, rows: np.ndarray, channels: list[int], positive_label: int,
-                         max_cells: int = 2000, seed: int = 0) -> dict[str, float]:
+def intensity_separation(
+    store, rows: np.ndarray, channels: list[int], positive_label: int, max_cells: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Per channel name, ``separation_auroc`` of the mean intensity inside the mask between the
     positive class and the rest, on a seeded sample of at most ``max_cells`` of ``rows``."""
     rows = np.asarray(rows)
@@ -83,9 +88,15 @@ def intensity_separation(store, rows: np.ndarray, channels: list[int], positive_
 
 def brightness_warnings(aurocs: dict[str, float], normalize: str) -> list[str]:
     """A warning per channel whose mean intensity alone separates the conditions (AUROC > 0.9)."""
-    hidden = ("data.normalize=cell hides whole-cell brightness from the network, but check that the difference "
-              "is biology and not a batch effect" if normalize == "cell" else
-              "the network can read brightness rather than pattern (a gain or exposure difference between wells "
-              "would do it); data.normalize=cell removes whole-cell brightness")
-    return [f"the mean {name} intensity inside the cell alone separates the conditions (AUROC {a:.2f}): {hidden}"
-            for name, a in aurocs.items() if np.isfinite(a) and a > SEPARATION_WARNING]
+    hidden = (
+        "data.normalize=cell hides whole-cell brightness from the network, but check that the difference "
+        "is biology and not a batch effect"
+        if normalize == "cell"
+        else "the network can read brightness rather than pattern (a gain or exposure difference between wells "
+        "would do it); data.normalize=cell removes whole-cell brightness"
+    )
+    return [
+        f"the mean {name} intensity inside the cell alone separates the conditions (AUROC {a:.2f}): {hidden}"
+        for name, a in aurocs.items()
+        if np.isfinite(a) and a > SEPARATION_WARNING
+    ]

@@ -22,8 +22,12 @@ def n_out(n: int, fraction: float, keep_one: bool = True) -> int:
     return min(n - 1, max(1, k)) if keep_one else min(n, k)
 
 
-def assign(units_by_condition: dict[str, list[str]], fractions: dict[str, float], seed: int,
-           rng: np.random.Generator | None = None) -> dict[str, str]:
+def assign(
+    units_by_condition: dict[str, list[str]],
+    fractions: dict[str, float],
+    seed: int,
+    rng: np.random.Generator | None = None,
+) -> dict[str, str]:
     """unit → split name. ``fractions`` maps held-out split names to fractions of what is left,
     applied in order (e.g. {"test": 0.5, "val": 0.2}: half to test, 20 % of the rest to val);
     everything else is "train"."""
@@ -35,7 +39,7 @@ def assign(units_by_condition: dict[str, list[str]], fractions: dict[str, float]
         start = 0
         for name, fraction in fractions.items():
             k = n_out(left, fraction)
-            for u in units[start:start + k]:
+            for u in units[start : start + k]:
                 out[u] = name
             start += k
             left -= k

@@ -52,9 +52,25 @@ FORMAT = "protocell-cells"
 VERSION = 1
 
 MANIFEST_COLUMNS = [
-    "cell_id", "image_id", "plate", "well", "field", "condition", "label",
-    "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x",
-    "split", "true_label", "aug_of", "aug", "shard", "shard_index",
+    "cell_id",
+    "image_id",
+    "plate",
+    "well",
+    "field",
+    "condition",
+    "label",
+    "bbox_y0",
+    "bbox_x0",
+    "bbox_y1",
+    "bbox_x1",
+    "centroid_y",
+    "centroid_x",
+    "split",
+    "true_label",
+    "aug_of",
+    "aug",
+    "shard",
+    "shard_index",
 ]
 
 
@@ -65,8 +81,9 @@ def cell_feature_columns(columns) -> list[str]:
     """The per-cell features ``prepare`` writes beside the manifest columns, those of ``columns``: the
     mask's ``area``, ``eccentricity``, ``solidity`` and the mean stored intensity per channel, ``mean_<channel>``."""
     columns = list(columns)
-    return [c for c in ("area", "eccentricity", "solidity") if c in columns] + sorted(c for c in columns
-                                                                                     if c.startswith("mean_"))
+    return [c for c in ("area", "eccentricity", "solidity") if c in columns] + sorted(
+        c for c in columns if c.startswith("mean_")
+    )
 
 
 class StoreError(ProtocellError):
@@ -83,9 +100,15 @@ class StoreInfo:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"format": FORMAT, "version": VERSION, "channels": self.channels,
-             "crop_size": self.crop_size, "dtype": self.dtype, "source": self.source,
-             **self.extra},
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "channels": self.channels,
+                "crop_size": self.crop_size,
+                "dtype": self.dtype,
+                "source": self.source,
+                **self.extra,
+            },
             indent=2,
         )
 
@@ -98,8 +121,7 @@ class CropStoreWriter:
     >>> w.finish()
     """
 
-    def __init__(self, root: str | Path, channels: list[str], crop_size: int, source: str,
-                 extra: dict | None = None):
+    def __init__(self, root: str | Path, channels: list[str], crop_size: int, source: str, extra: dict | None = None):
         self.root = Path(root)
         self.channels = list(channels)
         self.crop_size = int(crop_size)
@@ -115,11 +137,14 @@ class CropStoreWriter:
         repeated writer keeps a shard only when this holds, so a deleted, truncated or foreign shard
         is written again."""
         C, S = len(self.channels), self.crop_size
-        return all(npy_problem(self.root / "shards" / f"{shard}.{kind}.npy", n, tail, exact=True, dtype=dtype) is None
-                   for kind, tail, dtype in (("crops", (C, S, S), self.dtype), ("masks", (S, S), "uint8")))
+        return all(
+            npy_problem(self.root / "shards" / f"{shard}.{kind}.npy", n, tail, exact=True, dtype=dtype) is None
+            for kind, tail, dtype in (("crops", (C, S, S), self.dtype), ("masks", (S, S), "uint8"))
+        )
 
-    def write_shard(self, shard: str, crops: np.ndarray, masks: np.ndarray, rows: list[dict],
-                    texture: np.ndarray | None = None) -> None:
+    def write_shard(
+        self, shard: str, crops: np.ndarray, masks: np.ndarray, rows: list[dict], texture: np.ndarray | None = None
+    ) -> None:
         n, c, s = len(crops), len(self.channels), self.crop_size
         if crops.shape != (n, c, s, s):
             raise StoreError(f"shard {shard}: crops have shape {crops.shape}, expected ({n}, {c}, {s}, {s})")
@@ -161,14 +186,20 @@ class CropStoreWriter:
         atomic_write_bytes(self.root / "manifest.csv", csv)
         # store.json, written last, commits the store; the hash ties it to this manifest (a writer killed
         # between the two files leaves a mismatch that CropStore names, never a silent mix)
-        info = StoreInfo(self.channels, self.crop_size, self.dtype or "uint16", self.source,
-                         {**self.extra, "manifest_sha1": hashlib.sha1(csv).hexdigest()})
+        info = StoreInfo(
+            self.channels,
+            self.crop_size,
+            self.dtype or "uint16",
+            self.source,
+            {**self.extra, "manifest_sha1": hashlib.sha1(csv).hexdigest()},
+        )
         atomic_write_text(self.root / "store.json", info.to_json())
         return df
 
 
-def npy_problem(path: Path, rows: int, tail: tuple[int, ...], exact: bool = False,
-                dtype: str | None = None) -> str | None:
+def npy_problem(
+    path: Path, rows: int, tail: tuple[int, ...], exact: bool = False, dtype: str | None = None
+) -> str | None:
     """What is wrong with the ``.npy`` file at ``path`` as ``(≥ rows, *tail)`` — exactly ``rows`` with
     ``exact``, of pixel type ``dtype`` when given — (None: nothing), from its header and size alone."""
     if not path.is_file():
@@ -205,16 +236,21 @@ class CropStore:
             raise StoreError(
                 f"{self.root} is not a finished crop store (no store.json). Point data.path at a folder in "
                 "protocell's crop-store format (README: 'The crop store'), or use data=synthetic; a writer "
-                "that was killed leaves no store.json, so run it again.")
+                "that was killed leaves no store.json, so run it again."
+            )
         try:
             info = json.loads(info_path.read_text())
         except (ValueError, UnicodeDecodeError) as err:
-            raise StoreError(f"{info_path} is not valid JSON ({type(err).__name__}: {str(err)[:120]}): the store's "
-                             f"description is damaged; {self._fix(None)}") from None
+            raise StoreError(
+                f"{info_path} is not valid JSON ({type(err).__name__}: {str(err)[:120]}): the store's "
+                f"description is damaged; {self._fix(None)}"
+            ) from None
         if not isinstance(info, dict) or info.get("format") != FORMAT or int(info.get("version", -1)) > VERSION:
             info = info if isinstance(info, dict) else {}
-            raise StoreError(f"{info_path}: format {info.get('format')} v{info.get('version')} is not "
-                             f"{FORMAT} v≤{VERSION}; upgrade protocell or re-create the store")
+            raise StoreError(
+                f"{info_path}: format {info.get('format')} v{info.get('version')} is not "
+                f"{FORMAT} v≤{VERSION}; upgrade protocell or re-create the store"
+            )
         self.info = info
         self.channels: list[str] = list(info["channels"])
         self.crop_size: int = int(info["crop_size"])
@@ -222,23 +258,38 @@ class CropStore:
         if not manifest.is_file():
             raise StoreError(f"{manifest} is missing: the store lists its cells there; {self._fix(info)}")
         if info.get("manifest_sha1") and hashlib.sha1(manifest.read_bytes()).hexdigest() != info["manifest_sha1"]:
-            raise StoreError(f"{manifest} is not the manifest {info_path} was written with (a writer was stopped "
-                             f"between the two, or the file was edited); {self._fix(info)} (an edit on purpose: "
-                             "delete manifest_sha1 from store.json)")
+            raise StoreError(
+                f"{manifest} is not the manifest {info_path} was written with (a writer was stopped "
+                f"between the two, or the file was edited); {self._fix(info)} (an edit on purpose: "
+                "delete manifest_sha1 from store.json)"
+            )
         try:
-            self.manifest = pd.read_csv(manifest, keep_default_na=False,
-                                        na_values={c: [""] for c in POSITION_COLUMNS},   # unknown: NaN, not ""
-                                        dtype={"split": str, "aug": str, "well": str, "plate": str,
-                                               "image_id": str, "condition": str, "shard": str})
+            self.manifest = pd.read_csv(
+                manifest,
+                keep_default_na=False,
+                na_values={c: [""] for c in POSITION_COLUMNS},  # unknown: NaN, not ""
+                dtype={
+                    "split": str,
+                    "aug": str,
+                    "well": str,
+                    "plate": str,
+                    "image_id": str,
+                    "condition": str,
+                    "shard": str,
+                },
+            )
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
-            raise StoreError(f"{manifest} cannot be read as CSV ({type(err).__name__}: {str(err)[:120]}); "
-                             f"{self._fix(info)}") from None
+            raise StoreError(
+                f"{manifest} cannot be read as CSV ({type(err).__name__}: {str(err)[:120]}); {self._fix(info)}"
+            ) from None
         missing = [c for c in MANIFEST_COLUMNS if c not in self.manifest]
         if missing:
             raise StoreError(f"{manifest} lacks columns {missing}; {self._fix(info)}")
-        if len(self.manifest) == 0:        # no writer of protocell's finishes a store without cells
-            raise StoreError(f"{manifest} lists no cells (a header without rows): the file was emptied or written by "
-                             f"another tool; {self._fix(info)}")
+        if len(self.manifest) == 0:  # no writer of protocell's finishes a store without cells
+            raise StoreError(
+                f"{manifest} lists no cells (a header without rows): the file was emptied or written by "
+                f"another tool; {self._fix(info)}"
+            )
         self._shards: dict[tuple[str, str], np.ndarray] = {}
         self._shard_col = self.manifest["shard"].to_numpy()
         self._index_col = self.manifest["shard_index"].to_numpy()
@@ -251,14 +302,16 @@ class CropStore:
         if info.get("source") == "synthetic":
             return f"delete {self.root} and run again (the built-in wells are regenerated)"
         given = ""
-        if isinstance(info.get("crops"), dict):           # prepare.py mode=crops rewrites every shard
+        if isinstance(info.get("crops"), dict):  # prepare.py mode=crops rewrites every shard
             given = "mode=crops " + shlex.quote(f"input={info['crops'].get('input')}") + " "
         elif isinstance((info.get("prepare") or {}).get("config"), dict):
             c = info["prepare"]["config"]
             given = " ".join(shlex.quote(f"{k}={c[k]}") for k in ("input", "plate_map", "pattern") if c.get(k)) + " "
-        return (f"re-create the store with the command that wrote it (python prepare.py {given}… output={self.root}, "
-                "the same settings: prepare checks every shard it keeps and redoes what is missing or damaged) or "
-                "restore the folder from a backup")
+        return (
+            f"re-create the store with the command that wrote it (python prepare.py {given}… output={self.root}, "
+            "the same settings: prepare checks every shard it keeps and redoes what is missing or damaged) or "
+            "restore the folder from a backup"
+        )
 
     def validate(self) -> None:
         """Every shard file the manifest uses is present and whole, with the shape ``store.json``
@@ -278,8 +331,10 @@ class CropStore:
                     problems.append(f"{path}: {problem}")
         if problems:
             shown = "\n- ".join(problems[:10]) + (f"\n- … and {len(problems) - 10} more" if len(problems) > 10 else "")
-            raise StoreError(f"the crop store {self.root} is damaged: {len(problems)} shard file(s) do not match "
-                             f"its manifest:\n- {shown}\nto fix: {self._fix(self.info)}")
+            raise StoreError(
+                f"the crop store {self.root} is damaged: {len(problems)} shard file(s) do not match "
+                f"its manifest:\n- {shown}\nto fix: {self._fix(self.info)}"
+            )
 
     def __len__(self) -> int:
         return len(self.manifest)

@@ -78,7 +78,7 @@ class DoseSeries(DoseSeriesConfig):
         check_fields(self, DoseSeriesConfig, "data.synthetic.dose_series")
 
     def fraction(self, dose: float) -> float:
-        if dose == 0:                  # vehicle
+        if dose == 0:  # vehicle
             return self.bottom
         return self.bottom + (self.top - self.bottom) / (1 + (self.ec50 / dose) ** self.hill)
 
@@ -112,28 +112,30 @@ class WellSpec:
     wells_per_condition: int = 6
     fields_per_well: int = 4
     field_size: int = 512
-    cells_per_field: int = 60          # attempted; fewer fit when the field is crowded
+    cells_per_field: int = 60  # attempted; fewer fit when the field is crowded
     cell_radius: tuple[float, float] = (15.0, 21.0)
     affected_fraction: dict = field(default_factory=lambda: {"Ref": 0.05, "Exp": 0.5})
-    confound: bool = True              # background debris + illumination offset, stronger in Exp
-    confound_under_cells: bool = False # the Exp offset also under cells (e.g. product autofluorescence):
-                                       # a confound no mask can remove, for experiments only
+    confound: bool = True  # background debris + illumination offset, stronger in Exp
+    confound_under_cells: bool = False  # the Exp offset also under cells (e.g. product autofluorescence):
+    # a confound no mask can remove, for experiments only
     crop_size: int = 64
-    photons: float = 600.0             # expected counts at the brightest actin structure
+    photons: float = 600.0  # expected counts at the brightest actin structure
     read_noise: float = 6.0
     seed: int = 0
-    dose_series: dict | None = None    # DoseSeries fields: compound wells after the controls (module doc)
-    well_effects: dict | None = None   # WellEffects fields: per-well imaging and how it lines up with the condition
-    plates: list | None = None         # Plate fields, one dict a plate (module doc); None: one plate, plate1
+    dose_series: dict | None = None  # DoseSeries fields: compound wells after the controls (module doc)
+    well_effects: dict | None = None  # WellEffects fields: per-well imaging and how it lines up with the condition
+    plates: list | None = None  # Plate fields, one dict a plate (module doc); None: one plate, plate1
 
     def __post_init__(self):
-        if self.dose_series is not None:   # every field spelt out: one plate, one cache key
+        if self.dose_series is not None:  # every field spelt out: one plate, one cache key
             self.dose_series = asdict(DoseSeries(**self.dose_series))
         effects = asdict(WellEffects(**(self.well_effects or {})))
         self.well_effects = None if effects == asdict(WellEffects()) else effects
         if self.plates is not None:
-            self.plates = [asdict(Plate(**{"seed": self.seed + i, **{k: v for k, v in dict(p).items() if v is not None}}))
-                           for i, p in enumerate(self.plates)]
+            self.plates = [
+                asdict(Plate(**{"seed": self.seed + i, **{k: v for k, v in dict(p).items() if v is not None}}))
+                for i, p in enumerate(self.plates)
+            ]
             names = [p["name"] for p in self.plates]
             if not names or len(set(names)) < len(names):
                 raise ValueError(f"plates need distinct names, got {names}")
@@ -160,9 +162,18 @@ def plate_wells(spec: WellSpec) -> list[dict]:
 
     Controls: Ref in row A, Exp in row B. Dose series: replicate r in row C + r, dose k in column
     k + 1; stress wells in the next row."""
-    wells = [{"well": f"{'AB'[CONDITIONS.index(c)]}{w + 1:02d}", "condition": c, "label": CONDITIONS.index(c),
-              "render": {}, "gain": 1.0, "meta": {}}
-             for c in CONDITIONS for w in range(spec.wells_per_condition)]
+    wells = [
+        {
+            "well": f"{'AB'[CONDITIONS.index(c)]}{w + 1:02d}",
+            "condition": c,
+            "label": CONDITIONS.index(c),
+            "render": {},
+            "gain": 1.0,
+            "meta": {},
+        }
+        for c in CONDITIONS
+        for w in range(spec.wells_per_condition)
+    ]
     if spec.dose_series is None:
         return wells
     ds = DoseSeries(**spec.dose_series)
@@ -172,18 +183,32 @@ def plate_wells(spec: WellSpec) -> list[dict]:
     for r in range(ds.replicates):
         for k, dose in enumerate(ds.doses):
             p = ds.fraction(dose)
-            wells.append({"well": f"{chr(ord('C') + r)}{k + 1:02d}", "condition": "", "label": -1, "gain": 1.0,
-                          "render": {"affected": p, "confound": float(np.clip((p - ds.bottom) / span, 0, 1))},
-                          "meta": {"compound": ds.compound, "dose": dose, "true_fraction": p, "stress": ""}})
+            wells.append(
+                {
+                    "well": f"{chr(ord('C') + r)}{k + 1:02d}",
+                    "condition": "",
+                    "label": -1,
+                    "gain": 1.0,
+                    "render": {"affected": p, "confound": float(np.clip((p - ds.bottom) / span, 0, 1))},
+                    "meta": {"compound": ds.compound, "dose": dose, "true_fraction": p, "stress": ""},
+                }
+            )
     if ds.stress:
         row = chr(ord("C") + ds.replicates)
         for k, (name, change) in enumerate(STRESS_WELLS):
             render = {"affected": ds.bottom, "confound": 0.0}
             if "density" in change:
                 render["cells_per_field"] = max(1, round(spec.cells_per_field * change["density"]))
-            wells.append({"well": f"{row}{k + 1:02d}", "condition": "", "label": -1, "render": render,
-                          "gain": change.get("gain", 1.0),
-                          "meta": {"compound": "", "dose": "", "true_fraction": ds.bottom, "stress": name}})
+            wells.append(
+                {
+                    "well": f"{row}{k + 1:02d}",
+                    "condition": "",
+                    "label": -1,
+                    "render": render,
+                    "gain": change.get("gain", 1.0),
+                    "meta": {"compound": "", "dose": "", "true_fraction": ds.bottom, "stress": name},
+                }
+            )
     return wells
 
 
@@ -196,20 +221,27 @@ def well_imaging(spec: WellSpec, seed: int | None = None) -> list[dict]:
     fx = WellEffects(**(spec.well_effects or {}))
     seed = spec.seed if seed is None else seed
     rng = np.random.default_rng(seed)
-    side = np.random.default_rng([seed, 0x77E11])          # the effects' own stream
+    side = np.random.default_rng([seed, 0x77E11])  # the effects' own stream
     out = []
     for w in plate_wells(spec):
-        g = float(rng.uniform(0.8, 1.2))               # the plain plate's gain draw
-        for _ in range(spec.fields_per_well):          # the fields' seeds follow in the plate's stream
-            rng.integers(2 ** 31)
+        g = float(rng.uniform(0.8, 1.2))  # the plain plate's gain draw
+        for _ in range(spec.fields_per_well):  # the fields' seeds follow in the plate's stream
+            rng.integers(2**31)
         u = [(g - 1) / 0.2, float(side.uniform(-1, 1)), float(side.uniform(-1, 1))]
         sign = {"Exp": 1.0, "Ref": -1.0}.get(w["condition"], 0.0)
         aligned = bool(sign) and side.random() < fx.align
         if aligned:
             u = [sign * abs(v) for v in u]
-        gain = g if (fx.gain == 0.2 and not aligned) else 1 + fx.gain * u[0]    # the plain plate's float
-        out.append({"well": w["well"], "condition": w["condition"], "gain": gain * w["gain"],
-                    "blur": 0.8 * (1 + fx.blur * u[1]), "read_noise": spec.read_noise * (1 + fx.noise * u[2])})
+        gain = g if (fx.gain == 0.2 and not aligned) else 1 + fx.gain * u[0]  # the plain plate's float
+        out.append(
+            {
+                "well": w["well"],
+                "condition": w["condition"],
+                "gain": gain * w["gain"],
+                "blur": 0.8 * (1 + fx.blur * u[1]),
+                "read_noise": spec.read_noise * (1 + fx.noise * u[2]),
+            }
+        )
     return out
 
 
@@ -228,13 +260,13 @@ def _iter_fields(spec: WellSpec):
     for plate in spec.plates or [{"name": "plate1", "gain": 1.0, "offset": 0.0, "edge": 0.0, "seed": spec.seed}]:
         rng = np.random.default_rng(plate["seed"])
         for w, im in zip(layout, well_imaging(spec, plate["seed"])):
-            rng.uniform(0.8, 1.2)                      # the well's gain draw (well_imaging turned it into u)
+            rng.uniform(0.8, 1.2)  # the well's gain draw (well_imaging turned it into u)
             gain = im["gain"]
             if spec.plates is not None:
                 gain *= plate["gain"] * (1 - plate["edge"] if w["well"] in edge else 1.0)
             render = {**w["render"], "blur": im["blur"], "read_noise": im["read_noise"]}
             for f in range(spec.fields_per_well):
-                seed = int(rng.integers(2 ** 31))
+                seed = int(rng.integers(2**31))
                 yield plate, {**w, "render": render}, f, gain, np.random.default_rng(seed)
 
 
@@ -248,8 +280,8 @@ def crop_cell(image: np.ndarray, labels: np.ndarray, label_id: int, cy: float, c
     crop = np.zeros((C, size, size), image.dtype)
     mask = np.zeros((size, size), np.uint8)
     sy0, sx0, sy1, sx1 = max(0, y0), max(0, x0), min(H, y1), min(W, x1)
-    crop[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[:, sy0:sy1, sx0:sx1]
-    mask[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = labels[sy0:sy1, sx0:sx1] == label_id
+    crop[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[:, sy0:sy1, sx0:sx1]
+    mask[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = labels[sy0:sy1, sx0:sx1] == label_id
     return crop, mask, (y0, x0, y1, x1)
 
 
@@ -268,8 +300,16 @@ def write_fields(out_dir: str | Path, spec: WellSpec | None = None, **overrides)
         tifffile.imwrite(out / "fields" / f"{image_id}.tif", img, metadata={"axes": "CYX", "channels": CHANNELS})
         tifffile.imwrite(out / "fields" / f"{image_id}.labels.tif", labels)
         tifffile.imwrite(out / "fields" / f"{image_id}.texture.tif", tex)
-        plate_rows.append({"image": f"fields/{image_id}.tif", "plate": plate["name"], "well": well,
-                           "field": f, "condition": w["condition"], **w["meta"]})
+        plate_rows.append(
+            {
+                "image": f"fields/{image_id}.tif",
+                "plate": plate["name"],
+                "well": well,
+                "field": f,
+                "condition": w["condition"],
+                **w["meta"],
+            }
+        )
         cell_rows += [{"image_id": image_id, **c} for c in cells]
     pd.DataFrame(plate_rows).to_csv(out / "plate_map.csv", index=False)
     pd.DataFrame(cell_rows).to_csv(out / "cells.csv", index=False)
@@ -287,9 +327,13 @@ def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> 
         return store_dir
     # a private folder per builder: parallel runs (Hydra multirun) may build the same store at once
     tmp_dir = store_dir.with_name(f"{store_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    writer = CropStoreWriter(tmp_dir, CHANNELS, spec.crop_size, source="synthetic",
-                             extra={"synthetic": spec.as_dict(), "conditions": CONDITIONS,
-                                    "normalization": {"method": "raw"}})
+    writer = CropStoreWriter(
+        tmp_dir,
+        CHANNELS,
+        spec.crop_size,
+        source="synthetic",
+        extra={"synthetic": spec.as_dict(), "conditions": CONDITIONS, "normalization": {"method": "raw"}},
+    )
     next_id = 0
     for plate, w, f, gain, rng in _iter_fields(spec):
         well, cond = w["well"], w["condition"]
@@ -297,24 +341,40 @@ def build_store(root: str | Path, spec: WellSpec | None = None, **overrides) -> 
         img, labels, tex, cells = render_field(rng, spec, cond, gain, offset=plate["offset"], **w["render"])
         crops, masks, texs, rows = [], [], [], []
         for c in cells:
-            crop, mask, (y0, x0, y1, x1) = crop_cell(img, labels, c["label_id"], c["centroid_y"],
-                                                     c["centroid_x"], spec.crop_size)
+            crop, mask, (y0, x0, y1, x1) = crop_cell(
+                img, labels, c["label_id"], c["centroid_y"], c["centroid_x"], spec.crop_size
+            )
             t, _, _ = crop_cell(tex[None], labels, c["label_id"], c["centroid_y"], c["centroid_x"], spec.crop_size)
             crops.append(crop)
             masks.append(mask)
             texs.append(t[0] * mask)
-            rows.append({"cell_id": next_id, "image_id": image_id, "plate": plate["name"], "well": well,
-                         "field": f, "condition": cond, "label": w["label"],
-                         "bbox_y0": y0, "bbox_x0": x0, "bbox_y1": y1, "bbox_x1": x1,
-                         "centroid_y": round(c["centroid_y"], 2), "centroid_x": round(c["centroid_x"], 2),
-                         "true_label": c["true_label"], "label_id": c["label_id"], **w["meta"]})
+            rows.append(
+                {
+                    "cell_id": next_id,
+                    "image_id": image_id,
+                    "plate": plate["name"],
+                    "well": well,
+                    "field": f,
+                    "condition": cond,
+                    "label": w["label"],
+                    "bbox_y0": y0,
+                    "bbox_x0": x0,
+                    "bbox_y1": y1,
+                    "bbox_x1": x1,
+                    "centroid_y": round(c["centroid_y"], 2),
+                    "centroid_x": round(c["centroid_x"], 2),
+                    "true_label": c["true_label"],
+                    "label_id": c["label_id"],
+                    **w["meta"],
+                }
+            )
             next_id += 1
         if rows:
             writer.write_shard(image_id, np.stack(crops), np.stack(masks), rows, texture=np.stack(texs))
     writer.finish()
     atomic_write_text(tmp_dir / "spec.json", json.dumps(spec.as_dict(), indent=2))
     try:
-        tmp_dir.rename(store_dir)        # atomic; fails if another builder finished first
+        tmp_dir.rename(store_dir)  # atomic; fails if another builder finished first
     except OSError:
         if not (store_dir / "store.json").exists():
             raise

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 # ----------------------------------------------------------------------------- drawing helpers
 
+
 def _gaussian_spots(shape, ys, xs, sigma, amps) -> np.ndarray:
     """Sum of isotropic Gaussian spots on an (H, W) grid."""
     out = np.zeros(shape, np.float32)
@@ -37,12 +38,12 @@ def _gaussian_spots(shape, ys, xs, sigma, amps) -> np.ndarray:
     for y, x, a in zip(ys, xs, amps):
         iy, ix = int(round(y)), int(round(x))
         dy, dx = g[:, None] + iy - y, g[None, :] + ix - x
-        spot = a * np.exp(-(dy ** 2 + dx ** 2) / (2 * sigma ** 2))
+        spot = a * np.exp(-(dy**2 + dx**2) / (2 * sigma**2))
         y0, x0 = iy - r, ix - r
         ys0, xs0 = max(0, y0), max(0, x0)
         ys1, xs1 = min(shape[0], iy + r + 1), min(shape[1], ix + r + 1)
         if ys1 > ys0 and xs1 > xs0:
-            out[ys0:ys1, xs0:xs1] += spot[ys0 - y0:ys1 - y0, xs0 - x0:xs1 - x0]
+            out[ys0:ys1, xs0:xs1] += spot[ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
     return out
 
 
@@ -57,10 +58,10 @@ def _cell_shape(rng, radius, size):
     elong = rng.uniform(1.0, 1.35)
     u = dx * np.cos(phi) + dy * np.sin(phi)
     v = -dx * np.sin(phi) + dy * np.cos(phi)
-    rho = np.sqrt((u / elong) ** 2 + (v * elong ** 0.5) ** 2)
+    rho = np.sqrt((u / elong) ** 2 + (v * elong**0.5) ** 2)
     boundary = np.ones_like(theta)
     for k in range(2, 6):
-        boundary += rng.normal(0, 0.07 / k ** 0.5) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        boundary += rng.normal(0, 0.07 / k**0.5) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
     body = rho <= radius * boundary
     return body, rho / (radius * boundary)
 
@@ -76,7 +77,7 @@ def _fibres(rng, body, n, amp):
         ang = base + rng.normal(0, 0.15)
         off = rng.uniform(-0.6, 0.6) * size / 2.5
         d = np.abs((xx - c) * np.sin(ang) - (yy - c) * np.cos(ang) - off)
-        out += amp * rng.uniform(0.6, 1.0) * np.exp(-d ** 2 / (2 * 0.7 ** 2))
+        out += amp * rng.uniform(0.6, 1.0) * np.exp(-(d**2) / (2 * 0.7**2))
     return out * body
 
 
@@ -86,7 +87,7 @@ def _render_cell(rng, radius, affected, p):
     body, rel = _cell_shape(rng, radius, w)
     # cortical rim: bright within ~2 px of the outline
     dist_in = ndi.distance_transform_edt(body)
-    rim = np.exp(-((dist_in - 1.0) ** 2) / (2 * 1.3 ** 2)) * body
+    rim = np.exp(-((dist_in - 1.0) ** 2) / (2 * 1.3**2)) * body
     # nucleus: ellipse, slightly off centre
     c = (w - 1) / 2
     yy, xx = np.mgrid[0:w, 0:w].astype(np.float32)
@@ -128,9 +129,19 @@ def _render_cell(rng, radius, affected, p):
 
 # ----------------------------------------------------------------------------- fields
 
-def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain: float,
-                 affected: float | None = None, confound: float | None = None, cells_per_field: int | None = None,
-                 blur: float = 0.8, read_noise: float | None = None, offset: float = 0.0):
+
+def render_field(
+    rng: np.random.Generator,
+    spec: WellSpec,
+    condition: str,
+    gain: float,
+    affected: float | None = None,
+    confound: float | None = None,
+    cells_per_field: int | None = None,
+    blur: float = 0.8,
+    read_noise: float | None = None,
+    offset: float = 0.0,
+):
     """Render one field. Returns image (2, H, W) uint16, labels (H, W) uint16, texture (H, W)
     uint8, and a list of per-cell dicts (``label_id``, centroid, ``true_label``).
 
@@ -174,8 +185,14 @@ def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain:
         nuclei[win] += n * body
         texture[win][tex & body] = 1
         ys, xs = np.nonzero(labels == label_id)
-        cells.append({"label_id": label_id, "centroid_y": float(ys.mean()), "centroid_x": float(xs.mean()),
-                      "true_label": int(affected)})
+        cells.append(
+            {
+                "label_id": label_id,
+                "centroid_y": float(ys.mean()),
+                "centroid_x": float(xs.mean()),
+                "true_label": int(affected),
+            }
+        )
         centres.append((cy, cx, r))
 
     # background: illumination offset and debris specks, both stronger in Exp when confounded
@@ -201,6 +218,7 @@ def render_field(rng: np.random.Generator, spec: WellSpec, condition: str, gain:
             img = img + offset
         img = img * gain * spec.photons
         img = rng.poisson(np.clip(img, 0, None)).astype(np.float32) + rng.normal(
-            100, spec.read_noise if read_noise is None else read_noise, img.shape)
+            100, spec.read_noise if read_noise is None else read_noise, img.shape
+        )
         out[c] = np.clip(img, 0, 65535).astype(np.uint16)
     return out, labels, texture, cells

@@ -27,7 +27,7 @@ def border_share(masks: torch.Tensor, latent_yx: torch.Tensor, latent_size) -> f
     """Share of patches whose latent unit straddles the cell border (footprint partly outside).
 
     masks: (k, 1, S, S) cell masks of the patches' cells; latent_yx: (k, 2)."""
-    frac = torch.nn.functional.adaptive_avg_pool2d(masks.float(), tuple(latent_size))[:, 0]   # (k, H, W)
+    frac = torch.nn.functional.adaptive_avg_pool2d(masks.float(), tuple(latent_size))[:, 0]  # (k, H, W)
     vals = frac[torch.arange(len(latent_yx)), latent_yx[:, 0], latent_yx[:, 1]]
     return float((vals < 1).float().mean())
 
@@ -62,14 +62,30 @@ def prototype_health(run, near: dict, tol: float = 1e-3) -> pd.DataFrame:
         if masks.shape[-1] != S:
             masks = torch.nn.functional.interpolate(masks, size=S, mode="nearest")
         cls = int(rec["prototype_class"][j])
-        rows.append({"prototype": j, "class": rec["class_names"][cls],
-                     "duplicate_of": ",".join(str(a if b == j else b) for a, b in dups if j in (a, b)),
-                     "nearest_prototype": int(other[j]), "nearest_prototype_d2": float(other_d[j]),
-                     "border_share": border_share(masks, near["latent_yx"][:, j], rec["latent_size"]),
-                     "background_share": background_share(near["latent_yx"][:, j], masks, rec["latent_size"]),
-                     "purity": purity(labels[cells], cls)})
+        rows.append(
+            {
+                "prototype": j,
+                "class": rec["class_names"][cls],
+                "duplicate_of": ",".join(str(a if b == j else b) for a, b in dups if j in (a, b)),
+                "nearest_prototype": int(other[j]),
+                "nearest_prototype_d2": float(other_d[j]),
+                "border_share": border_share(masks, near["latent_yx"][:, j], rec["latent_size"]),
+                "background_share": background_share(near["latent_yx"][:, j], masks, rec["latent_size"]),
+                "purity": purity(labels[cells], cls),
+            }
+        )
     df = pd.DataFrame(rows)
-    df["flag"] = [", ".join(f for f, on in (("duplicate", bool(r.duplicate_of)), ("on border", r.border_share > 0.5),
-                                             ("in background", r.background_share > 0), ("impure", r.purity < 0.5))
-                            if on) for r in df.itertuples()]
+    df["flag"] = [
+        ", ".join(
+            f
+            for f, on in (
+                ("duplicate", bool(r.duplicate_of)),
+                ("on border", r.border_share > 0.5),
+                ("in background", r.background_share > 0),
+                ("impure", r.purity < 0.5),
+            )
+            if on
+        )
+        for r in df.itertuples()
+    ]
     return df

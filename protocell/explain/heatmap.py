@@ -32,9 +32,9 @@ def prototype_maps(run) -> dict:
     rec, net = run.record, run.net
     rows, xs, ms = zip(*(run.crop(int(c)) for c in rec["cell_id"]))
     x, m = torch.stack(xs), torch.stack(ms)
-    d = net.distances(net.latent(x), m)                                   # (P, P, H, W)
+    d = net.distances(net.latent(x), m)  # (P, P, H, W)
     ar = torch.arange(len(rows))
-    sim = log_similarity(d[ar, ar]).numpy()                               # prototype j on its own crop
+    sim = log_similarity(d[ar, ar]).numpy()  # prototype j on its own crop
     heat = np.stack([upsample(s, x.shape[-1]) for s in sim])
     return {"rows": list(rows), "images": x, "masks": m, "sim": sim, "heat": heat}
 
@@ -59,10 +59,15 @@ def render_prototype(run, j: int, maps: dict, out: Path, look: Look) -> dict:
     x, m = x.numpy(), m.numpy()
     S = x.shape[-1]
     iy, ix = (int(v) for v in rec["latent_yx"][j])
-    box_rf = tuple(int(v) for v in rec["box_clipped"][j])       # the provenance push stored
+    box_rf = tuple(int(v) for v in rec["box_clipped"][j])  # the provenance push stored
     if box_rf != rf_box(run.net.rf, iy, ix, S):
-        log.warning("prototype %d: prototypes.pt box %s differs from the network's receptive-field box %s; "
-                    "showing the stored one", j, box_rf, rf_box(run.net.rf, iy, ix, S))
+        log.warning(
+            "prototype %d: prototypes.pt box %s differs from the network's receptive-field box %s; "
+            "showing the stored one",
+            j,
+            box_rf,
+            rf_box(run.net.rf, iy, ix, S),
+        )
     box_pct = percentile_box(heat)
     cy, cx = run.net.rf.centre(iy), run.net.rf.centre(ix)
     cls = rec["class_names"][int(rec["prototype_class"][j])]
@@ -72,8 +77,10 @@ def render_prototype(run, j: int, maps: dict, out: Path, look: Look) -> dict:
     fig, axes = plt.subplots(2 if C else 1, ncols, figsize=(3.5 * ncols, 4.3 if not C else 7.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, box, title in ((axes[0, 0], box_rf, f"receptive-field box ({rec['rf']['size']:.0f} px) at max activation"),
-                           (axes[0, 1], box_pct, "ProtoPNet box: ≥ 95th percentile of activation")):
+    for ax, box, title in (
+        (axes[0, 0], box_rf, f"receptive-field box ({rec['rf']['size']:.0f} px) at max activation"),
+        (axes[0, 1], box_pct, "ProtoPNet box: ≥ 95th percentile of activation"),
+    ):
         draw_crop(ax, x, m, look, heat)
         draw_box(ax, box)
         ax.plot([cx], [cy], "w+", ms=8, mew=1.5)
@@ -84,15 +91,26 @@ def render_prototype(run, j: int, maps: dict, out: Path, look: Look) -> dict:
     for c in range(C):
         draw_crop(axes[1, c], x, m, look.only(c), heat)
         draw_box(axes[1, c], box_rf, lw=1.0)
-        axes[1, c].text(0.02, 0.98, look.channels[c], color="white", fontsize=9, va="top",
-                        transform=axes[1, c].transAxes)
+        axes[1, c].text(
+            0.02, 0.98, look.channels[c], color="white", fontsize=9, va="top", transform=axes[1, c].transAxes
+        )
     fig.suptitle(f"prototype {j} (class {cls}) on its source cell\n{run.where(row, box_rf)}", fontsize=7.5)
-    heat_says = "yellow contours: similarity to the prototype (80th, 95th pct in the cell)" if look.heatmap == "contour" else ""
-    add_legend(fig, look, " · ".join(filter(None, [heat_says, "white: cell outline", "cyan: box", "+: max activation"])))
+    heat_says = (
+        "yellow contours: similarity to the prototype (80th, 95th pct in the cell)" if look.heatmap == "contour" else ""
+    )
+    add_legend(
+        fig, look, " · ".join(filter(None, [heat_says, "white: cell outline", "cyan: box", "+: max activation"]))
+    )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(out, dpi=80)
     plt.close(fig)
-    return {"prototype": j, "class": cls, **run.provenance(row, box_rf),
-            "latent_y": iy, "latent_x": ix, "box_percentile_crop": "{},{},{},{}".format(*box_pct),
-            "box_percentile_image": fmt_box(run.raw_box(row, box_pct)),
-            "figure": f"prototypes/{out.name}"}
+    return {
+        "prototype": j,
+        "class": cls,
+        **run.provenance(row, box_rf),
+        "latent_y": iy,
+        "latent_x": ix,
+        "box_percentile_crop": "{},{},{},{}".format(*box_pct),
+        "box_percentile_image": fmt_box(run.raw_box(row, box_pct)),
+        "figure": f"prototypes/{out.name}",
+    }

@@ -52,8 +52,9 @@ def render_cell(run, cell_id: int, maps: dict, out: Path, look: Look, top: int =
     contrib = contributions(sims, w, pred)
     order = contrib.argsort(descending=True)[:top].tolist()
     panel = look.heatmap == "panel"
-    fig, axes = plt.subplots(3 if panel else 2, top + 1, figsize=(2.3 * (top + 1), 9.0 if panel else 6.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        3 if panel else 2, top + 1, figsize=(2.3 * (top + 1), 9.0 if panel else 6.2), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     xn, mn = x.numpy(), m.numpy()
@@ -72,21 +73,41 @@ def render_cell(run, cell_id: int, maps: dict, out: Path, look: Look, top: int =
         if panel:
             draw_heat(axes[2, k], heat, mn)
             axes[2, k].set_title(f"similarity to prototype {j}", fontsize=6.5)
-        axes[0, k].set_title(f"looks like prototype {j}\nsim {float(sims[j]):.2f} × w {float(w[pred, j]):.2f}"
-                             f" = {float(contrib[j]):.2f}", fontsize=7)
+        axes[0, k].set_title(
+            f"looks like prototype {j}\nsim {float(sims[j]):.2f} × w {float(w[pred, j]):.2f} = {float(contrib[j]):.2f}",
+            fontsize=7,
+        )
         pb = [int(v) for v in rec["box_clipped"][j]]
         draw_crop(axes[1, k], maps["images"][j].numpy(), maps["masks"][j].numpy(), look, window=pb)
         src = run.provenance(maps["rows"][j])
-        axes[1, k].set_title(f"that: prototype {j} ({run.class_names[int(rec['prototype_class'][j])]})\n"
-                             f"well {src['well']} f{src['field']} cell {src['cell_id']}", fontsize=6.5)
-        matched.append({"prototype": j, "similarity": float(sims[j]), "weight": float(w[pred, j]),
-                        "contribution": float(contrib[j]), "box_crop": "{},{},{},{}".format(*box),
-                        "box_image": fmt_box(run.raw_box(row, box))})
-    fig.suptitle(f"this looks like that: top {top} prototypes by contribution (similarity × last-layer weight) "
-                 f"to the predicted class", fontsize=8)
+        axes[1, k].set_title(
+            f"that: prototype {j} ({run.class_names[int(rec['prototype_class'][j])]})\n"
+            f"well {src['well']} f{src['field']} cell {src['cell_id']}",
+            fontsize=6.5,
+        )
+        matched.append(
+            {
+                "prototype": j,
+                "similarity": float(sims[j]),
+                "weight": float(w[pred, j]),
+                "contribution": float(contrib[j]),
+                "box_crop": "{},{},{},{}".format(*box),
+                "box_image": fmt_box(run.raw_box(row, box)),
+            }
+        )
+    fig.suptitle(
+        f"this looks like that: top {top} prototypes by contribution (similarity × last-layer weight) "
+        f"to the predicted class",
+        fontsize=8,
+    )
     add_legend(fig, look, "yellow contours: similarity" if not panel else "")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(out, dpi=80)
     plt.close(fig)
-    return {**run.provenance(row), "predicted": run.class_names[pred], "exp_score": prob, "top": matched,
-            "figure": f"cells/{out.name}"}
+    return {
+        **run.provenance(row),
+        "predicted": run.class_names[pred],
+        "exp_score": prob,
+        "top": matched,
+        "figure": f"cells/{out.name}",
+    }

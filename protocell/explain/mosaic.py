@@ -47,15 +47,29 @@ def render_mosaic(run, j: int, near: dict, out: Path, look: Look) -> pd.DataFram
         box = rf_box(rf, iy, ix, S)
         draw_crop(ax, x.numpy(), m.numpy(), look, window=box)
         p = run.provenance(row, box)
-        ax.set_title(f"{i + 1}. {p['condition']}  d={float(near['distance'][i, j]):.3f}\n"
-                     f"well {p['well']} f{p['field']} cell {p['cell_id']}", fontsize=6,
-                     color="tab:red" if p["condition"] == run.exp else "tab:blue")
-        rows.append({"prototype": j, "rank": i + 1, "distance": float(near["distance"][i, j]),
-                     "latent_y": iy, "latent_x": ix, **p})
+        ax.set_title(
+            f"{i + 1}. {p['condition']}  d={float(near['distance'][i, j]):.3f}\n"
+            f"well {p['well']} f{p['field']} cell {p['cell_id']}",
+            fontsize=6,
+            color="tab:red" if p["condition"] == run.exp else "tab:blue",
+        )
+        rows.append(
+            {
+                "prototype": j,
+                "rank": i + 1,
+                "distance": float(near["distance"][i, j]),
+                "latent_y": iy,
+                "latent_x": ix,
+                **p,
+            }
+        )
     cls = run.class_names[int(run.record["prototype_class"][j])]
-    fig.suptitle(f"prototype {j} (class {cls}): the {k} nearest training patches, nearest first\n"
-                 f"RF-sized box around each cell's max activation · white: cell outline · "
-                 f"image, box coordinates: {out.with_suffix('.csv').name}", fontsize=7.5)
+    fig.suptitle(
+        f"prototype {j} (class {cls}): the {k} nearest training patches, nearest first\n"
+        f"RF-sized box around each cell's max activation · white: cell outline · "
+        f"image, box coordinates: {out.with_suffix('.csv').name}",
+        fontsize=7.5,
+    )
     add_legend(fig, look)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(out, dpi=80)

@@ -29,6 +29,7 @@ from protocell.errors import ConfigError
 @dataclass(frozen=True)
 class ReportOptions:
     """The checked settings explain draws with (values, defaults and ranges: ``protocell.config.ReportConfig``)."""
+
     display: dict
     contrast: tuple
     heatmap: str
@@ -57,9 +58,14 @@ def report_options(run_report=None, override=None) -> ReportOptions:
         merged.update({k: v for k, v in source.items() if v is not None})
     try:
         check_fields(merged, ReportConfig, "report")
-    except (TypeError, ValueError) as e:          # a contrast that is no pair of numbers
+    except (TypeError, ValueError) as e:  # a contrast that is no pair of numbers
         if isinstance(e, ConfigError):
             raise
         raise ConfigError.invalid("report.contrast", merged["contrast"], "[low, high] percentiles") from None
-    return ReportOptions(display=dict(merged["display"]), contrast=tuple(float(v) for v in merged["contrast"]),
-                         heatmap=merged["heatmap"], channel_panels=bool(merged["channel_panels"]), unit=merged["unit"])
+    return ReportOptions(
+        display=dict(merged["display"]),
+        contrast=tuple(float(v) for v in merged["contrast"]),
+        heatmap=merged["heatmap"],
+        channel_panels=bool(merged["channel_panels"]),
+        unit=merged["unit"],
+    )

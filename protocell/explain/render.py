@@ -20,20 +20,30 @@ import numpy as np
 
 from protocell.errors import ConfigError
 
-COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "magenta": (1.0, 0.0, 1.0),
-           "cyan": (0.0, 1.0, 1.0), "yellow": (1.0, 1.0, 0.0), "grey": (1.0, 1.0, 1.0), "gray": (1.0, 1.0, 1.0),
-           "white": (1.0, 1.0, 1.0)}
+COLOURS = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "magenta": (1.0, 0.0, 1.0),
+    "cyan": (0.0, 1.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "grey": (1.0, 1.0, 1.0),
+    "gray": (1.0, 1.0, 1.0),
+    "white": (1.0, 1.0, 1.0),
+}
 # channel-name patterns → preferred colours, in order (microscopy conventions: DAPI/Hoechst blue,
 # GFP and tubulin green, phalloidin/actin red)
-PREFERENCES = [(r"dna|nuc|dapi|hoechst|draq|h2b", ("blue", "magenta")),
-               (r"gfp|fitc|alexa ?488", ("green",)),
-               (r"tub", ("green", "red")),
-               (r"actin|phalloidin|rhodamine|cy3", ("red", "green")),
-               (r"mito|er\b|golgi", ("magenta", "cyan"))]
+PREFERENCES = [
+    (r"dna|nuc|dapi|hoechst|draq|h2b", ("blue", "magenta")),
+    (r"gfp|fitc|alexa ?488", ("green",)),
+    (r"tub", ("green", "red")),
+    (r"actin|phalloidin|rhodamine|cy3", ("red", "green")),
+    (r"mito|er\b|golgi", ("magenta", "cyan")),
+]
 PALETTE = ("green", "red", "magenta", "cyan", "yellow", "blue")
-OUTLINE = "white"          # cell outline (green would vanish in a green channel)
-HEAT = "#ffd400"           # similarity contours
-BOX = "#00e5ff"            # receptive-field and percentile boxes
+OUTLINE = "white"  # cell outline (green would vanish in a green channel)
+HEAT = "#ffd400"  # similarity contours
+BOX = "#00e5ff"  # receptive-field and percentile boxes
 
 
 def parse_colour(name: str, key: str = "report.display") -> tuple[float, float, float]:
@@ -42,7 +52,7 @@ def parse_colour(name: str, key: str = "report.display") -> tuple[float, float, 
     if text in COLOURS:
         return COLOURS[text]
     if re.fullmatch(r"#[0-9a-f]{6}", text):
-        return tuple(int(text[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        return tuple(int(text[i : i + 2], 16) / 255 for i in (1, 3, 5))
     raise ConfigError.invalid(key, name, f"a colour: one of {sorted(COLOURS)} or #rrggbb")
 
 
@@ -68,6 +78,7 @@ class Look:
     """How crops are drawn: channel names (the image's channel order), an RGB colour per channel
     ((C, 3), zeros: not drawn), contrast ranges ``lo``/``hi`` (C,), the heat-map style and whether
     prototypes also get one grey panel per channel."""
+
     channels: tuple
     colours: np.ndarray
     lo: np.ndarray
@@ -76,19 +87,31 @@ class Look:
     channel_panels: bool = False
 
     @classmethod
-    def from_sample(cls, channels: list[str], display: dict, images: np.ndarray, masks: np.ndarray | None = None,
-                    contrast=(0.5, 99.5), heatmap: str = "contour", channel_panels: bool = False) -> Look:
+    def from_sample(
+        cls,
+        channels: list[str],
+        display: dict,
+        images: np.ndarray,
+        masks: np.ndarray | None = None,
+        contrast=(0.5, 99.5),
+        heatmap: str = "contour",
+        channel_panels: bool = False,
+    ) -> Look:
         """``display`` (channel → colour; empty: ``default_display``) and per-channel contrast from the
         ``contrast`` percentiles of ``images`` (N, C, S, S) inside ``masks`` (N, 1, S, S) when given."""
         unknown = [c for c in display if c not in channels]
         if unknown:
-            raise ConfigError.invalid(f"report.display.{unknown[0]}", display[unknown[0]],
-                                      f"a channel of this run: {list(channels)}")
+            raise ConfigError.invalid(
+                f"report.display.{unknown[0]}", display[unknown[0]], f"a channel of this run: {list(channels)}"
+            )
         display = dict(display) or default_display(list(channels))
-        colours = np.array([parse_colour(display[c], f"report.display.{c}") if c in display else (0.0, 0.0, 0.0)
-                            for c in channels], np.float64)
-        lo, hi = channel_ranges(np.asarray(images, np.float64), None if masks is None else np.asarray(masks) > 0,
-                                contrast)
+        colours = np.array(
+            [parse_colour(display[c], f"report.display.{c}") if c in display else (0.0, 0.0, 0.0) for c in channels],
+            np.float64,
+        )
+        lo, hi = channel_ranges(
+            np.asarray(images, np.float64), None if masks is None else np.asarray(masks) > 0, contrast
+        )
         return cls(tuple(channels), colours, lo, hi, heatmap, channel_panels)
 
     def only(self, c: int) -> Look:
@@ -102,7 +125,9 @@ class Look:
         return [(c, tuple(col)) for c, col in zip(self.channels, self.colours) if col.any()]
 
 
-def channel_ranges(images: np.ndarray, inside: np.ndarray | None, contrast=(0.5, 99.5)) -> tuple[np.ndarray, np.ndarray]:
+def channel_ranges(
+    images: np.ndarray, inside: np.ndarray | None, contrast=(0.5, 99.5)
+) -> tuple[np.ndarray, np.ndarray]:
     """Per channel, the ``contrast`` percentiles of ``images`` (N, C, S, S) over the pixels inside
     the cells (``inside`` (N, 1, S, S) bool; all pixels when None or empty)."""
     C = images.shape[1]
@@ -120,7 +145,7 @@ def composite(image: np.ndarray, colours: np.ndarray, lo: np.ndarray, hi: np.nda
     """(C, H, W) → (H, W, 3) RGB in [0, 1]: each channel scaled by its contrast range, tinted by its
     colour, added (see the module docstring)."""
     x = np.asarray(image, np.float64)
-    scaled = np.clip((x - lo[:, None, None]) / (hi - lo)[:, None, None], 0, 1)       # (C, H, W)
+    scaled = np.clip((x - lo[:, None, None]) / (hi - lo)[:, None, None], 0, 1)  # (C, H, W)
     return np.clip(np.einsum("chw,ck->hwk", scaled, np.asarray(colours, np.float64)), 0, 1)
 
 
@@ -161,8 +186,8 @@ def draw_crop(ax, image, mask, look: Look, heat: np.ndarray | None = None, windo
         h = _window(heat_inside(np.asarray(heat), np.asarray(mask)[0]), window)
         levels = contour_levels(np.asarray(heat), np.asarray(mask)[0])
         if len(levels) and h.min() < levels[-1] <= h.max():
-            widths = np.array([0.7, 1.5][-len(levels):])
-            ax.contour(h, levels, colors="black", linewidths=widths + 1.2)    # a dark halo: visible on any colour
+            widths = np.array([0.7, 1.5][-len(levels) :])
+            ax.contour(h, levels, colors="black", linewidths=widths + 1.2)  # a dark halo: visible on any colour
             ax.contour(h, levels, colors=HEAT, linewidths=widths)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -183,7 +208,14 @@ def add_legend(fig, look: Look, extra: str = "") -> None:
     from matplotlib.patches import Patch
 
     handles = [Patch(color=col, label=name) for name, col in look.legend()]
-    fig.legend(handles=handles, loc="lower left", fontsize=6.5, ncol=len(handles), frameon=False,
-               handlelength=1.0, borderaxespad=0.2)
+    fig.legend(
+        handles=handles,
+        loc="lower left",
+        fontsize=6.5,
+        ncol=len(handles),
+        frameon=False,
+        handlelength=1.0,
+        borderaxespad=0.2,
+    )
     if extra:
         fig.text(0.99, 0.01, extra, ha="right", va="bottom", fontsize=6.5)

@@ -59,7 +59,9 @@ def _test_min_distances(run: Run) -> pd.DataFrame:
     out = []
     for x, m, _, cid in tqdm(run.dm.test_dataloader(), desc="explain: test set", leave=False, disable=None):
         d = run.net(x, m)["min_distances"]
-        out.append(pd.DataFrame(d.numpy(), columns=[f"min_d_{j}" for j in range(d.shape[1])]).assign(cell_id=cid.numpy()))
+        out.append(
+            pd.DataFrame(d.numpy(), columns=[f"min_d_{j}" for j in range(d.shape[1])]).assign(cell_id=cid.numpy())
+        )
     return pd.concat(out, ignore_index=True)
 
 
@@ -72,7 +74,9 @@ def cell_similarities(run: Run) -> pd.DataFrame:
     preds = run.preds
     if not all(c in preds for c in cols):
         log.info("test_predictions.csv has no per-prototype distances: one pass over the test set")
-        preds = preds.drop(columns=[c for c in preds if c.startswith("min_d_")]).merge(_test_min_distances(run), on="cell_id")
+        preds = preds.drop(columns=[c for c in preds if c.startswith("min_d_")]).merge(
+            _test_min_distances(run), on="cell_id"
+        )
     sim = log_similarity(torch.as_tensor(preds[cols].to_numpy(), dtype=torch.float64)).numpy()
     sims = pd.DataFrame(sim, columns=[f"p{j}" for j in range(P)])
     where = run.manifest.set_index("cell_id")[["plate", "image_id", "field"]]
@@ -90,8 +94,9 @@ def look_of(run: Run, opts, n: int = 64, seed: int = 0) -> Look:
     images = torch.stack([x for _, x, _ in crops]).numpy()
     masks = torch.stack([m for _, _, m in crops]).numpy()
     channels = [run.dm.store.channels[i] for i in run.dm.channel_index]
-    return Look.from_sample(channels, dict(opts.display), images, masks, opts.contrast, opts.heatmap,
-                            opts.channel_panels)
+    return Look.from_sample(
+        channels, dict(opts.display), images, masks, opts.contrast, opts.heatmap, opts.channel_panels
+    )
 
 
 def _at_crop_size(run: Run, arr: np.ndarray) -> np.ndarray:
@@ -118,8 +123,12 @@ def localisation(run: Run, near: dict) -> dict:
             shares[int(j)] = texture_share(boxes, [_at_crop_size(run, store.texture(r)) for r in rows])
         out["exp_prototype_texture_share"] = shares
         out["exp_prototype_texture_share_mean"] = float(np.mean(list(shares.values()))) if shares else None
-    masks = torch.stack([torch.tensor(_at_crop_size(run, store.mask(run.row(int(c)))), dtype=torch.float32)[None]
-                         for c in rec["cell_id"]])
+    masks = torch.stack(
+        [
+            torch.tensor(_at_crop_size(run, store.mask(run.row(int(c)))), dtype=torch.float32)[None]
+            for c in rec["cell_id"]
+        ]
+    )
     out["background_prototype_share"] = background_share(rec["latent_yx"], masks, rec["latent_size"])
     return out
 
@@ -128,12 +137,15 @@ def prototype_quality(rec: dict, near: dict, ranked: pd.DataFrame, exp: str) -> 
     """Distinct source patches and cells (push provenance), prototypes whose nearest patches tie
     (equal distances: a saturated latent), and the exposed prototypes more similar in exposed cells."""
     src = list(zip(rec["cell_id"].tolist(), map(tuple, rec["latent_yx"].tolist())))
-    d = near["distance"].double()                                              # (k, P), sorted
+    d = near["distance"].double()  # (k, P), sorted
     ties = ((d[1:] - d[:-1]).abs() <= 1e-6 * d[1:].abs().clamp_min(1e-3)).any(dim=0)
     up = ranked[(ranked["class"] == exp) & (ranked["q_value"] < 0.05) & (ranked["difference"] > 0)]
-    return {"distinct_source_patches": len(set(src)), "distinct_source_cells": len({c for c, _ in src}),
-            "prototypes_with_tied_nearest": int(ties.sum()),
-            "exp_prototypes_up_in_exp": [int(p[1:]) for p in up["prototype"]]}
+    return {
+        "distinct_source_patches": len(set(src)),
+        "distinct_source_cells": len({c for c, _ in src}),
+        "prototypes_with_tied_nearest": int(ties.sum()),
+        "exp_prototypes_up_in_exp": [int(p[1:]) for p in up["prototype"]],
+    }
 
 
 def planted_change_prototypes(em: dict, ranked: pd.DataFrame) -> dict:
@@ -144,8 +156,14 @@ def planted_change_prototypes(em: dict, ranked: pd.DataFrame) -> dict:
     return {"exp_prototypes_up_and_on_change": good, "has_exp_prototype_up_and_on_change": bool(good)}
 
 
-def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: int = N_NEAREST,
-                log_wandb: bool = True, options: dict | None = None) -> Path:
+def explain_run(
+    run_dir: str | Path,
+    n_boot: int = 1000,
+    n_cells: int = 6,
+    k: int = N_NEAREST,
+    log_wandb: bool = True,
+    options: dict | None = None,
+) -> Path:
     """Explain a finished run folder; returns its ``explain/`` folder (``report.html`` beside it).
 
     ``options``: the ``report`` settings (``protocell.explain.options``: display colours, contrast,
@@ -161,11 +179,11 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
     out = run.dir / "explain"
     for sub in ("prototypes", "mosaics", "cells"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-        for old in (out / sub).glob("*"):   # a re-run must not leave figures of an older explain
+        for old in (out / sub).glob("*"):  # a re-run must not leave figures of an older explain
             old.unlink()
     rec = run.record
     P = len(rec["cell_id"])
-    steps = tqdm(total=P * 2 + n_cells + 4, desc="explain", unit="fig", disable=None)   # None: off when not a terminal
+    steps = tqdm(total=P * 2 + n_cells + 4, desc="explain", unit="fig", disable=None)  # None: off when not a terminal
 
     # 1. prototypes on their source cells (from push's provenance; one batched forward)
     maps = prototype_maps(run)
@@ -192,8 +210,16 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
     pop = population_means(cells, names, run.ref, run.exp, n_boot=n_boot, by="replicate")
     pop.insert(1, "class", classes)
     pop.to_csv(out / "population_similarity.csv", index=False)
-    plot_population(pop, rec["prototype_class"].numpy(), run.class_names, run.ref, run.exp,
-                    out / "population_similarity.png", unit=unit["unit"], descriptive=unit["descriptive"])
+    plot_population(
+        pop,
+        rec["prototype_class"].numpy(),
+        run.class_names,
+        run.ref,
+        run.exp,
+        out / "population_similarity.png",
+        unit=unit["unit"],
+        descriptive=unit["descriptive"],
+    )
     ranked = rank_differences(cells, names, run.ref, run.exp, by="replicate", descriptive=unit["descriptive"])
     ranked.insert(1, "class", [classes[int(p[1:])] for p in ranked["prototype"]])
     ranked.to_csv(out / "prototype_differences.csv", index=False)
@@ -218,9 +244,8 @@ def explain_run(run_dir: str | Path, n_boot: int = 1000, n_cells: int = 6, k: in
         steps.update()
 
     # prototype quality, and ground truth where it exists
-    em = {"run": run.dir.name, "prototypes": P, "pushes": int(rec["pushes"]), "nearest": int(k),
-          "replicate_unit": unit}
-    if (frac.get("conditions") or {}).get(run.exp):     # the estimate evaluation stored, for the record
+    em = {"run": run.dir.name, "prototypes": P, "pushes": int(rec["pushes"]), "nearest": int(k), "replicate_unit": unit}
+    if (frac.get("conditions") or {}).get(run.exp):  # the estimate evaluation stored, for the record
         em["affected_fraction"] = frac["conditions"][run.exp]
     em.update(prototype_quality(rec, near, ranked, run.exp))
     if "true_label" in preds and (preds["true_label"] >= 0).all():

@@ -18,8 +18,11 @@ def fraction_lines(frac: dict) -> list[str]:
         return [f"affected fraction: not available ({(frac or {}).get('reason', 'no calibration')})"]
     lines = []
     for cond, est in frac["conditions"].items():
-        ci = (f"95 % CI {est['ci_low']:.2f}–{est['ci_high']:.2f}" if np.isfinite([est["ci_low"], est["ci_high"]]).all()
-              else "no CI: a condition has fewer than 2 wells")
+        ci = (
+            f"95 % CI {est['ci_low']:.2f}–{est['ci_high']:.2f}"
+            if np.isfinite([est["ci_low"], est["ci_high"]]).all()
+            else "no CI: a condition has fewer than 2 wells"
+        )
         line = f"{cond}: affected fraction {est['estimate']:.2f} ({ci}, {est['n_wells']} wells)"
         if est.get("called_share") is not None and np.isfinite(est["called_share"]):
             line += f" · {est['called_share']:.2f} called"
@@ -39,8 +42,14 @@ def plot_scores(preds: pd.DataFrame, conditions: list[str], frac: dict, out) -> 
     bins = np.linspace(0, 1, 41)
     for cond, colour in zip(conditions, ("tab:blue", "tab:red", "tab:green", "tab:purple")):
         s = preds.loc[preds["condition"] == cond, col]
-        ax.hist(s, bins, alpha=0.5, density=True, color=colour,
-                label=f"{cond} ({len(s)} cells, {preds.loc[preds['condition'] == cond, 'well'].nunique()} wells)")
+        ax.hist(
+            s,
+            bins,
+            alpha=0.5,
+            density=True,
+            color=colour,
+            label=f"{cond} ({len(s)} cells, {preds.loc[preds['condition'] == cond, 'well'].nunique()} wells)",
+        )
     if col == "calibrated":
         ax.axvline(0.5, color="k", ls="--", lw=0.8, label="cell call (P = 0.5)")
     ax.set_title("\n".join(fraction_lines(frac)), fontsize=7.5)

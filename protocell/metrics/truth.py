@@ -17,9 +17,11 @@ def true_label_metrics(scores, calls, true_label) -> dict:
     if not known.any():
         return {}
     y = t[known] == 1
-    return {"n_cells_true_label": int(known.sum()),
-            "true_label_accuracy": float((np.asarray(calls)[known].astype(bool) == y).mean()),
-            "true_label_auroc": auroc(np.asarray(scores, np.float64)[known], y.astype(int))}
+    return {
+        "n_cells_true_label": int(known.sum()),
+        "true_label_accuracy": float((np.asarray(calls)[known].astype(bool) == y).mean()),
+        "true_label_auroc": auroc(np.asarray(scores, np.float64)[known], y.astype(int)),
+    }
 
 
 def true_affected_fraction(true_label) -> float | None:
@@ -68,24 +70,28 @@ def cell_metrics(pred: pd.DataFrame, positive: int = 1, class_names: list[str] |
     is_pos = (pred["label"] == positive).to_numpy()
     names = list(class_names) if class_names else ["negative", "positive"]
     bal, rec_neg, rec_pos = balanced_accuracy(call, is_pos)
-    out = {"n_cells": int(len(pred)),
-           "well_label_accuracy": float((call == is_pos).mean()),
-           "well_label_accuracy_argmax": float((raw == is_pos).mean()),
-           "well_label_balanced_accuracy": bal,
-           "well_label_balanced_accuracy_argmax": balanced_accuracy(raw, is_pos)[0],
-           "well_label_recall": {names[0] if len(names) == 2 else "not positive": rec_neg, names[-1]: rec_pos},
-           "well_label_auroc": auroc(pred["score"].to_numpy(), is_pos),
-           "called_fraction": float(call.mean()) if len(call) else float("nan")}
+    out = {
+        "n_cells": int(len(pred)),
+        "well_label_accuracy": float((call == is_pos).mean()),
+        "well_label_accuracy_argmax": float((raw == is_pos).mean()),
+        "well_label_balanced_accuracy": bal,
+        "well_label_balanced_accuracy_argmax": balanced_accuracy(raw, is_pos)[0],
+        "well_label_recall": {names[0] if len(names) == 2 else "not positive": rec_neg, names[-1]: rec_pos},
+        "well_label_auroc": auroc(pred["score"].to_numpy(), is_pos),
+        "called_fraction": float(call.mean()) if len(call) else float("nan"),
+    }
     if "well" in pred and "condition" in pred:
         out["test_composition"] = well_composition(pred, call)
     if "true_label" in pred:
         truth = true_label_metrics(pred["score"], call, pred["true_label"])
         if truth:
             truth["true_label_accuracy_argmax"] = true_label_metrics(pred["score"], raw, pred["true_label"])[
-                "true_label_accuracy"]
+                "true_label_accuracy"
+            ]
             known = pred["true_label"].to_numpy() >= 0
-            truth["true_label_balanced_accuracy"] = balanced_accuracy(call[known],
-                                                                      pred["true_label"].to_numpy()[known] == 1)[0]
+            truth["true_label_balanced_accuracy"] = balanced_accuracy(
+                call[known], pred["true_label"].to_numpy()[known] == 1
+            )[0]
             truth["well_cue_auroc"] = well_cue(pred["score"], pred["label"] == positive, pred["true_label"])
             out.update(truth)
     return out

@@ -52,8 +52,13 @@ def _densenet_stages(model) -> list[nn.Module]:
 
 
 _FAMILIES = {
-    "vgg11": _vgg_stages, "vgg11_bn": _vgg_stages, "vgg16": _vgg_stages, "vgg16_bn": _vgg_stages,
-    "resnet18": _resnet_stages, "resnet50": _resnet_stages, "densenet121": _densenet_stages,
+    "vgg11": _vgg_stages,
+    "vgg11_bn": _vgg_stages,
+    "vgg16": _vgg_stages,
+    "vgg16_bn": _vgg_stages,
+    "resnet18": _resnet_stages,
+    "resnet50": _resnet_stages,
+    "densenet121": _densenet_stages,
 }
 BACKBONES = sorted(list(_FAMILIES) + ["vgg11_narrow"])
 
@@ -71,13 +76,22 @@ def _output_channels(stages: list[nn.Module], in_channels: int) -> int:
 def adapt_first_conv(stages: list[nn.Module], in_channels: int) -> None:
     """Replace the first convolution with one taking ``in_channels``; pretrained RGB filters are
     averaged over colour and repeated, so every input channel starts with the ImageNet filters."""
+
     def visit(parent):
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
                 if child.in_channels == in_channels:
                     return True
-                new = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride,
-                                child.padding, child.dilation, child.groups, child.bias is not None)
+                new = nn.Conv2d(
+                    in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    child.groups,
+                    child.bias is not None,
+                )
                 with torch.no_grad():
                     mean = child.weight.mean(dim=1, keepdim=True)
                     new.weight.copy_(mean.repeat(1, in_channels, 1, 1))
@@ -131,12 +145,20 @@ def _narrow_vgg11(width: float, batch_norm: bool) -> list[nn.Module]:
     return list(features.children())
 
 
-def build_backbone(name: str, in_channels: int = 2, pretrained: bool = False,
-                   max_rf: float | None = None, width: float = 1.0, batch_norm: bool = True) -> Backbone:
+def build_backbone(
+    name: str,
+    in_channels: int = 2,
+    pretrained: bool = False,
+    max_rf: float | None = None,
+    width: float = 1.0,
+    batch_norm: bool = True,
+) -> Backbone:
     if name == "vgg11_narrow":
         if pretrained:
-            raise BackboneError("vgg11_narrow has no pretrained weights: set backbone.pretrained=false "
-                                "or use backbone=vgg11 for ImageNet weights")
+            raise BackboneError(
+                "vgg11_narrow has no pretrained weights: set backbone.pretrained=false "
+                "or use backbone=vgg11 for ImageNet weights"
+            )
         if not 0 < width <= 1:
             raise BackboneError(f"backbone.width must be in (0, 1], got {width}")
         stages = _narrow_vgg11(width, batch_norm)
@@ -153,8 +175,11 @@ def build_backbone(name: str, in_channels: int = 2, pretrained: bool = False,
             if rf.size <= max_rf:
                 keep = i + 1
         # drop trailing activations/norms only if the cut fell right after a conv: keep the ReLU
-        while keep < len(stages) and isinstance(stages[keep], (nn.ReLU, nn.BatchNorm2d)) \
-                and receptive_field(stages[:keep + 1]).size <= max_rf:
+        while (
+            keep < len(stages)
+            and isinstance(stages[keep], (nn.ReLU, nn.BatchNorm2d))
+            and receptive_field(stages[: keep + 1]).size <= max_rf
+        ):
             keep += 1
         if keep == 0:
             raise BackboneError(f"backbone.max_rf={max_rf} is smaller than the first layer's receptive field")

@@ -59,16 +59,16 @@ def latent_patches(net, loader, probe=None, positive: int = 1, reference: int = 
     for x, mask, y, _ in loader:
         x, mask, y = x.to(device), mask.to(device), y.to(device)
         f = net.features(x)
-        z = net.add_on(f)                                                  # (B, D, H, W)
+        z = net.add_on(f)  # (B, D, H, W)
         inside = net.inside(mask, z.shape[-2:])
         inside = torch.ones_like(z[:, :1], dtype=torch.bool) if inside is None else inside
         ev = None
         if probe is not None:
             p = probe(f)
-            ev = p[:, positive] - p[:, reference]                         # (B, H, W)
+            ev = p[:, positive] - p[:, reference]  # (B, H, W)
         for c in y.unique().tolist():
             sel = y == c
-            keep = inside[sel, 0]                                          # (b, H, W)
+            keep = inside[sel, 0]  # (b, H, W)
             units.setdefault(c, []).append(z[sel].permute(0, 2, 3, 1)[keep])
             if ev is not None:
                 evidence.setdefault(c, []).append(ev[sel][keep])
@@ -77,8 +77,9 @@ def latent_patches(net, loader, probe=None, positive: int = 1, reference: int = 
 
 
 @torch.no_grad()
-def initial_prototypes(net, loader, method: str = "evidence", probe=None, positive: int = 1,
-                       quantile: float = 0.9, seed: int = 0) -> torch.Tensor:
+def initial_prototypes(
+    net, loader, method: str = "evidence", probe=None, positive: int = 1, quantile: float = 0.9, seed: int = 0
+) -> torch.Tensor:
     """(P, D) prototypes for ``net`` (its ``prototype_class`` gives how many per class)."""
     if method not in INIT_METHODS:
         raise ValueError(f"model.init must be one of {INIT_METHODS}, got '{method}'")

@@ -43,26 +43,32 @@ def bag_evidence(logits: torch.Tensor, bag_size: int, positive: int = 1, referen
     return (logits[:, positive] - logits[:, reference]).view(-1, bag_size)
 
 
-def mil_loss(logits: torch.Tensor, labels: torch.Tensor, bag_size: int, positive: int = 1,
-             reference: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def mil_loss(
+    logits: torch.Tensor, labels: torch.Tensor, bag_size: int, positive: int = 1, reference: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bag loss and each cell's attention (B,), mean 1 within a bag, detached.
 
     ``bag_size == 1`` returns the per-cell cross-entropy (two classes or more) and attention 1."""
     if bag_size == 1:
         return F.cross_entropy(logits, labels), torch.ones_like(labels, dtype=logits.dtype)
-    g = bag_evidence(logits, bag_size, positive, reference)                 # (bags, n)
+    g = bag_evidence(logits, bag_size, positive, reference)  # (bags, n)
     bag_label = (labels.view(-1, bag_size)[:, 0] == positive).to(logits.dtype)
     bag_logit = torch.logsumexp(g, dim=1) - math.log(bag_size)
     attention = (torch.softmax(g.detach(), dim=1) * bag_size).flatten()
     return F.binary_cross_entropy_with_logits(bag_logit, bag_label), attention
 
 
-def cluster_separation(min_distances: torch.Tensor, labels: torch.Tensor, prototype_class: torch.Tensor,
-                       weights: torch.Tensor | None = None, reference: int = 0,
-                       separation: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
+def cluster_separation(
+    min_distances: torch.Tensor,
+    labels: torch.Tensor,
+    prototype_class: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    reference: int = 0,
+    separation: str = "all",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(clst, sep) scalars. ``weights`` (B,): how much each cell's cluster term counts (reference cells
     always 1); ``separation``: "reference" (reference cells only) or "all"."""
-    own = prototype_class[None, :] == labels[:, None]                       # (B, P)
+    own = prototype_class[None, :] == labels[:, None]  # (B, P)
     inf = torch.finfo(min_distances.dtype).max
     to_own = torch.where(own, min_distances, inf).amin(dim=1)
     to_other = torch.where(~own, min_distances, inf).amin(dim=1)
@@ -78,8 +84,9 @@ def cluster_separation(min_distances: torch.Tensor, labels: torch.Tensor, protot
     return clst, sep
 
 
-def reference_similarity(min_distances: torch.Tensor, labels: torch.Tensor, prototype_class: torch.Tensor,
-                         reference: int = 0) -> torch.Tensor:
+def reference_similarity(
+    min_distances: torch.Tensor, labels: torch.Tensor, prototype_class: torch.Tensor, reference: int = 0
+) -> torch.Tensor:
     """Mean over reference cells of their largest log similarity to a prototype of another class."""
     from protocell.model.prototypes import log_similarity
 
@@ -110,13 +117,27 @@ def last_layer_l1(weight: torch.Tensor, prototype_class: torch.Tensor) -> torch.
     return (weight * (1 - ident)).abs().sum()
 
 
-def protopnet_loss(logits, min_distances, labels, prototype_class, last_weight, prototypes=None,
-                   clst: float = 0.8, sep: float = 0.08, l1: float = 1e-4, div: float = 0.0, ref_sim: float = 0.0,
-                   bag_size: int = 1, separation: str = "all", positive: int = 1,
-                   reference: int = 0) -> dict[str, torch.Tensor]:
+def protopnet_loss(
+    logits,
+    min_distances,
+    labels,
+    prototype_class,
+    last_weight,
+    prototypes=None,
+    clst: float = 0.8,
+    sep: float = 0.08,
+    l1: float = 1e-4,
+    div: float = 0.0,
+    ref_sim: float = 0.0,
+    bag_size: int = 1,
+    separation: str = "all",
+    positive: int = 1,
+    reference: int = 0,
+) -> dict[str, torch.Tensor]:
     ce, attention = mil_loss(logits, labels, bag_size, positive, reference)
-    c, s = cluster_separation(min_distances, labels, prototype_class, attention if bag_size > 1 else None,
-                              reference, separation)
+    c, s = cluster_separation(
+        min_distances, labels, prototype_class, attention if bag_size > 1 else None, reference, separation
+    )
     total = ce + clst * c - sep * s
     zero = torch.zeros((), device=logits.device)
     l1_term = last_layer_l1(last_weight, prototype_class) if l1 > 0 else zero

@@ -32,9 +32,25 @@ PHASE_INDEX = {"pretrain": 0, "warm": 1, "joint": 2, "last_layer": 3}
 
 
 class ProtoPNetModule(L.LightningModule):
-    def __init__(self, net_spec: dict, class_names: list[str], *, last_layer: str, lr: dict, weight_decay: float,
-                 clst: float, sep: float, l1: float, div: float, ref_sim: float, ramp_epochs: int, bag_size: int,
-                 separation: str, head: str, channels_last: bool):
+    def __init__(
+        self,
+        net_spec: dict,
+        class_names: list[str],
+        *,
+        last_layer: str,
+        lr: dict,
+        weight_decay: float,
+        clst: float,
+        sep: float,
+        l1: float,
+        div: float,
+        ref_sim: float,
+        ramp_epochs: int,
+        bag_size: int,
+        separation: str,
+        head: str,
+        channels_last: bool,
+    ):
         """Every setting is given: the values live in conf/ and ``protocell.config`` (``build.build_module``
         passes them; a checkpoint carries its own), never in this signature."""
         super().__init__()
@@ -52,14 +68,15 @@ class ProtoPNetModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.coef = {"clst": clst, "sep": sep, "l1": l1, "div": div, "ref_sim": ref_sim}
         if bag_size > 1 and len(class_names) != 2:
-            raise ValueError(f"bags of cells (data.bag_size={bag_size}) need two conditions, got {class_names}; "
-                             "set data.bag_size=1")
+            raise ValueError(
+                f"bags of cells (data.bag_size={bag_size}) need two conditions, got {class_names}; set data.bag_size=1"
+            )
         if separation not in SEPARATIONS:
             raise ValueError(f"loss.separation must be one of {SEPARATIONS}, got '{separation}'")
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got '{head}'")
         self.bag_size, self.separation, self.head = int(bag_size), separation, head
-        self.positive = len(class_names) - 1      # the exposed population is the last class
+        self.positive = len(class_names) - 1  # the exposed population is the last class
         # From scratch, the cluster cost can collapse all features onto the prototypes before the
         # cross-entropy has found anything that differs between the classes; ramping λ_clst and
         # λ_sep linearly from 0 over ``ramp_epochs`` lets the features form first.
@@ -74,11 +91,13 @@ class ProtoPNetModule(L.LightningModule):
 
     def groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """The parameter groups a phase switches on and off, by name."""
-        return {"probe": list(self.probe.parameters()),
-                "features": list(self.net.features.parameters()),
-                "add_on": list(self.net.add_on.parameters()),
-                "prototypes": [self.net.prototypes],
-                "last_layer": [self.net.last_layer.weight]}
+        return {
+            "probe": list(self.probe.parameters()),
+            "features": list(self.net.features.parameters()),
+            "add_on": list(self.net.add_on.parameters()),
+            "prototypes": [self.net.prototypes],
+            "last_layer": [self.net.last_layer.weight],
+        }
 
     def group_modules(self) -> dict[str, torch.nn.Module]:
         """Modules whose train/eval mode follows their group (batch-norm statistics of a frozen
@@ -98,7 +117,7 @@ class ProtoPNetModule(L.LightningModule):
         A mean, not a max: at random initialisation the brightest structure of every cell (its
         cortical rim) wins a max everywhere, so a max routes no gradient to the local change and
         training sits on a plateau of random length; the mean lets every unit learn."""
-        f = self.probe(self.net.features(x))                              # (B, K, H, W)
+        f = self.probe(self.net.features(x))  # (B, K, H, W)
         inside = self.net.inside(mask, f.shape[-2:])
         if inside is None:
             return f.mean(dim=(2, 3))
@@ -108,10 +127,22 @@ class ProtoPNetModule(L.LightningModule):
     def _log(self, stage: str, values: dict, bs: float) -> None:
         # a float batch size: Lightning's epoch mean divides summed values by the summed batch sizes,
         # and averages an integer sum over DDP ranks with truncation (49 cells / 2 ranks → 24)
-        self.log_dict({f"{stage}/{k}": v.detach() for k, v in values.items() if k != "acc"}, on_step=False,
-                      on_epoch=True, batch_size=bs, sync_dist=stage != "train")
-        self.log(f"{stage}/acc", values["acc"], on_step=False, on_epoch=True, batch_size=bs, prog_bar=True,
-                 sync_dist=stage != "train")
+        self.log_dict(
+            {f"{stage}/{k}": v.detach() for k, v in values.items() if k != "acc"},
+            on_step=False,
+            on_epoch=True,
+            batch_size=bs,
+            sync_dist=stage != "train",
+        )
+        self.log(
+            f"{stage}/acc",
+            values["acc"],
+            on_step=False,
+            on_epoch=True,
+            batch_size=bs,
+            prog_bar=True,
+            sync_dist=stage != "train",
+        )
 
     def scores(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, dict | None]:
         """(B, K) logits of the model in use (the probe while it pretrains, or when the head is the
@@ -135,12 +166,22 @@ class ProtoPNetModule(L.LightningModule):
         else:
             use_l1 = self.net.last_layer.weight.requires_grad
             ramp = min(1.0, self.current_epoch / self.ramp_epochs) if (self.ramp_epochs and stage == "train") else 1.0
-            losses = protopnet_loss(out["logits"], out["min_distances"], y, self.net.prototype_class,
-                                    self.net.last_layer.weight, self.net.prototypes, clst=ramp * self.coef["clst"],
-                                    sep=ramp * self.coef["sep"], l1=self.coef["l1"] if use_l1 else 0.0,
-                                    div=self.coef["div"], ref_sim=self.coef["ref_sim"], bag_size=bag,
-                                    separation=self.separation,
-                                    positive=self.positive)
+            losses = protopnet_loss(
+                out["logits"],
+                out["min_distances"],
+                y,
+                self.net.prototype_class,
+                self.net.last_layer.weight,
+                self.net.prototypes,
+                clst=ramp * self.coef["clst"],
+                sep=ramp * self.coef["sep"],
+                l1=self.coef["l1"] if use_l1 else 0.0,
+                div=self.coef["div"],
+                ref_sim=self.coef["ref_sim"],
+                bag_size=bag,
+                separation=self.separation,
+                positive=self.positive,
+            )
             self._log(stage, {**losses, "acc": acc}, bs)
             loss = losses["loss"]
         if stage == "val":
@@ -161,7 +202,7 @@ class ProtoPNetModule(L.LightningModule):
 
         if self._val_cells:
             cols = [torch.cat(t) for t in zip(*self._val_cells)]
-        elif is_distributed():   # this rank validated no cell; the others still wait for its rows
+        elif is_distributed():  # this rank validated no cell; the others still wait for its rows
             cols = [torch.zeros(0, dtype=torch.long, device=self.device)] * 2 + [torch.zeros(0, device=self.device)]
         else:
             return
@@ -170,12 +211,17 @@ class ProtoPNetModule(L.LightningModule):
         cell, y, score = rows["cell_id"], rows["label"], rows["score"]
         if len(cell) == 0:
             return
-        cell, first = np.unique(cell.cpu().numpy(), return_index=True)   # a padded DDP sampler repeats cells
+        cell, first = np.unique(cell.cpu().numpy(), return_index=True)  # a padded DDP sampler repeats cells
         positive = (y.cpu().numpy()[first] == self.positive).astype(int)
         a = auroc(score.cpu().numpy()[first], positive)
         self.log("val/auroc", a, on_step=False, on_epoch=True, sync_dist=False)
-        self.log("val/auroc_se", auroc_se(a, int(positive.sum()), int((positive == 0).sum())), on_step=False,
-                 on_epoch=True, sync_dist=False)
+        self.log(
+            "val/auroc_se",
+            auroc_se(a, int(positive.sum()), int((positive == 0).sum())),
+            on_step=False,
+            on_epoch=True,
+            sync_dist=False,
+        )
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -200,9 +246,14 @@ class ProtoPNetModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        groups = [{"params": params, "name": name,
-                   "lr": self.lr["pretrain"] if (name == "features" and self.phase == "pretrain") else self.lr[name],
-                   "weight_decay": self.weight_decay if name in ("features", "add_on", "probe") else 0.0}
-                  for name, params in self.groups().items()
-                  if not (name == "last_layer" and self.last_layer_mode == "frozen")]
+        groups = [
+            {
+                "params": params,
+                "name": name,
+                "lr": self.lr["pretrain"] if (name == "features" and self.phase == "pretrain") else self.lr[name],
+                "weight_decay": self.weight_decay if name in ("features", "add_on", "probe") else 0.0,
+            }
+            for name, params in self.groups().items()
+            if not (name == "last_layer" and self.last_layer_mode == "frozen")
+        ]
         return torch.optim.Adam(groups)

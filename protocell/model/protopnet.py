@@ -24,9 +24,16 @@ from protocell.model.prototypes import latent_inside, log_similarity, masked_dis
 
 
 class ProtoPNet(nn.Module):
-    def __init__(self, backbone: Backbone, num_classes: int = 2, prototypes_per_class: int = 10,
-                 prototype_dim: int = 64, use_mask: bool = True, mask_penalty: float | None = None,
-                 incorrect_class_weight: float = -0.5):
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int = 2,
+        prototypes_per_class: int = 10,
+        prototype_dim: int = 64,
+        use_mask: bool = True,
+        mask_penalty: float | None = None,
+        incorrect_class_weight: float = -0.5,
+    ):
         super().__init__()
         self.features = backbone.features
         self.rf = backbone.rf
@@ -37,8 +44,10 @@ class ProtoPNet(nn.Module):
         self.mask_penalty = float(mask_penalty) if mask_penalty is not None else float(prototype_dim + 1)
         c = backbone.out_channels
         self.add_on = nn.Sequential(
-            nn.Conv2d(c, prototype_dim, 1), nn.ReLU(),
-            nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Sigmoid(),
+            nn.Conv2d(c, prototype_dim, 1),
+            nn.ReLU(),
+            nn.Conv2d(prototype_dim, prototype_dim, 1),
+            nn.Sigmoid(),
         )
         for m in self.add_on.modules():
             if isinstance(m, nn.Conv2d):
@@ -84,8 +93,7 @@ class ProtoPNet(nn.Module):
         d = self.distances(z, mask)
         min_d = d.flatten(2).amin(dim=2)
         sim = log_similarity(min_d)
-        return {"logits": self.last_layer(sim), "min_distances": min_d, "similarities": sim,
-                "distances": d}
+        return {"logits": self.last_layer(sim), "min_distances": min_d, "similarities": sim, "distances": d}
 
 
 def build_protopnet(backbone: dict, head: dict, in_channels: int, num_classes: int) -> ProtoPNet:

@@ -22,9 +22,9 @@ def squared_distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor
     """‖z − p‖² for every latent unit and prototype in one pass: ‖z‖² − 2 z·p + ‖p‖², clamped ≥ 0.
 
     z: (B, D, H, W), prototypes: (P, D) → (B, P, H, W)."""
-    z2 = (z * z).sum(dim=1, keepdim=True)                                  # (B, 1, H, W)
-    zp = torch.einsum("bdhw,pd->bphw", z, prototypes)                      # (B, P, H, W)
-    p2 = (prototypes * prototypes).sum(dim=1).view(1, -1, 1, 1)            # (1, P, 1, 1)
+    z2 = (z * z).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+    zp = torch.einsum("bdhw,pd->bphw", z, prototypes)  # (B, P, H, W)
+    p2 = (prototypes * prototypes).sum(dim=1).view(1, -1, 1, 1)  # (1, P, 1, 1)
     return (z2 - 2 * zp + p2).clamp_min(0)
 
 
@@ -34,7 +34,7 @@ def latent_inside(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     mask: (B, 1, S, S) or (B, S, S), values in {0, 1}."""
     if mask.dim() == 3:
         mask = mask[:, None]
-    frac = F.adaptive_avg_pool2d(mask.float(), size)                       # (B, 1, H, W)
+    frac = F.adaptive_avg_pool2d(mask.float(), size)  # (B, 1, H, W)
     best = frac.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
     return (frac >= 0.5) | ((frac == best) & (best > 0))
 

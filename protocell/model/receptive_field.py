@@ -23,13 +23,14 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    size: float = 1.0     # side of the square an output unit sees, in input pixels
-    jump: float = 1.0     # input pixels between neighbouring output units
-    start: float = 0.0    # centre of output unit 0, in input pixels
+    size: float = 1.0  # side of the square an output unit sees, in input pixels
+    jump: float = 1.0  # input pixels between neighbouring output units
+    start: float = 0.0  # centre of output unit 0, in input pixels
 
     def then(self, k: int, s: int, p: int, d: int = 1) -> ReceptiveField:
-        return ReceptiveField(self.size + (k - 1) * d * self.jump, self.jump * s,
-                              self.start + ((k - 1) * d / 2 - p) * self.jump)
+        return ReceptiveField(
+            self.size + (k - 1) * d * self.jump, self.jump * s, self.start + ((k - 1) * d / 2 - p) * self.jump
+        )
 
     def centre(self, i: int) -> float:
         return self.start + i * self.jump
@@ -92,11 +93,17 @@ def locality(rf: ReceptiveField, crop_size: int) -> dict:
     crop (receptive field ≥ crop): every prototype then compares whole cells and its "box" is the
     crop, whatever the figures draw. ``warning`` says so with the fixes."""
     latent = max(1, int(crop_size // rf.jump))
-    out = {"receptive_field": float(rf.size), "crop_size": int(crop_size), "latent_size": latent,
-           "local": bool(rf.size < crop_size)}
+    out = {
+        "receptive_field": float(rf.size),
+        "crop_size": int(crop_size),
+        "latent_size": latent,
+        "local": bool(rf.size < crop_size),
+    }
     if not out["local"]:
-        out["warning"] = (f"the receptive field ({rf.size:.0f} px, a {latent}×{latent} latent grid) covers the whole "
-                          f"{crop_size} px crop: every prototype compares whole cells, so its box and heat map "
-                          f"cannot show a part of a cell; set backbone.max_rf (e.g. {max(8, crop_size * 3 // 4)}), "
-                          "a larger data.crop_size, or backbone=vgg11_narrow (46 px)")
+        out["warning"] = (
+            f"the receptive field ({rf.size:.0f} px, a {latent}×{latent} latent grid) covers the whole "
+            f"{crop_size} px crop: every prototype compares whole cells, so its box and heat map "
+            f"cannot show a part of a cell; set backbone.max_rf (e.g. {max(8, crop_size * 3 // 4)}), "
+            "a larger data.crop_size, or backbone=vgg11_narrow (46 px)"
+        )
     return out

@@ -41,8 +41,9 @@ log = logging.getLogger("protocell.prepare")
 RUN_KEYS = ("workers", "progress", "debug", "overwrite", "shards", "shard")
 
 
-def split_images(conditions: dict[str, str], test_fraction: float, seed: int,
-                 plates: dict[str, str] | None = None) -> dict[str, str]:
+def split_images(
+    conditions: dict[str, str], test_fraction: float, seed: int, plates: dict[str, str] | None = None
+) -> dict[str, str]:
     """image_id → 'train'/'test', stratified by plate and condition (``protocell.data.split``, the policy
     the DataModule uses too): each plate's images of a condition are split alike, so every plate of a
     store lies in train and in test in proportion; an only image of a plate's condition trains. One plate:
@@ -67,17 +68,25 @@ class StoreAssembly:
         """``.prepare/lock``, exclusive for a prepare that writes the store (``all``, ``merge``); a share task
         holds it shared (the other shares' tasks run beside it, a merge or a whole prepare is refused) and
         ``.prepare/lock-share-<k>`` exclusive (a second task of its share is refused)."""
+
         def refuse(holder):
-            return InputError(f"output={out} is being written by another prepare ({holder}); wait for it to finish, "
-                              "or give this one another output=")
+            return InputError(
+                f"output={out} is being written by another prepare ({holder}); wait for it to finish, "
+                "or give this one another output="
+            )
+
         share = self.share
         with exclusive_lock(work / "lock", refuse, shared=isinstance(share, int)):
             if not isinstance(share, int):
                 yield
                 return
-            with exclusive_lock(work / f"lock-share-{share}", lambda holder: InputError(
+            with exclusive_lock(
+                work / f"lock-share-{share}",
+                lambda holder: InputError(
                     f"share {share} of output={out} is being prepared by another task ({holder}): a share runs in one "
-                    "task at a time; wait for it, or stop it before re-running the share")):
+                    "task at a time; wait for it, or stop it before re-running the share"
+                ),
+            ):
                 yield
 
     def share_done(self, work: Path, sources, n_cells: int, seconds: float) -> None:
@@ -87,24 +96,41 @@ class StoreAssembly:
         import socket
 
         peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        atomic_json(work / "shares" / f"{self.share}-of-{self.shards}.json", {
-            "share": self.share, "shards": self.shards, "images": len(sources), "cells": n_cells,
-            "megapixels": round(sum(s.shape[0] * s.shape[1] for s in sources) / 1e6, 3),
-            "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024, 1), "workers": int(self.c["workers"]),
-            "host": socket.gethostname()})
-        log.info("share %s of %d prepared: %d images, %d cells in %s; when every share is done: prepare.py … "
-                 "shard=merge", self.share, self.shards, len(sources), n_cells, work.parent)
+        atomic_json(
+            work / "shares" / f"{self.share}-of-{self.shards}.json",
+            {
+                "share": self.share,
+                "shards": self.shards,
+                "images": len(sources),
+                "cells": n_cells,
+                "megapixels": round(sum(s.shape[0] * s.shape[1] for s in sources) / 1e6, 3),
+                "seconds": round(seconds, 2),
+                "peak_rss_mb": round(peak / 1024, 1),
+                "workers": int(self.c["workers"]),
+                "host": socket.gethostname(),
+            },
+        )
+        log.info(
+            "share %s of %d prepared: %d images, %d cells in %s; when every share is done: prepare.py … shard=merge",
+            self.share,
+            self.shards,
+            len(sources),
+            n_cells,
+            work.parent,
+        )
 
     def merge(self, out: Path, work: Path, sources, keys: dict, by_id: dict, order: list[str], t_start: float) -> Path:
         """Write the store from the records and shards the share tasks left, exactly as ``shard=all`` would
         from its own (the same ``finish`` and ``summary``); refused, naming the shares, while an image of the
         plate map has no finished record (its statistics, its image record, every shard whole)."""
         if not (work / "images").is_dir():
-            raise InputError(f"output={out} holds no prepared share: run the share tasks first (the same command with "
-                             f"shards={self.shards} shard=0 … shard={self.shards - 1}), then shard=merge")
+            raise InputError(
+                f"output={out} holds no prepared share: run the share tasks first (the same command with "
+                f"shards={self.shards} shard=0 … shard={self.shards - 1}), then shard=merge"
+            )
         with output_errors(out, "output", InputError), self.lock(out, work):
             self.check_output(out)
-            for f in out.rglob("*.tmp"):            # left by killed share tasks; none is alive now (the lock)
+            for f in out.rglob("*.tmp"):  # left by killed share tasks; none is alive now (the lock)
                 f.unlink()
             writer = self.writer(out)
             stats, records, missing = {}, {}, []
@@ -119,14 +145,26 @@ class StoreAssembly:
                 shares = sorted({k % self.shards for k in missing})
                 names = ", ".join(str(k) for k in shares)
                 example = sources[missing[0]].image_id
-                raise InputError(f"output={out}: share(s) {names} of {self.shards} are not complete ({len(missing)} of "
-                                 f"{len(sources)} images have no finished record, e.g. {example}; a task still running, "
-                                 "failed or never run, or its inputs or settings changed since): run the share task(s) "
-                                 f"again — the same command with shard={shares[0]}"
-                                 f"{''.join(f', shard={k}' for k in shares[1:])} — then shard=merge; nothing was written")
+                raise InputError(
+                    f"output={out}: share(s) {names} of {self.shards} are not complete ({len(missing)} of "
+                    f"{len(sources)} images have no finished record, e.g. {example}; a task still running, "
+                    "failed or never run, or its inputs or settings changed since): run the share task(s) "
+                    f"again — the same command with shard={shares[0]}"
+                    f"{''.join(f', shard={k}' for k in shares[1:])} — then shard=merge; nothing was written"
+                )
             df = self.finish(out, work, writer, sources, by_id, records, order)
-            write_summary(out, self.chash, sources, by_id, records, stats, df, order, time.perf_counter() - t_start,
-                          shares=self.share_records(work))
+            write_summary(
+                out,
+                self.chash,
+                sources,
+                by_id,
+                records,
+                stats,
+                df,
+                order,
+                time.perf_counter() - t_start,
+                shares=self.share_records(work),
+            )
         log.info("crop store written: %s (%d rows, merged from %d shares)", out, len(df), self.shards)
         return out
 
@@ -142,53 +180,73 @@ class StoreAssembly:
         if not out.is_dir() or self.c.get("overwrite") or not any(out.iterdir()):
             return
         info_path = out / "store.json"
-        mine = {"input": str(Path(self.c["input"]).resolve()),
-                "plate_map": str(Path(self.c["plate_map"]).resolve()) if self.c.get("plate_map") else None,
-                "pattern": self.c.get("pattern")}
+        mine = {
+            "input": str(Path(self.c["input"]).resolve()),
+            "plate_map": str(Path(self.c["plate_map"]).resolve()) if self.c.get("plate_map") else None,
+            "pattern": self.c.get("pattern"),
+        }
         if not info_path.exists():
-            if (out / ".prepare").is_dir():         # an unfinished prepare: resume it
+            if (out / ".prepare").is_dir():  # an unfinished prepare: resume it
                 return
-            raise InputError(f"output={out} is a folder that holds other files and no crop store: give an empty or "
-                             "new folder, or overwrite=true to write the store beside those files")
+            raise InputError(
+                f"output={out} is a folder that holds other files and no crop store: give an empty or "
+                "new folder, or overwrite=true to write the store beside those files"
+            )
         try:
             old = json.loads(info_path.read_text()).get("prepare", {}).get("config") or {}
         except (ValueError, UnicodeDecodeError, AttributeError):
             old = {}
-        theirs = {"input": str(Path(old["input"]).resolve()) if old.get("input") else None,
-                  "plate_map": str(Path(old["plate_map"]).resolve()) if old.get("plate_map") else None,
-                  "pattern": old.get("pattern")}
+        theirs = {
+            "input": str(Path(old["input"]).resolve()) if old.get("input") else None,
+            "plate_map": str(Path(old["plate_map"]).resolve()) if old.get("plate_map") else None,
+            "pattern": old.get("pattern"),
+        }
         if theirs != mine:
             differ = ", ".join(f"{k}: {theirs[k]} → {mine[k]}" for k in mine if theirs[k] != mine[k])
-            raise InputError(f"output={out} holds a crop store of other inputs ({differ}); preparing into it would "
-                             "replace that store: give another output=, or overwrite=true to replace it")
+            raise InputError(
+                f"output={out} holds a crop store of other inputs ({differ}); preparing into it would "
+                "replace that store: give another output=, or overwrite=true to replace it"
+            )
 
     def finish(self, out: Path, work: Path, writer: CropStoreWriter, sources, by_id, records, order: list[str]):
         c = self.c
         conditions = {s.image_id: by_id[s.image_id].condition for s in sources}
         # an image without a condition is scored only: label −1, no split (the DataModule skips it)
         with_cells = {i: cond for i, cond in conditions.items() if records[i]["rows"] and cond}
-        split = split_images(with_cells, c["split"]["test_fraction"], int(c["split"]["seed"]),
-                             {i: by_id[i].plate for i in with_cells})
+        split = split_images(
+            with_cells, c["split"]["test_fraction"], int(c["split"]["seed"]), {i: by_id[i].plate for i in with_cells}
+        )
         writer.rows.clear()
         next_id = 0
         originals: list[tuple[str, list[dict]]] = []
         for s in sources:
             e, rec = by_id[s.image_id], records[s.image_id]
-            meta = {**e.meta, "image_id": e.image_id, "plate": e.plate, "well": e.well, "field": e.field,
-                    "condition": e.condition, "label": order.index(e.condition) if e.condition else -1,
-                    "split": split.get(e.image_id, "")}
+            meta = {
+                **e.meta,
+                "image_id": e.image_id,
+                "plate": e.plate,
+                "well": e.well,
+                "field": e.field,
+                "condition": e.condition,
+                "label": order.index(e.condition) if e.condition else -1,
+                "split": split.get(e.image_id, ""),
+            }
             for shard in rec["shards"]:
-                rows = [{**r, **meta, "cell_id": next_id + i} for i, r in
-                        enumerate(r for r in rec["rows"] if r["shard"] == shard)]
+                rows = [
+                    {**r, **meta, "cell_id": next_id + i}
+                    for i, r in enumerate(r for r in rec["rows"] if r["shard"] == shard)
+                ]
                 next_id += len(rows)
                 for r in rows:
                     r.pop("shard"), r.pop("shard_index")
                 writer.add_rows(shard, rows)
                 originals.append((shard, rows))
         if not writer.rows:
-            raise InputError(f"no cell was found in any of the {len(sources)} image(s) (see "
-                             f"{work / 'stats'} for thresholds): check channels.main/second and the segmentation "
-                             "thresholds, or cells.min_area/max_area")
+            raise InputError(
+                f"no cell was found in any of the {len(sources)} image(s) (see "
+                f"{work / 'stats'} for thresholds): check channels.main/second and the segmentation "
+                "thresholds, or cells.min_area/max_area"
+            )
         # offline augmentation of training originals, one augmented shard per original shard
         ap = AugmentParams(**{k: v for k, v in c["augment"].items()})
         if ap.copies > 0:
@@ -201,17 +259,21 @@ class StoreAssembly:
                 image_rec_key = records[rows[0]["image_id"]]["key"]
                 meta = None
                 rec = read_record(rec_path)
-                if rec is not None and rec.get("key") == [image_rec_key, akey] and \
-                        writer.shard_done(name, len(rec["meta"])):
+                if (
+                    rec is not None
+                    and rec.get("key") == [image_rec_key, akey]
+                    and writer.shard_done(name, len(rec["meta"]))
+                ):
                     meta = rec["meta"]
                 if meta is None:
                     crops = np.load(out / "shards" / f"{shard}.crops.npy", mmap_mode="r")
                     masks = np.load(out / "shards" / f"{shard}.masks.npy", mmap_mode="r")
                     crc = zlib.crc32(shard.encode())
-                    a_c, a_m, meta = augment_crops(np.asarray(crops), np.asarray(masks),
-                                                   [(crc, i) for i in range(len(rows))], ap)
+                    a_c, a_m, meta = augment_crops(
+                        np.asarray(crops), np.asarray(masks), [(crc, i) for i in range(len(rows))], ap
+                    )
                     writer.write_shard(name, a_c, a_m, [{} for _ in meta])
-                    del writer.rows[-len(meta):]
+                    del writer.rows[-len(meta) :]
                     atomic_json(rec_path, {"key": [image_rec_key, akey], "meta": meta})
                 aug_rows = []
                 for i, desc in meta:
@@ -221,8 +283,11 @@ class StoreAssembly:
                     aug_rows.append(r)
                 writer.add_rows(name, aug_rows)
         kept = {k: v for k, v in c.items() if k not in RUN_KEYS}
-        writer.extra = {"conditions": order, "prepare": {"config_hash": self.chash, "config": kept},
-                        "normalization": {"method": "per_image_percentiles", **c["normalize"]}}
+        writer.extra = {
+            "conditions": order,
+            "prepare": {"config_hash": self.chash, "config": kept},
+            "normalization": {"method": "per_image_percentiles", **c["normalize"]},
+        }
         try:
             df = writer.finish()
         except StoreError as err:

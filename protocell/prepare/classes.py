@@ -31,18 +31,31 @@ def class_order(present, given=None, source: str = "the plate map") -> list[str]
         unknown = [x for x in found if x not in order]
         absent = [x for x in order if x not in found]
         if unknown or absent or len(set(order)) < len(order):
-            raise InputError(f"conditions={order} does not match the conditions of {source} {found}: "
-                             + "; ".join(([f"not listed: {unknown}"] if unknown else [])
-                                         + ([f"no image has {absent}"] if absent else [])
-                                         + (["listed twice"] if len(set(order)) < len(order) else []))
-                             + ". List exactly the conditions, reference first (or leave conditions=null)")
+            raise InputError(
+                f"conditions={order} does not match the conditions of {source} {found}: "
+                + "; ".join(
+                    ([f"not listed: {unknown}"] if unknown else [])
+                    + ([f"no image has {absent}"] if absent else [])
+                    + (["listed twice"] if len(set(order)) < len(order) else [])
+                )
+                + ". List exactly the conditions, reference first (or leave conditions=null)"
+            )
         return order
     refs = sorted(c for c in found if re.match(REFERENCE_NAMES, c.lower()))
     order = refs[:1] + sorted(c for c in found if c not in refs[:1])
     if len(order) > 1:
-        why = (f"{order[0]!r} reads like a reference" if refs else "no condition reads like a reference (Ref, control, "
-               "DMSO, untreated, …), so the first by name is")
+        why = (
+            f"{order[0]!r} reads like a reference"
+            if refs
+            else "no condition reads like a reference (Ref, control, DMSO, untreated, …), so the first by name is"
+        )
         more = f" (so do {refs[1:]}: they are exposed classes here)" if len(refs) > 1 else ""
-        log.warning("class order %s: %s%s — label 0, the reference; %r is the exposed class. If that is wrong, set "
-                    "conditions=[<reference>,<exposed>]", order, why, more, order[-1])
+        log.warning(
+            "class order %s: %s%s — label 0, the reference; %r is the exposed class. If that is wrong, set "
+            "conditions=[<reference>,<exposed>]",
+            order,
+            why,
+            more,
+            order[-1],
+        )
     return order

@@ -43,10 +43,18 @@ def separation(neg, pos, n_boot: int = 1000, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     neg, pos = np.asarray(neg, np.float64), np.asarray(pos, np.float64)
     a = auroc(neg, pos)
-    boots = [auroc(neg[rng.integers(0, len(neg), len(neg))], pos[rng.integers(0, len(pos), len(pos))])
-             for _ in range(n_boot)] if len(neg) > 1 and len(pos) > 1 else []
+    boots = (
+        [
+            auroc(neg[rng.integers(0, len(neg), len(neg))], pos[rng.integers(0, len(pos), len(pos))])
+            for _ in range(n_boot)
+        ]
+        if len(neg) > 1 and len(pos) > 1
+        else []
+    )
     strength = [max(b, 1 - b) for b in boots]
-    lo, hi = (float(np.quantile(strength, 0.025)), float(np.quantile(strength, 0.975))) if strength else (np.nan, np.nan)
+    lo, hi = (
+        (float(np.quantile(strength, 0.025)), float(np.quantile(strength, 0.975))) if strength else (np.nan, np.nan)
+    )
     return {"auroc": a, "strength": max(a, 1 - a), "ci_low": lo, "ci_high": hi}
 
 
@@ -72,8 +80,9 @@ def well_features(manifest: pd.DataFrame, images: pd.DataFrame | None = None) ->
     return out
 
 
-def confound_table(manifest: pd.DataFrame, images: pd.DataFrame | None = None, conditions: list[str] | None = None,
-                   n_boot: int = 1000) -> pd.DataFrame:
+def confound_table(
+    manifest: pd.DataFrame, images: pd.DataFrame | None = None, conditions: list[str] | None = None, n_boot: int = 1000
+) -> pd.DataFrame:
     """Per feature: mean per condition (over wells), AUROC over wells (last condition vs first), its
     strength and CI, whether it is biology, and ``flag`` when a non-biology feature separates the
     conditions with strength > FLAG_AUROC."""
@@ -88,10 +97,18 @@ def confound_table(manifest: pd.DataFrame, images: pd.DataFrame | None = None, c
         b = wells.loc[wells["condition"] == exp, feature].dropna().to_numpy()
         sep = separation(a, b, n_boot=n_boot)
         bio = is_biology(feature)
-        rows.append({"feature": feature, f"mean_{ref}": float(np.mean(a)) if len(a) else np.nan,
-                     f"mean_{exp}": float(np.mean(b)) if len(b) else np.nan, "n_wells_" + ref: len(a),
-                     "n_wells_" + exp: len(b), **sep, "biology": bio,
-                     "flag": bool((not bio) and sep["strength"] > FLAG_AUROC)})
+        rows.append(
+            {
+                "feature": feature,
+                f"mean_{ref}": float(np.mean(a)) if len(a) else np.nan,
+                f"mean_{exp}": float(np.mean(b)) if len(b) else np.nan,
+                "n_wells_" + ref: len(a),
+                "n_wells_" + exp: len(b),
+                **sep,
+                "biology": bio,
+                "flag": bool((not bio) and sep["strength"] > FLAG_AUROC),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -102,5 +119,7 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
     lines = ["confound report (per-well means; AUROC over wells, strength = max(AUROC, 1 − AUROC), 95 % CI):"]
     for r in table.itertuples():
         mark = "  FLAG: not biology, separates the conditions" if r.flag else ""
-        lines.append(f"  {r.feature:<22} AUROC {r.auroc:.2f} (strength {r.strength:.2f}, CI {r.ci_low:.2f}–{r.ci_high:.2f}){mark}")
+        lines.append(
+            f"  {r.feature:<22} AUROC {r.auroc:.2f} (strength {r.strength:.2f}, CI {r.ci_low:.2f}–{r.ci_high:.2f}){mark}"
+        )
     return lines

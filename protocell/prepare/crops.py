@@ -27,8 +27,8 @@ COUNT_KEYS = ("objects", "border", "halo_cut", "too_small", "too_large", "shape"
 class CellFilters:
     min_area: int = 80
     max_area: int = 6000
-    min_solidity: float = 0.0        # area / convex area; 0 = off
-    max_eccentricity: float = 1.0    # of the fitted ellipse; 1 = off
+    min_solidity: float = 0.0  # area / convex area; 0 = off
+    max_eccentricity: float = 1.0  # of the fitted ellipse; 1 = off
 
 
 def to_store_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -40,9 +40,16 @@ def to_store_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
     raise ValueError(f"store_dtype={dtype!r}: use uint16 or float32")
 
 
-def extract_cells(labels: np.ndarray, block: np.ndarray, tile: Tile, image_shape: tuple[int, int],
-                  crop_size: int, filters: CellFilters, store_dtype: str = "uint16",
-                  channel_names: list[str] | None = None):
+def extract_cells(
+    labels: np.ndarray,
+    block: np.ndarray,
+    tile: Tile,
+    image_shape: tuple[int, int],
+    crop_size: int,
+    filters: CellFilters,
+    store_dtype: str = "uint16",
+    channel_names: list[str] | None = None,
+):
     """Crops, masks and manifest rows of the cells this tile owns, and counts of what was dropped.
 
     Each row also carries the cell's shape (``area``, ``eccentricity``, ``solidity``) and its mean
@@ -59,8 +66,12 @@ def extract_cells(labels: np.ndarray, block: np.ndarray, tile: Tile, image_shape
     names = list(channel_names) if channel_names is not None else [f"c{i}" for i in range(C)]
     # the intensity features are of the pixels as stored (a uint16 store clips to [0, 1])
     stored = (lambda v: np.clip(v, 0.0, 1.0)) if store_dtype == "uint16" else (lambda v: v)
-    empty = (np.zeros((0, C, S, S), np.float32 if store_dtype == "float32" else np.uint16),
-             np.zeros((0, S, S), np.uint8), [], counts)
+    empty = (
+        np.zeros((0, C, S, S), np.float32 if store_dtype == "float32" else np.uint16),
+        np.zeros((0, S, S), np.uint8),
+        [],
+        counts,
+    )
     n = int(labels.max())
     if n == 0:
         return empty
@@ -109,15 +120,26 @@ def extract_cells(labels: np.ndarray, block: np.ndarray, tile: Tile, image_shape
         sy0, sx0, sy1, sx1 = max(0, ly0), max(0, lx0), min(h, ly0 + S), min(w, lx0 + S)
         crop = np.zeros((C, S, S), np.float32)
         mask = np.zeros((S, S), np.uint8)
-        crop[:, sy0 - ly0:sy1 - ly0, sx0 - lx0:sx1 - lx0] = block[:, sy0:sy1, sx0:sx1]
-        mask[sy0 - ly0:sy1 - ly0, sx0 - lx0:sx1 - lx0] = labels[sy0:sy1, sx0:sx1] == lab
+        crop[:, sy0 - ly0 : sy1 - ly0, sx0 - lx0 : sx1 - lx0] = block[:, sy0:sy1, sx0:sx1]
+        mask[sy0 - ly0 : sy1 - ly0, sx0 - lx0 : sx1 - lx0] = labels[sy0:sy1, sx0:sx1] == lab
         crops.append(to_store_dtype(crop, store_dtype))
         masks.append(mask)
-        rows.append({"bbox_y0": y0, "bbox_x0": x0, "bbox_y1": y0 + S, "bbox_x1": x0 + S,
-                     "centroid_y": round(float(gy[lab]), 2), "centroid_x": round(float(gx[lab]), 2),
-                     "area": a, "eccentricity": round(ecc, 4), "solidity": round(solidity, 4),
-                     **{f"mean_{n}": round(float(stored(block[c][sl][inside]).mean()), 5) for c, n in enumerate(names)},
-                     "tile": tile.index, "tile_label": int(lab)})
+        rows.append(
+            {
+                "bbox_y0": y0,
+                "bbox_x0": x0,
+                "bbox_y1": y0 + S,
+                "bbox_x1": x0 + S,
+                "centroid_y": round(float(gy[lab]), 2),
+                "centroid_x": round(float(gx[lab]), 2),
+                "area": a,
+                "eccentricity": round(ecc, 4),
+                "solidity": round(solidity, 4),
+                **{f"mean_{n}": round(float(stored(block[c][sl][inside]).mean()), 5) for c, n in enumerate(names)},
+                "tile": tile.index,
+                "tile_label": int(lab),
+            }
+        )
         counts["kept"] += 1
     if not rows:
         return empty[:3] + (counts,)

@@ -30,16 +30,21 @@ def list_crops(root: Path, skip: tuple[Path, ...] = ()) -> tuple[list[str], set[
     skip = {p.resolve() for p in skip}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if p.is_dir() or any(part.startswith(".") for part in rel.parts) or \
-                any(q == p.resolve() or q in p.resolve().parents for q in skip):
+        if (
+            p.is_dir()
+            or any(part.startswith(".") for part in rel.parts)
+            or any(q == p.resolve() or q in p.resolve().parents for q in skip)
+        ):
             continue
         if _is_mask(p):
             masks.add(rel.as_posix())
         elif p.suffix.lower() in CROP_SUFFIXES:
             crops.append(rel.as_posix())
         else:
-            raise InputError(f"{p} is not a crop ({', '.join(CROP_SUFFIXES)}): remove it from input={root}, or "
-                             "move the crops into a folder of their own")
+            raise InputError(
+                f"{p} is not a crop ({', '.join(CROP_SUFFIXES)}): remove it from input={root}, or "
+                "move the crops into a folder of their own"
+            )
     if not crops:
         raise InputError(f"input={root} holds no crops ({', '.join(CROP_SUFFIXES)} files, one cell per file)")
     return crops, masks
@@ -57,8 +62,10 @@ def read_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             series = tif.series[0]
             return tuple(series.shape), np.dtype(series.dtype)
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad file to the user
-        raise InputError(f"{path} cannot be read as a crop ({type(err).__name__}: {str(err)[:200]}); re-export it "
-                         "as .npy or .tif, or remove it") from None
+        raise InputError(
+            f"{path} cannot be read as a crop ({type(err).__name__}: {str(err)[:200]}); re-export it "
+            "as .npy or .tif, or remove it"
+        ) from None
 
 
 def read_array(path: Path) -> np.ndarray:
@@ -69,8 +76,10 @@ def read_array(path: Path) -> np.ndarray:
 
         return tifffile.imread(path)
     except Exception as err:  # noqa: BLE001
-        raise InputError(f"{path} cannot be read as a crop ({type(err).__name__}: {str(err)[:200]}); re-export it "
-                         "as .npy or .tif, or remove it") from None
+        raise InputError(
+            f"{path} cannot be read as a crop ({type(err).__name__}: {str(err)[:200]}); re-export it "
+            "as .npy or .tif, or remove it"
+        ) from None
 
 
 def crop_shape(shape: tuple[int, ...], n_channels: int, path) -> tuple[tuple[int, int, int], str]:
@@ -81,9 +90,11 @@ def crop_shape(shape: tuple[int, ...], n_channels: int, path) -> tuple[tuple[int
         return tuple(shape), "CYX"
     if len(shape) == 3 and shape[-1] == n_channels:
         return (shape[2], shape[0], shape[1]), "YXC"
-    raise InputError(f"{path} has shape {tuple(shape)}, which does not hold the {n_channels} channels that "
-                     f"channels.names lists: give one name per channel (C, H, W or H, W, C), e.g. "
-                     "channels.names=[DNA,tubulin,actin]")
+    raise InputError(
+        f"{path} has shape {tuple(shape)}, which does not hold the {n_channels} channels that "
+        f"channels.names lists: give one name per channel (C, H, W or H, W, C), e.g. "
+        "channels.names=[DNA,tubulin,actin]"
+    )
 
 
 def to_cyx(arr: np.ndarray, layout: str) -> np.ndarray:

@@ -77,10 +77,11 @@ def read_mask(path: Path, S: int) -> np.ndarray:
         raise InputError(f"mask file {path} does not exist: fix the metadata's mask column or add the file")
     m = np.squeeze(read_array(path))
     if m.shape != (S, S):
-        raise InputError(f"mask file {path} has shape {m.shape}, its crop is {S}×{S}: a mask is one (H, W) plane "
-                         "of the crop's size, non-zero inside the cell")
+        raise InputError(
+            f"mask file {path} has shape {m.shape}, its crop is {S}×{S}: a mask is one (H, W) plane "
+            "of the crop's size, non-zero inside the cell"
+        )
     return m > 0
-
 
 
 def segmentation_channels(channels: list[str], main: str | None, second: str | None) -> tuple[int, int | None]:
@@ -93,8 +94,9 @@ def segmentation_channels(channels: list[str], main: str | None, second: str | N
     return main_i, next((i for i in dna if i != main_i), None)
 
 
-def crop_mask(root: Path, row: pd.Series, mask_files: set[str], crop: np.ndarray, mode: str, main: int,
-              second: int | None) -> tuple[np.ndarray, str]:
+def crop_mask(
+    root: Path, row: pd.Series, mask_files: set[str], crop: np.ndarray, mode: str, main: int, second: int | None
+) -> tuple[np.ndarray, str]:
     """(mask (S, S) bool, how it was made: file | segmented | whole crop) of one crop."""
     S = crop.shape[-1]
     if mode in ("auto", "files"):
@@ -102,8 +104,10 @@ def crop_mask(root: Path, row: pd.Series, mask_files: set[str], crop: np.ndarray
         if path is not None:
             return read_mask(path, S), "file"
         if mode == "files":
-            raise InputError(f"crops.masks=files but {root / row['file']} has no mask file (<name>.mask.npy or .tif "
-                             "beside it, or the metadata's mask column); use crops.masks=auto to segment the rest")
+            raise InputError(
+                f"crops.masks=files but {root / row['file']} has no mask file (<name>.mask.npy or .tif "
+                "beside it, or the metadata's mask column); use crops.masks=auto to segment the rest"
+            )
     if mode != "none":
         m = centre_object_mask(crop, main, second)
         if m is not None and m.any():

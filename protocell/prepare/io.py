@@ -36,13 +36,14 @@ class InputError(ProtocellError):
 @dataclass(frozen=True)
 class ChannelRef:
     """One channel: a plane of a TIFF page (``sample`` indexes samples within the page)."""
+
     path: str
     page: int
     sample: int = 0
 
 
-OPEN_FILES = 16      # files a process keeps open (an image is one file, or one a channel: up to 16 channels)
-_HANDLES: OrderedDict[tuple, tifffile.TiffFile] = OrderedDict()     # least recently used first
+OPEN_FILES = 16  # files a process keeps open (an image is one file, or one a channel: up to 16 channels)
+_HANDLES: OrderedDict[tuple, tifffile.TiffFile] = OrderedDict()  # least recently used first
 _MEMMAPS: dict[tuple, np.ndarray] = {}
 
 
@@ -106,7 +107,7 @@ def read_plane_region(ref: ChannelRef, y0: int, y1: int, x0: int, x1: int) -> np
     for i in range(y0 // th, (y1 - 1) // th + 1):
         for j in range(x0 // tw, (x1 - 1) // tw + 1):
             k = plane + i * nx + j
-            if page.databytecounts[k] == 0:      # sparse segment: all zero
+            if page.databytecounts[k] == 0:  # sparse segment: all zero
                 continue
             fh.seek(page.dataoffsets[k])
             data = fh.read(page.databytecounts[k])
@@ -115,7 +116,7 @@ def read_plane_region(ref: ChannelRef, y0: int, y1: int, x0: int, x1: int) -> np
             ty, tx = i * th, j * tw
             ay0, ay1 = max(y0, ty), min(y1, ty + seg.shape[0], H)
             ax0, ax1 = max(x0, tx), min(x1, tx + seg.shape[1], W)
-            out[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = seg[ay0 - ty:ay1 - ty, ax0 - tx:ax1 - tx]
+            out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = seg[ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]
     return out
 
 
@@ -139,11 +140,14 @@ def file_channels(path: str | Path) -> tuple[list[ChannelRef], tuple[int, int], 
             if any(a in "ZT" for a, _ in big) or len(big) > 1:
                 raise InputError(
                     f"{path}: series axes {series.axes} shape {series.shape} hold a Z or time stack; "
-                    "prepare reads 2-D fields: export a projection or one plane per file")
+                    "prepare reads 2-D fields: export a projection or one plane per file"
+                )
             n_samples = first.samplesperpixel
             if big and n_samples > 1:
-                raise InputError(f"{path}: both several pages ({series.axes}) and several samples per "
-                                 "page; write one channel per page or per file")
+                raise InputError(
+                    f"{path}: both several pages ({series.axes}) and several samples per "
+                    "page; write one channel per page or per file"
+                )
             H, W = first.imagelength, first.imagewidth
             if n_samples > 1:
                 refs = [ChannelRef(path, first.index, s) for s in range(n_samples)]
@@ -152,25 +156,39 @@ def file_channels(path: str | Path) -> tuple[list[ChannelRef], tuple[int, int], 
             for p in pages[1:]:
                 shape = getattr(p, "shape", None)
                 if shape is not None and tuple(shape[-2:]) != (H, W) and "S" not in page_axes:
-                    raise InputError(f"{path}: page {p.index} has shape {shape}, page 0 has {(H, W)}; "
-                                     "every channel must have the same height and width")
+                    raise InputError(
+                        f"{path}: page {p.index} has shape {shape}, page 0 has {(H, W)}; "
+                        "every channel must have the same height and width"
+                    )
             dtype = np.dtype(first.dtype)
     except InputError:
         raise
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as err:
         # tifffile's messages quote the file's first bytes: say what the file is, never its content
-        raise InputError(f"{path} cannot be read as a TIFF ({type(err).__name__}; the file looks like "
-                         f"{file_kind(path)}): it is corrupt, truncated or not a TIFF: re-export it or remove it "
-                         "from the input") from None
+        raise InputError(
+            f"{path} cannot be read as a TIFF ({type(err).__name__}; the file looks like "
+            f"{file_kind(path)}): it is corrupt, truncated or not a TIFF: re-export it or remove it "
+            "from the input"
+        ) from None
     if dtype.kind not in "uif":
         raise InputError(f"{path}: pixel type {dtype} is not a number type (uint/int/float); re-export as uint16")
     return refs, (H, W), dtype
 
 
-MAGIC = ((b"II*\x00", "a TIFF"), (b"MM\x00*", "a TIFF"), (b"II+\x00", "a BigTIFF"), (b"MM\x00+", "a BigTIFF"),
-         (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-         (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"),
-         (b"\x89HDF", "an HDF5 file"), (b"\x93NUMPY", "a NumPy array"))
+MAGIC = (
+    (b"II*\x00", "a TIFF"),
+    (b"MM\x00*", "a TIFF"),
+    (b"II+\x00", "a BigTIFF"),
+    (b"MM\x00+", "a BigTIFF"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"\x93NUMPY", "a NumPy array"),
+)
 
 
 def file_kind(path: str | Path) -> str:
@@ -189,7 +207,7 @@ def file_kind(path: str | Path) -> str:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as err:
-        if err.start < len(head) - 3:           # not merely a character cut at the 512th byte
+        if err.start < len(head) - 3:  # not merely a character cut at the 512th byte
             return "binary data of an unknown kind"
     return "text (a CSV or a list, not an image)"
 
@@ -197,6 +215,7 @@ def file_kind(path: str | Path) -> str:
 @dataclass
 class ImageSource:
     """A (C, H, W) image assembled from channel references; pickles cheaply (paths only)."""
+
     image_id: str
     channels: list[ChannelRef]
     shape: tuple[int, int]
@@ -210,17 +229,20 @@ class ImageSource:
             raise
         except Exception as err:  # noqa: BLE001 - any codec/IO failure is a corrupt file to the user
             files = sorted({r.path for r in self.channels})
-            raise InputError(f"image {self.image_id} ({', '.join(files)}): reading pixels [{y0}:{y1}, {x0}:{x1}] "
-                             f"failed ({type(err).__name__}: {err}); the file is truncated or corrupt: "
-                             "re-export it or remove it from the input") from None
+            raise InputError(
+                f"image {self.image_id} ({', '.join(files)}): reading pixels [{y0}:{y1}, {x0}:{x1}] "
+                f"failed ({type(err).__name__}: {err}); the file is truncated or corrupt: "
+                "re-export it or remove it from the input"
+            ) from None
 
 
 @dataclass(frozen=True)
 class Tile:
     """A core window (each pixel in exactly one tile's core) and its halo-padded read window."""
+
     index: int
-    core: tuple[int, int, int, int]     # y0, y1, x0, x1
-    padded: tuple[int, int, int, int]   # clipped to the image
+    core: tuple[int, int, int, int]  # y0, y1, x0, x1
+    padded: tuple[int, int, int, int]  # clipped to the image
 
 
 def tile_grid(shape: tuple[int, int], size: int, halo: int) -> list[Tile]:

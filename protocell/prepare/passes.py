@@ -44,14 +44,28 @@ def _imap(pool, fn, items):
     return pool.imap(fn, items, chunksize=1) if pool is not None else map(fn, items)
 
 
-def _tile_job(source: ImageSource, lows, highs, sigma: float, main: int, second: int, segmenter,
-              thresholds: dict, crop_size: int, filters: CellFilters, store_dtype: str, overlay_tiles: set,
-              names: list[str], tile: Tile):
+def _tile_job(
+    source: ImageSource,
+    lows,
+    highs,
+    sigma: float,
+    main: int,
+    second: int,
+    segmenter,
+    thresholds: dict,
+    crop_size: int,
+    filters: CellFilters,
+    store_dtype: str,
+    overlay_tiles: set,
+    names: list[str],
+    tile: Tile,
+):
     py0, py1, px0, px1 = tile.padded
     block = denoise(normalize(source.read(py0, py1, px0, px1), lows, highs), sigma)
     labels = segmenter(block[main], block[second], thresholds)
-    crops, masks, rows, counts = extract_cells(labels, block, tile, source.shape, crop_size, filters, store_dtype,
-                                               names)
+    crops, masks, rows, counts = extract_cells(
+        labels, block, tile, source.shape, crop_size, filters, store_dtype, names
+    )
     counts = {**counts, "background": background_sums(labels, block, tile)}
     overlay = None
     if tile.index in overlay_tiles:
@@ -114,14 +128,16 @@ class ImagePasses:
             cores = [t.core for t in tile_grid(s.shape, 2048, 0)]
             parts = _imap(pool, partial(block_stats, s, self.names), cores)
             stats = combine_stats(s, self.names, parts, n["low"], n["high"])
-            thr = thresholds_of(stats, self.names, self.c["segmentation"], self.c["channels"]["main"],
-                                self.c["channels"]["second"])
+            thr = thresholds_of(
+                stats, self.names, self.c["segmentation"], self.c["channels"]["main"], self.c["channels"]["second"]
+            )
             rec = {"key": keys[s.image_id], "channels": [st.to_dict() for st in stats], "thresholds": thr}
             out[s.image_id] = fresh[s.image_id] = rec
         return out, fresh
 
-    def image_pass(self, s: ImageSource, key: str, stats: dict, writer: CropStoreWriter, work: Path, pool,
-                   overlay: bool = False) -> dict:
+    def image_pass(
+        self, s: ImageSource, key: str, stats: dict, writer: CropStoreWriter, work: Path, pool, overlay: bool = False
+    ) -> dict:
         rec_path = work / "images" / f"{s.image_id}.json"
         rec = finished_image(work, s.image_id, key, writer)
         if rec is not None:
@@ -129,9 +145,22 @@ class ImagePasses:
         c = self.c
         tiles = tile_grid(s.shape, c["tile"]["size"], self.halo)
         overlay_tiles = {len(tiles) // 2} if overlay else set()
-        job = partial(_tile_job, s, [ch["low"] for ch in stats["channels"]], [ch["high"] for ch in stats["channels"]],
-                      float(c["denoise_sigma"]), self.main, self.second, self.segmenter, stats["thresholds"],
-                      c["cells"]["crop_size"], self.filters, c["store_dtype"], overlay_tiles, self.names)
+        job = partial(
+            _tile_job,
+            s,
+            [ch["low"] for ch in stats["channels"]],
+            [ch["high"] for ch in stats["channels"]],
+            float(c["denoise_sigma"]),
+            self.main,
+            self.second,
+            self.segmenter,
+            stats["thresholds"],
+            c["cells"]["crop_size"],
+            self.filters,
+            c["store_dtype"],
+            overlay_tiles,
+            self.names,
+        )
         counts = dict.fromkeys(COUNT_KEYS, 0)
         bg_sum, bg_n = np.zeros(len(self.names)), 0
         buf_c, buf_m, buf_r, shards, rows_out = [], [], [], [], []
@@ -140,16 +169,15 @@ class ImagePasses:
         def flush():
             if not buf_r:
                 return
-            name = f"{s.image_id}-{key[:8]}-{len(shards):03d}"     # never the name of a shard of another key
+            name = f"{s.image_id}-{key[:8]}-{len(shards):03d}"  # never the name of a shard of another key
             writer.write_shard(name, np.concatenate(buf_c), np.concatenate(buf_m), [{} for _ in buf_r])
-            writer.rows.clear()            # rows are assembled in finish(), from the image records
+            writer.rows.clear()  # rows are assembled in finish(), from the image records
             shards.append(name)
             rows_out.extend({**r, "shard": name, "shard_index": i} for i, r in enumerate(buf_r))
             buf_c.clear(), buf_m.clear(), buf_r.clear()
 
         overlays = []
-        bar = self._bar(_imap(pool, job, tiles), total=len(tiles), desc=f"tiles {s.image_id}", unit="tile",
-                        leave=False)
+        bar = self._bar(_imap(pool, job, tiles), total=len(tiles), desc=f"tiles {s.image_id}", unit="tile", leave=False)
         n_buf = 0
         for crops, masks, rows, cnt, overlay in bar:
             for k in COUNT_KEYS:
@@ -167,15 +195,25 @@ class ImagePasses:
         flush()
         overlay_files = []
         for ov in overlays:
-            overlay_files.append(write_overlay(work.parent / "overlays" / f"{s.image_id}-{key[:8]}_tile{len(tiles) // 2}.png",
-                                               *ov))
+            overlay_files.append(
+                write_overlay(work.parent / "overlays" / f"{s.image_id}-{key[:8]}_tile{len(tiles) // 2}.png", *ov)
+            )
         if not rows_out:
-            log.warning("image %s: no cell found (thresholds %s); recorded in prepare_summary.json, run goes on",
-                        s.image_id, stats["thresholds"])
+            log.warning(
+                "image %s: no cell found (thresholds %s); recorded in prepare_summary.json, run goes on",
+                s.image_id,
+                stats["thresholds"],
+            )
         # mean normalised level of the pixels outside every object (the confound report's background)
         background = {n: (round(float(v / bg_n), 6) if bg_n else None) for n, v in zip(self.names, bg_sum)}
-        rec = {"key": key, "shards": shards, "rows": rows_out, "counts": counts, "tiles": len(tiles),
-               "background": background,
-               "overlays": [str(p.relative_to(work.parent)) for p in overlay_files]}
+        rec = {
+            "key": key,
+            "shards": shards,
+            "rows": rows_out,
+            "counts": counts,
+            "tiles": len(tiles),
+            "background": background,
+            "overlays": [str(p.relative_to(work.parent)) for p in overlay_files],
+        }
         atomic_json(rec_path, rec)
         return rec

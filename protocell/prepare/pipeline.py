@@ -52,8 +52,13 @@ from protocell.prepare.settings import atomic_json, config_hash, halo_of, image_
 
 log = logging.getLogger("protocell.prepare")
 
-SEGMENTATION_KEYS_NOT_FOR_BUILDER = ("method", "nuclei_threshold", "cell_threshold", "threshold_method",
-                                     "min_nuclei_snr")
+SEGMENTATION_KEYS_NOT_FOR_BUILDER = (
+    "method",
+    "nuclei_threshold",
+    "cell_threshold",
+    "threshold_method",
+    "min_nuclei_snr",
+)
 
 
 class Preparer(ImagePasses, StoreAssembly):
@@ -68,9 +73,13 @@ class Preparer(ImagePasses, StoreAssembly):
         self.main, self.second = self.names.index(ch["main"]), self.names.index(ch["second"])
         seg = dict(c["segmentation"])
         params = {k: v for k, v in seg.items() if k not in SEGMENTATION_KEYS_NOT_FOR_BUILDER}
-        self.segmenter = build_segmenter(seg["method"], **params)   # refuses a missing model file now
-        self.filters = CellFilters(c["cells"]["min_area"], c["cells"]["max_area"],
-                                   c["cells"].get("min_solidity", 0.0), c["cells"].get("max_eccentricity", 1.0))
+        self.segmenter = build_segmenter(seg["method"], **params)  # refuses a missing model file now
+        self.filters = CellFilters(
+            c["cells"]["min_area"],
+            c["cells"]["max_area"],
+            c["cells"].get("min_solidity", 0.0),
+            c["cells"].get("max_eccentricity", 1.0),
+        )
         self.halo = halo_of(c)
         self.chash = config_hash(c)
         self.progress = bool(c.get("progress", True))
@@ -85,12 +94,15 @@ class Preparer(ImagePasses, StoreAssembly):
     def output_dir(self) -> Path:
         if self.c.get("output"):
             return Path(self.c["output"])
-        tag = hashlib.sha1(f"{Path(self.c['input']).resolve()}|{self.c.get('plate_map')}|{self.c.get('pattern')}|"
-                           f"{self.chash}".encode()).hexdigest()[:8]
+        tag = hashlib.sha1(
+            f"{Path(self.c['input']).resolve()}|{self.c.get('plate_map')}|{self.c.get('pattern')}|{self.chash}".encode()
+        ).hexdigest()[:8]
         return Path("outputs") / "prepared" / f"{Path(self.c['input']).resolve().name}-{tag}"
 
     def _bar(self, it, **kw):
-        return tqdm(it, disable=None if self.progress else True, dynamic_ncols=True, **kw)   # None: off when not a terminal
+        return tqdm(
+            it, disable=None if self.progress else True, dynamic_ncols=True, **kw
+        )  # None: off when not a terminal
 
     # -- main
     def run(self) -> Path:
@@ -109,9 +121,11 @@ class Preparer(ImagePasses, StoreAssembly):
         min_area = self.c["cells"]["min_area"]
         tiny = [f"{s.image_id} ({s.shape[0]}×{s.shape[1]})" for s in sources if s.shape[0] * s.shape[1] < min_area]
         if tiny:
-            raise InputError(f"image(s) {', '.join(tiny)} have fewer pixels than one cell (cells.min_area={min_area}): "
-                             "check that they are field images (not thumbnails or masks) and remove them from the "
-                             "input, or lower cells.min_area")
+            raise InputError(
+                f"image(s) {', '.join(tiny)} have fewer pixels than one cell (cells.min_area={min_area}): "
+                "check that they are field images (not thumbnails or masks) and remove them from the "
+                "input, or lower cells.min_area"
+            )
         # a tile larger than an image is the whole image (tile_grid clips it): nothing to refuse
         work = out / ".prepare"
         keys = {s.image_id: image_key(s, self.chash) for s in sources}
@@ -121,13 +135,13 @@ class Preparer(ImagePasses, StoreAssembly):
         pool = worker_pool(int(self.c["workers"]))
         created = not out.exists()
         try:
-            stats, fresh = self.stats_pass(sources, keys, work, pool)   # refuses bad pixels; writes nothing
+            stats, fresh = self.stats_pass(sources, keys, work, pool)  # refuses bad pixels; writes nothing
             # every input check has passed: from here on the output folder is written
             with output_errors(out, "output", InputError), self.lock(out, work):
                 try:
-                    self.check_output(out)          # again, under the lock
-                    if share == "all":              # share tasks may be writing theirs: the merge removes them
-                        for f in out.rglob("*.tmp"):    # left by a killed writer; no writer is alive now
+                    self.check_output(out)  # again, under the lock
+                    if share == "all":  # share tasks may be writing theirs: the merge removes them
+                        for f in out.rglob("*.tmp"):  # left by a killed writer; no writer is alive now
                             f.unlink()
                     for image_id, rec in fresh.items():
                         atomic_json(work / "stats" / f"{image_id}.json", rec)
@@ -136,17 +150,19 @@ class Preparer(ImagePasses, StoreAssembly):
                     writer = self.writer(out)
                     n_overlay = int(self.c["summary"].get("overlays", 0))
                     for k, s in zip(index, self._bar(sources, desc="images", unit="image")):
-                        rec = self.image_pass(s, keys[s.image_id], stats[s.image_id], writer, work, pool,
-                                              overlay=k < n_overlay)   # k: the image's place in the plate map
+                        rec = self.image_pass(
+                            s, keys[s.image_id], stats[s.image_id], writer, work, pool, overlay=k < n_overlay
+                        )  # k: the image's place in the plate map
                         n_cells += len(rec["rows"])
-                        if share == "all":          # a share task keeps none: its memory stays that of one image
+                        if share == "all":  # a share task keeps none: its memory stays that of one image
                             records[s.image_id] = rec
                     if share != "all":
                         self.share_done(work, sources, n_cells, time.perf_counter() - t_start)
                         return out
                     df = self.finish(out, work, writer, sources, by_id, records, order)
-                    write_summary(out, self.chash, sources, by_id, records, stats, df, order,
-                                  time.perf_counter() - t_start)
+                    write_summary(
+                        out, self.chash, sources, by_id, records, stats, df, order, time.perf_counter() - t_start
+                    )
                 except (InputError, OSError):
                     if created and share == "all":  # a refused prepare into a new folder leaves no folder
                         shutil.rmtree(out, ignore_errors=True)
@@ -171,8 +187,11 @@ class Preparer(ImagePasses, StoreAssembly):
         """Class order (label 0, 1, …; ``protocell.prepare.classes``): ``conditions`` as given, else the
         reference-like name first; refused before any pixel is read when ``conditions`` and the plate map's
         conditions differ. Images without a condition (scoring only) are not a class."""
-        return class_order([e.condition for e in entries], self.c.get("conditions"),
-                           f"the plate map {self.c.get('plate_map') or ''}".rstrip())
+        return class_order(
+            [e.condition for e in entries],
+            self.c.get("conditions"),
+            f"the plate map {self.c.get('plate_map') or ''}".rstrip(),
+        )
 
 
 def prepare(c: dict) -> Path:

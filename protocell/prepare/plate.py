@@ -38,9 +38,9 @@ class ImageEntry:
     plate: str
     well: str
     field: str
-    condition: str                                        # "" : no class, the image is scored only
-    files: dict[str, str] = field(default_factory=dict)   # channel name → path; "*" = multi-channel file
-    meta: dict[str, str] = field(default_factory=dict)    # the plate map's other columns (dose, compound, …)
+    condition: str  # "" : no class, the image is scored only
+    files: dict[str, str] = field(default_factory=dict)  # channel name → path; "*" = multi-channel file
+    meta: dict[str, str] = field(default_factory=dict)  # the plate map's other columns (dose, compound, …)
 
 
 def _safe_id(text: str) -> str:
@@ -51,23 +51,31 @@ def _channel_name(raw: str, names: list[str], mapping: dict, where: str) -> str:
     name = mapping.get(raw, raw)
     if name not in names:
         known = sorted(set(names) | set(mapping))
-        raise InputError(f"{where}: channel '{raw}' is not a configured channel ({known}); add it to "
-                         "channels.names or map it with channels.map")
+        raise InputError(
+            f"{where}: channel '{raw}' is not a configured channel ({known}); add it to "
+            "channels.names or map it with channels.map"
+        )
     return name
 
 
 def _same_id_fix(row: dict, per_channel: bool, where: str) -> str:
     """How to give two files that map to one image id an id each."""
-    how = ("an image_id column to the plate map (one id per image, e.g. its path without the extension)"
-           if where.startswith("plate_map") else "a named group (?P<image_id>…) to the pattern that differs "
-           "between the two files (e.g. the folder)")
+    how = (
+        "an image_id column to the plate map (one id per image, e.g. its path without the extension)"
+        if where.startswith("plate_map")
+        else "a named group (?P<image_id>…) to the pattern that differs between the two files (e.g. the folder)"
+    )
     if row.get("image_id"):
         return f"both have image_id '{row['image_id']}': give each image its own image_id"
     if per_channel:
-        return (f"per-channel files are grouped by plate, well and field, and both have plate={row['plate']} "
-                f"well={row['well']} field={row['field']}: give them different fields, or add {how}")
-    return (f"without an image_id, an image is named after its file and both files are named "
-            f"'{Path(row['path']).name}' (in different folders): add {how}")
+        return (
+            f"per-channel files are grouped by plate, well and field, and both have plate={row['plate']} "
+            f"well={row['well']} field={row['field']}: give them different fields, or add {how}"
+        )
+    return (
+        f"without an image_id, an image is named after its file and both files are named "
+        f"'{Path(row['path']).name}' (in different folders): add {how}"
+    )
 
 
 def _group(rows: list[dict], names: list[str], mapping: dict, where: str, extra: list[str] = ()) -> list[ImageEntry]:
@@ -85,23 +93,31 @@ def _group(rows: list[dict], names: list[str], mapping: dict, where: str, extra:
         e = entries.get(image_id)
         meta = {k: r[k] for k in extra}
         if e is None:
-            e = entries[image_id] = ImageEntry(image_id, str(r["plate"]), str(r["well"]), str(r["field"]),
-                                               str(r["condition"]), meta=meta)
+            e = entries[image_id] = ImageEntry(
+                image_id, str(r["plate"]), str(r["well"]), str(r["field"]), str(r["condition"]), meta=meta
+            )
         elif meta != e.meta:
             differ = [k for k in extra if meta[k] != e.meta[k]]
-            raise InputError(f"{where}: image '{image_id}' has channel files with different {differ} "
-                             f"({[e.meta[k] for k in differ]} and {[meta[k] for k in differ]} in {r['path']})")
+            raise InputError(
+                f"{where}: image '{image_id}' has channel files with different {differ} "
+                f"({[e.meta[k] for k in differ]} and {[meta[k] for k in differ]} in {r['path']})"
+            )
         elif not per_channel or "*" in e.files:
-            raise InputError(f"{where}: two files for image '{image_id}' ({', '.join(e.files.values())} and "
-                             f"{r['path']}); {_same_id_fix(r, per_channel, where)}")
+            raise InputError(
+                f"{where}: two files for image '{image_id}' ({', '.join(e.files.values())} and "
+                f"{r['path']}); {_same_id_fix(r, per_channel, where)}"
+            )
         elif str(r["condition"]) != e.condition:
-            raise InputError(f"{where}: image '{image_id}' has channel files with different conditions "
-                             f"('{e.condition}', '{r['condition']}')")
+            raise InputError(
+                f"{where}: image '{image_id}' has channel files with different conditions "
+                f"('{e.condition}', '{r['condition']}')"
+            )
         if per_channel:
             name = _channel_name(str(r["channel"]), names, mapping, f"{where} ({r['path']})")
             if name in e.files:
-                raise InputError(f"{where}: image '{image_id}' has two files for channel '{name}': "
-                                 f"{e.files[name]} and {r['path']}")
+                raise InputError(
+                    f"{where}: image '{image_id}' has two files for channel '{name}': {e.files[name]} and {r['path']}"
+                )
             e.files[name] = r["path"]
         else:
             e.files["*"] = r["path"]
@@ -116,8 +132,9 @@ def read_table(csv_path: Path, key: str) -> pd.DataFrame:
     try:
         raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, header=None, encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise InputError(f"{key}={csv_path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as "
-                         "CSV UTF-8") from None
+        raise InputError(
+            f"{key}={csv_path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as CSV UTF-8"
+        ) from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{key}={csv_path} is empty: it needs a header row and one row per file") from None
     except Exception as err:  # noqa: BLE001 - any parser failure is a bad file to the user
@@ -158,8 +175,10 @@ def _duplicates(df: pd.DataFrame, files: dict[int, Path], csv_path: Path) -> lis
     problems, repeats = [], set()
     for rows in same_rows(df):
         repeats.update(rows[1:])
-        problems.append(f"plate_map={csv_path} rows {', '.join(str(r + 2) for r in rows)} are the same row "
-                        "(every column equal): delete all but one")
+        problems.append(
+            f"plate_map={csv_path} rows {', '.join(str(r + 2) for r in rows)} are the same row "
+            "(every column equal): delete all but one"
+        )
     by_file: dict[Path, list[int]] = {}
     for i, path in files.items():
         if i not in repeats:
@@ -167,9 +186,11 @@ def _duplicates(df: pd.DataFrame, files: dict[int, Path], csv_path: Path) -> lis
     for path, rows in by_file.items():
         if len(rows) > 1:
             listed = " and ".join(_describe(df.iloc[r], r) for r in rows)
-            problems.append(f"plate_map={csv_path} names the file {path} in {listed}: one file is one image of one "
-                            "well, and its cells would be stored twice (as two conditions, or in train and in test); "
-                            "keep the row that is right and fix or delete the other")
+            problems.append(
+                f"plate_map={csv_path} names the file {path} in {listed}: one file is one image of one "
+                "well, and its cells would be stored twice (as two conditions, or in train and in test); "
+                "keep the row that is right and fix or delete the other"
+            )
     return problems
 
 
@@ -178,8 +199,10 @@ def _dose_problems(df: pd.DataFrame, csv_path: Path) -> list[str]:
     if DOSE_COLUMN not in df:
         return []
     _, bad = parse_doses(df[DOSE_COLUMN])
-    return [f"plate_map={csv_path} {_describe(df.iloc[i], i)}: dose {df[DOSE_COLUMN].iloc[i]!r} is not {DOSE_NEED}"
-            for i in np.flatnonzero(bad.to_numpy())]
+    return [
+        f"plate_map={csv_path} {_describe(df.iloc[i], i)}: dose {df[DOSE_COLUMN].iloc[i]!r} is not {DOSE_NEED}"
+        for i in np.flatnonzero(bad.to_numpy())
+    ]
 
 
 def read_plate_map(csv_path: str | Path, input_dir: str | Path, names: list[str], mapping: dict) -> list[ImageEntry]:
@@ -189,32 +212,44 @@ def read_plate_map(csv_path: str | Path, input_dir: str | Path, names: list[str]
     df = read_table(csv_path, "plate_map")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise InputError(f"plate_map={csv_path} lacks columns {missing} (it has {list(df.columns)}); the header "
-                         "must be: image,plate,well,field,condition[,channel][,image_id]")
+        raise InputError(
+            f"plate_map={csv_path} lacks columns {missing} (it has {list(df.columns)}); the header "
+            "must be: image,plate,well,field,condition[,channel][,image_id]"
+        )
     if len(df) == 0:
-        raise InputError(f"plate_map={csv_path} has no rows: list one row per image file under the header "
-                         "image,plate,well,field,condition")
+        raise InputError(
+            f"plate_map={csv_path} has no rows: list one row per image file under the header "
+            "image,plate,well,field,condition"
+        )
     extra = [c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     reserved = [c for c in extra if c in MANIFEST_COLUMNS or c == "path"]
     if reserved:
-        raise InputError(f"plate_map={csv_path} has column(s) {reserved}, which the crop store's manifest uses itself; "
-                         "rename them (extra columns such as dose or compound are carried into the manifest as they are)")
+        raise InputError(
+            f"plate_map={csv_path} has column(s) {reserved}, which the crop store's manifest uses itself; "
+            "rename them (extra columns such as dose or compound are carried into the manifest as they are)"
+        )
     rows, problems, files = [], [], {}
     for i, r in df.iterrows():
         p = Path(r["image"].strip())
         path = p if p.is_absolute() else input_dir / p
         try:
             found = r["image"].strip() != "" and path.is_file()
-        except (OSError, ValueError) as err:       # a NUL byte, a name longer than the file system allows
-            problems.append(f"plate_map={csv_path} row {i + 2}: image {r['image']!r} is not a usable file name "
-                            f"({type(err).__name__}): fix the path")
+        except (OSError, ValueError) as err:  # a NUL byte, a name longer than the file system allows
+            problems.append(
+                f"plate_map={csv_path} row {i + 2}: image {r['image']!r} is not a usable file name "
+                f"({type(err).__name__}): fix the path"
+            )
             continue
         if not found:
-            problems.append(f"plate_map={csv_path} row {i + 2} names image '{r['image']}', which is not in the input "
-                            f"folder {input_dir} (looked for {path}): fix the path or add the file")
+            problems.append(
+                f"plate_map={csv_path} row {i + 2} names image '{r['image']}', which is not in the input "
+                f"folder {input_dir} (looked for {path}): fix the path or add the file"
+            )
             continue
         files[i] = path.resolve()
-        empty = [c for c in REQUIRED_COLUMNS if c != "condition" and str(r[c]).strip() == ""]   # no condition: scored only
+        empty = [
+            c for c in REQUIRED_COLUMNS if c != "condition" and str(r[c]).strip() == ""
+        ]  # no condition: scored only
         if empty:
             problems.append(f"plate_map={csv_path} row {i + 2} ({r['image']}) has empty {empty}")
             continue
@@ -232,8 +267,10 @@ def match_pattern(pattern: str, input_dir: str | Path, names: list[str], mapping
     except re.error as err:
         raise InputError(f"pattern={pattern!r} is not a valid regular expression ({err})") from None
     if "well" not in rx.groupindex:
-        raise InputError(f"pattern={pattern!r} needs a named group 'well', e.g. "
-                         r"'(?P<well>[A-P]\d\d)_f(?P<field>\d+)\.tif'")
+        raise InputError(
+            f"pattern={pattern!r} needs a named group 'well', e.g. "
+            r"'(?P<well>[A-P]\d\d)_f(?P<field>\d+)\.tif'"
+        )
     files = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in TIFF_SUFFIXES and p.is_file())
     rows = []
     for p in files:
@@ -241,12 +278,22 @@ def match_pattern(pattern: str, input_dir: str | Path, names: list[str], mapping
         if m is None:
             continue
         g = {k: v for k, v in m.groupdict().items() if v is not None}
-        rows.append({"plate": g.get("plate", "plate1"), "well": g["well"], "field": g.get("field", "0"),
-                     "condition": g.get("condition", "unknown"), "channel": g.get("channel"),
-                     "image_id": g.get("image_id"), "path": str(p)})
+        rows.append(
+            {
+                "plate": g.get("plate", "plate1"),
+                "well": g["well"],
+                "field": g.get("field", "0"),
+                "condition": g.get("condition", "unknown"),
+                "channel": g.get("channel"),
+                "image_id": g.get("image_id"),
+                "path": str(p),
+            }
+        )
     if not rows:
-        raise InputError(f"pattern={pattern!r} matches none of the {len(files)} TIFF files in {input_dir}; "
-                         "it must match the whole path relative to the input folder")
+        raise InputError(
+            f"pattern={pattern!r} matches none of the {len(files)} TIFF files in {input_dir}; "
+            "it must match the whole path relative to the input folder"
+        )
     return _group(rows, names, mapping, f"pattern={pattern!r}")
 
 
@@ -258,27 +305,36 @@ def open_images(entries: list[ImageEntry], names: list[str]) -> list[ImageSource
             if "*" in e.files:
                 refs, shape, dtype = file_channels(e.files["*"])
                 if len(refs) != len(names):
-                    raise InputError(f"{e.files['*']} has {len(refs)} channel(s), channels.names lists {len(names)} "
-                                     f"({names}): set channels.names to the file's channels in order")
+                    raise InputError(
+                        f"{e.files['*']} has {len(refs)} channel(s), channels.names lists {len(names)} "
+                        f"({names}): set channels.names to the file's channels in order"
+                    )
             else:
                 absent = [n for n in names if n not in e.files]
                 if absent:
-                    raise InputError(f"image '{e.image_id}' has no file for channel(s) {absent} (it has "
-                                     f"{sorted(e.files)}): add the files or remove the channels from channels.names")
+                    raise InputError(
+                        f"image '{e.image_id}' has no file for channel(s) {absent} (it has "
+                        f"{sorted(e.files)}): add the files or remove the channels from channels.names"
+                    )
                 refs, shapes, dtypes = [], {}, set()
                 for n in names:
                     r, shape, dtype = file_channels(e.files[n])
                     if len(r) != 1:
-                        raise InputError(f"{e.files[n]} (channel '{n}') has {len(r)} channels; a per-channel file "
-                                         "must hold one")
+                        raise InputError(
+                            f"{e.files[n]} (channel '{n}') has {len(r)} channels; a per-channel file must hold one"
+                        )
                     refs += r
                     shapes[e.files[n]] = shape
                     dtypes.add(np.dtype(dtype))
                 if len(set(shapes.values())) > 1:
-                    raise InputError(f"image '{e.image_id}': channel files differ in shape ({shapes}); every channel "
-                                     "of an image must have the same height and width (same field, same binning)")
+                    raise InputError(
+                        f"image '{e.image_id}': channel files differ in shape ({shapes}); every channel "
+                        "of an image must have the same height and width (same field, same binning)"
+                    )
                 if len(dtypes) > 1:
-                    raise InputError(f"image '{e.image_id}': channel files differ in pixel type {sorted(map(str, dtypes))}")
+                    raise InputError(
+                        f"image '{e.image_id}': channel files differ in pixel type {sorted(map(str, dtypes))}"
+                    )
                 shape, dtype = next(iter(shapes.values())), dtypes.pop()
             sources.append(ImageSource(e.image_id, refs, shape, np.dtype(dtype)))
         except InputError as err:

@@ -16,18 +16,19 @@ from scipy import ndimage as ndi
 
 from protocell.prepare.io import ImageSource, InputError, tile_grid
 
-SAMPLE_PER_CHANNEL = 1_000_000      # pixels kept per channel for thresholds / float percentiles
+SAMPLE_PER_CHANNEL = 1_000_000  # pixels kept per channel for thresholds / float percentiles
 
 
 @dataclass
 class ChannelStats:
     """Whole-image statistics of one channel (raw units) and a sample of normalised pixels."""
+
     name: str
-    low: float                       # value mapped to 0
-    high: float                      # value mapped to 1
+    low: float  # value mapped to 0
+    high: float  # value mapped to 1
     minimum: float
     maximum: float
-    sample: np.ndarray = field(repr=False)   # normalised pixel sample (float32), for thresholds
+    sample: np.ndarray = field(repr=False)  # normalised pixel sample (float32), for thresholds
 
     def to_dict(self) -> dict:
         return {"name": self.name, "low": self.low, "high": self.high, "min": self.minimum, "max": self.maximum}
@@ -58,11 +59,12 @@ def block_stats(source: ImageSource, names: list[str], core: tuple[int, int, int
             raise InputError(
                 f"image {source.image_id}, channel '{names[c]}' ({source.channels[c].path}): {n_bad} NaN/inf "
                 f"pixels in [{y0}:{y1}, {x0}:{x1}], first at (y={y0 + bad[0]}, x={x0 + bad[1]}); protocell "
-                "does not invent pixel values: fix or re-export the image, or drop it from the plate map")
+                "does not invent pixel values: fix or re-export the image, or drop it from the plate map"
+            )
         out["min"].append(float(plane.min()))
         out["max"].append(float(plane.max()))
         out["hist"].append(np.bincount(plane.ravel(), minlength=nbins) if exact else None)
-        oy, ox = (-y0) % stride, (-x0) % stride        # on the global grid: independent of the tiling
+        oy, ox = (-y0) % stride, (-x0) % stride  # on the global grid: independent of the tiling
         out["sample"].append(plane[oy::stride, ox::stride].ravel().astype(np.float32))
     return out
 
@@ -85,21 +87,26 @@ def combine_stats(source: ImageSource, names: list[str], parts, low_pct: float, 
         if mins[c] == maxs[c]:
             raise InputError(
                 f"image {source.image_id}, channel '{names[c]}' ({source.channels[c].path}) is constant "
-                f"(every pixel = {mins[c]:g}): an empty or failed acquisition; remove it from the input/plate map")
+                f"(every pixel = {mins[c]:g}): an empty or failed acquisition; remove it from the input/plate map"
+            )
         sample = np.concatenate(samples[c])
         if hists[c] is not None:
             lo, hi = _percentile_from_hist(hists[c], low_pct), _percentile_from_hist(hists[c], high_pct)
         else:
             lo, hi = (float(v) for v in np.percentile(sample, [low_pct, high_pct]))
-        if hi <= lo:   # very sparse channels: fall back to the full range rather than divide by zero
+        if hi <= lo:  # very sparse channels: fall back to the full range rather than divide by zero
             lo, hi = float(mins[c]), float(maxs[c])
-        out.append(ChannelStats(names[c], lo, hi, float(mins[c]), float(maxs[c]),
-                                ((sample - lo) / (hi - lo)).astype(np.float32)))
+        out.append(
+            ChannelStats(
+                names[c], lo, hi, float(mins[c]), float(maxs[c]), ((sample - lo) / (hi - lo)).astype(np.float32)
+            )
+        )
     return out
 
 
-def channel_stats(source: ImageSource, names: list[str], low_pct: float, high_pct: float,
-                  block: int = 2048, mapper=map) -> list[ChannelStats]:
+def channel_stats(
+    source: ImageSource, names: list[str], low_pct: float, high_pct: float, block: int = 2048, mapper=map
+) -> list[ChannelStats]:
     """One streamed pass over the image: exact (integer ≤16 bit) or sampled percentiles per channel.
 
     ``mapper`` maps ``block_stats`` over blocks (``map`` or a process pool's ``imap``)."""

@@ -17,8 +17,18 @@ from protocell.prepare.settings import atomic_json
 log = logging.getLogger("protocell.prepare")
 
 
-def write_summary(out: Path, chash: str, sources, by_id, records, stats, df, order: list[str], seconds: float,
-                  shares: list[dict] | None = None) -> None:
+def write_summary(
+    out: Path,
+    chash: str,
+    sources,
+    by_id,
+    records,
+    stats,
+    df,
+    order: list[str],
+    seconds: float,
+    shares: list[dict] | None = None,
+) -> None:
     """``prepare_summary.json`` of the store ``df`` (its manifest) just written in ``out``; overlays of images
     it no longer holds are deleted. ``shares``: the share tasks' reports, for a merged store."""
     orig = df[df["aug_of"] < 0]
@@ -26,16 +36,32 @@ def write_summary(out: Path, chash: str, sources, by_id, records, stats, df, ord
     for s in sources:
         e, rec = by_id[s.image_id], records[s.image_id]
         n = int((orig["image_id"] == s.image_id).sum())
-        per_image.append({"image_id": s.image_id, "plate": e.plate, "well": e.well, "field": e.field,
-                          "condition": e.condition, "height": s.shape[0], "width": s.shape[1],
-                          "tiles": rec["tiles"], "cells": n, "status": "ok" if n else "no cells found",
-                          "dropped": {k: v for k, v in rec["counts"].items() if k not in ("objects", "kept")},
-                          "thresholds": stats[s.image_id]["thresholds"],
-                          "normalisation": stats[s.image_id]["channels"],
-                          "background": rec.get("background", {}), "meta": dict(e.meta)})
+        per_image.append(
+            {
+                "image_id": s.image_id,
+                "plate": e.plate,
+                "well": e.well,
+                "field": e.field,
+                "condition": e.condition,
+                "height": s.shape[0],
+                "width": s.shape[1],
+                "tiles": rec["tiles"],
+                "cells": n,
+                "status": "ok" if n else "no cells found",
+                "dropped": {k: v for k, v in rec["counts"].items() if k not in ("objects", "kept")},
+                "thresholds": stats[s.image_id]["thresholds"],
+                "normalisation": stats[s.image_id]["channels"],
+                "background": rec.get("background", {}),
+                "meta": dict(e.meta),
+            }
+        )
     summary = {
-        "store": str(out), "config_hash": chash, "seconds": round(seconds, 2),
-        "images": len(sources), "cells": int(len(orig)), "augmented": int((df["aug_of"] >= 0).sum()),
+        "store": str(out),
+        "config_hash": chash,
+        "seconds": round(seconds, 2),
+        "images": len(sources),
+        "cells": int(len(orig)),
+        "augmented": int((df["aug_of"] >= 0).sum()),
         "megapixels": round(sum(s.shape[0] * s.shape[1] for s in sources) / 1e6, 3),
         "cells_per_well": {f"{p}/{w}": int(v) for (p, w), v in orig.groupby(["plate", "well"]).size().items()},
         "cells_per_condition": {k: int(v) for k, v in orig.groupby("condition").size().items()},
@@ -45,10 +71,10 @@ def write_summary(out: Path, chash: str, sources, by_id, records, stats, df, ord
         "confounds": confound_report(out, orig, per_image, order),
         "per_image": per_image,
     }
-    if shares:                      # a merged store: what each share task did
+    if shares:  # a merged store: what each share task did
         summary["shares"] = shares
     atomic_json(out / "prepare_summary.json", summary)
-    for f in (out / "overlays").glob("*.png"):        # figures of images this store no longer holds
+    for f in (out / "overlays").glob("*.png"):  # figures of images this store no longer holds
         if f"overlays/{f.name}" not in summary["overlays"]:
             f.unlink()
 
@@ -59,8 +85,12 @@ def confound_report(out: Path, orig: pd.DataFrame, per_image: list[dict], order:
     Logged, written to ``confounds.csv`` and returned for ``prepare_summary.json``."""
     from protocell.prepare.confounds import FLAG_AUROC, confound_table, summary_lines
 
-    images = pd.DataFrame([{"plate": r["plate"], "well": r["well"],
-                            **{f"background_{k}": v for k, v in r["background"].items()}} for r in per_image])
+    images = pd.DataFrame(
+        [
+            {"plate": r["plate"], "well": r["well"], **{f"background_{k}": v for k, v in r["background"].items()}}
+            for r in per_image
+        ]
+    )
     table = confound_table(orig, images, order)
     for line in summary_lines(table):
         log.info("%s", line)
@@ -71,19 +101,33 @@ def confound_report(out: Path, orig: pd.DataFrame, per_image: list[dict], order:
     atomic_write_text(path, table.to_csv(index=False))
     flagged = table.loc[table["flag"], "feature"].tolist()
     if flagged:
-        log.warning("confound report: %s alone separate(s) %s from %s over wells (strength > %.2f) and "
-                    "describe(s) imaging or segmentation, not the cells: a network may read them instead of "
-                    "the biology (for the mask: segmentation=distance grows cells from the nuclei by a fixed "
-                    "distance); see %s", ", ".join(flagged), order[-1], order[0], FLAG_AUROC, path)
-    return {"available": True, "reference": order[0], "exposed": order[-1], "flag_auroc": FLAG_AUROC,
-            "flagged": flagged, "unit": "well (per-well means of the cells; background: of the images)",
-            "table": table.to_dict(orient="records")}
+        log.warning(
+            "confound report: %s alone separate(s) %s from %s over wells (strength > %.2f) and "
+            "describe(s) imaging or segmentation, not the cells: a network may read them instead of "
+            "the biology (for the mask: segmentation=distance grows cells from the nuclei by a fixed "
+            "distance); see %s",
+            ", ".join(flagged),
+            order[-1],
+            order[0],
+            FLAG_AUROC,
+            path,
+        )
+    return {
+        "available": True,
+        "reference": order[0],
+        "exposed": order[-1],
+        "flag_auroc": FLAG_AUROC,
+        "flagged": flagged,
+        "unit": "well (per-well means of the cells; background: of the images)",
+        "table": table.to_dict(orient="records"),
+    }
 
 
 def write_overlay(path: Path, main: np.ndarray, second: np.ndarray, labels: np.ndarray, kept: set) -> Path:
     """RGB PNG: main channel grey, nuclei blue, kept cells outlined green, dropped objects red."""
     import matplotlib
     from skimage.segmentation import find_boundaries
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

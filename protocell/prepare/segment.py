@@ -38,8 +38,13 @@ class WatershedSegmenter:
     Thresholds are in normalised units and set per image (``thresholds``), Otsu by default.
     """
 
-    def __init__(self, min_nucleus_area: int = 30, seed_min_distance: int = 7, split_nuclei: bool = True,
-                 compactness: float = 0.0):
+    def __init__(
+        self,
+        min_nucleus_area: int = 30,
+        seed_min_distance: int = 7,
+        split_nuclei: bool = True,
+        compactness: float = 0.0,
+    ):
         self.min_nucleus_area = int(min_nucleus_area)
         self.seed_min_distance = int(seed_min_distance)
         self.split_nuclei = bool(split_nuclei)
@@ -67,8 +72,7 @@ class WatershedSegmenter:
             return np.zeros(second.shape, np.int32), nuclei
         if self.split_nuclei:
             dist = ndi.distance_transform_edt(nuclei)
-            peaks = peak_local_max(dist, min_distance=self.seed_min_distance, labels=nuc_labels,
-                                   exclude_border=False)
+            peaks = peak_local_max(dist, min_distance=self.seed_min_distance, labels=nuc_labels, exclude_border=False)
             seeds = np.zeros(second.shape, np.int32)
             seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
             # every nucleus keeps at least one seed, then seeds grow over their nucleus
@@ -92,8 +96,14 @@ class DistanceSegmenter(WatershedSegmenter):
     the cytoplasm for the nucleus, a mask grown from GFP shrinks to the nucleus and gives the
     condition away; this one does not."""
 
-    def __init__(self, distance: int = 8, min_nucleus_area: int = 30, seed_min_distance: int = 7,
-                 split_nuclei: bool = True, compactness: float = 0.0):
+    def __init__(
+        self,
+        distance: int = 8,
+        min_nucleus_area: int = 30,
+        seed_min_distance: int = 7,
+        split_nuclei: bool = True,
+        compactness: float = 0.0,
+    ):
         super().__init__(min_nucleus_area, seed_min_distance, split_nuclei, compactness)
         if int(distance) < 0:
             raise InputError(f"segmentation.distance={distance}: the growth in pixels must be ≥ 0")
@@ -113,14 +123,18 @@ def cellpose_model_file(model: str) -> Path:
     if os.path.sep in model or os.path.exists(model):
         path = Path(model).expanduser()
         if not path.is_file():
-            raise InputError(f"segmentation.model={model}: no such Cellpose model file; give the path of a "
-                             "model saved by Cellpose (train or net.save_model), or a built-in name like cyto3")
+            raise InputError(
+                f"segmentation.model={model}: no such Cellpose model file; give the path of a "
+                "model saved by Cellpose (train or net.save_model), or a built-in name like cyto3"
+            )
         return path
     from cellpose import models as cp_models
 
     if model not in cp_models.MODEL_NAMES:
-        raise InputError(f"segmentation.model={model!r} is neither a file nor a Cellpose built-in model "
-                         f"({', '.join(cp_models.MODEL_NAMES[:4])}, …)")
+        raise InputError(
+            f"segmentation.model={model!r} is neither a file nor a Cellpose built-in model "
+            f"({', '.join(cp_models.MODEL_NAMES[:4])}, …)"
+        )
     basename = f"{model}torch_0" if model in ("cyto", "cyto2", "nuclei") else model
     path = Path(cp_models.MODEL_DIR) / basename
     if not path.is_file():
@@ -128,7 +142,8 @@ def cellpose_model_file(model: str) -> Path:
             f"Cellpose model '{model}' is not on this machine: expected the file {path}. This machine cannot "
             f"download it; on a machine with internet fetch {cp_models._MODEL_URL}/{basename} and copy it to "
             f"{path} (the folder is $CELLPOSE_LOCAL_MODELS_PATH or ~/.cellpose/models), or set "
-            "segmentation.model=/path/to/your/model, or use segmentation=watershed (no weights needed)")
+            "segmentation.model=/path/to/your/model, or use segmentation=watershed (no weights needed)"
+        )
     return path
 
 
@@ -138,8 +153,15 @@ class CellposeSegmenter:
     Images arrive normalised over the whole image, so Cellpose's per-tile normalisation is off
     (tiles of one image then share one intensity scale)."""
 
-    def __init__(self, model: str = "cyto3", diameter: float | None = 30.0, batch_size: int = 8,
-                 gpu: bool | str = "auto", flow_threshold: float = 0.4, cellprob_threshold: float = 0.0):
+    def __init__(
+        self,
+        model: str = "cyto3",
+        diameter: float | None = 30.0,
+        batch_size: int = 8,
+        gpu: bool | str = "auto",
+        flow_threshold: float = 0.4,
+        cellprob_threshold: float = 0.0,
+    ):
         self.model_file = str(cellpose_model_file(str(model)))
         self.diameter = None if diameter in (None, 0) else float(diameter)
         self.batch_size = int(batch_size)
@@ -162,16 +184,25 @@ class CellposeSegmenter:
             try:
                 self._model = cp_models.CellposeModel(gpu=gpu, pretrained_model=self.model_file)
             except Exception as err:  # noqa: BLE001 - a wrong file shows as any torch/pickle error
-                raise InputError(f"Cellpose could not load the model file {self.model_file} "
-                                 f"({type(err).__name__}: {err}); is it a Cellpose 3 model?") from None
+                raise InputError(
+                    f"Cellpose could not load the model file {self.model_file} "
+                    f"({type(err).__name__}: {err}); is it a Cellpose 3 model?"
+                ) from None
         return self._model
 
     def __call__(self, main: np.ndarray, second: np.ndarray, thresholds: dict) -> np.ndarray:
         model = self.load()
         x = np.stack([main, second], axis=-1).astype(np.float32)
-        masks, _, _ = model.eval(x, channels=[1, 2], channel_axis=-1, diameter=self.diameter,
-                                 batch_size=self.batch_size, normalize=False,
-                                 flow_threshold=self.flow_threshold, cellprob_threshold=self.cellprob_threshold)
+        masks, _, _ = model.eval(
+            x,
+            channels=[1, 2],
+            channel_axis=-1,
+            diameter=self.diameter,
+            batch_size=self.batch_size,
+            normalize=False,
+            flow_threshold=self.flow_threshold,
+            cellprob_threshold=self.cellprob_threshold,
+        )
         return np.asarray(masks, np.int32)
 
 
@@ -182,8 +213,7 @@ def build_segmenter(method: str, **params):
         return DistanceSegmenter(**params)
     if method == "cellpose":
         return CellposeSegmenter(**params)
-    raise InputError(f"segmentation.method={method!r} is unknown; use one of {METHODS} "
-                     "(e.g. segmentation=watershed)")
+    raise InputError(f"segmentation.method={method!r} is unknown; use one of {METHODS} (e.g. segmentation=watershed)")
 
 
 def instance_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> dict:

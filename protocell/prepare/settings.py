@@ -26,34 +26,58 @@ from protocell.prepare.segment import METHODS
 
 STORE_DTYPES = ("uint16", "float32")
 
-_check = partial(check, error=InputError)   # prepare's bad settings are input errors
+_check = partial(check, error=InputError)  # prepare's bad settings are input errors
 
 
 def validate(c: dict) -> None:
     """Refuse impossible settings before any file is touched."""
     _check(bool(c.get("input")), "input", c.get("input"), "the folder of TIFF images (input=/path/to/plate)")
     _check(Path(c["input"]).is_dir(), "input", c["input"], "an existing folder of TIFF images")
-    _check(bool(c.get("plate_map")) != bool(c.get("pattern")), "plate_map/pattern",
-           (c.get("plate_map"), c.get("pattern")), "give exactly one: plate_map=<csv> or pattern=<regex>")
+    _check(
+        bool(c.get("plate_map")) != bool(c.get("pattern")),
+        "plate_map/pattern",
+        (c.get("plate_map"), c.get("pattern")),
+        "give exactly one: plate_map=<csv> or pattern=<regex>",
+    )
     ch = c["channels"]
     names = list(ch["names"])
-    _check(len(names) == len(set(names)) and len(names) >= 2, "channels.names", names,
-           "at least two distinct channel names (main and second)")
+    _check(
+        len(names) == len(set(names)) and len(names) >= 2,
+        "channels.names",
+        names,
+        "at least two distinct channel names (main and second)",
+    )
     _check(ch["main"] in names, "channels.main", ch["main"], f"one of channels.names {names}")
-    _check(ch["second"] in names and ch["second"] != ch["main"], "channels.second", ch["second"],
-           f"another one of channels.names {names}")
+    _check(
+        ch["second"] in names and ch["second"] != ch["main"],
+        "channels.second",
+        ch["second"],
+        f"another one of channels.names {names}",
+    )
     seg = c["segmentation"]
-    _check(seg.get("method") in METHODS, "segmentation.method", seg.get("method"),
-           f"one of {METHODS} (segmentation=watershed needs no weights)")
+    _check(
+        seg.get("method") in METHODS,
+        "segmentation.method",
+        seg.get("method"),
+        f"one of {METHODS} (segmentation=watershed needs no weights)",
+    )
     t, cells = c["tile"], c["cells"]
     _check(isinstance(t["size"], int) and t["size"] >= 64, "tile.size", t["size"], "an integer ≥ 64")
     S = cells["crop_size"]
     _check(isinstance(S, int) and S >= 16, "cells.crop_size", S, "an integer ≥ 16")
     halo = halo_of(c)
-    _check(halo >= S // 2 + 1, "tile.halo", t.get("halo"), f"at least crop_size/2 + 1 = {S // 2 + 1} pixels "
-           "(a crop centred on a core pixel must lie inside the halo)")
-    _check(0 < cells["min_area"] <= cells["max_area"], "cells.min_area/max_area",
-           (cells["min_area"], cells["max_area"]), "0 < min_area ≤ max_area")
+    _check(
+        halo >= S // 2 + 1,
+        "tile.halo",
+        t.get("halo"),
+        f"at least crop_size/2 + 1 = {S // 2 + 1} pixels (a crop centred on a core pixel must lie inside the halo)",
+    )
+    _check(
+        0 < cells["min_area"] <= cells["max_area"],
+        "cells.min_area/max_area",
+        (cells["min_area"], cells["max_area"]),
+        "0 < min_area ≤ max_area",
+    )
     n = c["normalize"]
     _check(0 <= n["low"] < n["high"] <= 100, "normalize.low/high", (n["low"], n["high"]), "0 ≤ low < high ≤ 100")
     _check(c["denoise_sigma"] >= 0, "denoise_sigma", c["denoise_sigma"], "≥ 0 (0 = off)")
@@ -62,11 +86,19 @@ def validate(c: dict) -> None:
     _check(int(c["augment"]["copies"]) >= 0, "augment.copies", c["augment"]["copies"], "≥ 0 (0 = off)")
     _check(int(c["workers"]) >= 1, "workers", c["workers"], "≥ 1")
     shards, share = c.get("shards", 1), c.get("shard", "all")
-    _check(isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1, "shards", shards,
-           "an integer ≥ 1: the number of tasks the images are dealt to (docs/usage.md, 'A screen on SLURM')")
-    _check(share in ("all", "merge") or (isinstance(share, int) and not isinstance(share, bool) and 0 <= share < shards),
-           "shard", share, f"all (every image here, then the store), one share 0 … {shards - 1} (shards={shards}), "
-           "or merge (the store from the finished shares)")
+    _check(
+        isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1,
+        "shards",
+        shards,
+        "an integer ≥ 1: the number of tasks the images are dealt to (docs/usage.md, 'A screen on SLURM')",
+    )
+    _check(
+        share in ("all", "merge") or (isinstance(share, int) and not isinstance(share, bool) and 0 <= share < shards),
+        "shard",
+        share,
+        f"all (every image here, then the store), one share 0 … {shards - 1} (shards={shards}), "
+        "or merge (the store from the finished shares)",
+    )
     _check(isinstance(c.get("overwrite", False), bool), "overwrite", c.get("overwrite"), "true or false")
     out = c.get("output")
     problem = folder_problem(out) if out else None

@@ -35,20 +35,20 @@ from protocell.score.tables import (
 )
 
 log = logging.getLogger("protocell.score")
-TOLERANCE = 0.08        # the bar's per-well tolerance, reported in the ground-truth checks
+TOLERANCE = 0.08  # the bar's per-well tolerance, reported in the ground-truth checks
 
 
 @dataclass
 class CompoundDose:
     """One compound's dose–response, what its figures show (``write``: ``dose_<compound>*.png``)."""
 
-    label: str                       # the compound, or "(no compound)"
-    wells: pd.DataFrame              # its wells with cells
-    fit: dict                        # the 4PL of the affected fraction over every plate
-    plates: dict | None              # several plates: plate → the 4PL of the normalised fraction on it; else None
-    prototypes: dict                 # j → the wells' similarity to prototype j − reference (the top enriched)
-    prototype_fits: dict             # j → the 4PL of that difference
-    prototype_names: dict            # j → "p<j> (<class>)"
+    label: str  # the compound, or "(no compound)"
+    wells: pd.DataFrame  # its wells with cells
+    fit: dict  # the 4PL of the affected fraction over every plate
+    plates: dict | None  # several plates: plate → the 4PL of the normalised fraction on it; else None
+    prototypes: dict  # j → the wells' similarity to prototype j − reference (the top enriched)
+    prototype_fits: dict  # j → the 4PL of that difference
+    prototype_names: dict  # j → "p<j> (<class>)"
 
 
 @dataclass
@@ -56,33 +56,42 @@ class ScoreResult:
     """Everything a score found, ready to write: the tables (``score/*.csv``), the figures' inputs, and
     what ``score.json`` and the page say."""
 
-    cells: pd.DataFrame              # cells.csv
-    wells: pd.DataFrame              # the wells with cells (the plate figures)
-    wells_out: pd.DataFrame          # wells.csv: those and the wells without cells
-    well_export: pd.DataFrame        # well_table.csv, .parquet
-    treatments: pd.DataFrame         # treatments.csv
-    enrichment: pd.DataFrame         # prototype_enrichment.csv
-    fits: pd.DataFrame               # dose_response.csv
-    doses: list[CompoundDose]        # the dose figures, compound by compound
-    tables: dict                     # qc, hits, trends, plate_effects, plates_read_differently (screen)
-    summary: dict                    # the page's summary, the first keys of score.json
-    notes: dict                      # estimator, assumption, normalisation, reference, empty wells, no controls
-    truth: dict                      # the ground-truth checks ({} without truth)
-    design: dict | None              # the synthetic plates' dose series
-    top_rows: pd.DataFrame           # the page's most enriched prototypes per treatment
+    cells: pd.DataFrame  # cells.csv
+    wells: pd.DataFrame  # the wells with cells (the plate figures)
+    wells_out: pd.DataFrame  # wells.csv: those and the wells without cells
+    well_export: pd.DataFrame  # well_table.csv, .parquet
+    treatments: pd.DataFrame  # treatments.csv
+    enrichment: pd.DataFrame  # prototype_enrichment.csv
+    fits: pd.DataFrame  # dose_response.csv
+    doses: list[CompoundDose]  # the dose figures, compound by compound
+    tables: dict  # qc, hits, trends, plate_effects, plates_read_differently (screen)
+    summary: dict  # the page's summary, the first keys of score.json
+    notes: dict  # estimator, assumption, normalisation, reference, empty wells, no controls
+    truth: dict  # the ground-truth checks ({} without truth)
+    design: dict | None  # the synthetic plates' dose series
+    top_rows: pd.DataFrame  # the page's most enriched prototypes per treatment
     stores: list[str]
-    calibration: dict                # the cell call
-    fraction_reference: dict         # the fraction's reference (protocell.fraction)
+    calibration: dict  # the cell call
+    fraction_reference: dict  # the fraction's reference (protocell.fraction)
     run_status: dict
-    options: dict                    # fdr, bscore, min_cells
+    options: dict  # fdr, bscore, min_cells
 
 
 def _own(run: Run, store: CropStore) -> bool:
     return store.root.resolve() == Path(run.dm.path).resolve()
 
 
-def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, models: dict, batch_size=None,
-                 num_workers: int = 0, progress: bool = True, nearest: int = 3, result: dict | None = None) -> pd.DataFrame:
+def _score_cells(
+    run: Run,
+    store: CropStore,
+    wells: pd.DataFrame,
+    models: dict,
+    batch_size=None,
+    num_workers: int = 0,
+    progress: bool = True,
+    nearest: int = 3,
+    result: dict | None = None,
+) -> pd.DataFrame:
     """The cells table; ``result``: the network's numbers for every original cell, already computed (the
     shares of a sharded score, ``protocell.score.shares``), else computed here."""
     rows = originals(store)
@@ -90,7 +99,7 @@ def _score_cells(run: Run, store: CropStore, wells: pd.DataFrame, models: dict, 
         result = run_network(run, store, rows, batch_size, num_workers, progress)
     refuse_nonfinite(store, rows, result)
     run_split = None
-    if _own(run, store):                              # the run's own cells: say which it trained on
+    if _own(run, store):  # the run's own cells: say which it trained on
         run_split = np.where(run.dm.splits[rows] == "unlabelled", "", run.dm.splits[rows]).astype(str)
     return cell_table(store.manifest.iloc[rows], wells, result, models, nearest, run_split)
 
@@ -100,8 +109,14 @@ def originals(store: CropStore) -> np.ndarray:
 
 
 def run_network(run: Run, store: CropStore, rows: np.ndarray, batch_size, num_workers: int, progress: bool) -> dict:
-    return infer(run.net, run.dm.dataset_of(store, rows), positive_class(run.class_names),
-                 int(batch_size or run.dm.eval_batch_size), int(num_workers), progress)
+    return infer(
+        run.net,
+        run.dm.dataset_of(store, rows),
+        positive_class(run.class_names),
+        int(batch_size or run.dm.eval_batch_size),
+        int(num_workers),
+        progress,
+    )
 
 
 def refuse_nonfinite(store: CropStore, rows: np.ndarray, result: dict) -> None:
@@ -109,47 +124,63 @@ def refuse_nonfinite(store: CropStore, rows: np.ndarray, result: dict) -> None:
     would be called and counted in its well: refused, naming the cells and where their pixels are."""
     pixels = ~result["finite"].astype(bool)
     scores = ~np.isfinite(result["score"]) & ~pixels
-    for bad, what, fix in ((pixels, "NaN or infinite pixel values",
-                            "fix or remove those crops and prepare the store again (prepare refuses them)"),
-                           (scores, "a NaN score from finite pixels",
-                            "the checkpoint is damaged or its training diverged: retrain")):
+    for bad, what, fix in (
+        (
+            pixels,
+            "NaN or infinite pixel values",
+            "fix or remove those crops and prepare the store again (prepare refuses them)",
+        ),
+        (scores, "a NaN score from finite pixels", "the checkpoint is damaged or its training diverged: retrain"),
+    ):
         if bad.any():
             m = store.manifest.iloc[rows[bad]]
-            shown = "; ".join(f"cell_id {r.cell_id} (plate {r.plate}, well {r.well}: shards/{r.shard}.crops.npy "
-                              f"[{r.shard_index}]{f', file {r.file}' if isinstance(getattr(r, 'file', None), str) else ''})"
-                              for r in m.head(3).itertuples())
-            raise ScoreError(f"{store.root}: {int(bad.sum())} of {len(rows)} cells have {what}, e.g. {shown}; their "
-                             f"scores would be meaningless and counted in their wells: {fix}")
+            shown = "; ".join(
+                f"cell_id {r.cell_id} (plate {r.plate}, well {r.well}: shards/{r.shard}.crops.npy "
+                f"[{r.shard_index}]{f', file {r.file}' if isinstance(getattr(r, 'file', None), str) else ''})"
+                for r in m.head(3).itertuples()
+            )
+            raise ScoreError(
+                f"{store.root}: {int(bad.sum())} of {len(rows)} cells have {what}, e.g. {shown}; their "
+                f"scores would be meaningless and counted in their wells: {fix}"
+            )
 
 
-def score_stores(run: Run, stores: list[CropStore], wells: pd.DataFrame, models: dict, *args,
-                  result: dict | None = None) -> pd.DataFrame:
+def score_stores(
+    run: Run, stores: list[CropStore], wells: pd.DataFrame, models: dict, *args, result: dict | None = None
+) -> pd.DataFrame:
     """The cells of every store, one table; with several stores a first column ``store`` (cell ids are
     per store). ``result``: the one store's numbers from the shares of a sharded score."""
     if len(stores) == 1:
         return _score_cells(run, stores[0], wells, models, *args, result=result)
-    return pd.concat([_score_cells(run, s, wells, models, *args).assign(store=str(s.root)) for s in stores],
-                     ignore_index=True).pipe(lambda d: d[["store"] + [c for c in d.columns if c != "store"]])
+    return pd.concat(
+        [_score_cells(run, s, wells, models, *args).assign(store=str(s.root)) for s in stores], ignore_index=True
+    ).pipe(lambda d: d[["store"] + [c for c in d.columns if c != "store"]])
 
 
 def normalisation_note(run: Run, stores: list[CropStore]) -> str:
     mode = run.dm.normalize
-    how = {"cell": "each cell by the 1st and 99.8th percentiles of its own pixels, so a cell's overall brightness "
-                   "(and a well's gain) is invisible to the network, by design",
-           "dataset": "fixed per-channel ranges taken from the training crops, so a plate imaged at another gain "
-                      "or exposure shifts every cell it holds",
-           "none": "no normalisation: the stored values as they are"}[mode]
+    how = {
+        "cell": "each cell by the 1st and 99.8th percentiles of its own pixels, so a cell's overall brightness "
+        "(and a well's gain) is invisible to the network, by design",
+        "dataset": "fixed per-channel ranges taken from the training crops, so a plate imaged at another gain "
+        "or exposure shifts every cell it holds",
+        "none": "no normalisation: the stored values as they are",
+    }[mode]
     note = f"Cells are normalised as in training (data.normalize={mode}): {how}."
     if any(s.info.get("source") == "prepare" for s in stores):
-        note += (" prepare stored each image normalised by its own percentiles: plates imaged at different "
-                 "exposures land on one scale, but whatever shifts an image's percentiles shifts every cell in it "
-                 "— a treatment that brightens or dims whole images is not measured as such, and a well much denser "
-                 "or sparser than the reference (more or less background in its images) is scaled differently.")
+        note += (
+            " prepare stored each image normalised by its own percentiles: plates imaged at different "
+            "exposures land on one scale, but whatever shifts an image's percentiles shifts every cell in it "
+            "— a treatment that brightens or dims whole images is not measured as such, and a well much denser "
+            "or sparser than the reference (more or less background in its images) is scaled differently."
+        )
     others = [str(s.root) for s in stores if not _own(run, s)]
     if others:
-        note += (f" {'This store' if len(others) == 1 else 'These stores'} ({', '.join(others)}) "
-                 f"{'is' if len(others) == 1 else 'are'} not the one the run trained on ({run.dm.path}): the estimate "
-                 "holds as far as its unaffected cells look like that plate's reference cells.")
+        note += (
+            f" {'This store' if len(others) == 1 else 'These stores'} ({', '.join(others)}) "
+            f"{'is' if len(others) == 1 else 'are'} not the one the run trained on ({run.dm.path}): the estimate "
+            "holds as far as its unaffected cells look like that plate's reference cells."
+        )
     return note
 
 
@@ -160,17 +191,24 @@ def _read_differently(table: pd.DataFrame) -> str:
     hit = table[table["flag"]]
     if not len(hit):
         return "none (every other plate's reference wells read like the run's)"
-    return "; ".join(f"{r.plate}: reference wells {r.reference_median:.2f} vs {r.training_plates_reference_median:.2f} "
-                     f"(p = {r.mann_whitney_p:.1g}) — its fractions are biased, read them with care" for r in hit.itertuples())
+    return "; ".join(
+        f"{r.plate}: reference wells {r.reference_median:.2f} vs {r.training_plates_reference_median:.2f} "
+        f"(p = {r.mann_whitney_p:.1g}) — its fractions are biased, read them with care"
+        for r in hit.itertuples()
+    )
 
 
 def call_note(calibration: dict) -> str:
     """How the cell call (p_affected > 0.5) was made, for score.json and the page."""
     if is_mixture(calibration):
-        return ("The cell call (p_affected > 0.5) is the same fit's posterior at the cell's well's fraction "
-                "(calibration=mixture): one model, so a well's mean p_affected is its affected fraction.")
-    return ("The cell call (p_affected > 0.5) is the noisy-label calibration "
-            f"(P(affected | score) = σ({calibration['a']:.3g}·logit(score) + {calibration['b']:.3g})).")
+        return (
+            "The cell call (p_affected > 0.5) is the same fit's posterior at the cell's well's fraction "
+            "(calibration=mixture): one model, so a well's mean p_affected is its affected fraction."
+        )
+    return (
+        "The cell call (p_affected > 0.5) is the noisy-label calibration "
+        f"(P(affected | score) = σ({calibration['a']:.3g}·logit(score) + {calibration['b']:.3g}))."
+    )
 
 
 def _reference(run: Run, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -186,11 +224,25 @@ def _reference(run: Run, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     preds = run.preds[run.preds["condition"] == run.ref]
     if len(preds) and all(c in preds for c in cols):
         sims = pd.DataFrame(similarities(preds[cols].to_numpy()), columns=[f"sim_p{j}" for j in range(P)])
-        return (pd.concat([pd.DataFrame({"plate": "run", "well": preds["well"].astype(str).to_numpy(),
-                                         "score": preds["score"].to_numpy(np.float64)}), sims], axis=1),
-                f"the store has no {run.ref} wells: the run's {len(preds)} {run.ref} test cells of its own plate")
-    return pd.DataFrame(columns=["plate", "well", "score"] + [f"sim_p{j}" for j in range(P)]), \
-        f"none: the store has no {run.ref} wells and the run's test predictions no distances"
+        return (
+            pd.concat(
+                [
+                    pd.DataFrame(
+                        {
+                            "plate": "run",
+                            "well": preds["well"].astype(str).to_numpy(),
+                            "score": preds["score"].to_numpy(np.float64),
+                        }
+                    ),
+                    sims,
+                ],
+                axis=1,
+            ),
+            f"the store has no {run.ref} wells: the run's {len(preds)} {run.ref} test cells of its own plate",
+        )
+    return pd.DataFrame(
+        columns=["plate", "well", "score"] + [f"sim_p{j}" for j in range(P)]
+    ), f"none: the store has no {run.ref} wells and the run's test predictions no distances"
 
 
 def _design(stores: list[CropStore]) -> dict | None:
@@ -206,19 +258,27 @@ def _truth(wells: pd.DataFrame, fits: pd.DataFrame, hits: pd.DataFrame, design: 
         return {}
     w = wells[(wells["role"] == "scored") & wells["truth"].notna() & (wells["n_cells"] > 0)]
     if "stress" in w:
-        w = w[w["stress"].fillna("").astype(str) == ""]     # the stress wells break the assumption on purpose
+        w = w[w["stress"].fillna("").astype(str) == ""]  # the stress wells break the assumption on purpose
     out = {}
     if len(w):
         err = w["error"].abs()
-        out.update({"scored wells with truth": int(len(w)), f"share within ±{TOLERANCE}": float((err <= TOLERANCE).mean()),
-                    "mean absolute error": float(err.mean()), "max absolute error": float(err.max()),
-                    "CI over cells covers the truth": float(w["ci_covers_truth"].mean())})
+        out.update(
+            {
+                "scored wells with truth": int(len(w)),
+                f"share within ±{TOLERANCE}": float((err <= TOLERANCE).mean()),
+                "mean absolute error": float(err.mean()),
+                "max absolute error": float(err.max()),
+                "CI over cells covers the truth": float(w["ci_covers_truth"].mean()),
+            }
+        )
     plates = sorted(w["plate"].unique())
     design = design or {}
     for plate in plates if len(plates) > 1 else [None]:
         on = w if plate is None else w[w["plate"] == plate]
         tag = "" if plate is None else f"{plate}: "
-        for col, what in (() if plate is None else (("affected_fraction", "fraction"),)) + (("normalised_fraction", "normalised fraction"),):
+        for col, what in (() if plate is None else (("affected_fraction", "fraction"),)) + (
+            ("normalised_fraction", "normalised fraction"),
+        ):
             err = (on[col] - on["truth"]).abs().dropna()
             if len(err):
                 out[f"{tag}{what}: share within ±{TOLERANCE}"] = float((err <= TOLERANCE).mean())
@@ -230,7 +290,9 @@ def _truth(wells: pd.DataFrame, fits: pd.DataFrame, hits: pd.DataFrame, design: 
             out[f"{tag}{f.compound}: EC50 fitted / design{what}"] = float(f.ec50 / design["ec50"])
             if not tag and not what:
                 out[f"{f.compound}: EC50 design"] = float(design["ec50"])
-                out[f"{f.compound}: curve rises as the design's"] = bool((f.top - f.bottom) * (design["top"] - design["bottom"]) > 0)
+                out[f"{f.compound}: curve rises as the design's"] = bool(
+                    (f.top - f.bottom) * (design["top"] - design["bottom"]) > 0
+                )
     if design and len(hits):
         h = hits[hits["compound"] == design.get("compound")]
         above, vehicle = h[h["dose"] > design["ec50"]], h[h["dose"] == 0]
@@ -240,8 +302,9 @@ def _truth(wells: pd.DataFrame, fits: pd.DataFrame, hits: pd.DataFrame, design: 
     return out
 
 
-def dose_fits(wells: pd.DataFrame, enrich: pd.DataFrame, classes: list[str], n_boot: int, seed: int,
-              min_cells: int, top: int) -> tuple[pd.DataFrame, list[CompoundDose]]:
+def dose_fits(
+    wells: pd.DataFrame, enrich: pd.DataFrame, classes: list[str], n_boot: int, seed: int, min_cells: int, top: int
+) -> tuple[pd.DataFrame, list[CompoundDose]]:
     """Per compound with doses: the 4PL of the affected fraction and of its ``top`` most enriched
     prototypes' similarity differences over every plate, and with several plates per plate the 4PL of
     the fraction and of the per-plate normalised fraction. Returns (fits, each compound's curves for its
@@ -249,10 +312,12 @@ def dose_fits(wells: pd.DataFrame, enrich: pd.DataFrame, classes: list[str], n_b
     fits = [dose_response(wells, "affected_fraction", n_boot, seed, min_cells)]
     curves = []
     several = wells["plate"].nunique() > 1
-    by_plate = None                   # the per-plate fits of the normalised fraction (each compound's figure)
+    by_plate = None  # the per-plate fits of the normalised fraction (each compound's figure)
     if several:
-        fits += [dose_response(wells, m, n_boot, seed, min_cells, by_plate=True)
-                 for m in ("affected_fraction", "normalised_fraction")]
+        fits += [
+            dose_response(wells, m, n_boot, seed, min_cells, by_plate=True)
+            for m in ("affected_fraction", "normalised_fraction")
+        ]
         by_plate = fits[-1]
     dosed = wells[wells["dose"].notna() & (wells["n_cells"] > 0)]
     for compound, g in dosed.groupby("compound", sort=True):
@@ -266,73 +331,159 @@ def dose_fits(wells: pd.DataFrame, enrich: pd.DataFrame, classes: list[str], n_b
             e = enrich[(enrich["level"] == "well") & (enrich["prototype"] == j)].drop(columns=["treatment", "n_cells"])
             per[j] = g[["plate", "well", "dose", "compound", "n_cells"]].merge(e, on=["plate", "well"])
             pfits[j] = dose_response(per[j], "difference", n_boot, seed, min_cells).assign(
-                measure=f"p{j} similarity − reference")
+                measure=f"p{j} similarity − reference"
+            )
         if per:
             fits += list(pfits.values())
-        curves.append(CompoundDose(compound or "(no compound)", g, fit, plates, per,
-                                   {j: f.iloc[0].to_dict() for j, f in pfits.items()},
-                                   {j: f"p{j} ({classes[j]})" for j in per}))
+        curves.append(
+            CompoundDose(
+                compound or "(no compound)",
+                g,
+                fit,
+                plates,
+                per,
+                {j: f.iloc[0].to_dict() for j, f in pfits.items()},
+                {j: f"p{j} ({classes[j]})" for j in per},
+            )
+        )
     return pd.concat(fits, ignore_index=True), curves
 
 
-def compute_score(run: Run, models: dict, stores: list[CropStore], wells: pd.DataFrame, *, n_boot: int,
-                  nearest: int, top: int, min_cells: int, batch_size: int | None, num_workers: int, progress: bool,
-                  seed: int, fdr: float, bscore: bool, result: dict | None = None) -> ScoreResult:
+def compute_score(
+    run: Run,
+    models: dict,
+    stores: list[CropStore],
+    wells: pd.DataFrame,
+    *,
+    n_boot: int,
+    nearest: int,
+    top: int,
+    min_cells: int,
+    batch_size: int | None,
+    num_workers: int,
+    progress: bool,
+    seed: int,
+    fdr: float,
+    bscore: bool,
+    result: dict | None = None,
+) -> ScoreResult:
     """Score the cells (``result``: the network's numbers from the shares, else computed here) and
     compute every table, figure input, check and note of the score; nothing is written."""
     calibration, anchors = models["call"], models["fraction"]
     cells = score_stores(run, stores, wells, models, batch_size, num_workers, progress, nearest, result=result)
     reference, ref_note = _reference(run, cells)
 
-    extra = [c for c in wells.columns if c not in METADATA]          # the plate map's other columns
+    extra = [c for c in wells.columns if c not in METADATA]  # the plate map's other columns
     wells = well_table(cells, wells, n_boot, seed, min_cells, reference["score"].to_numpy(np.float64))
-    empty = pd.concat([empty_wells(s, wells, run.ref, run.exp).assign(**({"store": str(s.root)} if len(stores) > 1 else {}))
-                       for s in stores], ignore_index=True)
+    empty = pd.concat(
+        [
+            empty_wells(s, wells, run.ref, run.exp).assign(**({"store": str(s.root)} if len(stores) > 1 else {}))
+            for s in stores
+        ],
+        ignore_index=True,
+    )
     if len(empty):
-        log.warning("score: %d well(s) without cells: %s", len(empty),
-                    ", ".join(f"{p}/{w}" for p, w in zip(empty["plate"], empty["well"])))
+        log.warning(
+            "score: %d well(s) without cells: %s",
+            len(empty),
+            ", ".join(f"{p}/{w}" for p, w in zip(empty["plate"], empty["well"])),
+        )
     treatments = treatment_table(cells, wells, n_boot, seed)
-    per = treatments.set_index("treatment")          # each well carries its treatment's pooled estimate too
-    for col, src in (("n_replicates", "n_wells"), ("treatment_fraction", "affected_fraction"),
-                     ("treatment_ci_low", "ci_low"), ("treatment_ci_high", "ci_high")):
+    per = treatments.set_index("treatment")  # each well carries its treatment's pooled estimate too
+    for col, src in (
+        ("n_replicates", "n_wells"),
+        ("treatment_fraction", "affected_fraction"),
+        ("treatment_ci_low", "ci_low"),
+        ("treatment_ci_high", "ci_high"),
+    ):
         wells[col] = wells["treatment"].map(per[src])
     wells, tables = screen(cells, wells, reference["score"].to_numpy(np.float64), fdr, bscore, is_mixture(calibration))
     classes = [run.class_names[int(c)] for c in run.record["prototype_class"]]
     enrich = enrichment(cells, wells, reference, classes, n_boot, seed)
     fits, doses = dose_fits(wells, enrich, classes, n_boot, seed, min_cells, top)
 
-    wells_out = pd.concat([wells, empty.assign(n_cells=0, flag="no cells: prepare found none in its images")],
-                          ignore_index=True) if len(empty) else wells
-    export = well_export(wells_out, well_readouts(cells, reference["score"]).drop(
-        columns=["n_cells", "affected_fraction", "mean_p_affected", "score_shift"]), enrich, extra)
-    design = _design(stores)                     # synthetic plates: the known curve
+    wells_out = (
+        pd.concat(
+            [wells, empty.assign(n_cells=0, flag="no cells: prepare found none in its images")], ignore_index=True
+        )
+        if len(empty)
+        else wells
+    )
+    export = well_export(
+        wells_out,
+        well_readouts(cells, reference["score"]).drop(
+            columns=["n_cells", "affected_fraction", "mean_p_affected", "score_shift"]
+        ),
+        enrich,
+        extra,
+    )
+    design = _design(stores)  # synthetic plates: the known curve
     truth = _truth(wells, fits, tables["hits"], design)
     no_controls = sorted(tables["qc"].loc[tables["qc"]["verdict"] == "no controls", "plate"].unique())
-    notes = {"estimator": f"The affected fraction of a well is the {ESTIMATOR}, fitted on the run's held-out "
-                          f"control cells ({anchors['n_ref']} reference, {anchors['n_exp']} exposed: "
-                          f"ρ_Ref {anchors['rho_ref']:.3f}, ρ_Exp {anchors['rho_exp']:.3f}) and applied to "
-                          "every cell. " + call_note(calibration),
-             "assumption": f"{ASSUMPTION}: the unaffected cells of a scored well look like the reference's. A well "
-                           "whose unaffected cells differ in a way the network reads (focus, gain it can see, "
-                           "density, another cell line) gets a biased fraction; the reference is held fixed, so "
-                           "the CIs do not include its own uncertainty.",
-             "normalisation": normalisation_note(run, stores), "reference": ref_note,
-             "empty": (f"Wells prepare found no cell in: {', '.join(f'{p}/{w}' for p, w in zip(empty['plate'], empty['well']))}."
-                       if len(empty) else ""),
-             "no_controls": (f"No controls on plate(s) {', '.join(no_controls)}: no Z′, no normalisation to "
-                             "the plate's controls (its wells are tested on their raw fractions)." if no_controls else "")}
-    summary = {"run": str(run.dir), "run status": models["status"]["status"], "store": ", ".join(str(s.root) for s in stores), "plates": int(wells["plate"].nunique()),
-               "cells": int(len(cells)), "wells": int(len(wells_out)), "treatments": int(len(treatments)),
-               "compounds with a dose": int(fits.loc[fits["measure"] == "affected_fraction", "compound"].nunique()),
-               f"hits at FDR {fdr:g}": int(tables["hits"]["hit"].sum()),
-               "plates read differently": _read_differently(tables["plates_read_differently"]),
-               "bootstrap resamples": n_boot, "reference for enrichment": ref_note}
-    top_rows = (enrich[enrich["level"] == "treatment"].assign(a=lambda d: d["difference"].abs())
-                .sort_values("a", ascending=False).groupby("treatment", sort=False).head(3)
-                [["treatment", "name", "class", "mean_similarity", "reference_mean", "difference", "ci_low", "ci_high"]]
-                if len(enrich) else pd.DataFrame())
-    return ScoreResult(cells=cells, wells=wells, wells_out=wells_out, well_export=export, treatments=treatments,
-                       enrichment=enrich, fits=fits, doses=doses, tables=tables, summary=summary, notes=notes,
-                       truth=truth, design=design, top_rows=top_rows, stores=[str(s.root) for s in stores],
-                       calibration=calibration, fraction_reference=anchors, run_status=models["status"],
-                       options={"fdr": fdr, "bscore": bscore, "min_cells": min_cells})
+    notes = {
+        "estimator": f"The affected fraction of a well is the {ESTIMATOR}, fitted on the run's held-out "
+        f"control cells ({anchors['n_ref']} reference, {anchors['n_exp']} exposed: "
+        f"ρ_Ref {anchors['rho_ref']:.3f}, ρ_Exp {anchors['rho_exp']:.3f}) and applied to "
+        "every cell. " + call_note(calibration),
+        "assumption": f"{ASSUMPTION}: the unaffected cells of a scored well look like the reference's. A well "
+        "whose unaffected cells differ in a way the network reads (focus, gain it can see, "
+        "density, another cell line) gets a biased fraction; the reference is held fixed, so "
+        "the CIs do not include its own uncertainty.",
+        "normalisation": normalisation_note(run, stores),
+        "reference": ref_note,
+        "empty": (
+            f"Wells prepare found no cell in: {', '.join(f'{p}/{w}' for p, w in zip(empty['plate'], empty['well']))}."
+            if len(empty)
+            else ""
+        ),
+        "no_controls": (
+            f"No controls on plate(s) {', '.join(no_controls)}: no Z′, no normalisation to "
+            "the plate's controls (its wells are tested on their raw fractions)."
+            if no_controls
+            else ""
+        ),
+    }
+    summary = {
+        "run": str(run.dir),
+        "run status": models["status"]["status"],
+        "store": ", ".join(str(s.root) for s in stores),
+        "plates": int(wells["plate"].nunique()),
+        "cells": int(len(cells)),
+        "wells": int(len(wells_out)),
+        "treatments": int(len(treatments)),
+        "compounds with a dose": int(fits.loc[fits["measure"] == "affected_fraction", "compound"].nunique()),
+        f"hits at FDR {fdr:g}": int(tables["hits"]["hit"].sum()),
+        "plates read differently": _read_differently(tables["plates_read_differently"]),
+        "bootstrap resamples": n_boot,
+        "reference for enrichment": ref_note,
+    }
+    top_rows = (
+        enrich[enrich["level"] == "treatment"]
+        .assign(a=lambda d: d["difference"].abs())
+        .sort_values("a", ascending=False)
+        .groupby("treatment", sort=False)
+        .head(3)[["treatment", "name", "class", "mean_similarity", "reference_mean", "difference", "ci_low", "ci_high"]]
+        if len(enrich)
+        else pd.DataFrame()
+    )
+    return ScoreResult(
+        cells=cells,
+        wells=wells,
+        wells_out=wells_out,
+        well_export=export,
+        treatments=treatments,
+        enrichment=enrich,
+        fits=fits,
+        doses=doses,
+        tables=tables,
+        summary=summary,
+        notes=notes,
+        truth=truth,
+        design=design,
+        top_rows=top_rows,
+        stores=[str(s.root) for s in stores],
+        calibration=calibration,
+        fraction_reference=anchors,
+        run_status=models["status"],
+        options={"fdr": fdr, "bscore": bscore, "min_cells": min_cells},
+    )

@@ -37,7 +37,7 @@ def _jacobian(p, x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         u = 10.0 ** ((log_ec50 - x) * hill)
         f = 1 / (1 + u)
-        du = np.nan_to_num(-(top - bottom) * f * f * u * np.log(10))     # ∂f/∂(log10 u) · ln 10, 0 where u = inf
+        du = np.nan_to_num(-(top - bottom) * f * f * u * np.log(10))  # ∂f/∂(log10 u) · ln 10, 0 where u = inf
     return np.stack([1 - f, f, du * hill, du * (log_ec50 - x)], 1)
 
 
@@ -51,8 +51,9 @@ def _solve(x, y, starts, bounds) -> np.ndarray | None:
     best = None
     for p0 in starts:
         p0 = np.clip(p0, np.array(bounds[0]) + 1e-9, np.array(bounds[1]) - 1e-9)
-        r = least_squares(lambda p: logistic4(x, *p) - y, p0, jac=lambda p: _jacobian(p, x), bounds=bounds,
-                          method="trf")
+        r = least_squares(
+            lambda p: logistic4(x, *p) - y, p0, jac=lambda p: _jacobian(p, x), bounds=bounds, method="trf"
+        )
         if best is None or r.cost < best.cost:
             best = r
     return None if best is None else best.x
@@ -79,9 +80,16 @@ def _summary(p: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict:
     bottom, top, log_ec50, hill = map(float, p)
     rss = float(((logistic4(x, *p) - y) ** 2).sum())
     tss = float(((y - y.mean()) ** 2).sum())
-    return {"bottom": bottom, "top": top, "log_ec50": log_ec50, "ec50": 10 ** log_ec50, "hill": hill,
-            "r2": 1 - rss / tss if tss > 0 else float("nan"),
-            "ec50_in_range": bool(x.min() <= log_ec50 <= x.max()), "ok": True}
+    return {
+        "bottom": bottom,
+        "top": top,
+        "log_ec50": log_ec50,
+        "ec50": 10**log_ec50,
+        "hill": hill,
+        "r2": 1 - rss / tss if tss > 0 else float("nan"),
+        "ec50_in_range": bool(x.min() <= log_ec50 <= x.max()),
+        "ok": True,
+    }
 
 
 def bootstrap_fit(dose, y, fit: dict, n_boot: int, rng: np.random.Generator) -> dict:
@@ -90,8 +98,10 @@ def bootstrap_fit(dose, y, fit: dict, n_boot: int, rng: np.random.Generator) -> 
     dose, y = np.asarray(dose, np.float64), np.asarray(y, np.float64)
     keep = np.isfinite(dose) & (dose > 0) & np.isfinite(y)
     x, y = np.log10(dose[keep]), y[keep]
-    nan = {k: float("nan") for k in ("ec50_ci_low", "ec50_ci_high", "bottom_ci_low", "bottom_ci_high",
-                                     "top_ci_low", "top_ci_high")}
+    nan = {
+        k: float("nan")
+        for k in ("ec50_ci_low", "ec50_ci_high", "bottom_ci_low", "bottom_ci_high", "top_ci_low", "top_ci_high")
+    }
     if not fit.get("ok") or n_boot < 1:
         return {**nan, "n_boot": 0}
     strata = [np.flatnonzero(x == v) for v in np.unique(x)]
@@ -109,14 +119,15 @@ def bootstrap_fit(dose, y, fit: dict, n_boot: int, rng: np.random.Generator) -> 
         return {**nan, "n_boot": 0}
     p = np.array(params)
     lo, hi = ci(p[:, 2])
-    out = {"ec50_ci_low": 10 ** lo, "ec50_ci_high": 10 ** hi, "n_boot": len(p)}
+    out = {"ec50_ci_low": 10**lo, "ec50_ci_high": 10**hi, "n_boot": len(p)}
     for k, name in ((0, "bottom"), (1, "top")):
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = ci(p[:, k])
     return out
 
 
-def dose_response(wells: pd.DataFrame, measure: str, n_boot: int = 200, seed: int = 0,
-                  min_cells: int = 0, by_plate: bool = False) -> pd.DataFrame:
+def dose_response(
+    wells: pd.DataFrame, measure: str, n_boot: int = 200, seed: int = 0, min_cells: int = 0, by_plate: bool = False
+) -> pd.DataFrame:
     """One fitted curve per compound of ``measure`` (a column of ``wells``) against ``dose``; with
     ``by_plate`` one per plate and compound (column ``plate``; "" for a curve over every plate).
 
@@ -133,10 +144,42 @@ def dose_response(wells: pd.DataFrame, measure: str, n_boot: int = 200, seed: in
         fit.update(bootstrap_fit(g.loc[~few, "dose"], g.loc[~few, measure], fit, n_boot, rng))
         if few.any() and not fit["ok"]:
             fit["message"] += f" ({few.sum()} wells with < {min_cells} cells left out)"
-        rows.append({"plate": plate, "compound": compound, "measure": measure, "n_wells": int((~few).sum()), "n_excluded": int(few.sum()),
-                     "n_vehicle": int((g.loc[~few, "dose"] <= 0).sum()), **fit})
-    cols = ["plate", "compound", "measure", "n_wells", "n_excluded", "n_doses", "n_vehicle", "ok", "bottom", "top", "hill", "ec50",
-            "ec50_ci_low", "ec50_ci_high", "ec50_in_range", "r2", "bottom_ci_low", "bottom_ci_high",
-            "top_ci_low", "top_ci_high", "log_ec50", "n", "n_boot", "message"]
+        rows.append(
+            {
+                "plate": plate,
+                "compound": compound,
+                "measure": measure,
+                "n_wells": int((~few).sum()),
+                "n_excluded": int(few.sum()),
+                "n_vehicle": int((g.loc[~few, "dose"] <= 0).sum()),
+                **fit,
+            }
+        )
+    cols = [
+        "plate",
+        "compound",
+        "measure",
+        "n_wells",
+        "n_excluded",
+        "n_doses",
+        "n_vehicle",
+        "ok",
+        "bottom",
+        "top",
+        "hill",
+        "ec50",
+        "ec50_ci_low",
+        "ec50_ci_high",
+        "ec50_in_range",
+        "r2",
+        "bottom_ci_low",
+        "bottom_ci_high",
+        "top_ci_low",
+        "top_ci_high",
+        "log_ec50",
+        "n",
+        "n_boot",
+        "message",
+    ]
     df = pd.DataFrame(rows)
     return df.reindex(columns=cols)

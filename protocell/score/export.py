@@ -24,13 +24,33 @@ import pandas as pd
 
 from protocell.score.plots import row_label
 
-METADATA = {"plate": "Plate", "well": "Well", "row": "Row", "column": "Column", "condition": "Condition",
-            "compound": "Compound", "dose": "Dose", "treatment": "Treatment", "role": "Role",
-            "n_cells": "Count_Cells", "n_images": "Count_Images", "flag": "Flag", "store": "Store"}
-READOUTS = {"affected_fraction": "AffectedFraction", "ci_low": "AffectedFraction_CILow",
-            "ci_high": "AffectedFraction_CIHigh", "mean_p_affected": "MeanPAffected", "score_shift": "ScoreShift",
-            "untrained_fraction": "AffectedFraction_NotTrainedOn", "percent_of_control": "PercentOfControl",
-            "robust_z": "RobustZ", "normalised_fraction": "NormalisedFraction", "b_score": "BScore"}
+METADATA = {
+    "plate": "Plate",
+    "well": "Well",
+    "row": "Row",
+    "column": "Column",
+    "condition": "Condition",
+    "compound": "Compound",
+    "dose": "Dose",
+    "treatment": "Treatment",
+    "role": "Role",
+    "n_cells": "Count_Cells",
+    "n_images": "Count_Images",
+    "flag": "Flag",
+    "store": "Store",
+}
+READOUTS = {
+    "affected_fraction": "AffectedFraction",
+    "ci_low": "AffectedFraction_CILow",
+    "ci_high": "AffectedFraction_CIHigh",
+    "mean_p_affected": "MeanPAffected",
+    "score_shift": "ScoreShift",
+    "untrained_fraction": "AffectedFraction_NotTrainedOn",
+    "percent_of_control": "PercentOfControl",
+    "robust_z": "RobustZ",
+    "normalised_fraction": "NormalisedFraction",
+    "b_score": "BScore",
+}
 
 
 def feature_name(col: str) -> str:
@@ -38,7 +58,7 @@ def feature_name(col: str) -> str:
     if col == "intensity":
         return "Cells_Intensity_MeanIntensity_Stored"
     if col.startswith("mean_"):
-        return f"Cells_Intensity_MeanIntensity_{col[len('mean_'):]}"
+        return f"Cells_Intensity_MeanIntensity_{col[len('mean_') :]}"
     return f"Cells_AreaShape_{col.capitalize()}"
 
 
@@ -50,8 +70,9 @@ def well_export(wells: pd.DataFrame, features: pd.DataFrame, enrich: pd.DataFram
     out = pd.DataFrame(index=wells.index)
     for col, name in METADATA.items():
         if col in wells:
-            out[f"Metadata_{name}"] = wells[col].map(lambda r: row_label(int(r)) if pd.notna(r) else "") \
-                if col == "row" else wells[col]
+            out[f"Metadata_{name}"] = (
+                wells[col].map(lambda r: row_label(int(r)) if pd.notna(r) else "") if col == "row" else wells[col]
+            )
     for col in extra:
         if col in wells and f"Metadata_{col}" not in out:
             out[f"Metadata_{col}"] = wells[col]
@@ -59,8 +80,11 @@ def well_export(wells: pd.DataFrame, features: pd.DataFrame, enrich: pd.DataFram
         if col in wells:
             out[f"Protocell_{name}"] = wells[col]
     if len(enrich):
-        shift = (enrich[enrich["level"] == "well"].assign(key=lambda d: d["plate"].astype(str) + "/" + d["well"].astype(str))
-                 .pivot(index="key", columns="prototype", values="difference"))
+        shift = (
+            enrich[enrich["level"] == "well"]
+            .assign(key=lambda d: d["plate"].astype(str) + "/" + d["well"].astype(str))
+            .pivot(index="key", columns="prototype", values="difference")
+        )
         for j in shift.columns:
             out[f"Protocell_SimilarityShift_p{j}"] = key.map(shift[j]).to_numpy()
     for col in features.columns:

@@ -26,7 +26,7 @@ def welch(a, b) -> tuple[float, float]:
     if va + vb == 0:
         return (float(np.sign(diff) * np.inf), 0.0) if diff != 0 else (0.0, 1.0)
     t = diff / np.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return float(t), float(2 * stats.t.sf(abs(t), df))
 
 
@@ -63,14 +63,41 @@ def hit_table(wells: pd.DataFrame, value: str, fallback: str, fdr: float = 0.05)
         else:
             t, p = single_well(float(x[0]), ref)
         basis = g["_basis"].unique()
-        rows.append({"treatment": name, "role": g["role"].iloc[0], "compound": g["compound"].iloc[0],
-                     "dose": g["dose"].iloc[0], "n_wells": int(len(x)), "n_reference_wells": int(len(ref)),
-                     "basis": basis[0] if len(basis) == 1 else "mixed",
-                     "mean": float(x.mean()), "reference_mean": float(ref.mean()) if len(ref) else np.nan,
-                     "difference": float(x.mean() - ref.mean()) if len(ref) else np.nan,
-                     "t": t, "p_value": p, "note": why})
-    out = pd.DataFrame(rows, columns=["treatment", "role", "compound", "dose", "n_wells", "n_reference_wells", "basis",
-                                      "mean", "reference_mean", "difference", "t", "p_value", "note"])
+        rows.append(
+            {
+                "treatment": name,
+                "role": g["role"].iloc[0],
+                "compound": g["compound"].iloc[0],
+                "dose": g["dose"].iloc[0],
+                "n_wells": int(len(x)),
+                "n_reference_wells": int(len(ref)),
+                "basis": basis[0] if len(basis) == 1 else "mixed",
+                "mean": float(x.mean()),
+                "reference_mean": float(ref.mean()) if len(ref) else np.nan,
+                "difference": float(x.mean() - ref.mean()) if len(ref) else np.nan,
+                "t": t,
+                "p_value": p,
+                "note": why,
+            }
+        )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "treatment",
+            "role",
+            "compound",
+            "dose",
+            "n_wells",
+            "n_reference_wells",
+            "basis",
+            "mean",
+            "reference_mean",
+            "difference",
+            "t",
+            "p_value",
+            "note",
+        ],
+    )
     out["q_value"] = benjamini_hochberg(out["p_value"].to_numpy()) if len(out) else []
     out["hit"] = out["q_value"] < fdr
     return out.sort_values(["hit", "q_value"], ascending=[False, True], kind="stable").reset_index(drop=True)

@@ -33,7 +33,7 @@ class ScoringCells(Dataset):
         return len(self.cells)
 
     def __getitem__(self, i):
-        if self._open is not None and self.shards[i] != self._open:   # rows come shard by shard: unmap the last
+        if self._open is not None and self.shards[i] != self._open:  # rows come shard by shard: unmap the last
             self.cells.store.release(self._open)
         self._open = self.shards[i]
         x, m, _, cell_id = self.cells[i]
@@ -45,8 +45,9 @@ class ScoringCells(Dataset):
 
 
 @torch.no_grad()
-def infer(net, cells: CellDataset, positive: int, batch_size: int = 256, num_workers: int = 0,
-          progress: bool = True) -> dict[str, np.ndarray]:
+def infer(
+    net, cells: CellDataset, positive: int, batch_size: int = 256, num_workers: int = 0, progress: bool = True
+) -> dict[str, np.ndarray]:
     """cell_id (n,), score (n,) = P(exposed class), min_d (n, P) masked minimum distances,
     intensity (n,), finite (n,) bool (``ScoringCells``), in the order of ``cells.rows``."""
     net.eval()

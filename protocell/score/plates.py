@@ -81,10 +81,17 @@ def control_stats(pos, neg) -> dict:
         sp, sn, diff = out["sd_pos"], out["sd_neg"], out["mean_pos"] - out["mean_neg"]
         z = 1 - _ratio(3 * (sp + sn), abs(diff))
         rz = 1 - _ratio(3 * (out["mad_pos"] + out["mad_neg"]), abs(out["median_pos"] - out["median_neg"]))
-        ssmd = _ratio(diff, np.sqrt(sp ** 2 + sn ** 2))
+        ssmd = _ratio(diff, np.sqrt(sp**2 + sn**2))
         sw = _ratio(abs(diff) - 3 * (sp + sn), sp if diff >= 0 else sn)
-    out.update({"z_prime": z, "robust_z_prime": rz, "ssmd": ssmd, "signal_window": sw,
-                "verdict": verdict(z, len(pos), len(neg))})
+    out.update(
+        {
+            "z_prime": z,
+            "robust_z_prime": rz,
+            "ssmd": ssmd,
+            "signal_window": sw,
+            "verdict": verdict(z, len(pos), len(neg)),
+        }
+    )
     return out
 
 
@@ -154,11 +161,17 @@ def plate_effects(controls: pd.DataFrame, value: str) -> pd.DataFrame:
         p = float(kruskal(*usable).pvalue) if len(usable) >= 2 and np.ptp(np.concatenate(usable)) > 0 else np.nan
         medians = [float(np.median(v)) for v in groups.values() if len(v)]
         for plate, v in groups.items():
-            rows.append({"role": role, "plate": plate, "n_wells": int(len(v)),
-                         "median": float(np.median(v)) if len(v) else np.nan,
-                         "mad": scaled_mad(v) if len(v) > 1 else np.nan,
-                         "range_of_plate_medians": float(np.ptp(medians)) if len(medians) > 1 else np.nan,
-                         "kruskal_p": p})
+            rows.append(
+                {
+                    "role": role,
+                    "plate": plate,
+                    "n_wells": int(len(v)),
+                    "median": float(np.median(v)) if len(v) else np.nan,
+                    "mad": scaled_mad(v) if len(v) > 1 else np.nan,
+                    "range_of_plate_medians": float(np.ptp(medians)) if len(medians) > 1 else np.nan,
+                    "kruskal_p": p,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -171,10 +184,11 @@ def median_polish(grid, max_iter: int = 10, eps: float = 0.01):
     r, c, t = np.zeros(n_r), np.zeros(n_c), 0.0
     old = 0.0
 
-    def med(a, axis):                  # a row or column without wells has effect 0
+    def med(a, axis):  # a row or column without wells has effect 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nan_to_num(np.nanmedian(a, axis=axis))
+
     for _ in range(max_iter):
         rd = med(z, 1)
         z -= rd[:, None]
@@ -249,13 +263,37 @@ def trends(wells: pd.DataFrame, measures: dict[str, tuple[str, bool]]) -> pd.Dat
             resid = (v - centre).rename("resid")
             ok = resid.notna().to_numpy()
             out, inner = resid[edge & ok], resid[~edge & ok]
-            p = (float(mannwhitneyu(out, inner).pvalue) if len(out) >= 2 and len(inner) >= 2
-                 and np.ptp(resid[ok]) > 0 else np.nan)
+            p = (
+                float(mannwhitneyu(out, inner).pvalue)
+                if len(out) >= 2 and len(inner) >= 2 and np.ptp(resid[ok]) > 0
+                else np.nan
+            )
             grid, _, _ = _grid(w.assign(resid=resid), "resid")
             _, r_eff, c_eff, _ = median_polish(grid)
-            rows.append({"plate": plate, "measure": name, "n_outer": int(len(out)), "n_inner": int(len(inner)),
-                         "outer_minus_inner": float(out.median() - inner.median()) if len(out) and len(inner) else np.nan,
-                         "p_value": p, "row_effect_range": float(np.ptp(r_eff)), "column_effect_range": float(np.ptp(c_eff)),
-                         "flag": bool(np.isfinite(p) and p < TREND_P)})
-    return pd.DataFrame(rows, columns=["plate", "measure", "n_outer", "n_inner", "outer_minus_inner", "p_value",
-                                       "row_effect_range", "column_effect_range", "flag"])
+            rows.append(
+                {
+                    "plate": plate,
+                    "measure": name,
+                    "n_outer": int(len(out)),
+                    "n_inner": int(len(inner)),
+                    "outer_minus_inner": float(out.median() - inner.median()) if len(out) and len(inner) else np.nan,
+                    "p_value": p,
+                    "row_effect_range": float(np.ptp(r_eff)),
+                    "column_effect_range": float(np.ptp(c_eff)),
+                    "flag": bool(np.isfinite(p) and p < TREND_P),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "plate",
+            "measure",
+            "n_outer",
+            "n_inner",
+            "outer_minus_inner",
+            "p_value",
+            "row_effect_range",
+            "column_effect_range",
+            "flag",
+        ],
+    )

@@ -53,8 +53,9 @@ def plot_plate(wells: pd.DataFrame, plate: str, out: Path) -> Path:
             ax.text(x, y, txt, ha="center", va="center", fontsize=6, color="w" if val < 0.6 else "k")
     ax.set_xticks(range(n_cols), [str(c + 1) for c in range(n_cols)], fontsize=7)
     ax.set_yticks(range(n_rows), [row_label(r) for r in range(n_rows)], fontsize=7)
-    ax.set_title(f"plate {plate}: affected fraction per well (value, n cells; blue box reference, red exposed)",
-                 fontsize=8)
+    ax.set_title(
+        f"plate {plate}: affected fraction per well (value, n cells; blue box reference, red exposed)", fontsize=8
+    )
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="affected fraction")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
@@ -70,8 +71,15 @@ def _dose_axis(ax, doses: pd.Series):
     return x, x0
 
 
-def plot_dose(ax, wells: pd.DataFrame, measure: str, fit: dict | None, label: str,
-              truth: tuple[pd.Series, pd.Series] | None = None, ci_cols: tuple[str, str] | None = None):
+def plot_dose(
+    ax,
+    wells: pd.DataFrame,
+    measure: str,
+    fit: dict | None,
+    label: str,
+    truth: tuple[pd.Series, pd.Series] | None = None,
+    ci_cols: tuple[str, str] | None = None,
+):
     """One curve: points per well (with their CI when given), the fitted 4PL, EC50 and its CI."""
     x, x0 = _dose_axis(ax, wells["dose"])
     y = wells[measure].to_numpy(float)
@@ -80,27 +88,45 @@ def plot_dose(ax, wells: pd.DataFrame, measure: str, fit: dict | None, label: st
         ax.errorbar(x, y, yerr=err, fmt="o", ms=3.5, color="k", ecolor="0.6", lw=0.8, capsize=1.5, label="wells")
     else:
         ax.plot(x, y, "o", ms=3.5, color="k", label="wells")
-    grid = np.linspace(np.nanmin(x[wells["dose"] > 0]) - 0.3, np.nanmax(x) + 0.3, 200) if (wells["dose"] > 0).any() else None
+    grid = (
+        np.linspace(np.nanmin(x[wells["dose"] > 0]) - 0.3, np.nanmax(x) + 0.3, 200)
+        if (wells["dose"] > 0).any()
+        else None
+    )
     if truth is not None and grid is not None:
         order = np.argsort(truth[0].to_numpy())
-        ax.plot(np.log10(truth[0].to_numpy()[order]), truth[1].to_numpy()[order], "--", color="tab:green",
-                lw=1, label="truth (design)")
+        ax.plot(
+            np.log10(truth[0].to_numpy()[order]),
+            truth[1].to_numpy()[order],
+            "--",
+            color="tab:green",
+            lw=1,
+            label="truth (design)",
+        )
     if fit and fit.get("ok") and grid is not None:
-        ax.plot(grid, logistic4(grid, fit["bottom"], fit["top"], fit["log_ec50"], fit["hill"]), color="tab:red",
-                lw=1.5, label="4-parameter logistic")
+        ax.plot(
+            grid,
+            logistic4(grid, fit["bottom"], fit["top"], fit["log_ec50"], fit["hill"]),
+            color="tab:red",
+            lw=1.5,
+            label="4-parameter logistic",
+        )
         ax.axvline(fit["log_ec50"], color="tab:red", lw=0.8, ls=":")
         if np.isfinite(fit.get("ec50_ci_low", np.nan)):
             ax.axvspan(np.log10(fit["ec50_ci_low"]), np.log10(fit["ec50_ci_high"]), color="tab:red", alpha=0.1)
     ticks = sorted(set(np.round(x[wells["dose"] > 0]).astype(int))) if (wells["dose"] > 0).any() else []
-    labels = [f"{10.0 ** t:g}" for t in ticks]
+    labels = [f"{10.0**t:g}" for t in ticks]
     if (wells["dose"] <= 0).any():
         ticks, labels = [x0] + ticks, ["0"] + labels
     ax.set_xticks(ticks, labels, fontsize=7)
     ax.set_xlabel("dose (log scale)", fontsize=8)
     ax.set_ylabel(label, fontsize=8)
     if fit and fit.get("ok"):
-        ci = (f" [{fit['ec50_ci_low']:.3g}, {fit['ec50_ci_high']:.3g}]" if np.isfinite(fit.get("ec50_ci_low", np.nan))
-              else "")
+        ci = (
+            f" [{fit['ec50_ci_low']:.3g}, {fit['ec50_ci_high']:.3g}]"
+            if np.isfinite(fit.get("ec50_ci_low", np.nan))
+            else ""
+        )
         flag = "" if fit.get("ec50_in_range") else " (outside the doses)"
         ax.set_title(f"EC50 {fit['ec50']:.3g}{ci}{flag}, Hill {fit['hill']:.2g}", fontsize=8)
     elif fit:
@@ -116,8 +142,9 @@ def _truth(wells: pd.DataFrame, truth_col: str | None):
     return (wells.loc[on, "dose"], pd.to_numeric(wells.loc[on, truth_col])) if on.any() else None
 
 
-def plot_compound_plates(wells: pd.DataFrame, fits: dict[str, dict], compound: str, out: Path,
-                         truth_col: str | None = None) -> Path:
+def plot_compound_plates(
+    wells: pd.DataFrame, fits: dict[str, dict], compound: str, out: Path, truth_col: str | None = None
+) -> Path:
     """One panel per plate: the normalised fraction of the compound's wells on it against dose, with the
     plate's fitted curve (``fits``: plate → fit of ``normalised_fraction``)."""
     plt = _plt()
@@ -138,11 +165,20 @@ def plot_compound_plates(wells: pd.DataFrame, fits: dict[str, dict], compound: s
     return out
 
 
-def plot_compound(wells: pd.DataFrame, fit: dict | None, compound: str, out: Path, truth_col: str | None = None) -> Path:
+def plot_compound(
+    wells: pd.DataFrame, fit: dict | None, compound: str, out: Path, truth_col: str | None = None
+) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    plot_dose(ax, wells, "affected_fraction", fit, "affected fraction (95 % CI over cells)", _truth(wells, truth_col),
-              ("ci_low", "ci_high"))
+    plot_dose(
+        ax,
+        wells,
+        "affected_fraction",
+        fit,
+        "affected fraction (95 % CI over cells)",
+        _truth(wells, truth_col),
+        ("ci_low", "ci_high"),
+    )
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=6, loc="upper left")
     fig.suptitle(f"{compound}: affected fraction against dose ({len(wells)} wells)", fontsize=9)
@@ -152,8 +188,9 @@ def plot_compound(wells: pd.DataFrame, fit: dict | None, compound: str, out: Pat
     return out
 
 
-def plot_compound_prototypes(per_well: dict[int, pd.DataFrame], fits: dict[int, dict], names: dict[int, str],
-                             compound: str, out: Path) -> Path:
+def plot_compound_prototypes(
+    per_well: dict[int, pd.DataFrame], fits: dict[int, dict], names: dict[int, str], compound: str, out: Path
+) -> Path:
     """Small multiples: for each top enriched prototype, its similarity difference from the reference
     per well against dose, with the fitted curve."""
     plt = _plt()
@@ -162,8 +199,9 @@ def plot_compound_prototypes(per_well: dict[int, pd.DataFrame], fits: dict[int, 
     for ax, (j, w) in zip(axes[0], per_well.items()):
         plot_dose(ax, w, "difference", fits.get(j), f"{names[j]}: similarity − reference", None, ("ci_low", "ci_high"))
         ax.axhline(0, color="k", lw=0.5)
-    fig.suptitle(f"{compound}: the most enriched prototypes against dose (95 % CI over cells and reference wells)",
-                 fontsize=9)
+    fig.suptitle(
+        f"{compound}: the most enriched prototypes against dose (95 % CI over cells and reference wells)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

@@ -9,44 +9,112 @@ import pandas as pd
 
 from protocell.html import STYLE, img_html, kv_html, status_banner, table_html
 
-WELL_COLUMNS = ["plate", "well", "treatment", "role", "n_cells", "affected_fraction", "ci_low", "ci_high",
-                "mean_p_affected", "score_shift", "normalised_fraction", "percent_of_control", "robust_z", "b_score",
-                "truth", "error", "true_fraction", "intensity_vs_reference", "density_vs_reference", "flag"]
-QC_COLUMNS = ["plate", "readout", "n_neg", "n_pos", "median_neg", "median_pos", "z_prime", "robust_z_prime", "ssmd",
-              "signal_window", "verdict"]
+WELL_COLUMNS = [
+    "plate",
+    "well",
+    "treatment",
+    "role",
+    "n_cells",
+    "affected_fraction",
+    "ci_low",
+    "ci_high",
+    "mean_p_affected",
+    "score_shift",
+    "normalised_fraction",
+    "percent_of_control",
+    "robust_z",
+    "b_score",
+    "truth",
+    "error",
+    "true_fraction",
+    "intensity_vs_reference",
+    "density_vs_reference",
+    "flag",
+]
+QC_COLUMNS = [
+    "plate",
+    "readout",
+    "n_neg",
+    "n_pos",
+    "median_neg",
+    "median_pos",
+    "z_prime",
+    "robust_z_prime",
+    "ssmd",
+    "signal_window",
+    "verdict",
+]
 HIT_COLUMNS = ["treatment", "role", "n_wells", "basis", "mean", "reference_mean", "difference", "p_value", "q_value"]
-FIT_COLUMNS = ["plate", "compound", "measure", "n_wells", "n_doses", "n_vehicle", "ec50", "ec50_ci_low", "ec50_ci_high",
-               "ec50_in_range", "hill", "bottom", "top", "r2", "message"]
+FIT_COLUMNS = [
+    "plate",
+    "compound",
+    "measure",
+    "n_wells",
+    "n_doses",
+    "n_vehicle",
+    "ec50",
+    "ec50_ci_low",
+    "ec50_ci_high",
+    "ec50_in_range",
+    "hill",
+    "bottom",
+    "top",
+    "r2",
+    "message",
+]
 
 
 def _cols(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return df[[c for c in cols if c in df.columns]]
 
 
-def score_page(summary: dict, wells: pd.DataFrame, treatments: pd.DataFrame, fits: pd.DataFrame,
-               enrich_top: pd.DataFrame, figures: dict, notes: dict, truth: dict, tables: dict, fdr: float,
-               run_status: dict | None = None) -> str:
+def score_page(
+    summary: dict,
+    wells: pd.DataFrame,
+    treatments: pd.DataFrame,
+    fits: pd.DataFrame,
+    enrich_top: pd.DataFrame,
+    figures: dict,
+    notes: dict,
+    truth: dict,
+    tables: dict,
+    fdr: float,
+    run_status: dict | None = None,
+) -> str:
     """The page as text (the caller writes it atomically). ``figures``: section → list of (path relative
     to the page, caption); ``notes``: estimator, assumption, normalisation, reference, empty wells, plates
     without controls; ``tables``: qc, plate_effects, trends, hits (``screen.screen``)."""
     e = html.escape
     qc, hits, trends, effects = tables["qc"], tables["hits"], tables["trends"], tables["plate_effects"]
     found = hits[hits["hit"]] if len(hits) else hits
-    effects_html = (f"""<p class="how"><b>Plate effect.</b> The same controls on every plate (their wells' fraction
+    effects_html = (
+        f"""<p class="how"><b>Plate effect.</b> The same controls on every plate (their wells' fraction
 over the cells the run did not train on): median per plate, and a Kruskal–Wallis test across plates. A control that reads
 differently from plate to plate is a plate effect; the normalised fraction removes it as far as it is a shift and a scale.
-(<a href="score/plate_effects.csv">CSV</a>)</p>{table_html(effects)}""" if len(effects) else "")
+(<a href="score/plate_effects.csv">CSV</a>)</p>{table_html(effects)}"""
+        if len(effects)
+        else ""
+    )
 
     def figs(section: str) -> str:
-        wide = ' style="width:100%"'     # multi-panel figures (several prototypes) get the page's width
-        return "".join(f'<figure class="c"{wide if "prototypes" in src else ""}>{img_html(src, cap)}'
-                       f'<figcaption>{e(cap)}</figcaption></figure>' for src, cap in figures.get(section, []))
+        wide = ' style="width:100%"'  # multi-panel figures (several prototypes) get the page's width
+        return "".join(
+            f'<figure class="c"{wide if "prototypes" in src else ""}>{img_html(src, cap)}'
+            f"<figcaption>{e(cap)}</figcaption></figure>"
+            for src, cap in figures.get(section, [])
+        )
 
     no_dose = wells[wells["dose"].isna()] if "dose" in wells else wells.iloc[:0]
     flagged = wells[wells["flag"] != ""]
-    truth_html = (f'<h2>Ground truth</h2><p class="how">Only for wells whose per-cell truth is known (synthetic '
-                  f'plates): the estimate against the share of cells truly affected; the EC50 against the design\'s.</p>'
-                  f'<table class="kv">{kv_html(truth)}</table>') if truth else ""
+    truth_html = (
+        (
+            f'<h2>Ground truth</h2><p class="how">Only for wells whose per-cell truth is known (synthetic '
+            f"plates): the estimate against the share of cells truly affected; the EC50 against the design's.</p>"
+            f'<table class="kv">{kv_html(truth)}</table>'
+        )
+        if truth
+        else ""
+    )
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>protocell score · {e(str(summary.get("store", "")))}</title>
 {STYLE}</head><body>

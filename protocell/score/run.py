@@ -37,7 +37,7 @@ from protocell.score.source import ScoreError, open_store, plate_wells, run_cali
 from protocell.score.write import write_score
 
 log = logging.getLogger("protocell.score")
-SCORE_LOCK = ".score.lock"     # held while a score writes into its out= folder (one writer per folder)
+SCORE_LOCK = ".score.lock"  # held while a score writes into its out= folder (one writer per folder)
 
 
 def _run(run) -> Run:
@@ -63,14 +63,19 @@ def _inputs(run, store):
     run = _run(run)
     status = run_status(RunFolder(run.dir).metrics)
     if status["status"] == "warning":
-        log.warning("score: the run's status is warning — its answer may be wrong (%s); the page says so on top",
-                    "; ".join(status["reasons"]))
-    models = {"call": run_calibration(RunFolder(run.dir).metrics), "fraction": run_reference(run.dir, run.exp),
-              "status": status}
+        log.warning(
+            "score: the run's status is warning — its answer may be wrong (%s); the page says so on top",
+            "; ".join(status["reasons"]),
+        )
+    models = {
+        "call": run_calibration(RunFolder(run.dir).metrics),
+        "fraction": run_reference(run.dir, run.exp),
+        "status": status,
+    }
     stores: list[CropStore] = []
     for path in _store_paths(run, store):
         s = open_store(path, run.dm.store)
-        run.dm.dataset_of(s, [])                      # channels, by name (refused with the store's file)
+        run.dm.dataset_of(s, [])  # channels, by name (refused with the store's file)
         if any(o.root.resolve() == s.root.resolve() for o in stores):
             raise ScoreError(f"{s.root} is listed twice in data.path: list each store once")
         stores.append(s)
@@ -84,15 +89,25 @@ def _inputs(run, store):
             r = twice.iloc[0]
             where = sorted(twice.loc[(twice["plate"] == r["plate"]) & (twice["well"] == r["well"]), "store"])
             more = twice.groupby(["plate", "well"]).ngroups - 1
-            raise ScoreError(f"well {r['plate']}/{r['well']} is in {where[0]}/manifest.csv and in {where[1]}/manifest.csv"
-                             f"{f' (and {more} more wells)' if more else ''}: "
-                             "stores scored together must hold different wells — give their plates different names "
-                             "in the plate maps, or score them in separate calls")
+            raise ScoreError(
+                f"well {r['plate']}/{r['well']} is in {where[0]}/manifest.csv and in {where[1]}/manifest.csv"
+                f"{f' (and {more} more wells)' if more else ''}: "
+                "stores scored together must hold different wells — give their plates different names "
+                "in the plate maps, or score them in separate calls"
+            )
     return run, models, stores, pd.concat(per, ignore_index=True)
 
 
-def score_share(run: Run, store: CropStore, out: Path, share: int, shards: int, batch_size=None, num_workers: int = 0,
-                progress: bool = True) -> Path:
+def score_share(
+    run: Run,
+    store: CropStore,
+    out: Path,
+    share: int,
+    shards: int,
+    batch_size=None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Path:
     """One task of a sharded score (``protocell.score.shares``): the network's pass over share ``share`` of
     ``shards`` of the store's cells, written to ``out/.score-shares/``; returns that file."""
     t0 = time.time()
@@ -103,22 +118,43 @@ def score_share(run: Run, store: CropStore, out: Path, share: int, shards: int, 
     result = run_network(run, store, mine, batch, num_workers, progress)
     refuse_nonfinite(store, mine, result)
     path = shares.write_share(out, result, ident, time.time() - t0)
-    log.info("score: share %d of %d (%d cells) → %s; when every share is done: score.py … shard=merge", share, shards,
-             len(mine), path)
+    log.info(
+        "score: share %d of %d (%d cells) → %s; when every share is done: score.py … shard=merge",
+        share,
+        shards,
+        len(mine),
+        path,
+    )
     return path
 
 
-def score_store(run, store=None, batch_size: int | None = None, num_workers: int = 0, progress: bool = True,
-                nearest: int = 3) -> pd.DataFrame:
+def score_store(
+    run, store=None, batch_size: int | None = None, num_workers: int = 0, progress: bool = True, nearest: int = 3
+) -> pd.DataFrame:
     """Score every cell of ``store`` (a crop-store folder, a list of them; default: the run's own) with
     ``run`` (a run folder or a loaded ``Run``): the ``cells.csv`` table (``tables.cell_table``), nothing written."""
     run, models, stores, wells = _inputs(run, store)
     return score_stores(run, stores, wells, models, batch_size, num_workers, progress, nearest)
 
 
-def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3, top: int = 3, min_cells: int = 20,
-              batch_size: int | None = None, num_workers: int = 0, progress: bool = True, log_wandb: bool = True,
-              seed: int = 0, fdr: float = 0.05, bscore: bool = False, shards: int = 1, shard: int | str = "all") -> Path:
+def score_run(
+    run_dir,
+    store=None,
+    out=None,
+    n_boot: int = 200,
+    nearest: int = 3,
+    top: int = 3,
+    min_cells: int = 20,
+    batch_size: int | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    log_wandb: bool = True,
+    seed: int = 0,
+    fdr: float = 0.05,
+    bscore: bool = False,
+    shards: int = 1,
+    shard: int | str = "all",
+) -> Path:
     """Score ``store`` (a crop store, a list of them; default: the run's own) with the run in ``run_dir``;
     returns the ``score/`` folder. ``shard``: ``all`` (here, at once), a share 0 … ``shards`` − 1 (one task
     of a sharded score of one store: returns its file under ``out/.score-shares/``), or ``merge`` (the
@@ -131,31 +167,62 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
     check(isinstance(bscore, bool), "bscore", bscore, "true or false")
     problem = folder_problem(out) if out is not None else None
     check(problem is None, "out", str(out), f"a folder for score/ and score.html (created if absent); it {problem}")
-    check(isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1, "shards", shards,
-          "an integer ≥ 1: the number of tasks the cells are dealt to")
-    check(shard in ("all", "merge") or (isinstance(shard, int) and not isinstance(shard, bool) and 0 <= shard < shards),
-          "shard", shard, f"all (every cell here), one share 0 … {shards - 1} (shards={shards}), or merge (the tables "
-          "from the finished shares)")
+    check(
+        isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1,
+        "shards",
+        shards,
+        "an integer ≥ 1: the number of tasks the cells are dealt to",
+    )
+    check(
+        shard in ("all", "merge") or (isinstance(shard, int) and not isinstance(shard, bool) and 0 <= shard < shards),
+        "shard",
+        shard,
+        f"all (every cell here), one share 0 … {shards - 1} (shards={shards}), or merge (the tables "
+        "from the finished shares)",
+    )
     t0 = time.time()
     run, models, stores, wells = _inputs(run_dir, store)
     out = Path(out) if out is not None else run.dir
     if shard != "all" and len(stores) > 1:
-        raise ScoreError(f"shard={shard} with {len(stores)} stores in data.path: a sharded score takes one store a "
-                         "call — sweep data.path over the stores (score.py -m 'data.path=a,b' shards=N …) or use shard=all")
+        raise ScoreError(
+            f"shard={shard} with {len(stores)} stores in data.path: a sharded score takes one store a "
+            "call — sweep data.path over the stores (score.py -m 'data.path=a,b' shards=N …) or use shard=all"
+        )
     batch = int(batch_size or run.dm.eval_batch_size)
     if isinstance(shard, int):
         return score_share(run, stores[0], out, shard, shards, batch, num_workers, progress)
-    result = (shares.read_shares(out, run.dir, stores[0], batch, len(originals(stores[0])), shards)
-              if shard == "merge" else None)
+    result = (
+        shares.read_shares(out, run.dir, stores[0], batch, len(originals(stores[0])), shards)
+        if shard == "merge"
+        else None
+    )
     with output_errors(out, "out", ScoreError):
         out.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(out / SCORE_LOCK, lambda holder: ScoreError(
+        with exclusive_lock(
+            out / SCORE_LOCK,
+            lambda holder: ScoreError(
                 f"out={out} is being written by another score.py ({holder}); wait for it to finish, or give this one "
-                "another out=")):
+                "another out="
+            ),
+        ):
             remove_leftovers(out)
-            scored = compute_score(run, models, stores, wells, n_boot=n_boot, nearest=nearest, top=top,
-                                   min_cells=min_cells, batch_size=batch_size, num_workers=num_workers,
-                                   progress=progress, seed=seed, fdr=fdr, bscore=bscore, result=result)
+            scored = compute_score(
+                run,
+                models,
+                stores,
+                wells,
+                n_boot=n_boot,
+                nearest=nearest,
+                top=top,
+                min_cells=min_cells,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=progress,
+                seed=seed,
+                fdr=fdr,
+                bscore=bscore,
+                result=result,
+            )
             write_score(out, scored, t0)
             if result is not None:
                 shares.remove_shares(out, shards)
@@ -166,8 +233,13 @@ def score_run(run_dir, store=None, out=None, n_boot: int = 200, nearest: int = 3
             log_to_saved_run(run.cfg, run.dir, keys=("score/",))
         else:
             log.info("W&B: not logged (score/ is outside the run folder, out=%s)", out)
-    log.info("score: %d cells, %d wells → %s (%.1f s)", len(scored.cells), len(scored.wells_out), out / "score.html",
-             time.time() - t0)
+    log.info(
+        "score: %d cells, %d wells → %s (%.1f s)",
+        len(scored.cells),
+        len(scored.wells_out),
+        out / "score.html",
+        time.time() - t0,
+    )
     return out / "score"
 
 
@@ -189,6 +261,6 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:          # another user's process
+    except PermissionError:  # another user's process
         return True
     return True

@@ -19,8 +19,11 @@ from protocell.score.plates import b_scores, normalise, plate_effects, plate_qc,
 from protocell.score.tables import well_key, well_readouts
 
 # the network's readouts in the QC table (names as in well_table.csv) → the control wells' column
-NETWORK = {"Protocell_AffectedFraction": "untrained_fraction", "Protocell_MeanPAffected": "mean_p_affected",
-           "Protocell_ScoreShift": "score_shift"}
+NETWORK = {
+    "Protocell_AffectedFraction": "untrained_fraction",
+    "Protocell_MeanPAffected": "mean_p_affected",
+    "Protocell_ScoreShift": "score_shift",
+}
 
 
 def control_wells(cells: pd.DataFrame, wells: pd.DataFrame, reference_scores) -> pd.DataFrame:
@@ -43,29 +46,38 @@ def qc_readouts(cells: pd.DataFrame, mixture: bool = False) -> dict[str, str]:
     return {**network, **{feature_name(c): c for c in ["intensity"] + cell_feature_columns(cells.columns)}}
 
 
-def screen(cells: pd.DataFrame, wells: pd.DataFrame, reference_scores, fdr: float = 0.05,
-           bscore: bool = False, mixture: bool = False) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+def screen(
+    cells: pd.DataFrame,
+    wells: pd.DataFrame,
+    reference_scores,
+    fdr: float = 0.05,
+    bscore: bool = False,
+    mixture: bool = False,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """(``wells`` with percent_of_control, robust_z, normalised_fraction and, with ``bscore``, b_score;
     the tables: ``qc`` (plate × readout), ``plate_effects`` (several plates), ``trends`` (plate ×
     measure), ``hits`` (treatment))."""
     ctrl = control_wells(cells, wells, reference_scores)
     plates = sorted(wells["plate"].astype(str).unique())
     qc = plate_qc(ctrl, qc_readouts(cells, mixture), plates)
-    own = cells.loc[cells["run_split"].astype(str) != "", "plate"].astype(str).unique()   # the run's own store
+    own = cells.loc[cells["run_split"].astype(str) != "", "plate"].astype(str).unique()  # the run's own store
     wells = normalise(wells, ctrl, "untrained_fraction", anchors=own)
     wells, reads = plates_read_differently(wells, ctrl, own)
     if bscore:
         wells["b_score"] = b_scores(wells, "untrained_fraction")
     effects = plate_effects(ctrl, "untrained_fraction") if len(plates) > 1 else pd.DataFrame()
     log_intensity = np.log2(wells["intensity"].clip(lower=1e-12))
-    trend = trends(wells.assign(log2_intensity=log_intensity),
-                   {"affected fraction": ("untrained_fraction", True), "log2 intensity": ("log2_intensity", False)})
+    trend = trends(
+        wells.assign(log2_intensity=log_intensity),
+        {"affected fraction": ("untrained_fraction", True), "log2 intensity": ("log2_intensity", False)},
+    )
     hits = hit_table(wells, "normalised_fraction", "untrained_fraction", fdr)
     return wells, {"qc": qc, "plate_effects": effects, "trends": trend, "hits": hits, "plates_read_differently": reads}
 
 
-def plates_read_differently(wells: pd.DataFrame, ctrl: pd.DataFrame, own, alpha: float = 0.01,
-                            margin: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+def plates_read_differently(
+    wells: pd.DataFrame, ctrl: pd.DataFrame, own, alpha: float = 0.01, margin: float = 0.05
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Plates whose **reference** control wells the network reads differently from the reference wells of
     the run's own plates (``own``): their unaffected cells do not score like the training plate's, so
     every fraction on the plate is biased by what the network reads (gain, focus, another batch), and
@@ -85,12 +97,22 @@ def plates_read_differently(wells: pd.DataFrame, ctrl: pd.DataFrame, own, alpha:
         diff = float(np.median(v) - np.median(base))
         p = float(mannwhitneyu(v, base, alternative="two-sided").pvalue)
         flagged = abs(diff) > margin and p < alpha
-        rows.append({"plate": plate, "n_reference_wells": len(v), "reference_median": float(np.median(v)),
-                     "training_plates_reference_median": float(np.median(base)), "difference": diff,
-                     "mann_whitney_p": p, "flag": flagged})
+        rows.append(
+            {
+                "plate": plate,
+                "n_reference_wells": len(v),
+                "reference_median": float(np.median(v)),
+                "training_plates_reference_median": float(np.median(base)),
+                "difference": diff,
+                "mann_whitney_p": p,
+                "flag": flagged,
+            }
+        )
         if flagged:
-            note = (f"plate read differently: its reference wells {np.median(v):.2f} vs {np.median(base):.2f} on the "
-                    "run's plates — fractions biased, normalised only as far as a shift and scale")
+            note = (
+                f"plate read differently: its reference wells {np.median(v):.2f} vs {np.median(base):.2f} on the "
+                "run's plates — fractions biased, normalised only as far as a shift and scale"
+            )
             on = wells["plate"].astype(str) == str(plate)
             wells.loc[on, "flag"] = [f"{f}; {note}" if f else note for f in wells.loc[on, "flag"]]
     return wells, pd.DataFrame(rows)

@@ -49,11 +49,21 @@ def identity(run_dir: Path, store: CropStore, batch: int, n: int, shards: int, s
     """What a share's numbers were computed from: the checkpoint and prototypes (path, size, mtime), the store
     (folder and manifest hash), the batch size and the rows; the merge takes a share only when they match."""
     folder = RunFolder(run_dir)
-    files = {f.name: [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in (folder.checkpoint,
-                                                                                       folder.prototypes)}
+    files = {
+        f.name: [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns]
+        for f in (folder.checkpoint, folder.prototypes)
+    }
     rows = share_rows(n, batch, shards, share)
-    return {"run": files, "store": str(store.root.resolve()), "manifest_sha1": store.info.get("manifest_sha1"),
-            "batch_size": batch, "cells": n, "shards": shards, "share": share, "rows": [rows.start, rows.stop]}
+    return {
+        "run": files,
+        "store": str(store.root.resolve()),
+        "manifest_sha1": store.info.get("manifest_sha1"),
+        "batch_size": batch,
+        "cells": n,
+        "shards": shards,
+        "share": share,
+        "rows": [rows.start, rows.stop],
+    }
 
 
 def write_share(out: Path, result: dict, ident: dict, seconds: float) -> Path:
@@ -67,8 +77,14 @@ def write_share(out: Path, result: dict, ident: dict, seconds: float) -> Path:
         arrays = {k: np.asarray(result[k]) for k in ARRAYS}
         atomic_write(path, lambda fh: np.savez(fh, identity=np.array(json.dumps(ident, sort_keys=True)), **arrays))
         peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        report = {"share": ident["share"], "shards": ident["shards"], "cells": len(arrays["cell_id"]),
-                  "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024, 1), "host": socket.gethostname()}
+        report = {
+            "share": ident["share"],
+            "shards": ident["shards"],
+            "cells": len(arrays["cell_id"]),
+            "seconds": round(seconds, 2),
+            "peak_rss_mb": round(peak / 1024, 1),
+            "host": socket.gethostname(),
+        }
         atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(report, indent=1).encode()))
     return path
 
@@ -87,22 +103,31 @@ def read_shares(out: Path, run_dir: Path, store: CropStore, batch: int, n: int, 
         except FileNotFoundError:
             missing.append(k)
             continue
-        except (OSError, ValueError, KeyError):        # a damaged file: scored again
+        except (OSError, ValueError, KeyError):  # a damaged file: scored again
             stale.append(k)
             continue
-        if got != json.loads(json.dumps(want, sort_keys=True)) or len(part["cell_id"]) != want["rows"][1] - want["rows"][0]:
+        if (
+            got != json.loads(json.dumps(want, sort_keys=True))
+            or len(part["cell_id"]) != want["rows"][1] - want["rows"][0]
+        ):
             stale.append(k)
             continue
         parts.append(part)
     if missing or stale:
         redo = sorted(missing + stale)
-        stale_why = ("scored from another run checkpoint, store, batch size or share count, or damaged: share(s) "
-                     f"{', '.join(map(str, stale))}")
-        why = "; ".join(([f"not scored: share(s) {', '.join(map(str, missing))}"] if missing else [])
-                        + ([stale_why] if stale else []))
-        raise ScoreError(f"out={out}: {len(redo)} of {shards} shares are not ready ({why}; in {out / SHARES}): run "
-                         f"the same score command with shard={redo[0]}{''.join(f', shard={k}' for k in redo[1:])} "
-                         "(a multirun: shard=" + ",".join(map(str, redo)) + "), then shard=merge; nothing was written")
+        stale_why = (
+            "scored from another run checkpoint, store, batch size or share count, or damaged: share(s) "
+            f"{', '.join(map(str, stale))}"
+        )
+        why = "; ".join(
+            ([f"not scored: share(s) {', '.join(map(str, missing))}"] if missing else [])
+            + ([stale_why] if stale else [])
+        )
+        raise ScoreError(
+            f"out={out}: {len(redo)} of {shards} shares are not ready ({why}; in {out / SHARES}): run "
+            f"the same score command with shard={redo[0]}{''.join(f', shard={k}' for k in redo[1:])} "
+            "(a multirun: shard=" + ",".join(map(str, redo)) + "), then shard=merge; nothing was written"
+        )
     return {a: np.concatenate([p[a] for p in parts]) for a in ARRAYS}
 
 

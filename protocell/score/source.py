@@ -20,7 +20,7 @@ from protocell import doses
 from protocell.data.store import MANIFEST_COLUMNS, CropStore
 from protocell.errors import ProtocellError
 
-WELL_NAME = re.compile(r"^([A-Za-z]{1,2})0*(\d{1,3})$")    # B07, b7, AF48 (1536-well plates)
+WELL_NAME = re.compile(r"^([A-Za-z]{1,2})0*(\d{1,3})$")  # B07, b7, AF48 (1536-well plates)
 # manifest columns that are per cell, not per well (the rest of the extra columns describe the well)
 PER_CELL = set(MANIFEST_COLUMNS) | {"label_id"}
 
@@ -39,12 +39,17 @@ def run_status(metrics_path: Path) -> dict:
     (its scores are not a readout: a screen scored with it would report fractions the run itself says are
     meaningless). ``warning`` and ``incomplete`` runs are scored, and the page says so on top."""
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    status = {"status": metrics.get("status", "unknown"), "reasons": list(metrics.get("reasons") or []),
-              "warnings": list(metrics.get("warnings") or [])}
+    status = {
+        "status": metrics.get("status", "unknown"),
+        "reasons": list(metrics.get("reasons") or []),
+        "warnings": list(metrics.get("warnings") or []),
+    }
     if status["status"] == "failed":
         why = "; ".join(status["reasons"]) or "no reason recorded"
-        raise ScoreError(f"{metrics_path} says status failed ({why}): a failed run's scores are not a readout; "
-                         "retrain (fix what the reasons name) and score with a run whose status is ok")
+        raise ScoreError(
+            f"{metrics_path} says status failed ({why}): a failed run's scores are not a readout; "
+            "retrain (fix what the reasons name) and score with a run whose status is ok"
+        )
     return status
 
 
@@ -53,21 +58,28 @@ def run_calibration(metrics_path: Path) -> dict:
     at its well's affected fraction, ``protocell.fraction``) or a noisy-label calibration (a, b, lo, hi);
     refused when there is none to use."""
     if not metrics_path.exists():
-        raise ScoreError(f"{metrics_path} is missing: it holds the calibration the affected fraction needs; "
-                         "pass a run that finished training (train.py writes it after testing)")
+        raise ScoreError(
+            f"{metrics_path} is missing: it holds the calibration the affected fraction needs; "
+            "pass a run that finished training (train.py writes it after testing)"
+        )
     cal = json.loads(metrics_path.read_text()).get("calibration") or {}
     if is_mixture(cal) and cal.get("used", False):
         return cal
     needed = ("a", "b", "lo", "hi", "prior")
     if not all(k in cal for k in needed) or not cal.get("used", False) or not cal.get("ok", False):
-        why = ("no calibration (calibration=none)" if not cal else
-               f"calibration '{cal.get('method', '?')}' without {[k for k in needed if k not in cal]}"
-               if not all(k in cal for k in needed) else
-               f"a noisy-label calibration that is degenerate (ok={cal.get('ok')}, used={cal.get('used')}, "
-               f"hi − lo = {cal.get('hi', 0) - cal.get('lo', 0):.3f} on {cal.get('n_cells', '?')} held-out cells)")
-        raise ScoreError(f"{metrics_path} holds {why}: the affected fraction is the mixing weight of the noisy-label "
-                         "calibration's likelihood ratios; retrain with calibration=mixture (the default) or noisy_label, with "
-                         "enough validation wells (data.val_fraction) for a fit with cell-level evidence")
+        why = (
+            "no calibration (calibration=none)"
+            if not cal
+            else f"calibration '{cal.get('method', '?')}' without {[k for k in needed if k not in cal]}"
+            if not all(k in cal for k in needed)
+            else f"a noisy-label calibration that is degenerate (ok={cal.get('ok')}, used={cal.get('used')}, "
+            f"hi − lo = {cal.get('hi', 0) - cal.get('lo', 0):.3f} on {cal.get('n_cells', '?')} held-out cells)"
+        )
+        raise ScoreError(
+            f"{metrics_path} holds {why}: the affected fraction is the mixing weight of the noisy-label "
+            "calibration's likelihood ratios; retrain with calibration=mixture (the default) or noisy_label, with "
+            "enough validation wells (data.val_fraction) for a fit with cell-level evidence"
+        )
     return cal
 
 
@@ -78,13 +90,17 @@ def run_reference(run_dir: Path, exp: str) -> dict:
     frac = json.loads(metrics_path.read_text()).get("affected_fraction") or {} if metrics_path.exists() else {}
     fit = frac.get("fit")
     if fit is None:
-        raise ScoreError(f"{metrics_path} has no affected-fraction reference (affected_fraction.fit: "
-                         f"{frac.get('reason', 'absent')}), which every fraction of {exp} cells is measured against: "
-                         "pass a run that finished training with this protocell (train.py writes it after testing)")
+        raise ScoreError(
+            f"{metrics_path} has no affected-fraction reference (affected_fraction.fit: "
+            f"{frac.get('reason', 'absent')}), which every fraction of {exp} cells is measured against: "
+            "pass a run that finished training with this protocell (train.py writes it after testing)"
+        )
     if not fit.get("ok"):
-        raise ScoreError(f"{metrics_path}: the affected-fraction reference fitted on the run's held-out cells is "
-                         f"unusable ({fit.get('reason', 'not ok')}); a run whose scores do not separate any "
-                         f"exposed cell from the reference cannot measure a fraction — check its metrics first")
+        raise ScoreError(
+            f"{metrics_path}: the affected-fraction reference fitted on the run's held-out cells is "
+            f"unusable ({fit.get('reason', 'not ok')}); a run whose scores do not separate any "
+            f"exposed cell from the reference cannot measure a fraction — check its metrics first"
+        )
     return fit
 
 
@@ -92,10 +108,12 @@ def open_store(path: str | Path, run_store: CropStore) -> CropStore:
     """The store to score, refused when its crops differ in size from the run's store."""
     store = CropStore(path)
     if store.crop_size != run_store.crop_size:
-        raise ScoreError(f"{store.root / 'store.json'} holds {store.crop_size} px crops, the run was trained on "
-                         f"{run_store.crop_size} px crops ({run_store.root}): prepare the plate again with "
-                         f"cells.crop_size={run_store.crop_size} (the same pixel size), so cells are seen at the "
-                         "magnification the network learnt")
+        raise ScoreError(
+            f"{store.root / 'store.json'} holds {store.crop_size} px crops, the run was trained on "
+            f"{run_store.crop_size} px crops ({run_store.root}): prepare the plate again with "
+            f"cells.crop_size={run_store.crop_size} (the same pixel size), so cells are seen at the "
+            "magnification the network learnt"
+        )
     originals = store.manifest["aug_of"].to_numpy() < 0
     if not originals.any():
         raise ScoreError(f"{store.root / 'manifest.csv'} lists no original cells (only offline augmentations)")
@@ -118,8 +136,10 @@ def _one_per_well(m: pd.DataFrame, col: str, where: Path) -> pd.Series:
     mixed = values[values.map(len) > 1]
     if len(mixed):
         (plate, well), vals = next(iter(mixed.items()))
-        raise ScoreError(f"{where}: well {plate}/{well} has {col} values {vals} in its images; a well has one {col} "
-                         f"(fix the plate map and prepare again){f' — and {len(mixed) - 1} more wells' if len(mixed) > 1 else ''}")
+        raise ScoreError(
+            f"{where}: well {plate}/{well} has {col} values {vals} in its images; a well has one {col} "
+            f"(fix the plate map and prepare again){f' — and {len(mixed) - 1} more wells' if len(mixed) > 1 else ''}"
+        )
     return values.map(lambda v: v[0])
 
 
@@ -130,9 +150,11 @@ def parse_doses(text: pd.Series, where: Path) -> pd.Series:
     dose, bad = doses.parse_doses(text)
     if bad.any():
         shown = ", ".join(f"{'/'.join(map(str, k))} ({text[k]!r})" for k in list(bad[bad].index)[:5])
-        raise ScoreError(f"{where}: dose must be a number ≥ 0, finite (or empty for wells without one); not so in "
-                         f"well(s) {shown}{' …' if bad.sum() > 5 else ''}: fix the plate map's dose column and "
-                         "prepare again")
+        raise ScoreError(
+            f"{where}: dose must be a number ≥ 0, finite (or empty for wells without one); not so in "
+            f"well(s) {shown}{' …' if bad.sum() > 5 else ''}: fix the plate map's dose column and "
+            "prepare again"
+        )
     return dose
 
 
@@ -167,9 +189,13 @@ def _placed(wells: pd.DataFrame, ref: str, exp: str) -> pd.DataFrame:
     pos = wells["well"].map(parse_well)
     wells["row"] = pos.map(lambda p: None if p is None else p[0])
     wells["column"] = pos.map(lambda p: None if p is None else p[1])
-    wells["treatment"] = [treatment_name(c, k, d) or f"well {p}/{w}" for c, k, d, p, w in
-                          zip(wells["condition"], wells["compound"], wells["dose"], wells["plate"], wells["well"])]
-    wells["role"] = np.select([wells["condition"] == ref, wells["condition"] == exp], ["reference", "exposed"], "scored")
+    wells["treatment"] = [
+        treatment_name(c, k, d) or f"well {p}/{w}"
+        for c, k, d, p, w in zip(wells["condition"], wells["compound"], wells["dose"], wells["plate"], wells["well"])
+    ]
+    wells["role"] = np.select(
+        [wells["condition"] == ref, wells["condition"] == exp], ["reference", "exposed"], "scored"
+    )
     return wells
 
 
@@ -183,16 +209,23 @@ def empty_wells(store: CropStore, wells: pd.DataFrame, ref: str = "", exp: str =
     if not path.exists():
         return pd.DataFrame(columns=cols)
     records = json.loads(path.read_text()).get("per_image", [])
-    per_image = pd.DataFrame([{k: v for k, v in r.items() if k != "meta"} | {f"meta:{k}": v for k, v in (r.get("meta") or {}).items()}
-                              for r in records])
+    per_image = pd.DataFrame(
+        [
+            {k: v for k, v in r.items() if k != "meta"} | {f"meta:{k}": v for k, v in (r.get("meta") or {}).items()}
+            for r in records
+        ]
+    )
     if per_image.empty:
         return pd.DataFrame(columns=cols)
     per_image[["plate", "well"]] = per_image[["plate", "well"]].astype(str)
     meta = [c for c in per_image.columns if c.startswith("meta:")]
     seen = set(zip(wells["plate"].astype(str), wells["well"].astype(str)))
-    g = per_image.groupby(["plate", "well"], sort=True).agg(condition=("condition", "first"),
-                                                            n_images=("image_id", "nunique"), cells=("cells", "sum"),
-                                                            **{c[5:]: (c, "first") for c in meta})
+    g = per_image.groupby(["plate", "well"], sort=True).agg(
+        condition=("condition", "first"),
+        n_images=("image_id", "nunique"),
+        cells=("cells", "sum"),
+        **{c[5:]: (c, "first") for c in meta},
+    )
     g = g[np.array([k not in seen for k in g.index], bool) & (g["cells"] == 0).to_numpy()]
     out = g.drop(columns="cells").reset_index()
     if out.empty:

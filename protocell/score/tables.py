@@ -22,7 +22,7 @@ from protocell.fraction import bootstrap_wells, cell_posteriors, ci, mixture_fra
 from protocell.model.prototypes import log_similarity
 from protocell.score.source import is_mixture
 
-BUDGET = 2_000_000          # entries of a bootstrap weight matrix held at once
+BUDGET = 2_000_000  # entries of a bootstrap weight matrix held at once
 
 
 def similarities(min_d: np.ndarray) -> np.ndarray:
@@ -30,8 +30,14 @@ def similarities(min_d: np.ndarray) -> np.ndarray:
     return log_similarity(torch.as_tensor(np.asarray(min_d), dtype=torch.float64)).numpy()
 
 
-def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, models: dict, nearest: int = 3,
-               run_split: np.ndarray | None = None) -> pd.DataFrame:
+def cell_table(
+    rows: pd.DataFrame,
+    wells: pd.DataFrame,
+    result: dict,
+    models: dict,
+    nearest: int = 3,
+    run_split: np.ndarray | None = None,
+) -> pd.DataFrame:
     """One row per scored cell: ids and where it is, its well's compound/dose/treatment, true_label
     (when known), run_split (the run's split of this cell when the store is the run's own, else ""),
     score (P(exposed)), p_affected (the cell call ``models["call"]``: with ``calibration=mixture`` the cell's
@@ -43,11 +49,11 @@ def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, models: di
 
     ``rows``: the manifest rows scored, in the order of ``result`` (``infer``)."""
     if not np.array_equal(rows["cell_id"].to_numpy(), result["cell_id"]):
-        raise RuntimeError("scored cells are not in manifest order")   # a bug, not an input problem
+        raise RuntimeError("scored cells are not in manifest order")  # a bug, not an input problem
     sims = similarities(result["min_d"])
-    score = result["score"].astype(np.float64)      # float64 in the table: cells.csv reproduces p_affected exactly
+    score = result["score"].astype(np.float64)  # float64 in the table: cells.csv reproduces p_affected exactly
     lr = reference_lr(score, models["fraction"])
-    if is_mixture(models["call"]):        # one model: each cell's posterior at its well's fraction
+    if is_mixture(models["call"]):  # one model: each cell's posterior at its well's fraction
         p, _ = cell_posteriors(lr, well_key(rows).to_numpy())
     else:
         p = noisy_label_apply(score, models["call"])
@@ -69,9 +75,10 @@ def cell_table(rows: pd.DataFrame, wells: pd.DataFrame, result: dict, models: di
     near = {}
     for i in range(k):
         near[f"nearest_{i + 1}"] = order[:, i]
-        near[f"similarity_{i + 1}"] = np.take_along_axis(sims, order[:, i:i + 1], 1)[:, 0]
-    return pd.concat([base, pd.DataFrame(near), pd.DataFrame(sims, columns=[f"sim_p{j}" for j in range(sims.shape[1])])],
-                     axis=1)
+        near[f"similarity_{i + 1}"] = np.take_along_axis(sims, order[:, i : i + 1], 1)[:, 0]
+    return pd.concat(
+        [base, pd.DataFrame(near), pd.DataFrame(sims, columns=[f"sim_p{j}" for j in range(sims.shape[1])])], axis=1
+    )
 
 
 def well_key(df: pd.DataFrame) -> pd.Series:
@@ -91,7 +98,9 @@ def well_readouts(cells: pd.DataFrame, reference_scores) -> pd.DataFrame:
     ref = logit(reference_scores)
     centre, sd = (float(ref.mean()), float(ref.std(ddof=1))) if len(ref) > 1 else (np.nan, np.nan)
     feats = ["intensity"] + cell_feature_columns(cells.columns)
-    df = cells[["likelihood_ratio", "p_affected"] + feats].assign(logit=logit(cells["score"]), key=well_key(cells).to_numpy())
+    df = cells[["likelihood_ratio", "p_affected"] + feats].assign(
+        logit=logit(cells["score"]), key=well_key(cells).to_numpy()
+    )
     g = df.groupby("key", sort=True)
     out = g[feats].mean()
     out.insert(0, "score_shift", (g["logit"].mean() - centre) / sd if sd > 0 else np.nan)
@@ -113,8 +122,9 @@ def _ratio_flag(value: pd.Series, reference: pd.Series, what: str, slack: float 
     return ratio, pd.Series(flag, index=value.index)
 
 
-def well_table(cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200, seed: int = 0,
-               min_cells: int = 20, reference_scores=()) -> pd.DataFrame:
+def well_table(
+    cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200, seed: int = 0, min_cells: int = 20, reference_scores=()
+) -> pd.DataFrame:
     """``wells`` (``source.plate_wells``) with, per well: n_cells, affected_fraction and its 95 % CI
     over the well's cells, the graded readouts mean_p_affected and score_shift (``well_readouts``, shift
     from ``reference_scores``), truth (share of cells truly affected) and error where the truth is known,
@@ -122,8 +132,9 @@ def well_table(cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200, seed
     the plate statistics use), intensity and cells_per_image relative to the reference wells, and
     ``flag`` (what to read with care)."""
     key = well_key(cells)
-    fr = well_fractions(pd.DataFrame({"well": key, "lr": cells["likelihood_ratio"].to_numpy()}), n_boot=n_boot,
-                        seed=seed).set_index("well")
+    fr = well_fractions(
+        pd.DataFrame({"well": key, "lr": cells["likelihood_ratio"].to_numpy()}), n_boot=n_boot, seed=seed
+    ).set_index("well")
     out = wells.copy()
     k = well_key(out)
     out["n_cells"] = k.map(fr["n_cells"]).fillna(0).astype(int)
@@ -140,14 +151,18 @@ def well_table(cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200, seed
         out["ci_covers_truth"] = (out["ci_low"] <= out["truth"]) & (out["truth"] <= out["ci_high"])
     out["n_train_cells"] = k.map(g["run_split"].agg(lambda s: int((s == "train").sum()))).fillna(0).astype(int)
     untrained = cells[(cells["run_split"] != "train").to_numpy()]
-    out["untrained_fraction"] = k.map(untrained.groupby(well_key(untrained).to_numpy())["likelihood_ratio"].agg(
-        lambda v: mixture_fraction(v.to_numpy())))
+    out["untrained_fraction"] = k.map(
+        untrained.groupby(well_key(untrained).to_numpy())["likelihood_ratio"].agg(
+            lambda v: mixture_fraction(v.to_numpy())
+        )
+    )
     out["intensity"] = k.map(g["intensity"].median())
     out["cells_per_image"] = out["n_cells"] / out["n_images"].clip(lower=1)
     ref = out["role"] == "reference"
     out["intensity_vs_reference"], f_int = _ratio_flag(out["intensity"], out.loc[ref, "intensity"], "intensity")
-    out["density_vs_reference"], f_den = _ratio_flag(out["cells_per_image"], out.loc[ref, "cells_per_image"],
-                                                     "cells per image")
+    out["density_vs_reference"], f_den = _ratio_flag(
+        out["cells_per_image"], out.loc[ref, "cells_per_image"], "cells per image"
+    )
     few = np.where(out["n_cells"] < min_cells, out["n_cells"].map(lambda n: f"only {n} cells"), "")
     trained = np.where(out["n_train_cells"] > 0, out["n_train_cells"].map(lambda n: f"{n} cells trained on"), "")
     out["flag"] = ["; ".join(f for f in fs if f) for fs in zip(few, f_int, f_den, trained)]
@@ -164,10 +179,18 @@ def treatment_table(cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200,
     for name, w in wells.groupby("treatment", sort=False):
         sel = members(name)
         lr = cells.loc[sel, "likelihood_ratio"].to_numpy()
-        row = {"treatment": name, "role": w["role"].iloc[0], "condition": w["condition"].iloc[0],
-               "compound": w["compound"].iloc[0], "dose": w["dose"].iloc[0], "n_wells": int(len(w)),
-               "n_cells": int(sel.sum()), "affected_fraction": mixture_fraction(lr) if sel.any() else np.nan,
-               "ci_low": np.nan, "ci_high": np.nan}
+        row = {
+            "treatment": name,
+            "role": w["role"].iloc[0],
+            "condition": w["condition"].iloc[0],
+            "compound": w["compound"].iloc[0],
+            "dose": w["dose"].iloc[0],
+            "n_wells": int(len(w)),
+            "n_cells": int(sel.sum()),
+            "affected_fraction": mixture_fraction(lr) if sel.any() else np.nan,
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+        }
         if len(w) > 1 and sel.any():
             row["ci_low"], row["ci_high"] = ci(bootstrap_wells(lr, key[sel].to_numpy(), n_boot, rng))
         if "true_label" in cells and (cells.loc[sel, "true_label"] >= 0).all() and sel.any():
@@ -184,10 +207,12 @@ def _members(labels: pd.Series, n: int):
         m = np.zeros(n, bool)
         m[index.get(label, [])] = True
         return m
+
     return mask
 
 
 # ----------------------------------------------------------------------------- prototype enrichment
+
 
 def _boot_means(sims: np.ndarray, group: np.ndarray, n_boot: int, rng, by_group: bool) -> np.ndarray:
     """(n_boot, P) pooled means of ``sims`` (n, P) resampled: over groups (wells) when ``by_group``, else
@@ -209,8 +234,14 @@ def _boot_means(sims: np.ndarray, group: np.ndarray, n_boot: int, rng, by_group:
     return np.concatenate(out)
 
 
-def enrichment(cells: pd.DataFrame, wells: pd.DataFrame, reference: pd.DataFrame, classes: list[str],
-               n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+def enrichment(
+    cells: pd.DataFrame,
+    wells: pd.DataFrame,
+    reference: pd.DataFrame,
+    classes: list[str],
+    n_boot: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Long table, one row per (well or treatment) × prototype: ``level`` (well | treatment), plate, well,
     treatment, prototype (index), name (p<j>), class, n_cells, n_wells, mean_similarity, reference_mean,
     difference (mean − reference mean) and its 95 % CI (bootstrap: the well's cells, or the treatment's
@@ -222,8 +253,11 @@ def enrichment(cells: pd.DataFrame, wells: pd.DataFrame, reference: pd.DataFrame
     cols = [f"sim_p{j}" for j in range(P)]
     ref_sims = reference[cols].to_numpy(np.float64)
     ref_mean = ref_sims.mean(0) if len(ref_sims) else np.full(P, np.nan)
-    ref_boot = (_boot_means(ref_sims, well_key(reference).to_numpy(), n_boot, rng, by_group=True)
-                if len(ref_sims) else np.full((n_boot, P), np.nan))
+    ref_boot = (
+        _boot_means(ref_sims, well_key(reference).to_numpy(), n_boot, rng, by_group=True)
+        if len(ref_sims)
+        else np.full((n_boot, P), np.nan)
+    )
     key = well_key(cells)
     sims, in_well = cells[cols].to_numpy(np.float64), _members(key, len(cells))
     in_treatment = _members(key.map(dict(zip(well_key(wells), wells["treatment"]))), len(cells))
@@ -238,11 +272,26 @@ def enrichment(cells: pd.DataFrame, wells: pd.DataFrame, reference: pd.DataFrame
         else:
             d = _boot_means(s, key[sel], n_boot, rng, by_group) - ref_boot
             lo, hi = np.nanpercentile(d, 2.5, 0), np.nanpercentile(d, 97.5, 0)
-        blocks.append(pd.DataFrame({"level": level, "plate": plate, "well": well, "treatment": name,
-                                    "prototype": np.arange(P), "name": [f"p{j}" for j in range(P)], "class": classes,
-                                    "n_cells": int(sel.sum()), "n_wells": n_wells, "mean_similarity": mean,
-                                    "reference_mean": ref_mean, "difference": mean - ref_mean,
-                                    "ci_low": lo, "ci_high": hi}))
+        blocks.append(
+            pd.DataFrame(
+                {
+                    "level": level,
+                    "plate": plate,
+                    "well": well,
+                    "treatment": name,
+                    "prototype": np.arange(P),
+                    "name": [f"p{j}" for j in range(P)],
+                    "class": classes,
+                    "n_cells": int(sel.sum()),
+                    "n_wells": n_wells,
+                    "mean_similarity": mean,
+                    "reference_mean": ref_mean,
+                    "difference": mean - ref_mean,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                }
+            )
+        )
 
     for w in wells.itertuples():
         sel = in_well(f"{w.plate}/{w.well}")
@@ -261,5 +310,7 @@ def top_prototypes(enrich: pd.DataFrame, treatments: list[str], k: int) -> list[
     t = enrich[(enrich["level"] == "treatment") & enrich["treatment"].isin(treatments)]
     if t.empty:
         return []
-    score = t.assign(a=t["difference"].abs()).groupby("prototype")["a"].max().sort_values(ascending=False, kind="stable")
+    score = (
+        t.assign(a=t["difference"].abs()).groupby("prototype")["a"].max().sort_values(ascending=False, kind="stable")
+    )
     return [int(j) for j in score.index[:k]]

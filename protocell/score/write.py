@@ -75,18 +75,40 @@ def write_score(out: Path, result: ScoreResult, t0: float) -> None:
             if len(table) or name not in ("plate_effects", "plates_read_differently"):
                 table.to_csv(tmp / f"{name}.csv", index=False)
         tables = r.tables
-        atomic_write_json(tmp / "score.json", {**r.summary, "stores": r.stores,
-                                               "calibration": r.calibration, "fraction_reference": r.fraction_reference,
-                                               "run_status": r.run_status,
-                                               "notes": r.notes, "truth": r.truth, "design": r.design,
-                                               "options": r.options,
-                                               "qc": _records(tables["qc"]), "plate_effects": _records(tables["plate_effects"]),
-                                               "trends": _records(tables["trends"]), "hits": _records(tables["hits"]),
-                                               "plates_read_differently": _records(tables["plates_read_differently"]),
-                                               "dose_response": _records(r.fits),
-                                               "seconds": round(time.time() - t0, 1)})
-        page = score_page(r.summary, r.wells_out, r.treatments, r.fits, r.top_rows, figures, r.notes, r.truth, tables,
-                          r.options["fdr"], r.run_status)
+        atomic_write_json(
+            tmp / "score.json",
+            {
+                **r.summary,
+                "stores": r.stores,
+                "calibration": r.calibration,
+                "fraction_reference": r.fraction_reference,
+                "run_status": r.run_status,
+                "notes": r.notes,
+                "truth": r.truth,
+                "design": r.design,
+                "options": r.options,
+                "qc": _records(tables["qc"]),
+                "plate_effects": _records(tables["plate_effects"]),
+                "trends": _records(tables["trends"]),
+                "hits": _records(tables["hits"]),
+                "plates_read_differently": _records(tables["plates_read_differently"]),
+                "dose_response": _records(r.fits),
+                "seconds": round(time.time() - t0, 1),
+            },
+        )
+        page = score_page(
+            r.summary,
+            r.wells_out,
+            r.treatments,
+            r.fits,
+            r.top_rows,
+            figures,
+            r.notes,
+            r.truth,
+            tables,
+            r.options["fdr"],
+            r.run_status,
+        )
         _publish(tmp, out / "score")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -110,7 +132,9 @@ def plot_doses(result: ScoreResult, folder: Path) -> list:
         if c.prototypes:
             name = f"dose_{safe_name(c.label)}_prototypes.png"
             plot_compound_prototypes(c.prototypes, c.prototype_fits, c.prototype_names, c.label, folder / name)
-            figures.append((f"score/{name}", f"{c.label}: the {len(c.prototypes)} most enriched prototypes against dose"))
+            figures.append(
+                (f"score/{name}", f"{c.label}: the {len(c.prototypes)} most enriched prototypes against dose")
+            )
     return figures
 
 

@@ -36,7 +36,7 @@ from protocell.errors import ConfigError
 from protocell.fsutil import atomic_torch_save, atomic_write_bytes
 
 log = logging.getLogger("protocell.train")
-HPC_PREFIX = "hpc_ckpt_"          # Lightning's name for the checkpoint its SLURM requeue writes
+HPC_PREFIX = "hpc_ckpt_"  # Lightning's name for the checkpoint its SLURM requeue writes
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -68,10 +68,12 @@ class EpochCheckpoint(Checkpoint):
     def __init__(self, path: str | Path, epochs: int):
         self.path = Path(path)
         self.epochs = int(epochs)
-        self.finished = 0          # epochs whose end is in the file
+        self.finished = 0  # epochs whose end is in the file
 
     def on_train_epoch_end(self, trainer, pl_module):
-        trainer.save_checkpoint(self.path, weights_only=False)   # the full state resume= needs; every rank calls it, rank 0 writes
+        trainer.save_checkpoint(
+            self.path, weights_only=False
+        )  # the full state resume= needs; every rank calls it, rank 0 writes
         self.finished = trainer.current_epoch + 1
 
     def on_train_end(self, trainer, pl_module):
@@ -81,18 +83,25 @@ class EpochCheckpoint(Checkpoint):
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            log.warning(interrupt_notice(type(exception).__name__, trainer.current_epoch, self.epochs,
-                                         self.path if self.finished else None))
+            log.warning(
+                interrupt_notice(
+                    type(exception).__name__, trainer.current_epoch, self.epochs, self.path if self.finished else None
+                )
+            )
 
 
 def interrupt_notice(cause: str, epoch: int, epochs: int, checkpoint: Path | None) -> str:
     """The log line of a stopped run: what the checkpoint holds and the resume= that continues it."""
     if checkpoint is None:
-        return (f"stopped ({cause}) in epoch {epoch} of {epochs} (0-based) before any epoch finished: there is no "
-                "checkpoint to resume from; start the run again")
-    return (f"stopped ({cause}) in epoch {epoch} of {epochs} (0-based); {checkpoint} holds the end of epoch "
-            f"{epoch - 1}. resume={checkpoint.resolve()} continues at epoch {epoch} (the unfinished epoch is "
-            "re-run from its start: only end-of-epoch checkpoints resume bit-exactly)")
+        return (
+            f"stopped ({cause}) in epoch {epoch} of {epochs} (0-based) before any epoch finished: there is no "
+            "checkpoint to resume from; start the run again"
+        )
+    return (
+        f"stopped ({cause}) in epoch {epoch} of {epochs} (0-based); {checkpoint} holds the end of epoch "
+        f"{epoch - 1}. resume={checkpoint.resolve()} continues at epoch {epoch} (the unfinished epoch is "
+        "re-run from its start: only end-of-epoch checkpoints resume bit-exactly)"
+    )
 
 
 def finished_epochs(path: str | Path) -> tuple[int, dict]:
@@ -103,25 +112,36 @@ def finished_epochs(path: str | Path) -> tuple[int, dict]:
         progress = state["loops"]["fit_loop"]["epoch_progress"]["current"]
         return int(progress["processed"]), state
     except Exception as e:  # truncated, another program's pickle, not a Lightning checkpoint
-        raise ConfigError(f"resume={path} cannot be read as a protocell checkpoint ({type(e).__name__}: "
-                          f"{str(e)[:200]}): it is truncated or not a train.py checkpoint; resume from an intact "
-                          "<run>/checkpoints/last.ckpt (rewritten atomically at the end of every epoch)") from None
+        raise ConfigError(
+            f"resume={path} cannot be read as a protocell checkpoint ({type(e).__name__}: "
+            f"{str(e)[:200]}): it is truncated or not a train.py checkpoint; resume from an intact "
+            "<run>/checkpoints/last.ckpt (rewritten atomically at the end of every epoch)"
+        ) from None
 
 
 def check_resume(path: str | Path, hparams: dict, epochs: int) -> int:
     """Refuse a checkpoint this config cannot continue; log and return where training continues."""
     done, state = finished_epochs(path)
     saved = dict(state.get("hyper_parameters") or {})
-    differ = sorted(k for k in ("net_spec", "class_names", "last_layer", "head")
-                    if k in saved and saved[k] != hparams.get(k))
+    differ = sorted(
+        k for k in ("net_spec", "class_names", "last_layer", "head") if k in saved and saved[k] != hparams.get(k)
+    )
     if differ:
-        raise ConfigError(f"resume={path} was trained with different {differ} ({', '.join(f'{k}={saved[k]!r}' for k in differ)}"
-                          "): resume with the overrides of the run that wrote it")
+        raise ConfigError(
+            f"resume={path} was trained with different {differ} ({', '.join(f'{k}={saved[k]!r}' for k in differ)}"
+            "): resume with the overrides of the run that wrote it"
+        )
     if done >= epochs:
         log.info("resume: %s holds all %d epochs; nothing is trained, the run is evaluated", path, epochs)
     else:
-        log.info("resume: %s holds epochs 0–%d (%d of %d finished); training continues at epoch %d",
-                 path, done - 1, done, epochs, done)
+        log.info(
+            "resume: %s holds epochs 0–%d (%d of %d finished); training continues at epoch %d",
+            path,
+            done - 1,
+            done,
+            epochs,
+            done,
+        )
     return done
 
 

@@ -18,10 +18,14 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
 
     log = pd.read_csv(metrics_csv)
     per_epoch = log.groupby("epoch").mean(numeric_only=True)
-    panels = [("loss terms", ["train/ce", "train/clst", "train/sep"]),
-              ("accuracy and AUROC (well labels; val/true_auroc: per-cell truth, built-in wells only)",
-               ["train/acc", "val/acc", "val/auroc", "val/true_auroc"]),
-              ("push: mean distance to nearest patch", ["push/mean_distance"])]
+    panels = [
+        ("loss terms", ["train/ce", "train/clst", "train/sep"]),
+        (
+            "accuracy and AUROC (well labels; val/true_auroc: per-cell truth, built-in wells only)",
+            ["train/acc", "val/acc", "val/auroc", "val/true_auroc"],
+        ),
+        ("push: mean distance to nearest patch", ["push/mean_distance"]),
+    ]
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 8), sharex=True)
     for ax, (title, cols) in zip(axes, panels):
         if "phase" in per_epoch:

@@ -66,13 +66,17 @@ def push_prototypes(net: ProtoPNet, loader, unique: bool = False) -> dict[str, t
     near = nearest_patches(net, loader, k=P if unique else 1, own_class=True)
     pick = assign_unique(near) if unique else torch.zeros(P, dtype=torch.long)
     ar = torch.arange(P)
-    found = {key: near[key][pick.to(near[key].device), ar.to(near[key].device)]
-             for key in ("distance", "cell_id", "latent_yx", "vector")}
+    found = {
+        key: near[key][pick.to(near[key].device), ar.to(near[key].device)]
+        for key in ("distance", "cell_id", "latent_yx", "vector")
+    }
     found["latent_size"] = near["latent_size"]
     missing = found["cell_id"] < 0
     if missing.any():
-        raise RuntimeError(f"push found no in-cell patch for prototypes {missing.nonzero().flatten().tolist()}: "
-                           "the push set has no cell of their class")
+        raise RuntimeError(
+            f"push found no in-cell patch for prototypes {missing.nonzero().flatten().tolist()}: "
+            "the push set has no cell of their class"
+        )
     net.prototypes.copy_(found["vector"])
     net.proto_cell_id.copy_(found["cell_id"])
     net.proto_latent_yx.copy_(found["latent_yx"])

@@ -46,28 +46,40 @@ log = logging.getLogger("protocell.train")
 
 def callbacks_for(cfg, schedule, folder: RunFolder, meta: dict, truth: bool) -> list:
     keep = [KeepBestPretrain(schedule)] if cfg.schedule.pretrain_keep == "best" else []
-    return keep + [InitPrototypes(schedule, cfg.prototypes.init), PhaseCallback(schedule),
-                   PushCallback(schedule, folder.root, meta, unique=bool(cfg.prototypes.push_unique)),
-                   *([GroundTruthMonitor()] if truth else []),
-                   EpochCheckpoint(folder.checkpoint, len(schedule))]
+    return keep + [
+        InitPrototypes(schedule, cfg.prototypes.init),
+        PhaseCallback(schedule),
+        PushCallback(schedule, folder.root, meta, unique=bool(cfg.prototypes.push_unique)),
+        *([GroundTruthMonitor()] if truth else []),
+        EpochCheckpoint(folder.checkpoint, len(schedule)),
+    ]
 
 
 @contextmanager
 def claim_run_folder(folder: RunFolder, config_yaml: str, resuming: bool):
     """Hold the run folder's lock for the run, refusing a folder another run holds or held: two runs
     in one folder mix their checkpoints, metrics and prototypes."""
+
     def held(holder: str) -> ConfigError:
-        return ConfigError(f"run folder {folder.root} is in use by another train.py ({holder}): two runs must not "
-                           "share a folder; leave hydra.run.dir at its default (a new folder per run) or pick another")
+        return ConfigError(
+            f"run folder {folder.root} is in use by another train.py ({holder}): two runs must not "
+            "share a folder; leave hydra.run.dir at its default (a new folder per run) or pick another"
+        )
 
     trained = (folder.checkpoint_dir, folder.prototypes, folder.metrics_csv, folder.metrics)
     with exclusive_lock(folder.lock, held):
         # a config.yaml alone is a run refused before training: its folder may be reused
-        if not resuming and folder.config.exists() and folder.config.read_text() != config_yaml \
-                and any(p.exists() for p in trained):
-            raise ConfigError(f"run folder {folder.root} already holds another run ({folder.config} differs from this "
-                              "run's config): leave hydra.run.dir at its default (a new folder per run) or pick an "
-                              "empty folder; to continue that run here, pass resume=<its checkpoints/last.ckpt>")
+        if (
+            not resuming
+            and folder.config.exists()
+            and folder.config.read_text() != config_yaml
+            and any(p.exists() for p in trained)
+        ):
+            raise ConfigError(
+                f"run folder {folder.root} already holds another run ({folder.config} differs from this "
+                "run's config): leave hydra.run.dir at its default (a new folder per run) or pick an "
+                "empty folder; to continue that run here, pass resume=<its checkpoints/last.ckpt>"
+            )
         yield folder
 
 
@@ -97,23 +109,33 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
         log.warning("%s", data_report["locality"]["warning"])
         data_report["warnings"].append(data_report["locality"]["warning"])
     schedule = schedule_from_config(cfg)
-    if cfg.head == "baseline":     # the black box: the pretrain phase is the whole run
+    if cfg.head == "baseline":  # the black box: the pretrain phase is the whole run
         schedule = [p for p in schedule if p.name == "pretrain"]
         if not schedule:
-            raise ConfigError("head=baseline trains the backbone with its mean-pooled linear head in the pretrain "
-                              "phase; set schedule.pretrain_epochs ≥ 1")
+            raise ConfigError(
+                "head=baseline trains the backbone with its mean-pooled linear head in the pretrain "
+                "phase; set schedule.pretrain_epochs ≥ 1"
+            )
     truth = bool((dm.store.manifest["true_label"] >= 0).all())
-    meta = {"store": str(dm.path), "zero_background": bool(dm.zero_background),
-            "channels": [dm.store.channels[i] for i in dm.channel_index]}
+    meta = {
+        "store": str(dm.path),
+        "zero_background": bool(dm.zero_background),
+        "channels": [dm.store.channels[i] for i in dm.channel_index],
+    }
     logger = build_logger(cfg, folder.root)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("channels_last", None)
     trainer_cfg["enable_progress_bar"] = progress_bar(trainer_cfg["enable_progress_bar"])
     history = ValAccuracyHistory()
     plugins = [AtomicCheckpointIO(last=folder.checkpoint), *cluster_plugins(trainer_cfg)]
-    trainer = instantiate(trainer_cfg, max_epochs=len(schedule),
-                          callbacks=callbacks_for(cfg, schedule, folder, meta, truth) + [history],
-                          logger=logger, default_root_dir=str(folder.root), plugins=plugins)
+    trainer = instantiate(
+        trainer_cfg,
+        max_epochs=len(schedule),
+        callbacks=callbacks_for(cfg, schedule, folder, meta, truth) + [history],
+        logger=logger,
+        default_root_dir=str(folder.root),
+        plugins=plugins,
+    )
     if cfg.resume:
         check_resume(cfg.resume, dict(module.hparams), len(schedule))
     try:
@@ -128,28 +150,42 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
     train_seconds = time.time() - t_start
 
     test_batches = gather_predictions(trainer.predict(module, dataloaders=dm.predict_dataloader("test")))
-    val_batches = (gather_predictions(trainer.predict(module, dataloaders=dm.predict_dataloader("val")))
-                   if len(dm.rows["val"]) else [])
+    val_batches = (
+        gather_predictions(trainer.predict(module, dataloaders=dm.predict_dataloader("val")))
+        if len(dm.rows["val"])
+        else []
+    )
     metrics = {}
     if trainer.is_global_zero:
-        test, val, metrics = evaluate(test_batches, val_batches, dm.store.manifest, dm.class_names,
-                                      cfg.calibration)
+        test, val, metrics = evaluate(test_batches, val_batches, dm.store.manifest, dm.class_names, cfg.calibration)
         train_wells = set(dm.store.manifest["well"].astype(str).to_numpy()[dm.rows["train"]])
-        metrics["diagnostics"] = run_diagnostics(test, val, train_wells, dm.class_names, metrics["affected_fraction"],
-                                                 module=module, dm=dm)
+        metrics["diagnostics"] = run_diagnostics(
+            test, val, train_wells, dm.class_names, metrics["affected_fraction"], module=module, dm=dm
+        )
         if val is not None:
             val.to_csv(folder.val_predictions, index=False)
         test.to_csv(folder.test_predictions, index=False)
-        metrics.update({"train_seconds": round(train_seconds, 1), "epochs": len(schedule),
-                        "pushes": int(module.net.pushes), "receptive_field": module.net.rf.as_dict(),
-                        "backbone": cfg.backbone.name, "mask": OmegaConf.to_container(cfg.mask),
-                        "last_layer": cfg.last_layer.mode, "seed": cfg.seed})
+        metrics.update(
+            {
+                "train_seconds": round(train_seconds, 1),
+                "epochs": len(schedule),
+                "pushes": int(module.net.pushes),
+                "receptive_field": module.net.rf.as_dict(),
+                "backbone": cfg.backbone.name,
+                "mask": OmegaConf.to_container(cfg.mask),
+                "last_layer": cfg.last_layer.mode,
+                "seed": cfg.seed,
+            }
+        )
         metrics.update(data_report)
         metrics.update(status_of(metrics, trainer, module, dm, history, len(schedule), cfg.head))
         atomic_write_json(folder.metrics, metrics)
         if folder.metrics_csv.exists():
             plot_training_curves(folder.metrics_csv, folder.curves)
-        log.info("test: %s", {k: v for k, v in metrics.items() if ("accuracy" in k or "auroc" in k) and isinstance(v, (int, float))})
+        log.info(
+            "test: %s",
+            {k: v for k, v in metrics.items() if ("accuracy" in k or "auroc" in k) and isinstance(v, (int, float))},
+        )
         if cfg.get("explain") and cfg.head == "protopnet" and int(module.net.pushes) == 0:
             log.warning("explain skipped: the prototypes were never pushed (metrics.json status %s)", metrics["status"])
         elif explain is not None and cfg.get("explain") and cfg.head == "protopnet":
@@ -166,6 +202,7 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
 
 # ----------------------------------------------------------------------------- run status
 
+
 def progress_bar(wanted: bool) -> bool:
     """Progress bars only on a terminal: redrawn bars flood a log file or a CI log."""
     return bool(wanted) and sys.stderr.isatty()
@@ -175,14 +212,21 @@ def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, e
     """``evaluate.run_status`` of this run, logged: failed and incomplete runs say so."""
     labels = dm.store.manifest["label"].to_numpy()[dm.rows["val"]]
     majority = float(max((labels == k).mean() for k in set(labels.tolist()))) if len(labels) else None
-    status = run_status(metrics, val_accuracy=history.accuracies(head), val_majority=majority, n_val=len(labels),
-                        val_auroc=history.aurocs(head),
-                        epochs_run=int(trainer.current_epoch), epochs_planned=epochs_planned,
-                        pushes=int(module.net.pushes) if head == "protopnet" else None,
-                        interrupted=bool(trainer.interrupted), bag_size=int(getattr(dm, "bag_size", 1)))
+    status = run_status(
+        metrics,
+        val_accuracy=history.accuracies(head),
+        val_majority=majority,
+        n_val=len(labels),
+        val_auroc=history.aurocs(head),
+        epochs_run=int(trainer.current_epoch),
+        epochs_planned=epochs_planned,
+        pushes=int(module.net.pushes) if head == "protopnet" else None,
+        interrupted=bool(trainer.interrupted),
+        bag_size=int(getattr(dm, "bag_size", 1)),
+    )
     for w in status["warnings"]:
         log.warning("%s", w)
-    status["warnings"] = metrics.get("warnings", []) + status["warnings"]    # the data checks' came first
+    status["warnings"] = metrics.get("warnings", []) + status["warnings"]  # the data checks' came first
     status["val_accuracy_history"] = history.history
     status["epochs_run"] = int(trainer.current_epoch)
     if status["status"] != "ok":
@@ -199,12 +243,21 @@ def data_checks(dm) -> dict:
 
     log.info("normalisation: %s", dm.normalize_why)
     originals = np.flatnonzero(dm.store.manifest["aug_of"].to_numpy() < 0)
-    aurocs = intensity_separation(dm.store, originals, dm.channel_index, positive_class(dm.class_names),
-                                  seed=int(dm.seed)) if dm.num_classes == 2 else {}
+    aurocs = (
+        intensity_separation(dm.store, originals, dm.channel_index, positive_class(dm.class_names), seed=int(dm.seed))
+        if dm.num_classes == 2
+        else {}
+    )
     warnings = brightness_warnings(aurocs, dm.normalize)
     for w in warnings:
         log.warning("%s", w)
-    return {"normalization": {"store": store_normalization(dm.store.info), "training": dm.normalize,
-                              "said": dm.normalize_why},
-            "split": {"by": dm.split_unit, "why": dm.split_why, **dm.split_info},
-            "intensity_auroc": aurocs, "warnings": warnings}
+    return {
+        "normalization": {
+            "store": store_normalization(dm.store.info),
+            "training": dm.normalize,
+            "said": dm.normalize_why,
+        },
+        "split": {"by": dm.split_unit, "why": dm.split_why, **dm.split_info},
+        "intensity_auroc": aurocs,
+        "warnings": warnings,
+    }

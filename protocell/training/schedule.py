@@ -31,10 +31,10 @@ PHASE_NAMES = ("pretrain", "warm", "joint", "last_layer")
 
 @dataclass(frozen=True)
 class Phase:
-    name: str                                   # one of PHASE_NAMES
-    train: frozenset                            # parameter groups that learn this epoch
-    lr: dict = field(default_factory=dict)      # learning rate of every group this epoch
-    push: bool = False                          # project the prototypes at the end of the epoch
+    name: str  # one of PHASE_NAMES
+    train: frozenset  # parameter groups that learn this epoch
+    lr: dict = field(default_factory=dict)  # learning rate of every group this epoch
+    push: bool = False  # project the prototypes at the end of the epoch
 
     def trains(self, group: str) -> bool:
         return group in self.train
@@ -42,23 +42,34 @@ class Phase:
 
 def trainable_groups(phase: str, train_last_layer: bool) -> frozenset:
     last = {"last_layer"} if train_last_layer else set()
-    return frozenset({"pretrain": {"features", "probe"},
-                      "warm": {"add_on", "prototypes"},
-                      "joint": {"features", "add_on", "prototypes"} | last,
-                      "last_layer": last}[phase])
+    return frozenset(
+        {
+            "pretrain": {"features", "probe"},
+            "warm": {"add_on", "prototypes"},
+            "joint": {"features", "add_on", "prototypes"} | last,
+            "last_layer": last,
+        }[phase]
+    )
 
 
-def phase_names(epochs: int, warm_epochs: int = 0, push_every: int = 10, push_start: int | None = None,
-                last_layer_epochs: int = 0, train_last_layer: bool = True,
-                pretrain_epochs: int = 0) -> list[tuple[str, bool]]:
+def phase_names(
+    epochs: int,
+    warm_epochs: int = 0,
+    push_every: int = 10,
+    push_start: int | None = None,
+    last_layer_epochs: int = 0,
+    train_last_layer: bool = True,
+    pretrain_epochs: int = 0,
+) -> list[tuple[str, bool]]:
     """(phase name, push) per trainer epoch; ``epochs`` counts the prototype-network epochs
     (warm + joint), and pushes count from them."""
-    for key, value, ok, need in (("schedule.epochs", epochs, epochs >= 1, "≥ 1"),
-                                 ("schedule.push_every", push_every, push_every >= 1, "≥ 1"),
-                                 ("schedule.warm_epochs", warm_epochs, 0 <= warm_epochs < epochs,
-                                  f"in [0, schedule.epochs={epochs})"),
-                                 ("schedule.last_layer_epochs", last_layer_epochs, last_layer_epochs >= 0, "≥ 0"),
-                                 ("schedule.pretrain_epochs", pretrain_epochs, pretrain_epochs >= 0, "≥ 0")):
+    for key, value, ok, need in (
+        ("schedule.epochs", epochs, epochs >= 1, "≥ 1"),
+        ("schedule.push_every", push_every, push_every >= 1, "≥ 1"),
+        ("schedule.warm_epochs", warm_epochs, 0 <= warm_epochs < epochs, f"in [0, schedule.epochs={epochs})"),
+        ("schedule.last_layer_epochs", last_layer_epochs, last_layer_epochs >= 0, "≥ 0"),
+        ("schedule.pretrain_epochs", pretrain_epochs, pretrain_epochs >= 0, "≥ 0"),
+    ):
         if not ok:
             raise ConfigError.invalid(key, value, need)
     push_start = push_every if push_start is None else push_start
@@ -83,13 +94,23 @@ def epoch_lrs(base: dict, phase: str, epoch: int, step_epochs: int = 0, gamma: f
     return lrs
 
 
-def build_schedule(epochs: int, warm_epochs: int = 0, push_every: int = 10, push_start: int | None = None,
-                   last_layer_epochs: int = 0, pretrain_epochs: int = 0, train_last_layer: bool = True,
-                   lr: dict | None = None, lr_step_epochs: int = 0, lr_gamma: float = 0.1) -> list[Phase]:
+def build_schedule(
+    epochs: int,
+    warm_epochs: int = 0,
+    push_every: int = 10,
+    push_start: int | None = None,
+    last_layer_epochs: int = 0,
+    pretrain_epochs: int = 0,
+    train_last_layer: bool = True,
+    lr: dict | None = None,
+    lr_step_epochs: int = 0,
+    lr_gamma: float = 0.1,
+) -> list[Phase]:
     """The whole run, one ``Phase`` per trainer epoch (``trainer.max_epochs`` is its length)."""
     base = {"features": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-3, **(lr or {})}
-    names = phase_names(epochs, warm_epochs, push_every, push_start, last_layer_epochs, train_last_layer,
-                        pretrain_epochs)
+    names = phase_names(
+        epochs, warm_epochs, push_every, push_start, last_layer_epochs, train_last_layer, pretrain_epochs
+    )
     phases = []
     for e, (name, push) in enumerate(names):
         lrs = epoch_lrs(base, name, e, lr_step_epochs, lr_gamma)
@@ -102,7 +123,15 @@ def build_schedule(epochs: int, warm_epochs: int = 0, push_every: int = 10, push
 def schedule_from_config(cfg) -> list[Phase]:
     """``build_schedule`` from a composed train config (``schedule``, ``optim``, ``last_layer``)."""
     s, o = cfg.schedule, cfg.optim
-    return build_schedule(int(s.epochs), int(s.warm_epochs), int(s.push_every), s.get("push_start"),
-                          int(s.last_layer_epochs), int(s.get("pretrain_epochs", 0)),
-                          train_last_layer=cfg.last_layer.mode == "trained", lr=dict(o.lr),
-                          lr_step_epochs=int(s.lr_step_epochs), lr_gamma=float(o.get("lr_gamma", 0.1)))
+    return build_schedule(
+        int(s.epochs),
+        int(s.warm_epochs),
+        int(s.push_every),
+        s.get("push_start"),
+        int(s.last_layer_epochs),
+        int(s.get("pretrain_epochs", 0)),
+        train_last_layer=cfg.last_layer.mode == "trained",
+        lr=dict(o.lr),
+        lr_step_epochs=int(s.lr_step_epochs),
+        lr_gamma=float(o.get("lr_gamma", 0.1)),
+    )

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = (ROOT / ".." / "shared" / "data" / "bbbc013_controls").resolve()
-WELLS = ["A01", "A02", "B01", "A12", "B12", "C12"]        # 3 untreated, 3 PI3K_inhibited
+WELLS = ["A01", "A02", "B01", "A12", "B12", "C12"]  # 3 untreated, 3 PI3K_inhibited
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import require_shared_data  # noqa: E402
@@ -29,10 +29,26 @@ def store(tmp_path_factory):
     plate = pd.read_csv(DATA / "plate_map.csv")
     plate[plate["well"].isin(WELLS)].to_csv(tmp / "plate_map.csv", index=False)
     out = tmp / "store"
-    proc = subprocess.run([sys.executable, "prepare.py", f"input={DATA}", f"plate_map={tmp / 'plate_map.csv'}",
-                           "channels=bbbc013", "conditions=[untreated,PI3K_inhibited]", "segmentation=distance",
-                           "augment.copies=0", "workers=1", "progress=false", f"output={out}"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "prepare.py",
+            f"input={DATA}",
+            f"plate_map={tmp / 'plate_map.csv'}",
+            "channels=bbbc013",
+            "conditions=[untreated,PI3K_inhibited]",
+            "segmentation=distance",
+            "augment.copies=0",
+            "workers=1",
+            "progress=false",
+            f"output={out}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "confound report" in proc.stderr + proc.stdout
     return out
@@ -57,7 +73,7 @@ def test_the_confound_table_is_the_per_well_means_of_the_manifest(store):
     for r in summary["per_image"]:
         assert 0 <= r["background"]["dna"] < 0.2 and 0 <= r["background"]["gfp"] < 0.5
     flags = {f: bool(table.loc[f, "flag"]) for f in table.index}
-    assert not any(flags[f] for f in ("mean_gfp", "mean_dna"))          # biology is never flagged
+    assert not any(flags[f] for f in ("mean_gfp", "mean_dna"))  # biology is never flagged
 
 
 def test_the_features_are_those_of_the_stored_cells(store):
@@ -68,20 +84,38 @@ def test_the_features_are_those_of_the_stored_cells(store):
     gfp = s.channels.index("gfp")
     for i in range(0, len(m), max(1, len(m) // 40)):
         mask = s.mask(i) > 0
-        if mask.sum() != m.at[i, "area"]:        # a cell wider than its crop: the crop holds part of it
+        if mask.sum() != m.at[i, "area"]:  # a cell wider than its crop: the crop holds part of it
             continue
-        crop = s.crop(i).astype(np.float64) / 65535.0           # uint16 store: [0, 1] → [0, 65535]
+        crop = s.crop(i).astype(np.float64) / 65535.0  # uint16 store: [0, 1] → [0, 65535]
         assert crop[gfp][mask].mean() == pytest.approx(m.at[i, "mean_gfp"], abs=2e-4)
 
 
 def test_train_and_explain_show_the_confound_table_in_the_report(store, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "train.py", "experiment=bbbc013", f"data.path={store}",
-                           f"hydra.run.dir={run}", "threads=1", "trainer.enable_progress_bar=false",
-                           "schedule.pretrain_epochs=2", "schedule.epochs=3", "schedule.warm_epochs=1",
-                           "schedule.push_every=2", "schedule.push_start=2", "schedule.last_layer_epochs=1",
-                           "model.prototypes_per_class=2", "report.unit=image"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "experiment=bbbc013",
+            f"data.path={store}",
+            f"hydra.run.dir={run}",
+            "threads=1",
+            "trainer.enable_progress_bar=false",
+            "schedule.pretrain_epochs=2",
+            "schedule.epochs=3",
+            "schedule.warm_epochs=1",
+            "schedule.push_every=2",
+            "schedule.push_start=2",
+            "schedule.last_layer_epochs=1",
+            "model.prototypes_per_class=2",
+            "report.unit=image",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (run / "report.html").read_text()
     assert "Confound check (from prepare)" in page and "mean_gfp" in page and "background_gfp" in page

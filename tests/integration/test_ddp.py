@@ -29,8 +29,11 @@ def _setup(store, seed=0):
     torch.set_num_threads(1)
     dm = tiny_data(store, zero_background=True, batch_size=8, eval_batch_size=8, val_fraction=0.0, seed=0)
     torch.manual_seed(seed)
-    spec = {"backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
-            "head": {"prototypes_per_class": 3, "prototype_dim": 16}, "in_channels": 2}
+    spec = {
+        "backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
+        "head": {"prototypes_per_class": 3, "prototype_dim": 16},
+        "in_channels": 2,
+    }
     from conftest import TINY_LR, TINY_SETTINGS
 
     return dm, ProtoPNetModule(spec, ["Ref", "Exp"], lr={**TINY_LR, "pretrain": 3e-3}, **TINY_SETTINGS)
@@ -39,8 +42,16 @@ def _setup(store, seed=0):
 def _trainer(**kw):
     import lightning as L
 
-    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, deterministic=True, enable_checkpointing=False, **kw)
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        enable_checkpointing=False,
+        **kw,
+    )
 
 
 def _evaluate(trainer, dm, module):
@@ -50,14 +61,18 @@ def _evaluate(trainer, dm, module):
 
     trainer.test(module, datamodule=dm, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    trainer.validate(module, dataloaders=dm.test_dataloader(), verbose=False)   # val/auroc over every rank's cells
+    trainer.validate(module, dataloaders=dm.test_dataloader(), verbose=False)  # val/auroc over every rank's cells
     metrics["val/auroc"] = float(trainer.callback_metrics["val/auroc"])
     local = trainer.predict(module, dataloaders=dm.predict_dataloader())
     preds = gather_predictions(local)
     push_prototypes(module.net, dm.push_dataloader())
-    return {"metrics": metrics, "local_cells": torch.cat([b["cell_id"] for b in local]),
-            "cells": torch.cat([b["cell_id"] for b in preds]), "probs": torch.cat([b["probs"] for b in preds]),
-            "pushed": {k: module.net.state_dict()[k].clone() for k in PROTO}}
+    return {
+        "metrics": metrics,
+        "local_cells": torch.cat([b["cell_id"] for b in local]),
+        "cells": torch.cat([b["cell_id"] for b in preds]),
+        "probs": torch.cat([b["probs"] for b in preds]),
+        "pushed": {k: module.net.state_dict()[k].clone() for k in PROTO},
+    }
 
 
 def _worker(rank, world, port, store, out):
@@ -66,21 +81,33 @@ def _worker(rank, world, port, store, out):
     from protocell.training.callbacks import PhaseCallback, PushCallback
     from protocell.training.schedule import build_schedule
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank), NODE_RANK="0")   # as torchrun / SLURM start the ranks
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )  # as torchrun / SLURM start the ranks
     dm, module = _setup(store)
     result = _evaluate(_trainer(devices=world, strategy="ddp"), dm, module)
 
-    class Steps(Callback):   # counts this rank's training steps
+    class Steps(Callback):  # counts this rank's training steps
         n = 0
 
         def on_train_batch_end(self, *a):
             Steps.n += 1
 
-    plan = build_schedule(2, warm_epochs=1, push_every=1, push_start=1, lr={"features": 1e-3, "pretrain": 3e-3})   # warm + push, joint + push
+    plan = build_schedule(
+        2, warm_epochs=1, push_every=1, push_start=1, lr={"features": 1e-3, "pretrain": 3e-3}
+    )  # warm + push, joint + push
     dm, module = _setup(store, seed=1)
-    trainer = _trainer(devices=world, strategy="ddp_find_unused_parameters_true", max_epochs=len(plan),
-                       callbacks=[PhaseCallback(plan), PushCallback(plan, f"{out}/fit"), Steps()])
+    trainer = _trainer(
+        devices=world,
+        strategy="ddp_find_unused_parameters_true",
+        max_epochs=len(plan),
+        callbacks=[PhaseCallback(plan), PushCallback(plan, f"{out}/fit"), Steps()],
+    )
     trainer.fit(module, datamodule=dm)
     result["trained"] = {k: v.clone() for k, v in module.state_dict().items()}
     result["steps"] = Steps.n
@@ -108,12 +135,12 @@ def test_ddp_two_processes_equal_single_process(tiny_store, tmp_path):
     assert sorted(local[0] + local[1]) == sorted(single["cells"].tolist())
     assert len(local[0]) + len(local[1]) == len(single["cells"])
     for r in ranks:
-        assert torch.equal(r["cells"], single["cells"])          # gathered back into loader order
+        assert torch.equal(r["cells"], single["cells"])  # gathered back into loader order
         assert torch.allclose(r["probs"], single["probs"], atol=1e-6)
         assert r["metrics"].keys() == single["metrics"].keys() and single["metrics"]
         for k, v in single["metrics"].items():
             assert r["metrics"][k] == pytest.approx(v, abs=1e-6), (k, r["metrics"], single["metrics"])
-        for k in PROTO:   # push from identical weights: the single-process result, on every rank
+        for k in PROTO:  # push from identical weights: the single-process result, on every rank
             assert torch.equal(r["pushed"][k], ranks[0]["pushed"][k]), k
             assert torch.allclose(r["pushed"][k].double(), single["pushed"][k].double(), atol=1e-6), k
     # the winners come from both ranks' shards, so the ranks really had to exchange their candidates
@@ -124,5 +151,5 @@ def test_ddp_two_processes_equal_single_process(tiny_store, tmp_path):
     for k, v in ranks[0]["trained"].items():
         assert torch.equal(v, ranks[1]["trained"][k]), k
     assert int(ranks[0]["trained"]["net.pushes"]) == 2
-    per_rank_batches = -(-((n_train + 1) // 2) // 8)     # ceil(ceil(n_train / 2) / 8): each rank's half, in batches of 8
+    per_rank_batches = -(-((n_train + 1) // 2) // 8)  # ceil(ceil(n_train / 2) / 8): each rank's half, in batches of 8
     assert ranks[0]["steps"] == ranks[1]["steps"] == 2 * per_rank_batches

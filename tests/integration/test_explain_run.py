@@ -29,18 +29,31 @@ from test_train_cli import TINY  # noqa: E402
 # chance, which has no affected fraction to check): every Exp cell affected, ten times the photons, no
 # confound, 40 cells a field, small batches and 60 pretrain epochs give a run that learned enough for
 # the fraction's reference to find evidence at its confidence bounds (as score's tiny fixture).
-LEARNING = [*TINY, "data.synthetic.affected_fraction.Ref=0.0", "data.synthetic.affected_fraction.Exp=1.0",
-            "data.synthetic.photons=6000", "data.synthetic.confound=false",
-            "data.synthetic.cells_per_field=40", "data.synthetic.field_size=256", "data.batch_size=16",
-            "schedule.pretrain_epochs=60"]
+LEARNING = [
+    *TINY,
+    "data.synthetic.affected_fraction.Ref=0.0",
+    "data.synthetic.affected_fraction.Exp=1.0",
+    "data.synthetic.photons=6000",
+    "data.synthetic.confound=false",
+    "data.synthetic.cells_per_field=40",
+    "data.synthetic.field_size=256",
+    "data.batch_size=16",
+    "schedule.pretrain_epochs=60",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("explain")
     env = {**os.environ, "PROTOCELL_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "train.py", f"hydra.run.dir={tmp / 'run'}", *LEARNING], cwd=ROOT, env=env,
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={tmp / 'run'}", *LEARNING],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return tmp / "run"
 
 
@@ -55,8 +68,15 @@ def test_explain_writes_figures_tables_metrics_and_a_report(tiny_run, explained)
     P = len(rec["cell_id"])
     assert len(list((out / "prototypes").glob("*.png"))) == P == len(list((out / "mosaics").glob("*.png")))
     assert len(list((out / "mosaics").glob("*.csv"))) == P and len(list((out / "cells").glob("*.png"))) == 6
-    for name in ("population_similarity.png", "population_similarity.csv", "prototype_differences.csv",
-                 "cell_scores.png", "prototype_health.csv", "prototypes.csv", "explain_metrics.json"):
+    for name in (
+        "population_similarity.png",
+        "population_similarity.csv",
+        "prototype_differences.csv",
+        "cell_scores.png",
+        "prototype_health.csv",
+        "prototypes.csv",
+        "explain_metrics.json",
+    ):
         assert (out / name).exists(), name
     # the prototype boxes are push's provenance, and every figure's cells can be found in the raw image
     protos = pd.read_csv(out / "prototypes.csv")
@@ -65,19 +85,19 @@ def test_explain_writes_figures_tables_metrics_and_a_report(tiny_run, explained)
     for col in ("image_id", "well", "field", "box_image"):
         assert protos[col].notna().all(), col
     em = json.loads((out / "explain_metrics.json").read_text())
-    assert em["background_prototype_share"] == 0.0          # mask on: no prototype in background
+    assert em["background_prototype_share"] == 0.0  # mask on: no prototype in background
     assert set(em["exp_prototype_texture_share"]) == {str(j) for j in range(P) if rec["prototype_class"][j] == 1}
     assert all(0 <= v <= 1 for v in em["exp_prototype_texture_share"].values())
     preds = pd.read_csv(tiny_run / "test_predictions.csv")
     exp = preds[preds["condition"] == "Exp"]
-    metrics = json.loads((tiny_run / "metrics.json").read_text())    # same cells, same calls as train.py
-    frac = metrics["affected_fraction"]["conditions"]["Exp"]          # the estimate explain shows (metrics.json)
+    metrics = json.loads((tiny_run / "metrics.json").read_text())  # same cells, same calls as train.py
+    frac = metrics["affected_fraction"]["conditions"]["Exp"]  # the estimate explain shows (metrics.json)
     assert frac["true"] == pytest.approx((exp["true_label"] == 1).mean())
     assert frac["ci_low"] <= frac["estimate"] <= frac["ci_high"]
     assert em["true_label_accuracy"] == pytest.approx(metrics["true_label_accuracy"])
     assert em["true_label_auroc"] == pytest.approx(metrics["true_label_auroc"], abs=1e-6)
     page = (tiny_run / "report.html").read_text()
-    for src in re.findall(r'(?:src|href)="([^"]+)"', page):   # every image and link the page names exists
+    for src in re.findall(r'(?:src|href)="([^"]+)"', page):  # every image and link the page names exists
         assert (tiny_run / src).exists(), src
     assert "vgg11_narrow" in page and "46 px" in page and "Mann–Whitney" in page
 
@@ -98,7 +118,7 @@ def test_nearest_patches_are_sorted_and_equal_brute_force(tiny_run, explained):
     # the rendered mosaic lists the same cells in the same order (k = 20)
     near20 = nearest_patches(run)
     tiles = pd.read_csv(explained / "mosaics" / "mosaic_00.csv")
-    assert len(tiles) == min(20, len(run.dm.rows["push"]))               # the tiny push set has fewer cells
+    assert len(tiles) == min(20, len(run.dm.rows["push"]))  # the tiny push set has fewer cells
     assert tiles["cell_id"].tolist() == near20["cell_id"][:, 0].tolist()
     assert tiles["rank"].tolist() == list(range(1, len(tiles) + 1))
 
@@ -110,9 +130,9 @@ def test_population_similarities_and_means_equal_a_direct_loop_over_test_cells(t
     ds = run.dm.dataset("test")
     direct = {}
     with torch.no_grad():
-        for i in range(len(ds)):            # one cell at a time, straight through the network
+        for i in range(len(ds)):  # one cell at a time, straight through the network
             x, m, _, cid = ds[i]
-            d = run.net.distances(run.net.latent(x[None]), m[None])[0]          # (P, H, W)
+            d = run.net.distances(run.net.latent(x[None]), m[None])[0]  # (P, H, W)
             direct[int(cid)] = d.flatten(1).amin(1).double()
     assert set(direct) == set(cells.index)
     preds = run.preds.set_index("cell_id")
@@ -128,7 +148,7 @@ def test_population_similarities_and_means_equal_a_direct_loop_over_test_cells(t
         mean = np.mean([direct[c] for c in ids], axis=0)
         assert np.allclose(pop[f"mean_{cond}"], mean, rtol=1e-3)
         own = cells.loc[ids, [f"p{j}" for j in range(P)]].to_numpy(float).mean(0)
-        assert np.allclose(pop[f"mean_{cond}"], own, rtol=1e-9)           # exactly the mean of the cells table
+        assert np.allclose(pop[f"mean_{cond}"], own, rtol=1e-9)  # exactly the mean of the cells table
     assert np.allclose(pop["difference"], pop["mean_Exp"] - pop["mean_Ref"])
     # a predictions file without the per-prototype distances: one pass over the test set instead
     run.preds = run.preds.drop(columns=[c for c in run.preds if c.startswith("min_d_")])
@@ -138,7 +158,7 @@ def test_population_similarities_and_means_equal_a_direct_loop_over_test_cells(t
     unit = json.loads((explained / "explain_metrics.json").read_text())["replicate_unit"]["unit"]
     again = cells.reset_index().assign(replicate=lambda c: unit_ids(c, unit))
     again = population_means(again, [f"p{j}" for j in range(P)], "Ref", "Exp", n_boot=50, by="replicate")
-    assert np.allclose(again["diff_ci_low"], pop["diff_ci_low"], equal_nan=True)   # seeded bootstrap: reproducible
+    assert np.allclose(again["diff_ci_low"], pop["diff_ci_low"], equal_nan=True)  # seeded bootstrap: reproducible
 
 
 def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
@@ -166,8 +186,14 @@ def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
 
 def test_cli_refuses_a_missing_run_folder_without_creating_it(tmp_path):
     missing = tmp_path / "no_such_run"
-    proc = subprocess.run([sys.executable, "explain.py", f"run={missing}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "explain.py", f"run={missing}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stdout + proc.stderr
     assert not missing.exists()
 
@@ -204,8 +230,10 @@ def require_chromium():
     """Skip without Debian's chromium (the reason printed), except under CI=true, where `make setup`
     installs it and its absence is a failure."""
     if CHROMIUM is None:
-        skip_or_fail("Debian's chromium is not installed (as root: apt-get update && apt-get install -y chromium): "
-                     "report.html is then checked only for files, not in a browser")
+        skip_or_fail(
+            "Debian's chromium is not installed (as root: apt-get update && apt-get install -y chromium): "
+            "report.html is then checked only for files, not in a browser"
+        )
 
 
 def browser_images(report: Path, tmp_path: Path) -> tuple[int, list[str]]:
@@ -223,11 +251,27 @@ document.getElementById('r').onload = () => {{
       imgs.filter(i => !i.naturalWidth).map(i => i.getAttribute('src')).join(',') + ' END';
   }});
 }};</script></body></html>""")
-    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'profile'}",
-                           "--virtual-time-budget=15000", "--dump-dom", probe.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-file-access-from-files",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     found = re.search(r"IMAGES (\d+) BROKEN (.*?) END", proc.stdout)
     assert found, proc.stdout[-2000:] + proc.stderr[-2000:]
     return int(found.group(1)), [b for b in found.group(2).split(",") if b]
@@ -247,14 +291,20 @@ def test_the_browser_check_reports_a_missing_image(tiny_run, explained, tmp_path
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "explain" / "prototypes" / "prototype_01.png").unlink()
-    (run / "explain" / "cell_scores.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))   # present, not decodable
+    (run / "explain" / "cell_scores.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))  # present, not decodable
     n, broken = browser_images(run / "report.html", tmp_path)
     assert sorted(broken) == ["explain/cell_scores.png", "explain/prototypes/prototype_01.png"], broken
 
 
 def explain_cli(run: Path):
-    return subprocess.run([sys.executable, "explain.py", f"run={run}", "bootstrap=20", "wandb=false", "threads=1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "explain.py", f"run={run}", "bootstrap=20", "wandb=false", "threads=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_explain_refuses_a_truncated_checkpoint_naming_the_file(tiny_run, tmp_path):
@@ -283,11 +333,18 @@ class _Evil:
 # the command line, the shell, and a target nested below a plain value.
 ATTACKS = {
     "torch.load": lambda evil: {"_target_": "torch.load", "f": str(evil), "weights_only": False},
-    "torch.hub.load": lambda evil: {"_target_": "torch.hub.load", "repo_or_dir": str(evil.parent), "model": "x",
-                                    "source": "local", "trust_repo": True},
+    "torch.hub.load": lambda evil: {
+        "_target_": "torch.hub.load",
+        "repo_or_dir": str(evil.parent),
+        "model": "x",
+        "source": "local",
+        "trust_repo": True,
+    },
     "torch.jit.load": lambda evil: {"_target_": "torch.jit.load", "f": str(evil)},
-    "lightning.pytorch.cli.LightningCLI": lambda evil: {"_target_": "lightning.pytorch.cli.LightningCLI",
-                                                        "args": ["--help"]},
+    "lightning.pytorch.cli.LightningCLI": lambda evil: {
+        "_target_": "lightning.pytorch.cli.LightningCLI",
+        "args": ["--help"],
+    },
     "os.system": lambda evil: {"_target_": "os.system", "command": f"touch {evil.parent / 'marker'}"},
 }
 
@@ -330,8 +387,10 @@ def test_explain_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack, key
     assert not marker.exists(), f"{attack} under {key} ran code"
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     where = f"{key}.gain" if nested else key
-    assert f"explain: {run / 'config.yaml'}: {where}._target_='{ATTACKS[attack](Path('x'))['_target_']}' is refused" \
-        in proc.stderr, proc.stderr[-2000:]
+    assert (
+        f"explain: {run / 'config.yaml'}: {where}._target_='{ATTACKS[attack](Path('x'))['_target_']}' is refused"
+        in proc.stderr
+    ), proc.stderr[-2000:]
     assert "never chooses code to run" in proc.stderr
     assert not (run / "explain").exists()
 
@@ -339,21 +398,29 @@ def test_explain_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack, key
 @pytest.mark.parametrize("attack", ["torch.load", "lightning.pytorch.cli.LightningCLI"])
 def test_score_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack):
     run, marker = _crafted_run(tiny_run, tmp_path, "data.photometric", attack)
-    proc = subprocess.run([sys.executable, "score.py", f"run={run}", "bootstrap=20", "wandb=false", "threads=1",
-                           "progress=false"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "score.py", f"run={run}", "bootstrap=20", "wandb=false", "threads=1", "progress=false"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert not marker.exists(), f"{attack} ran code"
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"{run / 'config.yaml'}: data.photometric._target_=" in proc.stderr and "is refused" in proc.stderr
     assert not (run / "score.html").exists()
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda cfg: cfg["data"].update(batch_size="many"), "'data' does not match protocell's data schema"),
-    (lambda cfg: cfg["data"].update(loader_hook="x"), "'data' does not match protocell's data schema"),
-    (lambda cfg: cfg["data"].update(test_fraction=2.0), "config value data.test_fraction=2.0 is invalid"),
-    (lambda cfg: cfg["data"].update(path="${oc.env:HOME}"), "data.path is an interpolation"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda cfg: cfg["data"].update(batch_size="many"), "'data' does not match protocell's data schema"),
+        (lambda cfg: cfg["data"].update(loader_hook="x"), "'data' does not match protocell's data schema"),
+        (lambda cfg: cfg["data"].update(test_fraction=2.0), "config value data.test_fraction=2.0 is invalid"),
+        (lambda cfg: cfg["data"].update(path="${oc.env:HOME}"), "data.path is an interpolation"),
+    ],
+)
 def test_explain_refuses_a_run_config_outside_the_schema(tiny_run, tmp_path, edit, message):
     import yaml
 

@@ -31,12 +31,24 @@ def test_every_command_has_a_script_and_a_clone_entry_point():
 
 def test_an_installed_script_composes_the_clones_config_and_refuses_like_it(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    shown = subprocess.run([str(_script("protocell-train")), "--cfg", "job", "backbone=vgg11", "mask=off"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [str(_script("protocell-train")), "--cfg", "job", "backbone=vgg11", "mask=off"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr
     assert "name: vgg11" in shown.stdout and "distance_term: false" in shown.stdout
     missing = tmp_path / "no_such_run"
-    refused = subprocess.run([str(_script("protocell-explain")), f"run={missing}"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [str(_script("protocell-explain")), f"run={missing}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2 and f"run folder {missing} does not exist" in refused.stderr
     assert not missing.exists() and not (tmp_path / "outputs").exists()

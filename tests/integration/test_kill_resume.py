@@ -26,8 +26,7 @@ from test_train_cli import TINY  # noqa: E402
 # last layer (about a second each here)
 LONG = [a for a in TINY if not a.startswith("schedule.epochs")] + ["schedule.epochs=6"]
 EPOCHS = 10
-COMPARED = ("well_label_accuracy", "well_label_auroc", "true_label_accuracy", "true_label_auroc", "pushes",
-            "epochs")
+COMPARED = ("well_label_accuracy", "well_label_auroc", "true_label_accuracy", "true_label_auroc", "pushes", "epochs")
 
 
 def env_for(tmp):
@@ -41,8 +40,13 @@ class Run(subprocess.Popen):
         self.log = log or run.parent / f"{run.name}.out"
         run.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "w") as fh:
-            super().__init__([sys.executable, "train.py", f"hydra.run.dir={run}", *args, *overrides], cwd=ROOT,
-                             env=env_for(cache_dir), stdout=fh, stderr=subprocess.STDOUT)
+            super().__init__(
+                [sys.executable, "train.py", f"hydra.run.dir={run}", *args, *overrides],
+                cwd=ROOT,
+                env=env_for(cache_dir),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
 
     def finish(self, timeout: float = 400) -> str:
         self.wait(timeout=timeout)
@@ -66,7 +70,7 @@ def wait_for_checkpoint(proc, ckpt: Path, epochs: int, timeout: float = 240) -> 
             try:
                 if finished_epochs(ckpt) >= epochs:
                     return
-            except Exception:   # noqa: BLE001 - never expected (atomic writes), but the assert below says so
+            except Exception:  # noqa: BLE001 - never expected (atomic writes), but the assert below says so
                 pytest.fail(f"{ckpt} could not be read while train.py was writing it")
         time.sleep(0.05)
     pytest.fail(f"no checkpoint with {epochs} epochs after {timeout} s")
@@ -101,14 +105,14 @@ def test_a_checkpoint_is_written_at_the_end_of_every_epoch_and_after_each_push(u
     seen = {}
     while proc.poll() is None:
         if ckpt.exists():
-            state = torch.load(ckpt, weights_only=True, map_location="cpu")       # never half a file
+            state = torch.load(ckpt, weights_only=True, map_location="cpu")  # never half a file
             done = state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
             seen[done] = int(state["state_dict"]["net.pushes"])
         time.sleep(0.02)
     assert proc.returncode == 0, proc.finish()[-3000:]
     seen[finished_epochs(ckpt)] = int(torch.load(ckpt, weights_only=True)["state_dict"]["net.pushes"])
-    assert len(seen) >= 4 and max(seen) == EPOCHS, seen        # many epoch ends observed, not only the last
-    for done, pushes in seen.items():                         # pushes at the ends of epochs 2, 5 and 8
+    assert len(seen) >= 4 and max(seen) == EPOCHS, seen  # many epoch ends observed, not only the last
+    for done, pushes in seen.items():  # pushes at the ends of epochs 2, 5 and 8
         assert pushes == (done >= 3) + (done >= 6) + (done >= 9), (done, pushes)
     assert not list(run.rglob("*.tmp"))
 
@@ -117,7 +121,7 @@ def test_kill_9_mid_run_then_resume_equals_the_uninterrupted_run(uninterrupted, 
     killed = tmp_path / "killed"
     proc = start(killed, uninterrupted.parent)
     ckpt = killed / "checkpoints" / "last.ckpt"
-    wait_for_checkpoint(proc, ckpt, 4)             # past the first push and last-layer epoch
+    wait_for_checkpoint(proc, ckpt, 4)  # past the first push and last-layer epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = finished_epochs(ckpt)
@@ -141,13 +145,16 @@ def test_sigint_and_sigterm_stop_cleanly_and_name_the_resume_point(uninterrupted
     assert proc.returncode == rc, out[-3000:]
     assert "Traceback" not in out
     done = finished_epochs(ckpt)
-    found = re.search(r"stopped \((\w+)\) in epoch (\d+) of 10 \(0-based\); (\S+) holds the end of epoch (\d+)\. "
-                      r"resume=(\S+) continues at epoch (\d+)", out)
+    found = re.search(
+        r"stopped \((\w+)\) in epoch (\d+) of 10 \(0-based\); (\S+) holds the end of epoch (\d+)\. "
+        r"resume=(\S+) continues at epoch (\d+)",
+        out,
+    )
     assert found, out[-3000:]
     assert int(found.group(2)) == done == int(found.group(6)) and int(found.group(4)) == done - 1
     assert Path(found.group(5)) == ckpt.resolve()
-    assert not (run / "metrics.json").exists()               # an interrupted run is not evaluated
-    if sig == signal.SIGTERM:                                 # and it resumes like a killed one
+    assert not (run / "metrics.json").exists()  # an interrupted run is not evaluated
+    if sig == signal.SIGTERM:  # and it resumes like a killed one
         proc = start(tmp_path / "resumed", uninterrupted.parent, f"resume={ckpt}")
         out = proc.finish()
         assert proc.returncode == 0, out[-3000:]
@@ -158,11 +165,19 @@ def test_two_runs_launched_together_get_two_folders(uninterrupted, tmp_path):
     """Both at once with the default run-folder name (under tmp_path instead of outputs/): two
     folders, each with its own config and the metrics of its own seed."""
     default = yaml.safe_load((ROOT / "conf" / "train.yaml").read_text())["hydra"]["run"]["dir"]
-    pattern = str(tmp_path / "runs" / Path(default).name)          # outputs/train/${now:…} → <tmp>/runs/${now:…}
-    quick = ["schedule.epochs=1", "schedule.pretrain_epochs=0", "schedule.warm_epochs=0", "schedule.push_start=1",
-             "schedule.push_every=1", "schedule.last_layer_epochs=0"]
-    procs = [start(Path(pattern), uninterrupted.parent, f"seed={s}", args=TINY + quick, log=tmp_path / f"{s}.out")
-             for s in (0, 1)]
+    pattern = str(tmp_path / "runs" / Path(default).name)  # outputs/train/${now:…} → <tmp>/runs/${now:…}
+    quick = [
+        "schedule.epochs=1",
+        "schedule.pretrain_epochs=0",
+        "schedule.warm_epochs=0",
+        "schedule.push_start=1",
+        "schedule.push_every=1",
+        "schedule.last_layer_epochs=0",
+    ]
+    procs = [
+        start(Path(pattern), uninterrupted.parent, f"seed={s}", args=TINY + quick, log=tmp_path / f"{s}.out")
+        for s in (0, 1)
+    ]
     for p in procs:
         out = p.finish()
         assert p.returncode == 0, out[-3000:]
@@ -185,10 +200,16 @@ def test_a_folder_holding_another_run_or_in_use_is_refused(uninterrupted, tmp_pa
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and ".hydra" not in p.parts}
 
     def train(*overrides):
-        return subprocess.run([sys.executable, "train.py", f"hydra.run.dir={run}", *LONG, *overrides], cwd=ROOT,
-                              env=env_for(uninterrupted.parent), capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "train.py", f"hydra.run.dir={run}", *LONG, *overrides],
+            cwd=ROOT,
+            env=env_for(uninterrupted.parent),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
-    with exclusive_lock(run / ".lock", RuntimeError):                # as a running train.py holds it
+    with exclusive_lock(run / ".lock", RuntimeError):  # as a running train.py holds it
         busy = train("seed=1")
     assert busy.returncode == 2 and "Traceback" not in busy.stderr, busy.stderr[-2000:]
     assert f"train: run folder {run} is in use by another train.py (pid {os.getpid()} on" in busy.stderr

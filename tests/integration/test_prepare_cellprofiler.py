@@ -22,8 +22,15 @@ def real_data():
 
 
 def test_cellprofiler_field_gives_sane_crops_and_masks(tmp_path):
-    cfg = prepare_config(f"input={DATA}", f"pattern='{PATTERN}'", "channels=cellprofiler_human",
-                         f"output={tmp_path / 'store'}", "tile.size=256", "augment.copies=0", "summary.overlays=1")
+    cfg = prepare_config(
+        f"input={DATA}",
+        f"pattern='{PATTERN}'",
+        "channels=cellprofiler_human",
+        f"output={tmp_path / 'store'}",
+        "tile.size=256",
+        "augment.copies=0",
+        "summary.overlays=1",
+    )
     store = CropStore(prepare(cfg))
     m = store.manifest
     summary = json.loads((store.root / "prepare_summary.json").read_text())
@@ -34,11 +41,11 @@ def test_cellprofiler_field_gives_sane_crops_and_masks(tmp_path):
     assert m["image_id"].unique().tolist() == ["AS_09125_050116030001_D03_f00"] and (m["well"] == "D03").all()
     areas, aligned = [], []
     # thresholds in normalised units; crops are stored as uint16 (normalised × 65535), denoised
-    cell_t, dna_t = (summary['per_image'][0]['thresholds'][k] for k in ('cell', 'nuclei'))
+    cell_t, dna_t = (summary["per_image"][0]["thresholds"][k] for k in ("cell", "nuclei"))
     for i in range(0, len(m), 3):
         crop, mask = store[i]
-        assert mask[31:34, 31:34].any()                               # centred on its own cell
-        assert crop[1][mask > 0].max() > crop[1][mask == 0].mean()    # with a nucleus inside
+        assert mask[31:34, 31:34].any()  # centred on its own cell
+        assert crop[1][mask > 0].max() > crop[1][mask == 0].mean()  # with a nucleus inside
         # crop and mask are aligned: the masked pixels are foreground (cell body above its threshold,
         # or nucleus), those of the segmentation, not of a shifted window
         fg = (crop[0] > cell_t * 65535) | (crop[1] > dna_t * 65535)

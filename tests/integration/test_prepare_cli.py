@@ -19,9 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
     out = tmp_path / "store"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PROTOCELL_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "prepare.py", f"input={synthetic_fields}",
-           f"plate_map={synthetic_fields / 'plate_map.csv'}", "segmentation=watershed", f"output={out}",
-           "tile.size=128", "progress=false", f"hydra.run.dir={tmp_path / 'prep_run'}"]
+    cmd = [
+        sys.executable,
+        "prepare.py",
+        f"input={synthetic_fields}",
+        f"plate_map={synthetic_fields / 'plate_map.csv'}",
+        "segmentation=watershed",
+        f"output={out}",
+        "tile.size=128",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'prep_run'}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"train on it: python train.py data=prepared data.path={out}" in proc.stdout
@@ -32,7 +40,7 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
     assert store.channels == ["actin", "nuclei"] and store.crop_size == 64
     assert len(orig) > 80 and len(aug) == 2 * (orig["split"] == "train").sum()
     assert set(orig["split"]) == {"train", "test"}
-    for _cond, g in orig.groupby("condition"):             # split by image, stratified: 2 of 4 images each
+    for _cond, g in orig.groupby("condition"):  # split by image, stratified: 2 of 4 images each
         assert g.groupby("split")["image_id"].nunique().to_dict() == {"train": 2, "test": 2}
     assert (aug["split"] == "train").all() and aug["aug"].str.startswith("rot=").all()
     parent = orig.set_index("cell_id").loc[aug["aug_of"]]
@@ -44,10 +52,24 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
     assert all((out / p).stat().st_size > 1000 for p in summary["overlays"])
     assert sum(summary["cells_per_condition"].values()) == len(orig)
 
-    train = [sys.executable, "train.py", "data=prepared", f"data.path={out}", f"hydra.run.dir={tmp_path / 'run'}",
-             "data.val_fraction=0.5", "schedule.pretrain_epochs=1", "schedule.epochs=2", "schedule.warm_epochs=1",
-             "schedule.push_every=2", "schedule.push_start=2", "schedule.last_layer_epochs=1",
-             "model.prototypes_per_class=2", "explain=false", "trainer.enable_progress_bar=false", "threads=1"]
+    train = [
+        sys.executable,
+        "train.py",
+        "data=prepared",
+        f"data.path={out}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "data.val_fraction=0.5",
+        "schedule.pretrain_epochs=1",
+        "schedule.epochs=2",
+        "schedule.warm_epochs=1",
+        "schedule.push_every=2",
+        "schedule.push_start=2",
+        "schedule.last_layer_epochs=1",
+        "model.prototypes_per_class=2",
+        "explain=false",
+        "trainer.enable_progress_bar=false",
+        "threads=1",
+    ]
     proc = subprocess.run(train, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -63,8 +85,14 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
 
 def test_a_killed_run_resumes_and_skips_finished_images(tmp_path, synthetic_fields):
     out = tmp_path / "store"
-    cfg = prepare_config(f"input={synthetic_fields}", f"plate_map={synthetic_fields / 'plate_map.csv'}",
-                         f"output={out}", "tile.size=128", "augment.copies=1", "summary.overlays=1")
+    cfg = prepare_config(
+        f"input={synthetic_fields}",
+        f"plate_map={synthetic_fields / 'plate_map.csv'}",
+        f"output={out}",
+        "tile.size=128",
+        "augment.copies=1",
+        "summary.overlays=1",
+    )
     prepare(cfg)
     first = pd.read_csv(out / "manifest.csv")
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.npy")}
@@ -79,7 +107,7 @@ def test_a_killed_run_resumes_and_skips_finished_images(tmp_path, synthetic_fiel
     prepare(cfg)
     again = pd.read_csv(out / "manifest.csv")
     pd.testing.assert_frame_equal(first, again)
-    assert_store_folder(out)                   # the temporary files are gone, nothing else was added
+    assert_store_folder(out)  # the temporary files are gone, nothing else was added
     now = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.npy")}
     redone = sorted(n for n in stamps if now[n] != stamps[n])
     assert redone and all(n.startswith("plate1_B02_f1") for n in redone)
@@ -87,7 +115,7 @@ def test_a_killed_run_resumes_and_skips_finished_images(tmp_path, synthetic_fiel
     prepare({**cfg, "denoise_sigma": 0.5})
     assert all(p.stat().st_mtime_ns != stamps.get(p.name) for p in (out / "shards").glob("*.npy"))
     assert CropStore(out).info["prepare"]["config"]["denoise_sigma"] == 0.5
-    assert_store_folder(out)                   # the earlier store's shards were removed after the switch
+    assert_store_folder(out)  # the earlier store's shards were removed after the switch
 
 
 def test_a_store_of_wells_to_score_only_is_followed_by_the_score_command(tmp_path, synthetic_fields):
@@ -96,11 +124,28 @@ def test_a_store_of_wells_to_score_only_is_followed_by_the_score_command(tmp_pat
     plate["image"] = [str(synthetic_fields / p) for p in plate["image"]]
     plate.to_csv(tmp_path / "plate_map.csv", index=False)
     out = tmp_path / "store"
-    proc = subprocess.run([sys.executable, "prepare.py", f"input={synthetic_fields}", f"plate_map={tmp_path / 'plate_map.csv'}",
-                           f"output={out}", "tile.size=128", "progress=false", "augment.copies=0", "summary.overlays=0",
-                           f"hydra.run.dir={tmp_path / 'prep_run'}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "prepare.py",
+            f"input={synthetic_fields}",
+            f"plate_map={tmp_path / 'plate_map.csv'}",
+            f"output={out}",
+            "tile.size=128",
+            "progress=false",
+            "augment.copies=0",
+            "summary.overlays=0",
+            f"hydra.run.dir={tmp_path / 'prep_run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train on it" not in proc.stdout
-    assert (f"score it with a trained run (it holds no condition, nothing to train on): python score.py "
-            f"run=<run folder> data.path={out}") in proc.stdout
+    assert (
+        f"score it with a trained run (it holds no condition, nothing to train on): python score.py "
+        f"run=<run folder> data.path={out}"
+    ) in proc.stdout

@@ -34,20 +34,33 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def two_plates(tmp_path_factory, synthetic_fields):
     """The 8 synthetic fields as plate1 and copies of them as plate2 (image ids of their own): 16 images."""
     root = tmp_path_factory.mktemp("two_plates")
-    shutil.copytree(synthetic_fields / "fields", root / "plate2", ignore=shutil.ignore_patterns("*.labels.tif",
-                                                                                            "*.texture.tif"))
+    shutil.copytree(
+        synthetic_fields / "fields", root / "plate2", ignore=shutil.ignore_patterns("*.labels.tif", "*.texture.tif")
+    )
     one = pd.read_csv(synthetic_fields / "plate_map.csv")
-    two = one.assign(image=[f"plate2/{Path(p).name}" for p in one["image"]], plate="plate2",
-                     image_id=[f"p2_{Path(p).stem}" for p in one["image"]])
-    one = one.assign(image=[str(synthetic_fields / p) for p in one["image"]],
-                     image_id=[Path(p).stem for p in one["image"]])
+    two = one.assign(
+        image=[f"plate2/{Path(p).name}" for p in one["image"]],
+        plate="plate2",
+        image_id=[f"p2_{Path(p).stem}" for p in one["image"]],
+    )
+    one = one.assign(
+        image=[str(synthetic_fields / p) for p in one["image"]], image_id=[Path(p).stem for p in one["image"]]
+    )
     pd.concat([one, two]).to_csv(root / "plate_map.csv", index=False)
     return root
 
 
 def _args(plates: Path, out: Path) -> list[str]:
-    return [f"input={plates}", f"plate_map={plates / 'plate_map.csv'}", f"output={out}", "tile.size=128",
-            "augment.copies=1", "summary.overlays=3", "workers=1", "progress=false"]
+    return [
+        f"input={plates}",
+        f"plate_map={plates / 'plate_map.csv'}",
+        f"output={out}",
+        "tile.size=128",
+        "augment.copies=1",
+        "summary.overlays=3",
+        "workers=1",
+        "progress=false",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +82,48 @@ def store_content(out: Path) -> dict:
     return files
 
 
-def test_two_share_tasks_through_the_local_launcher_merge_into_the_one_process_store(two_plates, one_process,
-                                                                                   tmp_path):
+def test_two_share_tasks_through_the_local_launcher_merge_into_the_one_process_store(two_plates, one_process, tmp_path):
     out = tmp_path / "store"
-    proc = subprocess.run([sys.executable, "prepare.py", "-m", "hydra/launcher=local", *_args(two_plates, out),
-                           "shards=2", "shard=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "prepare.py",
+            "-m",
+            "hydra/launcher=local",
+            *_args(two_plates, out),
+            "shards=2",
+            "shard=0,1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))) == 2     # two tasks, not this process
-    assert not (out / "store.json").exists() and not (out / "manifest.csv").exists()   # no store before the merge
-    proc = subprocess.run([sys.executable, "prepare.py", *_args(two_plates, out), "shards=2", "shard=merge",
-                           f"hydra.run.dir={tmp_path / 'merge'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    assert len(list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))) == 2  # two tasks, not this process
+    assert not (out / "store.json").exists() and not (out / "manifest.csv").exists()  # no store before the merge
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "prepare.py",
+            *_args(two_plates, out),
+            "shards=2",
+            "shard=merge",
+            f"hydra.run.dir={tmp_path / 'merge'}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"train on it: python train.py data=prepared data.path={out}" in proc.stdout
 
     merged, single = store_content(out), store_content(one_process)
-    assert merged == single                       # every crop, mask, augmented crop, manifest row, overlay
+    assert merged == single  # every crop, mask, augmented crop, manifest row, overlay
     assert_store_folder(out)
     m = pd.read_csv(out / "manifest.csv", dtype={"well": str})
     assert sum(f.startswith("shards/") and f.endswith(".crops.npy") for f in merged) == m["shard"].nunique() > 16
@@ -98,15 +136,20 @@ def test_two_share_tasks_through_the_local_launcher_merge_into_the_one_process_s
     # the split keeps each plate whole as a stratum: each plate's images of a condition split alike
     orig = m[m["aug_of"] < 0]
     per = orig.groupby(["plate", "condition", "split"])["image_id"].nunique()
-    assert per.to_dict() == {(p, c, s): 2 for p in ("plate1", "plate2") for c in ("Exp", "Ref") for s in ("test", "train")}
+    assert per.to_dict() == {
+        (p, c, s): 2 for p in ("plate1", "plate2") for c in ("Exp", "Ref") for s in ("test", "train")
+    }
 
 
 def test_a_missing_share_is_refused_by_name_and_a_killed_share_is_redone_alone(two_plates, one_process, tmp_path):
     out = tmp_path / "store"
     args = _args(two_plates, out)
     prepare(prepare_config(*args, "shards=2", "shard=0"))
-    with pytest.raises(InputError, match=r"share\(s\) 1 of 2 are not complete \(8 of 16 images .*shard=1 — then "
-                                         r"shard=merge; nothing was written"):
+    with pytest.raises(
+        InputError,
+        match=r"share\(s\) 1 of 2 are not complete \(8 of 16 images .*shard=1 — then "
+        r"shard=merge; nothing was written",
+    ):
         prepare(prepare_config(*args, "shards=2", "shard=merge"))
     assert not (out / "manifest.csv").exists() and not (out / "store.json").exists()
 
@@ -126,12 +169,12 @@ def test_a_missing_share_is_refused_by_name_and_a_killed_share_is_redone_alone(t
     with pytest.raises(InputError, match=r"share\(s\) 1 of 2"):
         prepare(prepare_config(*args, "shards=2", "shard=merge"))
 
-    prepare(prepare_config(*args, "shards=2", "shard=1"))          # the re-run of share 1 alone
+    prepare(prepare_config(*args, "shards=2", "shard=1"))  # the re-run of share 1 alone
     now = {p.name: p.stat().st_mtime_ns for p in (*images.glob("*.json"), *(out / "shards").glob("*.npy"))}
-    assert all(now[f] == t for f, t in share0.items())             # share 0: not touched
+    assert all(now[f] == t for f, t in share0.items())  # share 0: not touched
     theirs = [f for f in kept if any(f == f"{i}.json" or f.startswith(f"{i}-") for i in finished)]
-    assert len(theirs) > len(finished) and all(now[f] == kept[f] for f in theirs)   # finished images of share 1: kept
-    assert len([f for f in set(now) - set(kept) if f.endswith(".json")]) == 8 - len(finished)   # the others: done
+    assert len(theirs) > len(finished) and all(now[f] == kept[f] for f in theirs)  # finished images of share 1: kept
+    assert len([f for f in set(now) - set(kept) if f.endswith(".json")]) == 8 - len(finished)  # the others: done
     prepare(prepare_config(*args, "shards=2", "shard=merge"))
     assert store_content(out) == store_content(one_process)
     assert_store_folder(out)
@@ -142,17 +185,22 @@ def test_share_tasks_and_a_merge_exclude_each_other_and_bad_share_settings_are_r
     args = _args(two_plates, out)
     prepare(prepare_config(*args, "shards=4", "shard=3"))
     refuse = AssertionError
-    with exclusive_lock(out / ".prepare" / "lock", refuse, shared=True):        # a share task is running
+    with exclusive_lock(out / ".prepare" / "lock", refuse, shared=True):  # a share task is running
         with pytest.raises(InputError, match="is being written by another prepare"):
             prepare(prepare_config(*args, "shards=4", "shard=merge"))
         with pytest.raises(InputError, match="is being written by another prepare"):
-            prepare(prepare_config(*args))                                      # a whole prepare, too
-        prepare(prepare_config(*args, "shards=4", "shard=2"))                   # other shares run beside it
-    with exclusive_lock(out / ".prepare" / "lock-share-2", refuse), \
-            pytest.raises(InputError, match="share 2 of output=.* is being prepared by another task"):
-        prepare(prepare_config(*args, "shards=4", "shard=2"))                   # share 2 still running elsewhere
-    for bad, match in ((["shards=2", "shard=2"], "shard=2 is invalid"), (["shards=0"], "shards=0 is invalid"),
-                       (["shard=first"], "shard='first' is invalid")):
+            prepare(prepare_config(*args))  # a whole prepare, too
+        prepare(prepare_config(*args, "shards=4", "shard=2"))  # other shares run beside it
+    with (
+        exclusive_lock(out / ".prepare" / "lock-share-2", refuse),
+        pytest.raises(InputError, match="share 2 of output=.* is being prepared by another task"),
+    ):
+        prepare(prepare_config(*args, "shards=4", "shard=2"))  # share 2 still running elsewhere
+    for bad, match in (
+        (["shards=2", "shard=2"], "shard=2 is invalid"),
+        (["shards=0"], "shards=0 is invalid"),
+        (["shard=first"], "shard='first' is invalid"),
+    ):
         with pytest.raises(ProtocellError, match=match):
             prepare(prepare_config(*args, *bad))
 
@@ -165,7 +213,7 @@ def test_split_by_plate_holds_whole_plates_out_and_a_single_plate_is_refused(one
     assert len(plates["test"]) == 1 and plates["train"] == plates["val"] == {"plate1", "plate2"} - plates["test"]
     assert set(m.loc[dm.rows["train"], "condition"]) == {"Ref", "Exp"}
     val_wells = set(m.loc[dm.rows["val"], "well"])
-    assert val_wells and not val_wells & set(m.loc[dm.rows["train"], "well"])    # validation: whole wells
+    assert val_wells and not val_wells & set(m.loc[dm.rows["train"], "well"])  # validation: whole wells
     one = m[m["plate"] == "plate1"]
     with pytest.raises(ProtocellError, match=r"data.split_by='plate' is invalid: .* on 1 plate\(s\) \['plate1'\]"):
         choose_split(one, 0.5, 0.3, "plate")
@@ -177,7 +225,14 @@ def test_the_split_of_one_plate_is_the_split_by_condition_and_of_two_each_plates
     plates = {i: "p1" if int(i[1:]) < 8 else "p2" for i in conditions}
     split = split_images(conditions, 0.5, 0, plates)
     counts = pd.Series(split).groupby([pd.Series(plates), pd.Series(conditions)]).value_counts()
-    assert counts.to_dict() == {("p1", "Exp", "test"): 2, ("p1", "Exp", "train"): 2, ("p1", "Ref", "test"): 2,
-                                ("p1", "Ref", "train"): 2, ("p2", "Exp", "test"): 1, ("p2", "Exp", "train"): 1,
-                                ("p2", "Ref", "test"): 1, ("p2", "Ref", "train"): 1}
+    assert counts.to_dict() == {
+        ("p1", "Exp", "test"): 2,
+        ("p1", "Exp", "train"): 2,
+        ("p1", "Ref", "test"): 2,
+        ("p1", "Ref", "train"): 2,
+        ("p2", "Exp", "test"): 1,
+        ("p2", "Exp", "train"): 1,
+        ("p2", "Ref", "test"): 1,
+        ("p2", "Ref", "train"): 1,
+    }
     assert np.mean([s == "test" for s in split.values()]) == 0.5

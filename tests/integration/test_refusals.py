@@ -17,8 +17,14 @@ from test_train_cli import TINY  # noqa: E402
 
 def run(script, tmp_path, *overrides, env=None):
     env = {**os.environ, "PROTOCELL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, script, f"hydra.run.dir={tmp_path / 'run'}", *overrides], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, script, f"hydra.run.dir={tmp_path / 'run'}", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def assert_refused(proc, name, *fragments):
@@ -34,30 +40,59 @@ def test_data_prepared_without_a_path_is_refused_even_with_synthetic_settings(tm
     """experiment=smoke sets data.synthetic keys: with data=prepared they must not make the run train on
     the built-in wells (it did, silently) — data.path decides."""
     for overrides in (["data=prepared"], ["experiment=smoke", "data=prepared"]):
-        assert_refused(run("train.py", tmp_path, *overrides, "threads=1"), "train",
-                       "config value data.path is missing", "data=prepared needs data.path=")
+        assert_refused(
+            run("train.py", tmp_path, *overrides, "threads=1"),
+            "train",
+            "config value data.path is missing",
+            "data=prepared needs data.path=",
+        )
     assert not (tmp_path / "cache").exists()
 
 
 def test_data_path_decides_the_store_and_a_missing_store_is_named(tmp_path, tiny_store):
-    assert_refused(run("train.py", tmp_path, "experiment=smoke", "data=prepared", f"data.path={tmp_path / 'none'}",
-                       "threads=1"), "train", f"{tmp_path / 'none'} is not a finished crop store")
-    proc = run("train.py", tmp_path, "experiment=smoke", "data=prepared", f"data.path={tiny_store}", "explain=false",
-               "schedule.pretrain_epochs=0", "schedule.epochs=1", "schedule.warm_epochs=0", "schedule.push_start=1",
-               "schedule.push_every=1", "schedule.last_layer_epochs=0", "model.prototypes_per_class=2", "threads=1",
-               "trainer.enable_progress_bar=false", "data.val_fraction=0")
+    assert_refused(
+        run("train.py", tmp_path, "experiment=smoke", "data=prepared", f"data.path={tmp_path / 'none'}", "threads=1"),
+        "train",
+        f"{tmp_path / 'none'} is not a finished crop store",
+    )
+    proc = run(
+        "train.py",
+        tmp_path,
+        "experiment=smoke",
+        "data=prepared",
+        f"data.path={tiny_store}",
+        "explain=false",
+        "schedule.pretrain_epochs=0",
+        "schedule.epochs=1",
+        "schedule.warm_epochs=0",
+        "schedule.push_start=1",
+        "schedule.push_every=1",
+        "schedule.last_layer_epochs=0",
+        "model.prototypes_per_class=2",
+        "threads=1",
+        "trainer.enable_progress_bar=false",
+        "data.val_fraction=0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(tmp_path / "run" / "prototypes.pt", weights_only=True)["store"] == str(tiny_store)
-    assert not (tmp_path / "cache").exists()            # no synthetic wells were generated
+    assert not (tmp_path / "cache").exists()  # no synthetic wells were generated
 
 
 def test_resume_from_a_truncated_checkpoint_names_the_file(tmp_path):
     bad = tmp_path / "last.ckpt"
     bad.write_bytes(b"PK\x03\x04" + bytes(100))
-    assert_refused(run("train.py", tmp_path, *TINY, f"resume={bad}"), "train",
-                   f"resume={bad} cannot be read as a protocell checkpoint", "truncated")
-    assert_refused(run("train.py", tmp_path, *TINY, f"resume={tmp_path / 'nope.ckpt'}"), "train",
-                   "resume=", "an existing checkpoint file")
+    assert_refused(
+        run("train.py", tmp_path, *TINY, f"resume={bad}"),
+        "train",
+        f"resume={bad} cannot be read as a protocell checkpoint",
+        "truncated",
+    )
+    assert_refused(
+        run("train.py", tmp_path, *TINY, f"resume={tmp_path / 'nope.ckpt'}"),
+        "train",
+        "resume=",
+        "an existing checkpoint file",
+    )
 
 
 @pytest.mark.parametrize("debug", [{"env": {"PROTOCELL_DEBUG": "1"}}, {"args": ["debug=true"]}])
@@ -69,11 +104,31 @@ def test_the_traceback_only_with_a_debug_flag(tmp_path, debug):
 def test_prepare_refusals_are_one_line(tmp_path, synthetic_fields):
     out = tmp_path / "a_file"
     out.write_text("x")
-    assert_refused(run("prepare.py", tmp_path, f"input={synthetic_fields}", f"plate_map={synthetic_fields / 'plate_map.csv'}",
-                       f"output={out}", "progress=false"), "prepare", f"output='{out}' is invalid")
-    assert_refused(run("prepare.py", tmp_path, f"input={synthetic_fields}", f"plate_map={synthetic_fields / 'plate_map.csv'}",
-                       f"output={tmp_path / 'store'}", "conditions=[A,B]", "progress=false"), "prepare",
-                   "conditions=['A', 'B'] does not match")
+    assert_refused(
+        run(
+            "prepare.py",
+            tmp_path,
+            f"input={synthetic_fields}",
+            f"plate_map={synthetic_fields / 'plate_map.csv'}",
+            f"output={out}",
+            "progress=false",
+        ),
+        "prepare",
+        f"output='{out}' is invalid",
+    )
+    assert_refused(
+        run(
+            "prepare.py",
+            tmp_path,
+            f"input={synthetic_fields}",
+            f"plate_map={synthetic_fields / 'plate_map.csv'}",
+            f"output={tmp_path / 'store'}",
+            "conditions=[A,B]",
+            "progress=false",
+        ),
+        "prepare",
+        "conditions=['A', 'B'] does not match",
+    )
     assert not (tmp_path / "store").exists()
 
 
@@ -82,9 +137,22 @@ def test_a_prepare_output_that_cannot_be_written_is_one_line(tmp_path, synthetic
     root, so the folder is made immutable (conftest ``unwritable``), not merely read-only."""
     afile = tmp_path / "a_file"
     afile.write_text("x")
-    for out, fragment in ((unwritable / "store", f"output={unwritable / 'store'} cannot be written ("),
-                          (afile / "store", f"it lies under the file {afile}")):
-        assert_refused(run("prepare.py", tmp_path, f"input={synthetic_fields}", "progress=false", "debug=false",
-                           f"plate_map={synthetic_fields / 'plate_map.csv'}", f"output={out}", "tile.size=128"),
-                       "prepare", fragment)
+    for out, fragment in (
+        (unwritable / "store", f"output={unwritable / 'store'} cannot be written ("),
+        (afile / "store", f"it lies under the file {afile}"),
+    ):
+        assert_refused(
+            run(
+                "prepare.py",
+                tmp_path,
+                f"input={synthetic_fields}",
+                "progress=false",
+                "debug=false",
+                f"plate_map={synthetic_fields / 'plate_map.csv'}",
+                f"output={out}",
+                "tile.size=128",
+            ),
+            "prepare",
+            fragment,
+        )
     assert afile.read_text() == "x" and not (unwritable / "store").exists()

@@ -32,9 +32,16 @@ def _train(store, out, epochs, resume=None):
     dm = tiny_data(store, zero_background=True, batch_size=16, val_fraction=0.3, seed=0)
     module = _module()
     ckpt = ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, every_n_epochs=1, save_on_train_epoch_end=True)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
-                        callbacks=[KeepBestPretrain(PLAN), PhaseCallback(PLAN), PushCallback(PLAN, out), ckpt])
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        callbacks=[KeepBestPretrain(PLAN), PhaseCallback(PLAN), PushCallback(PLAN, out), ckpt],
+    )
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True if resume else None)
     return module
 
@@ -44,19 +51,24 @@ def uninterrupted(tiny_store, tmp_path_factory):
     return _train(tiny_store, tmp_path_factory.mktemp("full"), len(PLAN)).state_dict()
 
 
-@pytest.mark.parametrize("stop_after,phase", [(1, "mid-pretrain"), (2, "pretrain"), (3, "warm-up"),
-                                              (4, "just after push"), (5, "last-layer"), (6, "joint")])
+@pytest.mark.parametrize(
+    "stop_after,phase",
+    [(1, "mid-pretrain"), (2, "pretrain"), (3, "warm-up"), (4, "just after push"), (5, "last-layer"), (6, "joint")],
+)
 def test_resume_after_each_phase_is_bit_identical(tiny_store, tmp_path, uninterrupted, stop_after, phase):
-    _train(tiny_store, tmp_path, stop_after)                     # the run "killed" after this epoch
+    _train(tiny_store, tmp_path, stop_after)  # the run "killed" after this epoch
     ckpt = tmp_path / "last.ckpt"
-    state = torch.load(ckpt, weights_only=True)                  # protocell's checkpoint state is plain data
-    if stop_after == 1:   # mid-pretrain: the best epoch so far (its features and probe) is in the checkpoint
+    state = torch.load(ckpt, weights_only=True)  # protocell's checkpoint state is plain data
+    if stop_after == 1:  # mid-pretrain: the best epoch so far (its features and probe) is in the checkpoint
         (kept,) = [v for k, v in state["callbacks"].items() if k.startswith("KeepBestPretrain")]
         assert kept["epoch"] == 0 and set(kept["state"]) == {"features", "probe"} and not kept["restored"]
     resumed = _train(tiny_store, tmp_path / "resumed", len(PLAN), resume=str(ckpt)).state_dict()
     for k, v in uninterrupted.items():
-        assert torch.equal(v, resumed[k]) or (v.is_floating_point() and torch.equal(v.isnan(), resumed[k].isnan())
-                                              and torch.equal(v.nan_to_num(), resumed[k].nan_to_num())), (phase, k)
+        assert torch.equal(v, resumed[k]) or (
+            v.is_floating_point()
+            and torch.equal(v.isnan(), resumed[k].isnan())
+            and torch.equal(v.nan_to_num(), resumed[k].nan_to_num())
+        ), (phase, k)
 
 
 def test_cli_resume_loads_with_weights_only_and_reproduces_the_test_metrics(tmp_path):

@@ -55,13 +55,18 @@ def test_score_writes_every_table_figure_and_the_page(scored):
     assert set(wells["role"]) == {"reference", "exposed", "scored"}
     dosed = wells[wells["dose"].notna()]
     assert len(dosed) == 24 and set(dosed["treatment"].str.split(" · ").str[0]) == {"C1"}
-    assert (dosed.groupby("treatment")["well"].count() == 3).all()             # 3 replicates per dose
-    assert wells.loc[wells["dose"].isna() & (wells["role"] == "scored"), "stress"].tolist() == \
-        ["gain x0.5", "gain x2", "density x0.25"]                                # no dose: listed, not dropped
+    assert (dosed.groupby("treatment")["well"].count() == 3).all()  # 3 replicates per dose
+    assert wells.loc[wells["dose"].isna() & (wells["role"] == "scored"), "stress"].tolist() == [
+        "gain x0.5",
+        "gain x2",
+        "density x0.25",
+    ]  # no dose: listed, not dropped
     for col in ("affected_fraction", "ci_low", "ci_high", "truth", "intensity_vs_reference", "density_vs_reference"):
         assert wells[col].notna().all(), col
-    assert ((wells["ci_low"] <= wells["affected_fraction"] + 1e-12)
-            & (wells["affected_fraction"] <= wells["ci_high"] + 1e-12)).all()
+    assert (
+        (wells["ci_low"] <= wells["affected_fraction"] + 1e-12)
+        & (wells["affected_fraction"] <= wells["ci_high"] + 1e-12)
+    ).all()
     c1 = wells[wells["treatment"] == "C1 · 1"]
     assert (c1["n_replicates"] == 3).all() and c1["treatment_fraction"].nunique() == 1
     # the stress wells are flagged: brightness or density unlike the reference wells'
@@ -73,7 +78,7 @@ def test_score_writes_every_table_figure_and_the_page(scored):
     fits = pd.read_csv(out / "dose_response.csv")
     frac = fits[fits["measure"] == "affected_fraction"].iloc[0]
     assert frac["compound"] == "C1" and frac["n_doses"] == 8 and frac["n_wells"] + frac["n_excluded"] == 24
-    assert (fits["measure"].str.contains("similarity").sum() == 3)              # the top 3 prototypes' curves
+    assert fits["measure"].str.contains("similarity").sum() == 3  # the top 3 prototypes' curves
     treatments = pd.read_csv(out / "treatments.csv", keep_default_na=False, na_values=[""])
     c1 = treatments[treatments["compound"] == "C1"]
     assert len(c1) == 8 and (c1["n_wells"] == 3).all() and c1["ci_low"].notna().all()
@@ -88,8 +93,10 @@ def test_score_writes_every_table_figure_and_the_page(scored):
     page = (run / "score.html").read_text()
     for src in re.findall(r'(?:src|href)="([^"]+)"', page):
         assert (run / src).exists(), src
-    assert "unaffected cells of a scored well look like the reference" in page and "Wells without a dose (7)" in page   # 4 controls, 3 stress wells
-    assert [p.name for p in run.glob(".score*")] == [".score.lock"]                # no partial folder left
+    assert (
+        "unaffected cells of a scored well look like the reference" in page and "Wells without a dose (7)" in page
+    )  # 4 controls, 3 stress wells
+    assert [p.name for p in run.glob(".score*")] == [".score.lock"]  # no partial folder left
 
 
 def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(scored):
@@ -106,15 +113,15 @@ def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(sco
     assert np.allclose(test[[f"sim_p{j}" for j in range(P)]].to_numpy(), sims.numpy(), rtol=2e-3)
     assert np.allclose(test["score"], preds["score"], atol=1e-2)
     # and each score is the last layer on the cell's own similarities, by hand
-    w = torch.load(run / "prototypes.pt", weights_only=True)["last_layer"].double().numpy()       # (K, P)
+    w = torch.load(run / "prototypes.pt", weights_only=True)["last_layer"].double().numpy()  # (K, P)
     logits = cells[[f"sim_p{j}" for j in range(P)]].to_numpy() @ w.T
     assert np.allclose(cells["score"], np.exp(logits[:, -1]) / np.exp(logits).sum(1), atol=1e-4)
     cal = json.loads((run / "metrics.json").read_text())["calibration"]
-    assert cal["method"].startswith("mixture")           # the default: the call is the fraction's own posterior
-    fit = json.loads((run / "metrics.json").read_text())["affected_fraction"]["fit"]    # the fraction's reference
+    assert cal["method"].startswith("mixture")  # the default: the call is the fraction's own posterior
+    fit = json.loads((run / "metrics.json").read_text())["affected_fraction"]["fit"]  # the fraction's reference
     assert np.allclose(cells["likelihood_ratio"], reference_lr(cells["score"].to_numpy(), fit), rtol=1e-6)
     p = pd.Series(np.nan, index=cells.index)
-    for _, g in cells.groupby("well"):                   # each cell at its well's maximum-likelihood fraction
+    for _, g in cells.groupby("well"):  # each cell at its well's maximum-likelihood fraction
         lr = g["likelihood_ratio"].to_numpy()
         p[g.index] = posterior(lr, mixture_fraction(lr))
     assert np.allclose(cells["p_affected"], p, rtol=1e-6, atol=1e-12)
@@ -122,7 +129,7 @@ def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(sco
     best = cells[[f"sim_p{j}" for j in range(P)]].to_numpy().argmax(1)
     assert (cells["nearest_1"].to_numpy() == best).all()
     wells = pd.read_csv(run / "score" / "wells.csv", keep_default_na=False, na_values=[""])
-    for w in wells.itertuples():                                                  # one estimator, per well
+    for w in wells.itertuples():  # one estimator, per well
         lr = cells.loc[cells["well"] == w.well, "likelihood_ratio"]
         assert w.affected_fraction == pytest.approx(mixture_fraction(lr.to_numpy()), abs=1e-9)
         # one model: the mean P(affected) of a well is its fraction
@@ -165,6 +172,7 @@ def test_the_measurement_script_tabulates_the_bar(scored):
 
 # ----------------------------------------------------------------------------- bad inputs
 
+
 def _score(run, *args, **kw):
     from protocell.score.run import score_run
 
@@ -181,8 +189,14 @@ def test_a_run_folder_without_prototypes_is_refused_by_the_cli_in_one_line(score
     broken = tmp_path / "run"
     shutil.copytree(run, broken, ignore=shutil.ignore_patterns("score", "score.html"))
     (broken / "prototypes.pt").unlink()
-    proc = subprocess.run([sys.executable, "score.py", f"run={broken}", "threads=1"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "score.py", f"run={broken}", "threads=1"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("score:")]
     assert len(line) == 1 and "prototypes.pt is missing" in line[0]
@@ -194,8 +208,16 @@ def test_a_degenerate_calibration_is_refused_naming_metrics_json(scored, tmp_pat
     broken = tmp_path / "run"
     shutil.copytree(run, broken, ignore=shutil.ignore_patterns("score", "score.html"))
     m = json.loads((broken / "metrics.json").read_text())
-    m["calibration"] = {"method": "noisy-label calibration on validation well labels (P(affected | score))",
-                        "a": 1.0, "b": 0.0, "lo": 0.5, "hi": 0.5, "prior": 0.5, "ok": False, "used": False}
+    m["calibration"] = {
+        "method": "noisy-label calibration on validation well labels (P(affected | score))",
+        "a": 1.0,
+        "b": 0.0,
+        "lo": 0.5,
+        "hi": 0.5,
+        "prior": 0.5,
+        "ok": False,
+        "used": False,
+    }
     (broken / "metrics.json").write_text(json.dumps(m))
     with pytest.raises(ProtocellError, match=r"metrics.json holds a noisy-label calibration that is degenerate"):
         _score(broken)
@@ -209,8 +231,14 @@ def test_a_failed_run_is_refused_and_a_warning_run_is_scored_under_a_banner(scor
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("score", "score.html"))
     m = json.loads((copy / "metrics.json").read_text())
     (copy / "metrics.json").write_text(json.dumps({**m, "status": "failed", "reasons": ["no epoch beat chance"]}))
-    proc = subprocess.run([sys.executable, "score.py", f"run={copy}", "threads=1", "progress=false", "wandb=false"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "score.py", f"run={copy}", "threads=1", "progress=false", "wandb=false"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("score")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(line) == 1 and "metrics.json says status failed (no epoch beat chance)" in line[0]
@@ -222,7 +250,7 @@ def test_a_failed_run_is_refused_and_a_warning_run_is_scored_under_a_banner(scor
     assert summary["run_status"] == {"status": "warning", "reasons": [reason], "warnings": m.get("warnings", [])}
     page = (copy / "score.html").read_text()
     assert "answer may be WRONG" in page and reason in page
-    assert "answer may be WRONG" not in (run / "score.html").read_text()      # the ok run's page has no banner
+    assert "answer may be WRONG" not in (run / "score.html").read_text()  # the ok run's page has no banner
 
 
 def test_a_missing_or_unusable_fraction_reference_is_refused_naming_metrics_json(scored, tmp_path):
@@ -252,10 +280,28 @@ def _write_store(root, channels, crop_size, wells, extra=None):
         crops = rng.integers(100, 400, (4, len(channels), crop_size, crop_size)).astype(np.uint16)
         masks = np.zeros((4, crop_size, crop_size), np.uint8)
         masks[:, 8:-8, 8:-8] = 1
-        w.write_shard(f"s{k}", crops, masks, [{"cell_id": k * 4 + i, "image_id": f"i{k}", "well": well, "condition": "",
-                                               "label": -1, "bbox_y0": 0, "bbox_x0": 0, "bbox_y1": crop_size,
-                                               "bbox_x1": crop_size, "centroid_y": 0, "centroid_x": 0,
-                                               **(extra or {}).get(well, {})} for i in range(4)])
+        w.write_shard(
+            f"s{k}",
+            crops,
+            masks,
+            [
+                {
+                    "cell_id": k * 4 + i,
+                    "image_id": f"i{k}",
+                    "well": well,
+                    "condition": "",
+                    "label": -1,
+                    "bbox_y0": 0,
+                    "bbox_x0": 0,
+                    "bbox_y1": crop_size,
+                    "bbox_x1": crop_size,
+                    "centroid_y": 0,
+                    "centroid_x": 0,
+                    **(extra or {}).get(well, {}),
+                }
+                for i in range(4)
+            ],
+        )
     w.finish()
     return root
 
@@ -274,22 +320,44 @@ def test_a_store_with_other_channels_or_crop_size_is_refused_naming_its_file(sco
 
 def test_a_non_numeric_dose_is_refused_naming_the_well_and_an_empty_well_is_reported(scored, tmp_path):
     run, _ = scored
-    bad = _write_store(tmp_path / "bad", ["actin", "nuclei"], 64, ["C01", "C02"],
-                       {"C01": {"compound": "X", "dose": "1"}, "C02": {"compound": "X", "dose": "10 µM"}})
+    bad = _write_store(
+        tmp_path / "bad",
+        ["actin", "nuclei"],
+        64,
+        ["C01", "C02"],
+        {"C01": {"compound": "X", "dose": "1"}, "C02": {"compound": "X", "dose": "10 µM"}},
+    )
     with pytest.raises(ProtocellError, match=r"bad/manifest.csv: dose must be a number.*plate1/C02 \('10 µM'\)"):
         _score(run, bad, out=tmp_path / "o")
     assert not (tmp_path / "o" / "score").exists()
     # prepare found no cell in well H12's image: it cannot be in the manifest, score lists it
     # (prepare records each image's plate-map columns: the empty well keeps its compound and dose)
     ok = _write_store(tmp_path / "ok", ["actin", "nuclei"], 64, ["C01", "C02"])
-    (ok / "prepare_summary.json").write_text(json.dumps({"per_image": [
-        {"image_id": "i0", "plate": "plate1", "well": "C01", "condition": "", "cells": 4},
-        {"image_id": "h12", "plate": "plate1", "well": "H12", "condition": "", "cells": 0,
-         "meta": {"compound": "X", "dose": "3"}}]}))
+    (ok / "prepare_summary.json").write_text(
+        json.dumps(
+            {
+                "per_image": [
+                    {"image_id": "i0", "plate": "plate1", "well": "C01", "condition": "", "cells": 4},
+                    {
+                        "image_id": "h12",
+                        "plate": "plate1",
+                        "well": "H12",
+                        "condition": "",
+                        "cells": 0,
+                        "meta": {"compound": "X", "dose": "3"},
+                    },
+                ]
+            }
+        )
+    )
     out = _score(run, ok, out=tmp_path / "o", min_cells=2)
     wells = pd.read_csv(out / "wells.csv", keep_default_na=False, na_values=[""]).set_index("well")
     assert wells.loc["H12", "n_cells"] == 0 and "no cells" in wells.loc["H12", "flag"]
-    assert wells.loc["H12", "compound"] == "X" and wells.loc["H12", "dose"] == 3.0 and wells.loc["H12", "treatment"] == "X · 3"
+    assert (
+        wells.loc["H12", "compound"] == "X"
+        and wells.loc["H12", "dose"] == 3.0
+        and wells.loc["H12", "treatment"] == "X · 3"
+    )
     table = pd.read_parquet(out / "well_table.parquet").set_index("Metadata_Well")
     assert table.loc["H12", "Metadata_Compound"] == "X" and table.loc["H12", "Metadata_Count_Cells"] == 0
     assert "H12" in (tmp_path / "o" / "score.html").read_text()
@@ -297,8 +365,10 @@ def test_a_non_numeric_dose_is_refused_naming_the_well_and_an_empty_well_is_repo
     # a plate without controls: "no controls" in its QC, no normalisation, no crash
     qc = pd.read_csv(out / "qc.csv", keep_default_na=False, na_values=[""])
     assert set(qc["verdict"]) == {"no controls"} and qc["z_prime"].isna().all()
-    assert wells["normalised_fraction"].isna().all() and "No controls on plate(s) plate1" in \
-        (tmp_path / "o" / "score.html").read_text()
+    assert (
+        wells["normalised_fraction"].isna().all()
+        and "No controls on plate(s) plate1" in (tmp_path / "o" / "score.html").read_text()
+    )
 
 
 def test_an_interrupted_score_leaves_the_previous_results_whole(scored, tmp_path, monkeypatch):
@@ -321,6 +391,7 @@ def test_an_interrupted_score_leaves_the_previous_results_whole(scored, tmp_path
 
 
 # ----------------------------------------------------------------------------- W&B and the browser
+
 
 def test_wandb_gets_the_score_tables_and_figures_offline(scored, tmp_path):
     pytest.importorskip("wandb")
@@ -347,6 +418,7 @@ def test_wandb_gets_the_score_tables_and_figures_offline(scored, tmp_path):
 
 # ----------------------------------------------------------------------------- several plates and stores
 
+
 @pytest.fixture(scope="module")
 def several(scored, tmp_path_factory):
     """The tiny run scores three stores in one call: its own (plate1), a two-plate store of the same design
@@ -356,14 +428,38 @@ def several(scored, tmp_path_factory):
 
     run, _ = scored
     tmp = tmp_path_factory.mktemp("several")
-    spec = {**_store(run).info["synthetic"], "fields_per_well": 1}          # the run's design, one field a well
-    two = build_store(tmp / "cache", WellSpec(**{**spec, "plates": [
-        {"name": "p2", "gain": 0.5, "offset": 0.05, "edge": 0.3}, {"name": "p3"}]}))
-    bare = _write_store(tmp / "bare", ["actin", "nuclei"], 64, ["C01", "C02", "D01"],
-                        {w: {"plate": "bare", "compound": "Z", "dose": "1"} for w in ("C01", "C02", "D01")})
-    proc = subprocess.run([sys.executable, "score.py", f"run={run}", f"data.path=[{_store(run).root},{two},{bare}]",
-                           f"out={tmp / 'o'}", "threads=1", "bootstrap=20", "min_cells=5", "progress=false",
-                           "bscore=true", "wandb=false"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    spec = {**_store(run).info["synthetic"], "fields_per_well": 1}  # the run's design, one field a well
+    two = build_store(
+        tmp / "cache",
+        WellSpec(**{**spec, "plates": [{"name": "p2", "gain": 0.5, "offset": 0.05, "edge": 0.3}, {"name": "p3"}]}),
+    )
+    bare = _write_store(
+        tmp / "bare",
+        ["actin", "nuclei"],
+        64,
+        ["C01", "C02", "D01"],
+        {w: {"plate": "bare", "compound": "Z", "dose": "1"} for w in ("C01", "C02", "D01")},
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "score.py",
+            f"run={run}",
+            f"data.path=[{_store(run).root},{two},{bare}]",
+            f"out={tmp / 'o'}",
+            "threads=1",
+            "bootstrap=20",
+            "min_cells=5",
+            "progress=false",
+            "bscore=true",
+            "wandb=false",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "o", [_store(run).root, two, bare]
 
@@ -374,13 +470,13 @@ def test_several_stores_and_plates_are_scored_in_one_call_each_plate_against_its
     cells = pd.read_csv(out / "score" / "cells.csv", keep_default_na=False, na_values=[""])
     assert sorted(wells["plate"].unique()) == ["bare", "p2", "p3", "plate1"]
     assert set(wells["store"]) == {str(s) for s in stores} and cells.columns[0] == "store"
-    assert len(cells) == len(cells.drop_duplicates(["store", "cell_id"]))        # cell ids are per store
+    assert len(cells) == len(cells.drop_duplicates(["store", "cell_id"]))  # cell ids are per store
     qc = pd.read_csv(out / "score" / "qc.csv", keep_default_na=False, na_values=[""]).set_index(["plate", "readout"])
     assert qc.loc[("bare", "Protocell_AffectedFraction"), "verdict"] == "no controls"
-    for plate in ("p2", "p3"):                 # 2 + 2 controls, none trained on: a Z′ of their own
+    for plate in ("p2", "p3"):  # 2 + 2 controls, none trained on: a Z′ of their own
         row = qc.loc[(plate, "Protocell_AffectedFraction")]
         assert (row["n_neg"], row["n_pos"]) == (2, 2) and np.isfinite(row["z_prime"]), plate
-        assert np.isfinite(qc.loc[(plate, "Cells_Intensity_MeanIntensity_Stored"), "z_prime"])   # the classic readout's
+        assert np.isfinite(qc.loc[(plate, "Cells_Intensity_MeanIntensity_Stored"), "z_prime"])  # the classic readout's
     # the normalisation by hand on plate p2: its controls' medians define percent of control and the normalised fraction
     p2 = wells[wells["plate"] == "p2"]
     mn = p2.loc[p2["role"] == "reference", "untrained_fraction"].median()
@@ -388,12 +484,16 @@ def test_several_stores_and_plates_are_scored_in_one_call_each_plate_against_its
     share = (p2["untrained_fraction"] - mn) / (mp - mn)
     assert np.allclose(p2["percent_of_control"], 100 * share)
     own = cells.loc[cells["run_split"].fillna("").astype(str) != "", "plate"].unique()
-    assert list(own) == ["plate1"]                     # the run's own store: the plate the fraction is defined on
+    assert list(own) == ["plate1"]  # the run's own store: the plate the fraction is defined on
     ctrl = wells[(wells["role"] != "scored") & (wells["plate"] == "plate1") & wells["untrained_fraction"].notna()]
-    level = ctrl.groupby("role")["untrained_fraction"].median()       # the other plates go onto its levels
+    level = ctrl.groupby("role")["untrained_fraction"].median()  # the other plates go onto its levels
     assert np.allclose(p2["normalised_fraction"], level["reference"] + share * (level["exposed"] - level["reference"]))
     assert wells.loc[wells["plate"] == "bare", "normalised_fraction"].isna().all()
-    assert wells.loc[(wells["role"] == "scored") & wells["row"].notna() & (wells["plate"] != "bare"), "b_score"].notna().any()
+    assert (
+        wells.loc[(wells["role"] == "scored") & wells["row"].notna() & (wells["plate"] != "bare"), "b_score"]
+        .notna()
+        .any()
+    )
     # p2's outer ring is dimmer: the trend check on the brightness says so
     trends = pd.read_csv(out / "score" / "trends.csv").set_index(["plate", "measure"])
     assert trends.loc[("p2", "log2 intensity"), "outer_minus_inner"] < -0.2
@@ -401,19 +501,35 @@ def test_several_stores_and_plates_are_scored_in_one_call_each_plate_against_its
     assert set(effects["plate"]) == {"plate1", "p2", "p3"} and set(effects["role"]) == {"reference", "exposed"}
     hits = pd.read_csv(out / "score" / "hits.csv", keep_default_na=False, na_values=[""])
     assert "Ref" not in set(hits["treatment"]) and (hits["q_value"] >= hits["p_value"] - 1e-12).all()
-    assert hits.loc[hits["treatment"] == "Z · 1", "basis"].item() == "untrained_fraction"   # no controls: the raw fraction
+    assert (
+        hits.loc[hits["treatment"] == "Z · 1", "basis"].item() == "untrained_fraction"
+    )  # no controls: the raw fraction
     fits = pd.read_csv(out / "score" / "dose_response.csv", keep_default_na=False, na_values=[""])
     per_plate = fits[(fits["measure"] == "normalised_fraction") & (fits["compound"] == "C1")]
     assert sorted(per_plate["plate"]) == ["p2", "p3", "plate1"]
     table = pd.read_parquet(out / "score" / "well_table.parquet")
-    assert len(table) == len(wells) and {"Metadata_Plate", "Metadata_Well", "Metadata_Store", "Protocell_NormalisedFraction",
-                                         "Protocell_BScore", "Metadata_true_fraction"} <= set(table.columns)
+    assert len(table) == len(wells) and {
+        "Metadata_Plate",
+        "Metadata_Well",
+        "Metadata_Store",
+        "Protocell_NormalisedFraction",
+        "Protocell_BScore",
+        "Metadata_true_fraction",
+    } <= set(table.columns)
     summary = json.loads((out / "score" / "score.json").read_text())
-    assert summary["plates"] == 4 and len(summary["stores"]) == 3 and "p2: normalised fraction: share within ±0.08" in summary["truth"]
+    assert (
+        summary["plates"] == 4
+        and len(summary["stores"]) == 3
+        and "p2: normalised fraction: share within ±0.08" in summary["truth"]
+    )
     page = (out / "score.html").read_text()
     for src in re.findall(r'(?:src|href)="([^"]+)"', page):
         assert (out / src).exists(), src
-    assert "No controls on plate(s) bare" in page and "Z′ &gt; 0.5: excellent" in page and (out / "score" / "dose_C1_plates.png").exists()
+    assert (
+        "No controls on plate(s) bare" in page
+        and "Z′ &gt; 0.5: excellent" in page
+        and (out / "score" / "dose_C1_plates.png").exists()
+    )
 
 
 def test_the_plates_measurement_script_tabulates_each_plate(scored, several, tmp_path):
@@ -429,18 +545,25 @@ def test_the_plates_measurement_script_tabulates_each_plate(scored, several, tmp
     for plate in ("plate1", "p2", "p3"):
         w = wells[(wells["plate"] == plate) & wells["dose"].notna()]
         err = (w["normalised_fraction"] - w["truth"]).abs()
-        assert rows.loc[plate, "dose_wells"] == 24 and rows.loc[plate, "norm_within"] == pytest.approx((err <= 0.08).mean())
+        assert rows.loc[plate, "dose_wells"] == 24 and rows.loc[plate, "norm_within"] == pytest.approx(
+            (err <= 0.08).mean()
+        )
         assert rows.loc[plate, "raw_mae"] == pytest.approx((w["affected_fraction"] - w["truth"]).abs().mean())
         assert rows.loc[plate, "bar"].startswith(("met", "missed"))
-    assert rows.loc["p2", "z_prime"] == pytest.approx(pd.read_csv(out / "score" / "qc.csv").set_index(
-        ["plate", "readout"]).loc[("p2", "Protocell_AffectedFraction"), "z_prime"])
+    assert rows.loc["p2", "z_prime"] == pytest.approx(
+        pd.read_csv(out / "score" / "qc.csv")
+        .set_index(["plate", "readout"])
+        .loc[("p2", "Protocell_AffectedFraction"), "z_prime"]
+    )
 
 
 def test_a_well_in_two_stores_is_refused_naming_both(scored, tmp_path):
     run, _ = scored
     copy = tmp_path / "copy"
     shutil.copytree(_store(run).root, copy)
-    with pytest.raises(ProtocellError, match=r"well plate1/A01 is in .*manifest.csv and in .*manifest.csv.*different names"):
+    with pytest.raises(
+        ProtocellError, match=r"well plate1/A01 is in .*manifest.csv and in .*manifest.csv.*different names"
+    ):
         _score(run, [_store(run).root, copy], out=tmp_path / "o")
     _untouched(tmp_path / "o")
 
@@ -469,15 +592,45 @@ def test_a_plate_prepared_from_raw_images_with_its_plate_map_is_scored(scored, t
 
     run, _ = scored
     before = (run / "score" / "score.json").read_bytes()
-    fields = write_fields(tmp_path / "fields", WellSpec(wells_per_condition=1, fields_per_well=1, field_size=192,
-                                                        cells_per_field=12, seed=9,
-                                                        dose_series={"doses": [0.01, 0.1, 1, 10], "replicates": 1}))
-    store = prepare(prepare_config(f"input={fields}", f"plate_map={fields / 'plate_map.csv'}",
-                                   f"output={tmp_path / 'store'}", "tile.size=128", "augment.copies=0",
-                                   "summary.overlays=0"))
-    proc = subprocess.run([sys.executable, "score.py", f"run={run}", f"data.path={store}", f"out={tmp_path / 'o'}",
-                           "threads=1", "bootstrap=20", "min_cells=1", "progress=false"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    fields = write_fields(
+        tmp_path / "fields",
+        WellSpec(
+            wells_per_condition=1,
+            fields_per_well=1,
+            field_size=192,
+            cells_per_field=12,
+            seed=9,
+            dose_series={"doses": [0.01, 0.1, 1, 10], "replicates": 1},
+        ),
+    )
+    store = prepare(
+        prepare_config(
+            f"input={fields}",
+            f"plate_map={fields / 'plate_map.csv'}",
+            f"output={tmp_path / 'store'}",
+            "tile.size=128",
+            "augment.copies=0",
+            "summary.overlays=0",
+        )
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "score.py",
+            f"run={run}",
+            f"data.path={store}",
+            f"out={tmp_path / 'o'}",
+            "threads=1",
+            "bootstrap=20",
+            "min_cells=1",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     wells = pd.read_csv(tmp_path / "o" / "score" / "wells.csv", keep_default_na=False, na_values=[""])
     assert wells["well"].tolist() == ["A01", "B01", "C01", "C02", "C03", "C04"]
@@ -485,7 +638,7 @@ def test_a_plate_prepared_from_raw_images_with_its_plate_map_is_scored(scored, t
     assert wells["role"].tolist() == ["reference", "exposed"] + ["scored"] * 4
     page = (tmp_path / "o" / "score.html").read_text()
     assert "prepare stored each image normalised by its own percentiles" in page and "is not the one the run" in page
-    assert (run / "score" / "score.json").read_bytes() == before          # out= leaves the run's own results alone
+    assert (run / "score" / "score.json").read_bytes() == before  # out= leaves the run's own results alone
 
 
 def test_a_well_imaged_at_twice_the_gain_keeps_its_fraction_and_is_flagged(scored, tmp_path):
@@ -517,6 +670,7 @@ def test_a_well_imaged_at_twice_the_gain_keeps_its_fraction_and_is_flagged(score
 
 # ----------------------------------------------------------------------------- issue 25: NaN, out=, leftovers, lock
 
+
 def test_cells_with_nan_or_inf_pixels_are_refused_naming_them(scored, tmp_path):
     """Before: score.py scored them (a NaN score: call 0, counted in n_cells), exit 0."""
     run, _ = scored
@@ -526,13 +680,28 @@ def test_cells_with_nan_or_inf_pixels_are_refused_naming_them(scored, tmp_path):
     crops = np.stack([src.crop(i) for i in rows]).astype(np.float32)
     crops[4, 1, 30, 31] = np.nan
     crops[5, 0, 2, 2] = np.inf
-    w.write_shard("s0", crops, np.stack([src.mask(i) for i in rows]),
-                  [{"cell_id": k, "image_id": "i0", "well": "C01", "condition": "", "label": -1,
-                    **{c: 0 for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x")}}
-                   for k in range(6)])
+    w.write_shard(
+        "s0",
+        crops,
+        np.stack([src.mask(i) for i in rows]),
+        [
+            {
+                "cell_id": k,
+                "image_id": "i0",
+                "well": "C01",
+                "condition": "",
+                "label": -1,
+                **{c: 0 for c in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "centroid_y", "centroid_x")},
+            }
+            for k in range(6)
+        ],
+    )
     w.finish()
-    with pytest.raises(ProtocellError, match=r"nan: 2 of 6 cells have NaN or infinite pixel values, e\.g\. cell_id 4 "
-                                             r"\(plate plate1, well C01: shards/s0\.crops\.npy \[4\]\); cell_id 5 .*prepare"):
+    with pytest.raises(
+        ProtocellError,
+        match=r"nan: 2 of 6 cells have NaN or infinite pixel values, e\.g\. cell_id 4 "
+        r"\(plate plate1, well C01: shards/s0\.crops\.npy \[4\]\); cell_id 5 .*prepare",
+    ):
         _score(run, tmp_path / "nan", out=tmp_path / "o")
     _untouched(tmp_path / "o")
 
@@ -542,13 +711,32 @@ def test_an_out_that_is_a_file_or_cannot_be_written_is_one_line(scored, tmp_path
     run, _ = scored
     afile = tmp_path / "afile"
     afile.write_text("x")
-    for out, fragment in ((afile, f"config value out='{afile}' is invalid: a folder for score/ and score.html "
-                                  "(created if absent); it is a file"),
-                          (afile / "o", f"it lies under the file {afile}"),
-                          (unwritable / "o", f"out={unwritable / 'o'} cannot be written (")):
-        proc = subprocess.run([sys.executable, "score.py", f"run={run}", f"out={out}", "threads=1", "progress=false",
-                               "bootstrap=5", "debug=false"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                              timeout=300)
+    for out, fragment in (
+        (
+            afile,
+            f"config value out='{afile}' is invalid: a folder for score/ and score.html "
+            "(created if absent); it is a file",
+        ),
+        (afile / "o", f"it lies under the file {afile}"),
+        (unwritable / "o", f"out={unwritable / 'o'} cannot be written ("),
+    ):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "score.py",
+                f"run={run}",
+                f"out={out}",
+                "threads=1",
+                "progress=false",
+                "bootstrap=5",
+                "debug=false",
+            ],
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         line = [ln for ln in proc.stderr.splitlines() if ln.startswith("score: ")]
         assert len(line) == 1 and fragment in line[0], (fragment, proc.stderr[-2000:])
@@ -571,8 +759,13 @@ def test_a_score_killed_with_sigkill_leaves_a_folder_the_next_score_removes(scor
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     before = {p.name: p.read_bytes() for p in (copy / "score").iterdir()}
-    proc = subprocess.Popen([sys.executable, "score.py", f"run={copy}", "threads=1", "progress=false", "wandb=false"],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "score.py", f"run={copy}", "threads=1", "progress=false", "wandb=false"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 240
         while not list(copy.glob(".score.partial-*")) and proc.poll() is None and time.time() < deadline:
@@ -584,7 +777,7 @@ def test_a_score_killed_with_sigkill_leaves_a_folder_the_next_score_removes(scor
         proc.wait()
     left = [p.name for p in copy.glob(".score.*") if p.name != ".score.lock"]
     assert left and all(n.startswith(f".score.partial-{proc.pid}-") for n in left), left
-    assert {p.name: p.read_bytes() for p in (copy / "score").iterdir()} == before        # the previous results whole
+    assert {p.name: p.read_bytes() for p in (copy / "score").iterdir()} == before  # the previous results whole
     _score(copy)
     assert [p.name for p in copy.glob(".score*")] == [".score.lock"]
     assert (copy / "score" / "cells.csv").exists()
@@ -596,9 +789,12 @@ def test_two_scores_on_one_out_the_second_is_refused_naming_the_holder(scored, t
 
     run, _ = scored
     out = tmp_path / "o"
-    with exclusive_lock(out / ".score.lock", RuntimeError):          # as a running score.py holds it
-        with pytest.raises(ProtocellError, match=rf"out={out} is being written by another score.py "
-                                                 rf"\(pid {os.getpid()} on [^)]+\); wait for it to finish"):
+    with exclusive_lock(out / ".score.lock", RuntimeError):  # as a running score.py holds it
+        with pytest.raises(
+            ProtocellError,
+            match=rf"out={out} is being written by another score.py "
+            rf"\(pid {os.getpid()} on [^)]+\); wait for it to finish",
+        ):
             _score(run, out=out)
     _untouched(out)
 
@@ -608,28 +804,62 @@ def test_a_score_in_shares_through_the_local_launcher_equals_the_one_process_sco
     over its whole batches of cells, then one merge: the tables of a one-process score, byte for byte; the merge
     is refused, naming the share, while a share is missing or was scored at another batch size."""
     run, _ = scored
-    common = [f"run={run}", "threads=1", "progress=false", "wandb=false", "bootstrap=20", "min_cells=5",
-              "data.batch_size=64"]
+    common = [
+        f"run={run}",
+        "threads=1",
+        "progress=false",
+        "wandb=false",
+        "bootstrap=20",
+        "min_cells=5",
+        "data.batch_size=64",
+    ]
     score = [sys.executable, "score.py"]
-    proc = subprocess.run([*score, *common, f"out={tmp_path / 'one'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [*score, *common, f"out={tmp_path / 'one'}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "shares"
     _score(run, out=out, batch_size=64, shards=2, shard=0)
-    with pytest.raises(ProtocellError, match=r"1 of 2 shares are not ready \(not scored: share\(s\) 1; .* with "
-                                             r"shard=1 \(a multirun: shard=1\), then shard=merge; nothing was written"):
+    with pytest.raises(
+        ProtocellError,
+        match=r"1 of 2 shares are not ready \(not scored: share\(s\) 1; .* with "
+        r"shard=1 \(a multirun: shard=1\), then shard=merge; nothing was written",
+    ):
         _score(run, out=out, batch_size=64, shards=2, shard="merge")
     assert not (out / "score").exists() and not (out / "score.html").exists()
-    proc = subprocess.run([*score, "-m", "hydra/launcher=local", *common, f"out={out}", "shards=2", "shard=0,1",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            *score,
+            "-m",
+            "hydra/launcher=local",
+            *common,
+            f"out={out}",
+            "shards=2",
+            "shard=0,1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))) == 2
-    with pytest.raises(ProtocellError, match=r"2 of 2 shares are not ready \(scored from another run checkpoint, "
-                                             r"store, batch size or share count, or damaged: share\(s\) 0, 1"):
+    with pytest.raises(
+        ProtocellError,
+        match=r"2 of 2 shares are not ready \(scored from another run checkpoint, "
+        r"store, batch size or share count, or damaged: share\(s\) 0, 1",
+    ):
         _score(run, out=out, batch_size=32, shards=2, shard="merge")
-    proc = subprocess.run([*score, *common, f"out={out}", "shards=2", "shard=merge"], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [*score, *common, f"out={out}", "shards=2", "shard=merge"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("cells", "wells", "treatments", "prototype_enrichment", "dose_response"):
         assert (out / "score" / f"{name}.csv").read_bytes() == (tmp_path / "one" / "score" / f"{name}.csv").read_bytes()

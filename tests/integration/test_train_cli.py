@@ -13,18 +13,32 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_WELLS = ["data.synthetic.wells_per_condition=2", "data.synthetic.fields_per_well=2",
-              "data.synthetic.field_size=192", "data.synthetic.cells_per_field=12"]
-TINY = [*TINY_WELLS, "data.val_fraction=0.3",
-        "schedule.pretrain_epochs=1", "schedule.epochs=3", "schedule.warm_epochs=1", "schedule.push_every=2",
-        "schedule.push_start=2", "schedule.last_layer_epochs=1", "model.prototypes_per_class=2",
-        "explain=false", "trainer.enable_progress_bar=false", "threads=1"]
+TINY_WELLS = [
+    "data.synthetic.wells_per_condition=2",
+    "data.synthetic.fields_per_well=2",
+    "data.synthetic.field_size=192",
+    "data.synthetic.cells_per_field=12",
+]
+TINY = [
+    *TINY_WELLS,
+    "data.val_fraction=0.3",
+    "schedule.pretrain_epochs=1",
+    "schedule.epochs=3",
+    "schedule.warm_epochs=1",
+    "schedule.push_every=2",
+    "schedule.push_start=2",
+    "schedule.last_layer_epochs=1",
+    "model.prototypes_per_class=2",
+    "explain=false",
+    "trainer.enable_progress_bar=false",
+    "threads=1",
+]
 
 
 def train(tmp_path, *overrides, check=True, store=None):
     """train.py at tiny size on the tiny synthetic wells, or on the crop store ``store`` (data=prepared)."""
     env = {**os.environ, "PROTOCELL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    tiny = TINY if store is None else ["data=prepared", f"data.path={store}", *TINY[len(TINY_WELLS):]]
+    tiny = TINY if store is None else ["data=prepared", f"data.path={store}", *TINY[len(TINY_WELLS) :]]
     cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *tiny, *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
@@ -35,8 +49,16 @@ def train(tmp_path, *overrides, check=True, store=None):
 def test_train_writes_a_complete_run_folder(tmp_path):
     train(tmp_path)
     run = tmp_path / "run"
-    for name in ("config.yaml", ".hydra/config.yaml", "checkpoints/last.ckpt", "prototypes.pt", "metrics.csv",
-                 "metrics.json", "test_predictions.csv", "training_curves.png"):
+    for name in (
+        "config.yaml",
+        ".hydra/config.yaml",
+        "checkpoints/last.ckpt",
+        "prototypes.pt",
+        "metrics.csv",
+        "metrics.json",
+        "test_predictions.csv",
+        "training_curves.png",
+    ):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     preds = pd.read_csv(run / "test_predictions.csv")
@@ -67,8 +89,8 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     test_images = set(manifest.set_index("cell_id").loc[preds["cell_id"], "image_id"])
     assert not test_images & set(manifest.set_index("cell_id").loc[list(train_cells), "image_id"])
     log = pd.read_csv(run / "metrics.csv")
-    assert set(log["phase"].dropna().astype(int)) == {0, 1, 2, 3}      # pretrain, warm, joint, last layer
-    assert sorted(log.dropna(subset=["train/loss"])["epoch"].astype(int)) == list(range(1, 6))   # after pretrain
+    assert set(log["phase"].dropna().astype(int)) == {0, 1, 2, 3}  # pretrain, warm, joint, last layer
+    assert sorted(log.dropna(subset=["train/loss"])["epoch"].astype(int)) == list(range(1, 6))  # after pretrain
     assert sorted(log.dropna(subset=["val/acc"])["epoch"].astype(int)) == list(range(6))
 
 
@@ -79,34 +101,46 @@ def pairwise_auroc(scores, positive) -> float:
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
-@pytest.mark.parametrize("override,message", [
-    ("backbone=alexnet", "Could not find 'backbone/alexnet'"),
-    ("mask=maybe", "Could not find 'mask/maybe'"),
-    ("schedule.epochs=0", "schedule.epochs=0 is invalid"),
-    ("data.test_fraction=1.5", "data.test_fraction=1.5 is invalid"),
-    ("model.prototypes_per_class=0", "model.prototypes_per_class=0 is invalid"),
-    ("loss.clst=-1", "loss.clst=-1.0 is invalid"),
-    ("last_layer.mode=sometimes", "last_layer.mode='sometimes' is invalid"),
-    ("data.photometric.gain=-0.5", "data.photometric.gain=-0.5 is invalid"),
-    ("schedule.pretrain_keep=worst", "schedule.pretrain_keep='worst' is invalid"),
-    ("mask.zero_margin=-2", "mask.zero_margin=-2 is invalid"),
-    ("calibration=magic", "calibration='magic' is invalid"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("backbone=alexnet", "Could not find 'backbone/alexnet'"),
+        ("mask=maybe", "Could not find 'mask/maybe'"),
+        ("schedule.epochs=0", "schedule.epochs=0 is invalid"),
+        ("data.test_fraction=1.5", "data.test_fraction=1.5 is invalid"),
+        ("model.prototypes_per_class=0", "model.prototypes_per_class=0 is invalid"),
+        ("loss.clst=-1", "loss.clst=-1.0 is invalid"),
+        ("last_layer.mode=sometimes", "last_layer.mode='sometimes' is invalid"),
+        ("data.photometric.gain=-0.5", "data.photometric.gain=-0.5 is invalid"),
+        ("schedule.pretrain_keep=worst", "schedule.pretrain_keep='worst' is invalid"),
+        ("mask.zero_margin=-2", "mask.zero_margin=-2 is invalid"),
+        ("calibration=magic", "calibration='magic' is invalid"),
+    ],
+)
 def test_bad_config_values_are_refused_before_any_work(tmp_path, override, message):
     proc = train(tmp_path, override, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
-    if "Could not find" not in message:      # protocell's own refusals: one line, status 2, no traceback
+    if "Could not find" not in message:  # protocell's own refusals: one line, status 2, no traceback
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert not (tmp_path / "cache").exists()          # nothing generated, nothing trained
+    assert not (tmp_path / "cache").exists()  # nothing generated, nothing trained
 
 
 def test_gpu_paths_are_wired_on_cpu_bf16_channels_last_compile(tmp_path):
     """bf16 mixed precision, channels_last and torch.compile run end to end (on the CPU here: this
     checks the wiring, not the speed; a GPU runs the same code paths)."""
-    train(tmp_path, "trainer.precision=bf16-mixed", "trainer.channels_last=true",
-          "performance.compile=true", "performance.compile_backend=aot_eager", "schedule.epochs=2",
-          "schedule.push_every=1", "schedule.push_start=1", "schedule.pretrain_epochs=0", "schedule.warm_epochs=0")
+    train(
+        tmp_path,
+        "trainer.precision=bf16-mixed",
+        "trainer.channels_last=true",
+        "performance.compile=true",
+        "performance.compile_backend=aot_eager",
+        "schedule.epochs=2",
+        "schedule.push_every=1",
+        "schedule.push_start=1",
+        "schedule.pretrain_epochs=0",
+        "schedule.warm_epochs=0",
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["pushes"] == 2 and 0 <= metrics["true_label_auroc"] <= 1
 
@@ -119,8 +153,10 @@ def shuffled_store(tmp_path) -> Path:
 
     from protocell.data.synthetic import WellSpec, build_store
 
-    src = build_store(tmp_path / "stores", WellSpec(wells_per_condition=2, fields_per_well=2, field_size=192,
-                                                    cells_per_field=12, seed=0))
+    src = build_store(
+        tmp_path / "stores",
+        WellSpec(wells_per_condition=2, fields_per_well=2, field_size=192, cells_per_field=12, seed=0),
+    )
     dst = tmp_path / "shuffled"
     shutil.copytree(src, dst)
     m = pd.read_csv(dst / "manifest.csv", keep_default_na=False)
@@ -128,7 +164,7 @@ def shuffled_store(tmp_path) -> Path:
     m[["condition", "label"]] = m[["condition", "label"]].to_numpy()[order]
     m.to_csv(dst / "manifest.csv", index=False)
     info = json.loads((dst / "store.json").read_text())
-    info.pop("manifest_sha1", None)          # an edit on purpose (the store refuses an edited manifest otherwise)
+    info.pop("manifest_sha1", None)  # an edit on purpose (the store refuses an edited manifest otherwise)
     (dst / "store.json").write_text(json.dumps(info))
     return dst
 
@@ -142,7 +178,7 @@ def test_a_run_on_shuffled_labels_is_marked_failed_and_strict_exits_1(tmp_path):
     assert metrics["reasons"] and proc.returncode == 1, proc.stderr[-2000:]
     assert "the run is failed (strict=true)" in proc.stderr
     assert 0 <= metrics["well_label_balanced_accuracy"] <= 1 and metrics["test_composition"]
-    assert "Previous log files" not in proc.stderr                 # the run folder is not the logger's to clear
+    assert "Previous log files" not in proc.stderr  # the run folder is not the logger's to clear
 
 
 def test_a_receptive_field_that_covers_the_crop_is_said_at_start_and_recorded(tmp_path):
@@ -152,11 +188,17 @@ def test_a_receptive_field_that_covers_the_crop_is_said_at_start_and_recorded(tm
     proc = train(tmp_path, "data.crop_size=32")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     loc = metrics["locality"]
-    assert loc == {"receptive_field": 46.0, "crop_size": 32, "latent_size": 4, "local": False,
-                   "warning": loc["warning"]}
+    assert loc == {
+        "receptive_field": 46.0,
+        "crop_size": 32,
+        "latent_size": 4,
+        "local": False,
+        "warning": loc["warning"],
+    }
     out = proc.stdout + proc.stderr
     assert "covers the whole 32 px crop" in out and "backbone.max_rf" in out
     assert any("covers the whole 32 px crop" in w for w in metrics["warnings"])
-    narrow = json.loads(train(tmp_path / "narrow").returncode == 0 and
-                        (tmp_path / "narrow" / "run" / "metrics.json").read_text())["locality"]
+    narrow = json.loads(
+        train(tmp_path / "narrow").returncode == 0 and (tmp_path / "narrow" / "run" / "metrics.json").read_text()
+    )["locality"]
     assert narrow["local"] and "warning" not in narrow

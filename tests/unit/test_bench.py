@@ -15,7 +15,7 @@ def test_train_step_bench_reports_every_phase_and_the_overhead_ratio(monkeypatch
     ran = {}
 
     def interleaved(steps, repeats):
-        for name, step in steps.items():       # every step really runs once (a broken step fails here)
+        for name, step in steps.items():  # every step really runs once (a broken step fails here)
             step()
             ran[name] = True
         return {k: times[k] for k in steps}
@@ -35,13 +35,13 @@ def test_train_step_bench_reports_every_phase_and_the_overhead_ratio(monkeypatch
 def test_data_push_inference_bench_uses_the_default_data_handling_and_reports_both_epochs(monkeypatch):
     from protocell.bench.__main__ import bench_data_push_inference
 
-    clock = itertools.chain([100.0, 104.0], itertools.repeat(104.0))    # the first epoch: 4 s
+    clock = itertools.chain([100.0, 104.0], itertools.repeat(104.0))  # the first epoch: 4 s
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
-    fixed = iter([2.0, 0.5, 1.5])                      # data pass, inference, push
+    fixed = iter([2.0, 0.5, 1.5])  # data pass, inference, push
     monkeypatch.setattr(bench, "timed", lambda fn, repeats: (fn(), next(fixed))[1])
     res = bench_data_push_inference(1, repeats=1)
     n_train, n_push = res["cells_train"], res["cells_push"]
-    assert 0 < n_push <= n_train                       # push: the training originals
+    assert 0 < n_push <= n_train  # push: the training originals
     assert res["data_path_first_epoch_cells_per_s"] == n_train / 4.0
     assert res["data_path_cells_per_s"] == n_train / 2.0
     assert res["inference_cells_per_s"] == n_push / 0.5
@@ -62,31 +62,50 @@ def test_the_scale_figures_and_the_screen_arithmetic_follow_from_the_measured_ti
     from protocell.bench.scale import figures, screen
 
     (tmp_path / "fields").mkdir()
-    (tmp_path / "fields" / "a.tif").write_bytes(b"x" * 2_000_000)                # 2 MB of raw images
-    task = lambda s, rss: {"seconds": s, "peak_rss_mb": rss}                     # noqa: E731
-    merge = lambda s, rss, cells: {"merge": task(s, rss), "cells": cells}        # noqa: E731
-    p = {"one_task": {"seconds": 200.0, "peak_rss_mb": 900.0, "cells": 30000, "augmented": 5000, "images": 100,
-                      "megapixels": 100.0, "store_mb": 1000.0},
-         "one_task_two_workers": task(110.0, 300.0),
-         "two_tasks": {"seconds": 95.0, "tasks": [task(90.0, 250.0), task(94.0, 260.0)], **merge(10.0, 900.0, 30000)},
-         "quarter_two_tasks": {"seconds": 25.0, "tasks": [task(22.0, 245.0), task(23.0, 250.0)],
-                               **merge(4.0, 840.0, 7500)},
-         "identical_to_one_task": True}
-    s = {"one_task": {"seconds": 60.0, "peak_rss_mb": 1100.0, "cells": 30000},
-         "two_tasks": {"seconds": 30.0, "tasks": [task(25.0, 1050.0), task(26.0, 1060.0)], **merge(15.0, 1200.0, 30000)},
-         "quarter_two_tasks": {"seconds": 10.0, "tasks": [task(6.0, 1040.0), task(6.0, 1040.0)],
-                               **merge(11.0, 1100.0, 7500)},
-         "identical_to_one_task": True}
+    (tmp_path / "fields" / "a.tif").write_bytes(b"x" * 2_000_000)  # 2 MB of raw images
+    task = lambda s, rss: {"seconds": s, "peak_rss_mb": rss}  # noqa: E731
+    merge = lambda s, rss, cells: {"merge": task(s, rss), "cells": cells}  # noqa: E731
+    p = {
+        "one_task": {
+            "seconds": 200.0,
+            "peak_rss_mb": 900.0,
+            "cells": 30000,
+            "augmented": 5000,
+            "images": 100,
+            "megapixels": 100.0,
+            "store_mb": 1000.0,
+        },
+        "one_task_two_workers": task(110.0, 300.0),
+        "two_tasks": {"seconds": 95.0, "tasks": [task(90.0, 250.0), task(94.0, 260.0)], **merge(10.0, 900.0, 30000)},
+        "quarter_two_tasks": {
+            "seconds": 25.0,
+            "tasks": [task(22.0, 245.0), task(23.0, 250.0)],
+            **merge(4.0, 840.0, 7500),
+        },
+        "identical_to_one_task": True,
+    }
+    s = {
+        "one_task": {"seconds": 60.0, "peak_rss_mb": 1100.0, "cells": 30000},
+        "two_tasks": {"seconds": 30.0, "tasks": [task(25.0, 1050.0), task(26.0, 1060.0)], **merge(15.0, 1200.0, 30000)},
+        "quarter_two_tasks": {
+            "seconds": 10.0,
+            "tasks": [task(6.0, 1040.0), task(6.0, 1040.0)],
+            **merge(11.0, 1100.0, 7500),
+        },
+        "identical_to_one_task": True,
+    }
     f = figures(p, s, tmp_path)
     assert f["prepare_mpix_per_s_per_core"] == 0.5 and f["prepare_2tasks_mpix_per_s"] == 100 / 95
     assert f["prepare_2tasks_speedup"] == (200 - 10) / 95 and f["prepare_2tasks_scaling_efficiency"] == 1.0
     assert f["prepare_2tasks_with_merge_speedup"] == 200 / 105
     assert f["score_1task_cells_per_s"] == 500 and f["score_2tasks_speedup"] == (60 - 15) / 30
     assert f["prepare_task_peak_rss_mb_quarter_plate"] == [245.0, 250.0] and f["raw_mb"] == 2.0
-    assert f["prepare_merge_seconds_line"] == pytest.approx((2.0, 6 / 22500))    # 4 s at 7,500 cells, 10 s at 30,000
-    at = screen(f, plates=2, nodes=1, cores=10, wells=10, fields=10)             # 200 images, 60,000 cells
+    assert f["prepare_merge_seconds_line"] == pytest.approx((2.0, 6 / 22500))  # 4 s at 7,500 cells, 10 s at 30,000
+    at = screen(f, plates=2, nodes=1, cores=10, wells=10, fields=10)  # 200 images, 60,000 cells
     assert at["prepare_tasks_hours"] == pytest.approx(200 * 1.0 / (100 / 95 / 2 * 10) / 3600)
     assert at["score_tasks_hours"] == pytest.approx(60000 / (30000 / 30 / 2 * 10) / 3600)
-    assert at["prepare_merge_hours"] == pytest.approx(2 * (2.0 + 30000 * 6 / 22500) / 3600)   # 2 plates on 1 node
+    assert at["prepare_merge_hours"] == pytest.approx(2 * (2.0 + 30000 * 6 / 22500) / 3600)  # 2 plates on 1 node
     assert at["node_gb_score"] == pytest.approx(10 * 1060 / 1024)
-    assert at["raw_tb"] == pytest.approx(2.0 / 100 * 200 / 1e6) and at["stores_tb"] == pytest.approx(1000 / 30000 * 60000 / 1e6)
+    assert at["raw_tb"] == pytest.approx(2.0 / 100 * 200 / 1e6) and at["stores_tb"] == pytest.approx(
+        1000 / 30000 * 60000 / 1e6
+    )

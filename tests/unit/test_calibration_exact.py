@@ -49,7 +49,7 @@ def test_noisy_label_fit_reports_its_likelihood_fractions_and_prior_by_their_for
     fit = noisy_label_fit(s, y)
     assert fit["nll"] == pytest.approx(nll(fit, s, y), rel=1e-9)
     truth = {"a": 3.0, "b": np.log(0.275 / 0.725), "lo": 0.5 / 1.45, "hi": 0.5 / 0.55}
-    assert fit["nll"] <= nll(truth, s, y) + 1e-9                     # the maximum likelihood, not just near it
+    assert fit["nll"] <= nll(truth, s, y) + 1e-9  # the maximum likelihood, not just near it
     pi = float(np.mean(y))
     c1 = pi * (1 - fit["hi"]) / ((1 - pi) * fit["hi"])
     c2 = pi * (1 - fit["lo"]) / ((1 - pi) * fit["lo"])
@@ -58,7 +58,7 @@ def test_noisy_label_fit_reports_its_likelihood_fractions_and_prior_by_their_for
     assert fit["prior"] == pytest.approx(pi * fit["rho_exp"] + (1 - pi) * fit["rho_ref"], rel=1e-12)
     assert fit["ok"] and fit["at_bound"] == [] and 0 < fit["lo"] < fit["hi"] < 1
     assert np.allclose(noisy_label_apply(s[:5], fit), 1 / (1 + np.exp(-(fit["a"] * _logit(s[:5]) + fit["b"]))))
-    again = noisy_label_fit(s, y, start=fit)                         # one local search from a previous fit
+    again = noisy_label_fit(s, y, start=fit)  # one local search from a previous fit
     assert again["nll"] == pytest.approx(fit["nll"], abs=1e-7)
     assert (again["a"], again["lo"], again["hi"]) == pytest.approx((fit["a"], fit["lo"], fit["hi"]), abs=2e-3)
 

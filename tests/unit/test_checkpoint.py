@@ -11,9 +11,10 @@ from protocell.training.checkpoint import AtomicCheckpointIO, check_resume, clus
 
 
 def fake_checkpoint(processed: int, **hp) -> dict:
-    return {"loops": {"fit_loop": {"epoch_progress": {"current": {"processed": processed}}}},
-            "hyper_parameters": {"net_spec": {"backbone": {"name": "vgg11_narrow"}}, "class_names": ["Ref", "Exp"],
-                                 **hp}}
+    return {
+        "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": processed}}}},
+        "hyper_parameters": {"net_spec": {"backbone": {"name": "vgg11_narrow"}}, "class_names": ["Ref", "Exp"], **hp},
+    }
 
 
 def test_atomic_io_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -42,7 +43,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
 def test_the_slurm_requeue_checkpoint_is_the_last_end_of_epoch_one(tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
     io = AtomicCheckpointIO(last=last)
-    io.save_checkpoint({"mid": "epoch"}, tmp_path / "hpc_ckpt_1.ckpt")           # nothing finished: none
+    io.save_checkpoint({"mid": "epoch"}, tmp_path / "hpc_ckpt_1.ckpt")  # nothing finished: none
     assert not (tmp_path / "hpc_ckpt_1.ckpt").exists()
     io.save_checkpoint(fake_checkpoint(3), last)
     io.save_checkpoint({"mid": "epoch"}, tmp_path / "hpc_ckpt_1.ckpt")
@@ -78,17 +79,23 @@ def test_interrupt_notice_names_the_checkpoint_and_the_epoch(tmp_path):
 def test_slurm_environment_with_auto_requeue_takes_the_requeue_signal(monkeypatch):
     cfg = {"auto_requeue": True, "requeue_signal": "SIGUSR2", "max_epochs": 3}
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
-    assert cluster_plugins(dict(cfg)) == []                     # not under SLURM: Lightning's default
-    for k, v in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "42", "SLURM_PROCID": "0",
-                 "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+    assert cluster_plugins(dict(cfg)) == []  # not under SLURM: Lightning's default
+    for k, v in {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_JOB_ID": "42",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+    }.items():
         monkeypatch.setenv(k, v)
-    previous = signal.signal(signal.SIGUSR2, lambda *a: None)   # as submitit's handler holds it
+    previous = signal.signal(signal.SIGUSR2, lambda *a: None)  # as submitit's handler holds it
     try:
         trainer_cfg = dict(cfg)
         (env,) = cluster_plugins(trainer_cfg)
         assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal == signal.SIGUSR2
-        assert trainer_cfg == {"max_epochs": 3}                 # protocell's keys are not Trainer arguments
-        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL   # free for Lightning's handler
+        assert trainer_cfg == {"max_epochs": 3}  # protocell's keys are not Trainer arguments
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL  # free for Lightning's handler
     finally:
         signal.signal(signal.SIGUSR2, previous)
     with pytest.raises(ConfigError, match="trainer.requeue_signal='SIGNOPE' is invalid"):

@@ -83,12 +83,14 @@ def test_every_experiments_and_objectives_keys_reach_the_composed_config():
     for group in ("experiment", "objective"):
         for path in sorted((CONF / group).glob("*.yaml")):
             if path.stem.endswith("_common"):
-                continue                               # included by the experiments, not chosen alone
+                continue  # included by the experiments, not chosen alone
             with initialize_config_dir(config_dir=str(CONF), version_base=None):
                 cfg = compose(config_name="train", overrides=[f"{group}={path.stem}"])
             for key, value in _own_keys(group, path.stem).items():
                 got = OmegaConf.select(cfg, key)
                 got = OmegaConf.to_container(got, resolve=True) if OmegaConf.is_config(got) else got
-                assert got == value, f"{group}={path.stem}: {key} is {got!r} in the composed config, the file says {value!r}"
+                assert got == value, (
+                    f"{group}={path.stem}: {key} is {got!r} in the composed config, the file says {value!r}"
+                )
                 checked += 1
     assert checked > 50

@@ -15,31 +15,41 @@ def _manifest(area_ref, area_exp, gfp_ref, gfp_exp, cells=5, seed=0):
     for cond, areas, gfps in (("untreated", area_ref, gfp_ref), ("treated", area_exp, gfp_exp)):
         for w, (a, g) in enumerate(zip(areas, gfps)):
             for _i in range(cells):
-                rows.append({"plate": "P", "well": f"{cond[0]}{w}", "image_id": f"{cond}{w}", "condition": cond,
-                             "aug_of": -1, "area": a + rng.uniform(-1, 1), "eccentricity": 0.5, "solidity": 0.9,
-                             "mean_gfp": g + rng.uniform(-0.01, 0.01)})
+                rows.append(
+                    {
+                        "plate": "P",
+                        "well": f"{cond[0]}{w}",
+                        "image_id": f"{cond}{w}",
+                        "condition": cond,
+                        "aug_of": -1,
+                        "area": a + rng.uniform(-1, 1),
+                        "eccentricity": 0.5,
+                        "solidity": 0.9,
+                        "mean_gfp": g + rng.uniform(-0.01, 0.01),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def test_auroc_counts_pairs_and_ties():
     assert auroc([1, 2], [3, 4]) == 1.0 and auroc([3, 4], [1, 2]) == 0.0
-    assert auroc([1, 2], [2, 3]) == pytest.approx((3 + 0.5) / 4)      # 2>1, 3>1, 3>2, one tie
+    assert auroc([1, 2], [2, 3]) == pytest.approx((3 + 0.5) / 4)  # 2>1, 3>1, 3>2, one tie
     assert np.isnan(auroc([], [1]))
 
 
 def test_separation_strength_and_ci():
     s = separation([1, 2, 3], [4, 5, 6], n_boot=200)
     assert s["auroc"] == 1.0 and s["strength"] == 1.0 and s["ci_low"] <= 1.0
-    s = separation([4, 5, 6], [1, 2, 3], n_boot=200)       # direction kept, strength symmetric
+    s = separation([4, 5, 6], [1, 2, 3], n_boot=200)  # direction kept, strength symmetric
     assert s["auroc"] == 0.0 and s["strength"] == 1.0
-    s = separation([1.0], [2.0])                            # one well a side: no CI
+    s = separation([1.0], [2.0])  # one well a side: no CI
     assert np.isnan(s["ci_low"]) and np.isnan(s["ci_high"])
 
 
 def test_well_features_average_cells_per_well_and_skip_augmented_and_unlabelled_cells():
     m = _manifest([100, 110], [50, 60], [0.2, 0.3], [0.8, 0.9])
-    extra = m.iloc[:3].assign(aug_of=0, area=1e6)                      # augmented copies: not counted
-    unlabelled = m.iloc[:3].assign(condition="", well="X9", area=1e6)    # scoring-only wells: not counted
+    extra = m.iloc[:3].assign(aug_of=0, area=1e6)  # augmented copies: not counted
+    unlabelled = m.iloc[:3].assign(condition="", well="X9", area=1e6)  # scoring-only wells: not counted
     w = well_features(pd.concat([m, extra, unlabelled], ignore_index=True))
     assert len(w) == 4 and "P/X9" not in w.index
     direct = m.groupby(m["plate"] + "/" + m["well"])["area"].mean()
@@ -48,10 +58,16 @@ def test_well_features_average_cells_per_well_and_skip_augmented_and_unlabelled_
 
 
 def test_a_mask_that_follows_the_condition_is_flagged_and_the_biology_is_not():
-    m = _manifest(area_ref=[500, 520, 540], area_exp=[250, 260, 270], gfp_ref=[0.2, 0.25, 0.3],
-                  gfp_exp=[0.8, 0.85, 0.9])
-    images = pd.DataFrame({"plate": "P", "well": ["u0", "u1", "u2", "t0", "t1", "t2"],
-                           "background_gfp": [0.01, 0.02, 0.03, 0.015, 0.025, 0.02]})
+    m = _manifest(
+        area_ref=[500, 520, 540], area_exp=[250, 260, 270], gfp_ref=[0.2, 0.25, 0.3], gfp_exp=[0.8, 0.85, 0.9]
+    )
+    images = pd.DataFrame(
+        {
+            "plate": "P",
+            "well": ["u0", "u1", "u2", "t0", "t1", "t2"],
+            "background_gfp": [0.01, 0.02, 0.03, 0.015, 0.025, 0.02],
+        }
+    )
     t = confound_table(m, images, ["untreated", "treated"], n_boot=200).set_index("feature")
     assert t.loc["area", "auroc"] == 0.0 and t.loc["area", "strength"] == 1.0 and t.loc["area", "flag"]
     assert t.loc["mean_gfp", "auroc"] == 1.0 and t.loc["mean_gfp", "biology"] and not t.loc["mean_gfp", "flag"]

@@ -73,18 +73,18 @@ def test_crops_round_trip_to_the_store_with_the_same_pixels_and_masks(crops_fold
     m = store.manifest
     assert store.channels == CHANNELS and store.crop_size == 40 and len(store) == 12
     assert store.info["normalization"] == {"method": "as_given"}
-    assert auto_normalization(store.info)[0] == "cell"                       # training normalises per cell
-    assert store.info["conditions"] == ["Ref", "Exp"]                        # the reference first
-    assert m["bbox_y0"].isna().all() and m["centroid_x"].isna().all()        # unknown, not invented
+    assert auto_normalization(store.info)[0] == "cell"  # training normalises per cell
+    assert store.info["conditions"] == ["Ref", "Exp"]  # the reference first
+    assert m["bbox_y0"].isna().all() and m["centroid_x"].isna().all()  # unknown, not invented
     assert set(m["well"]) == {"A01", "A02", "B01", "B02"} and m["image_id"].nunique() == 4
     for i, row in m.iterrows():
         x, body = truth[row["file"]]
-        assert np.array_equal(store.crop(i), x), row["file"]                # same pixels (the .tif was YXC)
+        assert np.array_equal(store.crop(i), x), row["file"]  # same pixels (the .tif was YXC)
         assert store.crop(i).dtype == np.uint16
         mask = store.mask(i) > 0
         if row["file"] == "Ref/A01_s1_c0.npy":
             assert row["mask_source"] == "file" and np.array_equal(mask, body)
-        else:                                                                # segmented: the centre cell only
+        else:  # segmented: the centre cell only
             assert row["mask_source"] == "segmented"
             iou = (mask & body).sum() / (mask | body).sum()
             assert iou > 0.8 and not mask[:5, :5].any(), (row["file"], iou)
@@ -94,11 +94,16 @@ def test_crops_round_trip_to_the_store_with_the_same_pixels_and_masks(crops_fold
 def test_metadata_gives_condition_and_wells(crops_folder, tmp_path):
     root, truth = crops_folder
     files = sorted(truth)
-    meta = pd.DataFrame({"file": files, "condition": ["DMSO" if f.startswith("Ref") else "drug" for f in files],
-                         "well": [f.split("/")[1][:3] for f in files], "field": 1})
+    meta = pd.DataFrame(
+        {
+            "file": files,
+            "condition": ["DMSO" if f.startswith("Ref") else "drug" for f in files],
+            "well": [f.split("/")[1][:3] for f in files],
+            "field": 1,
+        }
+    )
     meta.to_csv(tmp_path / "meta.csv", index=False)
-    out = import_crops(root, CHANNELS, tmp_path / "store", metadata=tmp_path / "meta.csv", masks="none",
-                       progress=False)
+    out = import_crops(root, CHANNELS, tmp_path / "store", metadata=tmp_path / "meta.csv", masks="none", progress=False)
     store = CropStore(out)
     assert store.info["conditions"] == ["DMSO", "drug"] and (store.manifest["mask_source"] == "whole crop").all()
     assert class_order(["b", "a"], None) == ["a", "b"] and class_order(["x", "control"], None) == ["control", "x"]
@@ -110,7 +115,9 @@ def test_bad_inputs_are_refused_clearly(crops_folder, tmp_path):
     pd.DataFrame({"file": files[1:], "condition": "Ref"}).to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(InputError, match=r"1 crop file\(s\) have no row in metadata=.*short.csv, e.g. " + files[0]):
         import_crops(root, CHANNELS, tmp_path / "s1", metadata=tmp_path / "short.csv")
-    with pytest.raises(InputError, match=r"has shape \(.*\), which does not hold the 2 channels that channels.names lists"):
+    with pytest.raises(
+        InputError, match=r"has shape \(.*\), which does not hold the 2 channels that channels.names lists"
+    ):
         import_crops(root, ["DNA", "actin"], tmp_path / "s2")
     np.save(root / "Exp" / "B01_s1_c9.npy", np.zeros((3, 36, 36), np.uint16))
     with pytest.raises(InputError, match=r"mixed sizes: 12 are 3×40×40, 1 others, e.g. Exp/B01_s1_c9.npy \(3×36×36\)"):
@@ -123,15 +130,28 @@ def test_bad_inputs_are_refused_clearly(crops_folder, tmp_path):
     (root / "Exp" / "broken.npy").write_bytes(b"not numpy")
     with pytest.raises(InputError, match=r"broken.npy cannot be read as a crop"):
         import_crops(root, CHANNELS, tmp_path / "s5")
-    assert not any((tmp_path / f"s{i}").exists() for i in range(1, 6))      # refused before anything is written
+    assert not any((tmp_path / f"s{i}").exists() for i in range(1, 6))  # refused before anything is written
 
 
 def test_prepare_cli_refuses_a_bad_crop_folder_in_one_line(crops_folder, tmp_path):
     root, _ = crops_folder
     (root / "Ref" / "README.md").write_text("hi")
-    proc = subprocess.run([sys.executable, "prepare.py", "mode=crops", f"input={root}", "channels.names=[DNA,tubulin,actin]",
-                           f"output={tmp_path / 'store'}", "progress=false"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "prepare.py",
+            "mode=crops",
+            f"input={root}",
+            "channels.names=[DNA,tubulin,actin]",
+            f"output={tmp_path / 'store'}",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("prepare: ") and "README.md is not a crop" in proc.stderr
 
@@ -146,26 +166,30 @@ def test_centre_object_mask_takes_the_cell_under_the_centre():
 
 # ----------------------------------------------------------------------------- issue 25
 
+
 @pytest.mark.parametrize("masks", ["none", "auto"])
 def test_float_crops_with_nan_or_inf_are_refused_before_anything_is_written(crops_folder, tmp_path, masks):
     """Before: crops.masks=none imported them (exit 0, and score.py then scored them); the default masks
     crashed with a traceback and left an empty shards/."""
     root, truth = crops_folder
-    for f in sorted(truth):                          # float crops, as many exports write them
+    for f in sorted(truth):  # float crops, as many exports write them
         x = truth[f][0].astype(np.float32)
         if f.endswith(".npy"):
             np.save(root / f, x)
         else:
             tifffile.imwrite(root / f, np.moveaxis(x, 0, -1))
     x = np.load(root / "Ref/A02_s1_c1.npy")
-    x[1, 7, 9] = np.nan                              # tubulin: the channel the default masks segment
+    x[1, 7, 9] = np.nan  # tubulin: the channel the default masks segment
     np.save(root / "Ref/A02_s1_c1.npy", x)
     big = np.load(root / "Ref/A01_s1_c2.npy").astype(np.float64)
-    big[0, 0, 3] = 1e300                             # finite as float64, inf as the store's float32
+    big[0, 0, 3] = 1e300  # finite as float64, inf as the store's float32
     np.save(root / "Ref/A01_s1_c2.npy", big)
-    with pytest.raises(InputError, match=r"2 crop\(s\) hold NaN or infinite pixel values \(as float32.*"
-                                         r"Ref/A01_s1_c2.npy \(1 pixel\(s\), first at channel 0, y=0, x=3\); "
-                                         r"Ref/A02_s1_c1.npy \(1 pixel\(s\), first at channel 1, y=7, x=9\)"):
+    with pytest.raises(
+        InputError,
+        match=r"2 crop\(s\) hold NaN or infinite pixel values \(as float32.*"
+        r"Ref/A01_s1_c2.npy \(1 pixel\(s\), first at channel 0, y=0, x=3\); "
+        r"Ref/A02_s1_c1.npy \(1 pixel\(s\), first at channel 1, y=7, x=9\)",
+    ):
         import_crops(root, CHANNELS, tmp_path / "store", pattern=PATTERN, masks=masks, progress=False)
     assert not (tmp_path / "store").exists()
 
@@ -185,7 +209,7 @@ def test_a_refused_mask_import_leaves_no_folder(crops_folder, tmp_path):
     np.save(root / "Ref/A01_s1_c1.mask.npy", np.ones((30, 30), np.uint8))
     with pytest.raises(InputError, match="has shape"):
         import_crops(root, CHANNELS, store, pattern=PATTERN, progress=False)
-    assert (store / "store.json").read_bytes() == before and len(CropStore(store)) == 12    # the old store intact
+    assert (store / "store.json").read_bytes() == before and len(CropStore(store)) == 12  # the old store intact
 
 
 def test_an_output_inside_the_input_is_not_read_as_crops_on_the_next_run(crops_folder):
@@ -202,24 +226,40 @@ def test_an_output_inside_the_input_is_not_read_as_crops_on_the_next_run(crops_f
 def test_metadata_problems_are_refused_naming_rows_and_other_columns_reach_the_manifest(crops_folder, tmp_path):
     root, truth = crops_folder
     files = sorted(truth)
-    base = pd.DataFrame({"file": files, "condition": [f.split("/")[0] for f in files],
-                         "well": [f.split("/")[1][:3] for f in files], "dose": "1", "compound": "X"})
+    base = pd.DataFrame(
+        {
+            "file": files,
+            "condition": [f.split("/")[0] for f in files],
+            "well": [f.split("/")[1][:3] for f in files],
+            "dose": "1",
+            "compound": "X",
+        }
+    )
 
     def refused(meta, match, encoding="utf-8"):
         meta.to_csv(tmp_path / "meta.csv", index=False, encoding=encoding)
         with pytest.raises(InputError, match=match):
-            import_crops(root, CHANNELS, tmp_path / "store", metadata=tmp_path / "meta.csv", masks="none",
-                         progress=False)
+            import_crops(
+                root, CHANNELS, tmp_path / "store", metadata=tmp_path / "meta.csv", masks="none", progress=False
+            )
         assert not (tmp_path / "store").exists()
 
     assert files[3] == "Exp/B02_s1_c0.tif"
     twice = pd.concat([base, base.iloc[[3]].assign(condition="Ref", well="B09")], ignore_index=True)
-    refused(twice, r"names the crop Exp/B02_s1_c0.tif in row 5 \(condition 'Exp', well 'B02'\) and row 14 "
-                   r"\(condition 'Ref', well 'B09'\): one crop is one cell")
+    refused(
+        twice,
+        r"names the crop Exp/B02_s1_c0.tif in row 5 \(condition 'Exp', well 'B02'\) and row 14 "
+        r"\(condition 'Ref', well 'B09'\): one crop is one cell",
+    )
     refused(pd.concat([base, base.iloc[[0]]], ignore_index=True), r"rows 2, 14 are the same row")
-    refused(base.assign(file=["../crops/" + files[0]] + files[1:]), r"row 2: file '../crops/\S+' does not name a file "
-                                                                     r"under input=")
-    refused(base.assign(file=[str(tmp_path / "elsewhere.npy")] + files[1:]), r"row 2: file '/\S+elsewhere.npy' does not")
+    refused(
+        base.assign(file=["../crops/" + files[0]] + files[1:]),
+        r"row 2: file '../crops/\S+' does not name a file "
+        r"under input=",
+    )
+    refused(
+        base.assign(file=[str(tmp_path / "elsewhere.npy")] + files[1:]), r"row 2: file '/\S+elsewhere.npy' does not"
+    )
     refused(base.assign(well=[""] + list(base["well"][1:])), r"row\(s\) 2 have an empty well")
     refused(base.assign(true_label=["1.0"] + ["0"] * 11), r"row 2: true_label '1.0' is not 1 \(affected\), 0")
     refused(base.assign(dose=["1"] * 11 + ["inf"]), r"row 13 \(\S+\): dose 'inf' is not a finite number ≥ 0")
@@ -238,11 +278,17 @@ def test_a_damaged_imported_store_names_its_import_command_and_that_command_repa
 
     root, _ = crops_folder
     out = import_crops(root, CHANNELS, tmp_path / "store", pattern=PATTERN, progress=False)
-    original = {p.name: p.read_bytes() for p in (out / "shards").iterdir()} | {"manifest": (out / "manifest.csv").read_bytes()}
+    original = {p.name: p.read_bytes() for p in (out / "shards").iterdir()} | {
+        "manifest": (out / "manifest.csv").read_bytes()
+    }
     shard = next((out / "shards").glob("*.crops.npy"))
     shard.write_bytes(shard.read_bytes()[:500])
-    with pytest.raises(StoreError, match=rf"python prepare.py mode=crops input={root} … output={out}, the same settings"):
+    with pytest.raises(
+        StoreError, match=rf"python prepare.py mode=crops input={root} … output={out}, the same settings"
+    ):
         CropStore(out)
     import_crops(root, CHANNELS, out, pattern=PATTERN, progress=False)
     assert len(CropStore(out)) == 12
-    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} | {"manifest": (out / "manifest.csv").read_bytes()} == original
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} | {
+        "manifest": (out / "manifest.csv").read_bytes()
+    } == original

@@ -22,8 +22,19 @@ def plate(rng, wells=6, cells=300, rho=(0.05, 0.3), shift=None, split="test"):
             aff = rng.random(cells) < p
             z = np.where(aff, rng.normal(2.5, 1, cells), rng.normal(-1, 1, cells))
             z = z + (shift or {}).get(name, 0.0)
-            rows.append(pd.DataFrame({"cell_id": np.arange(cells) + len(rows) * cells, "well": name, "condition": cond,
-                                      "label": label, "score": SIG(z), "true_label": aff.astype(int), "split": split}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "cell_id": np.arange(cells) + len(rows) * cells,
+                        "well": name,
+                        "condition": cond,
+                        "label": label,
+                        "score": SIG(z),
+                        "true_label": aff.astype(int),
+                        "split": split,
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -58,7 +69,7 @@ def test_memorised_wells_compares_training_wells_with_unseen_ones():
     memo.loc[seen, "score"] = SIG(np.where(memo.loc[seen, "label"] == 1, 1.5, -1.5) + rng.normal(0, 0.5, seen.sum()))
     loud = memorised_wells(memo.assign(seen=seen), "Exp")
     assert loud["fires"] and loud["auroc_seen"] > 0.95 and loud["value"] > 0.1
-    assert not memorised_wells(df.assign(seen=False), "Exp")["fires"]      # nothing seen: nothing to compare
+    assert not memorised_wells(df.assign(seen=False), "Exp")["fires"]  # nothing seen: nothing to compare
 
 
 def test_calls_come_from_the_fraction_fit_and_a_wells_mean_posterior_is_its_fraction():
@@ -75,7 +86,7 @@ def test_calls_come_from_the_fraction_fit_and_a_wells_mean_posterior_is_its_frac
     assert np.allclose(test["calibrated"], post) and (test["call"] == (post > 0.5)).all()
     for well, f in per_well.items():
         sel = (test["well"] == well).to_numpy()
-        assert post[sel].mean() == pytest.approx(f, abs=1e-6)              # the EM's fixed point
+        assert post[sel].mean() == pytest.approx(f, abs=1e-6)  # the EM's fixed point
         assert f == pytest.approx(mixture_fraction(lr[sel]))
     # a clean plate: calls and fractions agree, and both are near the truth
     for cond in ("Ref", "Exp"):
@@ -86,12 +97,16 @@ def test_calls_come_from_the_fraction_fit_and_a_wells_mean_posterior_is_its_frac
 
 
 def test_calls_match_fraction_fires_when_the_called_share_leaves_the_ci():
-    frac = {"conditions": {"Exp": {"estimate": 0.3, "ci_low": 0.25, "ci_high": 0.35, "called_share": 0.05},
-                           "Ref": {"estimate": 0.05, "ci_low": 0.03, "ci_high": 0.07, "called_share": 0.06}}}
+    frac = {
+        "conditions": {
+            "Exp": {"estimate": 0.3, "ci_low": 0.25, "ci_high": 0.35, "called_share": 0.05},
+            "Ref": {"estimate": 0.05, "ci_low": 0.03, "ci_high": 0.07, "called_share": 0.06},
+        }
+    }
     out = calls_match_fraction(frac)
     assert out["fires"] and out["value"] == pytest.approx(0.20)
     frac["conditions"]["Exp"]["called_share"] = 0.22
-    assert not calls_match_fraction(frac)["fires"]                            # 0.03 outside: within tolerance
+    assert not calls_match_fraction(frac)["fires"]  # 0.03 outside: within tolerance
 
 
 def test_a_check_that_fires_makes_the_status_warning_and_the_fraction_unreliable():
@@ -103,14 +118,23 @@ def test_a_check_that_fires_makes_the_status_warning_and_the_fraction_unreliable
     calibrate(test, df, 1, "mixture", frac)
     diag = run_diagnostics(test, None, set(), ["Ref", "Exp"], frac)
     assert diag["reference_wells_agree"]["fires"] and not diag["memorised_wells"]["fires"]
-    metrics = {"n_cells": len(test), "called_fraction": 0.3, "well_label_auroc": 0.8, "affected_fraction": frac,
-               "diagnostics": diag, "test_composition": [{"condition": "Ref"}, {"condition": "Exp"}]}
+    metrics = {
+        "n_cells": len(test),
+        "called_fraction": 0.3,
+        "well_label_auroc": 0.8,
+        "affected_fraction": frac,
+        "diagnostics": diag,
+        "test_composition": [{"condition": "Ref"}, {"condition": "Exp"}],
+    }
     status = run_status(metrics, val_accuracy=[0.9], val_majority=0.5, n_val=500, epochs_run=10, epochs_planned=10)
     assert status["status"] == "warning" and any("replicate untreated wells" in r for r in status["reasons"])
     assert frac["reliable"] is False
     metrics["diagnostics"] = {k: {**v, "fires": False} for k, v in diag.items()}
-    assert run_status(metrics, val_accuracy=[0.9], val_majority=0.5, n_val=500, epochs_run=10,
-                      epochs_planned=10)["status"] == "ok" and frac["reliable"] is True
+    assert (
+        run_status(metrics, val_accuracy=[0.9], val_majority=0.5, n_val=500, epochs_run=10, epochs_planned=10)["status"]
+        == "ok"
+        and frac["reliable"] is True
+    )
 
 
 def test_imaging_stats_measure_noise_and_focus():
@@ -120,14 +144,17 @@ def test_imaging_stats_measure_noise_and_focus():
 
     rng = np.random.default_rng(4)
     yy, xx = np.mgrid[:48, :48]
-    mask = ((yy - 24) ** 2 + (xx - 24) ** 2 < 20 ** 2).astype(np.uint8)
+    mask = ((yy - 24) ** 2 + (xx - 24) ** 2 < 20**2).astype(np.uint8)
     smooth = 0.5 + 0.2 * np.sin(yy / 6.0) * np.cos(xx / 7.0)
     for sd in (0.01, 0.03):
         got = imaging_stats((smooth + rng.normal(0, sd, smooth.shape))[None], mask)
-        assert got[0, 0] == pytest.approx(sd, rel=0.35)                  # the MAD of the median residual
+        assert got[0, 0] == pytest.approx(sd, rel=0.35)  # the MAD of the median residual
     spots = smooth.copy()
     spots[rng.integers(8, 40, 30), rng.integers(8, 40, 30)] += 1.0
-    sharp, blurred = imaging_stats(spots[None], mask)[0, 1], imaging_stats(ndi.gaussian_filter(spots, 1.0)[None], mask)[0, 1]
+    sharp, blurred = (
+        imaging_stats(spots[None], mask)[0, 1],
+        imaging_stats(ndi.gaussian_filter(spots, 1.0)[None], mask)[0, 1],
+    )
     assert blurred < 0.6 * sharp
 
 
@@ -146,7 +173,9 @@ class NoiseReader(__import__("torch").nn.Module):
     def scores(self, x, m):
         import torch
 
-        z = self.k * (self.rough(x, m) / self.centre - 1) * 20 + 2 * (x.sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1) - 0.3)
+        z = self.k * (self.rough(x, m) / self.centre - 1) * 20 + 2 * (
+            x.sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1) - 0.3
+        )
         return torch.stack([-z / 2, z / 2], 1), None
 
 
@@ -156,9 +185,17 @@ def imaged_apart(tmp_path_factory):
     1–1.9 against 0.1–1): after per-cell normalisation the reference cells are the noisier."""
     from protocell.data.synthetic import WellSpec, build_store
 
-    return build_store(tmp_path_factory.mktemp("apart"), WellSpec(
-        wells_per_condition=2, fields_per_well=2, field_size=192, cells_per_field=12, seed=3,
-        well_effects={"gain": 0.9, "align": 1.0}))
+    return build_store(
+        tmp_path_factory.mktemp("apart"),
+        WellSpec(
+            wells_per_condition=2,
+            fields_per_well=2,
+            field_size=192,
+            cells_per_field=12,
+            seed=3,
+            well_effects={"gain": 0.9, "align": 1.0},
+        ),
+    )
 
 
 def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_polarity(imaged_apart):
@@ -171,11 +208,15 @@ def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_
     dm.setup()
     cells = dm.store.manifest[dm.store.manifest["label"] >= 0]
     held = pd.DataFrame({"cell_id": cells["cell_id"], "condition": cells["condition"]})
-    rng = np.random.default_rng(5)                 # a reference fit: affected cells score high
-    s = np.r_[SIG(rng.normal(-1, 1, 400)), SIG(np.where(rng.random(400) < 0.4, rng.normal(2, 1, 400), rng.normal(-1, 1, 400)))]
+    rng = np.random.default_rng(5)  # a reference fit: affected cells score high
+    s = np.r_[
+        SIG(rng.normal(-1, 1, 400)), SIG(np.where(rng.random(400) < 0.4, rng.normal(2, 1, 400), rng.normal(-1, 1, 400)))
+    ]
     fit = fit_reference(s, np.r_[np.zeros(400, bool), np.ones(400, bool)])
     plain = _Imaged(dm, np.flatnonzero(dm.store.manifest["label"].to_numpy() >= 0))
-    centre = float(np.median([NoiseReader.rough(x[None], m[None]).item() for x, m, _, _ in (plain[i] for i in range(60))]))
+    centre = float(
+        np.median([NoiseReader.rough(x[None], m[None]).item() for x, m, _, _ in (plain[i] for i in range(60))])
+    )
     # the Ref wells had less light: their cells are the noisier after per-cell normalisation
     # a network that calls clean cells affected: the (noisy) reference cells made cleaner look affected
     clean = imaging_sensitivity(NoiseReader(-3.0, centre), dm, held, fit, ["Ref", "Exp"], max_cells=80)
@@ -189,8 +230,9 @@ def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_
     # a network that reads the cells' intensity only: no imaging change moves the reference
     ignores = imaging_sensitivity(NoiseReader(0.0, centre), dm, held, fit, ["Ref", "Exp"], max_cells=80)
     assert not ignores["fires"] and abs(ignores["value"]) < 0.05, ignores["why"]
-    assert set(ignores["shifts"]) == {f"{c}/{k}" for c in ("Ref", "Exp")
-                                      for k in ("more_noise", "less_noise", "softer_focus", "sharper_focus")}
+    assert set(ignores["shifts"]) == {
+        f"{c}/{k}" for c in ("Ref", "Exp") for k in ("more_noise", "less_noise", "softer_focus", "sharper_focus")
+    }
 
 
 def test_the_imaging_changes_are_mirrors_of_each_other():
@@ -205,7 +247,7 @@ def test_the_imaging_changes_are_mirrors_of_each_other():
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]
-    mask = ((yy - 32) ** 2 + (xx - 32) ** 2 < 26 ** 2).astype(np.uint8)
+    mask = ((yy - 32) ** 2 + (xx - 32) ** 2 < 26**2).astype(np.uint8)
     smooth = 0.5 + 0.2 * np.sin(yy / 6.0) * np.cos(xx / 7.0)
     puncta = smooth.copy()
     puncta[rng.integers(8, 56, 40), rng.integers(8, 56, 40)] += 2

@@ -12,5 +12,7 @@ def test_commands_in_the_docs_name_no_path_of_one_machine():
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         blocks = re.findall(r"```[^\n]*\n(.*?)```", page.read_text(), flags=re.DOTALL)
         for block in blocks:
-            found += [f"{page.name}: {m}" for m in re.findall(r"(?:^|[\s=\"'])(/(?:work|home|root|Users|tmp)/\S*)", block)]
+            found += [
+                f"{page.name}: {m}" for m in re.findall(r"(?:^|[\s=\"'])(/(?:work|home|root|Users|tmp)/\S*)", block)
+            ]
     assert not found, found

@@ -10,10 +10,10 @@ from protocell.metrics.truth import true_affected_fraction, true_label_metrics
 def test_true_label_metrics_by_hand():
     scores = [0.9, 0.8, 0.3, 0.2, 0.6]
     calls = [1, 1, 0, 0, 1]
-    truth = [1, 0, 0, -1, 1]                       # the fourth cell's truth is unknown: ignored
+    truth = [1, 0, 0, -1, 1]  # the fourth cell's truth is unknown: ignored
     m = true_label_metrics(scores, calls, truth)
     assert m["n_cells_true_label"] == 4
-    assert m["true_label_accuracy"] == 0.75        # calls 1,1,0,1 vs truth 1,0,0,1
+    assert m["true_label_accuracy"] == 0.75  # calls 1,1,0,1 vs truth 1,0,0,1
     # positives 0.9, 0.6 vs negatives 0.8, 0.3: 3 of 4 pairs ordered correctly
     assert abs(m["true_label_auroc"] - 0.75) < 1e-9
     assert true_label_metrics(scores, calls, [-1] * 5) == {}
@@ -32,7 +32,7 @@ def test_streamed_nearest_patches_equal_brute_force_with_ties_in_loader_order(ti
     from protocell.model.search import nearest_patches
 
     net = tiny_net.eval()
-    rows = []                                   # (cell index in loader order, cell id, class, best d, y, x)
+    rows = []  # (cell index in loader order, cell id, class, best d, y, x)
     with torch.no_grad():
         for x, m, y, cid in tiny_dm.push_dataloader():
             z = net.latent(x)
@@ -41,7 +41,7 @@ def test_streamed_nearest_patches_equal_brute_force_with_ties_in_loader_order(ti
             for b in range(len(cid)):
                 for j in range(d.shape[1]):
                     vals = [(float(d[b, j, yy, xx]), yy, xx) for yy, xx in inside[b].nonzero().tolist()]
-                    _, yy, xx = min(vals, key=lambda v: v[0])          # the best unit, as the search picks it
+                    _, yy, xx = min(vals, key=lambda v: v[0])  # the best unit, as the search picks it
                     exact = float(((z[b, :, yy, xx].double() - net.prototypes[j].double()) ** 2).sum().float())
                     rows.append((len(rows) // d.shape[1], int(cid[b]), int(y[b]), j, exact, yy, xx))
     P = net.prototypes.shape[0]
@@ -59,7 +59,7 @@ def test_streamed_nearest_patches_equal_brute_force_with_ties_in_loader_order(ti
         direct = ((near["vector"].double() - net.prototypes.double()[None]) ** 2).sum(-1).float()
         assert torch.equal(near["distance"], direct)
     many = nearest_patches(net, tiny_dm.push_dataloader(), k=10_000)
-    assert many["cell_id"].shape[0] == len(tiny_dm.rows["push"])          # fewer cells than k: fewer rows
+    assert many["cell_id"].shape[0] == len(tiny_dm.rows["push"])  # fewer cells than k: fewer rows
 
 
 def test_search_merge_keeps_the_earlier_candidate_on_ties():
@@ -67,8 +67,12 @@ def test_search_merge_keeps_the_earlier_candidate_on_ties():
 
     def table(d, c):
         d, c = torch.tensor(d, dtype=torch.float32), torch.tensor(c)
-        return {"distance": d, "cell_id": c, "latent_yx": torch.zeros(*d.shape, 2, dtype=torch.long),
-                "vector": torch.zeros(*d.shape, 1)}
+        return {
+            "distance": d,
+            "cell_id": c,
+            "latent_yx": torch.zeros(*d.shape, 2, dtype=torch.long),
+            "vector": torch.zeros(*d.shape, 1),
+        }
 
     merged = _merge(table([[0.1, 0.5]], [[7, 7]]), table([[0.1, 0.2], [0.0, 0.9]], [[3, 3], [4, 4]]), 2)
     assert merged["cell_id"].tolist() == [[4, 3], [7, 7]]

@@ -19,7 +19,7 @@ def test_tail_ratio_is_the_smallest_bound_ratio_over_every_threshold_by_brute_fo
     rng = np.random.default_rng(3)
     num, den = rng.normal(0.5, 1, 60), rng.normal(0, 1, 45)
     best, where = np.inf, None
-    for t in den:                                             # every threshold, bounds from scipy by hand
+    for t in den:  # every threshold, bounds from scipy by hand
         k, m = (num <= t).sum(), (den <= t).sum()
         ub = 1.0 if k == len(num) else beta.ppf(1 - 1 / len(num), k + 1, len(num) - k)
         lb = 0.0 if m == 0 else beta.ppf(1 / len(den), m, len(den) - m + 1)
@@ -29,7 +29,7 @@ def test_tail_ratio_is_the_smallest_bound_ratio_over_every_threshold_by_brute_fo
     got = tail_ratio(num, den, max_thresholds=1000)
     assert got["kappa"] == pytest.approx(min(best, 1.0), rel=1e-9)
     assert got["threshold"] == pytest.approx(where)
-    up = tail_ratio(-num, -den, upper=True, max_thresholds=1000)   # the upper tails of the mirrored samples
+    up = tail_ratio(-num, -den, upper=True, max_thresholds=1000)  # the upper tails of the mirrored samples
     assert up["kappa"] == pytest.approx(got["kappa"], rel=1e-9) and up["threshold"] == pytest.approx(-where)
 
 
@@ -39,13 +39,13 @@ def test_anchors_recover_both_fractions_and_the_likelihood_ratio_is_monotone():
     s_exp, _ = mixture(rng, 6000, 0.4)
     fit = fit_reference(np.r_[s_ref, s_exp], np.r_[np.zeros(6000, bool), np.ones(6000, bool)])
     assert fit["ok"]
-    assert fit["rho_exp"] == pytest.approx(0.4, abs=0.06)    # conservative bounds: a little low, never far
+    assert fit["rho_exp"] == pytest.approx(0.4, abs=0.06)  # conservative bounds: a little low, never far
     assert fit["rho_ref"] == pytest.approx(0.05, abs=0.04)
     x = np.sort(np.r_[s_ref, s_exp])
     lr = reference_lr(x, fit)
-    assert (np.diff(lr) >= 0).all()                           # the isotonic fit keeps the score's order
-    assert lr[: len(x) // 4].max() == 0                       # the low tail: no affected cell scores there
-    assert lr[-50:].min() > 50                                 # the high tail: only affected cells
+    assert (np.diff(lr) >= 0).all()  # the isotonic fit keeps the score's order
+    assert lr[: len(x) // 4].max() == 0  # the low tail: no affected cell scores there
+    assert lr[-50:].min() > 50  # the high tail: only affected cells
 
 
 def test_fraction_of_new_wells_from_the_reference_is_on_target():
@@ -63,11 +63,18 @@ def test_fraction_of_new_wells_from_the_reference_is_on_target():
 def test_no_difference_between_the_conditions_is_said_not_estimated():
     rng = np.random.default_rng(2)
     s, _ = mixture(rng, 4000, 0.1)
-    fit = fit_reference(s, np.arange(4000) % 2 == 0)           # the same population under two labels
+    fit = fit_reference(s, np.arange(4000) % 2 == 0)  # the same population under two labels
     assert not fit["ok"] and "no evidence" in fit["reason"]
     few = fit_reference(s[:30], np.arange(30) < 5)
     assert not few["ok"] and "at least 20" in few["reason"]
-    cells = pd.DataFrame({"well": np.arange(4000) % 8, "condition": np.where(np.arange(4000) % 2, "Exp", "Ref"),
-                          "exposed": np.arange(4000) % 2 == 1, "score": s, "target": True})
+    cells = pd.DataFrame(
+        {
+            "well": np.arange(4000) % 8,
+            "condition": np.where(np.arange(4000) % 2, "Exp", "Ref"),
+            "exposed": np.arange(4000) % 2 == 1,
+            "score": s,
+            "target": True,
+        }
+    )
     out = affected_fractions(cells, n_boot=10)
     assert out["available"] is False and "no evidence" in out["reason"]

@@ -32,30 +32,43 @@ from protocell.prepare.crops_table import crop_table
 from protocell.prepare.plate import read_plate_map
 
 SEED = 25
-FUZZ_ROOT = Path(tempfile.gettempdir()) / f"protocell-fuzz-{os.getpid()}"      # one per pytest worker
+FUZZ_ROOT = Path(tempfile.gettempdir()) / f"protocell-fuzz-{os.getpid()}"  # one per pytest worker
 FUZZ_EXAMPLES = int(os.environ.get("PROTOCELL_FUZZ_EXAMPLES", "300"))
-SETTINGS = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=False,
-                    suppress_health_check=list(HealthCheck))
+SETTINGS = settings(
+    max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=False, suppress_health_check=list(HealthCheck)
+)
 
 IMAGES = [f"fields/f{k}.tif" for k in range(8)] + ["other/f0.tif"]
 CROPS = ["Ref/a.npy", "Ref/b.npy", "Exp/c.tif", "Exp/d.npy", "Exp/sub/e.npy"]
 ENCODINGS = ["utf-8", "utf-8", "utf-8-sig", "utf-16", "latin-1", "bytes"]
 
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
-huge = st.one_of(st.integers(-10 ** 30, 10 ** 30).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
-                 st.just("9" * 400), st.just("1e400"), st.just("-0"))
-good_dose = st.one_of(st.sampled_from(["", "0", "1", "2.5", "1e-3", " 3 ", "nan", "None", "1_000", "-0"]),
-                      st.floats(0, 1e30).map(repr))
-bad_dose = st.one_of(st.sampled_from(["-1", "inf", "-inf", "Infinity", "+nan", "1e400", "abc", "10 µM", "1,5", "0x10",
-                                      "9" * 400 + "e9"]), st.floats(max_value=-1e-300).map(repr), text)
+huge = st.one_of(
+    st.integers(-(10**30), 10**30).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.just("9" * 400),
+    st.just("1e400"),
+    st.just("-0"),
+)
+good_dose = st.one_of(
+    st.sampled_from(["", "0", "1", "2.5", "1e-3", " 3 ", "nan", "None", "1_000", "-0"]), st.floats(0, 1e30).map(repr)
+)
+bad_dose = st.one_of(
+    st.sampled_from(
+        ["-1", "inf", "-inf", "Infinity", "+nan", "1e400", "abc", "10 µM", "1,5", "0x10", "9" * 400 + "e9"]
+    ),
+    st.floats(max_value=-1e-300).map(repr),
+    text,
+)
 blank = st.sampled_from(["", " ", "\t"])
 junk = st.one_of(text, huge, blank)
 
 
 def spellings(name: str, root: Path) -> st.SearchStrategy[str]:
     """One file as people write it: plain, ./, doubled slash, a detour through .., absolute, padded."""
-    return st.sampled_from([name, "./" + name, name.replace("/", "//"), name.split("/")[0] + "/../" + name,
-                            str(root / name), f" {name} "])
+    return st.sampled_from(
+        [name, "./" + name, name.replace("/", "//"), name.split("/")[0] + "/../" + name, str(root / name), f" {name} "]
+    )
 
 
 @st.composite
@@ -63,30 +76,54 @@ def table(draw, kind: str, root: Path) -> tuple[list[str], list[list[str]]]:
     """A valid plate map (``kind="plate"``: multi-channel files, or one file per channel) or crops
     metadata table (``"crops"``: one row per crop): (header, rows)."""
     if kind == "crops":
-        columns = ["file", "condition"] + draw(st.lists(st.sampled_from(["plate", "well", "field", "image_id", "true_label",
-                                                                         "compound"]), unique=True)) + ["dose"] * draw(st.booleans())
+        columns = (
+            ["file", "condition"]
+            + draw(
+                st.lists(st.sampled_from(["plate", "well", "field", "image_id", "true_label", "compound"]), unique=True)
+            )
+            + ["dose"] * draw(st.booleans())
+        )
         rows = []
         for k, name in enumerate(CROPS):
-            value = {"file": draw(spellings(name, root)), "condition": draw(st.sampled_from(["Ref", "Exp", ""])),
-                     "plate": "plate1", "well": f"A0{k}", "field": draw(st.sampled_from(["0", "1", ""])),
-                     "image_id": f"img{k}", "true_label": draw(st.sampled_from(["", "-1", "0", "1"])),
-                     "dose": draw(good_dose), "compound": draw(text)}
+            value = {
+                "file": draw(spellings(name, root)),
+                "condition": draw(st.sampled_from(["Ref", "Exp", ""])),
+                "plate": "plate1",
+                "well": f"A0{k}",
+                "field": draw(st.sampled_from(["0", "1", ""])),
+                "image_id": f"img{k}",
+                "true_label": draw(st.sampled_from(["", "-1", "0", "1"])),
+                "dose": draw(good_dose),
+                "compound": draw(text),
+            }
             rows.append([value[c] for c in columns])
         return columns, rows
-    columns = ["image", "plate", "well", "field", "condition"] + draw(
-        st.lists(st.sampled_from(["channel", "image_id", "compound"]), unique=True)) + ["dose"] * draw(st.booleans())
+    columns = (
+        ["image", "plate", "well", "field", "condition"]
+        + draw(st.lists(st.sampled_from(["channel", "image_id", "compound"]), unique=True))
+        + ["dose"] * draw(st.booleans())
+    )
     files = draw(st.permutations(IMAGES))
     rows = []
     for k in range(draw(st.integers(1, 4))):
         per_channel = "channel" in columns and draw(st.booleans())
         channels = ["actin", "gfp" if draw(st.booleans()) else "actin", "nuclei"][1:] if per_channel else [""]
-        common = {"plate": "plate1", "well": f"B0{k}", "field": draw(st.sampled_from(["0", "1"])),
-                  "condition": draw(st.sampled_from(["Ref", "Exp", ""])), "dose": draw(good_dose),
-                  "compound": draw(text)}
+        common = {
+            "plate": "plate1",
+            "well": f"B0{k}",
+            "field": draw(st.sampled_from(["0", "1"])),
+            "condition": draw(st.sampled_from(["Ref", "Exp", ""])),
+            "dose": draw(good_dose),
+            "compound": draw(text),
+        }
         for channel in channels:
             f = files.pop()
-            value = {**common, "image": draw(spellings(f, root)), "channel": channel,
-                     "image_id": f"i{k}" if per_channel else f"i{k}_{channel}"}
+            value = {
+                **common,
+                "image": draw(spellings(f, root)),
+                "channel": channel,
+                "image_id": f"i{k}" if per_channel else f"i{k}_{channel}",
+            }
             rows.append([value[c] for c in columns])
     return columns, rows
 
@@ -102,8 +139,19 @@ def csv_bytes(draw, kind: str, root: Path) -> tuple[bytes, int]:
         return draw(st.binary(max_size=300)), -1
     columns, rows = draw(table(kind, root))
     key = "image" if kind == "plate" else "file"
-    kinds = ["twice", "same file", "same file", "bad dose", "bad dose", "cell", "cell", "junk column", "drop column",
-             "header", "column twice"]
+    kinds = [
+        "twice",
+        "same file",
+        "same file",
+        "bad dose",
+        "bad dose",
+        "cell",
+        "cell",
+        "junk column",
+        "drop column",
+        "header",
+        "column twice",
+    ]
     for mutation in draw(st.lists(st.sampled_from(kinds), max_size=3)):
         i, j = draw(st.integers(0, len(rows) - 1)), draw(st.integers(0, len(rows) - 1))
         if mutation == "twice":
@@ -115,7 +163,9 @@ def csv_bytes(draw, kind: str, root: Path) -> tuple[bytes, int]:
         elif mutation == "cell":
             rows[i][draw(st.integers(0, len(columns) - 1))] = draw(st.one_of(junk, st.just("a\x00b")))
         elif mutation == "junk column":
-            columns.append(draw(st.one_of(text, st.sampled_from(["label", "split", "path", "mask_source", "", "dose"]))))
+            columns.append(
+                draw(st.one_of(text, st.sampled_from(["label", "split", "path", "mask_source", "", "dose"])))
+            )
             for r in rows:
                 r.append(draw(junk))
         elif mutation == "drop column" and len(columns) > 1:
@@ -138,8 +188,9 @@ def csv_bytes(draw, kind: str, root: Path) -> tuple[bytes, int]:
     data = buf.getvalue()
     try:
         return (codecs.BOM_UTF8 if encoding == "utf-8-sig" else b"") + data.encode(
-            "utf-8" if encoding == "utf-8-sig" else encoding), len(rows)
-    except UnicodeEncodeError:                  # Latin-1 cannot hold every character: write what UTF-8 would
+            "utf-8" if encoding == "utf-8-sig" else encoding
+        ), len(rows)
+    except UnicodeEncodeError:  # Latin-1 cannot hold every character: write what UTF-8 would
         return data.encode("utf-8"), len(rows)
 
 

@@ -7,18 +7,18 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "protocell"
 # earlier → later; a module may import its own stage and earlier ones
 STAGES = [
-    {"errors", "fsutil", "config", "doses", "distributed", "stats", "artifacts", "tracking", "html"},   # shared ground
-    {"data"},                                                  # the crop store, the built-in wells, the DataModule
-    {"prepare"},                                               # raw plates → a store
-    {"model"},                                                 # the network and its losses
-    {"metrics", "calibration", "fraction", "evaluate", "diagnostics"},   # what a run's predictions mean
-    {"build", "runs"},                                         # config → DataModule, network; a finished run loaded
-    {"training"},                                              # Lightning, phases, the run folder
-    {"explain", "score"},                                      # a finished run → report.html; × a plate → score.html
-    {"cli", "bench", "compare"},                               # entry points, measurements, tables of runs
+    {"errors", "fsutil", "config", "doses", "distributed", "stats", "artifacts", "tracking", "html"},  # shared ground
+    {"data"},  # the crop store, the built-in wells, the DataModule
+    {"prepare"},  # raw plates → a store
+    {"model"},  # the network and its losses
+    {"metrics", "calibration", "fraction", "evaluate", "diagnostics"},  # what a run's predictions mean
+    {"build", "runs"},  # config → DataModule, network; a finished run loaded
+    {"training"},  # Lightning, phases, the run folder
+    {"explain", "score"},  # a finished run → report.html; × a plate → score.html
+    {"cli", "bench", "compare"},  # entry points, measurements, tables of runs
 ]
 RANK = {name: i for i, stage in enumerate(STAGES) for name in stage}
-SIBLINGS = [{"explain", "score"}]      # parts of one stage that never import each other: what both need is earlier
+SIBLINGS = [{"explain", "score"}]  # parts of one stage that never import each other: what both need is earlier
 
 
 def _part(path: Path) -> str:
@@ -27,7 +27,7 @@ def _part(path: Path) -> str:
 
 
 def _imported(tree: ast.AST):
-    for node in ast.walk(tree):                   # function-level imports included
+    for node in ast.walk(tree):  # function-level imports included
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("protocell."):
             yield node.lineno, node.module.split(".")[1]
         elif isinstance(node, ast.Import):

@@ -12,16 +12,17 @@ from protocell.model.losses import cluster_separation, diversity, mil_loss
 
 
 def test_mil_loss_by_hand_and_per_cell_cross_entropy_for_bags_of_one():
-    logits = torch.tensor([[0.0, 2.0], [0.0, -1.0], [1.0, 0.0], [0.0, 0.0]])   # evidence g = 2, -1, -1, 0
+    logits = torch.tensor([[0.0, 2.0], [0.0, -1.0], [1.0, 0.0], [0.0, 0.0]])  # evidence g = 2, -1, -1, 0
     y = torch.tensor([1, 1, 0, 0])
     loss, att = mil_loss(logits, y, bag_size=2)
-    bag1 = math.log((math.exp(2) + math.exp(-1)) / 2)           # exposed bag
-    bag2 = math.log((math.exp(-1) + math.exp(0)) / 2)           # reference bag
+    bag1 = math.log((math.exp(2) + math.exp(-1)) / 2)  # exposed bag
+    bag2 = math.log((math.exp(-1) + math.exp(0)) / 2)  # reference bag
     expected = (-math.log(1 / (1 + math.exp(-bag1))) - math.log(1 - 1 / (1 + math.exp(-bag2)))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     w1 = math.exp(2) / (math.exp(2) + math.exp(-1))
-    assert att.tolist() == pytest.approx([2 * w1, 2 * (1 - w1), 2 * math.exp(-1) / (math.exp(-1) + 1),
-                                          2 / (math.exp(-1) + 1)], rel=1e-6)
+    assert att.tolist() == pytest.approx(
+        [2 * w1, 2 * (1 - w1), 2 * math.exp(-1) / (math.exp(-1) + 1), 2 / (math.exp(-1) + 1)], rel=1e-6
+    )
     one, att1 = mil_loss(logits, y, bag_size=1)
     assert one.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
     assert torch.equal(att1, torch.ones(4))
@@ -39,18 +40,18 @@ def test_an_unaffected_cell_of_an_exposed_bag_is_hardly_pushed_towards_exposed()
     logits.grad = None
     mil_loss(logits, y, bag_size=1)[0].backward()
     g_cell = logits.grad[:, 1]
-    assert (g_cell[1:] < -0.2).all()                       # per cell: a strong push on every unaffected cell
+    assert (g_cell[1:] < -0.2).all()  # per cell: a strong push on every unaffected cell
     assert (g_bag[1:].abs() < 0.01).all() and g_bag[0] < 0  # bag: only the evidence cell moves
 
 
 def test_weighted_cluster_cost_and_reference_only_separation_by_hand():
-    d = torch.tensor([[1.0, 5.0], [2.0, 3.0], [4.0, 0.5], [6.0, 1.5]])    # (B=4, P=2): prototype 0 Ref, 1 Exp
+    d = torch.tensor([[1.0, 5.0], [2.0, 3.0], [4.0, 0.5], [6.0, 1.5]])  # (B=4, P=2): prototype 0 Ref, 1 Exp
     cls = torch.tensor([0, 1])
     y = torch.tensor([0, 0, 1, 1])
-    w = torch.tensor([9.0, 9.0, 1.5, 0.5])                  # reference cells always weigh 1
+    w = torch.tensor([9.0, 9.0, 1.5, 0.5])  # reference cells always weigh 1
     clst, sep = cluster_separation(d, y, cls, w, separation="reference")
     assert clst.item() == pytest.approx((1 * 1 + 1 * 2 + 1.5 * 0.5 + 0.5 * 1.5) / (1 + 1 + 1.5 + 0.5))
-    assert sep.item() == pytest.approx((5 + 3) / 2)         # reference cells to the exposed prototype
+    assert sep.item() == pytest.approx((5 + 3) / 2)  # reference cells to the exposed prototype
     clst_all, sep_all = cluster_separation(d, y, cls, None, separation="all")
     assert clst_all.item() == pytest.approx((1 + 2 + 0.5 + 1.5) / 4)
     assert sep_all.item() == pytest.approx((5 + 3 + 4 + 6) / 4)
@@ -72,28 +73,30 @@ def test_bag_sampler_deals_bags_of_one_well_deterministically_and_shards_them_un
     s.set_epoch(3)
     items = list(s)
     idx = [i for i, _ in items]
-    assert all(e == 3 for _, e in items) and len(idx) == len(s) == 12      # 2 + 1 + 0 bags of 4
-    bags = [idx[k:k + 4] for k in range(0, len(idx), 4)]
+    assert all(e == 3 for _, e in items) and len(idx) == len(s) == 12  # 2 + 1 + 0 bags of 4
+    bags = [idx[k : k + 4] for k in range(0, len(idx), 4)]
     assert all(len(set(groups[b])) == 1 for b in bags) and len(set(idx)) == len(idx)
-    assert idx == [i for i, _ in s]                                          # same epoch, same order
+    assert idx == [i for i, _ in s]  # same epoch, same order
     s.set_epoch(4)
-    assert [i for i, _ in s] != idx                                          # a new epoch reshuffles
+    assert [i for i, _ in s] != idx  # a new epoch reshuffles
     ranks = [BagSampler(groups, 4, seed=1, rank=r, world=2) for r in range(2)]
     for r in ranks:
         r.set_epoch(3)
     shards = [[i for i, _ in r] for r in ranks]
-    assert len(shards[0]) == len(shards[1]) == 8                             # 3 bags padded to 4, 2 each
+    assert len(shards[0]) == len(shards[1]) == 8  # 3 bags padded to 4, 2 each
     assert set(shards[0]) | set(shards[1]) == set(idx)
     val = BagSampler(groups, 4, seed=1, shuffle=False)
     val.set_epoch(7)
-    assert [i for i, _ in val] == list(range(8)) + list(range(10, 14))      # fixed bags, store order
+    assert [i for i, _ in val] == list(range(8)) + list(range(10, 14))  # fixed bags, store order
 
 
 def test_unique_push_gives_every_prototype_its_own_cell_nearest_first():
     from protocell.training.push import assign_unique
 
-    near = {"cell_id": torch.tensor([[5, 5, 7], [6, 8, 5], [9, 9, 8]]),     # (k=3 ranks, P=3)
-            "distance": torch.tensor([[0.1, 0.3, 0.2], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]])}
+    near = {
+        "cell_id": torch.tensor([[5, 5, 7], [6, 8, 5], [9, 9, 8]]),  # (k=3 ranks, P=3)
+        "distance": torch.tensor([[0.1, 0.3, 0.2], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]]),
+    }
     pick = assign_unique(near).tolist()
     # prototype 0 (nearest overall) takes cell 5, prototype 2 keeps cell 7, prototype 1 moves to cell 8
     assert pick == [0, 1, 0]
@@ -156,12 +159,21 @@ def test_affected_fraction_recovers_a_known_mixture_with_a_per_well_effect():
     rng = np.random.default_rng(0)
     rows = []
     for w in range(8):
-        for cond, rho in (("Ref", 0.05), ("Exp", 0.25 + 0.05 * (w % 3))):     # wells differ in fraction
+        for cond, rho in (("Ref", 0.05), ("Exp", 0.25 + 0.05 * (w % 3))):  # wells differ in fraction
             n = 300
             aff = rng.random(n) < rho
             s = 1 / (1 + np.exp(-np.where(aff, rng.normal(2.5, 1, n), rng.normal(-0.5, 1, n))))
-            rows += [{"well": f"{cond}{w}", "condition": cond, "exposed": cond == "Exp", "score": v,
-                      "target": True, "true_label": int(a)} for v, a in zip(s, aff)]
+            rows += [
+                {
+                    "well": f"{cond}{w}",
+                    "condition": cond,
+                    "exposed": cond == "Exp",
+                    "score": v,
+                    "target": True,
+                    "true_label": int(a),
+                }
+                for v, a in zip(s, aff)
+            ]
     cells = pd.DataFrame(rows)
     out = affected_fractions(cells, n_boot=100)
     assert out["available"] and out["fit"]["ok"]
@@ -170,7 +182,7 @@ def test_affected_fraction_recovers_a_known_mixture_with_a_per_well_effect():
     assert out["conditions"]["Ref"]["estimate"] < 0.12
     per_well = pd.DataFrame(out["wells"])
     assert (per_well["affected_fraction"] - per_well["true"]).abs().mean() < 0.06
-    assert mixture_fraction(np.ones(100)) == pytest.approx(0.5)               # no evidence: the start stays
+    assert mixture_fraction(np.ones(100)) == pytest.approx(0.5)  # no evidence: the start stays
     assert mixture_fraction(np.full(100, 1e6)) == pytest.approx(1.0, abs=1e-3)
 
 
@@ -178,11 +190,11 @@ def test_reference_similarity_is_the_reference_cells_largest_similarity_to_an_ex
     from protocell.model.losses import reference_similarity
     from protocell.model.prototypes import log_similarity
 
-    d = torch.tensor([[0.1, 3.0, 0.5], [2.0, 1.0, 4.0], [0.0, 0.2, 0.3]])    # prototypes: Ref, Exp, Exp
+    d = torch.tensor([[0.1, 3.0, 0.5], [2.0, 1.0, 4.0], [0.0, 0.2, 0.3]])  # prototypes: Ref, Exp, Exp
     cls = torch.tensor([0, 1, 1])
-    y = torch.tensor([0, 0, 1])                                              # the third cell is exposed: ignored
+    y = torch.tensor([0, 0, 1])  # the third cell is exposed: ignored
     expected = (log_similarity(torch.tensor(0.5)) + log_similarity(torch.tensor(1.0))) / 2
     assert reference_similarity(d, y, cls).item() == pytest.approx(expected.item())
     far = reference_similarity(d + 1e6, y, cls)
-    assert 0 <= far.item() < 1e-5                                            # bounded: vanishes with distance
+    assert 0 <= far.item() < 1e-5  # bounded: vanishes with distance
     assert reference_similarity(d, torch.tensor([1, 1, 1]), cls).item() == 0.0

@@ -13,7 +13,7 @@ from protocell.model.prototypes import latent_inside, log_similarity
 
 def test_bag_evidence_and_its_defaults():
     logits = torch.tensor([[0.0, 1.0, 5.0], [2.0, -1.0, 0.5], [1.0, 1.0, 1.0], [3.0, 0.0, -2.0]])
-    assert torch.equal(bag_evidence(logits, 2), torch.tensor([[1.0, -3.0], [0.0, -3.0]]))   # positive 1 − reference 0
+    assert torch.equal(bag_evidence(logits, 2), torch.tensor([[1.0, -3.0], [0.0, -3.0]]))  # positive 1 − reference 0
     assert torch.equal(bag_evidence(logits, 2, positive=2, reference=1), torch.tensor([[4.0, 1.5], [0.0, -2.0]]))
     with pytest.raises(ValueError, match="a batch of 4 cells is not made of bags of 3"):
         bag_evidence(logits, 3)
@@ -42,11 +42,11 @@ def test_cluster_and_separation_with_weights_and_without_any_reference_cell():
     min_d = torch.tensor([[1.0, 2.0, 0.5, 3.0], [4.0, 0.1, 2.0, 1.0], [0.3, 0.2, 0.9, 0.7]])
     cls = torch.tensor([0, 0, 1, 1])
     labels = torch.tensor([0, 1, 1])
-    w = torch.tensor([5.0, 0.25, 0.5])          # the reference cell's weight is forced to 1
+    w = torch.tensor([5.0, 0.25, 0.5])  # the reference cell's weight is forced to 1
     clst, sep = cluster_separation(min_d, labels, cls, w, separation="reference")
     assert float(clst) == pytest.approx((1 * 1.0 + 0.25 * 1.0 + 0.5 * 0.7) / (1 + 0.25 + 0.5))
-    assert float(sep) == pytest.approx(0.5)     # the reference cell's nearest exposed prototype
-    small = torch.tensor([0.1, 0.2, 0.3])       # weights summing below 1 are not clamped up
+    assert float(sep) == pytest.approx(0.5)  # the reference cell's nearest exposed prototype
+    small = torch.tensor([0.1, 0.2, 0.3])  # weights summing below 1 are not clamped up
     clst, _ = cluster_separation(min_d[1:], labels[1:], cls, small[1:])
     assert float(clst) == pytest.approx((0.2 * 1.0 + 0.3 * 0.7) / 0.5)
     clst, sep = cluster_separation(min_d[1:], labels[1:], cls, None, separation="reference")
@@ -56,7 +56,7 @@ def test_cluster_and_separation_with_weights_and_without_any_reference_cell():
 def test_diversity_equals_a_loop_over_same_class_pairs():
     g = torch.Generator().manual_seed(1)
     protos = torch.randn(7, 5, generator=g)
-    cls = torch.tensor([0, 0, 0, 1, 1, 1, 2])           # class 2 has one prototype: no pair
+    cls = torch.tensor([0, 0, 0, 1, 1, 1, 2])  # class 2 has one prototype: no pair
     terms = []
     for c in (0, 1):
         idx = [i for i in range(7) if cls[i] == c]
@@ -66,11 +66,11 @@ def test_diversity_equals_a_loop_over_same_class_pairs():
     assert float(diversity(protos, cls)) == pytest.approx(sum(terms) / 2, rel=1e-5)
     same = torch.ones(3, 5)
     assert float(diversity(same, torch.tensor([0, 0, 0]))) == pytest.approx(1.0)
-    assert float(diversity(protos[:2], torch.tensor([0, 1]))) == 0.0           # no pair at all: 0, not nan
+    assert float(diversity(protos[:2], torch.tensor([0, 1]))) == 0.0  # no pair at all: 0, not nan
 
 
 def test_last_layer_l1_with_a_class_without_prototypes():
-    w = torch.tensor([[1.0, -2.0], [0.5, 0.25], [3.0, 3.0]])                  # 3 classes, prototypes of 0 and 1
+    w = torch.tensor([[1.0, -2.0], [0.5, 0.25], [3.0, 3.0]])  # 3 classes, prototypes of 0 and 1
     assert float(last_layer_l1(w, torch.tensor([0, 1]))) == 2.0 + 0.5 + 3.0 + 3.0
 
 
@@ -79,29 +79,30 @@ def test_protopnet_loss_adds_its_terms_with_their_weights():
     logits, min_d = torch.randn(4, 2, generator=g), torch.rand(4, 4, generator=g)
     labels, cls = torch.tensor([1, 1, 0, 0]), torch.tensor([0, 0, 1, 1])
     w, protos = torch.randn(2, 4, generator=g), torch.randn(4, 3, generator=g)
-    out = protopnet_loss(logits, min_d, labels, cls, w, protos, clst=0.7, sep=0.2, l1=0.01, div=0.3, bag_size=2,
-                         separation="reference")
+    out = protopnet_loss(
+        logits, min_d, labels, cls, w, protos, clst=0.7, sep=0.2, l1=0.01, div=0.3, bag_size=2, separation="reference"
+    )
     ce, att = mil_loss(logits, labels, 2)
     c, s = cluster_separation(min_d, labels, cls, att, 0, "reference")
     assert float(out["ce"]) == float(ce) and float(out["clst"]) == float(c) and float(out["sep"]) == float(s)
     assert float(out["l1"]) == float(last_layer_l1(w, cls)) and float(out["div"]) == float(diversity(protos, cls))
     expected = ce + 0.7 * c - 0.2 * s + 0.01 * last_layer_l1(w, cls) + 0.3 * diversity(protos, cls)
     assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-6)
-    off = protopnet_loss(logits, min_d, labels, cls, w, protos, l1=0.0, div=0.0)     # per cell, terms off
+    off = protopnet_loss(logits, min_d, labels, cls, w, protos, l1=0.0, div=0.0)  # per cell, terms off
     assert float(off["l1"]) == 0.0 and float(off["div"]) == 0.0
     c1, s1 = cluster_separation(min_d, labels, cls)
     assert float(off["loss"]) == pytest.approx(float(F.cross_entropy(logits, labels) + 0.8 * c1 - 0.08 * s1), rel=1e-6)
 
 
 def test_latent_inside_edges_half_covered_units_two_d_masks_and_empty_cells():
-    mask = torch.zeros(1, 8, 8)                          # (B, S, S): no channel axis
-    mask[0, :, :1] = 1                                   # column 0: half of each 2×2 footprint of latent column 0
+    mask = torch.zeros(1, 8, 8)  # (B, S, S): no channel axis
+    mask[0, :, :1] = 1  # column 0: half of each 2×2 footprint of latent column 0
     inside = latent_inside(mask, (4, 4))
     assert inside.shape == (1, 1, 4, 4) and inside[0, 0, :, 0].all() and inside[0, 0].sum() == 4
-    mask[0, :2, 6:] = 1                                  # a fully covered unit: half-covered ones are not the best
+    mask[0, :2, 6:] = 1  # a fully covered unit: half-covered ones are not the best
     inside = latent_inside(mask, (4, 4))
-    assert inside[0, 0, :, 0].all() and inside[0, 0, 0, 3] and inside[0, 0].sum() == 5     # ≥ 0.5 counts
-    assert not latent_inside(torch.zeros(2, 1, 8, 8), (4, 4)).any()                # an empty mask: no inside unit
+    assert inside[0, 0, :, 0].all() and inside[0, 0, 0, 3] and inside[0, 0].sum() == 5  # ≥ 0.5 counts
+    assert not latent_inside(torch.zeros(2, 1, 8, 8), (4, 4)).any()  # an empty mask: no inside unit
 
 
 def test_log_similarity_values():
@@ -115,13 +116,14 @@ def test_protopnet_loss_defaults_and_other_class_indices():
     logits, min_d = torch.randn(4, 2, generator=g), torch.rand(4, 4, generator=g)
     labels, cls = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1])
     w, protos = torch.randn(2, 4, generator=g), torch.randn(4, 3, generator=g)
-    out = protopnet_loss(logits, min_d, labels, cls, w, protos)            # l1 = 1e-4, div off by default
+    out = protopnet_loss(logits, min_d, labels, cls, w, protos)  # l1 = 1e-4, div off by default
     c, s = cluster_separation(min_d, labels, cls)
     expected = F.cross_entropy(logits, labels) + 0.8 * c - 0.08 * s + 1e-4 * last_layer_l1(w, cls)
     assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-6) and float(out["div"]) == 0.0
     # exposed = class 0, reference = class 1: the bag loss and the separation follow the indices given
-    swapped = protopnet_loss(logits, min_d, labels, cls, w, bag_size=2, separation="reference", positive=0,
-                             reference=1)
+    swapped = protopnet_loss(logits, min_d, labels, cls, w, bag_size=2, separation="reference", positive=0, reference=1)
     ce, att = mil_loss(logits, labels, 2, positive=0, reference=1)
     c, s = cluster_separation(min_d, labels, cls, att, reference=1, separation="reference")
-    assert float(swapped["ce"]) == float(ce) and float(swapped["clst"]) == float(c) and float(swapped["sep"]) == float(s)
+    assert (
+        float(swapped["ce"]) == float(ce) and float(swapped["clst"]) == float(c) and float(swapped["sep"]) == float(s)
+    )

@@ -6,8 +6,11 @@ from protocell.data.normalization import auto_normalization, brightness_warnings
 
 
 def test_auto_normalization_follows_store_json():
-    assert auto_normalization({"normalization": {"method": "per_image_percentiles", "low": 1, "high": 99.8}})[0] == "dataset"
-    assert auto_normalization({"source": "prepare"})[0] == "dataset"       # a prepare store from before the record
+    assert (
+        auto_normalization({"normalization": {"method": "per_image_percentiles", "low": 1, "high": 99.8}})[0]
+        == "dataset"
+    )
+    assert auto_normalization({"source": "prepare"})[0] == "dataset"  # a prepare store from before the record
     for info in ({"normalization": {"method": "as_given"}}, {"normalization": {"method": "raw"}}, {}):
         choice, why = auto_normalization(info)
         assert choice == "cell" and "data.normalize=auto → cell" in why
@@ -23,7 +26,7 @@ def test_separation_auroc_by_hand_either_way_round():
 def test_a_brighter_condition_is_flagged(tiny_store):
     from protocell.data.store import CropStore
 
-    class Brighter:            # the tiny wells with every Exp cell's actin doubled: a gain difference
+    class Brighter:  # the tiny wells with every Exp cell's actin doubled: a gain difference
         def __init__(self, store):
             self.store, self.manifest, self.channels = store, store.manifest, store.channels
 

@@ -30,8 +30,15 @@ def plate(tmp_path, synthetic_fields):
 
 def run(plate, *overrides):
     out = plate.parent / "store"
-    cfg = prepare_config(f"input={plate}", f"plate_map={plate / 'plate_map.csv'}", f"output={out}",
-                         "tile.size=128", "augment.copies=0", "summary.overlays=0", *overrides)
+    cfg = prepare_config(
+        f"input={plate}",
+        f"plate_map={plate / 'plate_map.csv'}",
+        f"output={out}",
+        "tile.size=128",
+        "augment.copies=0",
+        "summary.overlays=0",
+        *overrides,
+    )
     return prepare(cfg), out
 
 
@@ -66,7 +73,7 @@ def test_truncated_tiff_data(plate):
     img = tifffile.imread(path)
     tifffile.imwrite(path, img, tile=(64, 64), compression="zlib", metadata={"axes": "CYX"})
     data = path.read_bytes()
-    with tifffile.TiffFile(path) as tif:          # cut the file inside the last tile's compressed data
+    with tifffile.TiffFile(path) as tif:  # cut the file inside the last tile's compressed data
         cut = int(tif.pages[1].dataoffsets[-1]) + 5
     path.write_bytes(data[:cut])
     msg = refused(plate, match="truncated or corrupt")
@@ -82,8 +89,16 @@ def test_channels_of_different_shapes(plate, tmp_path):
         for c, name in enumerate(["actin", "nuclei"]):
             plane = data[c] if not (stem == "plate1_A01_f0" and name == "nuclei") else data[c][:200, :200]
             tifffile.imwrite(plate / f"{stem}_{name}.tif", plane)
-            rows.append({"image": f"{stem}_{name}.tif", "plate": img.plate, "well": img.well, "field": img.field,
-                         "condition": img.condition, "channel": name})
+            rows.append(
+                {
+                    "image": f"{stem}_{name}.tif",
+                    "plate": img.plate,
+                    "well": img.well,
+                    "field": img.field,
+                    "condition": img.condition,
+                    "channel": name,
+                }
+            )
     pd.DataFrame(rows).to_csv(plate / "plate_map.csv", index=False)
     msg = refused(plate, match="differ in shape")
     assert "plate1_A01_f0_nuclei.tif" in msg
@@ -131,13 +146,14 @@ def test_plate_map_naming_unknown_image(plate):
 def test_image_without_cells_is_warned_recorded_and_the_run_goes_on(plate, caplog):
     rng = np.random.default_rng(0)
     empty = rng.normal(100, 3, (2, 256, 256))
-    empty[:, 100, 100] += 400                        # one speck: not constant, but no cell
+    empty[:, 100, 100] += 400  # one speck: not constant, but no cell
     tifffile.imwrite(plate / "fields" / "empty.tif", empty.astype(np.uint16), metadata={"axes": "CYX"})
     pm = pd.read_csv(plate / "plate_map.csv")
     pm.loc[len(pm)] = ["fields/empty.tif", "plate1", "A09", 0, "Ref"]
     pm.to_csv(plate / "plate_map.csv", index=False)
     out, _ = run(plate)
     import json
+
     summary = json.loads((out / "prepare_summary.json").read_text())
     assert summary["images_without_cells"] == ["empty"]
     assert [r["status"] for r in summary["per_image"] if r["image_id"] == "empty"] == ["no cells found"]
@@ -152,26 +168,39 @@ def test_a_tile_larger_than_the_image_is_the_whole_image(tmp_path):
     root = tmp_path / "plate"
     maps = []
     for size in (640, 512):
-        write_fields(root / f"s{size}", wells_per_condition=1, fields_per_well=1, field_size=size,
-                     cells_per_field=20, seed=size)
+        write_fields(
+            root / f"s{size}", wells_per_condition=1, fields_per_well=1, field_size=size, cells_per_field=20, seed=size
+        )
         pm = pd.read_csv(root / f"s{size}" / "plate_map.csv")
-        maps.append(pm.assign(image=f"s{size}/" + pm["image"], field=size,
-                              image_id=f"s{size}_" + pm["image"].str.slice(7, -4)))
+        maps.append(
+            pm.assign(image=f"s{size}/" + pm["image"], field=size, image_id=f"s{size}_" + pm["image"].str.slice(7, -4))
+        )
     pd.concat(maps).to_csv(root / "plate_map.csv", index=False)
     stores = {}
     for tile in (650, 200):
-        cfg = prepare_config(f"input={root}", f"plate_map={root / 'plate_map.csv'}", f"output={tmp_path / str(tile)}",
-                             f"tile.size={tile}", "augment.copies=0", "summary.overlays=0")
+        cfg = prepare_config(
+            f"input={root}",
+            f"plate_map={root / 'plate_map.csv'}",
+            f"output={tmp_path / str(tile)}",
+            f"tile.size={tile}",
+            "augment.copies=0",
+            "summary.overlays=0",
+        )
         stores[tile] = json.loads((prepare(cfg) / "prepare_summary.json").read_text())
     per_image = stores[650]["per_image"]
     assert sorted((r["height"], r["width"]) for r in per_image) == [(512, 512)] * 2 + [(640, 640)] * 2
     assert all(r["tiles"] == 1 and r["cells"] >= 10 for r in per_image), per_image
-    assert {r["image_id"]: r["cells"] for r in per_image} == {r["image_id"]: r["cells"] for r in stores[200]["per_image"]}
+    assert {r["image_id"]: r["cells"] for r in per_image} == {
+        r["image_id"]: r["cells"] for r in stores[200]["per_image"]
+    }
 
 
 def test_an_image_smaller_than_one_cell_is_refused(plate):
-    tifffile.imwrite(plate / "fields" / "plate1_A01_f1.tif", np.arange(128, dtype=np.uint16).reshape(2, 8, 8),
-                     metadata={"axes": "CYX"})
+    tifffile.imwrite(
+        plate / "fields" / "plate1_A01_f1.tif",
+        np.arange(128, dtype=np.uint16).reshape(2, 8, 8),
+        metadata={"axes": "CYX"},
+    )
     msg = refused(plate, match="fewer pixels than one cell")
     assert "plate1_A01_f1 (8×8)" in msg and "cells.min_area=80" in msg and "tile.size" not in msg
 
@@ -213,7 +242,7 @@ def test_same_named_files_in_two_folders_get_advice_that_fixes_it(plate):
     pm.to_csv(plate / "plate_map.csv", index=False)
     msg = refused(plate, match="two files for image")
     assert "add an image_id column to the plate map" in msg and "in different folders" in msg
-    pm["image_id"] = pm["image"].str.replace(".tif", "", regex=False)          # the advice, followed
+    pm["image_id"] = pm["image"].str.replace(".tif", "", regex=False)  # the advice, followed
     pm.to_csv(plate / "plate_map.csv", index=False)
     out, _ = run(plate)
     assert CropStore(out).manifest["image_id"].nunique() == len(pm)
@@ -224,8 +253,12 @@ def test_unknown_segmentation_method(plate):
 
 
 def test_missing_model_file(plate, tmp_path):
-    msg = refused(plate, "segmentation=cellpose", f"segmentation.model={tmp_path / 'none' / 'model.pt'}",
-                  match="no such Cellpose model file")
+    msg = refused(
+        plate,
+        "segmentation=cellpose",
+        f"segmentation.model={tmp_path / 'none' / 'model.pt'}",
+        match="no such Cellpose model file",
+    )
     assert "model.pt" in msg
 
 
@@ -244,7 +277,7 @@ def test_extra_plate_map_columns_reach_the_manifest_and_empty_conditions_are_sco
 
     pm = pd.read_csv(plate / "plate_map.csv")
     pm["dose"] = ["0.1", "1", "", "1e-3"]
-    pm["compound"] = ["C1", "C1", "", "C2, salt"]          # a comma survives the CSV round trip
+    pm["compound"] = ["C1", "C1", "", "C2, salt"]  # a comma survives the CSV round trip
     pm["concentration"] = ["10 µM", "", "", "x"]
     pm.loc[3, "condition"] = ""
     pm.to_csv(plate / "plate_map.csv", index=False)
@@ -260,8 +293,13 @@ def test_extra_plate_map_columns_reach_the_manifest_and_empty_conditions_are_sco
     assert (m.loc[unscored, "label"] == -1).all() and (m.loc[unscored, "split"] == "").all()
     assert (m.loc[unscored, "aug_of"] < 0).all() and (m.loc[~unscored, "label"] >= 0).all()
     aug = m[m["aug_of"] >= 0]
-    assert len(aug) and (aug["dose"].astype(str).to_numpy()
-                         == m.set_index("cell_id").loc[aug["aug_of"], "dose"].astype(str).to_numpy()).all()
+    assert (
+        len(aug)
+        and (
+            aug["dose"].astype(str).to_numpy()
+            == m.set_index("cell_id").loc[aug["aug_of"], "dose"].astype(str).to_numpy()
+        ).all()
+    )
     assert m.loc[~unscored & (m["aug_of"] < 0), "split"].isin(["train", "test"]).all()
 
 
@@ -275,18 +313,19 @@ def test_plate_map_columns_the_manifest_uses_are_refused(plate):
 
 # ----------------------------------------------------------------------------- issue 25: duplicates and doses
 
+
 def test_one_file_under_two_wells_is_refused_naming_both_rows(plate):
     """Before: the same cells were stored as Ref *and* Exp (or, under two wells of one condition, in train
     and in test), silently."""
     pm = pd.read_csv(plate / "plate_map.csv")
     first = pm.iloc[0]
-    pm.loc[len(pm)] = ["./" + first["image"], "plate1", "C01", 0, "Exp"]        # another spelling of one file
+    pm.loc[len(pm)] = ["./" + first["image"], "plate1", "C01", 0, "Exp"]  # another spelling of one file
     pm.to_csv(plate / "plate_map.csv", index=False)
     msg = refused(plate, match="names the file")
     assert str((plate / first["image"]).resolve()) in msg
     assert f"row 2 (plate1/{first['well']} field {first['field']}, condition {first['condition']})" in msg
     assert "row 6 (plate1/C01 field 0, condition Exp)" in msg and "stored twice" in msg
-    pm.loc[len(pm) - 1, "condition"] = first["condition"]                       # one condition: train and test
+    pm.loc[len(pm) - 1, "condition"] = first["condition"]  # one condition: train and test
     pm.to_csv(plate / "plate_map.csv", index=False)
     refused(plate, match=r"names the file .* in row 2 .* and row 6")
 
@@ -298,8 +337,16 @@ def test_an_exact_duplicate_row_is_named_as_such(plate):
         data = tifffile.imread(plate / img.image)
         for c, name in enumerate(["actin", "nuclei"]):
             tifffile.imwrite(plate / f"{Path(img.image).stem}_{name}.tif", data[c])
-            rows.append({"image": f"{Path(img.image).stem}_{name}.tif", "plate": img.plate, "well": img.well,
-                         "field": img.field, "condition": img.condition, "channel": name})
+            rows.append(
+                {
+                    "image": f"{Path(img.image).stem}_{name}.tif",
+                    "plate": img.plate,
+                    "well": img.well,
+                    "field": img.field,
+                    "condition": img.condition,
+                    "channel": name,
+                }
+            )
     rows.insert(4, dict(rows[1]))
     pd.DataFrame(rows).to_csv(plate / "plate_map.csv", index=False)
     msg = refused(plate, match=r"rows 3, 6 are the same row \(every column equal\): delete all but one")
@@ -327,7 +374,7 @@ def test_a_plate_map_listing_the_treated_wells_first_keeps_the_reference_as_labe
     pm = pd.read_csv(plate / "plate_map.csv")
     names = {"Ref": "untreated", "Exp": "drug"}
     pm["condition"] = pm["condition"].map(names)
-    pm = pd.concat([pm[pm["condition"] == "drug"], pm[pm["condition"] == "untreated"]])   # treated rows first
+    pm = pd.concat([pm[pm["condition"] == "drug"], pm[pm["condition"] == "untreated"]])  # treated rows first
     pm.to_csv(plate / "plate_map.csv", index=False)
     with caplog.at_level(logging.WARNING, logger="protocell.prepare"):
         out, _ = run(plate)
@@ -335,7 +382,7 @@ def test_a_plate_map_listing_the_treated_wells_first_keeps_the_reference_as_labe
     said = [r.getMessage() for r in caplog.records if "class order" in r.getMessage()]
     assert said and "['untreated', 'drug']" in said[0] and "'drug' is the exposed class" in said[0]
     shutil.rmtree(out)
-    out, _ = run(plate, "conditions=[drug,untreated]")                   # the setting still decides
+    out, _ = run(plate, "conditions=[drug,untreated]")  # the setting still decides
     assert CropStore(out).info["conditions"] == ["drug", "untreated"]
 
 
@@ -343,9 +390,12 @@ def test_class_order_is_one_rule():
     from protocell.prepare.classes import class_order
 
     assert class_order(["drug", "DMSO", "drug", ""]) == ["DMSO", "drug"]
-    assert class_order(["b", "a"]) == ["a", "b"]                     # no reference-like name: by name, logged
+    assert class_order(["b", "a"]) == ["a", "b"]  # no reference-like name: by name, logged
     assert class_order(["x", "y"], ["y", "x"]) == ["y", "x"]
-    for given, match in ((["x"], r"not listed: \['y'\]"), (["x", "y", "z"], r"no image has \['z'\]"),
-                         (["x", "x", "y"], "listed twice")):
+    for given, match in (
+        (["x"], r"not listed: \['y'\]"),
+        (["x", "y", "z"], r"no image has \['z'\]"),
+        (["x", "x", "y"], "listed twice"),
+    ):
         with pytest.raises(InputError, match=match):
             class_order(["x", "y"], given, "the plate map p.csv")

@@ -10,10 +10,10 @@ from protocell.prepare.preprocess import channel_stats, normalize
 LAYOUTS = {
     "tiled_zlib": dict(tile=(64, 64), compression="zlib", metadata={"axes": "CYX"}),
     "pages_raw_memmap": dict(metadata={"axes": "CYX"}),
-    "strips_contig_samples": dict(photometric="minisblack", planarconfig="contig", rowsperstrip=16,
-                                  compression="zlib"),
-    "strips_separate_samples": dict(photometric="minisblack", planarconfig="separate", rowsperstrip=16,
-                                    compression="zlib"),
+    "strips_contig_samples": dict(photometric="minisblack", planarconfig="contig", rowsperstrip=16, compression="zlib"),
+    "strips_separate_samples": dict(
+        photometric="minisblack", planarconfig="separate", rowsperstrip=16, compression="zlib"
+    ),
     "ome_tiled": dict(tile=(64, 64), compression="zlib", metadata={"axes": "CYX"}, ome=True),
 }
 
@@ -54,10 +54,10 @@ def test_reading_many_images_keeps_a_bounded_number_of_files_open(tmp_path, layo
         np.testing.assert_array_equal(src.read(0, 40, 0, 50), img)
     mine = [k for k in io._HANDLES if k[0] == os.getpid()]
     assert len(mine) <= io.OPEN_FILES
-    assert all(k[:4] in io._HANDLES for k in io._MEMMAPS)               # no map outlives its file
+    assert all(k[:4] in io._HANDLES for k in io._MEMMAPS)  # no map outlives its file
     if fds is not None:
-        assert len(os.listdir("/proc/self/fd")) - fds <= io.OPEN_FILES * 3     # a handle, and a map a channel
-    np.testing.assert_array_equal(sources[0].read(5, 30, 7, 44), images[0][:, 5:30, 7:44])   # reopened
+        assert len(os.listdir("/proc/self/fd")) - fds <= io.OPEN_FILES * 3  # a handle, and a map a channel
+    np.testing.assert_array_equal(sources[0].read(5, 30, 7, 44), images[0][:, 5:30, 7:44])  # reopened
 
 
 def test_tile_cores_cover_every_pixel_once_and_halos_stay_inside():
@@ -77,7 +77,7 @@ def test_streamed_percentiles_are_exact_for_uint16(tmp_path):
     img = rng.gamma(2.0, 300.0, (2, 300, 260)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "x.tif", img, tile=(64, 64), metadata={"axes": "CYX"})
     src = ImageSource("x", *file_channels(tmp_path / "x.tif"))
-    stats = channel_stats(src, ["a", "b"], 1.0, 99.8, block=100)       # blocks unaligned with TIFF tiles
+    stats = channel_stats(src, ["a", "b"], 1.0, 99.8, block=100)  # blocks unaligned with TIFF tiles
     for c in range(2):
         lo, hi = np.percentile(img[c], [1.0, 99.8], method="inverted_cdf")
         assert (stats[c].low, stats[c].high) == (lo, hi)

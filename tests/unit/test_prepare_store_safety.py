@@ -27,8 +27,15 @@ def plate(tmp_path, synthetic_fields):
 
 
 def config(plate, out, *overrides):
-    return prepare_config(f"input={plate}", f"plate_map={plate / 'plate_map.csv'}", f"output={out}", "tile.size=128",
-                          "augment.copies=1", "summary.overlays=1", *overrides)
+    return prepare_config(
+        f"input={plate}",
+        f"plate_map={plate / 'plate_map.csv'}",
+        f"output={out}",
+        "tile.size=128",
+        "augment.copies=1",
+        "summary.overlays=1",
+        *overrides,
+    )
 
 
 def snapshot(out):
@@ -55,8 +62,9 @@ def test_a_refused_prepare_leaves_the_store_byte_identical(plate, good):
     assert len(CropStore(good)) > 0
 
 
-def test_a_prepare_that_crashes_midway_leaves_the_old_store_readable_and_the_next_run_finishes(plate, good,
-                                                                                                 monkeypatch):
+def test_a_prepare_that_crashes_midway_leaves_the_old_store_readable_and_the_next_run_finishes(
+    plate, good, monkeypatch
+):
     before = snapshot(good)
     calls = []
     real = Preparer.image_pass
@@ -64,23 +72,23 @@ def test_a_prepare_that_crashes_midway_leaves_the_old_store_readable_and_the_nex
     def crash_on_third(self, *a, **k):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt("killed")       # as a kill or Ctrl-C mid-run
+            raise KeyboardInterrupt("killed")  # as a kill or Ctrl-C mid-run
         return real(self, *a, **k)
 
     monkeypatch.setattr(Preparer, "image_pass", crash_on_third)
-    changed = config(plate, good, "denoise_sigma=0.5")   # changes every image's crops
+    changed = config(plate, good, "denoise_sigma=0.5")  # changes every image's crops
     with pytest.raises(KeyboardInterrupt):
         prepare(changed)
-    old = CropStore(good)                                # the old store, untouched, still validates
+    old = CropStore(good)  # the old store, untouched, still validates
     store_files = {k: v for k, v in before.items() if not k.startswith(".prepare/")}
     assert {k: v for k, v in snapshot(good).items() if k in store_files} == store_files
     assert old.info["prepare"]["config"]["denoise_sigma"] == 1.0
     monkeypatch.setattr(Preparer, "image_pass", real)
-    prepare(changed)                                     # resumes: the two finished images are kept
+    prepare(changed)  # resumes: the two finished images are kept
     new = CropStore(good)
     assert new.info["prepare"]["config"]["denoise_sigma"] == 0.5
     assert not set(old.manifest["shard"]) & set(new.manifest["shard"])
-    assert_store_folder(good)                            # the old store's shards are gone now
+    assert_store_folder(good)  # the old store's shards are gone now
 
 
 def test_a_store_of_other_inputs_is_replaced_only_with_overwrite(plate, good, tmp_path):
@@ -110,9 +118,12 @@ def test_one_output_has_one_writer_and_the_refusal_names_the_holder(plate, good)
     from protocell.fsutil import exclusive_lock
 
     before = snapshot(good)
-    with exclusive_lock(good / ".prepare" / "lock", RuntimeError):     # as a running prepare holds it
-        with pytest.raises(InputError, match=rf"output={good} is being written by another prepare "
-                                             rf"\(pid {os.getpid()} on [^)]+\)"):
+    with exclusive_lock(good / ".prepare" / "lock", RuntimeError):  # as a running prepare holds it
+        with pytest.raises(
+            InputError,
+            match=rf"output={good} is being written by another prepare "
+            rf"\(pid {os.getpid()} on [^)]+\)",
+        ):
             prepare(config(plate, good, "denoise_sigma=0.5"))
     assert snapshot(good) == before
 
@@ -131,12 +142,28 @@ def test_the_repair_the_store_error_prints_repairs_the_store(plate, tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "store"
-    command = [sys.executable, "prepare.py", f"input={plate}", f"plate_map={plate / 'plate_map.csv'}", f"output={out}",
-               "tile.size=128", "augment.copies=1", "summary.overlays=0", "progress=false", "workers=1"]
+    command = [
+        sys.executable,
+        "prepare.py",
+        f"input={plate}",
+        f"plate_map={plate / 'plate_map.csv'}",
+        f"output={out}",
+        "tile.size=128",
+        "augment.copies=1",
+        "summary.overlays=0",
+        "progress=false",
+        "workers=1",
+    ]
 
     def prepare_cli(*extra):
-        proc = subprocess.run(command + list(extra), cwd=root, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            command + list(extra),
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     def store_files():
@@ -155,10 +182,12 @@ def test_the_repair_the_store_error_prints_repairs_the_store(plate, tmp_path):
         next((out / ".prepare" / "images").glob("*.json")).write_text('{"key": "trunc')
         with pytest.raises(StoreError) as err:
             CropStore(out)
-        assert (f"python prepare.py input={plate} plate_map={plate / 'plate_map.csv'} … output={out}, the same "
-                "settings: prepare checks every shard it keeps and redoes what is missing or damaged") in str(err.value)
-        prepare_cli(*extra)                                 # the command the message prints
-        assert len(CropStore(out)) > 0                      # opens and validates
-        assert store_files() == original, extra             # the original store, byte for byte
+        assert (
+            f"python prepare.py input={plate} plate_map={plate / 'plate_map.csv'} … output={out}, the same "
+            "settings: prepare checks every shard it keeps and redoes what is missing or damaged"
+        ) in str(err.value)
+        prepare_cli(*extra)  # the command the message prints
+        assert len(CropStore(out)) > 0  # opens and validates
+        assert store_files() == original, extra  # the original store, byte for byte
         assert json.loads((out / "store.json").read_text())["manifest_sha1"]
         assert_store_folder(out)

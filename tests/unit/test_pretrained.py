@@ -11,7 +11,7 @@ def test_pretrained_weights_load_through_torchvision_from_a_file_we_place(tmp_pa
     assert path.parent == tmp_path / "hub" / "checkpoints"
     reference = torchvision.models.resnet18(weights=None)
     with torch.no_grad():
-        reference.conv1.weight.normal_(0.3, 0.01)   # recognisable filters
+        reference.conv1.weight.normal_(0.3, 0.01)  # recognisable filters
     path.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), path)
     b = build_backbone("resnet18", in_channels=2, pretrained=True)
@@ -32,7 +32,7 @@ def test_missing_weights_offline_name_the_file_and_the_fix(tmp_path, monkeypatch
         build_backbone("vgg11", 2, pretrained=True)
     msg = str(err.value)
     assert "vgg11-8a719046.pth" in msg and str(tmp_path) in msg and "pretrained=false" in msg
-    assert not weights_file("vgg11").exists()     # nothing half-written left behind
+    assert not weights_file("vgg11").exists()  # nothing half-written left behind
 
 
 def test_narrow_backbone_has_no_pretrained_weights():

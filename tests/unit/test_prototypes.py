@@ -20,8 +20,8 @@ def test_squared_distances_equal_brute_force_loop():
 
 def test_latent_inside_uses_area_fraction_and_keeps_one_unit():
     mask = torch.zeros(2, 1, 8, 8)
-    mask[0, 0, :4, :4] = 1            # exactly the top-left 2x2 latent cell of a 4x4 grid... at jump 2
-    mask[1, 0, 7, 7] = 1              # one pixel: fraction 0.25 < 0.5, still the best unit
+    mask[0, 0, :4, :4] = 1  # exactly the top-left 2x2 latent cell of a 4x4 grid... at jump 2
+    mask[1, 0, 7, 7] = 1  # one pixel: fraction 0.25 < 0.5, still the best unit
     inside = latent_inside(mask, (4, 4))
     assert inside[0, 0].sum() == 4 and inside[0, 0, :2, :2].all()
     assert inside[1, 0].sum() == 1 and inside[1, 0, 3, 3]
@@ -30,7 +30,7 @@ def test_latent_inside_uses_area_fraction_and_keeps_one_unit():
 def test_background_is_never_the_minimum_with_the_mask_term():
     g = torch.Generator().manual_seed(1)
     D = 16
-    z = torch.rand(4, D, 5, 5, generator=g)          # sigmoid-range features
+    z = torch.rand(4, D, 5, 5, generator=g)  # sigmoid-range features
     p = torch.rand(6, D, generator=g)
     mask = torch.zeros(4, 1, 20, 20)
     mask[:, :, 4:12, 6:14] = 1
@@ -38,8 +38,8 @@ def test_background_is_never_the_minimum_with_the_mask_term():
     # make background units exact matches: the mask must still win
     z[:, :, 0, 0] = p[0]
     d = masked_distances(squared_distances(z, p), inside, penalty=D + 1)
-    flat_arg = d.flatten(2).argmin(2)                                  # (B, P)
-    ins = inside.flatten(2)[:, 0]                                      # (B, HW)
+    flat_arg = d.flatten(2).argmin(2)  # (B, P)
+    ins = inside.flatten(2)[:, 0]  # (B, HW)
     assert torch.gather(ins, 1, flat_arg).all()
     assert torch.equal(masked_distances(d, None, 5.0), d)
 
@@ -84,7 +84,7 @@ def test_masked_distances_equal_a_brute_force_loop_and_the_default_penalty_is_d_
     x = torch.rand(2, 2, 64, 64, generator=g)
     mask = torch.zeros(2, 1, 64, 64)
     mask[0, :, 10:40, 12:50] = 1
-    mask[1, :, 30:34, 30:34] = 1                     # a tiny cell: few inside units
+    mask[1, :, 30:34, 30:34] = 1  # a tiny cell: few inside units
     with torch.no_grad():
         out = net(x, mask)
         z = net.latent(x)
@@ -92,6 +92,9 @@ def test_masked_distances_equal_a_brute_force_loop_and_the_default_penalty_is_d_
         ins = latent_inside(mask, z.shape[-2:])
     for b in range(2):
         for j in range(net.prototypes.shape[0]):
-            loop = min(raw[b, j, y, xx] + (0.0 if ins[b, 0, y, xx] else 17.0)      # float32, as the layer
-                       for y in range(z.shape[-2]) for xx in range(z.shape[-1]))
+            loop = min(
+                raw[b, j, y, xx] + (0.0 if ins[b, 0, y, xx] else 17.0)  # float32, as the layer
+                for y in range(z.shape[-2])
+                for xx in range(z.shape[-1])
+            )
             assert out["min_distances"][b, j] == loop

@@ -28,7 +28,7 @@ def test_push_projects_each_prototype_onto_its_brute_force_nearest_in_cell_own_c
     P = net.prototypes.shape[0]
     best = {j: (float("inf"), None) for j in range(P)}
     for z, inside, y, cid in _latents(net, tiny_dm):
-        d = squared_distances(z, before)                                   # (B, P, H, W)
+        d = squared_distances(z, before)  # (B, P, H, W)
         for b in range(z.shape[0]):
             for j in range(P):
                 if net.prototype_class[j] != y[b]:
@@ -85,9 +85,10 @@ def test_schedule_pushes_every_n_epochs_and_at_the_end():
 
 def test_schedule_rates_step_decay_every_group_but_the_last_layer():
     lr = {"features": 1e-4, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-2, "pretrain": 3e-3}
-    plan = build_schedule(12, warm_epochs=2, push_every=10, last_layer_epochs=2, pretrain_epochs=2, lr=lr,
-                          lr_step_epochs=5, lr_gamma=0.1)
-    assert plan[0].lr["features"] == plan[0].lr["probe"] == 3e-3              # pretrain: the from-scratch rate
+    plan = build_schedule(
+        12, warm_epochs=2, push_every=10, last_layer_epochs=2, pretrain_epochs=2, lr=lr, lr_step_epochs=5, lr_gamma=0.1
+    )
+    assert plan[0].lr["features"] == plan[0].lr["probe"] == 3e-3  # pretrain: the from-scratch rate
     assert plan[2].lr["features"] == 1e-4 and plan[4].lr["add_on"] == 3e-3
     assert plan[6].lr["features"] == pytest.approx(1e-5) and plan[6].lr["add_on"] == pytest.approx(3e-4)
     assert plan[11].lr["prototypes"] == pytest.approx(3e-5) and plan[11].lr["last_layer"] == 1e-2
@@ -105,9 +106,16 @@ def test_bad_schedule_values_name_their_key():
 def _fit(module, dm, plan, tmp_path, extra=()):
     import lightning as L
 
-    trainer = L.Trainer(max_epochs=len(plan), accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[*extra, PhaseCallback(plan), PushCallback(plan, tmp_path)])
+    trainer = L.Trainer(
+        max_epochs=len(plan),
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[*extra, PhaseCallback(plan), PushCallback(plan, tmp_path)],
+    )
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -118,8 +126,7 @@ def test_paper_schedule_decays_the_backbone_rate_in_the_optimiser(tiny_dm, tmp_p
     from lightning.pytorch.callbacks import Callback
 
     lr = {"features": 1e-4, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-2, "pretrain": 3e-3}
-    plan = build_schedule(6, warm_epochs=1, push_every=10, last_layer_epochs=0, lr=lr, lr_step_epochs=5,
-                          lr_gamma=0.1)
+    plan = build_schedule(6, warm_epochs=1, push_every=10, last_layer_epochs=0, lr=lr, lr_step_epochs=5, lr_gamma=0.1)
     seen = []
 
     class Rates(Callback):
@@ -173,12 +180,18 @@ def test_a_zero_rate_freezes_its_group_batch_norm_statistics_included(tiny_dm, t
 def test_last_layer_phase_trains_only_the_last_layer(tiny_dm, tmp_path):
     module = tiny_module(last_layer="trained")
     state = {k: v.clone() for k, v in module.net.state_dict().items()}
-    plan = [Phase("last_layer", trainable_groups("last_layer", True), {"probe": 1e-3, "features": 1e-3,
-                                                                     "add_on": 1e-3, "prototypes": 1e-3,
-                                                                     "last_layer": 1e-2})]
+    plan = [
+        Phase(
+            "last_layer",
+            trainable_groups("last_layer", True),
+            {"probe": 1e-3, "features": 1e-3, "add_on": 1e-3, "prototypes": 1e-3, "last_layer": 1e-2},
+        )
+    ]
     _fit(module, tiny_dm, plan, tmp_path)
-    same = lambda a, b: torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                                              and torch.equal(a.nan_to_num(), b.nan_to_num()))
+    same = lambda a, b: (
+        torch.equal(a, b)
+        or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
+    )
     changed = {k for k, v in module.net.state_dict().items() if not same(v, state[k])}
     assert changed == {"last_layer.weight"}
 
@@ -195,23 +208,42 @@ def test_pretrain_keeps_the_last_epoch_not_significantly_below_the_best_validati
         def on_validation_end(self, trainer, pl_module):
             if pl_module.phase == "pretrain":
                 self.se.append(float(trainer.callback_metrics["val/auroc_se"]))
-                self.seen.append((float(trainer.callback_metrics["val/auroc"]),
-                                  {k: v.clone() for k, v in pl_module.net.features.state_dict().items()}))
+                self.seen.append(
+                    (
+                        float(trainer.callback_metrics["val/auroc"]),
+                        {k: v.clone() for k, v in pl_module.net.features.state_dict().items()},
+                    )
+                )
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if pl_module.phase == "warm" and self.start_of_warm is None:
                 self.start_of_warm = {k: v.clone() for k, v in pl_module.net.features.state_dict().items()}
 
-    dm = tiny_data(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
-                   test_fraction=0.3, val_fraction=0.3, seed=0)
-    module = tiny_module(lr={"pretrain": 3e-2})   # a high rate: the epochs differ a lot
+    dm = tiny_data(
+        tiny_store,
+        crop_size=64,
+        zero_background=True,
+        batch_size=8,
+        eval_batch_size=16,
+        test_fraction=0.3,
+        val_fraction=0.3,
+        seed=0,
+    )
+    module = tiny_module(lr={"pretrain": 3e-2})  # a high rate: the epochs differ a lot
     plan = build_schedule(1, warm_epochs=0, push_every=5, pretrain_epochs=4, lr=module.lr)
     plan[4] = Phase("warm", trainable_groups("warm", True), plan[4].lr, False)
     rec = Recorder()
     keep = KeepBestPretrain(plan)
-    L.Trainer(max_epochs=len(plan), accelerator="cpu", logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-              callbacks=[keep, PhaseCallback(plan), rec]).fit(module, datamodule=dm)
+    L.Trainer(
+        max_epochs=len(plan),
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[keep, PhaseCallback(plan), rec],
+    ).fit(module, datamodule=dm)
     aurocs = [v for v, _ in rec.seen]
     top = max(range(len(aurocs)), key=aurocs.__getitem__)
     best = max(e for e, a in enumerate(aurocs) if a >= aurocs[top] - 1.96 * rec.se[top])
@@ -219,7 +251,7 @@ def test_pretrain_keeps_the_last_epoch_not_significantly_below_the_best_validati
     assert keep.best["epoch"] == best and keep.best["restored"] and keep.best["state"] is None
     for k, v in rec.seen[best][1].items():
         assert torch.equal(rec.start_of_warm[k], v), k
-    if best != 3:   # the kept state is not simply the last one
+    if best != 3:  # the kept state is not simply the last one
         assert any(not torch.equal(rec.start_of_warm[k], v) for k, v in rec.seen[3][1].items())
 
 
@@ -228,8 +260,16 @@ def test_val_auroc_is_the_validation_cells_auroc_against_their_well_labels(tiny_
     import numpy as np
     from conftest import tiny_data
 
-    dm = tiny_data(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
-                   test_fraction=0.3, val_fraction=0.3, seed=0)
+    dm = tiny_data(
+        tiny_store,
+        crop_size=64,
+        zero_background=True,
+        batch_size=8,
+        eval_batch_size=16,
+        test_fraction=0.3,
+        val_fraction=0.3,
+        seed=0,
+    )
     module = tiny_module()
     module.phase = "pretrain"
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -239,12 +279,12 @@ def test_val_auroc_is_the_validation_cells_auroc_against_their_well_labels(tiny_
     probs = np.concatenate([p["probs"][:, 1].numpy() for p in preds])
     labels = np.concatenate([p["label"].numpy() for p in preds])
     assert len(set(labels)) == 2
-    pos, neg = probs[labels == 1], probs[labels == 0]     # AUROC by its definition, ties counted half
+    pos, neg = probs[labels == 1], probs[labels == 0]  # AUROC by its definition, ties counted half
     by_hand = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
     assert logged == pytest.approx(by_hand, abs=1e-6)
 
 
-class _Trainer:   # what KeepBestPretrain reads of a trainer
+class _Trainer:  # what KeepBestPretrain reads of a trainer
     sanity_checking = False
 
     def __init__(self):
@@ -253,8 +293,9 @@ class _Trainer:   # what KeepBestPretrain reads of a trainer
 
 def _keep_sequence(values, z=1.96):
     """Feed (auroc, se) per pretrain epoch to KeepBestPretrain; the epoch it keeps and what it loads."""
-    plan = [Phase("pretrain", trainable_groups("pretrain", True), {}, False)] * len(values) + \
-           [Phase("warm", trainable_groups("warm", True), {}, False)]
+    plan = [Phase("pretrain", trainable_groups("pretrain", True), {}, False)] * len(values) + [
+        Phase("warm", trainable_groups("warm", True), {}, False)
+    ]
     keep = KeepBestPretrain(plan, z=z)
     module = torch.nn.Module()
     module.net = torch.nn.Module()
@@ -262,7 +303,7 @@ def _keep_sequence(values, z=1.96):
     trainer = _Trainer()
     for epoch, (a, se) in enumerate(values):
         trainer.current_epoch = epoch
-        module.net.features.weight.data.fill_(epoch)           # each epoch's weights name their epoch
+        module.net.features.weight.data.fill_(epoch)  # each epoch's weights name their epoch
         trainer.callback_metrics = {"val/auroc": torch.tensor(a), "val/auroc_se": torch.tensor(se)}
         keep.on_validation_end(trainer, module)
     trainer.current_epoch = len(values)
@@ -273,14 +314,26 @@ def _keep_sequence(values, z=1.96):
 def test_keep_best_pretrain_keeps_the_latest_epoch_within_z_standard_errors_of_the_best():
     # the validation AUROC of a 30 %-affected run split by well (its epochs 0-11), SE ≈ 0.022: flat
     # within the noise over epochs 0-5, then the network reads the training wells and it falls
-    seq = [(0.541, .022), (0.546, .022), (0.528, .022), (0.520, .022), (0.531, .022), (0.523, .022),
-           (0.466, .022), (0.415, .022), (0.372, .022), (0.254, .022), (0.192, .022), (0.142, .022)]
-    assert _keep_sequence(seq) == (5, 5)            # 0.523 ≥ 0.546 − 1.96 × 0.022; 0.466 is not
-    assert _keep_sequence(seq, z=0.0) == (1, 1)     # z = 0: the maximum itself
+    seq = [
+        (0.541, 0.022),
+        (0.546, 0.022),
+        (0.528, 0.022),
+        (0.520, 0.022),
+        (0.531, 0.022),
+        (0.523, 0.022),
+        (0.466, 0.022),
+        (0.415, 0.022),
+        (0.372, 0.022),
+        (0.254, 0.022),
+        (0.192, 0.022),
+        (0.142, 0.022),
+    ]
+    assert _keep_sequence(seq) == (5, 5)  # 0.523 ≥ 0.546 − 1.96 × 0.022; 0.466 is not
+    assert _keep_sequence(seq, z=0.0) == (1, 1)  # z = 0: the maximum itself
     # a later, clearly better epoch resets the reference: earlier ties no longer count
-    assert _keep_sequence([(0.60, .01), (0.59, .01), (0.70, .01), (0.65, .01)]) == (2, 2)
+    assert _keep_sequence([(0.60, 0.01), (0.59, 0.01), (0.70, 0.01), (0.65, 0.01)]) == (2, 2)
     # a NaN epoch (one condition among the validation cells) is never kept
-    assert _keep_sequence([(0.60, .01), (float("nan"), .01)]) == (0, 0)
+    assert _keep_sequence([(0.60, 0.01), (float("nan"), 0.01)]) == (0, 0)
 
 
 def test_auroc_se_matches_the_spread_of_simulated_aurocs():
@@ -305,7 +358,9 @@ def test_keep_best_pretrain_refuses_a_checkpoint_without_its_rule_and_resumes_it
     from protocell.errors import ProtocellError
 
     keep = KeepBestPretrain([Phase("pretrain", trainable_groups("pretrain", True), {}, False)] * 3)
-    with pytest.raises(ProtocellError, match=r"lacks \['monitor', 'mode', 'se', 'z', 'top', 'top_se'\].*start the run again"):
+    with pytest.raises(
+        ProtocellError, match=r"lacks \['monitor', 'mode', 'se', 'z', 'top', 'top_se'\].*start the run again"
+    ):
         keep.load_state_dict({"value": 0.69, "epoch": 0, "state": None, "restored": False})
     saved = {**keep.state_dict(), "value": 0.7, "epoch": 1, "top": 0.72, "top_se": 0.01}
     again = KeepBestPretrain([Phase("pretrain", trainable_groups("pretrain", True), {}, False)] * 3)

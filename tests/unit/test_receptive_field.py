@@ -50,8 +50,9 @@ def test_vgg11_receptive_field_is_150():
     assert build_backbone("vgg11_narrow", 2, width=0.125).rf.size == 150
 
 
-@pytest.mark.parametrize("name,size", [("vgg11_narrow", 320), ("vgg11", 320), ("resnet18", 800),
-                                       ("resnet50", 800), ("vgg16", 448)])
+@pytest.mark.parametrize(
+    "name,size", [("vgg11_narrow", 320), ("vgg11", 320), ("resnet18", 800), ("resnet50", 800), ("vgg16", 448)]
+)
 def test_analytic_rf_matches_gradient_rf(name, size):
     b = build_backbone(name, 2, width=0.125)
     assert empirical_rf(b.features, 2, size) == b.rf.size
@@ -98,7 +99,7 @@ def test_rf_box_of_a_latent_unit_is_where_its_gradient_lands():
     input region its gradient reaches (the start offset and jump, not just the RF size), also
     through a padded, dilated convolution."""
     b = build_backbone("vgg11_narrow", 2, width=0.125)
-    assert b.rf.box(7, 10) == gradient_box(b.features, 2, 512, 7, 10)   # away from the borders
+    assert b.rf.box(7, 10) == gradient_box(b.features, 2, 512, 7, 10)  # away from the borders
     chain = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, padding=2, dilation=2))
     rf = receptive_field(list(chain))
     assert rf.box(6, 9) == gradient_box(chain, 1, 40, 6, 9)

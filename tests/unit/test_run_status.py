@@ -10,26 +10,36 @@ from protocell.metrics.truth import balanced_accuracy, cell_metrics
 
 def test_balanced_accuracy_on_an_unbalanced_hand_case():
     # 1 Ref well of 4 cells, 3 Exp wells of 4 cells; every cell called Exp but one Ref cell
-    df = pd.DataFrame({"label": [0] * 4 + [1] * 12, "pred": [1, 1, 1, 0] + [1] * 12,
-                       "score": np.linspace(0.1, 0.9, 16), "true_label": -1,
-                       "well": ["R1"] * 4 + ["E1"] * 4 + ["E2"] * 4 + ["E3"] * 4,
-                       "condition": ["Ref"] * 4 + ["Exp"] * 12})
+    df = pd.DataFrame(
+        {
+            "label": [0] * 4 + [1] * 12,
+            "pred": [1, 1, 1, 0] + [1] * 12,
+            "score": np.linspace(0.1, 0.9, 16),
+            "true_label": -1,
+            "well": ["R1"] * 4 + ["E1"] * 4 + ["E2"] * 4 + ["E3"] * 4,
+            "condition": ["Ref"] * 4 + ["Exp"] * 12,
+        }
+    )
     m = cell_metrics(df, positive=1, class_names=["Ref", "Exp"])
-    assert m["well_label_accuracy"] == 13 / 16                          # looks good ...
+    assert m["well_label_accuracy"] == 13 / 16  # looks good ...
     assert m["well_label_recall"] == {"Ref": 0.25, "Exp": 1.0}
-    assert m["well_label_balanced_accuracy"] == (0.25 + 1.0) / 2        # ... is barely above chance
+    assert m["well_label_balanced_accuracy"] == (0.25 + 1.0) / 2  # ... is barely above chance
     assert m["called_fraction"] == 15 / 16
     comp = {r["well"]: r for r in m["test_composition"]}
     assert comp["R1"] == {"well": "R1", "condition": "Ref", "n_cells": 4, "called_fraction": 0.75}
     assert comp["E2"]["n_cells"] == 4 and comp["E2"]["called_fraction"] == 1.0
-    assert "true_label_accuracy" not in m                                # no truth, no truth metrics
-    assert balanced_accuracy([1, 1], [1, 1])[0] == 1.0                  # one class present: its recall
+    assert "true_label_accuracy" not in m  # no truth, no truth metrics
+    assert balanced_accuracy([1, 1], [1, 1])[0] == 1.0  # one class present: its recall
 
 
 def _ok_metrics(**kw):
-    m = {"n_cells": 100, "called_fraction": 0.4, "well_label_auroc": 0.8,
-         "test_composition": [{"well": "A", "condition": "Ref"}, {"well": "B", "condition": "Exp"}],
-         "calibration": {"used": True, "ok": True, "at_bound": [], "a": 2.0, "lo": 0.3, "hi": 0.9, "b": 0.1}}
+    m = {
+        "n_cells": 100,
+        "called_fraction": 0.4,
+        "well_label_auroc": 0.8,
+        "test_composition": [{"well": "A", "condition": "Ref"}, {"well": "B", "condition": "Exp"}],
+        "calibration": {"used": True, "ok": True, "at_bound": [], "a": 2.0, "lo": 0.3, "hi": 0.9, "b": 0.1},
+    }
     m.update(kw)
     return m
 
@@ -47,17 +57,34 @@ def test_a_healthy_run_is_ok_and_a_saturated_slope_only_warns():
     assert s["status"] == "ok" and len(s["warnings"]) == 2
 
 
-@pytest.mark.parametrize("change,reason", [
-    ({"val_accuracy": [0.5, 0.52, 0.55]}, "never beat the majority class"),       # 0.55 < 0.5 + 2·0.035
-    ({"metrics": _ok_metrics(called_fraction=1.0)}, "every test cell got the same call"),
-    ({"metrics": _ok_metrics(test_composition=[{"well": "B", "condition": "Exp"}], well_label_auroc=float("nan"))},
-     "test split holds one condition (Exp)"),
-    ({"metrics": _ok_metrics(calibration={"used": True, "lo": 4.5e-5, "a": 50.0, "at_bound": ["a", "lo"]})},
-     "parameter lo = 4.5e-05 sits on its bound"),
-    ({"metrics": _ok_metrics(calibration={"used": True, "lo": 4.5e-5, "a": 50.0, "rho_exp": 0.1,
-                                          "at_bound": ["a", "lo"]})}, "the fit contradicts itself"),
-    ({"metrics": _ok_metrics(calibration={"used": False, "a": -0.3, "b": 0.0})}, "calibration was rejected"),
-])
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ({"val_accuracy": [0.5, 0.52, 0.55]}, "never beat the majority class"),  # 0.55 < 0.5 + 2·0.035
+        ({"metrics": _ok_metrics(called_fraction=1.0)}, "every test cell got the same call"),
+        (
+            {
+                "metrics": _ok_metrics(
+                    test_composition=[{"well": "B", "condition": "Exp"}], well_label_auroc=float("nan")
+                )
+            },
+            "test split holds one condition (Exp)",
+        ),
+        (
+            {"metrics": _ok_metrics(calibration={"used": True, "lo": 4.5e-5, "a": 50.0, "at_bound": ["a", "lo"]})},
+            "parameter lo = 4.5e-05 sits on its bound",
+        ),
+        (
+            {
+                "metrics": _ok_metrics(
+                    calibration={"used": True, "lo": 4.5e-5, "a": 50.0, "rho_exp": 0.1, "at_bound": ["a", "lo"]}
+                )
+            },
+            "the fit contradicts itself",
+        ),
+        ({"metrics": _ok_metrics(calibration={"used": False, "a": -0.3, "b": 0.0})}, "calibration was rejected"),
+    ],
+)
 def test_failed_runs_are_marked_with_the_reason(change, reason):
     metrics = change.pop("metrics", _ok_metrics())
     s = _status(metrics, **change)
@@ -80,18 +107,18 @@ def test_a_run_stopped_early_is_incomplete_and_failure_wins():
 
 
 def test_beating_the_majority_needs_more_than_chance():
-    assert not beats_majority(0.72, 0.7, 100)       # 2 SE = 0.092
+    assert not beats_majority(0.72, 0.7, 100)  # 2 SE = 0.092
     assert beats_majority(0.80, 0.7, 100)
-    assert beats_majority(0.71, 0.7, 10 ** 7)
+    assert beats_majority(0.71, 0.7, 10**7)
 
 
 def test_bags_on_a_plate_where_most_exposed_cells_respond_and_a_missing_fraction_warn():
     frac = {"available": True, "fit": {"rho_exp": 0.9, "rho_ref": 0.01}}
     s = _status(_ok_metrics(affected_fraction=frac), bag_size=4)
     assert s["status"] == "ok" and any("bags of 4" in w and "data.bag_size=1" in w for w in s["warnings"]), s
-    assert _status(_ok_metrics(affected_fraction=frac), bag_size=1)["warnings"] == []          # per cell: fine
+    assert _status(_ok_metrics(affected_fraction=frac), bag_size=1)["warnings"] == []  # per cell: fine
     few = {"available": True, "fit": {"rho_exp": 0.45, "rho_ref": 0.05}}
-    assert _status(_ok_metrics(affected_fraction=few), bag_size=4)["warnings"] == []           # a minority: bags fit
+    assert _status(_ok_metrics(affected_fraction=few), bag_size=4)["warnings"] == []  # a minority: bags fit
     none = {"available": False, "reason": "no exposed cells unlike the reference"}
     s = _status(_ok_metrics(affected_fraction=none), bag_size=4)
     # before: ok with a warning — a run that has not answered its question is not ok
@@ -104,9 +131,15 @@ def test_test_cells_at_chance_fail_the_run():
     comp = [{"well": "A", "condition": "Ref", "n_cells": 1300}, {"well": "B", "condition": "Exp", "n_cells": 1313}]
     s = _status(_ok_metrics(well_label_auroc=0.500, test_composition=comp), val_auroc=[(0.567, 0.032)])
     assert s["status"] == "failed" and "test cells' well-label AUROC is 0.500" in s["reasons"][0], s
-    assert _status(_ok_metrics(well_label_auroc=0.55, test_composition=comp), val_auroc=[(0.567, 0.032)])["status"] == "ok"
-    assert _status(_ok_metrics(well_label_auroc=0.515, test_composition=comp[:1] + comp[1:]),
-                   val_auroc=[(0.567, 0.032)])["status"] == "failed"          # 0.515 − 2·0.0113 < 0.5
+    assert (
+        _status(_ok_metrics(well_label_auroc=0.55, test_composition=comp), val_auroc=[(0.567, 0.032)])["status"] == "ok"
+    )
+    assert (
+        _status(_ok_metrics(well_label_auroc=0.515, test_composition=comp[:1] + comp[1:]), val_auroc=[(0.567, 0.032)])[
+            "status"
+        ]
+        == "failed"
+    )  # 0.515 − 2·0.0113 < 0.5
 
 
 def _validation(rng, n_ref: int, n_exp: int, shift: float):
@@ -128,13 +161,16 @@ def test_an_unbalanced_validation_set_is_judged_by_auroc_not_by_the_majority_sha
     rng = np.random.default_rng(0)
     acc, majority, n, useful = _validation(rng, 261, 39, shift=1.5)
     assert acc < majority and useful[0] > 0.8 and useful[0] - 2 * useful[1] > 0.5
-    s = _status(_ok_metrics(), val_accuracy=[acc], val_majority=majority, n_val=n)                 # the old rule
+    s = _status(_ok_metrics(), val_accuracy=[acc], val_majority=majority, n_val=n)  # the old rule
     assert s["status"] == "failed" and "never beat the majority class" in s["reasons"][0]
-    assert _status(_ok_metrics(), val_accuracy=[acc], val_majority=majority, n_val=n,
-                   val_auroc=[useful]) == {"status": "ok", "reasons": [], "warnings": []}
+    assert _status(_ok_metrics(), val_accuracy=[acc], val_majority=majority, n_val=n, val_auroc=[useful]) == {
+        "status": "ok",
+        "reasons": [],
+        "warnings": [],
+    }
 
     _, majority, n, chance = _validation(rng, 261, 39, shift=0.0)
-    lucky = [0.85, 0.93]                                      # above the bar 0.87 + 2·0.019 = 0.909
+    lucky = [0.85, 0.93]  # above the bar 0.87 + 2·0.019 = 0.909
     assert _status(_ok_metrics(), val_accuracy=lucky, val_majority=majority, n_val=n)["status"] == "ok"
     s = _status(_ok_metrics(), val_accuracy=lucky, val_majority=majority, n_val=n, val_auroc=[(0.45, 0.05), chance])
     assert s["status"] == "failed", s
@@ -147,7 +183,7 @@ def test_the_auroc_rule_needs_two_standard_errors_and_both_conditions():
     assert beats_chance(0.62, 0.05) and not beats_chance(0.60, 0.05) and not beats_chance(float("nan"), 0.05)
     s = _status(_ok_metrics(), val_auroc=[(float("nan"), float("nan"))])
     assert s["status"] == "failed" and "validation cells hold one condition" in s["reasons"][0]
-    assert _status(_ok_metrics(), val_auroc=[(0.55, 0.04), (0.7, 0.04)])["status"] == "ok"   # one epoch is enough
+    assert _status(_ok_metrics(), val_auroc=[(0.55, 0.04), (0.7, 0.04)])["status"] == "ok"  # one epoch is enough
 
 
 def test_the_history_records_each_epochs_validation_auroc_and_its_standard_error(tiny_store):
@@ -157,13 +193,22 @@ def test_the_history_records_each_epochs_validation_auroc_and_its_standard_error
 
     from protocell.training.callbacks import ValAccuracyHistory
 
-    dm = tiny_data(tiny_store, crop_size=64, zero_background=True, batch_size=8, eval_batch_size=16,
-                   test_fraction=0.3, val_fraction=0.3, seed=0)
+    dm = tiny_data(
+        tiny_store,
+        crop_size=64,
+        zero_background=True,
+        batch_size=8,
+        eval_batch_size=16,
+        test_fraction=0.3,
+        val_fraction=0.3,
+        seed=0,
+    )
     module = tiny_module()
     module.phase = "joint"
     history = ValAccuracyHistory()
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[history])
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[history]
+    )
     trainer.validate(module, datamodule=dm, verbose=False)
     (entry,) = history.history
     assert entry["auroc"] == pytest.approx(float(trainer.callback_metrics["val/auroc"]))
@@ -171,4 +216,4 @@ def test_the_history_records_each_epochs_validation_auroc_and_its_standard_error
     assert history.aurocs() == [(entry["auroc"], entry["auroc_se"])] and history.accuracies() == [entry["acc"]]
     module.phase = "pretrain"
     trainer.validate(module, datamodule=dm, verbose=False)
-    assert len(history.aurocs()) == 1 and len(history.aurocs("baseline")) == 2    # the probe's epochs: baseline only
+    assert len(history.aurocs()) == 1 and len(history.aurocs("baseline")) == 2  # the probe's epochs: baseline only

@@ -24,7 +24,7 @@ def test_well_bootstrap_pools_the_drawn_wells_cells_with_repetition():
     lr = np.exp(rng.normal(0, 2, 30))
     well = np.repeat(["a", "b", "c"], [5, 10, 15])
     boots = bootstrap_wells(lr, well, 6, np.random.default_rng(7))
-    replay = np.random.default_rng(7).integers(0, 3, (6, 3))      # the wells each resample drew
+    replay = np.random.default_rng(7).integers(0, 3, (6, 3))  # the wells each resample drew
     for b in range(6):
         pooled = np.concatenate([lr[well == "abc"[k]] for k in replay[b]])
         assert boots[b] == pytest.approx(mixture_fraction(pooled), abs=1e-8)
@@ -58,13 +58,14 @@ def test_logistic_fit_recovers_the_ec50_of_noiseless_and_of_noisy_points():
     assert logistic4(np.log10(0.5), 0.05, 0.7, np.log10(0.5), 1.0) == pytest.approx(0.375)
     assert logistic4(np.log10(5.0), 0.05, 0.7, np.log10(0.5), 1.0) == pytest.approx(0.05 + 0.65 * 10 / 11)
     from protocell.score.dose import _jacobian  # the hand derivatives against finite differences
+
     p0, x0, h = np.array([0.1, 0.8, -0.2, 1.3]), np.log10(doses), 1e-6
     numeric = np.stack([(logistic4(x0, *(p0 + h * e)) - logistic4(x0, *(p0 - h * e))) / (2 * h) for e in np.eye(4)], 1)
     assert np.allclose(_jacobian(p0, x0), numeric, atol=1e-6)
     fit = fit_logistic(doses, y)
     assert fit["ok"] and fit["ec50"] == pytest.approx(0.5, rel=1e-4) and fit["hill"] == pytest.approx(1.0, rel=1e-3)
     assert fit["bottom"] == pytest.approx(0.05, abs=1e-4) and fit["r2"] == pytest.approx(1.0)
-    falling = fit_logistic(doses, 1 - y)                       # a falling curve: top below bottom, same EC50
+    falling = fit_logistic(doses, 1 - y)  # a falling curve: top below bottom, same EC50
     assert falling["ec50"] == pytest.approx(0.5, rel=1e-4) and falling["top"] < falling["bottom"]
     # 3 replicate wells per dose, noise of a well's estimated fraction (sd 0.04): the EC50 within 1.5×,
     # and its bootstrap-over-wells CI covers the truth
@@ -86,8 +87,12 @@ def test_dose_response_fits_each_compound_and_skips_wells_without_a_dose():
     from protocell.score.dose import dose_response, logistic4
 
     doses = [0.1, 1, 10, 100, 1000]
-    rows = [{"compound": c, "dose": d, "y": logistic4(np.log10(d), 0, 1, np.log10(e), 1.5)}
-            for c, e in (("A", 3.0), ("B", 300.0)) for d in doses for _ in range(2)]
+    rows = [
+        {"compound": c, "dose": d, "y": logistic4(np.log10(d), 0, 1, np.log10(e), 1.5)}
+        for c, e in (("A", 3.0), ("B", 300.0))
+        for d in doses
+        for _ in range(2)
+    ]
     rows += [{"compound": "A", "dose": 0.0, "y": 0.0}, {"compound": "", "dose": np.nan, "y": 0.5}]
     out = dose_response(pd.DataFrame(rows), "y", n_boot=20).set_index("compound")
     assert list(out.index) == ["A", "B"] and out.loc["A", "n_vehicle"] == 1 and out.loc["A", "n_wells"] == 11
@@ -98,17 +103,34 @@ def test_dose_response_fits_each_compound_and_skips_wells_without_a_dose():
 def _wells_and_cells(seed=0, P=3):
     """Two reference wells and two replicate wells of one treatment, plus a well of its own."""
     rng = np.random.default_rng(seed)
-    spec = [("A01", "Ref", "Ref", 0.0), ("A02", "Ref", "Ref", 0.0), ("C01", "", "C1 · 1", 0.4), ("C02", "", "C1 · 1", 0.4),
-            ("C03", "", "C1 · 10", 0.9)]
-    wells = pd.DataFrame([{"plate": "p1", "well": w, "condition": c, "treatment": t, "compound": "C1" if not c else "",
-                           "dose": np.nan} for w, c, t, _ in spec])
+    spec = [
+        ("A01", "Ref", "Ref", 0.0),
+        ("A02", "Ref", "Ref", 0.0),
+        ("C01", "", "C1 · 1", 0.4),
+        ("C02", "", "C1 · 1", 0.4),
+        ("C03", "", "C1 · 10", 0.9),
+    ]
+    wells = pd.DataFrame(
+        [
+            {
+                "plate": "p1",
+                "well": w,
+                "condition": c,
+                "treatment": t,
+                "compound": "C1" if not c else "",
+                "dose": np.nan,
+            }
+            for w, c, t, _ in spec
+        ]
+    )
     cells = []
     for w, c, _t, shift in spec:
         n = int(rng.integers(8, 20))
         sims = rng.normal(1.0, 0.3, (n, P))
         sims[:, 0] += shift
-        cells.append(pd.DataFrame({"plate": "p1", "well": w, "condition": c,
-                                   **{f"sim_p{j}": sims[:, j] for j in range(P)}}))
+        cells.append(
+            pd.DataFrame({"plate": "p1", "well": w, "condition": c, **{f"sim_p{j}": sims[:, j] for j in range(P)}})
+        )
     return wells, pd.concat(cells, ignore_index=True)
 
 
@@ -134,8 +156,8 @@ def test_enrichment_equals_a_direct_loop_and_its_ci_brackets_the_difference():
         if np.isfinite(row["ci_low"]):
             assert row["ci_low"] <= row["difference"] <= row["ci_high"]
     t = out[(out["level"] == "treatment")].set_index(["treatment", "prototype"])
-    assert t.loc[("C1 · 1", 0), "ci_low"] > 0 and t.loc[("C1 · 1", 0), "n_wells"] == 2   # the planted shift, over wells
-    assert np.isnan(t.loc[("C1 · 10", 0), "ci_low"])                                     # one well: no CI over wells
+    assert t.loc[("C1 · 1", 0), "ci_low"] > 0 and t.loc[("C1 · 1", 0), "n_wells"] == 2  # the planted shift, over wells
+    assert np.isnan(t.loc[("C1 · 10", 0), "ci_low"])  # one well: no CI over wells
     assert out.loc[(out["level"] == "well") & (out["well"] == "C03") & (out["prototype"] == 0), "ci_low"].iloc[0] > 0
 
 
@@ -143,7 +165,7 @@ def test_top_prototypes_rank_the_largest_treatment_difference():
     from protocell.score.tables import enrichment, top_prototypes
 
     wells, cells = _wells_and_cells(P=4)
-    cells["sim_p2"] -= np.where(cells["well"] == "C03", 2.0, 0.0)          # p2 falls hard in one treatment
+    cells["sim_p2"] -= np.where(cells["well"] == "C03", 2.0, 0.0)  # p2 falls hard in one treatment
     out = enrichment(cells, wells, cells[cells["condition"] == "Ref"], ["Ref"] * 4, n_boot=10)
     assert top_prototypes(out, ["C1 · 1", "C1 · 10"], 2) == [2, 0]
     assert top_prototypes(out, ["nothing"], 2) == []
@@ -187,9 +209,9 @@ def test_the_fraction_is_biased_when_a_wells_unaffected_cells_do_not_look_like_t
         return mixture_fraction(reference_lr(scores(3000, 0.2, shift), fit))
 
     bias = {d: estimate(d) - 0.2 for d in (-1.0, 0.0, 0.5, 1.0)}
-    assert abs(bias[0.0]) < 0.03                              # the assumption holds: on target
-    assert bias[0.5] > 0.04 and bias[1.0] > 0.1               # exposed-looking unaffected cells: over-estimated
-    assert bias[-1.0] < -0.01                                 # the other way: under-estimated
+    assert abs(bias[0.0]) < 0.03  # the assumption holds: on target
+    assert bias[0.5] > 0.04 and bias[1.0] > 0.1  # exposed-looking unaffected cells: over-estimated
+    assert bias[-1.0] < -0.01  # the other way: under-estimated
     assert bias[-1.0] < bias[0.0] < bias[0.5] < bias[1.0]
 
 

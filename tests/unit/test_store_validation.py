@@ -35,13 +35,22 @@ def test_an_intact_store_opens(store):
     assert len(s) > 0 and s.crop(0).shape == (2, 64, 64)
 
 
-@pytest.mark.parametrize("damage,message", [
-    ("missing_shard", r"shards/\S+\.crops\.npy: missing"),
-    ("truncated_shard", r"shards/\S+\.masks\.npy: truncated \(\d+ of \d+ bytes\)"),
-    ("short_shard", r"shards/\S+\.crops\.npy: shape \(3, 2, 64, 64\), the manifest and store.json need \(\d+, 2, 64, 64\)"),
-    ("wrong_crop_size", r"crops\.npy: shape \(\d+, 2, 64, 64\), the manifest and store.json need \(\d+, 2, 96, 96\)"),
-    ("not_npy", r"crops\.npy: not a readable \.npy file"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("missing_shard", r"shards/\S+\.crops\.npy: missing"),
+        ("truncated_shard", r"shards/\S+\.masks\.npy: truncated \(\d+ of \d+ bytes\)"),
+        (
+            "short_shard",
+            r"shards/\S+\.crops\.npy: shape \(3, 2, 64, 64\), the manifest and store.json need \(\d+, 2, 64, 64\)",
+        ),
+        (
+            "wrong_crop_size",
+            r"crops\.npy: shape \(\d+, 2, 64, 64\), the manifest and store.json need \(\d+, 2, 96, 96\)",
+        ),
+        ("not_npy", r"crops\.npy: not a readable \.npy file"),
+    ],
+)
 def test_damaged_shards_are_named_with_the_fix(store, damage, message):
     crops = first_shard(store)
     if damage == "missing_shard":
@@ -69,14 +78,14 @@ def test_corrupt_store_json_and_missing_or_broken_manifest(store, tiny_store, tm
     shutil.copy(tiny_store / "store.json", store / "store.json")
     (store / "manifest.csv").unlink()
     with pytest.raises(StoreError, match=f"{store / 'manifest.csv'} is missing.*delete {store} and run again"):
-        CropStore(store)                       # a synthetic store's fix: regenerate it
+        CropStore(store)  # a synthetic store's fix: regenerate it
     shutil.copy(tiny_store / "manifest.csv", store / "manifest.csv")
-    with open(store / "manifest.csv", "a") as fh:          # an edit after store.json was written
+    with open(store / "manifest.csv", "a") as fh:  # an edit after store.json was written
         fh.write("\n")
     with pytest.raises(StoreError, match=r"manifest.csv is not the manifest .*store.json was written with"):
         CropStore(store)
     info = json.loads((store / "store.json").read_text())
-    del info["manifest_sha1"]                               # as a writer without the hash (or an edit on purpose)
+    del info["manifest_sha1"]  # as a writer without the hash (or an edit on purpose)
     (store / "store.json").write_text(json.dumps(info))
     (store / "manifest.csv").write_text("cell_id,image_id\n0,a\n")
     with pytest.raises(StoreError, match=r"manifest.csv lacks columns \['plate', 'well'"):
@@ -100,9 +109,22 @@ def test_a_crop_size_above_the_stores_is_warned(tiny_store, caplog):
 def test_train_refuses_a_damaged_store_before_the_first_epoch(store, tmp_path):
     first_shard(store, "masks").write_bytes(b"\x93NUMPY")
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "train.py", "data=prepared", f"data.path={store}", f"hydra.run.dir={run}",
-                           "threads=1", "trainer.enable_progress_bar=false"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "data=prepared",
+            f"data.path={store}",
+            f"hydra.run.dir={run}",
+            "threads=1",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"\ntrain: the crop store {store} is damaged" in proc.stderr and "masks.npy" in proc.stderr
     assert not (run / "checkpoints").exists() and not (run / "metrics.csv").exists()

@@ -34,7 +34,7 @@ def test_true_labels_and_masks_line_up_with_the_pixels():
         body = labels == c["label_id"]
         assert c["true_label"] == 1
         tex = (texture > 0) & body
-        assert tex.sum() > 20                      # every affected cell carries its change
+        assert tex.sum() > 20  # every affected cell carries its change
         cy, cx = np.nonzero(body)
         assert abs(cy.mean() - c["centroid_y"]) < 1e-6
     _, labels_ref, texture_ref, cells_ref = render_field(np.random.default_rng(1), spec, "Ref", 1.0)
@@ -56,14 +56,15 @@ def test_planted_change_is_exactly_where_its_mask_says():
         b, _, body_b, tex_b = _render_cell(np.random.default_rng(seed), 18.0, False, p)
         diff = a - b
         assert np.array_equal(body, body_b) and not tex_b.any()
-        assert diff[~tex].max() < 0.01 * diff.max()        # outside: at most the 3-sigma tail of a punctum
-        assert diff[tex].max() > 0.3                       # bright puncta inside it
-        assert tex.sum() < 0.35 * body.sum()               # local: a part of the cytoplasm
+        assert diff[~tex].max() < 0.01 * diff.max()  # outside: at most the 3-sigma tail of a punctum
+        assert diff[tex].max() > 0.3  # bright puncta inside it
+        assert tex.sum() < 0.35 * body.sum()  # local: a part of the cytoplasm
 
 
 def test_write_fields_writes_tiffs_with_ground_truth(tmp_path):
-    out = write_fields(tmp_path, WellSpec(wells_per_condition=1, fields_per_well=1, field_size=128,
-                                          cells_per_field=4, seed=2))
+    out = write_fields(
+        tmp_path, WellSpec(wells_per_condition=1, fields_per_well=1, field_size=128, cells_per_field=4, seed=2)
+    )
     img = tifffile.imread(out / "fields" / "plate1_A01_f0.tif")
     lab = tifffile.imread(out / "fields" / "plate1_A01_f0.labels.tif")
     assert img.shape == (2, 128, 128) and lab.shape == (128, 128) and lab.max() >= 1
@@ -78,16 +79,19 @@ def test_split_keeps_each_image_and_well_in_one_split(tiny_store):
         assert (m.assign(split=s).groupby("image_id")["split"].nunique() == 1).all()
         assert {"train", "test"} <= set(s)
     s = split_by_image(m, 0.5, 0.3, seed=0, unit="well")
-    assert (m.assign(split=s)[s == "test"].groupby("well")["split"].size()
-            == m[s == "test"].groupby("well").size()).all()
+    assert (
+        m.assign(split=s)[s == "test"].groupby("well")["split"].size() == m[s == "test"].groupby("well").size()
+    ).all()
     with pytest.raises(ConfigError, match="split_by"):
         split_by_image(m, 0.5, 0.3, 0, unit="field")
 
 
 @pytest.fixture(scope="module")
 def eight_wells(tmp_path_factory):
-    return build_store(tmp_path_factory.mktemp("eight"), WellSpec(wells_per_condition=8, fields_per_well=3,
-                                                                    field_size=128, cells_per_field=3, seed=5))
+    return build_store(
+        tmp_path_factory.mktemp("eight"),
+        WellSpec(wells_per_condition=8, fields_per_well=3, field_size=128, cells_per_field=3, seed=5),
+    )
 
 
 @pytest.mark.parametrize("unit", ["image", "well"])
@@ -100,29 +104,35 @@ def test_validation_cells_come_from_wells_that_never_train(eight_wells, unit):
     s, info = split_rows(m, 0.5, 0.2, seed=0, unit=unit)
     wells = m.assign(split=s).groupby("well")["split"].agg(set)
     val_wells = [w for w, ss in wells.items() if "val" in ss]
-    assert len(val_wells) >= 2                                       # round(0.2 · wells with training images) ≥ 1 a condition
+    assert len(val_wells) >= 2  # round(0.2 · wells with training images) ≥ 1 a condition
     assert all("train" not in wells[w] for w in val_wells)
     assert info["val_unit"] == {"Exp": "well", "Ref": "well"}
     if unit == "well":
-        assert all(len(ss) == 1 for ss in wells)                     # every well in one split
-        assert info["wells"] == {"train": {"Exp": 3, "Ref": 3}, "val": {"Exp": 1, "Ref": 1},
-                                 "test": {"Exp": 4, "Ref": 4}}
-    else:                                                            # test images from every well
+        assert all(len(ss) == 1 for ss in wells)  # every well in one split
+        assert info["wells"] == {
+            "train": {"Exp": 3, "Ref": 3},
+            "val": {"Exp": 1, "Ref": 1},
+            "test": {"Exp": 4, "Ref": 4},
+        }
+    else:  # test images from every well
         assert sum(info["wells"]["test"].values()) > 8 and min(info["wells"]["train"].values()) >= 5
 
 
-def test_split_auto_splits_by_well_only_when_every_condition_keeps_five_training_wells(eight_wells, tiny_store,
-                                                                                       tmp_path_factory):
+def test_split_auto_splits_by_well_only_when_every_condition_keeps_five_training_wells(
+    eight_wells, tiny_store, tmp_path_factory
+):
     from protocell.data.datamodule import choose_split
 
     unit, why = choose_split(CropStore(eight_wells).manifest, 0.5, 0.2, "auto")
-    assert unit == "image" and "Exp: 3, Ref: 3 training well(s)" in why          # 8 wells: 4 test, 1 val, 3 train
+    assert unit == "image" and "Exp: 3, Ref: 3 training well(s)" in why  # 8 wells: 4 test, 1 val, 3 train
     unit, why = choose_split(CropStore(tiny_store).manifest, 0.5, 0.2, "auto")
     assert unit == "image" and "Exp: 1, Ref: 1 training well(s)" in why
     assert choose_split(CropStore(tiny_store).manifest, 0.5, 0.2, "well")[0] == "well"
-    twelve = build_store(tmp_path_factory.mktemp("twelve"), WellSpec(wells_per_condition=12, fields_per_well=1,
-                                                                      field_size=128, cells_per_field=3, seed=5))
-    dm = tiny_data(twelve, seed=0)                                           # 6 test, 1 val, 5 train
+    twelve = build_store(
+        tmp_path_factory.mktemp("twelve"),
+        WellSpec(wells_per_condition=12, fields_per_well=1, field_size=128, cells_per_field=3, seed=5),
+    )
+    dm = tiny_data(twelve, seed=0)  # 6 test, 1 val, 5 train
     dm.setup()
     assert dm.split_unit == "well" and "keeps ≥ 5 training wells" in dm.split_why
     m = dm.store.manifest
@@ -148,13 +158,13 @@ def test_zero_margin_hides_the_outline_but_keeps_the_cells_mask(tiny_store):
     for i in range(5):
         x0, m0, *_ = plain[i]
         x2, m2, *_ = shrunk[i]
-        assert torch.equal(m0, m2)                                   # distance term and figures: the cell's mask
+        assert torch.equal(m0, m2)  # distance term and figures: the cell's mask
         keep = torch.from_numpy(zeroing_mask(m0[0].numpy(), 2)).bool()
         assert 0 < keep.sum() < (m0[0] > 0).sum()
         assert (x2[:, ~keep] == 0).all() and torch.equal(x2[:, keep], x0[:, keep])
     tiny = np.zeros((9, 9), np.uint8)
     tiny[3:6, 3:6] = 1
-    assert np.array_equal(zeroing_mask(tiny, 2), tiny)               # a cell erosion would erase stays whole
+    assert np.array_equal(zeroing_mask(tiny, 2), tiny)  # a cell erosion would erase stays whole
     assert zeroing_mask(tiny, 1).sum() == 1
     for bad in (-1, 1.5):
         with pytest.raises(ConfigError, match="zero_margin"):
@@ -167,7 +177,7 @@ def test_zero_margin_erosion_equals_scipys_city_block_erosion():
     rng = np.random.default_rng(0)
     for _trial in range(40):
         mask = (ndi.gaussian_filter(rng.random((37, 41)), 3) > 0.5).astype(np.uint8)
-        mask[rng.integers(0, 37), :] = 1                             # cells that touch the crop's border too
+        mask[rng.integers(0, 37), :] = 1  # cells that touch the crop's border too
         for margin in (1, 2, 3):
             want = ndi.binary_erosion(mask > 0, iterations=margin)
             got = zeroing_mask(mask, margin)
@@ -188,9 +198,27 @@ def test_per_cell_normalisation_removes_a_well_gain(tiny_store, tmp_path):
     bright = np.clip((crops.astype(np.float64) - 100) * 1.6 + 100, 0, 65535).round().astype(crops.dtype)
     w = CropStoreWriter(tmp_path / "gain", src.channels, crops.shape[-1], source="test")
     for k, (name, c) in enumerate((("dim", crops), ("bright", bright))):
-        w.write_shard(name, c, masks, [{"cell_id": k * 6 + i, "image_id": name, "well": name, "condition": "Ref",
-                                        "label": 0, "bbox_y0": 0, "bbox_x0": 0, "bbox_y1": 1, "bbox_x1": 1,
-                                        "centroid_y": 0, "centroid_x": 0} for i in range(6)])
+        w.write_shard(
+            name,
+            c,
+            masks,
+            [
+                {
+                    "cell_id": k * 6 + i,
+                    "image_id": name,
+                    "well": name,
+                    "condition": "Ref",
+                    "label": 0,
+                    "bbox_y0": 0,
+                    "bbox_x0": 0,
+                    "bbox_y1": 1,
+                    "bbox_x1": 1,
+                    "centroid_y": 0,
+                    "centroid_x": 0,
+                }
+                for i in range(6)
+            ],
+        )
     w.finish()
     store = CropStore(tmp_path / "gain")
     lo, hi = np.zeros(2, np.float32), np.full(2, 1000.0, np.float32)
@@ -247,14 +275,16 @@ def test_photometric_augmentation_is_seeded_keeps_background_zero_and_is_off_by_
     on = items({"gain": 0.4, "blur": 1.0, "noise": 0.03})
     again = items({"gain": 0.4, "blur": 1.0, "noise": 0.03})
     for (x0, m0, *_), (x1, m1, *_), (x2, *_) in zip(plain, on, again):
-        assert torch.equal(m0, m1) and torch.equal(x1, x2)           # same geometry, same draw for (seed, epoch, cell)
-        assert (x1[m1.expand_as(x1) == 0] == 0).all()                # background stays exactly zero
-        assert not torch.allclose(x0, x1)                            # the intensities did change
+        assert torch.equal(m0, m1) and torch.equal(x1, x2)  # same geometry, same draw for (seed, epoch, cell)
+        assert (x1[m1.expand_as(x1) == 0] == 0).all()  # background stays exactly zero
+        assert not torch.allclose(x0, x1)  # the intensities did change
     other_epoch = items({"gain": 0.4, "blur": 1.0, "noise": 0.03}, epoch=4)
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(on, other_epoch))
     # evaluation crops (no augmentation) are never jittered
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(items(None, augment=False),
-                                                       items({"gain": 0.4, "blur": 1.0, "noise": 0.03}, augment=False)))
+    assert all(
+        torch.equal(a[0], b[0])
+        for a, b in zip(items(None, augment=False), items({"gain": 0.4, "blur": 1.0, "noise": 0.03}, augment=False))
+    )
     # a gain alone scales each channel of the whole crop by one factor
     x0, x1 = plain[0][0], items({"gain": 0.4})[0][0]
     inside = plain[0][1][0] > 0
@@ -286,8 +316,15 @@ def test_platt_calibration_recovers_a_known_posterior_and_metrics_use_the_call()
     a, b = platt_fit(s, y)
     assert abs(a - a_true) < 0.1 and abs(b - b_true) < 0.1
     assert np.allclose(platt_apply(np.array([0.5]), a, b), 1 / (1 + np.exp(-b)))
-    df = pd.DataFrame({"label": [1, 1, 0, 0], "pred": [1, 1, 1, 0], "score": [0.9, 0.6, 0.55, 0.1],
-                       "true_label": [1, 0, 0, 0], "call": [1, 0, 0, 0]})
+    df = pd.DataFrame(
+        {
+            "label": [1, 1, 0, 0],
+            "pred": [1, 1, 1, 0],
+            "score": [0.9, 0.6, 0.55, 0.1],
+            "true_label": [1, 0, 0, 0],
+            "call": [1, 0, 0, 0],
+        }
+    )
     m = cell_metrics(df)
     assert m["true_label_accuracy"] == 1.0 and m["true_label_accuracy_argmax"] == 0.5
     assert m["well_label_accuracy"] == 0.75 and m["well_label_accuracy_argmax"] == 0.75
@@ -329,7 +366,7 @@ def test_parallel_builders_of_one_store_do_not_collide(tmp_path):
     assert len(set(paths)) == 1
     store = CropStore(paths[0])
     assert len(store) > 0 and store.crop(len(store) - 1).shape == (2, 64, 64)
-    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]   # no partial folders left
+    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]  # no partial folders left
 
 
 def test_plates_without_a_dose_series_keep_their_cache_key_and_bytes(tmp_path):
@@ -337,8 +374,8 @@ def test_plates_without_a_dose_series_keep_their_cache_key_and_bytes(tmp_path):
     same cached store), no new key in store.json or spec.json, no new manifest column."""
     import json
 
-    assert WellSpec().key() == "daabd7049fb1"                                          # the generator's default
-    assert WellSpec(wells_per_condition=8, fields_per_well=6).key() == "f01ee44b53e5"   # conf/data/synthetic.yaml
+    assert WellSpec().key() == "daabd7049fb1"  # the generator's default
+    assert WellSpec(wells_per_condition=8, fields_per_well=6).key() == "f01ee44b53e5"  # conf/data/synthetic.yaml
     path = build_store(tmp_path, WellSpec(wells_per_condition=1, fields_per_well=1, field_size=128, cells_per_field=4))
     assert "dose_series" not in json.loads((path / "store.json").read_text())["synthetic"]
     assert "dose_series" not in json.loads((path / "spec.json").read_text())
@@ -349,25 +386,39 @@ def test_dose_series_wells_follow_the_logistic_and_leave_the_controls_alone(tmp_
     from protocell.data.synthetic import DoseSeries
 
     base = {"wells_per_condition": 2, "fields_per_well": 2, "field_size": 160, "cells_per_field": 10, "seed": 5}
-    series = {"doses": [0.1, 1.0, 10.0], "replicates": 2, "ec50": 1.0, "hill": 2.0, "bottom": 0.0, "top": 1.0,
-              "stress": True}
-    plain, dosed = CropStore(build_store(tmp_path, WellSpec(**base))), CropStore(build_store(tmp_path, WellSpec(
-        **base, dose_series=series)))
+    series = {
+        "doses": [0.1, 1.0, 10.0],
+        "replicates": 2,
+        "ec50": 1.0,
+        "hill": 2.0,
+        "bottom": 0.0,
+        "top": 1.0,
+        "stress": True,
+    }
+    plain, dosed = (
+        CropStore(build_store(tmp_path, WellSpec(**base))),
+        CropStore(build_store(tmp_path, WellSpec(**base, dose_series=series))),
+    )
     # the controls are the plate without the series, cell for cell
     n = len(plain)
     assert (dosed.manifest["label"].to_numpy()[:n] >= 0).all() and (dosed.manifest["label"].to_numpy()[n:] == -1).all()
     for i in range(n):
         assert np.array_equal(plain.crop(i), dosed.crop(i)) and np.array_equal(plain.mask(i), dosed.mask(i))
     m = dosed.manifest.iloc[n:]
-    wells = m.groupby("well").agg(dose=("dose", "first"), truth=("true_fraction", "first"),
-                                  stress=("stress", "first"), observed=("true_label", "mean"), cells=("cell_id", "size"))
+    wells = m.groupby("well").agg(
+        dose=("dose", "first"),
+        truth=("true_fraction", "first"),
+        stress=("stress", "first"),
+        observed=("true_label", "mean"),
+        cells=("cell_id", "size"),
+    )
     assert set(wells.index) == {"C01", "C02", "C03", "D01", "D02", "D03", "E01", "E02", "E03"}
     assert (m["condition"] == "").all() and set(m["compound"]) <= {"C1", ""}
     doses = wells.loc[["C01", "C02", "C03"], "dose"].astype(float).tolist()
     assert doses == [0.1, 1.0, 10.0]
-    expected = [DoseSeries(**series).fraction(d) for d in doses]          # 1 / (1 + (1/d)²): 1/101, 1/2, 100/101
+    expected = [DoseSeries(**series).fraction(d) for d in doses]  # 1 / (1 + (1/d)²): 1/101, 1/2, 100/101
     assert np.allclose(wells.loc[["C01", "C02", "C03"], "truth"], expected) and np.isclose(expected[1], 0.5)
-    assert wells.loc["C01", "observed"] <= 0.2 and wells.loc["C03", "observed"] >= 0.8   # cells drawn at those fractions
+    assert wells.loc["C01", "observed"] <= 0.2 and wells.loc["C03", "observed"] >= 0.8  # cells drawn at those fractions
     assert wells.loc["E01":"E03", "stress"].tolist() == ["gain x0.5", "gain x2", "density x0.25"]
     assert wells.loc["E03", "cells"] < wells.loc["E01", "cells"]
     # a DataModule on the dose plate trains on its controls only
@@ -386,8 +437,10 @@ def test_optional_config_sections_have_their_ranges_checked():
 
     register()
     conf = Path(__file__).resolve().parents[2] / "conf"
-    for override, message in (("data.synthetic.wells_per_condition=0", "wells_per_condition=0 is invalid"),
-                              ("data.synthetic.dose_series.ec50=-1", "dose_series.ec50=-1.0 is invalid")):
+    for override, message in (
+        ("data.synthetic.wells_per_condition=0", "wells_per_condition=0 is invalid"),
+        ("data.synthetic.dose_series.ec50=-1", "dose_series.ec50=-1.0 is invalid"),
+    ):
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose("train", overrides=["plate=dose_series", override])
         with pytest.raises(ConfigError, match=message):
@@ -406,8 +459,9 @@ def test_well_effects_default_is_the_plain_plate_and_align_orders_the_wells():
     base = well_imaging(plain)
     gains = [w["gain"] for w in base]
     assert all(0.8 <= g <= 1.2 for g in gains) and {w["blur"] for w in base} == {0.8}
-    aligned = well_imaging(WellSpec(wells_per_condition=6, seed=4,
-                                    well_effects={"gain": 0.2, "blur": 0.25, "noise": 0.5, "align": 1.0}))
+    aligned = well_imaging(
+        WellSpec(wells_per_condition=6, seed=4, well_effects={"gain": 0.2, "blur": 0.25, "noise": 0.5, "align": 1.0})
+    )
     for key in ("gain", "blur", "read_noise"):
         ref = [w[key] for w in aligned if w["condition"] == "Ref"]
         exp = [w[key] for w in aligned if w["condition"] == "Exp"]
@@ -425,8 +479,11 @@ def test_the_built_in_plates_pixels_are_pinned(tmp_path):
     the cells that no mask removes — while a plate's own offset was ignored; no test compared pixels."""
     import hashlib
 
-    s = CropStore(build_store(tmp_path, WellSpec(wells_per_condition=2, fields_per_well=1, field_size=160,
-                                                     cells_per_field=6, seed=3)))
+    s = CropStore(
+        build_store(
+            tmp_path, WellSpec(wells_per_condition=2, fields_per_well=1, field_size=160, cells_per_field=6, seed=3)
+        )
+    )
     h = hashlib.sha1()
     for i in range(len(s)):
         h.update(np.ascontiguousarray(s.crop(i)).tobytes())
@@ -440,5 +497,5 @@ def test_a_plates_offset_adds_light_and_nothing_else():
     spec = WellSpec(field_size=128, cells_per_field=4, seed=1)
     plain, _, _, _ = render_field(np.random.default_rng(7), spec, "Ref", 1.0)
     lit, _, _, _ = render_field(np.random.default_rng(7), spec, "Ref", 1.0, offset=0.1)
-    gain = spec.photons * 0.1                      # 0.1 of the brightest structure, in counts
+    gain = spec.photons * 0.1  # 0.1 of the brightest structure, in counts
     assert float(lit.mean() - plain.mean()) == pytest.approx(gain, rel=0.05)

@@ -20,5 +20,12 @@ from protocell.training.callbacks.keep_best import KeepBestPretrain
 from protocell.training.callbacks.phases import PhaseCallback, apply_phase
 from protocell.training.callbacks.push import PushCallback
 
-__all__ = ["GroundTruthMonitor", "InitPrototypes", "KeepBestPretrain", "PhaseCallback", "PushCallback",
-           "ValAccuracyHistory", "apply_phase"]
+__all__ = [
+    "GroundTruthMonitor",
+    "InitPrototypes",
+    "KeepBestPretrain",
+    "PhaseCallback",
+    "PushCallback",
+    "ValAccuracyHistory",
+    "apply_phase",
+]

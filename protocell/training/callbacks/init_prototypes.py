@@ -37,9 +37,14 @@ class InitPrototypes(Callback):
         pick = torch.randperm(len(ds), generator=g)[: self.max_cells].sort().values.tolist()
         loader = DataLoader(Subset(ds, pick), batch_size=dm.eval_batch_size)
         trained_probe = any(self.pretrain)
-        protos = initial_prototypes(pl_module.net, loader, self.method,
-                                    probe=pl_module.probe if trained_probe else None,
-                                    positive=pl_module.positive, seed=int(getattr(dm, "seed", 0)))
+        protos = initial_prototypes(
+            pl_module.net,
+            loader,
+            self.method,
+            probe=pl_module.probe if trained_probe else None,
+            positive=pl_module.positive,
+            seed=int(getattr(dm, "seed", 0)),
+        )
         broadcast_tensor(protos)
         with torch.no_grad():
             pl_module.net.prototypes.copy_(protos.to(pl_module.net.prototypes.device))

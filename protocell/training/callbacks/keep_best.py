@@ -45,8 +45,14 @@ class KeepBestPretrain(Callback):
 
     MODES = ("max", "min")
 
-    def __init__(self, schedule: list[Phase], monitor: str = "val/auroc", mode: str = "max",
-                 se: str | None = "val/auroc_se", z: float = 1.96):
+    def __init__(
+        self,
+        schedule: list[Phase],
+        monitor: str = "val/auroc",
+        mode: str = "max",
+        se: str | None = "val/auroc_se",
+        z: float = 1.96,
+    ):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got '{mode}'")
         self.pretrain = [p.name == "pretrain" for p in schedule]
@@ -57,7 +63,7 @@ class KeepBestPretrain(Callback):
 
     def _better(self, value: float) -> bool:
         """Is ``value`` a new best (strictly)?"""
-        if not math.isfinite(value):        # NaN: one condition among the validation cells
+        if not math.isfinite(value):  # NaN: one condition among the validation cells
             return False
         return value > self.best["top"] if self.mode == "max" else value < self.best["top"]
 
@@ -99,22 +105,31 @@ class KeepBestPretrain(Callback):
             return
         for name, module in self._modules(pl_module).items():
             module.load_state_dict(self.best["state"][name])
-        log.info("pretrain: kept epoch %d (%s %.4f; best %.4f ± %.4f) of %d", self.best["epoch"], self.monitor,
-                 self.best["value"], self.best["top"], self.best["top_se"], sum(self.pretrain))
-        self.best.update(state=None, restored=True)   # no need to carry it in later checkpoints
+        log.info(
+            "pretrain: kept epoch %d (%s %.4f; best %.4f ± %.4f) of %d",
+            self.best["epoch"],
+            self.monitor,
+            self.best["value"],
+            self.best["top"],
+            self.best["top_se"],
+            sum(self.pretrain),
+        )
+        self.best.update(state=None, restored=True)  # no need to carry it in later checkpoints
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not self._is_pretrain(trainer.current_epoch) or self.best["restored"]:
             return
         value = trainer.callback_metrics.get(self.monitor)
-        if value is None:       # no validation cells: nothing to select on, the last epoch is kept
+        if value is None:  # no validation cells: nothing to select on, the last epoch is kept
             return
         value = float(value)
         se = trainer.callback_metrics.get(self.se) if self.se else None
         if not self.offer(value, float(se) if se is not None else 0.0):
             return
-        state = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
-                 for name, m in self._modules(pl_module).items()}
+        state = {
+            name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+            for name, m in self._modules(pl_module).items()
+        }
         self.best.update(value=value, epoch=trainer.current_epoch, state=state)
 
     def state_dict(self):
@@ -124,11 +139,18 @@ class KeepBestPretrain(Callback):
         state = dict(state_dict)
         missing = [k for k in ("monitor", "mode", "se", "z", "top", "top_se") if k not in state]
         if missing:
-            raise ProtocellError(f"the checkpoint's pretrain keep rule lacks {missing}: it was written by an older "
-                                 "protocell, which this one does not resume; start the run again")
+            raise ProtocellError(
+                f"the checkpoint's pretrain keep rule lacks {missing}: it was written by an older "
+                "protocell, which this one does not resume; start the run again"
+            )
         rule = (state.pop("monitor"), state.pop("mode"), state.pop("se"), float(state.pop("z")))
         if rule != (self.monitor, self.mode, self.se, self.z):
-            log.info("pretrain: the checkpoint chose its epoch by %s (%s, z = %g); the resumed run goes on "
-                     "choosing by that rule", rule[0], rule[1], rule[3])
+            log.info(
+                "pretrain: the checkpoint chose its epoch by %s (%s, z = %g); the resumed run goes on "
+                "choosing by that rule",
+                rule[0],
+                rule[1],
+                rule[3],
+            )
             self.monitor, self.mode, self.se, self.z = rule
         self.best = state

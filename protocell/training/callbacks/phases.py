@@ -37,5 +37,6 @@ class PhaseCallback(Callback):
         return self.schedule[min(epoch, len(self.schedule) - 1)]
 
     def on_train_epoch_start(self, trainer, pl_module):
-        apply_phase(pl_module, self.phase_at(trainer.current_epoch),
-                    trainer.optimizers[0] if trainer.optimizers else None)
+        apply_phase(
+            pl_module, self.phase_at(trainer.current_epoch), trainer.optimizers[0] if trainer.optimizers else None
+        )

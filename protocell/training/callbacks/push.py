@@ -17,8 +17,9 @@ class PushCallback(Callback):
     """Pushes at the end of every planned push epoch (``unique``: each prototype from its own cell);
     writes ``prototypes.pt`` (rank 0)."""
 
-    def __init__(self, schedule: list[Phase], out_dir: str | Path | None = None, meta: dict | None = None,
-                 unique: bool = False):
+    def __init__(
+        self, schedule: list[Phase], out_dir: str | Path | None = None, meta: dict | None = None, unique: bool = False
+    ):
         self.push = [p.push for p in schedule]
         self.unique = unique
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -46,7 +47,7 @@ class PushCallback(Callback):
         self._write(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        self._write(trainer, pl_module)        # the final last layer, after the last-layer epochs
+        self._write(trainer, pl_module)  # the final last layer, after the last-layer epochs
 
     def state_dict(self):
         return {"latent_size": self.latent_size}
