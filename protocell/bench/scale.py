@@ -14,6 +14,9 @@ at ten doses (no condition: scored), eight replicate rows. ``--wells``/``--field
 
 Measured, each step a fresh process (threads and workers set; ``OMP_NUM_THREADS=1`` everywhere):
 
+- first, the machine's own ceiling (``protocell.bench.ceiling``): a pure-CPU loop and an image-filter
+  kernel in one process and in two at once — what two tasks can gain here at all (``machine_*`` rows);
+
 - prepare of the plate in one task with 1 worker, in one task with 2 workers, and in 2 share tasks of
   1 worker each (``prepare.py -m hydra/launcher=local shards=2 shard=0,1``) + the merge: seconds,
   MPix/s (image pixels H×W per second) and per core, the peak RSS of each task (any of its processes),
@@ -454,10 +457,13 @@ def run(
     t = time.perf_counter()
     plate = write_plate(data, dims["wells"], dims["fields"], dims["size"])
     generate = time.perf_counter() - t
+    from protocell.bench.ceiling import run as ceiling
+
+    ceiling_figures = ceiling()  # what 2 processes can gain here at all, before protocell's tasks
     p, store, quarter = measure_prepare(plate, work, env)
     run_dir = train_tiny_run(work, env)
     s = measure_score(run_dir, store, quarter, work, env)
-    f = figures(p, s, plate)
+    f = {**figures(p, s, plate), **{f"machine_{k}": v for k, v in ceiling_figures.items()}}
     result = {
         "machine": _machine(),
         "dims": dims,

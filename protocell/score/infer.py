@@ -3,7 +3,7 @@ distance to every prototype, and the raw brightness inside the cell.
 
 Memory is flat in the number of cells: crops are read from the memory-mapped shards batch by batch
 (``DataLoader``), a shard is unmapped once the pass has left it, and only the per-cell numbers are
-kept (P + 3 floats a cell).
+kept (P + 3 numbers a cell, in arrays allocated once).
 """
 
 from __future__ import annotations
@@ -51,17 +51,35 @@ def infer(
     """cell_id (n,), score (n,) = P(exposed class), min_d (n, P) masked minimum distances,
     intensity (n,), finite (n,) bool (``ScoringCells``), in the order of ``cells.rows``."""
     net.eval()
+    n, P = len(cells), net.prototypes.shape[0]
+    if n == 0:
+        return {
+            "cell_id": np.zeros(0),
+            "score": np.zeros(0),
+            "min_d": np.zeros((0, P), np.float32),
+            "intensity": np.zeros(0),
+            "finite": np.zeros(0),
+        }
+    # filled in place: a list of small per-batch arrays, kept while the large batch buffers come and go, pins
+    # glibc's heap (its mmap threshold grows to the batch size) and the process grew by ~13 KB a cell
+    out = {
+        "cell_id": np.empty(n, np.int64),
+        "score": np.empty(n, np.float32),
+        "min_d": np.empty((n, P), np.float32),
+        "intensity": np.empty(n, np.float64),
+        "finite": np.empty(n, bool),
+    }
     loader = DataLoader(ScoringCells(cells), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    out = {"cell_id": [], "score": [], "min_d": [], "intensity": [], "finite": []}
-    with tqdm(total=len(cells), desc="score", unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+    i = 0
+    with tqdm(total=n, desc="score", unit="cell", disable=not progress, dynamic_ncols=True) as bar:
         for x, m, cell_id, raw, finite in loader:
             o = net(x, m)
-            out["score"].append(F.softmax(o["logits"].float(), 1)[:, positive].numpy())
-            out["min_d"].append(o["min_distances"].float().numpy())
-            out["cell_id"].append(cell_id.numpy())
-            out["intensity"].append(raw.numpy())
-            out["finite"].append(finite.numpy())
+            k = i + len(cell_id)
+            out["score"][i:k] = F.softmax(o["logits"].float(), 1)[:, positive].numpy()
+            out["min_d"][i:k] = o["min_distances"].float().numpy()
+            out["cell_id"][i:k] = cell_id.numpy()
+            out["intensity"][i:k] = raw.numpy()
+            out["finite"][i:k] = finite.numpy()
             bar.update(len(cell_id))
-    P = net.prototypes.shape[0]
-    empty = {"min_d": np.zeros((0, P), np.float32)}
-    return {k: np.concatenate(v) if v else empty.get(k, np.zeros(0)) for k, v in out.items()}
+            i = k
+    return out
