@@ -36,10 +36,15 @@ def test_the_scoring_pass_gives_each_cell_its_own_numbers_in_row_order(tiny_dm):
     cells = tiny_dm.dataset_of(tiny_dm.store, rows)
     got = infer(net, cells, 1, batch_size=5, progress=False)
     assert got["min_d"].shape == (23, net.prototypes.shape[0])
-    assert {k: v.dtype for k, v in got.items()} == {"cell_id": np.int64, "score": np.float32, "min_d": np.float32,
-                                                     "intensity": np.float64, "finite": np.bool_}
+    assert {k: v.dtype for k, v in got.items()} == {
+        "cell_id": np.int64,
+        "score": np.float32,
+        "min_d": np.float32,
+        "intensity": np.float64,
+        "finite": np.bool_,
+    }
     with torch.no_grad():
-        for j in (0, 4, 5, 22):                      # a batch's first and last cell, the next batch's, the last
+        for j in (0, 4, 5, 22):  # a batch's first and last cell, the next batch's, the last
             x, m, _, cell_id = cells[j]
             o = net(x[None], m[None])
             assert got["cell_id"][j] == cell_id == tiny_dm.store.manifest["cell_id"].iloc[rows[j]]
