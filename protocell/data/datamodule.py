@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from protocell.config import NORMALIZE, SPLIT_BY
+from protocell.config import SPLIT_BY, DataConfig, MaskConfig, check_fields
 from protocell.data.dataset import CellDataset, EpochSampler, Photometric
 from protocell.data.normalization import auto_normalization
 from protocell.data.split import assign, n_out
@@ -264,17 +264,18 @@ class CellDataModule(L.LightningDataModule):
         """Every setting is given: the values live in conf/ (``data``, ``mask``) and ``protocell.config``
         (``build.build_datamodule`` passes them; a run folder's config.yaml carries its own)."""
         super().__init__()
+        # the ranges of single keys are the schema's (DataConfig, MaskConfig); those that tie keys together
+        # (a batch of whole bags) or need the store (the channels, the crop size) are checked here and in setup
+        given = {k: v for k, v in locals().items() if k not in ("self", "path", "__class__")}
+        check_fields(given, DataConfig, "data")
+        check_fields(given, MaskConfig, "mask")
         self.path = Path(path)
         self.crop_size = crop_size
         self.channel_names = channels
         self.zero_background = zero_background
-        if int(zero_margin) != zero_margin or zero_margin < 0:
-            raise ConfigError.invalid("mask.zero_margin", zero_margin, "a whole number of pixels ≥ 0")
         self.zero_margin = int(zero_margin)
         self.augment = augment
         self.photometric = Photometric(**(photometric or {}))
-        if normalize not in NORMALIZE:
-            raise ConfigError.invalid("data.normalize", normalize, f"one of {NORMALIZE}")
         self.normalize = normalize
         self.normalize_why = f"data.normalize={normalize} (set in the config)"
         self.test_fraction, self.val_fraction = test_fraction, val_fraction

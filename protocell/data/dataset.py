@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.functional import gaussian_blur
 
+from protocell.config import PhotometricConfig, check_fields
 from protocell.data.store import CropStore
 
 
@@ -41,8 +42,9 @@ class Photometric:
     """
 
     def __init__(self, gain: float = 0.0, blur: float = 0.0, noise: float = 0.0):
-        if min(gain, blur, noise) < 0:
-            raise ValueError(f"photometric gain, blur and noise must be ≥ 0, got {gain}, {blur}, {noise}")
+        """0 switches a part off (no photometric augmentation: ``Photometric()``); ranges:
+        ``protocell.config.PhotometricConfig``."""
+        check_fields({"gain": gain, "blur": blur, "noise": noise}, PhotometricConfig, "data.photometric")
         self.gain, self.blur, self.noise = float(gain), float(blur), float(noise)
 
     def __bool__(self) -> bool:
