@@ -31,8 +31,8 @@ test: setup lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(THREADS) --dist loadfile
 
 test-fast: setup
-	@# the unit tests only: no training run, no subprocess CLI
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(THREADS) --dist loadfile tests/unit
+	@# the unit tests only, without those marked slow (a training run, a CLI end to end): about a minute
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(THREADS) --dist loadfile -m "not slow" tests/unit
 
 run: setup
 	$(BIN)/python train.py

@@ -128,6 +128,7 @@ def test_one_output_has_one_writer_and_the_refusal_names_the_holder(plate, good)
     assert snapshot(good) == before
 
 
+@pytest.mark.slow  # runs prepare.py / train.py end to end
 def test_the_repair_the_store_error_prints_repairs_the_store(plate, tmp_path):
     """Issue 25.3, end to end: a truncated shard, a deleted one, a truncated augmented mask and a damaged
     resumability record; the error names the command that wrote the store, and that command (also with

@@ -51,7 +51,14 @@ def test_vgg11_receptive_field_is_150():
 
 
 @pytest.mark.parametrize(
-    "name,size", [("vgg11_narrow", 320), ("vgg11", 320), ("resnet18", 800), ("resnet50", 800), ("vgg16", 448)]
+    "name,size",
+    [
+        ("vgg11_narrow", 320),
+        ("vgg11", 320),
+        ("resnet18", 800),
+        pytest.param("resnet50", 800, marks=pytest.mark.slow),  # 10-12 s each: make test, not make test-fast
+        pytest.param("vgg16", 448, marks=pytest.mark.slow),
+    ],
 )
 def test_analytic_rf_matches_gradient_rf(name, size):
     b = build_backbone(name, 2, width=0.125)

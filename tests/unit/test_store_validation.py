@@ -106,6 +106,7 @@ def test_a_crop_size_above_the_stores_is_warned(tiny_store, caplog):
     assert "upscaled ×1.50" in caplog.text and "data.crop_size=64 or smaller" in caplog.text
 
 
+@pytest.mark.slow  # runs prepare.py / train.py end to end
 def test_train_refuses_a_damaged_store_before_the_first_epoch(store, tmp_path):
     first_shard(store, "masks").write_bytes(b"\x93NUMPY")
     run = tmp_path / "run"
