@@ -35,6 +35,7 @@ from protocell.training.callbacks import (
     KeepBestPretrain,
     PhaseCallback,
     PushCallback,
+    StopOnInterrupt,
     ValAccuracyHistory,
 )
 from protocell.training.checkpoint import AtomicCheckpointIO, EpochCheckpoint, check_resume, cluster_plugins
@@ -52,6 +53,7 @@ def callbacks_for(cfg, schedule, folder: RunFolder, meta: dict, truth: bool) -> 
         PushCallback(schedule, folder.root, meta, unique=bool(cfg.prototypes.push_unique)),
         *([GroundTruthMonitor()] if truth else []),
         EpochCheckpoint(folder.checkpoint, len(schedule)),
+        StopOnInterrupt(),
     ]
 
 

@@ -36,7 +36,7 @@ def env_for(tmp):
 class Run(subprocess.Popen):
     """train.py in the background, its output in a file (a pipe nobody reads could fill and block it)."""
 
-    def __init__(self, run: Path, cache_dir: Path, *overrides, args=LONG, log: Path | None = None):
+    def __init__(self, run: Path, cache_dir: Path, *overrides, args=LONG, log: Path | None = None, preexec_fn=None):
         self.log = log or run.parent / f"{run.name}.out"
         run.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "w") as fh:
@@ -46,6 +46,7 @@ class Run(subprocess.Popen):
                 env=env_for(cache_dir),
                 stdout=fh,
                 stderr=subprocess.STDOUT,
+                preexec_fn=preexec_fn,
             )
 
     def finish(self, timeout: float = 400) -> str:
@@ -134,10 +135,16 @@ def test_kill_9_mid_run_then_resume_equals_the_uninterrupted_run(uninterrupted, 
     assert_same_run(uninterrupted, resumed)
 
 
-@pytest.mark.parametrize("sig,rc", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_sigint_and_sigterm_stop_cleanly_and_name_the_resume_point(uninterrupted, tmp_path, sig, rc):
+def _sigint_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job of a non-interactive shell starts
+
+
+@pytest.mark.parametrize(
+    "sig,rc,ignored", [(signal.SIGINT, 130, False), (signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)]
+)
+def test_sigint_and_sigterm_stop_cleanly_and_name_the_resume_point(uninterrupted, tmp_path, sig, rc, ignored):
     run = tmp_path / "run"
-    proc = start(run, uninterrupted.parent)
+    proc = start(run, uninterrupted.parent, preexec_fn=_sigint_ignored if ignored else None)
     ckpt = run / "checkpoints" / "last.ckpt"
     wait_for_checkpoint(proc, ckpt, 2)
     proc.send_signal(sig)

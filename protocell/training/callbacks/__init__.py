@@ -11,11 +11,13 @@ each:
   ``prototypes.pt``.
 - ``ground_truth``: ``GroundTruthMonitor``, diagnostics on stores that know each cell's truth.
 - ``history``: ``ValAccuracyHistory``, every epoch's validation accuracy and AUROC for the run's status.
+- ``interrupt``: ``StopOnInterrupt``, Ctrl-C stops the run at the next batch end.
 """
 
 from protocell.training.callbacks.ground_truth import GroundTruthMonitor
 from protocell.training.callbacks.history import ValAccuracyHistory
 from protocell.training.callbacks.init_prototypes import InitPrototypes
+from protocell.training.callbacks.interrupt import StopOnInterrupt
 from protocell.training.callbacks.keep_best import KeepBestPretrain
 from protocell.training.callbacks.phases import PhaseCallback, apply_phase
 from protocell.training.callbacks.push import PushCallback
@@ -26,6 +28,7 @@ __all__ = [
     "KeepBestPretrain",
     "PhaseCallback",
     "PushCallback",
+    "StopOnInterrupt",
     "ValAccuracyHistory",
     "apply_phase",
 ]
