@@ -24,6 +24,7 @@ $(BIN)/.installed: pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: setup lint
 	@# one worker per core, one thread each (two 2-thread processes on 2 cores run many times slower);

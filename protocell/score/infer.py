@@ -62,7 +62,7 @@ def infer(
         }
     # filled in place: a list of small per-batch arrays, kept while the large batch buffers come and go, pins
     # glibc's heap (its mmap threshold grows to the batch size) and the process grew by ~13 KB a cell
-    out = {
+    out: dict[str, np.ndarray] = {
         "cell_id": np.empty(n, np.int64),
         "score": np.empty(n, np.float32),
         "min_d": np.empty((n, P), np.float32),
