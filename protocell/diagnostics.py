@@ -202,7 +202,7 @@ def imaging_stats(image, mask) -> np.ndarray:
     return out
 
 
-def _reflect_fft(x, pad: int):
+def _reflect_pad(x, pad: int):
     import torch.nn.functional as F
 
     return F.pad(x[None], (pad, pad, pad, pad), mode="reflect")[0]
@@ -228,7 +228,7 @@ def sharper(x, sigma: float):
     import torch
 
     pad = 8
-    big = _reflect_fft(x.double(), pad)
+    big = _reflect_pad(x.double(), pad)
     gain = 1.0 / (_blur_response(sigma, big.shape[-2])[:, None] * _blur_response(sigma, big.shape[-1])[None, :])
     out = torch.fft.ifft2(torch.fft.fft2(big) * gain).real
     return out[:, pad:-pad, pad:-pad].to(x.dtype)
@@ -247,7 +247,7 @@ def less_noise(x, sd):
     import torch.nn.functional as F
 
     pad = 8
-    big = _reflect_fft(x.double(), pad)
+    big = _reflect_pad(x.double(), pad)
     spec = torch.fft.fft2(big)
     power = F.avg_pool2d(F.pad((spec.abs() ** 2)[None], (1, 1, 1, 1), mode="circular"), 3, stride=1)[0]
     noise = torch.as_tensor(np.asarray(sd), dtype=torch.float64).view(-1, 1, 1) ** 2 * big.shape[-1] * big.shape[-2]

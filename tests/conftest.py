@@ -20,16 +20,7 @@ def tiny_store(tmp_path_factory):
 
 @pytest.fixture()
 def tiny_dm(tiny_store):
-    dm = tiny_data(
-        tiny_store,
-        crop_size=64,
-        zero_background=True,
-        batch_size=8,
-        eval_batch_size=16,
-        test_fraction=0.5,
-        val_fraction=0.0,
-        seed=0,
-    )
+    dm = tiny_training_data(tiny_store, test_fraction=0.5, val_fraction=0.0)
     dm.setup()
     return dm
 
@@ -53,6 +44,20 @@ TINY_DATA = {
     "zero_margin": 0,
     "bag_size": 1,
 }
+
+
+def tiny_training_data(path, test_fraction: float, val_fraction: float):
+    """The small training runs' DataModule: 64 px crops, zeroed background, batches of 8 (16 to evaluate)."""
+    return tiny_data(
+        path,
+        crop_size=64,
+        zero_background=True,
+        batch_size=8,
+        eval_batch_size=16,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        seed=0,
+    )
 
 
 def tiny_data(path, **kw):

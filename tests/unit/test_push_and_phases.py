@@ -198,7 +198,7 @@ def test_last_layer_phase_trains_only_the_last_layer(tiny_dm, tmp_path):
 
 def test_pretrain_keeps_the_last_epoch_not_significantly_below_the_best_validation_auroc(tiny_store, tmp_path):
     import lightning as L
-    from conftest import tiny_data
+    from conftest import tiny_training_data
     from lightning.pytorch.callbacks import Callback
 
     class Recorder(Callback):  # what each pretrain epoch ended with, and what the first warm epoch starts from
@@ -219,16 +219,7 @@ def test_pretrain_keeps_the_last_epoch_not_significantly_below_the_best_validati
             if pl_module.phase == "warm" and self.start_of_warm is None:
                 self.start_of_warm = {k: v.clone() for k, v in pl_module.net.features.state_dict().items()}
 
-    dm = tiny_data(
-        tiny_store,
-        crop_size=64,
-        zero_background=True,
-        batch_size=8,
-        eval_batch_size=16,
-        test_fraction=0.3,
-        val_fraction=0.3,
-        seed=0,
-    )
+    dm = tiny_training_data(tiny_store, test_fraction=0.3, val_fraction=0.3)
     module = tiny_module(lr={"pretrain": 3e-2})  # a high rate: the epochs differ a lot
     plan = build_schedule(1, warm_epochs=0, push_every=5, pretrain_epochs=4, lr=module.lr)
     plan[4] = Phase("warm", trainable_groups("warm", True), plan[4].lr, False)
@@ -258,18 +249,9 @@ def test_pretrain_keeps_the_last_epoch_not_significantly_below_the_best_validati
 def test_val_auroc_is_the_validation_cells_auroc_against_their_well_labels(tiny_store):
     import lightning as L
     import numpy as np
-    from conftest import tiny_data
+    from conftest import tiny_training_data
 
-    dm = tiny_data(
-        tiny_store,
-        crop_size=64,
-        zero_background=True,
-        batch_size=8,
-        eval_batch_size=16,
-        test_fraction=0.3,
-        val_fraction=0.3,
-        seed=0,
-    )
+    dm = tiny_training_data(tiny_store, test_fraction=0.3, val_fraction=0.3)
     module = tiny_module()
     module.phase = "pretrain"
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)

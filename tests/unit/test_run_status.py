@@ -189,20 +189,11 @@ def test_the_auroc_rule_needs_two_standard_errors_and_both_conditions():
 def test_the_history_records_each_epochs_validation_auroc_and_its_standard_error(tiny_store):
     """What run_status reads: ValAccuracyHistory keeps val/auroc and val/auroc_se as the module logs them."""
     import lightning as L
-    from conftest import tiny_data, tiny_module
+    from conftest import tiny_module, tiny_training_data
 
     from protocell.training.callbacks import ValAccuracyHistory
 
-    dm = tiny_data(
-        tiny_store,
-        crop_size=64,
-        zero_background=True,
-        batch_size=8,
-        eval_batch_size=16,
-        test_fraction=0.3,
-        val_fraction=0.3,
-        seed=0,
-    )
+    dm = tiny_training_data(tiny_store, test_fraction=0.3, val_fraction=0.3)
     module = tiny_module()
     module.phase = "joint"
     history = ValAccuracyHistory()
