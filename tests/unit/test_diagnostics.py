@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocell.diagnostics import calls_match_fraction, memorised_wells, reference_wells_agree, run_diagnostics
+from protocell.diagnostics import run_diagnostics
+from protocell.diagnostics.wells import calls_match_fraction, fraction_precision, memorised_wells, reference_wells_agree
 from protocell.evaluate import calibrate, fractions, run_status
 from protocell.fraction import cell_posteriors, mixture_fraction, posterior
 
@@ -109,6 +110,27 @@ def test_calls_match_fraction_fires_when_the_called_share_leaves_the_ci():
     assert not calls_match_fraction(frac)["fires"]  # 0.03 outside: within tolerance
 
 
+def test_fraction_precision_fires_when_the_held_out_wells_do_not_determine_the_fraction():
+    rng = np.random.default_rng(4)
+    clean = fractions(held(plate(rng)), 1)  # 6 replicate wells a condition
+    out = fraction_precision(clean)
+    assert not out["fires"] and out["value"] < 0.05, out
+    # exposed wells that respond very differently (a fifth to nine tenths affected): the CI over wells is wide
+    a, b = plate(rng, wells=3, rho=(0.05, 0.2)), plate(rng, wells=3, rho=(0.05, 0.9))
+    b = b.assign(well="X" + b["well"], cell_id=b["cell_id"] + len(a))
+    wide = fractions(held(pd.concat([a, b], ignore_index=True)), 1)
+    lo, hi = wide["conditions"]["Exp"]["ci_low"], wide["conditions"]["Exp"]["ci_high"]
+    out = fraction_precision(wide)
+    assert (hi - lo) / 2 > 0.10 and out["fires"] and out["value"] == pytest.approx((hi - lo) / 2)
+    assert "Exp is known only to ±" in out["why"] and "read the interval" in out["why"]
+    # a narrow CI from two wells is no answer either: two wells cannot show how much wells differ
+    two = {"conditions": {"Exp": {"estimate": 0.5, "ci_low": 0.48, "ci_high": 0.52, "n_wells": 2}}}
+    out = fraction_precision(two)
+    assert out["fires"] and "Exp has 2 held-out well(s), 3 are needed" in out["why"]
+    two["conditions"]["Exp"]["n_wells"] = 3
+    assert not fraction_precision(two)["fires"]
+
+
 def test_a_check_that_fires_makes_the_status_warning_and_the_fraction_unreliable():
     rng = np.random.default_rng(3)
     shifts = {f"R{w}": s for w, s in enumerate([-1.0, 0.0, 1.0, 1.8, -0.5, 2.2])}
@@ -140,7 +162,7 @@ def test_a_check_that_fires_makes_the_status_warning_and_the_fraction_unreliable
 def test_imaging_stats_measure_noise_and_focus():
     from scipy import ndimage as ndi
 
-    from protocell.diagnostics import imaging_stats
+    from protocell.diagnostics.imaging import imaging_stats
 
     rng = np.random.default_rng(4)
     yy, xx = np.mgrid[:48, :48]
@@ -201,7 +223,7 @@ def imaged_apart(tmp_path_factory):
 def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_polarity(imaged_apart):
     from conftest import tiny_data
 
-    from protocell.diagnostics import _Imaged, imaging_sensitivity
+    from protocell.diagnostics.imaging import _Imaged, imaging_sensitivity
     from protocell.fraction import fit_reference
 
     dm = tiny_data(imaged_apart, normalize="cell", zero_background=True, zero_margin=2, val_fraction=0.0, seed=0)
@@ -243,7 +265,7 @@ def test_the_imaging_changes_are_mirrors_of_each_other():
     from scipy import ndimage as ndi
     from torchvision.transforms.functional import gaussian_blur
 
-    from protocell.diagnostics import FOCUS, imaging_stats, less_noise, sharper
+    from protocell.diagnostics.imaging import FOCUS, imaging_stats, less_noise, sharper
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]
