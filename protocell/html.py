@@ -48,8 +48,8 @@ def status_banner(metrics: dict) -> str:
     elif status == "warning":
         out += box(
             "failed",
-            "This run's answer may be WRONG: a check without ground truth says the network reads "
-            "the wells, not only the cells. The affected fractions below are unreliable.",
+            "This run's answer may be WRONG: a check without ground truth says it cannot be trusted "
+            "(the reasons below). The affected fractions below are unreliable.",
             metrics.get("reasons", []),
         )
     if metrics.get("warnings"):

@@ -123,6 +123,17 @@ def test_fraction_precision_fires_when_the_held_out_wells_do_not_determine_the_f
     out = fraction_precision(wide)
     assert (hi - lo) / 2 > 0.10 and out["fires"] and out["value"] == pytest.approx((hi - lo) / 2)
     assert "Exp is known only to ±" in out["why"] and "read the interval" in out["why"]
+    metrics = {
+        "n_cells": 1000,
+        "called_fraction": 0.3,
+        "well_label_auroc": 0.8,
+        "affected_fraction": wide,
+        "diagnostics": {"fraction_precision": out},
+        "test_composition": [{"condition": "Ref"}, {"condition": "Exp"}],
+    }
+    status = run_status(metrics, val_accuracy=[0.9], val_majority=0.5, n_val=500, epochs_run=10, epochs_planned=10)
+    assert status["status"] == "warning" and wide["reliable"] is False
+    assert any("known only to ±" in r for r in status["reasons"])
     # a narrow CI from two wells is no answer either: two wells cannot show how much wells differ
     two = {"conditions": {"Exp": {"estimate": 0.5, "ci_low": 0.48, "ci_high": 0.52, "n_wells": 2}}}
     out = fraction_precision(two)
