@@ -433,7 +433,8 @@ def test_optional_config_sections_have_their_ranges_checked():
 
     from hydra import compose, initialize_config_dir
 
-    from protocell.config import register, validate
+    from protocell.config import register
+    from protocell.config_check import validate
 
     register()
     conf = Path(__file__).resolve().parents[2] / "conf"
