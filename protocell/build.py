@@ -90,7 +90,7 @@ def _checked(values: dict, schema, key: str, source: str | None):
     ``_target_`` too), a value of the wrong type or out of range is a ``ConfigError`` naming ``source``."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from protocell.config import validate_node
+    from protocell.config_check import validate_node
 
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), values)

@@ -8,17 +8,15 @@ fails when the two drift apart.
 The dataclasses below are registered in Hydra's ConfigStore as ``train_schema`` and listed first in
 ``conf/train.yaml``'s defaults, so Hydra checks every key's *type* while composing (an unknown key or
 ``data.batch_size=abc`` is refused with the key's name). *Ranges* sit beside the types as field
-metadata (``rule(check, need)``) and ``validate(cfg)`` checks them all before any work starts, with
-one message shape: ``config value key=value is invalid: need``. Checks that need several values
+metadata (``rule(check, need)``) and ``protocell.config_check.validate(cfg)`` checks them all before
+any work starts, with one message shape: ``config value key=value is invalid: need``. Checks that need several values
 or the data (a warm-up shorter than the run, a channel the store has) live in the constructors
 that use them (``training.schedule``, ``CellDataModule``) and raise the same ``ConfigError``.
 """
 
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, get_args
-
-from omegaconf import OmegaConf
+from typing import Any, Dict, List, Optional
 
 from protocell.errors import ConfigError
 
@@ -305,111 +303,3 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def _walk(schema, node, prefix: str):
-    for f in fields(schema):
-        key = f"{prefix}{f.name}"
-        if node is None or f.name not in node:
-            continue
-        value = node[f.name] if not OmegaConf.is_config(node) else OmegaConf.select(node, f.name, default=None)
-        if "check" in f.metadata:
-            plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-            if not f.metadata["check"](plain):
-                raise ConfigError.invalid(key, plain, f.metadata["need"])
-        sub = _dataclass_of(f)
-        if sub is not None and value is not None:
-            yield from _walk(sub, value, key + ".")
-        yield key
-
-
-def _dataclass_of(f):
-    t = f.type if not isinstance(f.type, str) else _TYPES.get(f.type.replace("Optional[", "").rstrip("]"))
-    if not is_dataclass(t):  # Optional[X]: X (else the rules of optional sections are never checked)
-        t = next((a for a in get_args(t) if is_dataclass(a)), None)
-    return t if is_dataclass(t) else None
-
-
-_TYPES = {
-    c.__name__: c
-    for c in (
-        PhotometricConfig,
-        DoseSeriesConfig,
-        WellEffectsConfig,
-        SyntheticConfig,
-        DataConfig,
-        BackboneConfig,
-        MaskConfig,
-        LastLayerConfig,
-        ScheduleConfig,
-        HeadConfig,
-        PrototypesConfig,
-        LossConfig,
-        OptimConfig,
-        PerformanceConfig,
-        ReportConfig,
-    )
-}
-
-
-MISSING_HINTS = {
-    "data.path": "data=prepared needs data.path=<crop store folder> (python prepare.py prints it), "
-    "or use data=synthetic"
-}
-
-
-def _missing_keys(cfg, prefix: str = ""):
-    """Dotted keys whose value is ``???``, found without resolving any interpolation (outside a Hydra
-    app ``${hydra:…}`` cannot be resolved; ``OmegaConf.missing_keys`` resolves every node)."""
-    from omegaconf import DictConfig, ListConfig
-
-    keys = cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg))
-    for key in keys:
-        path = f"{prefix}{key}" if isinstance(cfg, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
-        node = cfg._get_node(key)
-        if node is None:
-            continue
-        if node._is_missing():
-            yield path
-        elif isinstance(node, (DictConfig, ListConfig)) and not node._is_interpolation() and not node._is_none():
-            yield from _missing_keys(node, path + ".")
-
-
-def validate_node(node, schema, prefix: str = "", source: str | None = None) -> None:
-    """Check the range of every key of ``node`` that has a rule in ``schema`` (a dataclass); the
-    ``ConfigError`` names ``source`` (the file the node was read from) when given."""
-    try:
-        for _ in _walk(schema, node, prefix):
-            pass
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}" if source else str(e)) from None
-
-
-def interpolations(cfg, prefix: str = ""):
-    """Dotted keys whose value is an interpolation (``${…}``), found without resolving any: a
-    config train.py wrote is resolved, so a run folder's config has none."""
-    from omegaconf import DictConfig, ListConfig
-
-    keys = cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg))
-    for key in keys:
-        path = f"{prefix}{key}" if isinstance(cfg, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
-        node = cfg._get_node(key)
-        if node is None:
-            continue
-        if node._is_interpolation():
-            yield path
-        elif isinstance(node, (DictConfig, ListConfig)) and not node._is_none():
-            yield from interpolations(node, path + ".")
-
-
-def validate(cfg, schema=TrainConfig) -> None:
-    """Refuse a mandatory key left unset (``???``), then check the range of every key that has a
-    rule; raise ``ConfigError`` naming the first bad one."""
-    missing = sorted(_missing_keys(cfg)) if OmegaConf.is_config(cfg) else []
-    if missing:
-        raise ConfigError(
-            f"config value {missing[0]} is missing: "
-            + MISSING_HINTS.get(missing[0], f"set it on the command line ({missing[0]}=…)")
-        )
-    for _ in _walk(schema, cfg, ""):
-        pass

@@ -167,7 +167,7 @@ def read_run_config(folder: RunFolder):
     from omegaconf import DictConfig
     from yaml import YAMLError
 
-    from protocell.config import interpolations
+    from protocell.config_check import interpolations
 
     try:
         cfg = OmegaConf.load(folder.config)

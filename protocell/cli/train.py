@@ -11,7 +11,7 @@ from protocell.cli.common import run_cli
 
 
 def _train(cfg: DictConfig) -> dict:
-    from protocell.config import validate
+    from protocell.config_check import validate
 
     validate(cfg)  # a bad value is refused before the training stack is imported (torch + Lightning: ≈ 5 s)
     from protocell.training.run import train

@@ -5,7 +5,7 @@ split. When the manifest's ``split`` column is filled (by ``prepare``) it is use
 carved out of the training images; otherwise images are split here, stratified by condition:
 ``test_fraction`` of each condition's images to test, ``val_fraction`` of the rest to val. A source
 image never lands in two splits; offline augmentations follow their original into train and are
-never evaluated or pushed. Normalisation ranges come from training crops only; ``normalize="auto"``
+never evaluated or pushed (the policy: ``protocell.data.split``). Normalisation ranges come from training crops only; ``normalize="auto"``
 chooses ``dataset`` or ``cell`` from how ``store.json`` says the store was normalised
 (``protocell.data.normalization``).
 
@@ -16,8 +16,9 @@ prototypes onto real cells) and ``predict_dataloader`` (test).
 Under DDP (an initialised process group of ``world`` ranks) each loader deals this rank its share:
 training shuffles the epoch's permutation and pads it to a multiple of ``world`` (ranks must run the
 same number of steps), while val/test/predict/push take indices ``rank, rank + world, …`` with no
-padding, so over all ranks every cell is evaluated, predicted and pushed exactly once. Both subclass
-``DistributedSampler``, so Lightning keeps them instead of wrapping its own (padding) sampler.
+padding, so over all ranks every cell is evaluated, predicted and pushed exactly once
+(``protocell.data.samplers``). Both subclass ``DistributedSampler``, so Lightning keeps them instead of
+wrapping its own (padding) sampler.
 """
 
 from __future__ import annotations
@@ -28,216 +29,18 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
-from protocell.config import SPLIT_BY, DataConfig, MaskConfig, check_fields
+from protocell.config import DataConfig, MaskConfig, check_fields
 from protocell.data.dataset import CellDataset, EpochSampler, Photometric
 from protocell.data.normalization import auto_normalization
-from protocell.data.split import assign, n_out
+from protocell.data.samplers import BagSampler, DistributedEpochSampler, ShardSampler
+from protocell.data.split import choose_split, split_rows
 from protocell.data.store import CropStore, StoreError
 from protocell.distributed import rank_and_world
 from protocell.errors import ConfigError
 
 log = logging.getLogger("protocell.data")
-MIN_TRAIN_WELLS = 5  # split_by=auto: training wells a condition must keep to split whole wells (module doc)
-
-
-def units_per_split(n_wells: int, test_fraction: float, val_fraction: float) -> dict[str, int]:
-    """Wells of one condition in test, val and train when whole wells are split (``protocell.data.split``)."""
-    test = n_out(n_wells, test_fraction)
-    val = n_out(n_wells - test, val_fraction)
-    return {"test": test, "val": val, "train": n_wells - test - val}
-
-
-def choose_split(manifest, test_fraction: float, val_fraction: float, split_by: str) -> tuple[str, str]:
-    """(``image`` or ``well``, why). ``auto`` splits by well when every condition keeps at least
-    ``MIN_TRAIN_WELLS`` training wells after its test and validation wells, else by image.
-
-    Held-out wells are the only test a network cannot pass by recognising the wells it trained on; but
-    few training wells let a per-well nuisance line up with the condition by chance: with k wells a
-    condition, independent per-well gains separate the two conditions' training wells perfectly in
-    2 / C(2k, k) of plates — 10 % at k = 3 (8 wells a condition split by well), < 1 % at k ≥ 5. At 20 %
-    affected exposed cells the network then learns the gains (measured: true AUROC 0.72 split by well
-    against 0.94 by image on the same plate, issue 22). Split by image, the training images come from
-    every well but the validation wells, the validation wells still test generalisation to wells never
-    seen, and ``protocell.diagnostics.memorised_wells`` compares the two kinds of held-out cells."""
-    if split_by not in SPLIT_BY:
-        raise ConfigError.invalid("data.split_by", split_by, f"one of {SPLIT_BY}")
-    if split_by == "plate":
-        m = manifest[manifest["aug_of"] < 0]
-        plates = sorted(m["plate"].astype(str).unique())
-        if len(plates) < 2:
-            raise ConfigError.invalid(
-                "data.split_by",
-                split_by,
-                f"image, well or auto: the store's labelled cells lie "
-                f"on {len(plates)} plate(s) {plates}, and whole plates need two or more",
-            )
-    if split_by != "auto":
-        return split_by, f"data.split_by={split_by} (set in the config)"
-    m = manifest[manifest["aug_of"] < 0]
-    wells = m.assign(_well=m["plate"].astype(str) + "/" + m["well"].astype(str)).groupby("condition")["_well"].nunique()
-    train = {c: units_per_split(int(k), test_fraction, val_fraction)["train"] for c, k in wells.items()}
-    if train and min(train.values()) >= MIN_TRAIN_WELLS:
-        return "well", (
-            f"data.split_by=auto → well: every condition keeps ≥ {MIN_TRAIN_WELLS} training wells "
-            f"({', '.join(f'{c}: {k}' for c, k in sorted(train.items()))}); test and validation wells "
-            "are wells the network never trained on"
-        )
-    return "image", (
-        f"data.split_by=auto → image: splitting whole wells would leave "
-        f"{', '.join(f'{c}: {k}' for c, k in sorted(train.items()))} training well(s) a condition "
-        f"(< {MIN_TRAIN_WELLS}, too few to keep a per-well nuisance from lining up with the condition); "
-        "test images come from training wells, validation from wells of their own"
-    )
-
-
-def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int, unit: str = "image") -> np.ndarray:
-    """Split labels ('train'/'val'/'test'/'drop') per row (the policy of ``protocell.data.split``,
-    shared with prepare); every image lies in one split only.
-
-    Test: ``unit="image"`` takes ``test_fraction`` of each condition's images (prepare's own split
-    when the manifest has one); ``unit="well"`` whole wells (all fields of a well in one split), so
-    per-well batch effects (imaging, plating) cannot carry a well's label from training into test;
-    ``unit="plate"`` ``test_fraction`` of the plates, whole (a store spanning plates: test plates the
-    network never saw, as a screen's later plates are), at least one plate training.
-    Validation: the non-test images of ``val_fraction`` of each condition's wells, whatever ``unit``
-    is — the epoch pretrain keeps is chosen on wells the network never trained on (a score on held-out
-    images of training wells rewards memorising the wells). A condition with one such well only gives
-    ``val_fraction`` of its training images instead (``val_unit`` says which happened)."""
-    return split_rows(manifest, test_fraction, val_fraction, seed, unit)[0]
-
-
-def split_rows(
-    manifest, test_fraction: float, val_fraction: float, seed: int, unit: str = "image"
-) -> tuple[np.ndarray, dict]:
-    """``split_by_image``'s labels and what it did: {"val_unit": {condition: "well" | "image"},
-    "wells": {split: {condition: n}}}."""
-    rng = np.random.default_rng(seed)
-    if unit not in SPLIT_BY[1:]:
-        raise ConfigError.invalid("data.split_by", unit, f"one of {SPLIT_BY[1:]}")
-    given = manifest["split"].astype(str).to_numpy()
-    originals = manifest["aug_of"].to_numpy() < 0
-    image_of = manifest["image_id"].astype(str).to_numpy()
-    well_of = (manifest["plate"].astype(str) + "/" + manifest["well"].astype(str)).to_numpy()
-    first = manifest[originals].assign(_well=well_of[originals]).drop_duplicates("image_id")
-    # 1. test
-    if unit == "plate":  # whole plates: a plate's own imaging never reaches test from training
-        plates = sorted(first["plate"].astype(str).unique())
-        test_plates = {p for p, s in assign({"": plates}, {"test": test_fraction}, seed, rng).items() if s == "test"}
-        test_image = {i: p in test_plates for i, p in zip(first["image_id"].astype(str), first["plate"].astype(str))}
-    elif unit == "well":
-        wells = {c: sorted(g["_well"].unique()) for c, g in first.groupby("condition", sort=True)}
-        test_wells = {w for w, s in assign(wells, {"test": test_fraction}, seed, rng).items() if s == "test"}
-        test_image = {i: w in test_wells for i, w in zip(first["image_id"].astype(str), first["_well"])}
-    elif (given[originals] != "").all():  # prepare split by image
-        test_image = {i: s == "test" for i, s in zip(image_of, given)}
-    else:
-        images = {c: g["image_id"].astype(str).tolist() for c, g in first.groupby("condition", sort=True)}
-        test_image = {i: s == "test" for i, s in assign(images, {"test": test_fraction}, seed, rng).items()}
-    # 2. validation: whole wells among those with non-test images
-    rest = first[~first["image_id"].astype(str).map(test_image).to_numpy(bool)]
-    split_of_image = {i: "test" for i, t in test_image.items() if t}
-    val_unit = {}
-    for cond, g in rest.groupby("condition", sort=True):
-        wells = sorted(g["_well"].unique())
-        if len(wells) >= 2 or val_fraction <= 0:
-            val_wells = {w for w, s in assign({cond: wells}, {"val": val_fraction}, seed, rng).items() if s == "val"}
-            split_of_image.update(
-                {i: "val" if w in val_wells else "train" for i, w in zip(g["image_id"].astype(str), g["_well"])}
-            )
-            val_unit[str(cond)] = "well"
-        else:  # one well left: validation images of the training well
-            split_of_image.update(assign({cond: g["image_id"].astype(str).tolist()}, {"val": val_fraction}, seed, rng))
-            val_unit[str(cond)] = "image"
-    out = np.array([split_of_image.get(i, "train") for i in image_of], dtype=object)
-    # augmented rows train only (their images are train images by construction)
-    out[~originals & (out != "train")] = "drop"
-    counts = {
-        s: {
-            str(c): int(n)
-            for c, n in manifest.assign(_s=out, _well=well_of)[originals & (out == s)]
-            .groupby("condition")["_well"]
-            .nunique()
-            .items()
-        }
-        for s in ("train", "val", "test")
-    }
-    return out, {"val_unit": val_unit, "wells": counts}
-
-
-class ShardSampler(DistributedSampler):
-    """Evaluation share of one rank: indices ``rank, rank + world, …``, unpadded (every cell once)."""
-
-    def __init__(self, n: int, rank: int, world: int):  # no super().__init__: it wants a dataset
-        self.n, self.rank, self.num_replicas, self.epoch, self.shuffle = n, rank, world, 0, False
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.num_replicas))
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.num_replicas))
-
-
-class DistributedEpochSampler(DistributedSampler):
-    """Training share of one rank: ``EpochSampler``'s (seed, epoch) permutation, padded by wrapping to
-    a multiple of ``world``, then every ``world``-th item from ``rank``; yields (index, epoch) pairs."""
-
-    def __init__(self, n: int, seed: int, rank: int, world: int):
-        self.base = EpochSampler(n, seed)
-        self.rank, self.num_replicas, self.epoch, self.shuffle = rank, world, 0, True
-        self.per_rank = -(-n // world)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.base.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-    def __iter__(self):
-        items = list(self.base)
-        items += items[: self.per_rank * self.num_replicas - len(items)]
-        return iter(items[self.rank :: self.num_replicas])
-
-
-class BagSampler(DistributedSampler):
-    """Items in *bags*: runs of ``bag_size`` items from one well (``groups``: a well id per item).
-
-    Per epoch, each well's items are permuted with a generator seeded by (seed, epoch) and cut into
-    bags (a well's last < ``bag_size`` items sit the epoch out); the bags are shuffled (``shuffle``)
-    and, under DDP, padded by wrapping to a multiple of ``world`` and dealt round-robin. A loader
-    whose batch size is a multiple of ``bag_size`` then yields whole bags. Yields (index, epoch)."""
-
-    def __init__(self, groups, bag_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
-        self.groups = np.asarray(groups)
-        self.bag_size, self.seed, self.shuffle = int(bag_size), int(seed), shuffle
-        self.rank, self.num_replicas, self.epoch = rank, world, 0
-        self._order = {g: np.flatnonzero(self.groups == g) for g in sorted(set(self.groups.tolist()))}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def bags(self) -> list[np.ndarray]:
-        epoch = self.epoch if self.shuffle else 0
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        bags = []
-        for items in self._order.values():
-            items = items[torch.randperm(len(items), generator=g).numpy()] if self.shuffle else items
-            bags += [items[i : i + self.bag_size] for i in range(0, len(items) - self.bag_size + 1, self.bag_size)]
-        if self.shuffle and bags:
-            bags = [bags[i] for i in torch.randperm(len(bags), generator=g).tolist()]
-        if self.num_replicas > 1 and bags:
-            per_rank = -(-len(bags) // self.num_replicas)
-            bags = (bags + bags[: per_rank * self.num_replicas - len(bags)])[self.rank :: self.num_replicas]
-        return bags
-
-    def __len__(self) -> int:
-        return sum(len(b) for b in self.bags())
-
-    def __iter__(self):
-        epoch = self.epoch if self.shuffle else 0
-        return iter([(int(i), epoch) for b in self.bags() for i in b])
 
 
 class CellDataModule(L.LightningDataModule):
@@ -361,6 +164,7 @@ class CellDataModule(L.LightningDataModule):
         rng = np.random.default_rng(self.seed)
         rows = self.rows["push"]
         sample = rng.choice(rows, size=min(256, len(rows)), replace=False)
+        assert self.store is not None  # opened by setup, which calls this
         pix = np.stack([self.store.crop(int(r))[self.channel_index] for r in sample]).astype(np.float32)
         pix = pix.transpose(1, 0, 2, 3).reshape(C, -1)
         if not np.isfinite(pix).all():
@@ -370,12 +174,14 @@ class CellDataModule(L.LightningDataModule):
 
     def dataset(self, split: str, augment: bool = False) -> CellDataset:
         self.setup()
+        assert self.store is not None  # opened by setup
         return self.dataset_of(self.store, self.rows[split], augment)
 
     @property
     def channels(self) -> list[str]:
         """Names of the channels the network sees, in its input order."""
         self.setup()
+        assert self.store is not None  # opened by setup
         return [self.store.channels[i] for i in self.channel_index]
 
     def dataset_of(self, store: CropStore, rows, augment: bool = False) -> CellDataset:
@@ -406,6 +212,7 @@ class CellDataModule(L.LightningDataModule):
     # --------------------------------------------------------------------- loaders
     def _loader(self, ds, shuffle: bool, batch_size: int, bags: bool = False) -> DataLoader:
         rank, world = rank_and_world()
+        sampler: Sampler | None
         if bags and self.bag_size > 1:
             sampler = BagSampler(self.wells_of(ds), self.bag_size, self.seed, shuffle, rank, world)
         elif world > 1:
@@ -427,6 +234,7 @@ class CellDataModule(L.LightningDataModule):
         )
 
     def wells_of(self, ds: CellDataset) -> np.ndarray:
+        assert self.store is not None  # opened by setup (ds is one of its datasets)
         m = self.store.manifest
         return (m["plate"].astype(str) + "/" + m["well"].astype(str)).to_numpy()[ds.rows]
 

@@ -1,8 +1,8 @@
-"""What a score computes, nothing written: the network's pass over the cells of every store (a cell
-with NaN or inf pixels refused), then the tables — cells, wells (fraction + CI over cells, graded
+"""What a score computes, nothing written: the network's pass over the cells of every store
+(``protocell.score.cells``: a cell with NaN or inf pixels refused), then the tables — cells, wells (fraction + CI over cells, graded
 readouts, per-plate normalisation, diagnostics, flags), treatments, plate QC, trends and hits
 (``screen``), prototype enrichment, dose–response fits — the ground-truth checks where the truth is
-known (synthetic plates), and the notes and summary the page and ``score.json`` show: one
+known (synthetic plates: ``truth``), and the notes (``notes``) and summary the page and ``score.json`` show: one
 ``ScoreResult``, which ``protocell.score.write`` writes.
 """
 
@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from protocell.artifacts import positive_class
 from protocell.data.store import CropStore
 from protocell.fraction import ASSUMPTION, ESTIMATOR
 from protocell.runs import Run
+from protocell.score.cells import score_stores
 from protocell.score.dose import dose_response
 from protocell.score.export import METADATA, well_export
-from protocell.score.infer import infer
+from protocell.score.notes import call_note, normalisation_note, read_differently_note
 from protocell.score.screen import screen
-from protocell.score.source import ScoreError, empty_wells, is_mixture
+from protocell.score.source import empty_wells, is_mixture
 from protocell.score.tables import (
-    cell_table,
     enrichment,
     similarities,
     top_prototypes,
@@ -33,9 +31,9 @@ from protocell.score.tables import (
     well_readouts,
     well_table,
 )
+from protocell.score.truth import dose_design, truth_checks
 
 log = logging.getLogger("protocell.score")
-TOLERANCE = 0.08  # the bar's per-well tolerance, reported in the ground-truth checks
 
 
 @dataclass
@@ -77,140 +75,6 @@ class ScoreResult:
     options: dict  # fdr, bscore, min_cells
 
 
-def _own(run: Run, store: CropStore) -> bool:
-    return store.root.resolve() == Path(run.dm.path).resolve()
-
-
-def _score_cells(
-    run: Run,
-    store: CropStore,
-    wells: pd.DataFrame,
-    models: dict,
-    batch_size=None,
-    num_workers: int = 0,
-    progress: bool = True,
-    nearest: int = 3,
-    result: dict | None = None,
-) -> pd.DataFrame:
-    """The cells table; ``result``: the network's numbers for every original cell, already computed (the
-    shares of a sharded score, ``protocell.score.shares``), else computed here."""
-    rows = originals(store)
-    if result is None:
-        result = run_network(run, store, rows, batch_size, num_workers, progress)
-    refuse_nonfinite(store, rows, result)
-    run_split = None
-    if _own(run, store):  # the run's own cells: say which it trained on
-        run_split = np.where(run.dm.splits[rows] == "unlabelled", "", run.dm.splits[rows]).astype(str)
-    return cell_table(store.manifest.iloc[rows], wells, result, models, nearest, run_split)
-
-
-def originals(store: CropStore) -> np.ndarray:
-    return np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
-
-
-def run_network(run: Run, store: CropStore, rows: np.ndarray, batch_size, num_workers: int, progress: bool) -> dict:
-    return infer(
-        run.net,
-        run.dm.dataset_of(store, rows),
-        positive_class(run.class_names),
-        int(batch_size or run.dm.eval_batch_size),
-        int(num_workers),
-        progress,
-    )
-
-
-def refuse_nonfinite(store: CropStore, rows: np.ndarray, result: dict) -> None:
-    """A cell with a NaN or inf pixel (or, from a broken network, a NaN score) gets a meaningless score and
-    would be called and counted in its well: refused, naming the cells and where their pixels are."""
-    pixels = ~result["finite"].astype(bool)
-    scores = ~np.isfinite(result["score"]) & ~pixels
-    for bad, what, fix in (
-        (
-            pixels,
-            "NaN or infinite pixel values",
-            "fix or remove those crops and prepare the store again (prepare refuses them)",
-        ),
-        (scores, "a NaN score from finite pixels", "the checkpoint is damaged or its training diverged: retrain"),
-    ):
-        if bad.any():
-            m = store.manifest.iloc[rows[bad]]
-            shown = "; ".join(
-                f"cell_id {r.cell_id} (plate {r.plate}, well {r.well}: shards/{r.shard}.crops.npy "
-                f"[{r.shard_index}]{f', file {r.file}' if isinstance(getattr(r, 'file', None), str) else ''})"
-                for r in m.head(3).itertuples()
-            )
-            raise ScoreError(
-                f"{store.root}: {int(bad.sum())} of {len(rows)} cells have {what}, e.g. {shown}; their "
-                f"scores would be meaningless and counted in their wells: {fix}"
-            )
-
-
-def score_stores(
-    run: Run, stores: list[CropStore], wells: pd.DataFrame, models: dict, *args, result: dict | None = None
-) -> pd.DataFrame:
-    """The cells of every store, one table; with several stores a first column ``store`` (cell ids are
-    per store). ``result``: the one store's numbers from the shares of a sharded score."""
-    if len(stores) == 1:
-        return _score_cells(run, stores[0], wells, models, *args, result=result)
-    return pd.concat(
-        [_score_cells(run, s, wells, models, *args).assign(store=str(s.root)) for s in stores], ignore_index=True
-    ).pipe(lambda d: d[["store"] + [c for c in d.columns if c != "store"]])
-
-
-def normalisation_note(run: Run, stores: list[CropStore]) -> str:
-    mode = run.dm.normalize
-    how = {
-        "cell": "each cell by the 1st and 99.8th percentiles of its own pixels, so a cell's overall brightness "
-        "(and a well's gain) is invisible to the network, by design",
-        "dataset": "fixed per-channel ranges taken from the training crops, so a plate imaged at another gain "
-        "or exposure shifts every cell it holds",
-        "none": "no normalisation: the stored values as they are",
-    }[mode]
-    note = f"Cells are normalised as in training (data.normalize={mode}): {how}."
-    if any(s.info.get("source") == "prepare" for s in stores):
-        note += (
-            " prepare stored each image normalised by its own percentiles: plates imaged at different "
-            "exposures land on one scale, but whatever shifts an image's percentiles shifts every cell in it "
-            "— a treatment that brightens or dims whole images is not measured as such, and a well much denser "
-            "or sparser than the reference (more or less background in its images) is scaled differently."
-        )
-    others = [str(s.root) for s in stores if not _own(run, s)]
-    if others:
-        note += (
-            f" {'This store' if len(others) == 1 else 'These stores'} ({', '.join(others)}) "
-            f"{'is' if len(others) == 1 else 'are'} not the one the run trained on ({run.dm.path}): the estimate "
-            "holds as far as its unaffected cells look like that plate's reference cells."
-        )
-    return note
-
-
-def _read_differently(table: pd.DataFrame) -> str:
-    """The page's line for ``screen.plates_read_differently``."""
-    if not len(table):
-        return "— (one plate, or no reference wells off the run's plates)"
-    hit = table[table["flag"]]
-    if not len(hit):
-        return "none (every other plate's reference wells read like the run's)"
-    return "; ".join(
-        f"{r.plate}: reference wells {r.reference_median:.2f} vs {r.training_plates_reference_median:.2f} "
-        f"(p = {r.mann_whitney_p:.1g}) — its fractions are biased, read them with care"
-        for r in hit.itertuples()
-    )
-
-
-def call_note(calibration: dict) -> str:
-    """How the cell call (p_affected > 0.5) was made, for score.json and the page."""
-    if is_mixture(calibration):
-        return (
-            "The cell call (p_affected > 0.5) is the same fit's posterior at the cell's well's fraction "
-            "(calibration=mixture): one model, so a well's mean p_affected is its affected fraction."
-        )
-    return (
-        "The cell call (p_affected > 0.5) is the noisy-label calibration "
-        f"(P(affected | score) = σ({calibration['a']:.3g}·logit(score) + {calibration['b']:.3g}))."
-    )
-
-
 def _reference(run: Run, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Cells (plate, well, score, sim_p<j>) whose mean similarities are the enrichment baseline and whose
     scores the score shift is measured from, and a sentence saying which."""
@@ -245,63 +109,6 @@ def _reference(run: Run, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     ), f"none: the store has no {run.ref} wells and the run's test predictions no distances"
 
 
-def _design(stores: list[CropStore]) -> dict | None:
-    """The synthetic plates' dose series (the known curve), from the first store that has one."""
-    return next((d for s in stores if (d := (s.info.get("synthetic") or {}).get("dose_series"))), None)
-
-
-def _truth(wells: pd.DataFrame, fits: pd.DataFrame, hits: pd.DataFrame, design: dict | None) -> dict:
-    """Ground-truth checks where the truth is known (synthetic plates): per-well error of the scored
-    wells (no condition) — of the fraction and of the per-plate normalised fraction, per plate when there
-    are several — each compound's EC50 against the design's, and which doses the hits found."""
-    if "truth" not in wells:
-        return {}
-    w = wells[(wells["role"] == "scored") & wells["truth"].notna() & (wells["n_cells"] > 0)]
-    if "stress" in w:
-        w = w[w["stress"].fillna("").astype(str) == ""]  # the stress wells break the assumption on purpose
-    out = {}
-    if len(w):
-        err = w["error"].abs()
-        out.update(
-            {
-                "scored wells with truth": int(len(w)),
-                f"share within ±{TOLERANCE}": float((err <= TOLERANCE).mean()),
-                "mean absolute error": float(err.mean()),
-                "max absolute error": float(err.max()),
-                "CI over cells covers the truth": float(w["ci_covers_truth"].mean()),
-            }
-        )
-    plates = sorted(w["plate"].unique())
-    design = design or {}
-    for plate in plates if len(plates) > 1 else [None]:
-        on = w if plate is None else w[w["plate"] == plate]
-        tag = "" if plate is None else f"{plate}: "
-        for col, what in (() if plate is None else (("affected_fraction", "fraction"),)) + (
-            ("normalised_fraction", "normalised fraction"),
-        ):
-            err = (on[col] - on["truth"]).abs().dropna()
-            if len(err):
-                out[f"{tag}{what}: share within ±{TOLERANCE}"] = float((err <= TOLERANCE).mean())
-                out[f"{tag}{what}: mean absolute error"] = float(err.mean())
-    for f in fits[fits["measure"].isin(["affected_fraction", "normalised_fraction"])].itertuples():
-        if design.get("compound") == f.compound and f.ok:
-            tag = f"{f.plate}: " if f.plate else ""
-            what = "" if f.measure == "affected_fraction" else " (normalised fraction)"
-            out[f"{tag}{f.compound}: EC50 fitted / design{what}"] = float(f.ec50 / design["ec50"])
-            if not tag and not what:
-                out[f"{f.compound}: EC50 design"] = float(design["ec50"])
-                out[f"{f.compound}: curve rises as the design's"] = bool(
-                    (f.top - f.bottom) * (design["top"] - design["bottom"]) > 0
-                )
-    if design and len(hits):
-        h = hits[hits["compound"] == design.get("compound")]
-        above, vehicle = h[h["dose"] > design["ec50"]], h[h["dose"] == 0]
-        out[f"{design['compound']}: doses above the EC50 called hits"] = f"{int(above['hit'].sum())} of {len(above)}"
-        if len(vehicle):
-            out[f"{design['compound']}: vehicle called a hit"] = bool(vehicle["hit"].any())
-    return out
-
-
 def dose_fits(
     wells: pd.DataFrame, enrich: pd.DataFrame, classes: list[str], n_boot: int, seed: int, min_cells: int, top: int
 ) -> tuple[pd.DataFrame, list[CompoundDose]]:
@@ -323,7 +130,7 @@ def dose_fits(
     for compound, g in dosed.groupby("compound", sort=True):
         fit = fits[0].set_index("compound").loc[compound].to_dict()
         plates = None
-        if several:
+        if by_plate is not None:  # several plates
             per_plate = by_plate[by_plate["compound"] == compound].set_index("plate")
             plates = {p: per_plate.loc[p].to_dict() for p in per_plate.index}
         per, pfits = {}, {}
@@ -417,8 +224,8 @@ def compute_score(
         enrich,
         extra,
     )
-    design = _design(stores)  # synthetic plates: the known curve
-    truth = _truth(wells, fits, tables["hits"], design)
+    design = dose_design(stores)  # synthetic plates: the known curve
+    truth = truth_checks(wells, fits, tables["hits"], design)
     no_controls = sorted(tables["qc"].loc[tables["qc"]["verdict"] == "no controls", "plate"].unique())
     notes = {
         "estimator": f"The affected fraction of a well is the {ESTIMATOR}, fitted on the run's held-out "
@@ -453,7 +260,7 @@ def compute_score(
         "treatments": int(len(treatments)),
         "compounds with a dose": int(fits.loc[fits["measure"] == "affected_fraction", "compound"].nunique()),
         f"hits at FDR {fdr:g}": int(tables["hits"]["hit"].sum()),
-        "plates read differently": _read_differently(tables["plates_read_differently"]),
+        "plates read differently": read_differently_note(tables["plates_read_differently"]),
         "bootstrap resamples": n_boot,
         "reference for enrichment": ref_note,
     }

@@ -32,7 +32,8 @@ from protocell.errors import check
 from protocell.fsutil import exclusive_lock, folder_problem, output_errors
 from protocell.runs import Run, load_run
 from protocell.score import shares
-from protocell.score.compute import compute_score, originals, refuse_nonfinite, run_network, score_stores
+from protocell.score.cells import originals, refuse_nonfinite, run_network, score_stores
+from protocell.score.compute import compute_score
 from protocell.score.source import ScoreError, open_store, plate_wells, run_calibration, run_reference, run_status
 from protocell.score.write import write_score
 

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from protocell.artifacts import RunFolder
 from protocell.build import build_datamodule, build_module
-from protocell.config import validate
+from protocell.config_check import validate
 from protocell.diagnostics import run_diagnostics
 from protocell.distributed import gather_predictions
 from protocell.errors import ConfigError

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from conftest import assert_store_folder, prepare_config, tiny_data
 
-from protocell.data.datamodule import choose_split
+from protocell.data.split import choose_split
 from protocell.errors import ProtocellError
 from protocell.fsutil import exclusive_lock
 from protocell.prepare.assemble import split_images

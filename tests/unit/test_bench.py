@@ -59,7 +59,7 @@ def test_score_bench_reports_both_rates_and_a_peak_rss_per_store_size():
 def test_the_scale_figures_and_the_screen_arithmetic_follow_from_the_measured_times(tmp_path):
     """protocell.bench.scale: speedups, efficiencies and the screen's hours, memory and disk, from fixed
     measurements (a plate of 100 images, 1 MPix each, 30,000 cells)."""
-    from protocell.bench.scale import figures, screen
+    from protocell.bench.scale_figures import figures, screen
 
     (tmp_path / "fields").mkdir()
     (tmp_path / "fields" / "a.tif").write_bytes(b"x" * 2_000_000)  # 2 MB of raw images

@@ -7,7 +7,18 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "protocell"
 # earlier → later; a module may import its own stage and earlier ones
 STAGES = [
-    {"errors", "fsutil", "config", "doses", "distributed", "stats", "artifacts", "tracking", "html"},  # shared ground
+    {
+        "errors",
+        "fsutil",
+        "config",
+        "config_check",
+        "doses",
+        "distributed",
+        "stats",
+        "artifacts",
+        "tracking",
+        "html",
+    },  # shared ground
     {"data"},  # the crop store, the built-in wells, the DataModule
     {"prepare"},  # raw plates → a store
     {"model"},  # the network and its losses

@@ -66,7 +66,7 @@ def test_diversity_is_zero_for_orthogonal_and_one_for_identical_prototypes():
 
 
 def test_bag_sampler_deals_bags_of_one_well_deterministically_and_shards_them_under_ddp():
-    from protocell.data.datamodule import BagSampler
+    from protocell.data.samplers import BagSampler
 
     groups = np.array(["A"] * 10 + ["B"] * 7 + ["C"] * 3)
     s = BagSampler(groups, bag_size=4, seed=1)

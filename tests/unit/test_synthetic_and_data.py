@@ -3,8 +3,8 @@ import pytest
 import tifffile
 from conftest import tiny_data
 
-from protocell.data.datamodule import split_by_image
 from protocell.data.dataset import zeroing_mask
+from protocell.data.split import split_by_image
 from protocell.data.store import CropStore, StoreError
 from protocell.data.synthetic import WellSpec, build_store, crop_cell, write_fields
 from protocell.data.synthetic_render import render_field
@@ -98,7 +98,7 @@ def eight_wells(tmp_path_factory):
 def test_validation_cells_come_from_wells_that_never_train(eight_wells, unit):
     """Pretrain keeps its epoch by the validation AUROC: on images of training wells that score rewards
     memorising the wells (issue 22), so validation takes whole wells whatever the test split is."""
-    from protocell.data.datamodule import split_rows
+    from protocell.data.split import split_rows
 
     m = CropStore(eight_wells).manifest
     s, info = split_rows(m, 0.5, 0.2, seed=0, unit=unit)
@@ -121,7 +121,7 @@ def test_validation_cells_come_from_wells_that_never_train(eight_wells, unit):
 def test_split_auto_splits_by_well_only_when_every_condition_keeps_five_training_wells(
     eight_wells, tiny_store, tmp_path_factory
 ):
-    from protocell.data.datamodule import choose_split
+    from protocell.data.split import choose_split
 
     unit, why = choose_split(CropStore(eight_wells).manifest, 0.5, 0.2, "auto")
     assert unit == "image" and "Exp: 3, Ref: 3 training well(s)" in why  # 8 wells: 4 test, 1 val, 3 train
@@ -433,7 +433,8 @@ def test_optional_config_sections_have_their_ranges_checked():
 
     from hydra import compose, initialize_config_dir
 
-    from protocell.config import register, validate
+    from protocell.config import register
+    from protocell.config_check import validate
 
     register()
     conf = Path(__file__).resolve().parents[2] / "conf"
