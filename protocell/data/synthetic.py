@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from protocell.config import DoseSeriesConfig, PlateConfig, WellEffectsConfig, check_fields
+from protocell.config import DoseSeriesConfig, PlateConfig, SyntheticConfig, WellEffectsConfig, check_fields
 from protocell.data.store import CropStoreWriter, atomic_write_text
 from protocell.data.synthetic_render import render_field
 
@@ -107,21 +107,23 @@ class Plate(PlateConfig):
 
 @dataclass
 class WellSpec:
-    """Parameters of the synthetic plate. Defaults are the embedded data set of ``make run``."""
+    """Parameters of the synthetic plate. Defaults are ``data.synthetic``'s, read from its schema
+    (``protocell.config.SyntheticConfig``): ``WellSpec()`` is the plate ``make run`` trains on."""
 
-    wells_per_condition: int = 6
-    fields_per_well: int = 4
-    field_size: int = 512
-    cells_per_field: int = 60  # attempted; fewer fit when the field is crowded
-    cell_radius: tuple[float, float] = (15.0, 21.0)
-    affected_fraction: dict = field(default_factory=lambda: {"Ref": 0.05, "Exp": 0.5})
-    confound: bool = True  # background debris + illumination offset, stronger in Exp
-    confound_under_cells: bool = False  # the Exp offset also under cells (e.g. product autofluorescence):
-    # a confound no mask can remove, for experiments only
-    crop_size: int = 64
-    photons: float = 600.0  # expected counts at the brightest actin structure
-    read_noise: float = 6.0
-    seed: int = 0
+    wells_per_condition: int = SyntheticConfig.wells_per_condition
+    fields_per_well: int = SyntheticConfig.fields_per_well
+    field_size: int = SyntheticConfig.field_size
+    cells_per_field: int = SyntheticConfig.cells_per_field  # attempted; fewer fit when the field is crowded
+    cell_radius: tuple[float, float] = (15.0, 21.0)  # the generator's own: not a config key
+    affected_fraction: dict = field(default_factory=lambda: dict(SyntheticConfig().affected_fraction))
+    confound: bool = SyntheticConfig.confound  # background debris + illumination offset, stronger in Exp
+    # the Exp offset also under cells (e.g. product autofluorescence): a confound no mask can remove, for
+    # experiments only
+    confound_under_cells: bool = SyntheticConfig.confound_under_cells
+    crop_size: int = SyntheticConfig.crop_size
+    photons: float = SyntheticConfig.photons  # expected counts at the brightest actin structure
+    read_noise: float = SyntheticConfig.read_noise
+    seed: int = SyntheticConfig.seed
     dose_series: dict | None = None  # DoseSeries fields: compound wells after the controls (module doc)
     well_effects: dict | None = None  # WellEffects fields: per-well imaging and how it lines up with the condition
     plates: list | None = None  # Plate fields, one dict a plate (module doc); None: one plate, plate1

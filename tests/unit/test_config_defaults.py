@@ -50,6 +50,11 @@ def test_the_built_in_plates_defaults_are_the_data_groups():
     plate = OmegaConf.to_container(_composed().data.synthetic, resolve=True)
     default = OmegaConf.to_container(OmegaConf.structured(SyntheticConfig))
     assert plate == default
+    # and the generator's own dataclass: WellSpec() is the plate a default run trains on (same cache key)
+    from protocell.build import synthetic_spec
+    from protocell.data.synthetic import WellSpec
+
+    assert synthetic_spec(_composed()).as_dict() == WellSpec().as_dict()
 
 
 def _flat(d: dict, prefix: str = ""):

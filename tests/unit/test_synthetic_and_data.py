@@ -374,8 +374,8 @@ def test_plates_without_a_dose_series_keep_their_cache_key_and_bytes(tmp_path):
     same cached store), no new key in store.json or spec.json, no new manifest column."""
     import json
 
-    assert WellSpec().key() == "daabd7049fb1"  # the generator's default
-    assert WellSpec(wells_per_condition=8, fields_per_well=6).key() == "f01ee44b53e5"  # conf/data/synthetic.yaml
+    assert WellSpec().key() == "f01ee44b53e5"  # the schema's defaults: conf/data/synthetic.yaml's plate
+    assert WellSpec(wells_per_condition=6, fields_per_well=4).key() == "daabd7049fb1"  # the generator's old default
     path = build_store(tmp_path, WellSpec(wells_per_condition=1, fields_per_well=1, field_size=128, cells_per_field=4))
     assert "dose_series" not in json.loads((path / "store.json").read_text())["synthetic"]
     assert "dose_series" not in json.loads((path / "spec.json").read_text())
