@@ -9,8 +9,16 @@ trains. Units are drawn by a seeded permutation of their sorted names, condition
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
+
+# a stratum's key: a condition, or a (plate, condition) pair (``protocell.prepare.assemble``)
+K = TypeVar("K", bound="SupportsRichComparison")
 
 
 def n_out(n: int, fraction: float, keep_one: bool = True) -> int:
@@ -23,7 +31,7 @@ def n_out(n: int, fraction: float, keep_one: bool = True) -> int:
 
 
 def assign(
-    units_by_condition: dict[str, list[str]],
+    units_by_condition: Mapping[K, list[str]],
     fractions: dict[str, float],
     seed: int,
     rng: np.random.Generator | None = None,
