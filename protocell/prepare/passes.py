@@ -72,10 +72,10 @@ def _tile_job(
     py0, py1, px0, px1 = tile.padded
     block = denoise(normalize(source.read(py0, py1, px0, px1), lows, highs), sigma)
     labels = segmenter(block[main], block[second], thresholds)
-    crops, masks, rows, counts = extract_cells(
+    crops, masks, rows, cell_counts = extract_cells(
         labels, block, tile, source.shape, crop_size, filters, store_dtype, names
     )
-    counts = {**counts, "background": background_sums(labels, block, tile)}
+    counts = {**cell_counts, "background": background_sums(labels, block, tile)}
     overlay: Overlay | None = None
     if tile.index in overlay_tiles:
         cy0, cy1, cx0, cx1 = tile.core
