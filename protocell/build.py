@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from hydra.utils import instantiate
@@ -29,8 +30,10 @@ log = logging.getLogger("protocell.build")
 DATAMODULE_TARGET = "protocell.data.datamodule.CellDataModule"
 
 
-def _plain(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+def _plain(node) -> dict[str, Any]:
+    if isinstance(node, DictConfig):
+        return cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
+    return dict(node)
 
 
 def targets(node, prefix: str = "") -> list[tuple[str, str]]:
@@ -73,7 +76,7 @@ def datamodule_from_run(data, source: str, key: str = "data", mask=None):
             f"(remove the _target_ key, or retrain to get a config train.py wrote)"
         )
     typed = _checked({k: v for k, v in plain.items() if k != "_target_"}, DataConfig, key, source)
-    kwargs = OmegaConf.to_container(typed, resolve=True)
+    kwargs = cast(dict[str, Any], OmegaConf.to_container(typed, resolve=True))
     skip = {"_target_", "synthetic"}
     zeroing = _checked(
         {} if mask is None else mask if isinstance(mask, dict) else _plain(mask), MaskConfig, "mask", source

@@ -23,7 +23,8 @@ from pathlib import Path
 
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], object], fsync: bool = True) -> Path:
-    """Call ``write(fh)`` on a temporary sibling of ``path``, then rename it to ``path``."""
+    """Call ``write(fh)`` on a temporary sibling of ``path`` (what it returns is ignored), then rename it to
+    ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:

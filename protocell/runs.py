@@ -16,13 +16,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from protocell.artifacts import RunFolder, RunFolderError, positive_class, read_prototypes
 from protocell.build import build_datamodule, load_module, synthetic_spec
+
+if TYPE_CHECKING:
+    from protocell.data.datamodule import CellDataModule
+    from protocell.data.store import CropStore
+    from protocell.model.protopnet import ProtoPNet
 
 log = logging.getLogger("protocell.runs")
 
@@ -30,18 +36,23 @@ log = logging.getLogger("protocell.runs")
 @dataclass
 class Run:
     dir: Path
-    cfg: object
+    cfg: DictConfig
     record: dict
-    net: torch.nn.Module
-    dm: object  # CellDataModule
+    net: ProtoPNet
+    dm: CellDataModule  # set up (``load_run``)
     preds: pd.DataFrame
     _datasets: dict = field(default_factory=dict, repr=False)
     _position: dict = field(default_factory=dict, repr=False)  # manifest row → (split, index)
     _row_of_cell: dict = field(default_factory=dict, repr=False)
 
     @property
+    def store(self) -> CropStore:
+        assert self.dm.store is not None  # load_run sets the DataModule up
+        return self.dm.store
+
+    @property
     def manifest(self) -> pd.DataFrame:
-        return self.dm.store.manifest
+        return self.store.manifest
 
     @property
     def class_names(self) -> list[str]:
@@ -188,7 +199,7 @@ def read_run_config(folder: RunFolder):
 
 
 def load_run(run_dir: str | Path) -> Run:
-    folder = RunFolder(run_dir)
+    folder = RunFolder(Path(run_dir))
     if folder.root.is_file():
         raise RunFolderError(
             f"run={folder.root} is a file, not a run folder: pass the folder train.py wrote (it holds "

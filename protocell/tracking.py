@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 from hydra.utils import instantiate
@@ -83,12 +84,13 @@ def build_logger(cfg, out_dir: Path):
     logger = make(
         group=group,
         tags=[f"{k}={v}" for k, v in sorted(choices.items())],
-        config={**OmegaConf.to_container(cfg, resolve=True), "choices": choices},
+        config={**cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)), "choices": choices},
         **({"id": run_id, "resume": "allow"} if run_id else {}),
     )
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank == 0:  # other DDP ranks hold a dummy experiment
+    # other DDP ranks hold a dummy experiment; Lightning sets .rank on the function (untyped)
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
         (out_dir / "wandb_run_id.txt").write_text(logger.experiment.id)  # starts the (offline) run
     return logger
 
@@ -122,7 +124,7 @@ def log_media(wandb_run, run_dir: Path, keys: tuple[str, ...] = ("explain/", "sc
     import wandb
 
     images = {k: sorted(p for g in globs for p in run_dir.glob(g)) for k, globs in MEDIA.items() if k.startswith(keys)}
-    payload = {k: [wandb.Image(str(p), caption=p.stem) for p in v] for k, v in images.items() if v}
+    payload: dict[str, Any] = {k: [wandb.Image(str(p), caption=p.stem) for p in v] for k, v in images.items() if v}
     for k, rel in TABLES.items():
         if k.startswith(keys) and (run_dir / rel).exists():
             payload[k] = wandb.Table(dataframe=pd.read_csv(run_dir / rel))

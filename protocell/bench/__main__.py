@@ -70,7 +70,7 @@ def timed_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,7 +39,9 @@ def next_step(out) -> str:
 
 
 def run(cfg: DictConfig):
-    out = run_cli("prepare", lambda c: prepare_store(OmegaConf.to_container(c, resolve=True)), cfg)
+    out = run_cli(
+        "prepare", lambda c: prepare_store(cast(dict[str, Any], OmegaConf.to_container(c, resolve=True))), cfg
+    )
     if isinstance(cfg.shard, int):  # one share of a sharded prepare: no store yet
         print(
             f"share {cfg.shard} of {cfg.shards} prepared into {out}\nwhen every share is done, write the store: the "

@@ -13,6 +13,8 @@ out of what test left.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -20,6 +22,12 @@ from protocell.config import SPLIT_BY
 from protocell.errors import ConfigError
 
 MIN_TRAIN_WELLS = 5  # split_by=auto: training wells a condition must keep to split whole wells (choose_split)
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
+
+# a stratum's key: a condition, or a (plate, condition) pair (``protocell.prepare.assemble``)
+K = TypeVar("K", bound="SupportsRichComparison")
 
 
 def n_out(n: int, fraction: float, keep_one: bool = True) -> int:
@@ -32,7 +40,7 @@ def n_out(n: int, fraction: float, keep_one: bool = True) -> int:
 
 
 def assign(
-    units_by_condition: dict[str, list[str]],
+    units_by_condition: Mapping[K, list[str]],
     fractions: dict[str, float],
     seed: int,
     rng: np.random.Generator | None = None,

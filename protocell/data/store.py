@@ -41,6 +41,7 @@ import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -290,7 +291,7 @@ class CropStore:
                 f"{manifest} lists no cells (a header without rows): the file was emptied or written by "
                 f"another tool; {self._fix(info)}"
             )
-        self._shards: dict[tuple[str, str], np.ndarray] = {}
+        self._shards: dict[tuple[str, str], np.ndarray | None] = {}  # None: a shard without texture
         self._shard_col = self.manifest["shard"].to_numpy()
         self._index_col = self.manifest["shard_index"].to_numpy()
         if validate:
@@ -339,7 +340,12 @@ class CropStore:
     def __len__(self) -> int:
         return len(self.manifest)
 
+    @overload
+    def _array(self, shard: str, kind: Literal["crops", "masks"]) -> np.ndarray: ...
+    @overload
+    def _array(self, shard: str, kind: Literal["texture"]) -> np.ndarray | None: ...
     def _array(self, shard: str, kind: str) -> np.ndarray | None:
+        """A shard's crops, masks (a missing file: StoreError) or texture (a missing file: None)."""
         key = (shard, kind)
         if key not in self._shards:
             path = self.root / "shards" / f"{shard}.{kind}.npy"

@@ -160,7 +160,8 @@ def render_field(
     nuclei = np.zeros((H, W), np.float32)
     labels = np.zeros((H, W), np.uint16)
     texture = np.zeros((H, W), np.uint8)
-    cells, centres = [], []
+    cells: list[dict] = []
+    centres: list[tuple[int, int, float]] = []  # (y, x, radius)
     lo, hi = spec.cell_radius
     for _ in range(n_cells * 4):
         if len(cells) >= n_cells:

@@ -52,7 +52,8 @@ def parse_colour(name: str, key: str = "report.display") -> tuple[float, float, 
     if text in COLOURS:
         return COLOURS[text]
     if re.fullmatch(r"#[0-9a-f]{6}", text):
-        return tuple(int(text[i : i + 2], 16) / 255 for i in (1, 3, 5))
+        r, g, b = (int(text[i : i + 2], 16) / 255 for i in (1, 3, 5))
+        return r, g, b
     raise ConfigError.invalid(key, name, f"a colour: one of {sorted(COLOURS)} or #rrggbb")
 
 

@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -93,7 +94,7 @@ def look_of(run: Run, opts, n: int = 64, seed: int = 0) -> Look:
     crops = [run.crop(int(c)) for c in ids]
     images = torch.stack([x for _, x, _ in crops]).numpy()
     masks = torch.stack([m for _, _, m in crops]).numpy()
-    channels = [run.dm.store.channels[i] for i in run.dm.channel_index]
+    channels = [run.store.channels[i] for i in run.dm.channel_index]
     return Look.from_sample(
         channels, dict(opts.display), images, masks, opts.contrast, opts.heatmap, opts.channel_panels
     )
@@ -112,15 +113,18 @@ def localisation(run: Run, near: dict) -> dict:
     """Ground truth on data with planted-change masks: for each prototype of the Exp class, the
     share of its nearest patches whose RF box overlaps the planted texture; and the share of all
     prototypes whose source patch (max activation) lies in background."""
-    store, rec, rf, S = run.dm.store, run.record, run.net.rf, run.crop_size
-    out = {}
+    store, rec, rf, S = run.store, run.record, run.net.rf, run.crop_size
+    out: dict[str, Any] = {}
     if store.has_texture:
         exp_class = positive_class(rec["class_names"])
         shares = {}
         for j in np.flatnonzero(rec["prototype_class"].numpy() == exp_class):
             rows = [run.row(int(c)) for c in near["cell_id"][:, j]]
             boxes = [rf.box(int(y), int(x), clip=S) for y, x in near["latent_yx"][:, j].tolist()]
-            shares[int(j)] = texture_share(boxes, [_at_crop_size(run, store.texture(r)) for r in rows])
+            # has_texture: every shard has its texture
+            shares[int(j)] = texture_share(
+                boxes, [_at_crop_size(run, cast(np.ndarray, store.texture(r))) for r in rows]
+            )
         out["exp_prototype_texture_share"] = shares
         out["exp_prototype_texture_share_mean"] = float(np.mean(list(shares.values()))) if shares else None
     masks = torch.stack(

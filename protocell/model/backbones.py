@@ -138,6 +138,7 @@ def _narrow_vgg11(width: float, batch_norm: bool) -> list[nn.Module]:
     for m in features.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            assert m.bias is not None  # make_layers' convs have a bias
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)

@@ -19,6 +19,8 @@ own optimiser group, named, so a phase can set each one's learning rate.
 
 from __future__ import annotations
 
+from typing import cast
+
 import lightning as L
 import numpy as np
 import torch
@@ -85,7 +87,8 @@ class ProtoPNetModule(L.LightningModule):
         self._val_cells: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # NHWC tensors: faster convolutions on GPUs with tensor cores (cuDNN), neutral on CPU
         self.channels_last = channels_last
-        self.probe = torch.nn.Conv2d(self.net.add_on[0].in_channels, self.net.num_classes, 1)
+        first = cast(torch.nn.Conv2d, self.net.add_on[0])  # the add-on's first 1×1 conv
+        self.probe = torch.nn.Conv2d(first.in_channels, self.net.num_classes, 1)
         if last_layer == "frozen":
             self.net.last_layer.weight.requires_grad_(False)
 
@@ -96,7 +99,7 @@ class ProtoPNetModule(L.LightningModule):
             "features": list(self.net.features.parameters()),
             "add_on": list(self.net.add_on.parameters()),
             "prototypes": [self.net.prototypes],
-            "last_layer": [self.net.last_layer.weight],
+            "last_layer": [cast(torch.nn.Parameter, self.net.last_layer.weight)],
         }
 
     def group_modules(self) -> dict[str, torch.nn.Module]:
@@ -131,7 +134,7 @@ class ProtoPNetModule(L.LightningModule):
             {f"{stage}/{k}": v.detach() for k, v in values.items() if k != "acc"},
             on_step=False,
             on_epoch=True,
-            batch_size=bs,
+            batch_size=bs,  # type: ignore[arg-type]  # a float on purpose (above); Lightning annotates int
             sync_dist=stage != "train",
         )
         self.log(
@@ -139,7 +142,7 @@ class ProtoPNetModule(L.LightningModule):
             values["acc"],
             on_step=False,
             on_epoch=True,
-            batch_size=bs,
+            batch_size=bs,  # type: ignore[arg-type]  # a float on purpose (above)
             prog_bar=True,
             sync_dist=stage != "train",
         )

@@ -16,6 +16,8 @@ prototypes, so checkpoints and ``prototypes.pt`` carry it.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 
@@ -24,6 +26,13 @@ from protocell.model.prototypes import latent_inside, log_similarity, masked_dis
 
 
 class ProtoPNet(nn.Module):
+    # buffers (register_buffer): each prototype's class, and push's provenance
+    prototype_class: torch.Tensor  # (P,)
+    proto_cell_id: torch.Tensor  # (P,)
+    proto_latent_yx: torch.Tensor  # (P, 2)
+    proto_distance: torch.Tensor  # (P,)
+    pushes: torch.Tensor  # ()
+
     def __init__(
         self,
         backbone: Backbone,
@@ -52,6 +61,7 @@ class ProtoPNet(nn.Module):
         for m in self.add_on.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                assert m.bias is not None  # nn.Conv2d's default bias=True
                 nn.init.zeros_(m.bias)
         P = num_classes * prototypes_per_class
         self.prototypes = nn.Parameter(torch.rand(P, prototype_dim))
@@ -80,8 +90,11 @@ class ProtoPNet(nn.Module):
         """x: (B, C, S, S) → z: (B, D, H, W)."""
         return self.add_on(self.features(x))
 
-    def inside(self, mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
-        return latent_inside(mask, size) if (self.use_mask and mask is not None) else None
+    def inside(self, mask: torch.Tensor | None, size: tuple[int, ...]) -> torch.Tensor | None:
+        """Which latent units of size (H, W) (a latent's ``shape[-2:]``) lie inside the cell; None without
+        the mask term."""
+        hw = cast(tuple[int, int], size)
+        return latent_inside(mask, hw) if (self.use_mask and mask is not None) else None
 
     def distances(self, z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Masked squared distances (B, P, H, W) of latent z to every prototype."""

@@ -15,6 +15,7 @@ square of side r around it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn as nn
 from torchvision.models.densenet import _DenseBlock, _DenseLayer
@@ -93,7 +94,7 @@ def locality(rf: ReceptiveField, crop_size: int) -> dict:
     crop (receptive field ≥ crop): every prototype then compares whole cells and its "box" is the
     crop, whatever the figures draw. ``warning`` says so with the fixes."""
     latent = max(1, int(crop_size // rf.jump))
-    out = {
+    out: dict[str, Any] = {
         "receptive_field": float(rf.size),
         "crop_size": int(crop_size),
         "latent_size": latent,

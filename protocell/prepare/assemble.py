@@ -19,9 +19,11 @@ import json
 import logging
 import time
 import zlib
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -40,6 +42,8 @@ log = logging.getLogger("protocell.prepare")
 # byte for byte the store one process writes
 RUN_KEYS = ("workers", "progress", "debug", "overwrite", "shards", "shard")
 
+T = TypeVar("T")
+
 
 def split_images(
     conditions: dict[str, str], test_fraction: float, seed: int, plates: dict[str, str] | None = None
@@ -57,6 +61,17 @@ def split_images(
 class StoreAssembly:
     """``Preparer``'s output folder and store (``protocell.prepare.pipeline`` mixes them in): they read its
     settings (``c``, ``names``, ``chash``, ``share``, ``shards``) and show its progress bars (``_bar``)."""
+
+    c: dict[str, Any]
+    names: list[str]
+    chash: str
+    if TYPE_CHECKING:
+
+        @property
+        def share(self) -> int | str: ...
+        @property
+        def shards(self) -> int: ...
+        def _bar(self, it: Iterable[T], **kw: Any) -> Iterator[T]: ...
 
     def writer(self, out: Path) -> CropStoreWriter:
         writer = CropStoreWriter(out, self.names, self.c["cells"]["crop_size"], source="prepare")
@@ -257,26 +272,26 @@ class StoreAssembly:
                 name = f"{shard}.aug-{akey[:8]}"
                 rec_path = work / "aug" / f"{name}.json"
                 image_rec_key = records[rows[0]["image_id"]]["key"]
-                meta = None
+                aug_meta: list | None = None  # (i, desc) of each augmented crop
                 rec = read_record(rec_path)
                 if (
                     rec is not None
                     and rec.get("key") == [image_rec_key, akey]
                     and writer.shard_done(name, len(rec["meta"]))
                 ):
-                    meta = rec["meta"]
-                if meta is None:
+                    aug_meta = rec["meta"]
+                if aug_meta is None:
                     crops = np.load(out / "shards" / f"{shard}.crops.npy", mmap_mode="r")
                     masks = np.load(out / "shards" / f"{shard}.masks.npy", mmap_mode="r")
                     crc = zlib.crc32(shard.encode())
-                    a_c, a_m, meta = augment_crops(
+                    a_c, a_m, aug_meta = augment_crops(
                         np.asarray(crops), np.asarray(masks), [(crc, i) for i in range(len(rows))], ap
                     )
-                    writer.write_shard(name, a_c, a_m, [{} for _ in meta])
-                    del writer.rows[-len(meta) :]
-                    atomic_json(rec_path, {"key": [image_rec_key, akey], "meta": meta})
+                    writer.write_shard(name, a_c, a_m, [{} for _ in aug_meta])
+                    del writer.rows[-len(aug_meta) :]
+                    atomic_json(rec_path, {"key": [image_rec_key, akey], "meta": aug_meta})
                 aug_rows = []
-                for i, desc in meta:
+                for i, desc in aug_meta:
                     r = dict(rows[i])
                     r.update(cell_id=next_id, aug_of=rows[i]["cell_id"], aug=desc, split="train")
                     next_id += 1

@@ -49,7 +49,7 @@ def extract_cells(
     filters: CellFilters,
     store_dtype: str = "uint16",
     channel_names: list[str] | None = None,
-):
+) -> tuple[np.ndarray, np.ndarray, list[dict], dict[str, int]]:
     """Crops, masks and manifest rows of the cells this tile owns, and counts of what was dropped.
 
     Each row also carries the cell's shape (``area``, ``eccentricity``, ``solidity``) and its mean
@@ -66,7 +66,7 @@ def extract_cells(
     names = list(channel_names) if channel_names is not None else [f"c{i}" for i in range(C)]
     # the intensity features are of the pixels as stored (a uint16 store clips to [0, 1])
     stored = (lambda v: np.clip(v, 0.0, 1.0)) if store_dtype == "uint16" else (lambda v: v)
-    empty = (
+    empty: tuple[np.ndarray, np.ndarray, list[dict], dict[str, int]] = (
         np.zeros((0, C, S, S), np.float32 if store_dtype == "float32" else np.uint16),
         np.zeros((0, S, S), np.uint8),
         [],

@@ -26,14 +26,15 @@ def list_crops(root: Path, skip: tuple[Path, ...] = ()) -> tuple[list[str], set[
     """(crop files, mask files) under ``root`` as posix paths relative to it, sorted. Hidden files
     and ``skip`` (the metadata CSV, the store's own folder when it lies inside ``root``, and whatever
     is in it) are ignored; any other file that is not a crop is refused."""
-    crops, masks = [], set()
-    skip = {p.resolve() for p in skip}
+    crops: list[str] = []
+    masks: set[str] = set()
+    skipped = {p.resolve() for p in skip}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
         if (
             p.is_dir()
             or any(part.startswith(".") for part in rel.parts)
-            or any(q == p.resolve() or q in p.resolve().parents for q in skip)
+            or any(q == p.resolve() or q in p.resolve().parents for q in skipped)
         ):
             continue
         if _is_mask(p):
@@ -87,7 +88,7 @@ def crop_shape(shape: tuple[int, ...], n_channels: int, path) -> tuple[tuple[int
     if len(shape) == 2 and n_channels == 1:
         return (1, *shape), "YX"
     if len(shape) == 3 and shape[0] == n_channels:
-        return tuple(shape), "CYX"
+        return (shape[0], shape[1], shape[2]), "CYX"
     if len(shape) == 3 and shape[-1] == n_channels:
         return (shape[2], shape[0], shape[1]), "YXC"
     raise InputError(

@@ -143,12 +143,14 @@ def import_crops(
     # every header first: mixed sizes and wrong channel counts are refused before anything is written
     shapes, dtypes, layouts, floats = {}, set(), {}, set()
     for f in crops:
-        shape, dtype = read_header(root / f)
-        if dtype.kind not in "uif":
-            raise InputError(f"{root / f}: pixel type {dtype} is not a number type; re-export as uint16 or float32")
+        shape, file_dtype = read_header(root / f)
+        if file_dtype.kind not in "uif":
+            raise InputError(
+                f"{root / f}: pixel type {file_dtype} is not a number type; re-export as uint16 or float32"
+            )
         shapes[f], layouts[f] = crop_shape(shape, len(channels), root / f)
-        dtypes.add(dtype)
-        if dtype.kind == "f":
+        dtypes.add(file_dtype)
+        if file_dtype.kind == "f":
             floats.add(f)
     sizes = pd.Series(shapes).map(lambda s: "×".join(map(str, s)))
     if sizes.nunique() > 1:

@@ -101,9 +101,9 @@ def read_metadata(metadata: Path, root: Path, crops: list[str]) -> pd.DataFrame:
             )
     for col in ("well", "image_id"):
         if col in meta and (meta[col].str.strip() == "").any():
-            rows = [str(i + 2) for i in np.flatnonzero((meta[col].str.strip() == "").to_numpy())]
+            empty = [str(i + 2) for i in np.flatnonzero((meta[col].str.strip() == "").to_numpy())]
             problems.append(
-                f"metadata={metadata} row(s) {', '.join(rows[:5])}{' …' if len(rows) > 5 else ''} have an "
+                f"metadata={metadata} row(s) {', '.join(empty[:5])}{' …' if len(empty) > 5 else ''} have an "
                 f"empty {col}: give every crop its {col}, or drop the column"
             )
     if "true_label" in meta:

@@ -22,6 +22,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import tifffile
@@ -78,7 +79,8 @@ def _open(path: str) -> tifffile.TiffFile:
 
 def _page(tif: tifffile.TiffFile, index: int) -> tifffile.TiffPage:
     page = tif.pages[index]
-    return page.aspage() if hasattr(page, "aspage") and not isinstance(page, tifffile.TiffPage) else page
+    page = page.aspage() if hasattr(page, "aspage") and not isinstance(page, tifffile.TiffPage) else page
+    return cast(tifffile.TiffPage, page)  # a TiffFrame's aspage() is a TiffPage
 
 
 def read_plane_region(ref: ChannelRef, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -112,6 +114,7 @@ def read_plane_region(ref: ChannelRef, y0: int, y1: int, x0: int, x1: int) -> np
             fh.seek(page.dataoffsets[k])
             data = fh.read(page.databytecounts[k])
             seg, _, _ = page.decode(data, k, jpegtables=page.jpegtables)
+            assert seg is not None  # None only for data=None (an empty segment)
             seg = seg[0, :, :, 0 if separate else ref.sample]
             ty, tx = i * th, j * tw
             ay0, ay1 = max(y0, ty), min(y1, ty + seg.shape[0], H)
@@ -248,7 +251,7 @@ class Tile:
 def tile_grid(shape: tuple[int, int], size: int, halo: int) -> list[Tile]:
     """Tiles of ``size`` covering an (H, W) image, each read with ``halo`` pixels of context."""
     H, W = shape
-    tiles = []
+    tiles: list[Tile] = []
     for y0 in range(0, H, size):
         for x0 in range(0, W, size):
             y1, x1 = min(H, y0 + size), min(W, x0 + size)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,12 @@ from protocell.prepare.report import write_overlay
 from protocell.prepare.settings import atomic_json, read_record
 
 log = logging.getLogger("protocell.prepare")
+
+T = TypeVar("T")
+# a segmenter: (main, second, thresholds) → labels (H, W); protocell.prepare.segment
+Segmenter = Callable[[np.ndarray, np.ndarray, dict], np.ndarray]
+# a tile's overlay: main, second, labels of its core, the labels kept as cells
+Overlay = tuple[np.ndarray, np.ndarray, np.ndarray, set]
 
 
 def worker_pool(workers: int):
@@ -51,7 +59,7 @@ def _tile_job(
     sigma: float,
     main: int,
     second: int,
-    segmenter,
+    segmenter: Segmenter,
     thresholds: dict,
     crop_size: int,
     filters: CellFilters,
@@ -59,15 +67,16 @@ def _tile_job(
     overlay_tiles: set,
     names: list[str],
     tile: Tile,
-):
+) -> tuple[np.ndarray, np.ndarray, list[dict], dict, Overlay | None]:
+    """One tile's crops (n, C, S, S), masks (n, S, S), rows, counts and overlay (None unless asked)."""
     py0, py1, px0, px1 = tile.padded
     block = denoise(normalize(source.read(py0, py1, px0, px1), lows, highs), sigma)
     labels = segmenter(block[main], block[second], thresholds)
-    crops, masks, rows, counts = extract_cells(
+    crops, masks, rows, cell_counts = extract_cells(
         labels, block, tile, source.shape, crop_size, filters, store_dtype, names
     )
-    counts = {**counts, "background": background_sums(labels, block, tile)}
-    overlay = None
+    counts = {**cell_counts, "background": background_sums(labels, block, tile)}
+    overlay: Overlay | None = None
     if tile.index in overlay_tiles:
         cy0, cy1, cx0, cx1 = tile.core
         win = (slice(cy0 - py0, cy1 - py0), slice(cx0 - px0, cx1 - px0))
@@ -80,7 +89,7 @@ def thresholds_of(stats: list[ChannelStats], names: list[str], seg: dict, main: 
     """Per-image thresholds in normalised units: given numbers, or Otsu/Li over the whole image."""
     from skimage.filters import threshold_li, threshold_otsu
 
-    auto = {"otsu": threshold_otsu, "li": threshold_li}
+    auto: dict[str, Callable[[np.ndarray], float]] = {"otsu": threshold_otsu, "li": threshold_li}
     method = seg.get("threshold_method", "li")
     if method not in auto:
         raise InputError(f"segmentation.threshold_method={method!r}: use otsu or li")
@@ -114,6 +123,17 @@ class ImagePasses:
     """``Preparer``'s passes over the images (``protocell.prepare.pipeline`` mixes them in): they read its
     settings (``c``, ``names``, ``main``, ``second``, ``segmenter``, ``filters``, ``halo``) and show its
     progress bars (``_bar``)."""
+
+    c: dict[str, Any]
+    names: list[str]
+    main: int
+    second: int
+    segmenter: Segmenter
+    filters: CellFilters
+    halo: int
+    if TYPE_CHECKING:
+
+        def _bar(self, it: Iterable[T], **kw: Any) -> Iterator[T]: ...
 
     def stats_pass(self, sources, keys, work: Path, pool) -> tuple[dict, dict]:
         """Statistics of every image first: bad pixels are refused before anything is written.
@@ -163,10 +183,14 @@ class ImagePasses:
         )
         counts = dict.fromkeys(COUNT_KEYS, 0)
         bg_sum, bg_n = np.zeros(len(self.names)), 0
-        buf_c, buf_m, buf_r, shards, rows_out = [], [], [], [], []
+        buf_c: list[np.ndarray] = []
+        buf_m: list[np.ndarray] = []
+        buf_r: list[dict] = []
+        shards: list[str] = []
+        rows_out: list[dict] = []
         shard_size = int(c["shard_size"])
 
-        def flush():
+        def flush() -> None:
             if not buf_r:
                 return
             name = f"{s.image_id}-{key[:8]}-{len(shards):03d}"  # never the name of a shard of another key
@@ -174,20 +198,24 @@ class ImagePasses:
             writer.rows.clear()  # rows are assembled in finish(), from the image records
             shards.append(name)
             rows_out.extend({**r, "shard": name, "shard_index": i} for i, r in enumerate(buf_r))
-            buf_c.clear(), buf_m.clear(), buf_r.clear()
+            buf_c.clear()
+            buf_m.clear()
+            buf_r.clear()
 
-        overlays = []
+        overlays: list[Overlay] = []
         bar = self._bar(_imap(pool, job, tiles), total=len(tiles), desc=f"tiles {s.image_id}", unit="tile", leave=False)
         n_buf = 0
-        for crops, masks, rows, cnt, overlay in bar:
+        for crops, masks, rows, cnt, tile_overlay in bar:
             for k in COUNT_KEYS:
                 counts[k] += cnt[k]
             bg_sum += cnt["background"][0]
             bg_n += cnt["background"][1]
-            if overlay is not None:
-                overlays.append(overlay)
+            if tile_overlay is not None:
+                overlays.append(tile_overlay)
             if rows:
-                buf_c.append(crops), buf_m.append(masks), buf_r.extend(rows)
+                buf_c.append(crops)
+                buf_m.append(masks)
+                buf_r.extend(rows)
                 n_buf += len(rows)
             if n_buf >= shard_size:
                 flush()

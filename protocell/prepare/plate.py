@@ -15,8 +15,10 @@ collected and raised together, each naming its file and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +39,10 @@ class ImageEntry:
     image_id: str
     plate: str
     well: str
-    field: str
+    field: str  # hides dataclasses.field in this class body (for type checkers): hence dataclasses.field below
     condition: str  # "" : no class, the image is scored only
-    files: dict[str, str] = field(default_factory=dict)  # channel name → path; "*" = multi-channel file
-    meta: dict[str, str] = field(default_factory=dict)  # the plate map's other columns (dose, compound, …)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # channel name → path; "*" = multi-channel file
+    meta: dict[str, str] = dataclasses.field(default_factory=dict)  # the plate map's other columns (dose, compound, …)
 
 
 def _safe_id(text: str) -> str:
@@ -78,7 +80,9 @@ def _same_id_fix(row: dict, per_channel: bool, where: str) -> str:
     )
 
 
-def _group(rows: list[dict], names: list[str], mapping: dict, where: str, extra: list[str] = ()) -> list[ImageEntry]:
+def _group(
+    rows: list[dict], names: list[str], mapping: dict, where: str, extra: Sequence[str] = ()
+) -> list[ImageEntry]:
     """Rows (one per file) → images; rows with a channel are grouped by image_id/plate/well/field.
     ``extra``: the metadata columns each image carries (equal in all rows of one image)."""
     entries: dict[str, ImageEntry] = {}

@@ -51,7 +51,7 @@ def block_stats(source: ImageSource, names: list[str], core: tuple[int, int, int
     exact = source.dtype.kind == "u" and source.dtype.itemsize <= 2
     nbins = 1 << (8 * source.dtype.itemsize)
     stride = sample_stride(source.shape)
-    out = {"hist": [], "sample": [], "min": [], "max": []}
+    out: dict[str, list] = {"hist": [], "sample": [], "min": [], "max": []}  # per channel
     for c, plane in enumerate(block):
         if plane.dtype.kind == "f" and not np.isfinite(plane).all():
             bad = np.argwhere(~np.isfinite(plane))[0]

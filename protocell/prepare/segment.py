@@ -163,7 +163,7 @@ class CellposeSegmenter:
         cellprob_threshold: float = 0.0,
     ):
         self.model_file = str(cellpose_model_file(str(model)))
-        self.diameter = None if diameter in (None, 0) else float(diameter)
+        self.diameter = None if diameter is None or diameter == 0 else float(diameter)
         self.batch_size = int(batch_size)
         self.gpu = gpu
         self.flow_threshold = float(flow_threshold)

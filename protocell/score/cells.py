@@ -6,7 +6,6 @@ augmentations) through the run's network as it was trained to see them, a cell w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -18,17 +17,9 @@ from protocell.score.infer import infer
 from protocell.score.source import ScoreError
 from protocell.score.tables import cell_table
 
-if TYPE_CHECKING:
-    from protocell.data.datamodule import CellDataModule
-
-
-def datamodule(run: Run) -> CellDataModule:
-    """The run's DataModule (``Run.dm``, a ``CellDataModule``, is typed ``object``)."""
-    return cast("CellDataModule", run.dm)
-
 
 def own_store(run: Run, store: CropStore) -> bool:
-    return store.root.resolve() == Path(datamodule(run).path).resolve()
+    return store.root.resolve() == Path(run.dm.path).resolve()
 
 
 def _score_cells(
@@ -51,7 +42,7 @@ def _score_cells(
     refuse_nonfinite(store, rows, result)
     run_split = None
     if own_store(run, store):  # the run's own cells: say which it trained on
-        splits = datamodule(run).splits[rows]
+        splits = run.dm.splits[rows]
         run_split = np.where(splits == "unlabelled", "", splits).astype(str)
     return cell_table(store.manifest.iloc[rows], wells, result, models, nearest, run_split)
 
@@ -63,9 +54,9 @@ def originals(store: CropStore) -> np.ndarray:
 def run_network(run: Run, store: CropStore, rows: np.ndarray, batch_size, num_workers: int, progress: bool) -> dict:
     return infer(
         run.net,
-        datamodule(run).dataset_of(store, rows),
+        run.dm.dataset_of(store, rows),
         positive_class(run.class_names),
-        int(batch_size or datamodule(run).eval_batch_size),
+        int(batch_size or run.dm.eval_batch_size),
         int(num_workers),
         progress,
     )

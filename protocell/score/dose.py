@@ -73,6 +73,7 @@ def fit_logistic(dose, y) -> dict:
     b0, t0 = means[0], means[-1]
     starts = [[b0, t0, c, h] for c in np.quantile(levels, [0.25, 0.5, 0.75]) for h in (0.5, 1.0, 3.0)]
     p = _solve(x, y, starts, _bounds(x, y))
+    assert p is not None  # None only without starts
     return {**out, **_summary(p, x, y)}
 
 

@@ -8,12 +8,12 @@ import pandas as pd
 
 from protocell.data.store import CropStore
 from protocell.runs import Run
-from protocell.score.cells import datamodule, own_store
+from protocell.score.cells import own_store
 from protocell.score.source import is_mixture
 
 
 def normalisation_note(run: Run, stores: list[CropStore]) -> str:
-    mode = datamodule(run).normalize
+    mode = run.dm.normalize
     how = {
         "cell": "each cell by the 1st and 99.8th percentiles of its own pixels, so a cell's overall brightness "
         "(and a well's gain) is invisible to the network, by design",
@@ -33,7 +33,7 @@ def normalisation_note(run: Run, stores: list[CropStore]) -> str:
     if others:
         note += (
             f" {'This store' if len(others) == 1 else 'These stores'} ({', '.join(others)}) "
-            f"{'is' if len(others) == 1 else 'are'} not the one the run trained on ({datamodule(run).path}): the estimate "
+            f"{'is' if len(others) == 1 else 'are'} not the one the run trained on ({run.dm.path}): the estimate "
             "holds as far as its unaffected cells look like that plate's reference cells."
         )
     return note

@@ -33,6 +33,7 @@ the dose effect): an option, not a default.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -70,7 +71,7 @@ def control_stats(pos, neg) -> dict:
     and ``neg`` the per-well values of the positive (exposed) and negative (reference) controls."""
     pos, neg = (np.asarray(v, np.float64) for v in (pos, neg))
     pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
-    out = {"n_neg": int(len(neg)), "n_pos": int(len(pos))}
+    out: dict[str, Any] = {"n_neg": int(len(neg)), "n_pos": int(len(pos))}
     for name, v in (("neg", neg), ("pos", pos)):
         out[f"mean_{name}"] = float(v.mean()) if len(v) else np.nan
         out[f"sd_{name}"] = float(v.std(ddof=1)) if len(v) > 1 else np.nan

@@ -56,7 +56,7 @@ def _store_paths(run: Run, store) -> list:
     return paths
 
 
-def _inputs(run, store):
+def _inputs(run: Run | str | Path, store: str | Path | list | None) -> tuple:
     """Everything checked before any cell is scored: (Run, models, stores, wells); ``models``: "call" (the
     calibration) and "fraction" (the reference of ``protocell.fraction``); ``store``: a folder, a list of
     them, or None (the run's own). With several stores the wells carry their ``store``; a plate/well in
@@ -75,7 +75,7 @@ def _inputs(run, store):
     }
     stores: list[CropStore] = []
     for path in _store_paths(run, store):
-        s = open_store(path, run.dm.store)
+        s = open_store(path, run.store)
         run.dm.dataset_of(s, [])  # channels, by name (refused with the store's file)
         if any(o.root.resolve() == s.root.resolve() for o in stores):
             raise ScoreError(f"{s.root} is listed twice in data.path: list each store once")

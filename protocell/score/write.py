@@ -54,7 +54,7 @@ def write_score(out: Path, result: ScoreResult, t0: float) -> None:
     tmp = out / f".score.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
     try:
-        figures = {"plate": [], "dose": [], "enrichment": []}
+        figures: dict[str, list[tuple[str, str]]] = {"plate": [], "dose": [], "enrichment": []}
         for plate in sorted(r.wells["plate"].unique()):
             if r.wells.loc[r.wells["plate"] == plate, "row"].notna().any():
                 name = f"plate_{safe_name(plate)}.png"

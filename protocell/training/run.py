@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -125,7 +126,7 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
         "channels": [dm.store.channels[i] for i in dm.channel_index],
     }
     logger = build_logger(cfg, folder.root)
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.trainer, resolve=True))
     trainer_cfg.pop("channels_last", None)
     trainer_cfg["enable_progress_bar"] = progress_bar(trainer_cfg["enable_progress_bar"])
     history = ValAccuracyHistory()
@@ -157,7 +158,7 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
         if len(dm.rows["val"])
         else []
     )
-    metrics = {}
+    metrics: dict[str, Any] = {}
     if trainer.is_global_zero:
         test, val, metrics = evaluate(test_batches, val_batches, dm.store.manifest, dm.class_names, cfg.calibration)
         train_wells = set(dm.store.manifest["well"].astype(str).to_numpy()[dm.rows["train"]])

@@ -10,7 +10,7 @@ class ValAccuracyHistory(Callback):
     trained it, for the run's status (``evaluate.run_status``: did the network ever separate the
     validation wells beyond chance?). Checkpointed, so a resumed run keeps the epochs before the resume."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.history: list[dict] = []
 
     def on_validation_end(self, trainer, pl_module):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -59,7 +60,14 @@ class KeepBestPretrain(Callback):
         self.monitor, self.mode, self.se, self.z = monitor, mode, se, float(z)
         worst = -math.inf if mode == "max" else math.inf
         # value/epoch/state: the epoch kept so far; top/top_se: the best value seen and its standard error
-        self.best = {"value": worst, "epoch": -1, "state": None, "restored": False, "top": worst, "top_se": 0.0}
+        self.best: dict[str, Any] = {
+            "value": worst,
+            "epoch": -1,
+            "state": None,
+            "restored": False,
+            "top": worst,
+            "top_se": 0.0,
+        }
 
     def _better(self, value: float) -> bool:
         """Is ``value`` a new best (strictly)?"""
