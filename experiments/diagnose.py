@@ -2,7 +2,7 @@
 
     python experiments/diagnose.py <sweep or run folders…> [--out table.csv]
 
-Everything ``protocell.diagnostics`` and ``protocell.fraction`` compute after training reads only the
+Everything ``protocell.diagnostics`` and ``protocell.evaluate.fraction`` compute after training reads only the
 held-out predictions a run saved (``test_predictions.csv``, ``val_predictions.csv``) and its split,
 so both can be replayed with the current code on any finished run without retraining — the way to
 measure a check's false-alarm rate and its misses over many runs. The split (which wells trained) is
@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from protocell.artifacts import RunFolder  # noqa: E402
 from protocell.build import datamodule_from_run, load_module, synthetic_spec  # noqa: E402
 from protocell.diagnostics import run_diagnostics  # noqa: E402
-from protocell.evaluate import calibrate, fractions  # noqa: E402
-from protocell.metrics.truth import well_cue  # noqa: E402
+from protocell.evaluate.calibration import calibrate  # noqa: E402
+from protocell.evaluate.predictions import fractions  # noqa: E402
+from protocell.evaluate.truth import well_cue  # noqa: E402
 from protocell.stats import auroc  # noqa: E402
 
 

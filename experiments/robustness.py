@@ -17,7 +17,7 @@ every run ≤ 0.08, CI covering the truth in ≥ 80 % of runs; every run with an
 source patches; no background prototype; no tied nearest patches; AUROC ≥ 0.97 × baseline.
 
 ``--refit-fraction`` re-estimates the affected fraction of Exp (error, CI coverage) of every run from
-its saved held-out predictions with the current ``protocell.fraction`` instead of reading the one its
+its saved held-out predictions with the current ``protocell.evaluate.fraction`` instead of reading the one its
 metrics.json stored: runs trained before an estimator change are measured without retraining (the
 estimator runs after training and does not change it).
 """
@@ -37,7 +37,7 @@ from protocell.compare import find_runs, run_row
 def refit_fraction(run: Path) -> dict:
     """The Exp fraction's error and CI coverage by the current estimator, from the run's held-out cells."""
     from protocell.artifacts import RunFolder
-    from protocell.evaluate import fractions
+    from protocell.evaluate.predictions import fractions
 
     held = RunFolder(run).held_out_predictions()
     pos = int(held["label"].max())  # the last class is the exposed one
@@ -89,7 +89,7 @@ def status_now(metrics: dict) -> str:
     """The run's status under this code's rules, from what its metrics.json recorded: the rules added
     since (``evaluate.test_failure``: test cells at chance → failed; no affected fraction → warning) need
     no retraining, so runs of an earlier commit are read as a run of this one would be."""
-    from protocell.evaluate import test_failure
+    from protocell.evaluate.status import test_failure
 
     status = metrics.get("status")
     if status in ("failed", "incomplete"):

@@ -246,7 +246,7 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     import numpy as np
 
     from protocell.data.synthetic import WellSpec, build_store
-    from protocell.fraction import fit_reference
+    from protocell.evaluate.fraction import fit_reference
     from protocell.score.infer import infer
     from protocell.score.source import plate_wells
     from protocell.score.tables import cell_table, enrichment, treatment_table, well_table

@@ -178,7 +178,7 @@ def imaging_sensitivity(
     measured by ``imaging_stats`` — and focus softened or sharpened by ``FOCUS`` px); fires when the
     reference's rises by more than ``IMAGING`` (module doc). ``held``: held-out cells (cell_id,
     condition)."""
-    from protocell.fraction import mixture_fraction, reference_lr
+    from protocell.evaluate.fraction import mixture_fraction, reference_lr
 
     rng = np.random.default_rng(seed)
     row_of = dict(zip(dm.store.manifest["cell_id"].to_numpy(), range(len(dm.store.manifest))))

@@ -22,7 +22,7 @@ def reference_wells_agree(held: pd.DataFrame, fit: dict, reference: str, n_boot:
     """Excess spread of the held-out reference wells' fractions (``held``: well, condition, score)."""
     from scipy.stats import chi2
 
-    from protocell.fraction import bootstrap_cells, mixture_fraction, reference_lr
+    from protocell.evaluate.fraction import bootstrap_cells, mixture_fraction, reference_lr
 
     rng = np.random.default_rng(seed)
     ref = held[held["condition"] == reference]
@@ -131,7 +131,7 @@ def calls_match_fraction(fraction: dict) -> dict:
 
 def fraction_precision(fraction: dict) -> dict:
     """Is each condition's affected fraction determined? Its 95 % CI is a bootstrap over the condition's
-    held-out wells that refits the reference each time (``protocell.fraction``): what another draw of
+    held-out wells that refits the reference each time (``protocell.evaluate.fraction``): what another draw of
     wells would have given. Fires when a CI's half-width exceeds ``PRECISION`` or a condition has fewer
     than ``MIN_WELLS`` held-out wells (a bootstrap over one or two wells cannot see how much wells
     differ). The estimate alone would be a confident answer the run does not have."""

@@ -49,7 +49,7 @@ def prototype_health(run, near: dict, tol: float = 1e-3) -> pd.DataFrame:
     that straddle the cell border or lie in background, its purity; ``flag`` names the problems."""
     import pandas as pd
 
-    from protocell.metrics.localisation import background_share
+    from protocell.evaluate.localisation import background_share
 
     rec, store, S = run.record, run.dm.store, run.crop_size
     labels = store.manifest["label"].to_numpy()

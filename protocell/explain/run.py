@@ -35,6 +35,8 @@ import torch
 from tqdm import tqdm
 
 from protocell.artifacts import positive_class
+from protocell.evaluate.localisation import background_share, texture_share
+from protocell.evaluate.truth import true_label_metrics, well_cue
 from protocell.explain.health import prototype_health
 from protocell.explain.heatmap import prototype_maps, render_prototype
 from protocell.explain.local import render_cell, sample_cells
@@ -44,8 +46,6 @@ from protocell.explain.render import Look
 from protocell.explain.scores import plot_scores
 from protocell.explain.similarity import plot_population, population_means, rank_differences, replicate_unit, unit_ids
 from protocell.fsutil import atomic_write_json
-from protocell.metrics.localisation import background_share, texture_share
-from protocell.metrics.truth import true_label_metrics, well_cue
 from protocell.model.prototypes import log_similarity
 from protocell.runs import Run, load_run
 from protocell.tracking import log_to_saved_run

@@ -1,6 +1,6 @@
 """Figure 5: cell scores per condition and the affected fraction of each condition.
 
-The fraction is the one estimator of ``protocell.fraction`` (computed at evaluation and stored in
+The fraction is the one estimator of ``protocell.evaluate.fraction`` (computed at evaluation and stored in
 ``metrics.json`` → ``affected_fraction``); this figure only shows it beside the scores it rests on:
 the calibrated P(affected | score) of every test cell per condition (the raw Exp score when the run
 has no calibration).
@@ -33,7 +33,7 @@ def fraction_lines(frac: dict) -> list[str]:
             line += f" · true {est['true']:.2f}"
         lines.append(line)
     if frac.get("reliable") is False:
-        lines.append("UNRELIABLE: a check says the network reads the wells (metrics.json → diagnostics)")
+        lines.append("UNRELIABLE: a check without ground truth says it cannot be trusted (metrics.json → reasons)")
     return lines
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from protocell.data.store import CropStore
-from protocell.fraction import ASSUMPTION, ESTIMATOR
+from protocell.evaluate.fraction import ASSUMPTION, ESTIMATOR
 from protocell.runs import Run
 from protocell.score.cells import score_stores
 from protocell.score.dose import dose_response
@@ -70,7 +70,7 @@ class ScoreResult:
     top_rows: pd.DataFrame  # the page's most enriched prototypes per treatment
     stores: list[str]
     calibration: dict  # the cell call
-    fraction_reference: dict  # the fraction's reference (protocell.fraction)
+    fraction_reference: dict  # the fraction's reference (protocell.evaluate.fraction)
     run_status: dict
     options: dict  # fdr, bscore, min_cells
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from protocell.fraction import ci
+from protocell.evaluate.fraction import ci
 
 MIN_DOSES = 4
 HILL_BOUNDS = (0.05, 20.0)

@@ -58,7 +58,7 @@ def _store_paths(run: Run, store) -> list:
 
 def _inputs(run: Run | str | Path, store: str | Path | list | None) -> tuple:
     """Everything checked before any cell is scored: (Run, models, stores, wells); ``models``: "call" (the
-    calibration) and "fraction" (the reference of ``protocell.fraction``); ``store``: a folder, a list of
+    calibration) and "fraction" (the reference of ``protocell.evaluate.fraction``); ``store``: a folder, a list of
     them, or None (the run's own). With several stores the wells carry their ``store``; a plate/well in
     two stores is refused."""
     run = _run(run)

@@ -55,7 +55,7 @@ def run_status(metrics_path: Path) -> dict:
 
 def run_calibration(metrics_path: Path) -> dict:
     """The cell call train.py stored in ``metrics.json``: ``calibration=mixture`` (each cell's posterior
-    at its well's affected fraction, ``protocell.fraction``) or a noisy-label calibration (a, b, lo, hi);
+    at its well's affected fraction, ``protocell.evaluate.fraction``) or a noisy-label calibration (a, b, lo, hi);
     refused when there is none to use."""
     if not metrics_path.exists():
         raise ScoreError(
@@ -84,7 +84,7 @@ def run_calibration(metrics_path: Path) -> dict:
 
 
 def run_reference(run_dir: Path, exp: str) -> dict:
-    """The fraction reference (``protocell.fraction.fit_reference``) train.py stored in ``metrics.json``
+    """The fraction reference (``protocell.evaluate.fraction.fit_reference``) train.py stored in ``metrics.json``
     → ``affected_fraction.fit``; refused when there is none (``exp``: the exposed condition, for the message)."""
     metrics_path = run_dir / "metrics.json"
     frac = json.loads(metrics_path.read_text()).get("affected_fraction") or {} if metrics_path.exists() else {}

@@ -1,7 +1,7 @@
 """score's tables, from the per-cell numbers: cells, wells, treatments, prototype enrichment.
 
 Wells are keyed by ``plate/well``. The affected fraction is the one estimator of
-``protocell.fraction`` (the EM mixing weight of the cells' likelihood ratios under the run's
+``protocell.evaluate.fraction`` (the EM mixing weight of the cells' likelihood ratios under the run's
 reference fitted on its held-out controls): per well with
 a bootstrap over its cells, per treatment (replicate wells: same condition, compound and dose) with a
 bootstrap over its wells. Prototype enrichment: the mean over a well's cells of each prototype's
@@ -16,9 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from protocell.calibration import noisy_label_apply
 from protocell.data.store import cell_feature_columns
-from protocell.fraction import bootstrap_wells, cell_posteriors, ci, mixture_fraction, reference_lr, well_fractions
+from protocell.evaluate.calibration import noisy_label_apply
+from protocell.evaluate.fraction import (
+    bootstrap_wells,
+    cell_posteriors,
+    ci,
+    mixture_fraction,
+    reference_lr,
+    well_fractions,
+)
 from protocell.model.prototypes import log_similarity
 from protocell.score.source import is_mixture
 

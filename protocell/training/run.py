@@ -26,7 +26,8 @@ from protocell.config_check import validate
 from protocell.diagnostics import run_diagnostics
 from protocell.distributed import gather_predictions
 from protocell.errors import ConfigError
-from protocell.evaluate import evaluate, run_status
+from protocell.evaluate.predictions import evaluate
+from protocell.evaluate.status import run_status
 from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock
 from protocell.model.receptive_field import locality
 from protocell.tracking import build_logger, is_wandb, log_media, run_summary

@@ -18,7 +18,7 @@ import torch
 
 from protocell.data.store import CropStore, CropStoreWriter
 from protocell.errors import ProtocellError
-from protocell.fraction import mixture_fraction, posterior, reference_lr
+from protocell.evaluate.fraction import mixture_fraction, posterior, reference_lr
 from protocell.model.prototypes import log_similarity
 
 ROOT = Path(__file__).resolve().parents[2]

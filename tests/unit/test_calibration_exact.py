@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from protocell.calibration import BOUNDS, _logit, noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
+from protocell.evaluate.calibration import BOUNDS, _logit, noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
 
 
 def test_logit_clips_both_ends_symmetrically_and_works_in_float64():

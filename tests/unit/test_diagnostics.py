@@ -7,8 +7,10 @@ import pytest
 
 from protocell.diagnostics import run_diagnostics
 from protocell.diagnostics.wells import calls_match_fraction, fraction_precision, memorised_wells, reference_wells_agree
-from protocell.evaluate import calibrate, fractions, run_status
-from protocell.fraction import cell_posteriors, mixture_fraction, posterior
+from protocell.evaluate.calibration import calibrate
+from protocell.evaluate.fraction import cell_posteriors, mixture_fraction, posterior
+from protocell.evaluate.predictions import fractions
+from protocell.evaluate.status import run_status
 
 SIG = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
 
@@ -80,7 +82,7 @@ def test_calls_come_from_the_fraction_fit_and_a_wells_mean_posterior_is_its_frac
     test = df[df["target"]].copy()
     cal = calibrate(test, df, 1, "mixture", frac)
     assert cal["used"] and cal["method"].startswith("mixture")
-    from protocell.fraction import reference_lr
+    from protocell.evaluate.fraction import reference_lr
 
     lr = reference_lr(test["score"].to_numpy(), frac["fit"])
     post, per_well = cell_posteriors(lr, test["well"].to_numpy())
@@ -235,7 +237,7 @@ def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_
     from conftest import tiny_data
 
     from protocell.diagnostics.imaging import _Imaged, imaging_sensitivity
-    from protocell.fraction import fit_reference
+    from protocell.evaluate.fraction import fit_reference
 
     dm = tiny_data(imaged_apart, normalize="cell", zero_background=True, zero_margin=2, val_fraction=0.0, seed=0)
     dm.setup()

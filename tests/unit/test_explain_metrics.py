@@ -3,8 +3,8 @@
 import pandas as pd
 import torch
 
+from protocell.evaluate.truth import true_affected_fraction, true_label_metrics
 from protocell.explain.local import contributions, sample_cells
-from protocell.metrics.truth import true_affected_fraction, true_label_metrics
 
 
 def test_true_label_metrics_by_hand():

@@ -118,7 +118,7 @@ def test_health_finds_duplicates_border_patches_and_purity():
 def test_localisation_metrics_on_a_hand_made_case():
     import torch
 
-    from protocell.metrics.localisation import background_share, box_overlaps_mask, texture_share
+    from protocell.evaluate.localisation import background_share, box_overlaps_mask, texture_share
 
     tex = np.zeros((16, 16), bool)
     tex[10:12, 10:12] = True  # the planted change, bottom right

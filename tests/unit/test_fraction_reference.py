@@ -1,4 +1,4 @@
-"""The affected fraction's reference (``protocell.fraction``): the mixture-proportion tail ratio against
+"""The affected fraction's reference (``protocell.evaluate.fraction``): the mixture-proportion tail ratio against
 brute force, the anchors and likelihood ratios on known mixtures, and the refusals."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy.stats import beta
 
-from protocell.fraction import affected_fractions, fit_reference, mixture_fraction, reference_lr, tail_ratio
+from protocell.evaluate.fraction import affected_fractions, fit_reference, mixture_fraction, reference_lr, tail_ratio
 
 
 def mixture(rng, n, rho, mu_a=2.5, mu_u=-0.5):

@@ -22,7 +22,7 @@ STAGES = [
     {"data"},  # the crop store, the built-in wells, the DataModule
     {"prepare"},  # raw plates → a store
     {"model"},  # the network and its losses
-    {"metrics", "calibration", "fraction", "evaluate", "diagnostics"},  # what a run's predictions mean
+    {"evaluate", "diagnostics"},  # what a run's predictions mean
     {"build", "runs"},  # config → DataModule, network; a finished run loaded
     {"training"},  # Lightning, phases, the run folder
     {"explain", "score"},  # a finished run → report.html; × a plate → score.html
@@ -75,3 +75,11 @@ def test_siblings_do_not_import_each_other():
                 if target in group and target != part:
                     across.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({part}) imports protocell.{target}")
     assert not across, "imports between sibling stages (move what both need to an earlier stage):\n" + "\n".join(across)
+
+
+def test_no_module_of_the_package_is_over_400_lines():
+    """Files cut at their seams: a module over 400 lines holds more than one job (issue 26)."""
+    long = {
+        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, f"modules over 400 lines, cut them at their seams: {long}"

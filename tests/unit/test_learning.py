@@ -154,7 +154,7 @@ def test_affected_fraction_recovers_a_known_mixture_with_a_per_well_effect():
     """Scores from a known two-component model (affected ~ N(2.5, 1), unaffected ~ N(−0.5, 1) in logit
     space) in wells with their own affected fractions; the reference is fitted on the well labels
     only, and the condition estimate and CI must bracket the truth."""
-    from protocell.fraction import affected_fractions, mixture_fraction
+    from protocell.evaluate.fraction import affected_fractions, mixture_fraction
 
     rng = np.random.default_rng(0)
     rows = []

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocell.evaluate import beats_majority, run_status
-from protocell.metrics.truth import balanced_accuracy, cell_metrics
+from protocell.evaluate.status import beats_majority, run_status
+from protocell.evaluate.truth import balanced_accuracy, cell_metrics
 
 
 def test_balanced_accuracy_on_an_unbalanced_hand_case():
@@ -178,7 +178,7 @@ def test_an_unbalanced_validation_set_is_judged_by_auroc_not_by_the_majority_sha
 
 
 def test_the_auroc_rule_needs_two_standard_errors_and_both_conditions():
-    from protocell.evaluate import beats_chance
+    from protocell.evaluate.status import beats_chance
 
     assert beats_chance(0.62, 0.05) and not beats_chance(0.60, 0.05) and not beats_chance(float("nan"), 0.05)
     s = _status(_ok_metrics(), val_auroc=[(float("nan"), float("nan"))])

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocell.fraction import bootstrap_wells, mixture_fraction, mixture_fractions, well_fractions
+from protocell.evaluate.fraction import bootstrap_wells, mixture_fraction, mixture_fractions, well_fractions
 
 
 def test_weighted_em_equals_the_one_sample_em_on_the_repeated_cells():
@@ -193,7 +193,7 @@ def test_the_fraction_is_biased_when_a_wells_unaffected_cells_do_not_look_like_t
     affected cells; when its *unaffected* cells score δ higher in logit (a gain, focus or density
     change the network reads), the estimate moves with δ although no more cells are affected: up
     for δ > 0, down for δ < 0."""
-    from protocell.fraction import fit_reference, reference_lr
+    from protocell.evaluate.fraction import fit_reference, reference_lr
 
     rng = np.random.default_rng(0)
 

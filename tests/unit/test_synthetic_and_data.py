@@ -305,8 +305,8 @@ def test_missing_store_names_the_fix(tmp_path):
 def test_platt_calibration_recovers_a_known_posterior_and_metrics_use_the_call():
     import pandas as pd
 
-    from protocell.calibration import platt_apply, platt_fit
-    from protocell.metrics.truth import cell_metrics
+    from protocell.evaluate.calibration import platt_apply, platt_fit
+    from protocell.evaluate.truth import cell_metrics
 
     rng = np.random.default_rng(0)
     s = rng.uniform(0.05, 0.95, 20000)
@@ -334,7 +334,7 @@ def test_platt_calibration_recovers_a_known_posterior_and_metrics_use_the_call()
 def test_noisy_label_calibration_recovers_the_affected_posterior_and_the_fractions():
     """Half the Exp cells and 5 % of the Ref cells affected; scores Gaussian in logit space, so
     P(affected | s) = σ(3·logit(s) + log(π/(1 − π))) with π = 0.275 exactly."""
-    from protocell.calibration import noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
+    from protocell.evaluate.calibration import noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
 
     rng = np.random.default_rng(0)
     n = 20000

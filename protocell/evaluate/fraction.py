@@ -320,13 +320,14 @@ def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) ->
             f = fit_reference(sample["score"].to_numpy(), sample["exposed"].to_numpy())
             if f["ok"]:
                 boots.append(estimate(sample, f))
+    conditions: dict[str, dict] = {}
     out = {
         "available": True,
         "estimator": ESTIMATOR,
         "assumption": ASSUMPTION,
         "n_boot": len(boots),
         "fit": fit,
-        "conditions": {},
+        "conditions": conditions,
     }
     truth = "true_label" in target and bool((target["true_label"] >= 0).all())
     for c in conds:
@@ -345,7 +346,7 @@ def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) ->
             est["true"] = float((g["true_label"] == 1).mean())
             est["error"] = est["estimate"] - est["true"]
             est["ci_covers_truth"] = bool(lo <= est["true"] <= hi)
-        out["conditions"][str(c)] = est
+        conditions[str(c)] = est
     wells = well_fractions(target.assign(lr=target_lr), n_boot=n_boot, seed=seed)
     if truth:
         wells["true"] = wells["well"].map(target.groupby("well")["true_label"].apply(lambda t: float((t == 1).mean())))

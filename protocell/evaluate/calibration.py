@@ -1,13 +1,23 @@
-"""Cell calls from well labels: turning a network's per-cell scores into calibrated probabilities.
+"""The cell call: turning a network's per-cell scores into P(affected) and a call, from held-out cells'
+well labels (never ground truth).
 
-Fitted on the *validation* cells' well labels (never ground truth): ``platt_fit`` gives the
-well-label posterior P(Exp | s); ``noisy_label_fit`` the affected posterior P(affected | s) under
-per-well label noise, with the implied affected fractions.
+``calibrate`` with ``calibration=mixture`` (default) takes P(affected | score) from the affected-fraction
+fit itself (``protocell.evaluate.fraction``), the cell's posterior at its well's fraction, called above
+0.5: the calls and the fractions are one model. ``noisy_label`` fits a sigmoid P(affected | score) under
+per-well label noise (``noisy_label_fit``, with the implied affected fractions); ``platt`` calls a cell
+when the well-label posterior P(Exp | score) exceeds 0.5 (``platt_fit``); ``none`` keeps the raw argmax.
+A mixture without a fit and a degenerate noisy-label fit fall back to Platt, a Platt slope ≤ 0 to the raw
+argmax (both logged and recorded).
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pandas as pd
+
+log = logging.getLogger("protocell.evaluate")
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -108,6 +118,7 @@ def noisy_label_fit(scores: np.ndarray, targets: np.ndarray, start: dict | None 
         r = minimize(nll, w0, method="L-BFGS-B", bounds=list(BOUNDS.values()))
         if best is None or r.fun < best.fun:
             best = r
+    assert best is not None  # starts is never empty
     at_bound = [
         k
         for k, v, (lo_b, hi_b) in zip(BOUNDS, best.x, BOUNDS.values())
@@ -138,3 +149,73 @@ def noisy_label_fit(scores: np.ndarray, targets: np.ndarray, start: dict | None 
 def noisy_label_apply(scores: np.ndarray, fit: dict) -> np.ndarray:
     """P(affected | s) of ``noisy_label_fit``."""
     return 1 / (1 + np.exp(-(fit["a"] * _logit(scores) + fit["b"])))
+
+
+def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str, fraction: dict | None = None) -> dict | None:
+    """Add ``calibrated`` (a probability) and ``call`` to ``df`` from the held-out cells ``val``'s well
+    labels (no ground truth).
+
+    ``mixture`` (the default): P(affected | score) from the affected-fraction fit itself
+    (``fraction``, ``protocell.evaluate.fraction``): each cell's EM posterior at its well's fraction, called
+    affected above ½ — one model for the call and the fraction. ``noisy_label``: a sigmoid fitted under
+    per-well label noise; ``platt``: P(Exp | score); ``none``: the raw argmax."""
+    if method == "none":
+        return None
+    s, y = val["score"].to_numpy(), (val["label"] == pos).to_numpy()
+    if method == "mixture":
+        from protocell.evaluate.fraction import cell_posteriors, reference_lr
+
+        if fraction and fraction.get("available"):
+            post, _ = cell_posteriors(
+                reference_lr(df["score"].to_numpy(), fraction["fit"]), df["well"].astype(str).to_numpy()
+            )
+            df["calibrated"] = post
+            df["call"] = (post > 0.5).astype(int)
+            return {
+                "method": "mixture: P(affected | score) = the affected-fraction fit's posterior at the cell's "
+                "well's fraction (protocell.evaluate.fraction)",
+                "n_cells": len(val),
+                "used": True,
+            }
+        log.warning(
+            "no affected-fraction fit (%s): cell calls fall back to Platt on the well labels",
+            (fraction or {}).get("reason", "not computed"),
+        )
+    if method == "noisy_label":
+        fit = noisy_label_fit(s, y)
+        if fit["ok"]:
+            df["calibrated"] = noisy_label_apply(df["score"].to_numpy(), fit)
+            df["call"] = (df["calibrated"] > 0.5).astype(int)
+            return {
+                "method": "noisy-label calibration on validation well labels (P(affected | score))",
+                **fit,
+                "n_cells": len(val),
+                "used": True,
+            }
+        log.warning(
+            "noisy-label calibration degenerate on %d validation cells (hi − lo = %.3f, slope %.3g): "
+            "falling back to Platt",
+            len(val),
+            fit["hi"] - fit["lo"],
+            fit["a"],
+        )
+    a, b = platt_fit(s, y)
+    calibration = {
+        "method": "platt on validation well labels (P(Exp | score))",
+        "a": a,
+        "b": b,
+        "n_cells": len(val),
+        "used": a > 0,
+        **({"fallback_from": method} if method != "platt" else {}),
+    }
+    if a > 0:
+        df["calibrated"] = platt_apply(df["score"].to_numpy(), a, b)
+        df["call"] = (df["calibrated"] > 0.5).astype(int)
+    else:  # validation scores rank the wells backwards: a fit that would invert the calls
+        log.warning(
+            "calibration rejected (slope %.3g ≤ 0 on %d validation cells): cell calls are "
+            "the raw argmax; more validation wells (data.val_fraction) make it usable",
+            a,
+            len(val),
+        )
+    return calibration

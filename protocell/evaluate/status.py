@@ -1,164 +1,14 @@
-"""Predictions → table → calibration → metrics.
-
-``predictions_frame`` turns the module's predict outputs into one row per cell (ids, labels, Exp
-score, minimum distance to every prototype) joined with the manifest; ``fractions`` estimates the
-affected fraction from the held-out cells' well labels (no ground truth involved) and ``calibrate``
-adds the ``calibrated`` probability and the ``call``; ``cell_metrics`` scores the calls against well labels and, where it is
-known, the per-cell truth.
-
-Cell calls: ``calibration=mixture`` (default) is P(affected | score) from the affected-fraction fit
-itself (``protocell.fraction``), the cell's posterior at its well's fraction, called above 0.5: the
-calls and the fractions are one model. ``noisy_label`` fits a sigmoid P(affected | score) under
-per-well label noise; ``platt`` calls a cell when the well-label posterior P(Exp | score) exceeds
-0.5; ``none`` keeps the raw argmax. A mixture without a fit and a degenerate noisy-label fit fall
-back to Platt, a Platt slope ≤ 0 to the raw argmax (both logged and recorded).
-
-``run_status`` judges the finished run from those metrics and the training history: ``ok``,
-``incomplete`` (stopped before its schedule ended, or never pushed) or ``failed`` (nothing learnt, or
-nothing to evaluate), with the reasons, so a failed run cannot pass for a result.
+"""The finished run's status: ``run_status`` judges a run from its metrics and its training history —
+``ok``, ``warning`` (a label-free check says its answer may be wrong, ``protocell.diagnostics``, or it gave
+no affected fraction), ``incomplete`` (stopped before its schedule ended, or never pushed) or ``failed``
+(nothing learnt, or nothing to evaluate) — with the reasons, so a failed run cannot pass for a result.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
-import pandas as pd
-import torch
-
-from protocell.artifacts import positive_class
-from protocell.calibration import noisy_label_apply, noisy_label_fit, platt_apply, platt_fit
 from protocell.stats import auroc_se
-
-log = logging.getLogger("protocell.evaluate")
-
-
-def predictions_frame(batches: list[dict], manifest: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
-    """One row per predicted cell: cell_id, label, pred (argmax), score (P(Exp)), min_d_j, and the
-    manifest's image_id, well, condition, true_label."""
-    cat = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
-    probs = cat["probs"].numpy()
-    df = pd.DataFrame(
-        {
-            "cell_id": cat["cell_id"].numpy(),
-            "label": cat["label"].numpy(),
-            "pred": probs.argmax(1),
-            "score": probs[:, positive_class(class_names)],
-        }
-    )
-    for j in range(cat["min_distances"].shape[1] if "min_distances" in cat else 0):
-        df[f"min_d_{j}"] = cat["min_distances"][:, j].numpy()
-    info = manifest.set_index("cell_id")[["image_id", "well", "condition", "true_label"]]
-    return df.join(info, on="cell_id")
-
-
-def calibrate(df: pd.DataFrame, val: pd.DataFrame, pos: int, method: str, fraction: dict | None = None) -> dict | None:
-    """Add ``calibrated`` (a probability) and ``call`` to ``df`` from the held-out cells ``val``'s well
-    labels (no ground truth).
-
-    ``mixture`` (the default): P(affected | score) from the affected-fraction fit itself
-    (``fraction``, ``protocell.fraction``): each cell's EM posterior at its well's fraction, called
-    affected above ½ — one model for the call and the fraction. ``noisy_label``: a sigmoid fitted under
-    per-well label noise; ``platt``: P(Exp | score); ``none``: the raw argmax."""
-    if method == "none":
-        return None
-    s, y = val["score"].to_numpy(), (val["label"] == pos).to_numpy()
-    if method == "mixture":
-        from protocell.fraction import cell_posteriors, reference_lr
-
-        if fraction and fraction.get("available"):
-            post, _ = cell_posteriors(
-                reference_lr(df["score"].to_numpy(), fraction["fit"]), df["well"].astype(str).to_numpy()
-            )
-            df["calibrated"] = post
-            df["call"] = (post > 0.5).astype(int)
-            return {
-                "method": "mixture: P(affected | score) = the affected-fraction fit's posterior at the cell's "
-                "well's fraction (protocell.fraction)",
-                "n_cells": len(val),
-                "used": True,
-            }
-        log.warning(
-            "no affected-fraction fit (%s): cell calls fall back to Platt on the well labels",
-            (fraction or {}).get("reason", "not computed"),
-        )
-    if method == "noisy_label":
-        fit = noisy_label_fit(s, y)
-        if fit["ok"]:
-            df["calibrated"] = noisy_label_apply(df["score"].to_numpy(), fit)
-            df["call"] = (df["calibrated"] > 0.5).astype(int)
-            return {
-                "method": "noisy-label calibration on validation well labels (P(affected | score))",
-                **fit,
-                "n_cells": len(val),
-                "used": True,
-            }
-        log.warning(
-            "noisy-label calibration degenerate on %d validation cells (hi − lo = %.3f, slope %.3g): "
-            "falling back to Platt",
-            len(val),
-            fit["hi"] - fit["lo"],
-            fit["a"],
-        )
-    a, b = platt_fit(s, y)
-    calibration = {
-        "method": "platt on validation well labels (P(Exp | score))",
-        "a": a,
-        "b": b,
-        "n_cells": len(val),
-        "used": a > 0,
-        **({"fallback_from": method} if method != "platt" else {}),
-    }
-    if a > 0:
-        df["calibrated"] = platt_apply(df["score"].to_numpy(), a, b)
-        df["call"] = (df["calibrated"] > 0.5).astype(int)
-    else:  # validation scores rank the wells backwards: a fit that would invert the calls
-        log.warning(
-            "calibration rejected (slope %.3g ≤ 0 on %d validation cells): cell calls are "
-            "the raw argmax; more validation wells (data.val_fraction) make it usable",
-            a,
-            len(val),
-        )
-    return calibration
-
-
-def evaluate(
-    test_batches: list[dict],
-    val_batches: list[dict],
-    manifest: pd.DataFrame,
-    class_names: list[str],
-    method: str = "mixture",
-    n_boot: int = 200,
-) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
-    """Test and validation tables, the cell call, and the test metrics.
-
-    The affected fraction of each condition and test well is estimated from the *held-out* cells —
-    validation and test cells, whose scores the network never trained on — and their well labels (no
-    ground truth, ``protocell.fraction``); the cell call comes from the same fit (``calibrate``).
-    Returns (test table, validation table or None, metrics with ``calibration`` and ``affected_fraction``)."""
-    from protocell.metrics.truth import cell_metrics
-
-    pos = positive_class(class_names)
-    test = predictions_frame(test_batches, manifest, class_names)
-    val = predictions_frame(val_batches, manifest, class_names) if val_batches else None
-    held_out = pd.concat(
-        [test.assign(target=True)] + ([val.assign(target=False)] if val is not None else []), ignore_index=True
-    )
-    fraction = fractions(held_out, pos, n_boot)
-    calibration = calibrate(test, held_out, pos, method, fraction)
-    metrics = {**cell_metrics(test, positive=pos, class_names=class_names), "calibration": calibration}
-    metrics["affected_fraction"] = fraction
-    return test, val, metrics
-
-
-def fractions(held_out: pd.DataFrame, pos: int, n_boot: int = 200) -> dict:
-    """The affected fraction per condition and test well (``protocell.fraction``), or why there is none."""
-    from protocell.fraction import affected_fractions
-
-    cols = ["well", "condition", "score", "target"] + (["true_label"] if "true_label" in held_out else [])
-    cells = held_out[cols].assign(exposed=(held_out["label"] == pos).to_numpy())
-    return affected_fractions(cells, n_boot=n_boot)
-
 
 # calibration parameters whose bound means a degenerate fit (see ``run_status``)
 FAILING_BOUNDS = {
@@ -228,7 +78,7 @@ def test_failure(metrics: dict) -> str | None:
     for w in metrics.get("test_composition") or []:
         if "n_cells" in w:
             counts[str(w["condition"])] = counts.get(str(w["condition"]), 0) + int(w["n_cells"])
-    if not _finite(a) or len(counts) != 2:
+    if not isinstance(a, (int, float)) or not _finite(a) or len(counts) != 2:
         return None
     n1, n2 = counts.values()
     se = max(auroc_se(a, n1, n2), auroc_se(a, n2, n1))
@@ -292,8 +142,8 @@ def run_status(
     learnt_nothing = learning_failure(val_auroc, val_accuracy, val_majority, n_val)
     if learnt_nothing:
         failed.append(learnt_nothing)
-    elif test_failure(metrics):
-        failed.append(test_failure(metrics))
+    elif (at_chance := test_failure(metrics)) is not None:
+        failed.append(at_chance)
     conditions = sorted({r["condition"] for r in metrics.get("test_composition") or []})
     if len(conditions) == 1 or (conditions == [] and not _finite(metrics.get("well_label_auroc"))):
         failed.append(
