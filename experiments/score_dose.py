@@ -53,7 +53,7 @@ TINY = [
     "schedule.push_every=2",
     "schedule.push_start=2",
     "schedule.last_layer_epochs=1",
-    "model.prototypes_per_class=2",
+    "protopnet.prototypes_per_class=2",
 ]
 
 

@@ -3,7 +3,7 @@
 ``build_datamodule(cfg)`` resolves the crop store (the built-in synthetic wells are generated once
 and cached in ``paths.cache_dir``; ``data=prepared`` points at ``data.path``) and instantiates the
 DataModule from ``cfg.data``. ``build_module(cfg, dm)`` builds the ProtoPNetModule from plain
-arguments (``cfg.backbone``, ``cfg.model``, loss and optimiser settings), so its checkpoint can
+arguments (``cfg.backbone``, ``cfg.protopnet``, loss and optimiser settings), so its checkpoint can
 rebuild it (``load_module``). A run folder is read back the same way (``protocell.artifacts``).
 
 Configs read from a run folder may come from someone else (run folders are data people mail each
@@ -174,7 +174,7 @@ def net_spec(cfg, in_channels: int) -> dict:
     """Plain keyword arguments of the network: backbone, prototype head, input channels."""
     return {
         "backbone": _plain(cfg.backbone),
-        "head": {**_plain(cfg.model), "use_mask": bool(cfg.mask.distance_term)},
+        "head": {**_plain(cfg.protopnet), "use_mask": bool(cfg.mask.distance_term)},
         "in_channels": int(in_channels),
     }
 
@@ -184,7 +184,7 @@ def build_module(cfg, dm):
     from protocell.model.module import ProtoPNetModule
 
     perf = cfg.performance
-    channels_last = bool(cfg.trainer.channels_last)  # a protocell key in the trainer group
+    channels_last = bool(perf.channels_last)
     module = ProtoPNetModule(
         net_spec(cfg, dm.in_channels),
         class_names=list(dm.class_names),

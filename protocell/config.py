@@ -14,6 +14,7 @@ or the data (a warm-up shorter than the run, a channel the store has) live in th
 that use them (``training.schedule``, ``CellDataModule``) and raise the same ``ConfigError``.
 """
 
+import signal
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -210,7 +211,9 @@ class ScheduleConfig:
 
 
 @dataclass
-class HeadConfig:
+class ProtoPNetConfig:
+    """``protopnet:``, the prototype head (keyword arguments of ``protocell.model.protopnet.ProtoPNet``)."""
+
     prototypes_per_class: int = rule(_int(1), "an integer ≥ 1", 10)
     prototype_dim: int = rule(_int(1), "an integer ≥ 1", 64)
     mask_penalty: Optional[float] = rule(lambda v: v is None or v > 0, "> 0 or null", None)
@@ -254,6 +257,17 @@ class OptimConfig:
 class PerformanceConfig:
     compile: bool = False
     compile_backend: str = "inductor"
+    channels_last: bool = False
+
+
+@dataclass
+class SlurmConfig:
+    auto_requeue: bool = True
+    requeue_signal: str = rule(
+        lambda v: isinstance(getattr(signal, v if str(v).startswith("SIG") else f"SIG{v}", None), signal.Signals),
+        "a signal name such as SIGUSR2 (sbatch --signal)",
+        "SIGUSR2",
+    )
 
 
 @dataclass
@@ -279,12 +293,13 @@ class TrainConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     last_layer: LastLayerConfig = field(default_factory=LastLayerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    model: HeadConfig = field(default_factory=HeadConfig)
+    protopnet: ProtoPNetConfig = field(default_factory=ProtoPNetConfig)
     prototypes: PrototypesConfig = field(default_factory=PrototypesConfig)
     head: str = rule(_one_of(HEADS), f"one of {HEADS}", "protopnet")
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     trainer: Any = None
     logger: Any = None
     paths: Any = None

@@ -82,7 +82,7 @@ def initial_prototypes(
 ) -> torch.Tensor:
     """(P, D) prototypes for ``net`` (its ``prototype_class`` gives how many per class)."""
     if method not in INIT_METHODS:
-        raise ValueError(f"model.init must be one of {INIT_METHODS}, got '{method}'")
+        raise ValueError(f"prototypes.init must be one of {INIT_METHODS}, got '{method}'")
     if method == "random":
         return net.prototypes.detach().clone()
     patches = latent_patches(net, loader, probe, positive)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -32,6 +34,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from protocell.config import SlurmConfig, check_fields
 from protocell.errors import ConfigError
 from protocell.fsutil import atomic_torch_save, atomic_write_bytes
 
@@ -145,18 +148,17 @@ def check_resume(path: str | Path, hparams: dict, epochs: int) -> int:
     return done
 
 
-def cluster_plugins(trainer_cfg: dict) -> list:
-    """Pops protocell's ``auto_requeue`` and ``requeue_signal`` trainer keys; under SLURM returns
-    Lightning's ``SLURMEnvironment`` with them (else nothing: Lightning's default environment).
+def cluster_plugins(slurm: Mapping[str, Any]) -> list:
+    """Under SLURM, Lightning's ``SLURMEnvironment`` with the run's ``slurm.auto_requeue`` and
+    ``slurm.requeue_signal`` (checked by the schema, ``protocell.config.SlurmConfig``); elsewhere
+    nothing (Lightning's default environment).
 
     submitit (``hydra/launcher=slurm``) registers its own handler for the same signal, which requeues
     a timed-out job only when ``max_num_timeout`` > 0 and restarts it from scratch; Lightning
     registers its handler only on a free signal, so the signal is handed to Lightning here."""
-    requeue = bool(trainer_cfg.pop("auto_requeue", True))
-    name = str(trainer_cfg.pop("requeue_signal", "SIGUSR2"))
-    signum = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
-    if not isinstance(signum, signal.Signals):
-        raise ConfigError.invalid("trainer.requeue_signal", name, "a signal name such as SIGUSR2 (sbatch --signal)")
+    check_fields(slurm, SlurmConfig, "slurm")
+    requeue, name = bool(slurm["auto_requeue"]), str(slurm["requeue_signal"])
+    signum = signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
     if not SLURMEnvironment.detect():
         return []
     if requeue and signal.getsignal(signum) not in (None, signal.SIG_DFL, signal.SIG_IGN):

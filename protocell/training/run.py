@@ -128,10 +128,9 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
     }
     logger = build_logger(cfg, folder.root)
     trainer_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.trainer, resolve=True))
-    trainer_cfg.pop("channels_last", None)
     trainer_cfg["enable_progress_bar"] = progress_bar(trainer_cfg["enable_progress_bar"])
     history = ValAccuracyHistory()
-    plugins = [AtomicCheckpointIO(last=folder.checkpoint), *cluster_plugins(trainer_cfg)]
+    plugins = [AtomicCheckpointIO(last=folder.checkpoint), *cluster_plugins(cfg.slurm)]
     trainer = instantiate(
         trainer_cfg,
         max_epochs=len(schedule),

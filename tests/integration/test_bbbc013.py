@@ -107,7 +107,7 @@ def test_train_and_explain_show_the_confound_table_in_the_report(store, tmp_path
             "schedule.push_every=2",
             "schedule.push_start=2",
             "schedule.last_layer_epochs=1",
-            "model.prototypes_per_class=2",
+            "protopnet.prototypes_per_class=2",
             "report.unit=image",
         ],
         cwd=ROOT,

@@ -65,7 +65,7 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
         "schedule.push_every=2",
         "schedule.push_start=2",
         "schedule.last_layer_epochs=1",
-        "model.prototypes_per_class=2",
+        "protopnet.prototypes_per_class=2",
         "explain=false",
         "trainer.enable_progress_bar=false",
         "threads=1",

@@ -68,7 +68,7 @@ def test_data_path_decides_the_store_and_a_missing_store_is_named(tmp_path, tiny
         "schedule.push_start=1",
         "schedule.push_every=1",
         "schedule.last_layer_epochs=0",
-        "model.prototypes_per_class=2",
+        "protopnet.prototypes_per_class=2",
         "threads=1",
         "trainer.enable_progress_bar=false",
         "data.val_fraction=0",

@@ -107,12 +107,12 @@ def test_multirun_folder_to_table_with_mean_sd_over_seeds(tmp_path):
 
 def test_varying_override_becomes_a_factor_and_seed_does_not(tmp_path):
     for s in (0, 1):
-        _run(tmp_path, f"a{s}", "vgg11", "on", "trained", s, 0.7, extra=["model.prototypes_per_class=5"])
-        _run(tmp_path, f"b{s}", "vgg11", "on", "trained", s, 0.9, extra=["model.prototypes_per_class=10"])
+        _run(tmp_path, f"a{s}", "vgg11", "on", "trained", s, 0.7, extra=["protopnet.prototypes_per_class=5"])
+        _run(tmp_path, f"b{s}", "vgg11", "on", "trained", s, 0.9, extra=["protopnet.prototypes_per_class=10"])
     summary, _ = compare.compare([tmp_path / f"{x}{s}" for x in "ab" for s in (0, 1)])
-    assert "model.prototypes_per_class" in summary and "seed" not in summary
+    assert "protopnet.prototypes_per_class" in summary and "seed" not in summary
     assert sorted(summary["seeds"]) == [2, 2]
-    assert summary.set_index("model.prototypes_per_class")["well_label_accuracy_mean"].to_dict() == pytest.approx(
+    assert summary.set_index("protopnet.prototypes_per_class")["well_label_accuracy_mean"].to_dict() == pytest.approx(
         {"10": 0.9, "5": 0.7}
     )
 

@@ -17,7 +17,7 @@ log = logging.getLogger("protocell.train")
 
 
 class InitPrototypes(Callback):
-    """Sets the prototypes from real latent patches (``model.init``) when the first prototype-network
+    """Sets the prototypes from real latent patches (``prototypes.init``) when the first prototype-network
     epoch starts, after the kept pretrain epoch is restored; once per run (state in checkpoints)."""
 
     def __init__(self, schedule: list[Phase], method: str = "evidence", max_cells: int = 4000):
