@@ -68,8 +68,14 @@ def tiny_data(path, **kw):
 
 
 TINY_SPEC = {
-    "backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
-    "head": {"prototypes_per_class": 3, "prototype_dim": 16, "use_mask": True},
+    "backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46, "pretrained": False, "batch_norm": True},
+    "head": {
+        "prototypes_per_class": 3,
+        "prototype_dim": 16,
+        "use_mask": True,
+        "mask_penalty": None,
+        "incorrect_class_weight": -0.5,
+    },
     "in_channels": 2,
 }
 

@@ -96,12 +96,19 @@ def _default_dm(store, **data):
 def _module(backbone: str, crop: int, width: float = 0.125, max_rf=46):
     from dataclasses import asdict
 
-    from protocell.config import LastLayerConfig, LossConfig, OptimConfig, ScheduleConfig, TrainConfig
+    from protocell.config import (
+        LastLayerConfig,
+        LossConfig,
+        OptimConfig,
+        ProtoPNetConfig,
+        ScheduleConfig,
+        TrainConfig,
+    )
     from protocell.model.module import ProtoPNetModule
 
     spec = {
-        "backbone": {"name": backbone, "width": width, "max_rf": max_rf},
-        "head": {"prototypes_per_class": 10, "prototype_dim": 64},
+        "backbone": {"name": backbone, "width": width, "max_rf": max_rf, "pretrained": False, "batch_norm": True},
+        "head": {**asdict(ProtoPNetConfig()), "use_mask": True},  # the default run's head (mask=on)
         "in_channels": 2,
     }
     optim = OptimConfig()  # the default run's settings (bags of one cell: the step measured per cell)

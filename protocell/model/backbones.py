@@ -1,7 +1,7 @@
 """Backbones f: torchvision feature extractors by name, cut by receptive field.
 
-``build_backbone(name, in_channels, pretrained, max_rf, width)`` returns a ``Backbone``: an
-``nn.Sequential`` of stages, its output channel count and its analytic ``ReceptiveField``.
+``build_backbone(name, *, in_channels, pretrained, max_rf, width, batch_norm)`` (every setting given:
+``backbone.*``) returns a ``Backbone``: an ``nn.Sequential`` of stages, its output channel count and its analytic ``ReceptiveField``.
 Input ``x: (B, C_in, H, W)`` → ``f(x): (B, C_out, H / jump, W / jump)``.
 
 Registry: ``vgg11``, ``vgg11_bn``, ``vgg16``, ``vgg16_bn``, ``resnet18``, ``resnet50``,
@@ -148,11 +148,12 @@ def _narrow_vgg11(width: float, batch_norm: bool) -> list[nn.Module]:
 
 def build_backbone(
     name: str,
-    in_channels: int = 2,
-    pretrained: bool = False,
-    max_rf: float | None = None,
-    width: float = 1.0,
-    batch_norm: bool = True,
+    *,
+    in_channels: int,
+    pretrained: bool,
+    max_rf: float | None,
+    width: float,
+    batch_norm: bool,
 ) -> Backbone:
     if name == "vgg11_narrow":
         if pretrained:

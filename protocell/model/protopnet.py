@@ -36,12 +36,13 @@ class ProtoPNet(nn.Module):
     def __init__(
         self,
         backbone: Backbone,
-        num_classes: int = 2,
-        prototypes_per_class: int = 10,
-        prototype_dim: int = 64,
-        use_mask: bool = True,
-        mask_penalty: float | None = None,
-        incorrect_class_weight: float = -0.5,
+        *,
+        num_classes: int,
+        prototypes_per_class: int,
+        prototype_dim: int,
+        use_mask: bool,
+        mask_penalty: float | None,
+        incorrect_class_weight: float,
     ):
         super().__init__()
         self.features = backbone.features

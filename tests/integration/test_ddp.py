@@ -30,8 +30,14 @@ def _setup(store, seed=0):
     dm = tiny_data(store, zero_background=True, batch_size=8, eval_batch_size=8, val_fraction=0.0, seed=0)
     torch.manual_seed(seed)
     spec = {
-        "backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46},
-        "head": {"prototypes_per_class": 3, "prototype_dim": 16},
+        "backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46, "pretrained": False, "batch_norm": True},
+        "head": {
+            "prototypes_per_class": 3,
+            "prototype_dim": 16,
+            "use_mask": True,
+            "mask_penalty": None,
+            "incorrect_class_weight": -0.5,
+        },
         "in_channels": 2,
     }
     from conftest import TINY_LR, TINY_SETTINGS

@@ -8,6 +8,13 @@ from protocell.model.backbones import BACKBONES, BackboneError, build_backbone
 from protocell.model.receptive_field import ReceptiveField, receptive_field
 
 
+def backbone(name: str, **kw):
+    """``build_backbone`` with every setting spelt out: the full-width network, no receptive-field limit,
+    no ImageNet weights, batch norm — ``kw`` overrides (the library's function has no defaults of its own)."""
+    settings = {"in_channels": 2, "pretrained": False, "max_rf": None, "width": 1.0, "batch_norm": True}
+    return build_backbone(name, **{**settings, **kw})
+
+
 def probe_net(features: nn.Module) -> nn.Module:
     """A double copy of ``features`` whose gradient reaches every input pixel of a unit's RF: max
     pools pass gradient to one input only, so they are swapped for average pools of the same
@@ -46,8 +53,8 @@ def empirical_rf(features: nn.Module, in_channels: int, size: int) -> int:
 
 
 def test_vgg11_receptive_field_is_150():
-    assert build_backbone("vgg11", 2).rf.size == 150
-    assert build_backbone("vgg11_narrow", 2, width=0.125).rf.size == 150
+    assert backbone("vgg11").rf.size == 150
+    assert backbone("vgg11_narrow", width=0.125).rf.size == 150
 
 
 @pytest.mark.parametrize(
@@ -61,24 +68,24 @@ def test_vgg11_receptive_field_is_150():
     ],
 )
 def test_analytic_rf_matches_gradient_rf(name, size):
-    b = build_backbone(name, 2, width=0.125)
+    b = backbone(name, width=0.125)
     assert empirical_rf(b.features, 2, size) == b.rf.size
 
 
 def test_densenet_rf_matches_gradient_rf_on_a_cut():
     # the whole DenseNet-121 sees 2071 px: check its first two dense blocks exactly (a 2071-px
     # input would take minutes); the same rule composes the later blocks
-    b = build_backbone("densenet121", 2, max_rf=400)
+    b = backbone("densenet121", max_rf=400)
     assert b.rf.size <= 400
     assert empirical_rf(b.features, 2, 640) == b.rf.size
-    assert build_backbone("densenet121", 2).rf.size == 2071
+    assert backbone("densenet121").rf.size == 2071
 
 
 def test_max_rf_cuts_at_the_deepest_layer_within_the_limit():
     for limit, expect in [(30, 30), (46, 46), (50, 46), (149, 134), (150, 150)]:
-        assert build_backbone("vgg11_narrow", 2, width=0.125, max_rf=limit).rf.size == expect
+        assert backbone("vgg11_narrow", width=0.125, max_rf=limit).rf.size == expect
     with pytest.raises(BackboneError, match="max_rf"):
-        build_backbone("vgg11_narrow", 2, max_rf=2)
+        backbone("vgg11_narrow", max_rf=2)
 
 
 def test_rf_box_is_centred_and_clipped():
@@ -91,7 +98,7 @@ def test_rf_box_is_centred_and_clipped():
 
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(BackboneError, match="vgg11"):
-        build_backbone("alexnet", 2)
+        backbone("alexnet")
     assert set(BACKBONES) >= {"vgg11", "vgg16", "densenet121", "resnet18", "resnet50"}
 
 
@@ -105,7 +112,7 @@ def test_rf_box_of_a_latent_unit_is_where_its_gradient_lands():
     """Position, not only size: the box ``rf.box(iy, ix)`` of a unit inside the image is exactly the
     input region its gradient reaches (the start offset and jump, not just the RF size), also
     through a padded, dilated convolution."""
-    b = build_backbone("vgg11_narrow", 2, width=0.125)
+    b = backbone("vgg11_narrow", width=0.125)
     assert b.rf.box(7, 10) == gradient_box(b.features, 2, 512, 7, 10)  # away from the borders
     chain = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, padding=2, dilation=2))
     rf = receptive_field(list(chain))
@@ -117,9 +124,9 @@ def test_locality_of_the_cards_vgg11_on_64_px_crops_and_of_the_cpu_default():
     a 2×2 latent grid, no part of a cell to show (issue 22.7); the narrow default (46 px) is local."""
     from protocell.model.receptive_field import locality
 
-    full = locality(build_backbone("vgg11", 2).rf, 64)
+    full = locality(backbone("vgg11").rf, 64)
     assert full["receptive_field"] == 150 and full["latent_size"] == 2 and not full["local"]
     assert "backbone.max_rf" in full["warning"] and "vgg11_narrow" in full["warning"]
-    cut = locality(build_backbone("vgg11", 2, max_rf=48).rf, 64)
+    cut = locality(backbone("vgg11", max_rf=48).rf, 64)
     assert cut["local"] and "warning" not in cut
-    assert locality(build_backbone("vgg11_narrow", 2, width=0.125, max_rf=46).rf, 64)["local"]
+    assert locality(backbone("vgg11_narrow", width=0.125, max_rf=46).rf, 64)["local"]
