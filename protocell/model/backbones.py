@@ -1,7 +1,8 @@
 """Backbones f: torchvision feature extractors by name, cut by receptive field.
 
 ``build_backbone(name, *, in_channels, pretrained, max_rf, width, batch_norm)`` (every setting given:
-``backbone.*``) returns a ``Backbone``: an ``nn.Sequential`` of stages, its output channel count and its analytic ``ReceptiveField``.
+``backbone.*``) returns a ``Backbone``: an ``nn.Sequential`` of stages, its output channel count and
+its analytic ``ReceptiveField``.
 Input ``x: (B, C_in, H, W)`` → ``f(x): (B, C_out, H / jump, W / jump)``.
 
 Registry: ``vgg11``, ``vgg11_bn``, ``vgg16``, ``vgg16_bn``, ``resnet18``, ``resnet50``,
