@@ -79,7 +79,9 @@ _TYPES = {
 
 MISSING_HINTS = {
     "data.path": "data=prepared needs data.path=<crop store folder> (python prepare.py prints it), "
-    "or use data=synthetic"
+    "or use data=synthetic",
+    "run": "run=<a train.py run folder>, e.g. run=outputs/train/<date_time>",
+    "input": "input=<folder of raw images> (or of pre-cut crops with mode=crops)",
 }
 
 

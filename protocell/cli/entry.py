@@ -28,10 +28,11 @@ def _command(name: str):
             raise SystemExit(2)
         import hydra
 
-        if name == "train":
-            from protocell.config import register
+        from protocell.config import register
+        from protocell.config_commands import register as register_commands
 
-            register()  # the typed schema conf/train.yaml starts from
+        register()  # the typed schemas conf/<command>.yaml start from
+        register_commands()
         run = import_module(f"protocell.cli.{name}").run
         return hydra.main(version_base="1.3", config_path=str(CONF), config_name=name)(run)()
 
