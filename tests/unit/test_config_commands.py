@@ -1,9 +1,40 @@
 """prepare.py's and score.py's schemas (protocell/config_commands.py): the library entry points check the
-same rules as the commands."""
+same rules as the commands, and a misspelt command-line key is found before Hydra composes."""
 
 import pytest
 
+from protocell.config import TrainConfig
+from protocell.config_check import unknown_key
+from protocell.config_commands import PrepareConfig, ScoreConfig
 from protocell.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "args,found",
+    [
+        (["workerz=3"], "config key workerz is unknown: did you mean workers?"),
+        (["input=x", "tile.sise=3"], "config key tile.sise is unknown: did you mean tile.size?"),
+        (["zzz=1"], "config key zzz is unknown: keys: ["),
+        (["segmentation.model=x", "channels.map={d0: dna}", "+extra=1", "~metadata", "hydra.job.chdir=true"], None),
+        (["-m", "shard=range(2)", "shards=2", "--cfg", "job", "hydra/launcher=slurm_cpu"], None),
+    ],
+)
+def test_unknown_keys_of_prepare(args, found):
+    got = unknown_key(args, PrepareConfig, groups=["segmentation", "channels"])
+    assert got == found if found is None else got.startswith(found)
+
+
+def test_unknown_keys_of_score_and_train():
+    assert unknown_key(["data.pth=x"], ScoreConfig) == "config key data.pth is unknown: did you mean data.path?"
+    train_ok = [
+        "experiment=smoke",
+        "data=prepared",
+        "data.synthetic.seed=2",
+        "trainer.devices=2",
+        "optim.lr.features=0",
+    ]
+    assert unknown_key(train_ok, TrainConfig, groups=["experiment", "data", "trainer"]) is None
+    assert unknown_key(["experimnt=smoke"], TrainConfig, groups=["experiment"]).endswith("did you mean experiment?")
 
 
 def test_score_run_checks_the_schemas_ranges_before_reading_the_run(tmp_path):
