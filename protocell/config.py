@@ -43,7 +43,12 @@ def rule(check, need: str, default=MISSING, **kw):
 
 
 def _int(lo: int):
-    return lambda v: isinstance(v, int) and v >= lo
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def threads_rule(default: Optional[int]):
+    """``threads`` of every command: torch's intra-op threads, or null (torch's default)."""
+    return rule(lambda v: v is None or _int(1)(v), "an integer ≥ 1 or null", default)
 
 
 def _one_of(options):
@@ -304,7 +309,7 @@ class TrainConfig:
     logger: Any = None
     paths: Any = None
     seed: int = 0
-    threads: Optional[int] = rule(lambda v: v is None or (isinstance(v, int) and v >= 1), "an integer ≥ 1 or null", 2)
+    threads: Optional[int] = threads_rule(2)
     resume: Optional[str] = rule(lambda v: v is None or Path(v).is_file(), "an existing checkpoint file", None)
     explain: bool = True
     report: ReportConfig = field(default_factory=ReportConfig)

@@ -2,11 +2,13 @@
 mandatory key left unset (``???``) and checks the range of every key that has a ``rule``, before any
 work starts, with one message shape: ``config value key=value is invalid: need``; ``validate_node``
 checks one section (a file's, named in the message); ``interpolations`` lists the ``${…}`` keys of a
-config without resolving any.
+config without resolving any; ``unknown_key`` finds a command line's misspelt key before Hydra composes
+(whose own refusal is several lines and advises ``+key=…``, which a schema refuses too).
 """
 
+import difflib
 from collections.abc import Iterable, Iterator
-from dataclasses import fields, is_dataclass
+from dataclasses import Field, fields, is_dataclass
 from typing import Any, get_args
 
 from omegaconf import OmegaConf
@@ -81,7 +83,9 @@ _TYPES = {
 
 MISSING_HINTS = {
     "data.path": "data=prepared needs data.path=<crop store folder> (python prepare.py prints it), "
-    "or use data=synthetic"
+    "or use data=synthetic",
+    "run": "run=<a train.py run folder>, e.g. run=outputs/train/<date_time>",
+    "input": "input=<folder of raw images> (or of pre-cut crops with mode=crops)",
 }
 
 
@@ -142,3 +146,29 @@ def validate(cfg, schema=TrainConfig) -> None:
         )
     for _ in _walk(schema, cfg, ""):
         pass
+
+
+def unknown_key(overrides: Iterable[str], schema, groups: Iterable[str] = ()) -> str | None:
+    """The first ``key=value`` of ``overrides`` (a command line) whose key ``schema`` does not have, as a
+    one-line refusal naming the closest key; None when every key is known. ``groups``: the config groups
+    (``data=prepared``); ``+key``, ``~key``, flags and ``hydra.…`` are Hydra's; a key under a node the
+    schema leaves open (``Any``, a mapping) is not checked."""
+    groups = list(groups)
+    for arg in overrides:
+        key = arg.split("=", 1)[0]
+        if arg.startswith(("-", "+", "~")) or "=" not in arg or "/" in key or "@" in key:
+            continue
+        node, parts = schema, key.split(".")
+        for i, part in enumerate(parts):
+            known: dict[str, Field] = {f.name: f for f in fields(node)}
+            if part not in known:
+                if i == 0 and (part in groups or part == "hydra"):
+                    break
+                where = ".".join(parts[:i])
+                close = difflib.get_close_matches(part, [*known, *(groups if i == 0 else ())], n=1)
+                fix = f"did you mean {where + '.' if where else ''}{close[0]}?" if close else f"keys: {sorted(known)}"
+                return f"config key {key} is unknown: {fix}"
+            node = _dataclass_of(known[part])
+            if node is None:
+                break
+    return None

@@ -141,6 +141,9 @@ def prepare_config(*overrides: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from protocell.config_commands import register
+
+    register()  # conf/prepare.yaml starts from prepare_schema
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name="prepare", overrides=["progress=false", "workers=1", *overrides])

@@ -28,10 +28,12 @@ def _command(name: str):
             raise SystemExit(2)
         import hydra
 
-        if name == "train":
-            from protocell.config import register
+        from protocell.config import register
+        from protocell.config_commands import register as register_commands
 
-            register()  # the typed schema conf/train.yaml starts from
+        register()  # the typed schemas conf/<command>.yaml start from
+        register_commands()
+        _refuse_unknown_keys(name)
         run = import_module(f"protocell.cli.{name}").run
         return hydra.main(version_base="1.3", config_path=str(CONF), config_name=name)(run)()
 
@@ -40,6 +42,20 @@ def _command(name: str):
         f"``protocell-{name}`` / ``python {name}.py``: conf/{name}.yaml composed by Hydra → protocell.cli.{name}.run"
     )
     return main
+
+
+def _refuse_unknown_keys(name: str) -> None:
+    """A misspelt key on the command line: one line naming it and the closest key, exit status 2."""
+    from protocell.config import TrainConfig
+    from protocell.config_check import unknown_key
+    from protocell.config_commands import PrepareConfig, ScoreConfig
+
+    schema = {"train": TrainConfig, "prepare": PrepareConfig, "score": ScoreConfig}.get(name)
+    groups = [p.name for p in CONF.iterdir() if p.is_dir()]
+    problem = unknown_key(sys.argv[1:], schema, groups) if schema is not None else None
+    if problem is not None:
+        print(f"{name}: {problem} (the keys: {CONF / name}.yaml)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 train = _command("train")

@@ -14,15 +14,18 @@ from omegaconf import DictConfig, OmegaConf
 from protocell.cli.common import run_cli
 
 
-def prepare_store(c: dict):
-    """``mode=plates`` (default): raw fields → ``prepare``; ``mode=crops``: pre-cut crops → ``import_from_config``."""
-    from protocell.errors import check
+def prepare_store(cfg: DictConfig):
+    """Every key's type and range checked (``protocell.config_commands.PrepareConfig``), then ``mode=plates``
+    (default): raw fields → ``prepare``; ``mode=crops``: pre-cut crops → ``import_from_config``."""
+    from protocell.config_check import validate
+    from protocell.config_commands import PrepareConfig
+
+    validate(cfg, PrepareConfig)  # a bad value is refused before any file is read
     from protocell.prepare.crops_import import import_from_config
     from protocell.prepare.pipeline import prepare
 
-    mode = c["mode"]
-    check(mode in ("plates", "crops"), "mode", mode, "plates (raw fields) or crops (a folder of pre-cut crops)")
-    return import_from_config(c) if mode == "crops" else prepare(c)
+    c = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    return import_from_config(c) if c["mode"] == "crops" else prepare(c)
 
 
 def next_step(out) -> str:
@@ -39,9 +42,7 @@ def next_step(out) -> str:
 
 
 def run(cfg: DictConfig):
-    out = run_cli(
-        "prepare", lambda c: prepare_store(cast(dict[str, Any], OmegaConf.to_container(c, resolve=True))), cfg
-    )
+    out = run_cli("prepare", prepare_store, cfg)
     if isinstance(cfg.shard, int):  # one share of a sharded prepare: no store yet
         print(
             f"share {cfg.shard} of {cfg.shards} prepared into {out}\nwhen every share is done, write the store: the "

@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from protocell.config_commands import MASK_MODES
 from protocell.data.store import POSITION_COLUMNS, CropStoreWriter
 from protocell.fsutil import atomic_write_json, folder_problem, output_errors
 from protocell.prepare.classes import class_order
 from protocell.prepare.crops_files import crop_shape, list_crops, read_array, read_header, store_dtype, to_cyx
-from protocell.prepare.crops_masks import MASK_MODES, crop_mask, mask_file, segmentation_channels
+from protocell.prepare.crops_masks import crop_mask, mask_file, segmentation_channels
 from protocell.prepare.crops_table import LOCATION, META_COLUMNS, crop_table
 from protocell.prepare.io import InputError
 

@@ -18,8 +18,6 @@ import pandas as pd
 from protocell.prepare.crops_files import CROP_SUFFIXES, read_array
 from protocell.prepare.io import InputError
 
-MASK_MODES = ("auto", "files", "segment", "none")
-
 
 def _unit(x: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(x, (1, 99.8))

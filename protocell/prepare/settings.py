@@ -19,18 +19,23 @@ from pathlib import Path
 
 import numpy as np
 
-from protocell.errors import check
+from protocell.config_check import validate_node
+from protocell.config_commands import SHARES, PrepareConfig
+from protocell.errors import ConfigError, check
 from protocell.fsutil import atomic_write_json, folder_problem
 from protocell.prepare.io import ImageSource, InputError
 from protocell.prepare.segment import METHODS
-
-STORE_DTYPES = ("uint16", "float32")
 
 _check = partial(check, error=InputError)  # prepare's bad settings are input errors
 
 
 def validate(c: dict) -> None:
-    """Refuse impossible settings before any file is touched."""
+    """Refuse impossible settings before any file is touched: every key's range (the schema,
+    ``protocell.config_commands.PrepareConfig``), then what needs several keys or the files."""
+    try:
+        validate_node(c, PrepareConfig)
+    except ConfigError as e:
+        raise InputError(str(e)) from None
     _check(bool(c.get("input")), "input", c.get("input"), "the folder of TIFF images (input=/path/to/plate)")
     _check(Path(c["input"]).is_dir(), "input", c["input"], "an existing folder of TIFF images")
     _check(
@@ -62,9 +67,7 @@ def validate(c: dict) -> None:
         f"one of {METHODS} (segmentation=watershed needs no weights)",
     )
     t, cells = c["tile"], c["cells"]
-    _check(isinstance(t["size"], int) and t["size"] >= 64, "tile.size", t["size"], "an integer ≥ 64")
     S = cells["crop_size"]
-    _check(isinstance(S, int) and S >= 16, "cells.crop_size", S, "an integer ≥ 16")
     halo = halo_of(c)
     _check(
         halo >= S // 2 + 1,
@@ -80,26 +83,14 @@ def validate(c: dict) -> None:
     )
     n = c["normalize"]
     _check(0 <= n["low"] < n["high"] <= 100, "normalize.low/high", (n["low"], n["high"]), "0 ≤ low < high ≤ 100")
-    _check(c["denoise_sigma"] >= 0, "denoise_sigma", c["denoise_sigma"], "≥ 0 (0 = off)")
-    _check(c["store_dtype"] in STORE_DTYPES, "store_dtype", c["store_dtype"], f"one of {STORE_DTYPES}")
-    _check(0 < c["split"]["test_fraction"] < 1, "split.test_fraction", c["split"]["test_fraction"], "in (0, 1)")
-    _check(int(c["augment"]["copies"]) >= 0, "augment.copies", c["augment"]["copies"], "≥ 0 (0 = off)")
-    _check(int(c["workers"]) >= 1, "workers", c["workers"], "≥ 1")
     shards, share = c.get("shards", 1), c.get("shard", "all")
     _check(
-        isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1,
-        "shards",
-        shards,
-        "an integer ≥ 1: the number of tasks the images are dealt to (docs/usage.md, 'A screen on SLURM')",
-    )
-    _check(
-        share in ("all", "merge") or (isinstance(share, int) and not isinstance(share, bool) and 0 <= share < shards),
+        share in SHARES or share < shards,
         "shard",
         share,
         f"all (every image here, then the store), one share 0 … {shards - 1} (shards={shards}), "
         "or merge (the store from the finished shares)",
     )
-    _check(isinstance(c.get("overwrite", False), bool), "overwrite", c.get("overwrite"), "true or false")
     out = c.get("output")
     problem = folder_problem(out) if out else None
     _check(problem is None, "output", out, f"a folder for the crop store (created if absent), not a file; it {problem}")

@@ -27,8 +27,10 @@ from pathlib import Path
 import pandas as pd
 
 from protocell.artifacts import RunFolder
+from protocell.config import broken_rule
+from protocell.config_commands import SHARES, ScoreConfig
 from protocell.data.store import CropStore
-from protocell.errors import check
+from protocell.errors import ConfigError, check
 from protocell.fsutil import exclusive_lock, folder_problem, output_errors
 from protocell.runs import Run, load_run
 from protocell.score import shares
@@ -160,22 +162,14 @@ def score_run(
     returns the ``score/`` folder. ``shard``: ``all`` (here, at once), a share 0 … ``shards`` − 1 (one task
     of a sharded score of one store: returns its file under ``out/.score-shares/``), or ``merge`` (the
     tables and page from the finished shares)."""
-    check(isinstance(n_boot, int) and n_boot >= 1, "bootstrap", n_boot, "an integer ≥ 1 (resamples for the CIs)")
-    check(isinstance(nearest, int) and nearest >= 1, "nearest", nearest, "an integer ≥ 1")
-    check(isinstance(top, int) and top >= 0, "top_prototypes", top, "an integer ≥ 0")
-    check(isinstance(min_cells, int) and min_cells >= 1, "min_cells", min_cells, "an integer ≥ 1")
-    check(isinstance(fdr, (int, float)) and 0 < fdr < 1, "fdr", fdr, "a false discovery rate in (0, 1), e.g. 0.05")
-    check(isinstance(bscore, bool), "bscore", bscore, "true or false")
+    keys = ("bootstrap", "nearest", "top_prototypes", "min_cells", "fdr", "bscore", "shards", "shard")
+    broken = broken_rule(ScoreConfig, dict(zip(keys, (n_boot, nearest, top, min_cells, fdr, bscore, shards, shard))))
+    if broken is not None:  # score.py's ranges (protocell.config_commands), checked for a Python caller too
+        raise ConfigError.invalid(*broken)
     problem = folder_problem(out) if out is not None else None
     check(problem is None, "out", str(out), f"a folder for score/ and score.html (created if absent); it {problem}")
     check(
-        isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1,
-        "shards",
-        shards,
-        "an integer ≥ 1: the number of tasks the cells are dealt to",
-    )
-    check(
-        shard in ("all", "merge") or (isinstance(shard, int) and not isinstance(shard, bool) and 0 <= shard < shards),
+        shard in SHARES or (isinstance(shard, int) and shard < shards),
         "shard",
         shard,
         f"all (every cell here), one share 0 … {shards - 1} (shards={shards}), or merge (the tables "

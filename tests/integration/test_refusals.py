@@ -156,3 +156,31 @@ def test_a_prepare_output_that_cannot_be_written_is_one_line(tmp_path, synthetic
             fragment,
         )
     assert afile.read_text() == "x" and not (unwritable / "store").exists()
+
+
+@pytest.mark.parametrize(
+    "script,args,fragments",
+    [
+        ("score.py", ["run=x", "bootstrap=0"], ["config value bootstrap=0 is invalid: an integer ≥ 1"]),
+        ("score.py", ["run=x", "fdr=1.5"], ["config value fdr=1.5 is invalid: a false discovery rate in (0, 1)"]),
+        ("score.py", ["run=x", "shard=first"], ["config value shard='first' is invalid: all"]),
+        ("score.py", ["run=x", "data.num_workers=-1"], ["config value data.num_workers=-1 is invalid"]),
+        ("score.py", [], ["config value run is missing: run=<a train.py run folder>"]),
+        ("score.py", ["run=x", "bootstrapp=3"], ["config key bootstrapp is unknown: did you mean bootstrap?"]),
+        ("prepare.py", ["input=x", "tile.size=32"], ["config value tile.size=32 is invalid: an integer ≥ 64"]),
+        ("prepare.py", ["input=x", "mode=tiles"], ["config value mode='tiles' is invalid: one of ('plates', 'crops')"]),
+        ("prepare.py", ["input=x", "mode=crops", "crops.masks=maybe"], ["config value crops.masks='maybe' is invalid"]),
+        ("prepare.py", ["input=x", "normalize.high=101"], ["config value normalize.high=101.0 is invalid"]),
+        ("prepare.py", [], ["config value input is missing: input=<folder of raw images>"]),
+        (
+            "prepare.py",
+            ["input=x", "cells.min_aera=3"],
+            ["config key cells.min_aera is unknown: did you mean cells.min_area?"],
+        ),
+        ("train.py", ["schedule.epoch=1"], ["config key schedule.epoch is unknown: did you mean schedule.epochs?"]),
+    ],
+)
+def test_a_bad_value_or_a_misspelt_key_is_refused_in_one_line_naming_the_key(tmp_path, script, args, fragments):
+    """prepare.py and score.py check their schemas (protocell/config_commands.py) as train.py does, before
+    any work: a misspelt key names the closest one (Hydra's own refusal advised ``+key=…``)."""
+    assert_refused(run(script, tmp_path, *args), script.removesuffix(".py"), *fragments)

@@ -3,10 +3,13 @@ conf/train.yaml, so a Python user of the schema and a CLI user get the same mode
 
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from protocell.config import SyntheticConfig, TrainConfig, register
+from protocell.config_commands import PrepareConfig, ScoreConfig
+from protocell.config_commands import register as register_commands
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # keys whose schema default cannot be the composed value, and why
@@ -19,31 +22,59 @@ NOT_MIRRORED = {
 }
 
 
-def _leaves(node, prefix=""):
+def _leaves(node, prefix="", not_mirrored=NOT_MIRRORED):
     for key in node:
         path = f"{prefix}{key}"
-        if path in NOT_MIRRORED:
+        if path in not_mirrored:
             continue
         value = node[key] if not OmegaConf.is_missing(node, key) else "???"
         if OmegaConf.is_dict(value):
-            yield from _leaves(value, f"{path}.")
+            yield from _leaves(value, f"{path}.", not_mirrored)
         else:
             yield path, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def _composed():
+def _composed(name="train"):
     register()
+    register_commands()
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return compose(config_name="train")
+        return compose(config_name=name)
+
+
+def _schema_vs_yaml(name, schema_class, not_mirrored):
+    schema = dict(_leaves(OmegaConf.structured(schema_class), "", not_mirrored))
+    composed = dict(_leaves(_composed(name), "", not_mirrored))
+    differ = {k: (schema[k], composed.get(k, "<absent>")) for k in schema if schema[k] != composed.get(k, "<absent>")}
+    assert not differ, f"schema default vs conf/{name}.yaml (schema, yaml): {differ}"
+    assert set(composed) - set(schema) == set(), f"keys in conf/{name}.yaml that the schema does not know"
+    return composed
 
 
 def test_every_schema_default_is_the_default_runs_value():
-    cfg = _composed()
-    schema = dict(_leaves(OmegaConf.structured(TrainConfig)))
-    composed = dict(_leaves(cfg))
-    differ = {k: (schema[k], composed.get(k, "<absent>")) for k in schema if schema[k] != composed.get(k, "<absent>")}
-    assert not differ, f"schema default vs conf/ (schema, yaml): {differ}"
-    assert set(composed) - set(schema) == set(), "keys in conf/train.yaml that the schema does not know"
+    _schema_vs_yaml("train", TrainConfig, NOT_MIRRORED)
+
+
+@pytest.mark.parametrize(
+    "name,schema,not_mirrored",
+    [
+        ("score", ScoreConfig, {}),
+        ("prepare", PrepareConfig, {"segmentation": "a group whose keys depend on the method (conf/segmentation/)"}),
+    ],
+)
+def test_every_command_schema_default_is_its_yaml_value(name, schema, not_mirrored):
+    """prepare.py and score.py as train.py: the schema (protocell/config_commands.py) mirrors the YAML;
+    and the schema changes no value of the YAML, nor its type (a YAML 1 under a float key would compose
+    as 1.0: another config hash for prepare)."""
+    composed = _schema_vs_yaml(name, schema, not_mirrored)
+    raw = OmegaConf.load(CONF / f"{name}.yaml")
+    groups = [e for e in raw.pop("defaults") if isinstance(e, DictConfig)]
+    raw.pop("hydra")
+    for entry in groups:
+        for group, option in entry.items():
+            if not group.startswith("override"):
+                raw[group] = OmegaConf.load(CONF / group / f"{option}.yaml")
+    plain = dict(_leaves(raw, "", not_mirrored))
+    assert {k: (v, type(v)) for k, v in plain.items()} == {k: (v, type(v)) for k, v in composed.items()}
 
 
 def test_the_built_in_plates_defaults_are_the_data_groups():

@@ -12,6 +12,7 @@ STAGES = [
         "fsutil",
         "config",
         "config_check",
+        "config_commands",
         "doses",
         "distributed",
         "stats",
