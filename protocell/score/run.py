@@ -28,7 +28,7 @@ import pandas as pd
 
 from protocell.artifacts import RunFolder
 from protocell.config import broken_rule
-from protocell.config_commands import SHARES, ScoreConfig
+from protocell.config_commands import SHARES, ScoreConfig, ScoreDataConfig
 from protocell.data.store import CropStore
 from protocell.errors import ConfigError, check
 from protocell.fsutil import exclusive_lock, folder_problem, output_errors
@@ -144,21 +144,22 @@ def score_run(
     run_dir,
     store=None,
     out=None,
-    n_boot: int = 200,
-    nearest: int = 3,
-    top: int = 3,
-    min_cells: int = 20,
-    batch_size: int | None = None,
-    num_workers: int = 0,
-    progress: bool = True,
-    log_wandb: bool = True,
-    seed: int = 0,
-    fdr: float = 0.05,
-    bscore: bool = False,
-    shards: int = 1,
-    shard: int | str = "all",
+    n_boot: int = ScoreConfig.bootstrap,
+    nearest: int = ScoreConfig.nearest,
+    top: int = ScoreConfig.top_prototypes,
+    min_cells: int = ScoreConfig.min_cells,
+    batch_size: int | None = ScoreDataConfig.batch_size,
+    num_workers: int = ScoreDataConfig.num_workers,
+    progress: bool = ScoreConfig.progress,
+    log_wandb: bool = ScoreConfig.wandb,
+    seed: int = ScoreConfig.seed,
+    fdr: float = ScoreConfig.fdr,
+    bscore: bool = ScoreConfig.bscore,
+    shards: int = ScoreConfig.shards,
+    shard: int | str = ScoreConfig.shard,
 ) -> Path:
-    """Score ``store`` (a crop store, a list of them; default: the run's own) with the run in ``run_dir``;
+    """Score ``store`` (a crop store, a list of them; default: the run's own) with the run in ``run_dir``
+    (the defaults are score.py's: ``protocell.config_commands.ScoreConfig``);
     returns the ``score/`` folder. ``shard``: ``all`` (here, at once), a share 0 … ``shards`` − 1 (one task
     of a sharded score of one store: returns its file under ``out/.score-shares/``), or ``merge`` (the
     tables and page from the finished shares)."""
