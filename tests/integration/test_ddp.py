@@ -22,27 +22,14 @@ PROTO = ("prototypes", "proto_cell_id", "proto_latent_yx", "proto_distance")
 
 
 def _setup(store, seed=0):
-    from conftest import tiny_data
+    from conftest import TINY_LR, TINY_SETTINGS, TINY_SPEC, tiny_data
 
     from protocell.model.module import ProtoPNetModule
 
     torch.set_num_threads(1)
     dm = tiny_data(store, zero_background=True, batch_size=8, eval_batch_size=8, val_fraction=0.0, seed=0)
     torch.manual_seed(seed)
-    spec = {
-        "backbone": {"name": "vgg11_narrow", "width": 0.125, "max_rf": 46, "pretrained": False, "batch_norm": True},
-        "head": {
-            "prototypes_per_class": 3,
-            "prototype_dim": 16,
-            "use_mask": True,
-            "mask_penalty": None,
-            "incorrect_class_weight": -0.5,
-        },
-        "in_channels": 2,
-    }
-    from conftest import TINY_LR, TINY_SETTINGS
-
-    return dm, ProtoPNetModule(spec, ["Ref", "Exp"], lr={**TINY_LR, "pretrain": 3e-3}, **TINY_SETTINGS)
+    return dm, ProtoPNetModule(TINY_SPEC, ["Ref", "Exp"], lr={**TINY_LR, "pretrain": 3e-3}, **TINY_SETTINGS)
 
 
 def _trainer(**kw):
