@@ -18,22 +18,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, cast
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from protocell.config_check import plain
 from protocell.errors import ConfigError
 
 log = logging.getLogger("protocell.build")
 DATAMODULE_TARGET = "protocell.data.datamodule.CellDataModule"
-
-
-def _plain(node) -> dict[str, Any]:
-    if isinstance(node, DictConfig):
-        return cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
-    return dict(node)
 
 
 def targets(node, prefix: str = "") -> list[tuple[str, str]]:
@@ -66,8 +60,8 @@ def datamodule_from_run(data, source: str, key: str = "data", mask=None):
     from protocell.config import DataConfig, MaskConfig
     from protocell.data.datamodule import CellDataModule
 
-    plain = data if isinstance(data, dict) else _plain(data)
-    for where, target in targets(plain, key):
+    values = plain(data)
+    for where, target in targets(values, key):
         if where == key and target == DATAMODULE_TARGET:
             continue
         raise ConfigError(
@@ -75,12 +69,10 @@ def datamodule_from_run(data, source: str, key: str = "data", mask=None):
             f"code to run; protocell rebuilds '{key}' itself as {DATAMODULE_TARGET} from plain values "
             f"(remove the _target_ key, or retrain to get a config train.py wrote)"
         )
-    typed = _checked({k: v for k, v in plain.items() if k != "_target_"}, DataConfig, key, source)
-    kwargs = cast(dict[str, Any], OmegaConf.to_container(typed, resolve=True))
+    typed = _checked({k: v for k, v in values.items() if k != "_target_"}, DataConfig, key, source)
+    kwargs = plain(typed)
     skip = {"_target_", "synthetic"}
-    zeroing = _checked(
-        {} if mask is None else mask if isinstance(mask, dict) else _plain(mask), MaskConfig, "mask", source
-    )
+    zeroing = _checked({} if mask is None else plain(mask), MaskConfig, "mask", source)
     return CellDataModule(
         **{f.name: kwargs[f.name] for f in fields(DataConfig) if f.name not in skip},
         zero_background=bool(zeroing.zero_background),
@@ -121,7 +113,7 @@ def store_path(cfg) -> Path:
         else (cfg.get("data") or {}).get("path")
     )
     if path and path != "???":
-        if _plain(cfg.data).get("synthetic"):
+        if plain(cfg.data).get("synthetic"):
             log.info("data.path=%s is set: the data.synthetic settings are not used", path)
         return Path(path)
     spec = synthetic_spec(cfg)
@@ -143,7 +135,7 @@ def synthetic_spec(cfg):
 
     from protocell.data.synthetic import WellSpec
 
-    spec = _plain(cfg.data).get("synthetic") if "data" in cfg else None
+    spec = plain(cfg.data).get("synthetic") if "data" in cfg else None
     if spec is None:
         return None
     known = {f.name for f in fields(WellSpec)}
@@ -155,7 +147,7 @@ def synthetic_spec(cfg):
 
 def build_datamodule(cfg, path: str | Path | None = None, source: str | None = None, setup: bool = True):
     """The DataModule of ``cfg.data`` on the store at ``path`` (default: ``store_path(cfg)``)."""
-    data = _plain(cfg.data)
+    data = plain(cfg.data)
     data.pop("synthetic", None)
     data["path"] = str(path if path is not None else store_path(cfg))
     if source:
@@ -173,8 +165,8 @@ def build_datamodule(cfg, path: str | Path | None = None, source: str | None = N
 def net_spec(cfg, in_channels: int) -> dict:
     """Plain keyword arguments of the network: backbone, prototype head, input channels."""
     return {
-        "backbone": _plain(cfg.backbone),
-        "head": {**_plain(cfg.protopnet), "use_mask": bool(cfg.mask.distance_term)},
+        "backbone": plain(cfg.backbone),
+        "head": {**plain(cfg.protopnet), "use_mask": bool(cfg.mask.distance_term)},
         "in_channels": int(in_channels),
     }
 
@@ -189,13 +181,13 @@ def build_module(cfg, dm):
         net_spec(cfg, dm.in_channels),
         class_names=list(dm.class_names),
         last_layer=cfg.last_layer.mode,
-        lr=_plain(cfg.optim.lr),
+        lr=plain(cfg.optim.lr),
         weight_decay=float(cfg.optim.weight_decay),
         channels_last=channels_last,
         bag_size=int(dm.bag_size),
         head=cfg.head,
         ramp_epochs=int(cfg.schedule.loss_ramp_epochs),
-        **_plain(cfg.loss),
+        **plain(cfg.loss),
     )
     if channels_last:
         module.to(memory_format=torch.channels_last)

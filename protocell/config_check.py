@@ -9,7 +9,7 @@ config without resolving any; ``unknown_key`` finds a command line's misspelt ke
 import difflib
 from collections.abc import Iterable, Iterator
 from dataclasses import Field, fields, is_dataclass
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from omegaconf import OmegaConf
 
@@ -33,6 +33,13 @@ from protocell.config import (
     WellEffectsConfig,
 )
 from protocell.errors import ConfigError
+
+
+def plain(node) -> dict[str, Any]:
+    """A config node as a resolved plain dict (a mapping that is not a config: copied as it is)."""
+    if OmegaConf.is_config(node):
+        return cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
+    return dict(node)
 
 
 def _walk(schema: Any, node: Any, prefix: str) -> Iterator[str]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pandas as pd
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+
+from protocell.config_check import plain
 
 log = logging.getLogger("protocell.tracking")
 
@@ -84,7 +85,7 @@ def build_logger(cfg, out_dir: Path):
     logger = make(
         group=group,
         tags=[f"{k}={v}" for k, v in sorted(choices.items())],
-        config={**cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)), "choices": choices},
+        config={**plain(cfg), "choices": choices},
         **({"id": run_id, "resume": "allow"} if run_id else {}),
     )
     from lightning.pytorch.utilities import rank_zero_only

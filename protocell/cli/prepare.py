@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from protocell.cli.common import run_cli
+from protocell.config_check import plain
 
 
 def prepare_store(cfg: DictConfig):
@@ -24,7 +24,7 @@ def prepare_store(cfg: DictConfig):
     from protocell.prepare.crops_import import import_from_config
     from protocell.prepare.pipeline import prepare
 
-    c = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    c = plain(cfg)
     return import_from_config(c) if c["mode"] == "crops" else prepare(c)
 
 

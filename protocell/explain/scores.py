@@ -8,9 +8,6 @@ has no calibration).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
-
 import numpy as np
 import pandas as pd
 
@@ -42,7 +39,7 @@ def plot_scores(preds: pd.DataFrame, conditions: list[str], frac: dict, out) -> 
 
     col = "calibrated" if "calibrated" in preds else "score"
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    bins = cast(Sequence[float], np.linspace(0, 1, 41))  # matplotlib's stubs want a sequence; an array is one
+    bins = np.linspace(0, 1, 41).tolist()
     for cond, colour in zip(conditions, ("tab:blue", "tab:red", "tab:green", "tab:purple")):
         s = preds.loc[preds["condition"] == cond, col]
         ax.hist(

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from protocell.artifacts import RunFolder
 from protocell.build import build_datamodule, build_module
-from protocell.config_check import validate
+from protocell.config_check import plain, validate
 from protocell.diagnostics import run_diagnostics
 from protocell.distributed import gather_predictions
 from protocell.errors import ConfigError
@@ -127,7 +127,7 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
         "channels": [dm.store.channels[i] for i in dm.channel_index],
     }
     logger = build_logger(cfg, folder.root)
-    trainer_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.trainer, resolve=True))
+    trainer_cfg = plain(cfg.trainer)
     trainer_cfg["enable_progress_bar"] = progress_bar(trainer_cfg["enable_progress_bar"])
     history = ValAccuracyHistory()
     plugins = [AtomicCheckpointIO(last=folder.checkpoint), *cluster_plugins(cfg.slurm)]
