@@ -29,6 +29,13 @@ is also beyond sampling noise (false-alarm rates measured on the robustness matr
   per-cell statistics miss: on a plate whose exposed wells were imaged brighter and blurrier, the
   medians of noise and sharpness differed by 0.003 while the network told the conditions' unaffected
   cells apart at AUROC 0.92). Measured: docs/method.md.
+- ``surroundings_sensitivity``: the held-out cells of each condition re-scored inside the surroundings
+  (background, neighbours, debris) of the other condition's cells, their own pixels kept. It fires when
+  the reference fraction rises or the exposed fraction falls by more than 0.10: nothing of the cells
+  changed, so a network that reads the cells has the same evidence, and one that moves reads what lies
+  around them — a background that differs by condition in every well, which no check above sees (on
+  ``mask=off`` runs it said ``ok`` with a fraction of 1.00 for 0.50). With the background zeroed
+  (``mask=on``) nothing around a cell reaches the network, and the check says so without scoring.
 - ``calls_match_fraction``: per condition, the share of cells called affected against the fraction
   (the mean posterior of the same fit): apart by more than its CI and 0.05, the scores do not separate
   affected from unaffected cells well enough to call single cells.
@@ -37,7 +44,7 @@ is also beyond sampling noise (false-alarm rates measured on the robustness matr
   saying it does not know: reported with a point estimate and ``ok``, a fraction 0.115 off the truth with
   a CI of 0.41–0.85 reads as an answer (trained on two plates imaged differently, docs/score.md).
 
-The checks on held-out predictions are in ``wells``, the imaging intervention in ``imaging``.
+The checks on held-out predictions are in ``wells``, the interventions in ``imaging`` and ``surroundings``.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from __future__ import annotations
 import pandas as pd
 
 from protocell.diagnostics.imaging import imaging_sensitivity
+from protocell.diagnostics.surroundings import surroundings_sensitivity
 from protocell.diagnostics.wells import calls_match_fraction, fraction_precision, memorised_wells, reference_wells_agree
 
 
@@ -60,7 +68,7 @@ def run_diagnostics(
 ) -> dict:
     """Every check on a finished run's held-out predictions (``evaluate``'s test and validation tables;
     ``train_wells``: the wells with training cells); with the trained ``module`` and its DataModule
-    ``dm``, the imaging sensitivity too."""
+    ``dm``, the imaging and surroundings interventions too."""
     held = pd.concat([test] + ([val] if val is not None else []), ignore_index=True)
     held = held.assign(seen=held["well"].astype(str).isin(train_wells))
     out = {"memorised_wells": memorised_wells(held, class_names[-1])}
@@ -70,4 +78,5 @@ def run_diagnostics(
         out["fraction_precision"] = fraction_precision(fraction)
         if module is not None and dm is not None:
             out["imaging_sensitivity"] = imaging_sensitivity(module, dm, held, fraction["fit"], class_names)
+            out["surroundings_sensitivity"] = surroundings_sensitivity(module, dm, held, fraction["fit"], class_names)
     return out
