@@ -11,7 +11,8 @@ condition), three seeds — two said ``warning`` only because the imaging check 
 ``ok`` with an exposed fraction of 1.00 for a truth of 0.50 (docs/method.md).
 
 With the background zeroed (``mask=on``: only the cell, less a margin, reaches the network) no pixel
-outside the cell is seen, so the check has nothing to test and says so without scoring.
+outside the cell is seen, so the check has nothing to test and says so without scoring (without a margin
+it also says that the outline still carries blurred background light, which a swap cannot test).
 """
 
 from __future__ import annotations
@@ -65,14 +66,15 @@ def surroundings_sensitivity(
     from protocell.evaluate.fraction import mixture_fraction, reference_lr
 
     if dm.zero_background:
-        return check(
-            0.0,
-            SURROUNDINGS,
-            False,
+        said = (
             f"the background is zeroed (the cell less a {dm.zero_margin} px margin reaches the network): "
-            "nothing around a cell is seen",
-            shifts={},
+            "nothing around a cell is seen"
+            if dm.zero_margin > 0
+            else "the background is zeroed, with no margin: nothing around a cell is seen, but the outline's own "
+            "pixels hold background light the optics blurred across it, which no swap of the surroundings can "
+            "move (docs/masking.md; mask.zero_margin=2 removes it)"
         )
+        return check(0.0, SURROUNDINGS, False, said, shifts={})
     rng = np.random.default_rng(seed)
     row_of = dict(zip(dm.store.manifest["cell_id"].to_numpy(), range(len(dm.store.manifest))))
     ref, exp = class_names[0], class_names[-1]

@@ -105,6 +105,13 @@ def test_with_the_background_zeroed_nothing_around_a_cell_reaches_the_network(co
         assert torch.equal(plain[i][0], moved[i][0])
     got = surroundings_sensitivity(_reader(dm, rows, held, "outside"), dm, held, _fit(), ["Ref", "Exp"])
     assert not got["fires"] and got["value"] == 0.0 and "nothing around a cell is seen" in got["why"]
+    # without a margin the outline still holds blurred background light: said, with the fix
+    from conftest import tiny_data
+
+    bare = tiny_data(confounded, normalize="cell", zero_background=True, zero_margin=0, val_fraction=0.0)
+    bare.setup()
+    said = surroundings_sensitivity(None, bare, held, _fit(), ["Ref", "Exp"])["why"]
+    assert "no margin" in said and "mask.zero_margin=2" in said
 
 
 def test_the_surroundings_come_from_the_donor_and_the_cell_stays_itself(confounded):
