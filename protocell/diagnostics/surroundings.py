@@ -109,7 +109,8 @@ def surroundings_sensitivity(
         + (
             f": {worst} moved {value:.2f} toward the other condition with nothing of its cells changed — the "
             "network reads what lies around the cells (background, neighbours, debris), not the cells; zero "
-            "the background (mask=on)"
+            "the background (mask=on). If the change itself lies outside the masks, they do not cover the "
+            "cells (docs/masking.md)"
             if fires
             else ""
         ),
