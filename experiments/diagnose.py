@@ -108,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--imaging", action="store_true", help="also the imaging sensitivity (loads each checkpoint)")
+    ap.add_argument(
+        "--imaging",
+        action="store_true",
+        help="also the interventions — imaging and surroundings sensitivity (loads each checkpoint)",
+    )
     args = ap.parse_args(argv)
     runs = sorted({m.parent for f in args.folders for m in Path(f).rglob("metrics.json")})
     rows = [r for r in (replay(run, args.imaging) for run in runs) if r is not None]
