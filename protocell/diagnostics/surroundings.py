@@ -31,8 +31,9 @@ class _Surrounded(_Imaged):
     """``rows``' cells, each inside the surroundings of the cell at the same position of ``donors``: the
     cell (its mask grown by ``KEEP`` px) keeps its pixels; where the donor's crop is background (outside
     the donor's grown mask) the donor's pixels replace the rest; the few pixels that are neither (the
-    donor's own cell outside this one) take the median of the donor's background (of its whole crop if it has none), channel by channel. On
-    the network's input (normalised, resized), before the background would be zeroed."""
+    donor's own cell outside this one) take the median of the donor's background (of its whole crop if
+    it has none), channel by channel. On the network's input (normalised, resized), before the
+    background would be zeroed."""
 
     def __init__(self, dm, rows, donors):
         super().__init__(dm, rows)
