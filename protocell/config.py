@@ -265,13 +265,17 @@ class PerformanceConfig:
     channels_last: bool = False
 
 
+def signal_named(name) -> signal.Signals | None:
+    """The signal a name such as ``SIGUSR2`` or ``USR2`` (sbatch ``--signal``) spells, or None."""
+    found = getattr(signal, name if str(name).startswith("SIG") else f"SIG{name}", None)
+    return found if isinstance(found, signal.Signals) else None
+
+
 @dataclass
 class SlurmConfig:
     auto_requeue: bool = True
     requeue_signal: str = rule(
-        lambda v: isinstance(getattr(signal, v if str(v).startswith("SIG") else f"SIG{v}", None), signal.Signals),
-        "a signal name such as SIGUSR2 (sbatch --signal)",
-        "SIGUSR2",
+        lambda v: signal_named(v) is not None, "a signal name such as SIGUSR2 (sbatch --signal)", "SIGUSR2"
     )
 
 

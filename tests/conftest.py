@@ -240,3 +240,18 @@ def unwritable(tmp_path):
         if undo:
             subprocess.run(undo, check=True)
         folder.chmod(0o755)
+
+
+def toy_reference_fit(seed: int = 5) -> dict:
+    """A fraction reference (``fit_reference``) on made-up held-out control scores in which affected
+    cells score high: 400 reference cells, 400 exposed cells of which 40 % are affected."""
+    import numpy as np
+
+    from protocell.evaluate.fraction import fit_reference
+
+    rng = np.random.default_rng(seed)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    s = np.r_[
+        sig(rng.normal(-1, 1, 400)), sig(np.where(rng.random(400) < 0.4, rng.normal(2, 1, 400), rng.normal(-1, 1, 400)))
+    ]
+    return fit_reference(s, np.r_[np.zeros(400, bool), np.ones(400, bool)])

@@ -160,6 +160,25 @@ def _scores(module, cells, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def held_rows(dm, held: pd.DataFrame, conditions, max_cells: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per condition, the store rows of up to ``max_cells`` of its held-out cells (``held``: cell_id,
+    condition), drawn without replacement from ``rng`` in the order of ``conditions``, sorted."""
+    row_of = dict(zip(dm.store.manifest["cell_id"].to_numpy(), range(len(dm.store.manifest))))
+    rows = {}
+    for cond in conditions:
+        ids = held.loc[held["condition"] == cond, "cell_id"].to_numpy()
+        ids = np.sort(rng.choice(ids, min(max_cells, len(ids)), replace=False)) if len(ids) else ids
+        rows[cond] = np.array([row_of[int(c)] for c in ids], dtype=np.int64)
+    return rows
+
+
+def fraction_of(module, cells, fit: dict) -> float:
+    """The affected fraction of ``cells`` (a dataset of network inputs) under the run's reference ``fit``."""
+    from protocell.evaluate.fraction import mixture_fraction, reference_lr
+
+    return mixture_fraction(reference_lr(_scores(module, cells), fit))
+
+
 CHANGES: dict[
     str, tuple[str, dict[str, float | str]]
 ] = {  # name: (what it is, _Imaged's argument: "sd" is the condition's own median noise SD)
@@ -178,16 +197,10 @@ def imaging_sensitivity(
     measured by ``imaging_stats`` — and focus softened or sharpened by ``FOCUS`` px); fires when the
     reference's rises by more than ``IMAGING`` (module doc). ``held``: held-out cells (cell_id,
     condition)."""
-    from protocell.evaluate.fraction import mixture_fraction, reference_lr
-
-    rng = np.random.default_rng(seed)
-    row_of = dict(zip(dm.store.manifest["cell_id"].to_numpy(), range(len(dm.store.manifest))))
     ref, exp = class_names[0], class_names[-1]
-    rows, noise = {}, {}
+    rows = held_rows(dm, held, (ref, exp), max_cells, np.random.default_rng(seed))
+    noise = {}
     for cond in (ref, exp):
-        ids = held.loc[held["condition"] == cond, "cell_id"].to_numpy()
-        ids = np.sort(rng.choice(ids, min(max_cells, len(ids)), replace=False)) if len(ids) else ids
-        rows[cond] = np.array([row_of[int(c)] for c in ids], dtype=np.int64)
         plain = _Imaged(dm, rows[cond][:200])
         noise[cond] = (
             np.nanmedian(
@@ -206,7 +219,7 @@ def imaging_sensitivity(
         return check(None, IMAGING, False, "too few held-out cells of a condition")
 
     def fraction(cond: str, **change) -> float:
-        return mixture_fraction(reference_lr(_scores(module, _Imaged(dm, rows[cond], **change)), fit))
+        return fraction_of(module, _Imaged(dm, rows[cond], **change), fit)
 
     shifts: dict[str, dict[str, float]] = {}
     why: list[str] = []

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from protocell.diagnostics.base import MIN_CELLS, check
-from protocell.diagnostics.imaging import _Imaged, _scores
+from protocell.diagnostics.imaging import _Imaged, fraction_of, held_rows
 
 SURROUNDINGS = 0.10  # move of a condition's fraction when its cells' surroundings are the other condition's
 KEEP = 2  # px around the cell's outline kept as the cell's own: the optics blur the outline's light into them
@@ -64,8 +64,6 @@ def surroundings_sensitivity(
     ``SURROUNDINGS``: the cells' own pixels are unchanged, so a network that reads the cells has the same
     evidence either way (unlike a noisier image, which can erase it). ``held``: held-out cells (cell_id,
     condition)."""
-    from protocell.evaluate.fraction import mixture_fraction, reference_lr
-
     if dm.zero_background:
         said = (
             f"the background is zeroed (the cell less a {dm.zero_margin} px margin reaches the network): "
@@ -77,23 +75,14 @@ def surroundings_sensitivity(
         )
         return check(0.0, SURROUNDINGS, False, said, shifts={})
     rng = np.random.default_rng(seed)
-    row_of = dict(zip(dm.store.manifest["cell_id"].to_numpy(), range(len(dm.store.manifest))))
     ref, exp = class_names[0], class_names[-1]
-    rows = {}
-    for cond in (ref, exp):
-        ids = held.loc[held["condition"] == cond, "cell_id"].to_numpy()
-        ids = np.sort(rng.choice(ids, min(max_cells, len(ids)), replace=False)) if len(ids) else ids
-        rows[cond] = np.array([row_of[int(c)] for c in ids], dtype=np.int64)
+    rows = held_rows(dm, held, (ref, exp), max_cells, rng)
     if min(len(rows[ref]), len(rows[exp])) < MIN_CELLS:
         return check(None, SURROUNDINGS, False, "too few held-out cells of a condition")
-
-    def fraction(cells) -> float:
-        return mixture_fraction(reference_lr(_scores(module, cells), fit))
-
     shifts = {}
     for cond, other, sign in ((ref, exp, 1.0), (exp, ref, -1.0)):
-        base = fraction(_Imaged(dm, rows[cond]))
-        moved = fraction(_Surrounded(dm, rows[cond], rng.permutation(rows[other])))
+        base = fraction_of(module, _Imaged(dm, rows[cond]), fit)
+        moved = fraction_of(module, _Surrounded(dm, rows[cond], rng.permutation(rows[other])), fit)
         shifts[cond] = {"from": base, "to": moved, "change": moved - base, "toward_other": sign * (moved - base)}
     worst = max(shifts, key=lambda c: shifts[c]["toward_other"])
     value = shifts[worst]["toward_other"]

@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from protocell.config import SlurmConfig, check_fields
+from protocell.config import SlurmConfig, check_fields, signal_named
 from protocell.errors import ConfigError
 from protocell.fsutil import atomic_torch_save, atomic_write_bytes
 
@@ -157,8 +157,8 @@ def cluster_plugins(slurm: Mapping[str, Any]) -> list:
     a timed-out job only when ``max_num_timeout`` > 0 and restarts it from scratch; Lightning
     registers its handler only on a free signal, so the signal is handed to Lightning here."""
     check_fields(slurm, SlurmConfig, "slurm")
-    requeue, name = bool(slurm["auto_requeue"]), str(slurm["requeue_signal"])
-    signum = signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    requeue, signum = bool(slurm["auto_requeue"]), signal_named(slurm["requeue_signal"])
+    assert signum is not None  # the schema's rule
     if not SLURMEnvironment.detect():
         return []
     if requeue and signal.getsignal(signum) not in (None, signal.SIG_DFL, signal.SIG_IGN):

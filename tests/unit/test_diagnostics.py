@@ -234,20 +234,15 @@ def imaged_apart(tmp_path_factory):
 
 
 def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_polarity(imaged_apart):
-    from conftest import tiny_data
+    from conftest import tiny_data, toy_reference_fit
 
     from protocell.diagnostics.imaging import _Imaged, imaging_sensitivity
-    from protocell.evaluate.fraction import fit_reference
 
     dm = tiny_data(imaged_apart, normalize="cell", zero_background=True, zero_margin=2, val_fraction=0.0, seed=0)
     dm.setup()
     cells = dm.store.manifest[dm.store.manifest["label"] >= 0]
     held = pd.DataFrame({"cell_id": cells["cell_id"], "condition": cells["condition"]})
-    rng = np.random.default_rng(5)  # a reference fit: affected cells score high
-    s = np.r_[
-        SIG(rng.normal(-1, 1, 400)), SIG(np.where(rng.random(400) < 0.4, rng.normal(2, 1, 400), rng.normal(-1, 1, 400)))
-    ]
-    fit = fit_reference(s, np.r_[np.zeros(400, bool), np.ones(400, bool)])
+    fit = toy_reference_fit()  # affected cells score high
     plain = _Imaged(dm, np.flatnonzero(dm.store.manifest["label"].to_numpy() >= 0))
     centre = float(
         np.median([NoiseReader.rough(x[None], m[None]).item() for x, m, _, _ in (plain[i] for i in range(60))])

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-SIG = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+from conftest import tiny_data, toy_reference_fit
 
 
 class Reader(torch.nn.Module):
@@ -43,24 +42,12 @@ def confounded(tmp_path_factory):
 
 
 def _setup(store, zero: bool):
-    from conftest import tiny_data
-
     dm = tiny_data(store, normalize="cell", zero_background=zero, zero_margin=2 if zero else 0, val_fraction=0.0)
     dm.setup()
     cells = dm.store.manifest[dm.store.manifest["label"] >= 0]
     held = pd.DataFrame({"cell_id": cells["cell_id"].to_numpy(), "condition": cells["condition"].to_numpy()})
     rows = np.flatnonzero(dm.store.manifest["label"].to_numpy() >= 0)
     return dm, held, rows
-
-
-def _fit():
-    from protocell.evaluate.fraction import fit_reference
-
-    rng = np.random.default_rng(5)  # a reference fit: affected cells score high
-    s = np.r_[
-        SIG(rng.normal(-1, 1, 400)), SIG(np.where(rng.random(400) < 0.4, rng.normal(2, 1, 400), rng.normal(-1, 1, 400)))
-    ]
-    return fit_reference(s, np.r_[np.zeros(400, bool), np.ones(400, bool)])
 
 
 def _reader(dm, rows, held, where: str) -> Reader:
@@ -80,7 +67,7 @@ def test_a_network_that_reads_the_background_is_caught_and_one_that_reads_the_ce
     from protocell.diagnostics.surroundings import surroundings_sensitivity
 
     dm, held, rows = _setup(confounded, zero=False)
-    fit = _fit()
+    fit = toy_reference_fit()
     outside = surroundings_sensitivity(_reader(dm, rows, held, "outside"), dm, held, fit, ["Ref", "Exp"], max_cells=80)
     assert outside["fires"] and outside["value"] > 0.10, outside["why"]
     assert outside["shifts"]["Ref"]["change"] > 0.10 and outside["shifts"]["Exp"]["change"] < -0.10
@@ -103,14 +90,12 @@ def test_with_the_background_zeroed_nothing_around_a_cell_reaches_the_network(co
     plain, moved = _Imaged(dm, rows), _Surrounded(dm, rows, exp[::-1])
     for i in range(0, len(rows), 7):
         assert torch.equal(plain[i][0], moved[i][0])
-    got = surroundings_sensitivity(_reader(dm, rows, held, "outside"), dm, held, _fit(), ["Ref", "Exp"])
+    got = surroundings_sensitivity(_reader(dm, rows, held, "outside"), dm, held, toy_reference_fit(), ["Ref", "Exp"])
     assert not got["fires"] and got["value"] == 0.0 and "nothing around a cell is seen" in got["why"]
     # without a margin the outline still holds blurred background light: said, with the fix
-    from conftest import tiny_data
-
     bare = tiny_data(confounded, normalize="cell", zero_background=True, zero_margin=0, val_fraction=0.0)
     bare.setup()
-    said = surroundings_sensitivity(None, bare, held, _fit(), ["Ref", "Exp"])["why"]
+    said = surroundings_sensitivity(None, bare, held, toy_reference_fit(), ["Ref", "Exp"])["why"]
     assert "no margin" in said and "mask.zero_margin=2" in said
 
 
