@@ -110,6 +110,28 @@ def tiny_module(seed: int = 0, per_class: int = 3, dim: int = 16, lr: dict | Non
     return ProtoPNetModule(spec, class_names=["Ref", "Exp"], lr={**TINY_LR, **(lr or {})}, **{**TINY_SETTINGS, **kw})
 
 
+def fit_plan(module, dm, plan, tmp_path=None, extra=(), callbacks=None):
+    """Fit ``module`` on ``dm`` through ``plan`` (one Phase an epoch) with ``extra`` callbacks first, then
+    the phase and push callbacks, as train.py orders them (``callbacks``: exactly these instead); no
+    logger, no checkpoint."""
+    import lightning as L
+
+    from protocell.training.callbacks import PhaseCallback, PushCallback
+
+    trainer = L.Trainer(
+        max_epochs=len(plan),
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks if callbacks is not None else [*extra, PhaseCallback(plan), PushCallback(plan, tmp_path)],
+    )
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
 @pytest.fixture()
 def tiny_net():
     return tiny_module().net

@@ -1,10 +1,11 @@
 import pytest
 import torch
+from conftest import fit_plan as _fit
 from conftest import tiny_module
 
 from protocell.artifacts import prototype_record
 from protocell.model.prototypes import squared_distances
-from protocell.training.callbacks import KeepBestPretrain, PhaseCallback, PushCallback
+from protocell.training.callbacks import KeepBestPretrain, PhaseCallback
 from protocell.training.push import push_prototypes
 from protocell.training.schedule import Phase, build_schedule, trainable_groups
 
@@ -103,23 +104,6 @@ def test_bad_schedule_values_name_their_key():
         build_schedule(3, push_every=0)
 
 
-def _fit(module, dm, plan, tmp_path, extra=()):
-    import lightning as L
-
-    trainer = L.Trainer(
-        max_epochs=len(plan),
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[*extra, PhaseCallback(plan), PushCallback(plan, tmp_path)],
-    )
-    trainer.fit(module, datamodule=dm)
-    return trainer
-
-
 def test_paper_schedule_decays_the_backbone_rate_in_the_optimiser(tiny_dm, tmp_path):
     """The regression test of the lost backbone decay: after 6 epochs of schedule=paper's step decay
     (every 5 epochs, γ = 0.1), every group the schedule decays runs at a tenth of its base rate."""
@@ -197,7 +181,6 @@ def test_last_layer_phase_trains_only_the_last_layer(tiny_dm, tmp_path):
 
 
 def test_pretrain_keeps_the_last_epoch_not_significantly_below_the_best_validation_auroc(tiny_store, tmp_path):
-    import lightning as L
     from conftest import tiny_training_data
     from lightning.pytorch.callbacks import Callback
 
@@ -225,16 +208,7 @@ def test_pretrain_keeps_the_last_epoch_not_significantly_below_the_best_validati
     plan[4] = Phase("warm", trainable_groups("warm", True), plan[4].lr, False)
     rec = Recorder()
     keep = KeepBestPretrain(plan)
-    L.Trainer(
-        max_epochs=len(plan),
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[keep, PhaseCallback(plan), rec],
-    ).fit(module, datamodule=dm)
+    _fit(module, dm, plan, callbacks=[keep, PhaseCallback(plan), rec])
     aurocs = [v for v, _ in rec.seen]
     top = max(range(len(aurocs)), key=aurocs.__getitem__)
     best = max(e for e, a in enumerate(aurocs) if a >= aurocs[top] - 1.96 * rec.se[top])

@@ -1,10 +1,10 @@
 import pytest
 import torch
-from conftest import tiny_module
+from conftest import fit_plan, tiny_module
 from lightning.pytorch.callbacks import Callback
 
 from protocell.errors import ConfigError
-from protocell.training.callbacks import PhaseCallback, PushCallback, WeightAverage
+from protocell.training.callbacks import WeightAverage
 from protocell.training.callbacks.average import averaged_epochs
 from protocell.training.schedule import build_schedule
 
@@ -25,8 +25,6 @@ def test_averaged_epochs_are_the_last_joint_epochs_up_to_the_final_push():
 
 
 def test_weight_average_loads_the_mean_weights_recomputes_batch_norm_and_pushes_from_them(tiny_dm, tmp_path):
-    import lightning as L
-
     plan = build_schedule(3, warm_epochs=0, push_every=10, last_layer_epochs=0)  # 3 joint epochs, one push at the end
     snaps = []
 
@@ -35,17 +33,7 @@ def test_weight_average_loads_the_mean_weights_recomputes_batch_norm_and_pushes_
             snaps.append({k: v.detach().clone() for k, v in pl_module.net.named_parameters()})
 
     module = tiny_module(last_layer="trained")
-    trainer = L.Trainer(
-        max_epochs=len(plan),
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[Snapshot(), WeightAverage(plan, 3), PhaseCallback(plan), PushCallback(plan, tmp_path)],
-    )
-    trainer.fit(module, datamodule=tiny_dm)
+    fit_plan(module, tiny_dm, plan, tmp_path, extra=[Snapshot(), WeightAverage(plan, 3)])
     net = module.net
     assert len(snaps) == 3 and not torch.equal(snaps[0]["add_on.0.weight"], snaps[2]["add_on.0.weight"])
     for name, p in net.named_parameters():
