@@ -22,6 +22,9 @@ def test_averaged_epochs_are_the_last_joint_epochs_up_to_the_final_push():
         averaged_epochs(plan, 11)
     with pytest.raises(ConfigError, match=r"schedule.average_epochs=1 is invalid"):
         averaged_epochs(plan, 1)
+    pretrain_only = [p for p in plan if p.name == "pretrain"]  # what head=baseline runs
+    with pytest.raises(ConfigError, match=r"schedule.average_epochs=2 is invalid: 0: the schedule has no push"):
+        averaged_epochs(pretrain_only, 2)
 
 
 def test_weight_average_loads_the_mean_weights_recomputes_batch_norm_and_pushes_from_them(tiny_dm, tmp_path):

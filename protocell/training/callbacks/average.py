@@ -40,7 +40,9 @@ def averaged_epochs(schedule: list[Phase], n: int) -> list[int]:
         )
     pushes = [e for e, p in enumerate(schedule) if p.push]
     if not pushes:
-        raise ConfigError.invalid("schedule.average_epochs", n, "0: the schedule never pushes")
+        raise ConfigError.invalid(
+            "schedule.average_epochs", n, "0: the schedule has no push (head=baseline trains only the pretrain phase)"
+        )
     last = pushes[-1]
     run = []
     for e in range(last, -1, -1):
