@@ -213,7 +213,6 @@ class ScheduleConfig:
     last_layer_epochs: int = rule(_int(0), "an integer ≥ 0", 5)
     lr_step_epochs: int = rule(_int(0), "an integer ≥ 0 (0 = constant rates)", 0)
     loss_ramp_epochs: int = rule(_int(0), "an integer ≥ 0", 0)
-    average_epochs: int = rule(_int(0), "0 (off) or an integer ≥ 2", 0)
 
 
 @dataclass

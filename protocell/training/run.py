@@ -39,7 +39,6 @@ from protocell.training.callbacks import (
     PushCallback,
     StopOnInterrupt,
     ValAccuracyHistory,
-    WeightAverage,
 )
 from protocell.training.checkpoint import AtomicCheckpointIO, EpochCheckpoint, check_resume, cluster_plugins
 from protocell.training.figures import plot_training_curves
@@ -53,8 +52,6 @@ def callbacks_for(cfg, schedule, folder: RunFolder, meta: dict, truth: bool) -> 
     return keep + [
         InitPrototypes(schedule, cfg.prototypes.init),
         PhaseCallback(schedule),
-        # before the push: the final prototypes are patches of the averaged network
-        *([WeightAverage(schedule, int(cfg.schedule.average_epochs))] if cfg.schedule.get("average_epochs") else []),
         PushCallback(schedule, folder.root, meta, unique=bool(cfg.prototypes.push_unique)),
         *([GroundTruthMonitor()] if truth else []),
         EpochCheckpoint(folder.checkpoint, len(schedule)),

@@ -11,12 +11,9 @@ each:
   ``prototypes.pt``.
 - ``ground_truth``: ``GroundTruthMonitor``, diagnostics on stores that know each cell's truth.
 - ``history``: ``ValAccuracyHistory``, every epoch's validation accuracy and AUROC for the run's status.
-- ``average``: ``WeightAverage``, the weights averaged over the last joint epochs before the final push
-  (``schedule.average_epochs``; off by default).
 - ``interrupt``: ``StopOnInterrupt``, Ctrl-C stops the run at the next batch end.
 """
 
-from protocell.training.callbacks.average import WeightAverage
 from protocell.training.callbacks.ground_truth import GroundTruthMonitor
 from protocell.training.callbacks.history import ValAccuracyHistory
 from protocell.training.callbacks.init_prototypes import InitPrototypes
@@ -33,6 +30,5 @@ __all__ = [
     "PushCallback",
     "StopOnInterrupt",
     "ValAccuracyHistory",
-    "WeightAverage",
     "apply_phase",
 ]
