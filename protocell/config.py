@@ -25,6 +25,7 @@ LAST_LAYER_MODES = ("trained", "frozen")
 CALIBRATIONS = ("mixture", "noisy_label", "platt", "none")
 NORMALIZE = ("auto", "dataset", "cell", "none")
 SPLIT_BY = ("auto", "image", "well", "plate")
+LABEL_SOURCES = ("well", "truth")  # data.labels
 PRETRAIN_KEEP = ("best", "last")
 SEPARATIONS = ("reference", "all")
 INIT_METHODS = ("evidence", "kmeans", "random")
@@ -177,6 +178,9 @@ class DataConfig:
     eval_batch_size: Optional[int] = 256
     num_workers: int = rule(_int(0), "an integer ≥ 0", 0)
     bag_size: int = rule(_int(1), "an integer ≥ 1 (1: one cell at a time)", 4)
+    # what the network is trained on: the wells' labels (every real run), or each cell's true label — a
+    # ceiling measured on built-in wells, never an answer (docs/results.md)
+    labels: str = rule(_one_of(LABEL_SOURCES), f"one of {LABEL_SOURCES}", "well")
     seed: int = 0
     synthetic: Optional[SyntheticConfig] = None
 

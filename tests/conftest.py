@@ -43,6 +43,7 @@ TINY_DATA = {
     "photometric": None,
     "zero_margin": 0,
     "bag_size": 1,
+    "labels": "well",
 }
 
 

@@ -63,6 +63,7 @@ class CellDataModule(L.LightningDataModule):
         photometric: dict | None,
         zero_margin: int,
         bag_size: int,
+        labels: str = "well",
     ):
         """Every setting is given: the values live in conf/ (``data``, ``mask``) and ``protocell.config``
         (``build.build_datamodule`` passes them; a run folder's config.yaml carries its own)."""
@@ -96,6 +97,13 @@ class CellDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available()  # pinned host memory feeds a GPU; nothing to gain on a CPU
         self.split_by = split_by
         self.seed = seed
+        self.labels = labels
+        if labels == "truth" and self.bag_size != 1:
+            raise ConfigError.invalid(
+                "data.bag_size",
+                bag_size,
+                "1 with data.labels=truth: a bag takes one label, and true labels differ from cell to cell",
+            )
         self.store: CropStore | None = None
 
     # --------------------------------------------------------------------- setup
@@ -125,6 +133,14 @@ class CellDataModule(L.LightningDataModule):
         self.channel_index = [store.channels.index(c) for c in names]
         self.in_channels = len(names)
         m = store.manifest
+        if self.labels == "truth":
+            known = m["true_label"].to_numpy() >= 0 if "true_label" in m else np.zeros(len(m), bool)
+            if not known[m["label"].to_numpy() >= 0].all():
+                raise ConfigError(
+                    f"data.labels=truth trains on each cell's true label, and {self.path / 'manifest.csv'} "
+                    "does not know it for every labelled cell: only the built-in wells (data=synthetic) do. "
+                    "Set data.labels=well"
+                )
         self.num_classes = int(m["label"].max()) + 1
         self.class_names = [m.loc[m["label"] == k, "condition"].iloc[0] for k in range(self.num_classes)]
         # wells without a condition (label −1: wells to score, e.g. compounds and doses) take no split
@@ -173,9 +189,14 @@ class CellDataModule(L.LightningDataModule):
         return lo.astype(np.float32), np.maximum(hi, lo + 1e-6).astype(np.float32)
 
     def dataset(self, split: str, augment: bool = False) -> CellDataset:
+        """``split``'s cells; with ``data.labels=truth`` the cells the network learns from (train, val, push)
+        carry their true labels and the test cells their wells' (evaluation is unchanged)."""
         self.setup()
         assert self.store is not None  # opened by setup
-        return self.dataset_of(self.store, self.rows[split], augment)
+        rows = self.rows[split]
+        truth = self.labels == "truth" and split != "test"
+        labels = self.store.manifest["true_label"].to_numpy()[rows] if truth else None
+        return self.dataset_of(self.store, rows, augment, labels=labels)
 
     @property
     def channels(self) -> list[str]:
@@ -184,7 +205,7 @@ class CellDataModule(L.LightningDataModule):
         assert self.store is not None  # opened by setup
         return [self.store.channels[i] for i in self.channel_index]
 
-    def dataset_of(self, store: CropStore, rows, augment: bool = False) -> CellDataset:
+    def dataset_of(self, store: CropStore, rows, augment: bool = False, labels=None) -> CellDataset:
         """Rows of any crop store with this module's data handling (channels by name, crop size,
         normalisation and its training ranges, zeroed background and margin): how ``score`` reads
         another plate as the network was trained to see cells."""
@@ -207,6 +228,7 @@ class CellDataModule(L.LightningDataModule):
             per_cell=self.normalize == "cell",
             photometric=self.photometric,
             margin=self.zero_margin if self.zero_background else 0,
+            labels=labels,
         )
 
     # --------------------------------------------------------------------- loaders

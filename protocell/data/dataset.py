@@ -116,7 +116,9 @@ class CellDataset(Dataset):
         per_cell: bool = False,
         photometric: Photometric | None = None,
         margin: int = 0,
+        labels: np.ndarray | None = None,
     ):
+        """``labels``: one per row, instead of the manifest's well labels (``data.labels=truth``)."""
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.channels = list(channels)
@@ -131,7 +133,8 @@ class CellDataset(Dataset):
         # per-cell (lo, hi) of each item, filled lazily (NaN: not yet computed); 16 bytes per cell and channel
         self._cell_range = np.full((len(self.rows), 2, len(self.channels)), np.nan, np.float32) if per_cell else None
         self.photometric = photometric if (augment and photometric) else None
-        self.labels = store.manifest["label"].to_numpy()[self.rows].astype(np.int64)
+        source = store.manifest["label"].to_numpy()[self.rows] if labels is None else np.asarray(labels)
+        self.labels = source.astype(np.int64)
         self.cell_ids = store.manifest["cell_id"].to_numpy()[self.rows].astype(np.int64)
 
     def __len__(self) -> int:

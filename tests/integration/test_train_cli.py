@@ -115,6 +115,7 @@ def pairwise_auroc(scores, positive) -> float:
         ("schedule.pretrain_keep=worst", "schedule.pretrain_keep='worst' is invalid"),
         ("mask.zero_margin=-2", "mask.zero_margin=-2 is invalid"),
         ("calibration=magic", "calibration='magic' is invalid"),
+        ("data.labels=cells", "data.labels='cells' is invalid"),
     ],
 )
 def test_bad_config_values_are_refused_before_any_work(tmp_path, override, message):
@@ -124,6 +125,17 @@ def test_bad_config_values_are_refused_before_any_work(tmp_path, override, messa
     if "Could not find" not in message:  # protocell's own refusals: one line, status 2, no traceback
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert not (tmp_path / "cache").exists()  # nothing generated, nothing trained
+
+
+def test_a_run_trained_on_true_labels_says_it_is_a_ceiling_not_an_answer(tmp_path):
+    """data.labels=truth (built-in wells, one cell at a time) trains and tests end to end, and its status
+    can never be ok: it measures what the cells allow, not what a plate's well labels give."""
+    train(tmp_path, "data.labels=truth", "data.bag_size=1")
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["status"] in ("warning", "failed")
+    assert any("data.labels=truth" in r and "ceiling" in r for r in m["reasons"])
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["data"]["labels"] == "truth"
 
 
 def test_gpu_paths_are_wired_on_cpu_bf16_channels_last_compile(tmp_path):
