@@ -63,7 +63,7 @@ class CellDataModule(L.LightningDataModule):
         photometric: dict | None,
         zero_margin: int,
         bag_size: int,
-        labels: str = "well",
+        labels: str,
     ):
         """Every setting is given: the values live in conf/ (``data``, ``mask``) and ``protocell.config``
         (``build.build_datamodule`` passes them; a run folder's config.yaml carries its own)."""
@@ -97,7 +97,7 @@ class CellDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available()  # pinned host memory feeds a GPU; nothing to gain on a CPU
         self.split_by = split_by
         self.seed = seed
-        self.labels = labels
+        self.label_source = labels  # data.labels: well | truth
         if labels == "truth" and self.bag_size != 1:
             raise ConfigError.invalid(
                 "data.bag_size",
@@ -133,7 +133,7 @@ class CellDataModule(L.LightningDataModule):
         self.channel_index = [store.channels.index(c) for c in names]
         self.in_channels = len(names)
         m = store.manifest
-        if self.labels == "truth":
+        if self.label_source == "truth":
             known = m["true_label"].to_numpy() >= 0 if "true_label" in m else np.zeros(len(m), bool)
             if not known[m["label"].to_numpy() >= 0].all():
                 raise ConfigError(
@@ -194,7 +194,7 @@ class CellDataModule(L.LightningDataModule):
         self.setup()
         assert self.store is not None  # opened by setup
         rows = self.rows[split]
-        truth = self.labels == "truth" and split != "test"
+        truth = self.label_source == "truth" and split != "test"
         labels = self.store.manifest["true_label"].to_numpy()[rows] if truth else None
         return self.dataset_of(self.store, rows, augment, labels=labels)
 

@@ -107,6 +107,7 @@ def run_status(
     interrupted: bool = False,
     bag_size: int = 1,
     val_auroc: list[tuple[float, float]] | None = None,
+    truth_labels: bool = False,
 ) -> dict:
     """``{"status": "ok" | "warning" | "incomplete" | "failed", "reasons": [...], "warnings": [...]}`` of a
     finished run.
@@ -130,7 +131,9 @@ def run_status(
     check says its answer may be wrong (``metrics["diagnostics"]``, ``protocell.diagnostics``: the network
     reads the wells), or no affected fraction could be estimated (the scores give no evidence of affected
     cells: the run has not answered its question); the affected fraction is then marked ``reliable: false``.
-    The test cells' well-label AUROC at chance (``test_failure``) is failed too."""
+    The test cells' well-label AUROC at chance (``test_failure``) is failed too. A run trained on the
+    cells' true labels (``truth_labels``, ``data.labels=truth``) is at best ``warning``: a ceiling, not an
+    answer."""
     failed, incomplete, warnings = [], [], []
     if interrupted or epochs_run < epochs_planned:
         incomplete.append(
@@ -199,8 +202,16 @@ def run_status(
         frac["reliable"] = False
     elif frac.get("available"):
         frac["reliable"] = True
-    status = "failed" if failed else "incomplete" if incomplete else "warning" if doubts or missing else "ok"
-    return {"status": status, "reasons": failed + incomplete + doubts + missing, "warnings": warnings}
+    ceiling = (
+        [
+            "trained on each cell's true label (data.labels=truth): a ceiling measured on built-in wells, "
+            "not an answer a plate's well labels give"
+        ]
+        if truth_labels
+        else []
+    )
+    status = "failed" if failed else "incomplete" if incomplete else "warning" if doubts or missing or ceiling else "ok"
+    return {"status": status, "reasons": failed + incomplete + doubts + missing + ceiling, "warnings": warnings}
 
 
 def _finite(v) -> bool:

@@ -226,13 +226,8 @@ def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, e
         pushes=int(module.net.pushes) if head == "protopnet" else None,
         interrupted=bool(trainer.interrupted),
         bag_size=int(getattr(dm, "bag_size", 1)),
+        truth_labels=getattr(dm, "label_source", "well") == "truth",
     )
-    if getattr(dm, "labels", "well") == "truth":
-        status["reasons"].append(
-            "trained on each cell's true label (data.labels=truth): a ceiling measured on built-in wells, "
-            "not an answer a plate's well labels give"
-        )
-        status["status"] = "warning" if status["status"] == "ok" else status["status"]
     for w in status["warnings"]:
         log.warning("%s", w)
     status["warnings"] = metrics.get("warnings", []) + status["warnings"]  # the data checks' came first
