@@ -65,6 +65,12 @@ ASSUMPTION = (
     "the reference fitted on held-out control cells holds for these cells: unaffected cells (and "
     "affected ones) score alike in every well"
 )
+IDENTIFIED = (
+    "from labels per well a fraction is known only as a lower bound: a few cells changed a lot and many "
+    "changed a little can give the same scores per condition; the estimate takes the most separated "
+    "reading, so affected cells that score like unaffected ones are not counted, and nothing without "
+    "cells of known state tells the readings apart (docs/method.md, 'What well labels cannot tell')"
+)
 
 
 def _cp_bounds(k: np.ndarray, n: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -325,6 +331,7 @@ def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) ->
         "available": True,
         "estimator": ESTIMATOR,
         "assumption": ASSUMPTION,
+        "identified": IDENTIFIED,
         "n_boot": len(boots),
         "fit": fit,
         "conditions": conditions,

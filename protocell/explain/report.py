@@ -13,6 +13,7 @@ import html
 
 import pandas as pd
 
+from protocell.evaluate.fraction import IDENTIFIED
 from protocell.explain.scores import fraction_lines
 from protocell.fsutil import atomic_write_text
 from protocell.html import STYLE, box, img_html, kv_html, kv_table, status_banner, table_html
@@ -163,7 +164,8 @@ outline. Click a prototype for its {k_near} nearest training patches.</p>
 <p class="how">The calibrated probability that a test cell is affected, per condition, and the affected
 fraction of each condition: {html.escape("; ".join(fraction_lines(frac)))}. Estimator: {html.escape(str(frac.get("estimator", "")))}.
 Assumption: {html.escape(str(frac.get("assumption", frac.get("reason", ""))))}; if unaffected {exp} cells score higher
-than {ref} cells (a well or plate effect), the {exp} estimate is biased upwards. 95 % CI: bootstrap over wells.</p>
+than {ref} cells (a well or plate effect), the {exp} estimate is biased upwards. 95 % CI: bootstrap over wells.
+What it can be: {html.escape(str(frac.get("identified", IDENTIFIED)))}.</p>
 {img_html("explain/cell_scores.png", "cell scores")}
 
 <h2>This looks like that: sample test cells</h2>

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from protocell.data.store import CropStore
-from protocell.evaluate.fraction import ASSUMPTION, ESTIMATOR
+from protocell.evaluate.fraction import ASSUMPTION, ESTIMATOR, IDENTIFIED
 from protocell.runs import Run
 from protocell.score.cells import score_stores
 from protocell.score.dose import dose_response
@@ -236,6 +236,7 @@ def compute_score(
         "whose unaffected cells differ in a way the network reads (focus, gain it can see, "
         "density, another cell line) gets a biased fraction; the reference is held fixed, so "
         "the CIs do not include its own uncertainty.",
+        "identified": f"What a fraction can be: {IDENTIFIED}.",
         "normalisation": normalisation_note(run, stores),
         "reference": ref_note,
         "empty": (

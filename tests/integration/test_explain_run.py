@@ -100,6 +100,8 @@ def test_explain_writes_figures_tables_metrics_and_a_report(tiny_run, explained)
     for src in re.findall(r'(?:src|href)="([^"]+)"', page):  # every image and link the page names exists
         assert (tiny_run / src).exists(), src
     assert "vgg11_narrow" in page and "46 px" in page and "Mann–Whitney" in page
+    assert "known only as a lower bound" in metrics["affected_fraction"]["identified"]
+    assert "known only as a lower bound" in page  # what a fraction from well labels can be, said where it is read
 
 
 def test_nearest_patches_are_sorted_and_equal_brute_force(tiny_run, explained):

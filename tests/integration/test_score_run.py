@@ -96,6 +96,7 @@ def test_score_writes_every_table_figure_and_the_page(scored):
     assert (
         "unaffected cells of a scored well look like the reference" in page and "Wells without a dose (7)" in page
     )  # 4 controls, 3 stress wells
+    assert "known only as a lower bound" in page
     assert [p.name for p in run.glob(".score*")] == [".score.lock"]  # no partial folder left
 
 

@@ -78,3 +78,18 @@ def test_no_difference_between_the_conditions_is_said_not_estimated():
     )
     out = affected_fractions(cells, n_boot=10)
     assert out["available"] is False and "no evidence" in out["reason"]
+
+
+def test_a_fraction_from_well_labels_is_a_lower_bound_exact_when_the_cells_score_apart():
+    """docs/method.md, "What well labels cannot tell": the estimator sees the scores per condition only.
+    The same exposed scores are 20 % of cells changed a lot, or half the cells changed (part of them
+    scoring like unaffected ones): it reads the separated split, exact for the first, 0.3 low for the
+    second: changed cells that score like unchanged ones are not counted."""
+    rng = np.random.default_rng(4)
+    s_ref, _ = mixture(rng, 6000, 0.05)
+    s_exp, far = mixture(rng, 6000, 0.2)
+    fit = fit_reference(np.r_[s_ref, s_exp], np.r_[np.zeros(6000, bool), np.ones(6000, bool)])
+    est = mixture_fraction(reference_lr(s_exp, fit))
+    assert est == pytest.approx(far.mean(), abs=0.03)
+    half = far | (rng.random(6000) < 0.375)  # the same scores, half the cells called changed
+    assert half.mean() == pytest.approx(0.5, abs=0.02) and est < half.mean() - 0.25
