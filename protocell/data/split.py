@@ -7,7 +7,10 @@ trains. Units are drawn by a seeded permutation of their sorted names, condition
 
 The DataModule's split of a store's labelled rows (``split_rows``): by image, whole well or whole plate
 as ``data.split_by`` says, ``auto`` choosing image or well (``choose_split``); validation wells carved
-out of what test left.
+out of what test left. On a store spanning plates every draw is made per (plate, condition), as
+prepare's are: each plate gives each split its share of each condition's wells or images, so a plate's
+imaging cannot line up with the condition in training or validation (drawn per condition only, one
+seed gave validation reference wells all from plate 1 and exposed ones all from plate 2).
 """
 
 from __future__ import annotations
@@ -99,8 +102,11 @@ def choose_split(manifest, test_fraction: float, val_fraction: float, split_by: 
     if split_by != "auto":
         return split_by, f"data.split_by={split_by} (set in the config)"
     m = manifest[manifest["aug_of"] < 0]
-    wells = m.assign(_well=m["plate"].astype(str) + "/" + m["well"].astype(str)).groupby("condition")["_well"].nunique()
-    train = {c: units_per_split(int(k), test_fraction, val_fraction)["train"] for c, k in wells.items()}
+    m = m.assign(_well=m["plate"].astype(str) + "/" + m["well"].astype(str))
+    train: dict = {}
+    for key, n in m.groupby(strata_of(m))["_well"].nunique().items():
+        c = key[1] if isinstance(key, tuple) else key
+        train[c] = train.get(c, 0) + units_per_split(int(n), test_fraction, val_fraction)["train"]
     if train and min(train.values()) >= MIN_TRAIN_WELLS:
         return "well", (
             f"data.split_by=auto → well: every condition keeps ≥ {MIN_TRAIN_WELLS} training wells "
@@ -113,6 +119,19 @@ def choose_split(manifest, test_fraction: float, val_fraction: float, split_by: 
         f"(< {MIN_TRAIN_WELLS}, too few to keep a per-well nuisance from lining up with the condition); "
         "test images come from training wells, validation from wells of their own"
     )
+
+
+def strata_of(frame) -> list[str]:
+    """The columns a draw is made within: condition, and plate too when the rows span plates."""
+    return ["plate", "condition"] if frame["plate"].astype(str).nunique() > 1 else ["condition"]
+
+
+def _strata(frame, column: str) -> dict:
+    """{stratum key: the sorted distinct values of ``column``}: keys are conditions, or (plate, condition)
+    pairs on a store spanning plates."""
+    keys = strata_of(frame)
+    groups = frame.assign(plate=frame["plate"].astype(str)).groupby(keys if len(keys) > 1 else keys[0], sort=True)
+    return {k: sorted(g[column].astype(str).unique()) for k, g in groups}
 
 
 def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int, unit: str = "image") -> np.ndarray:
@@ -150,29 +169,32 @@ def split_rows(
         test_plates = {p for p, s in assign({"": plates}, {"test": test_fraction}, seed, rng).items() if s == "test"}
         test_image = {i: p in test_plates for i, p in zip(first["image_id"].astype(str), first["plate"].astype(str))}
     elif unit == "well":
-        by_condition = {c: sorted(g["_well"].unique()) for c, g in first.groupby("condition", sort=True)}
-        test_wells = {w for w, s in assign(by_condition, {"test": test_fraction}, seed, rng).items() if s == "test"}
+        test_wells = {
+            w for w, s in assign(_strata(first, "_well"), {"test": test_fraction}, seed, rng).items() if s == "test"
+        }
         test_image = {i: w in test_wells for i, w in zip(first["image_id"].astype(str), first["_well"])}
     elif (given[originals] != "").all():  # prepare split by image
         test_image = {i: s == "test" for i, s in zip(image_of, given)}
     else:
-        images = {c: g["image_id"].astype(str).tolist() for c, g in first.groupby("condition", sort=True)}
+        images = _strata(first, "image_id")
         test_image = {i: s == "test" for i, s in assign(images, {"test": test_fraction}, seed, rng).items()}
-    # 2. validation: whole wells among those with non-test images
+    # 2. validation: whole wells among those with non-test images, per condition (and plate)
     rest = first[~first["image_id"].astype(str).map(test_image).to_numpy(bool)]
     split_of_image = {i: "test" for i, t in test_image.items() if t}
-    val_unit = {}
-    for cond, g in rest.groupby("condition", sort=True):
+    val_unit: dict[str, str] = {}
+    keys = strata_of(first)
+    for key, g in rest.assign(plate=rest["plate"].astype(str)).groupby(keys if len(keys) > 1 else keys[0], sort=True):
+        cond = str(key[1] if isinstance(key, tuple) else key)
         wells = sorted(g["_well"].unique())
         if len(wells) >= 2 or val_fraction <= 0:
-            val_wells = {w for w, s in assign({cond: wells}, {"val": val_fraction}, seed, rng).items() if s == "val"}
+            val_wells = {w for w, s in assign({key: wells}, {"val": val_fraction}, seed, rng).items() if s == "val"}
             split_of_image.update(
                 {i: "val" if w in val_wells else "train" for i, w in zip(g["image_id"].astype(str), g["_well"])}
             )
-            val_unit[str(cond)] = "well"
+            val_unit.setdefault(cond, "well")
         else:  # one well left: validation images of the training well
-            split_of_image.update(assign({cond: g["image_id"].astype(str).tolist()}, {"val": val_fraction}, seed, rng))
-            val_unit[str(cond)] = "image"
+            split_of_image.update(assign({key: g["image_id"].astype(str).tolist()}, {"val": val_fraction}, seed, rng))
+            val_unit[cond] = "image"
     out = np.array([split_of_image.get(i, "train") for i in image_of], dtype=object)
     # augmented rows train only (their images are train images by construction)
     out[~originals & (out != "train")] = "drop"

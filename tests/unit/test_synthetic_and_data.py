@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 from conftest import tiny_data
@@ -116,6 +117,49 @@ def test_validation_cells_come_from_wells_that_never_train(eight_wells, unit):
         }
     else:  # test images from every well
         assert sum(info["wells"]["test"].values()) > 8 and min(info["wells"]["train"].values()) >= 5
+
+
+def two_plate_manifest(wells_per_plate: int = 8, images_per_well: int = 3) -> pd.DataFrame:
+    """A labelled manifest over two plates, each holding both conditions (one row per image)."""
+    rows = [
+        {
+            "plate": p,
+            "well": f"{'AB'[c]}{w:02d}",
+            "image_id": f"{p}_{'AB'[c]}{w:02d}_f{f}",
+            "condition": cond,
+            "label": c,
+        }
+        for p in ("plate1", "plate2")
+        for c, cond in enumerate(("Ref", "Exp"))
+        for w in range(1, wells_per_plate + 1)
+        for f in range(images_per_well)
+    ]
+    return pd.DataFrame(rows).assign(aug_of=-1, split="")
+
+
+@pytest.mark.parametrize("unit", ["image", "well"])
+def test_a_store_spanning_plates_gives_every_split_each_plates_share_of_each_condition(unit):
+    """Drawn per condition only, the two-plate store's seed 0 put both validation reference wells on plate 1
+    and both exposed ones on plate 2 (training 1 of 6 reference wells on plate 1, 2 of 6 exposed): a plate's
+    imaging lined up with the condition, and the run read it. Per (plate, condition), as prepare draws."""
+    from protocell.data.split import choose_split, split_rows
+
+    m = two_plate_manifest()
+    assert choose_split(m, 0.5, 0.2, "auto")[0] == "well"  # 16 wells a condition: 8 test, 2 val, 6 train
+    for seed in range(6):
+        s, info = split_rows(m, 0.5, 0.2, seed=seed, unit=unit)
+        images = m.assign(s=s).groupby(["s", "condition", "plate"])["image_id"].nunique().unstack("plate")
+        assert (images.loc["test", "plate1"] == images.loc["test", "plate2"]).all(), (seed, images)
+        wells = m.assign(s=s).groupby(["s", "condition", "plate"])["well"].nunique().unstack("plate")
+        assert (wells.loc["val"] >= 1).all().all(), (seed, wells)  # validation wells from both plates
+        assert info["val_unit"] == {"Exp": "well", "Ref": "well"}
+        if unit == "well":  # whole wells: every split and condition holds as many wells of each plate
+            assert (wells["plate1"] == wells["plate2"]).all(), (seed, wells)
+            assert info["wells"] == {
+                "train": {"Exp": 6, "Ref": 6},
+                "val": {"Exp": 2, "Ref": 2},
+                "test": {"Exp": 8, "Ref": 8},
+            }
 
 
 def test_split_auto_splits_by_well_only_when_every_condition_keeps_five_training_wells(
