@@ -138,6 +138,7 @@ def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: in
     """Split labels ('train'/'val'/'test'/'drop') per row (the policy of ``protocell.data.split``,
     shared with prepare); every image lies in one split only.
 
+    Draws are per condition, or per (plate, condition) on a store spanning plates (``strata_of``).
     Test: ``unit="image"`` takes ``test_fraction`` of each condition's images (prepare's own split
     when the manifest has one); ``unit="well"`` whole wells (all fields of a well in one split), so
     per-well batch effects (imaging, plating) cannot carry a well's label from training into test;
