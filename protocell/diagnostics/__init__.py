@@ -36,6 +36,10 @@ is also beyond sampling noise (false-alarm rates measured on the robustness matr
   around them — a background that differs by condition in every well, which no check above sees (on
   ``mask=off`` runs it said ``ok`` with a fraction of 1.00 for 0.50). With the background zeroed
   (``mask=on``) nothing around a cell reaches the network, and the check says so without scoring.
+- ``edge_layout``: on some plate one condition's wells sit on the outer ring and the other's inside it
+  (Fisher exact, p < 0.01) and the ring is imaged differently (its wells' brightness against the inner
+  wells of the same treatments, p < 0.01): an edge effect lines up with the condition. A design check —
+  no intervention on the cells sees a plate position (``layout``).
 - ``calls_match_fraction``: per condition, the share of cells called affected against the fraction
   (the mean posterior of the same fit): apart by more than its CI and 0.05, the scores do not separate
   affected from unaffected cells well enough to call single cells.
@@ -44,7 +48,8 @@ is also beyond sampling noise (false-alarm rates measured on the robustness matr
   saying it does not know: reported with a point estimate and ``ok``, a fraction 0.115 off the truth with
   a CI of 0.41–0.85 reads as an answer (trained on two plates imaged differently, docs/score.md).
 
-The checks on held-out predictions are in ``wells``, the interventions in ``imaging`` and ``surroundings``.
+The checks on held-out predictions are in ``wells``, the interventions in ``imaging`` and ``surroundings``,
+the plate layout in ``layout``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from __future__ import annotations
 import pandas as pd
 
 from protocell.diagnostics.imaging import imaging_sensitivity
+from protocell.diagnostics.layout import edge_layout, plate_wells
 from protocell.diagnostics.surroundings import surroundings_sensitivity
 from protocell.diagnostics.wells import calls_match_fraction, fraction_precision, memorised_wells, reference_wells_agree
 
@@ -79,4 +85,6 @@ def run_diagnostics(
         if module is not None and dm is not None:
             out["imaging_sensitivity"] = imaging_sensitivity(module, dm, held, fraction["fit"], class_names)
             out["surroundings_sensitivity"] = surroundings_sensitivity(module, dm, held, fraction["fit"], class_names)
+    if dm is not None:
+        out["edge_layout"] = edge_layout(plate_wells(dm.store.manifest, dm.store), class_names)
     return out

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from protocell.plate import outer_ring
+
 MAD_SCALE = 1.4826
 Z_EXCELLENT, Z_SCREENABLE = 0.5, 0.0
 TREND_P = 0.01
@@ -232,12 +234,6 @@ def b_scores(wells: pd.DataFrame, value: str) -> pd.Series:
         if s > 0:
             out.loc[w.index] = res / s
     return out
-
-
-def outer_ring(w: pd.DataFrame) -> np.ndarray:
-    """Which wells lie on the plate's outer ring: row A, column 1, or the last row or column holding a well."""
-    r, c = w["row"].astype(int), w["column"].astype(int)
-    return ((r == 0) | (r == r.max()) | (c == 1) | (c == c.max())).to_numpy()
 
 
 def trends(wells: pd.DataFrame, measures: dict[str, tuple[str, bool]]) -> pd.DataFrame:

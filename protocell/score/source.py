@@ -10,7 +10,6 @@ cells would be seen at another magnification.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,8 @@ import pandas as pd
 from protocell import doses
 from protocell.data.store import MANIFEST_COLUMNS, CropStore
 from protocell.errors import ProtocellError
+from protocell.plate import parse_well
 
-WELL_NAME = re.compile(r"^([A-Za-z]{1,2})0*(\d{1,3})$")  # B07, b7, AF48 (1536-well plates)
 # manifest columns that are per cell, not per well (the rest of the extra columns describe the well)
 PER_CELL = set(MANIFEST_COLUMNS) | {"label_id"}
 
@@ -118,17 +117,6 @@ def open_store(path: str | Path, run_store: CropStore) -> CropStore:
     if not originals.any():
         raise ScoreError(f"{store.root / 'manifest.csv'} lists no original cells (only offline augmentations)")
     return store
-
-
-def parse_well(name: str) -> tuple[int, int] | None:
-    """'B07' → (1, 7): zero-based row (A = 0, …, Z = 25, AA = 26) and one-based column; None when the
-    name is not a plate position."""
-    m = WELL_NAME.match(str(name).strip())
-    if not m:
-        return None
-    letters = m.group(1).upper()
-    row = ord(letters[-1]) - 65 + (26 * (ord(letters[0]) - 64) if len(letters) == 2 else 0)
-    return row, int(m.group(2))
 
 
 def _one_per_well(m: pd.DataFrame, col: str, where: Path) -> pd.Series:

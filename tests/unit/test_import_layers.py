@@ -14,6 +14,7 @@ STAGES = [
         "config_check",
         "config_commands",
         "doses",
+        "plate",
         "distributed",
         "stats",
         "artifacts",

@@ -172,7 +172,12 @@ def test_top_prototypes_rank_the_largest_treatment_difference():
 
 
 def test_well_names_parse_to_plate_positions_and_doses_must_be_numbers():
-    from protocell.score.source import ScoreError, parse_doses, parse_well, treatment_name
+    from protocell.score.source import (  # parse_well: protocell.plate
+        ScoreError,
+        parse_doses,
+        parse_well,
+        treatment_name,
+    )
 
     assert parse_well("B07") == (1, 7) and parse_well("b7") == (1, 7) and parse_well("P24") == (15, 24)
     assert parse_well("AF48") == (31, 48) and parse_well("AA01") == (26, 1)
