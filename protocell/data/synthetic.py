@@ -248,10 +248,12 @@ def well_imaging(spec: WellSpec, seed: int | None = None) -> list[dict]:
 
 
 def outer_ring(wells: list[str]) -> set[str]:
-    """The wells of a plate's outer ring: row A, column 1, and the last row and column holding a well."""
-    pos = {w: (ord(w[0]) - 65, int(w[1:])) for w in wells}
-    last_row, last_col = max(r for r, _ in pos.values()), max(c for _, c in pos.values())
-    return {w for w, (r, c) in pos.items() if r in (0, last_row) or c in (1, last_col)}
+    """The wells of a plate's outer ring (``protocell.plate.outer_ring``: row A, column 1, and the last row
+    and column holding a well)."""
+    from protocell import plate
+
+    pos = pd.DataFrame([plate.parse_well(w) for w in wells], columns=["row", "column"])
+    return {w for w, on in zip(wells, plate.outer_ring(pos)) if on}
 
 
 def _iter_fields(spec: WellSpec):
