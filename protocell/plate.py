@@ -1,6 +1,7 @@
-"""What a plate position is: a well's name → its row and column, and which wells lie on the outer ring.
+"""What a plate position is — a well's name → its row and column, which wells lie on the outer ring — and
+what replicate wells share (their treatment's name).
 
-Shared by score (trends, B-scores, plate heat maps) and the layout check of a run's diagnostics.
+Shared by score (trends, B-scores, plate heat maps, hits) and the layout check of a run's diagnostics.
 """
 
 from __future__ import annotations
@@ -29,3 +30,10 @@ def outer_ring(w: pd.DataFrame) -> np.ndarray:
     row or column holding a well."""
     r, c = w["row"].astype(int), w["column"].astype(int)
     return ((r == 0) | (r == r.max()) | (c == 1) | (c == c.max())).to_numpy()
+
+
+def treatment_name(condition: str, compound: str, dose: float) -> str:
+    """The unit replicate wells share: condition · compound · dose (each part only when given); "" for a well
+    with none of them (score names it after the well)."""
+    parts = [p for p in (condition, compound) if p] + ([f"{dose:g}"] if np.isfinite(dose) else [])
+    return " · ".join(parts)

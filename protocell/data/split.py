@@ -104,9 +104,9 @@ def choose_split(manifest, test_fraction: float, val_fraction: float, split_by: 
     m = manifest[manifest["aug_of"] < 0]
     m = m.assign(_well=m["plate"].astype(str) + "/" + m["well"].astype(str))
     train: dict = {}
-    for key, n in m.groupby(strata_of(m))["_well"].nunique().items():
-        c = key[1] if isinstance(key, tuple) else key
-        train[c] = train.get(c, 0) + units_per_split(int(n), test_fraction, val_fraction)["train"]
+    for key, g in by_stratum(m):
+        c = condition_of(key)
+        train[c] = train.get(c, 0) + units_per_split(g["_well"].nunique(), test_fraction, val_fraction)["train"]
     if train and min(train.values()) >= MIN_TRAIN_WELLS:
         return "well", (
             f"data.split_by=auto → well: every condition keeps ≥ {MIN_TRAIN_WELLS} training wells "
@@ -126,12 +126,21 @@ def strata_of(frame) -> list[str]:
     return ["plate", "condition"] if frame["plate"].astype(str).nunique() > 1 else ["condition"]
 
 
-def _strata(frame, column: str) -> dict:
-    """{stratum key: the sorted distinct values of ``column``}: keys are conditions, or (plate, condition)
-    pairs on a store spanning plates."""
+def by_stratum(frame):
+    """``frame`` grouped by stratum, sorted: keys are conditions, or (plate, condition) pairs on a store
+    spanning plates (``condition_of`` reads the condition back)."""
     keys = strata_of(frame)
-    groups = frame.assign(plate=frame["plate"].astype(str)).groupby(keys if len(keys) > 1 else keys[0], sort=True)
-    return {k: sorted(g[column].astype(str).unique()) for k, g in groups}
+    return frame.assign(plate=frame["plate"].astype(str)).groupby(keys if len(keys) > 1 else keys[0], sort=True)
+
+
+def condition_of(key) -> str:
+    """The condition of a stratum key (``by_stratum``)."""
+    return str(key[1] if isinstance(key, tuple) else key)
+
+
+def _strata(frame, column: str) -> dict:
+    """{stratum key: the sorted distinct values of ``column``} (``by_stratum``)."""
+    return {k: sorted(g[column].astype(str).unique()) for k, g in by_stratum(frame)}
 
 
 def split_by_image(manifest, test_fraction: float, val_fraction: float, seed: int, unit: str = "image") -> np.ndarray:
@@ -183,9 +192,8 @@ def split_rows(
     rest = first[~first["image_id"].astype(str).map(test_image).to_numpy(bool)]
     split_of_image = {i: "test" for i, t in test_image.items() if t}
     val_unit: dict[str, str] = {}
-    keys = strata_of(first)
-    for key, g in rest.assign(plate=rest["plate"].astype(str)).groupby(keys if len(keys) > 1 else keys[0], sort=True):
-        cond = str(key[1] if isinstance(key, tuple) else key)
+    for key, g in by_stratum(rest):
+        cond = condition_of(key)
         wells = sorted(g["_well"].unique())
         if len(wells) >= 2 or val_fraction <= 0:
             val_wells = {w for w, s in assign({key: wells}, {"val": val_fraction}, seed, rng).items() if s == "val"}

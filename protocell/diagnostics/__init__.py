@@ -57,7 +57,7 @@ from __future__ import annotations
 import pandas as pd
 
 from protocell.diagnostics.imaging import imaging_sensitivity
-from protocell.diagnostics.layout import edge_layout, plate_wells
+from protocell.diagnostics.layout import edge_layout, wells_with_brightness
 from protocell.diagnostics.surroundings import surroundings_sensitivity
 from protocell.diagnostics.wells import calls_match_fraction, fraction_precision, memorised_wells, reference_wells_agree
 
@@ -86,5 +86,5 @@ def run_diagnostics(
             out["imaging_sensitivity"] = imaging_sensitivity(module, dm, held, fraction["fit"], class_names)
             out["surroundings_sensitivity"] = surroundings_sensitivity(module, dm, held, fraction["fit"], class_names)
     if dm is not None:
-        out["edge_layout"] = edge_layout(plate_wells(dm.store.manifest, dm.store), class_names)
+        out["edge_layout"] = edge_layout(wells_with_brightness(dm.store.manifest, dm.store), class_names)
     return out

@@ -40,10 +40,12 @@ def well_brightness(store, rows: np.ndarray, rng: np.random.Generator) -> float:
     return float(np.log2(np.median(positive))) if positive else float("nan")
 
 
-def plate_wells(manifest: pd.DataFrame, store, seed: int = 0) -> pd.DataFrame:
+def wells_with_brightness(manifest: pd.DataFrame, store, seed: int = 0) -> pd.DataFrame:
     """One row per well of the store's original cells: plate, well, row, column, n_cells, condition
-    ('' for wells without one), treatment (condition, compound, dose) and ``log2 intensity``."""
-    from protocell.plate import parse_well
+    ('' for wells without one), treatment (``protocell.plate.treatment_name``, as score names it; a well
+    with none is its own) and ``log2 intensity``. (``score.source.plate_wells`` tabulates a store's wells
+    with score's validation of the plate map; the diagnostics, an earlier stage, cannot call it.)"""
+    from protocell.plate import parse_well, treatment_name
 
     m = manifest[manifest["aug_of"].to_numpy() < 0]
     rng = np.random.default_rng(seed)
@@ -54,7 +56,9 @@ def plate_wells(manifest: pd.DataFrame, store, seed: int = 0) -> pd.DataFrame:
             continue
         labelled = g["label"].to_numpy() >= 0
         condition = str(g["condition"].iloc[0]) if labelled.all() else ""
-        treatment = "|".join(str(g[c].iloc[0]) for c in ("condition", "compound", "dose") if c in g.columns)
+        compound = str(g["compound"].iloc[0]) if "compound" in g.columns and g["compound"].notna().all() else ""
+        dose = pd.to_numeric(g["dose"], errors="coerce").iloc[0] if "dose" in g.columns else np.nan
+        treatment = treatment_name(condition, compound, float(dose)) or f"well {plate}/{well}"
         out.append(
             {
                 "plate": str(plate),
@@ -87,7 +91,7 @@ def ring_brightness(w: pd.DataFrame) -> tuple[float, float]:
 
 
 def edge_layout(wells: pd.DataFrame, conditions: list[str]) -> dict:
-    """The check on ``plate_wells``' table (``conditions``: reference first, exposed last)."""
+    """The check on ``wells_with_brightness``' table (``conditions``: reference first, exposed last)."""
     from scipy.stats import fisher_exact
 
     from protocell.plate import outer_ring

@@ -122,7 +122,7 @@ differently from plate to plate is a plate effect; the normalised fraction remov
 {status_banner(run_status or {})}
 <table class="kv">{kv_html(summary)}</table>
 <p class="how"><b>Estimator.</b> {e(notes["estimator"])} <b>It assumes</b> {e(notes["assumption"])}
-{e(notes.get("identified", ""))} <b>Normalisation.</b> {e(notes["normalisation"])}</p>
+{e(notes["identified"])} <b>Normalisation.</b> {e(notes["normalisation"])}</p>
 
 <h2>Plate QC: do the controls separate?</h2>
 <p class="how">Per plate, from its own control wells (reference = negative, exposed = positive; each well one value over

@@ -18,7 +18,7 @@ import pandas as pd
 from protocell import doses
 from protocell.data.store import MANIFEST_COLUMNS, CropStore
 from protocell.errors import ProtocellError
-from protocell.plate import parse_well
+from protocell.plate import parse_well, treatment_name
 
 # manifest columns that are per cell, not per well (the rest of the extra columns describe the well)
 PER_CELL = set(MANIFEST_COLUMNS) | {"label_id"}
@@ -144,11 +144,6 @@ def parse_doses(text: pd.Series, where: Path) -> pd.Series:
             "prepare again"
         )
     return dose
-
-
-def treatment_name(condition: str, compound: str, dose: float) -> str:
-    parts = [p for p in (condition, compound) if p] + ([f"{dose:g}"] if np.isfinite(dose) else [])
-    return " · ".join(parts)
 
 
 def plate_wells(store: CropStore, ref: str, exp: str) -> pd.DataFrame:

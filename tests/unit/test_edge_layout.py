@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocell.diagnostics.layout import edge_layout, plate_wells, ring_brightness
+from protocell.diagnostics.layout import edge_layout, ring_brightness, wells_with_brightness
 
 
 def plate(ring_log2: float, ref_on_ring: bool, seed: int = 0) -> pd.DataFrame:
@@ -61,11 +61,11 @@ def test_ring_brightness_reads_treatments_on_both_sides_only():
     assert ring_brightness(w)[1] == pytest.approx(diff)
 
 
-def test_plate_wells_reads_the_stored_brightness_per_well(tiny_store):
+def test_wells_with_brightness_reads_the_stored_brightness_per_well(tiny_store):
     from protocell.data.store import CropStore
 
     store = CropStore(tiny_store)
-    wells = plate_wells(store.manifest, store)
+    wells = wells_with_brightness(store.manifest, store)
     m = store.manifest[store.manifest["aug_of"] < 0]
     assert len(wells) == m.groupby(["plate", "well"]).ngroups
     first = wells.iloc[0]
