@@ -189,6 +189,7 @@ def build_module(cfg, dm):
         ramp_epochs=int(cfg.schedule.loss_ramp_epochs),
         **plain(cfg.loss),
     )
+    module.views = int(cfg.views)
     if channels_last:
         module.to(memory_format=torch.channels_last)
     if perf.compile:

@@ -30,6 +30,8 @@ PRETRAIN_KEEP = ("best", "last")
 SEPARATIONS = ("reference", "all")
 INIT_METHODS = ("evidence", "kmeans", "random")
 HEADS = ("protopnet", "baseline")
+VIEWS = (1, 8)  # views: orientations of each cell averaged in a run's predictions (protocell.model.views)
+DEFAULT_VIEWS = 8  # conf/train.yaml's; the schema's default and what make bench measures
 HEATMAPS = ("contour", "panel")  # report.heatmap
 REPLICATE_UNITS = ("auto", "well", "image", "field")  # report.unit
 LR_GROUPS = ("features", "add_on", "prototypes", "last_layer", "pretrain")  # optim.lr: a rate for each
@@ -324,6 +326,7 @@ class TrainConfig:
     strict: bool = False
     debug: bool = False
     calibration: str = rule(_one_of(CALIBRATIONS), f"one of {CALIBRATIONS}", "mixture")
+    views: int = rule(_one_of(VIEWS), f"one of {VIEWS}", DEFAULT_VIEWS)
 
 
 def register() -> None:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from protocell.artifacts import RunFolder, RunFolderError, positive_class, read_prototypes
 from protocell.build import build_datamodule, load_module, synthetic_spec
+from protocell.config import VIEWS
 
 if TYPE_CHECKING:
     from protocell.data.datamodule import CellDataModule
@@ -41,6 +42,7 @@ class Run:
     net: ProtoPNet
     dm: CellDataModule  # set up (``load_run``)
     preds: pd.DataFrame
+    views: int = 1  # orientations averaged in the run's predictions (config.yaml ``views``; 1 before it existed)
     _datasets: dict = field(default_factory=dict, repr=False)
     _position: dict = field(default_factory=dict, repr=False)  # manifest row → (split, index)
     _row_of_cell: dict = field(default_factory=dict, repr=False)
@@ -248,4 +250,10 @@ def load_run(run_dir: str | Path) -> Run:
             raise RunFolderError(
                 f"{folder.test_predictions} has no column '{col}': written by another protocell version; retrain"
             )
-    return Run(folder.root, cfg, record, net, dm, preds)
+    views = cfg.get("views", 1)  # a run trained before ``views`` existed read its cells as cropped
+    if isinstance(views, bool) or views not in VIEWS:
+        raise RunFolderError(
+            f"{folder.config} says views={views!r}, which is not one of {VIEWS}: the orientations this run's "
+            "predictions averaged; restore the value training wrote, or retrain"
+        )
+    return Run(folder.root, cfg, record, net, dm, preds, views=int(views))

@@ -252,6 +252,7 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     whole scoring with its tables (per-cell calls, well fractions, treatments, enrichment, 200 bootstraps)."""
     import numpy as np
 
+    from protocell.config import DEFAULT_VIEWS
     from protocell.data.synthetic import WellSpec, build_store
     from protocell.evaluate.fraction import fit_reference
     from protocell.score.infer import infer
@@ -263,7 +264,7 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     net = _module("vgg11_narrow", 64).net.eval()
     rows = np.flatnonzero(dm.store.manifest["aug_of"].to_numpy() < 0)
     t = time.perf_counter()
-    result = infer(net, dm.dataset_of(dm.store, rows), 1, 256, 0, progress=False)
+    result = infer(net, dm.dataset_of(dm.store, rows), 1, 256, 0, progress=False, views=DEFAULT_VIEWS)
     t_pass = time.perf_counter() - t
     out = {
         "cells": len(rows),

@@ -152,11 +152,14 @@ def _scores(module, cells, batch_size: int = 256) -> np.ndarray:
     import torch
     from torch.utils.data import DataLoader
 
+    from protocell.model.views import averaged
+
     module.eval()
     out = []
     with torch.no_grad():
         for x, m, _y, _cid in DataLoader(cells, batch_size=batch_size):
-            out.append(torch.softmax(module.scores(x, m)[0].float(), 1)[:, module.positive].numpy())
+            logits = averaged(module.scores, x, m, module.views)[0]  # as the run's own predictions
+            out.append(torch.softmax(logits.float(), 1)[:, module.positive].numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 

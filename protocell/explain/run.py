@@ -47,6 +47,7 @@ from protocell.explain.scores import plot_scores
 from protocell.explain.similarity import plot_population, population_means, rank_differences, replicate_unit, unit_ids
 from protocell.fsutil import atomic_write_json
 from protocell.model.prototypes import log_similarity
+from protocell.model.views import averaged, of_network
 from protocell.runs import Run, load_run
 from protocell.tracking import log_to_saved_run
 
@@ -56,10 +57,12 @@ log = logging.getLogger("protocell.explain")
 
 @torch.no_grad()
 def _test_min_distances(run: Run) -> pd.DataFrame:
-    """One pass over the test set: each test cell's minimum masked distance to every prototype."""
+    """One pass over the test set: each test cell's minimum masked distance to every prototype, over the
+    run's ``views`` orientations as its predictions (``protocell.model.views``)."""
     out = []
     for x, m, _, cid in tqdm(run.dm.test_dataloader(), desc="explain: test set", leave=False, disable=None):
-        d = run.net(x, m)["min_distances"]
+        d = averaged(of_network(run.net), x, m, run.views)[1]
+        assert d is not None  # the prototype network reports its distances
         out.append(
             pd.DataFrame(d.numpy(), columns=[f"min_d_{j}" for j in range(d.shape[1])]).assign(cell_id=cid.numpy())
         )

@@ -29,11 +29,14 @@ import torch.nn.functional as F
 from protocell.config import HEADS, LAST_LAYER_MODES, LR_GROUPS, SEPARATIONS
 from protocell.model.losses import mil_loss, protopnet_loss
 from protocell.model.protopnet import build_protopnet
+from protocell.model.views import averaged
 
 PHASE_INDEX = {"pretrain": 0, "warm": 1, "joint": 2, "last_layer": 3}
 
 
 class ProtoPNetModule(L.LightningModule):
+    views: int = 1  # orientations averaged in every prediction a run reports (``predicted``); set from config
+
     def __init__(
         self,
         net_spec: dict,
@@ -235,13 +238,19 @@ class ProtoPNetModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
 
+    def predicted(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, min_distances or None) as a run reports them: the evidence averaged over ``views``
+        orientations of each cell (``protocell.model.views``; the training run sets ``views`` from its
+        config, 1 = as cropped). Training and per-epoch validation read the cell as cropped."""
+        return averaged(self.scores, x, mask, self.views)
+
     def predict_step(self, batch, batch_idx):
         x, mask, y, cell_id = batch
-        logits, out = self.scores(x, mask)
+        logits, min_d = self.predicted(x, mask)
         # float32 on the way out: under bf16-mixed the outputs are bfloat16, which numpy cannot hold
         result = {"cell_id": cell_id, "label": y, "probs": F.softmax(logits.float(), 1)}
-        if out is not None:
-            result["min_distances"] = out["min_distances"].float()
+        if min_d is not None:
+            result["min_distances"] = min_d.float()
         return result
 
     def on_train_epoch_start(self):

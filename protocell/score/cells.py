@@ -59,6 +59,7 @@ def run_network(run: Run, store: CropStore, rows: np.ndarray, batch_size, num_wo
         int(batch_size or run.dm.eval_batch_size),
         int(num_workers),
         progress,
+        views=run.views,
     )
 
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from protocell.data.dataset import CellDataset
+from protocell.model.views import averaged, of_network
 
 
 class ScoringCells(Dataset):
@@ -46,10 +47,18 @@ class ScoringCells(Dataset):
 
 @torch.no_grad()
 def infer(
-    net, cells: CellDataset, positive: int, batch_size: int = 256, num_workers: int = 0, progress: bool = True
+    net,
+    cells: CellDataset,
+    positive: int,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = True,
+    views: int = 1,
 ) -> dict[str, np.ndarray]:
     """cell_id (n,), score (n,) = P(exposed class), min_d (n, P) masked minimum distances,
-    intensity (n,), finite (n,) bool (``ScoringCells``), in the order of ``cells.rows``."""
+    intensity (n,), finite (n,) bool (``ScoringCells``), in the order of ``cells.rows``; score and
+    min_d averaged over ``views`` orientations of each cell, as the run's own predictions
+    (``protocell.model.views``)."""
     net.eval()
     n, P = len(cells), net.prototypes.shape[0]
     if n == 0:
@@ -73,10 +82,11 @@ def infer(
     i = 0
     with tqdm(total=n, desc="score", unit="cell", disable=not progress, dynamic_ncols=True) as bar:
         for x, m, cell_id, raw, finite in loader:
-            o = net(x, m)
+            logits, min_d = averaged(of_network(net), x, m, views)
+            assert min_d is not None  # the prototype network reports its distances
             k = i + len(cell_id)
-            out["score"][i:k] = F.softmax(o["logits"].float(), 1)[:, positive].numpy()
-            out["min_d"][i:k] = o["min_distances"].float().numpy()
+            out["score"][i:k] = F.softmax(logits.float(), 1)[:, positive].numpy()
+            out["min_d"][i:k] = min_d.float().numpy()
             out["cell_id"][i:k] = cell_id.numpy()
             out["intensity"][i:k] = raw.numpy()
             out["finite"][i:k] = finite.numpy()

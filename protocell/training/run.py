@@ -178,6 +178,7 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
                 "mask": OmegaConf.to_container(cfg.mask),
                 "last_layer": cfg.last_layer.mode,
                 "seed": cfg.seed,
+                "views": module.views,
             }
         )
         metrics.update(data_report)

@@ -19,6 +19,7 @@ from protocell.artifacts import RunFolderError
 from protocell.explain.run import cell_similarities, explain_run, load_run, nearest_patches
 from protocell.explain.similarity import population_means, unit_ids
 from protocell.model.prototypes import log_similarity
+from protocell.model.views import dihedral
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -130,20 +131,24 @@ def test_population_similarities_and_means_equal_a_direct_loop_over_test_cells(t
     cells = cell_similarities(run).set_index("cell_id")
     P = len(run.record["cell_id"])
     ds = run.dm.dataset("test")
+    assert run.views == 8  # the default: every reported number is the mean over the cell's 8 orientations
     direct = {}
     with torch.no_grad():
-        for i in range(len(ds)):  # one cell at a time, straight through the network
+        for i in range(len(ds)):  # one cell at a time, straight through the network, in each orientation
             x, m, _, cid = ds[i]
-            d = run.net.distances(run.net.latent(x[None]), m[None])[0]  # (P, H, W)
-            direct[int(cid)] = d.flatten(1).amin(1).double()
+            sims = [
+                log_similarity(run.net.distances(run.net.latent(vx), vm)[0].flatten(1).amin(1).double())
+                for vx, vm in dihedral(x[None], m[None], run.views)
+            ]
+            direct[int(cid)] = torch.stack(sims).mean(0).numpy()
     assert set(direct) == set(cells.index)
     preds = run.preds.set_index("cell_id")
-    for cid, d in direct.items():
+    for cid, sim in direct.items():
         # float32 distances (‖z‖² − 2 z·p + ‖p‖²) agree to ~1e-5 across batch sizes; the similarity
-        # log((d + 1)/(d + 1e-4)) magnifies that near d = 0, so compare distances, then similarities
-        assert np.allclose(preds.loc[cid, [f"min_d_{j}" for j in range(P)]].to_numpy(float), d.numpy(), atol=2e-5)
-        direct[cid] = log_similarity(d).numpy()
-        assert np.allclose(cells.loc[cid, [f"p{j}" for j in range(P)]].to_numpy(float), direct[cid], rtol=2e-3)
+        # log((d + 1)/(d + 1e-4)) magnifies that near d = 0: compare similarities, relatively
+        reported = log_similarity(torch.tensor(preds.loc[cid, [f"min_d_{j}" for j in range(P)]].to_numpy(float)))
+        assert np.allclose(reported.numpy(), sim, rtol=2e-3, atol=1e-4)
+        assert np.allclose(cells.loc[cid, [f"p{j}" for j in range(P)]].to_numpy(float), sim, rtol=2e-3, atol=1e-4)
     pop = pd.read_csv(explained / "population_similarity.csv")
     for cond in ("Ref", "Exp"):
         ids = [c for c in direct if cells.loc[c, "condition"] == cond]
@@ -172,6 +177,16 @@ def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
     torch.save({**rec, "version": 99}, broken / "prototypes.pt")
     with pytest.raises(RunFolderError, match="v99.*protocell version that trained"):
         load_run(broken)
+    torch.save(rec, broken / "prototypes.pt")
+    config = (broken / "config.yaml").read_text()
+    assert "\nviews: 8\n" in config
+    for bad in ("3", "true", "'8'"):  # the orientations its predictions averaged: 1 or 8, nothing else
+        (broken / "config.yaml").write_text(config.replace("\nviews: 8\n", f"\nviews: {bad}\n"))
+        with pytest.raises(RunFolderError, match=r"config.yaml says views=.*not one of \(1, 8\)"):
+            load_run(broken)
+    (broken / "config.yaml").write_text(config.replace("\nviews: 8\n", "\n"))  # a run from before views: as cropped
+    assert load_run(broken).views == 1
+    (broken / "config.yaml").write_text(config)
     torch.save({**rec, "pushes": 0}, broken / "prototypes.pt")
     with pytest.raises(RunFolderError, match="pushes = 0.*never pushed"):
         load_run(broken)

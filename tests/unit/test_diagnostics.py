@@ -200,6 +200,7 @@ class NoiseReader(__import__("torch").nn.Module):
     def __init__(self, k: float, centre: float = 0.0):
         super().__init__()
         self.k, self.centre, self.positive = k, centre, 1
+        self.views = 1  # read as cropped
 
     @staticmethod
     def rough(x, m):

@@ -19,6 +19,7 @@ class Reader(torch.nn.Module):
     def __init__(self, where: str, centre: float, scale: float):
         super().__init__()
         self.where, self.centre, self.scale, self.positive = where, centre, scale, 1
+        self.views = 1  # read as cropped
 
     @staticmethod
     def mean(x, m, where: str):
