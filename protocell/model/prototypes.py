@@ -46,6 +46,9 @@ def masked_distances(distances: torch.Tensor, inside: torch.Tensor | None, penal
     return distances + penalty * (~inside).to(distances.dtype)
 
 
-def log_similarity(distances: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+SIMILARITY_EPS = 1e-4  # ε of log_similarity (``protocell.model.views.distance_of`` inverts it)
+
+
+def log_similarity(distances: torch.Tensor, eps: float = SIMILARITY_EPS) -> torch.Tensor:
     """ProtoPNet's similarity log((d + 1) / (d + ε)): large for near, → 0 for far."""
     return torch.log((distances + 1) / (distances + eps))

@@ -24,9 +24,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from protocell.config import VIEWS  # as cropped | the 8 symmetries of the square
-from protocell.model.prototypes import log_similarity
-
-EPS = 1e-4  # log_similarity's ε
+from protocell.model.prototypes import SIMILARITY_EPS, log_similarity
 
 
 def dihedral(
@@ -47,7 +45,7 @@ def dihedral(
 def distance_of(similarity: torch.Tensor) -> torch.Tensor:
     """The inverse of ``log_similarity``: d with log((d + 1) / (d + ε)) = s."""
     e = torch.exp(similarity)
-    return (1 - EPS * e) / (e - 1)
+    return (1 - SIMILARITY_EPS * e) / (e - 1)
 
 
 def of_network(net) -> Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, dict]]:
