@@ -30,7 +30,7 @@ from protocell.evaluate.predictions import evaluate
 from protocell.evaluate.status import run_status
 from protocell.fsutil import atomic_write_json, atomic_write_text, exclusive_lock
 from protocell.model.receptive_field import locality
-from protocell.tracking import build_logger, is_wandb, log_media, run_summary
+from protocell.tracking import build_logger, is_wandb, log_media, log_summary, run_summary
 from protocell.training.callbacks import (
     GroundTruthMonitor,
     InitPrototypes,
@@ -196,7 +196,7 @@ def _train(cfg, folder: RunFolder, explain=None) -> dict:
             explain(folder.root)
         if is_wandb(logger):
             log_media(logger.experiment, folder.root, keys=("explain/",))
-            logger.experiment.summary.update(run_summary(folder.root))
+            log_summary(logger.experiment, run_summary(folder.root))
     if is_wandb(logger):
         import wandb
 
