@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from protocell.stats import auroc_se
+from protocell.stats import auroc_se, detectable_difference
 
 # calibration parameters whose bound means a degenerate fit (see ``run_status``)
 FAILING_BOUNDS = {
@@ -54,7 +54,7 @@ def learning_failure(
         return (
             f"the validation AUROC never stood above chance: best {a:.3f} ± {se:.3f} (one standard error; "
             f"{n_val} validation cells, any mix of conditions); a network that learnt something needs "
-            "AUROC − 2·SE > 0.5"
+            "AUROC − 2·SE > 0.5" + _power(n_val, val_majority)
         )
     if val_majority is not None and val_accuracy and n_val > 0:
         best = max(val_accuracy)
@@ -65,6 +65,24 @@ def learning_failure(
                 f"{val_majority + 2 * math.sqrt(val_majority * (1 - val_majority) / n_val):.3f})"
             )
     return None
+
+
+def _power(n_val: int, val_majority: float | None) -> str:
+    """What the validation cells can show at all (``stats.detectable_difference``), said beside a failure."""
+    if val_majority is None or n_val <= 0:
+        return ""
+    n_major = round(val_majority * n_val)
+    n_minor = n_val - n_major
+    perfect, good = detectable_difference(n_major, n_minor), detectable_difference(n_major, n_minor, 0.9)
+    if not math.isfinite(perfect):  # one condition only: said by its own reason
+        return ""
+    return (
+        f". With {n_minor} and {n_major} validation cells of the two conditions, a network passes this rule on average "
+        f"only when the exposed wells hold at least {perfect:.2f} more affected cells (as a share) than the "
+        f"reference wells if it tells every affected cell apart, {good:.2f} if it ranks them at AUROC 0.9: a "
+        "smaller difference does not show here, whatever the network. More validation cells (data.val_fraction, more fields or wells) lower that as "
+        "1/√n"
+    )
 
 
 def test_failure(metrics: dict) -> str | None:

@@ -208,3 +208,31 @@ def test_the_history_records_each_epochs_validation_auroc_and_its_standard_error
     module.phase = "pretrain"
     trainer.validate(module, datamodule=dm, verbose=False)
     assert len(history.aurocs()) == 1 and len(history.aurocs("baseline")) == 2  # the probe's epochs: baseline only
+
+
+def test_the_smallest_change_validation_cells_can_show_is_the_rule_inverted_and_said_on_failure():
+    from protocell.evaluate.status import beats_chance, learning_failure
+    from protocell.stats import auroc, auroc_se, detectable_difference
+
+    # a perfect cell score against the well labels: AUROC ½ + (ρ_Exp − ρ_Ref)/2, checked on 40,000 cells
+    rng = np.random.default_rng(0)
+    rho_exp, rho_ref, n = 0.15, 0.05, 20_000
+    affected = np.r_[rng.random(n) < rho_exp, rng.random(n) < rho_ref].astype(float)
+    well = np.r_[np.ones(n), np.zeros(n)]
+    assert auroc(affected, well) == pytest.approx(0.5 + (rho_exp - rho_ref) / 2, abs=0.005)
+    # and one ranking affected above unaffected at AUROC 0.9: ½ + (ρ_Exp − ρ_Ref)·0.4
+    score = rng.normal(affected * 1.8124, 1.0)  # Φ(1.8124/√2) = 0.9
+    assert auroc(score, well) == pytest.approx(0.5 + (rho_exp - rho_ref) * 0.4, abs=0.005)
+
+    for cell_auroc in (1.0, 0.9):
+        d = detectable_difference(187, 187, cell_auroc)
+        a, below = 0.5 + d * (cell_auroc - 0.5), 0.5 + 0.99 * d * (cell_auroc - 0.5)
+        assert beats_chance(a, auroc_se(a, 187, 187)) and not beats_chance(below, auroc_se(below, 187, 187))
+    # near ½ the SE is √((n₁ + n₂ + 1) / (12·n₁·n₂)): Δ ≈ 4·SE for a perfect score, so four times the cells halve it
+    assert detectable_difference(187, 187) == pytest.approx(4 * np.sqrt(375 / (12 * 187 * 187)), rel=0.03)
+    assert detectable_difference(748, 748) == pytest.approx(detectable_difference(187, 187) / 2, rel=0.03)
+    assert detectable_difference(0, 10) == float("inf") and detectable_difference(10, 10, 0.5) == float("inf")
+
+    why = learning_failure([(0.554, 0.033)], [], 0.5, 374)
+    assert "With 187 and 187 validation cells" in why and "at least 0.12 more affected cells" in why
+    assert "0.15 if it ranks them at AUROC 0.9" in why and "data.val_fraction" in why
