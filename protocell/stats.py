@@ -27,18 +27,26 @@ def auroc_se(a: float, n_pos: int, n_neg: int) -> float:
     return float(np.sqrt(max(var, 0.0)))
 
 
+def beats_chance(auroc: float, se: float) -> bool:
+    """Does a validation AUROC (exposed score against the well labels) stand above ½ by more than
+    chance? By more than two of its standard errors (Hanley & McNeil, ≈ 95 %). Unlike accuracy
+    against the majority share it does not move with the share of each condition."""
+    return bool(np.isfinite(auroc) and np.isfinite(se) and auroc - 2 * se > 0.5)
+
+
 def detectable_difference(n_pos: int, n_neg: int, cell_auroc: float = 1.0) -> float:
     """The smallest difference of affected shares, ρ_Exp − ρ_Ref, between the cells of two conditions that
     ``n_pos`` and ``n_neg`` labelled cells can show against chance (AUROC − 2·SE > ½, ``auroc_se``), for a
     score that ranks affected above unaffected cells with AUROC ``cell_auroc``. Against the well labels such
     a score has AUROC ½ + (ρ_Exp − ρ_Ref)·(``cell_auroc`` − ½): an exposed cell outranks a reference cell
-    only through the affected cells the two conditions do not share. ∞ when even Δ = 1 does not show."""
+    only through the affected cells the two conditions do not share (``beats_chance`` inverted). ∞ when even
+    Δ = 1 does not show."""
     if n_pos < 1 or n_neg < 1 or cell_auroc <= 0.5:
         return float("inf")
 
     def shows(delta: float) -> bool:
         a = 0.5 + delta * (cell_auroc - 0.5)
-        return a - 2 * auroc_se(a, n_pos, n_neg) > 0.5
+        return beats_chance(a, auroc_se(a, n_pos, n_neg))
 
     if not shows(1.0):
         return float("inf")

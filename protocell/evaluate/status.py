@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from protocell.stats import auroc_se, detectable_difference
+from protocell.stats import auroc_se, beats_chance, detectable_difference
 
 # calibration parameters whose bound means a degenerate fit (see ``run_status``)
 FAILING_BOUNDS = {
@@ -26,13 +26,6 @@ def beats_majority(accuracy: float, majority: float, n: int) -> bool:
     if n <= 0:
         return True
     return accuracy > majority + 2 * math.sqrt(majority * (1 - majority) / n)
-
-
-def beats_chance(auroc: float, se: float) -> bool:
-    """Does a validation AUROC (exposed score against the well labels) stand above ½ by more than
-    chance? By more than two of its standard errors (Hanley & McNeil, ≈ 95 %). Unlike accuracy
-    against the majority share it does not move with the share of each condition."""
-    return math.isfinite(auroc) and math.isfinite(se) and auroc - 2 * se > 0.5
 
 
 def learning_failure(
@@ -80,8 +73,8 @@ def _power(n_val: int, val_majority: float | None) -> str:
         f". With {n_minor} and {n_major} validation cells of the two conditions, a network passes this rule on average "
         f"only when the exposed wells hold at least {perfect:.2f} more affected cells (as a share) than the "
         f"reference wells if it tells every affected cell apart, {good:.2f} if it ranks them at AUROC 0.9: a "
-        "smaller difference does not show here, whatever the network. More validation cells (data.val_fraction, more fields or wells) lower that as "
-        "1/√n"
+        "smaller difference does not show here, whatever the network. More validation cells "
+        "(data.val_fraction, more fields or wells) lower that as 1/√n"
     )
 
 
