@@ -11,8 +11,8 @@
 #   seeds 0, 1, 2 with the plate seed equal to the training seed, and the default plate at threads=1.
 # v2 (issue 22): the exposed share of affected cells 0.15, 0.2, 0.3, 0.5 × well effects chance, aligned
 #   (conf/well_effects) × three plates whose seeds were drawn once at random (≥ 100, never a training
-#   seed), training seed 0, threads=2, the default split (auto: by well on these plates); plus the
-#   paper's split by image for 0.2 and 0.3.
+#   seed), training seed 0, threads=2, the default split (auto → by image on these plates: whole wells would
+#   leave 3 training wells a condition, below split.MIN_TRAIN_WELLS); plus split by well for 0.2 and 0.3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -29,7 +29,7 @@ if [ "$MATRIX" = v2 ]; then
   }
   common=("data.synthetic.seed=$V2_PLATES" seed=0)
   run auto data.synthetic.affected_fraction.Exp=0.15,0.2,0.3,0.5 well_effects=chance,aligned "${common[@]}"
-  run image data.synthetic.affected_fraction.Exp=0.2,0.3 well_effects=chance,aligned data.split_by=image "${common[@]}"
+  run well data.synthetic.affected_fraction.Exp=0.2,0.3 well_effects=chance,aligned data.split_by=well "${common[@]}"
   "$PY" experiments/robustness.py "$SWEEP"
   exit 0
 fi

@@ -57,6 +57,14 @@ def detectable_difference(n_pos: int, n_neg: int, cell_auroc: float = 1.0) -> fl
     return hi
 
 
+def validation_power(n_a: int, n_b: int) -> tuple[float, float]:
+    """``detectable_difference`` for the validation cells of two conditions (the larger count taken as the
+    exposed side, as ``evaluate.status`` does): for a network that tells every affected cell apart, and for
+    one that ranks them at cell AUROC 0.9."""
+    pos, neg = max(n_a, n_b), min(n_a, n_b)
+    return detectable_difference(pos, neg), detectable_difference(pos, neg, 0.9)
+
+
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     """BH-adjusted p-values (q-values), monotone, capped at 1; NaN p-values stay NaN and do not count."""
     p = np.asarray(p, np.float64)

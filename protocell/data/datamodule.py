@@ -39,8 +39,11 @@ from protocell.data.split import choose_split, split_rows
 from protocell.data.store import CropStore, StoreError
 from protocell.distributed import rank_and_world
 from protocell.errors import ConfigError
+from protocell.stats import validation_power
 
 log = logging.getLogger("protocell.data")
+# the smallest showable difference of affected shares (a perfect network) above which a run warns at its start
+WEAK_VALIDATION = 0.2
 
 
 class CellDataModule(L.LightningDataModule):
@@ -163,6 +166,7 @@ class CellDataModule(L.LightningDataModule):
             )
         originals = m["aug_of"].to_numpy() < 0
         self.rows = {s: np.flatnonzero(self.splits == s) for s in ("train", "val", "test")}
+        self._say_validation_power(m)
         self.rows["push"] = np.flatnonzero((self.splits == "train") & originals)
         for s in ("train", "test"):
             if len(self.rows[s]) == 0:
@@ -172,6 +176,42 @@ class CellDataModule(L.LightningDataModule):
         if len(set(m.loc[self.rows["train"], "label"])) < 2:
             raise StoreError(f"{self.path}: training images hold only one condition; need both")
         self.norm_lo, self.norm_hi = self._norm_ranges()
+
+    def _say_validation_power(self, m) -> None:
+        """Say, before training, what the validation cells can show at all (``stats.validation_power``):
+        the smallest difference of affected shares between the conditions that the keep rule (validation
+        AUROC − 2·SE > ½) passes on average; recorded in ``split_info`` (metrics.json → split) and a
+        warning when even a perfect network needs more than ``WEAK_VALIDATION`` of it."""
+        val = m.loc[self.rows["val"]]
+        val = val[val["aug_of"] < 0]
+        counts = {str(c): int(n) for c, n in val["condition"].value_counts().sort_index().items()}
+        if len(counts) != 2:
+            return
+        perfect, good = validation_power(*counts.values())
+        wells = (
+            val.assign(_w=val["plate"].astype(str) + "/" + val["well"].astype(str)).groupby("condition")["_w"].nunique()
+        )
+        self.split_info["validation_power"] = {
+            "cells": counts,
+            "wells": {str(c): int(n) for c, n in wells.items()},
+            "difference_perfect": round(perfect, 4),
+            "difference_auroc_0.9": round(good, 4),
+        }
+        text = (
+            f"validation: {' + '.join(f'{n} {c}' for c, n in counts.items())} cells in "
+            f"{' + '.join(f'{int(wells[c])} {c}' for c in counts)} well(s); the keep rule (AUROC − 2·SE > ½) shows on "
+            f"average only a difference of affected shares ≥ {perfect:.2f} between the conditions for a network "
+            f"that tells every affected cell apart, ≥ {good:.2f} at cell AUROC 0.9"
+        )
+        if perfect > WEAK_VALIDATION:
+            log.warning(
+                "%s: a change in fewer than that share of the exposed cells cannot show here, and such a run will "
+                "say failed. More validation cells lower it as 1/√n: raise data.val_fraction, or image more "
+                "fields or wells",
+                text,
+            )
+        else:
+            log.info("%s", text)
 
     def _norm_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         C = len(self.channel_index)

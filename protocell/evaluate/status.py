@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from protocell.stats import auroc_se, beats_chance, detectable_difference
+from protocell.stats import auroc_se, beats_chance, validation_power
 
 # calibration parameters whose bound means a degenerate fit (see ``run_status``)
 FAILING_BOUNDS = {
@@ -66,7 +66,7 @@ def _power(n_val: int, val_majority: float | None) -> str:
         return ""
     n_major = round(val_majority * n_val)
     n_minor = n_val - n_major
-    perfect, good = detectable_difference(n_major, n_minor), detectable_difference(n_major, n_minor, 0.9)
+    perfect, good = validation_power(n_major, n_minor)
     if not math.isfinite(perfect):  # one condition only: said by its own reason
         return ""
     return (

@@ -119,6 +119,29 @@ def test_validation_cells_come_from_wells_that_never_train(eight_wells, unit):
         assert sum(info["wells"]["test"].values()) > 8 and min(info["wells"]["train"].values()) >= 5
 
 
+def test_a_run_says_at_its_start_what_its_validation_cells_can_show(eight_wells, caplog):
+    """Before training the DataModule records and says the smallest difference of affected shares its
+    validation cells can show (``stats.validation_power``), and warns when even a perfect network needs
+    more than ``WEAK_VALIDATION``: a few cells a well here, so it warns."""
+    from protocell.data import datamodule
+    from protocell.stats import validation_power
+
+    dm = tiny_data(eight_wells, test_fraction=0.5, val_fraction=0.2, seed=0)
+    with caplog.at_level("INFO", logger="protocell.data"):
+        dm.setup()
+    power = dm.split_info["validation_power"]
+    m = dm.store.manifest.loc[dm.rows["val"]]
+    assert power["cells"] == {c: int((m["condition"] == c).sum()) for c in ("Exp", "Ref")}
+    assert power["wells"] == {"Exp": 1, "Ref": 1}
+    perfect, good = validation_power(*power["cells"].values())
+    assert power["difference_perfect"] == pytest.approx(perfect, abs=1e-4) and good > perfect
+    assert perfect > datamodule.WEAK_VALIDATION  # ≈ 10 cells a condition
+    said = [r for r in caplog.records if "keep rule" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING" and "data.val_fraction" in said[0].getMessage()
+    # with enough cells the same line is information, not a warning
+    assert validation_power(2000, 2000)[0] < datamodule.WEAK_VALIDATION
+
+
 def two_plate_manifest(wells_per_plate: int = 8, images_per_well: int = 3) -> pd.DataFrame:
     """A labelled manifest over two plates, each holding both conditions (one row per image)."""
     rows = [
