@@ -183,6 +183,9 @@ class DataConfig:
     # what the network is trained on: the wells' labels (every real run), or each cell's true label — a
     # ceiling measured on built-in wells, never an answer (docs/results.md)
     labels: str = rule(_one_of(LABEL_SOURCES), f"one of {LABEL_SOURCES}", "well")
+    # every well brought to the blurriest and noisiest well's imaging before the network reads a cell
+    # (protocell.data.levelling); off: the cells as stored
+    level_imaging: bool = False
     seed: int = 0
     synthetic: Optional[SyntheticConfig] = None
 

@@ -44,6 +44,7 @@ TINY_DATA = {
     "zero_margin": 0,
     "bag_size": 1,
     "labels": "well",
+    "level_imaging": False,
 }
 
 

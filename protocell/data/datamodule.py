@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from protocell.config import DataConfig, MaskConfig, check_fields
 from protocell.data.dataset import CellDataset, EpochSampler, Photometric
+from protocell.data.levelling import LevellingPlan
 from protocell.data.normalization import auto_normalization
 from protocell.data.samplers import BagSampler, DistributedEpochSampler, ShardSampler
 from protocell.data.split import choose_split, split_rows
@@ -67,6 +68,7 @@ class CellDataModule(L.LightningDataModule):
         zero_margin: int,
         bag_size: int,
         labels: str,
+        level_imaging: bool,
     ):
         """Every setting is given: the values live in conf/ (``data``, ``mask``) and ``protocell.config``
         (``build.build_datamodule`` passes them; a run folder's config.yaml carries its own)."""
@@ -107,6 +109,8 @@ class CellDataModule(L.LightningDataModule):
                 bag_size,
                 "1 with data.labels=truth: a bag takes one label, and true labels differ from cell to cell",
             )
+        self.level_imaging = bool(level_imaging)
+        self.levelling: LevellingPlan | None = None  # over every well of the store, made in setup
         self.store: CropStore | None = None
 
     # --------------------------------------------------------------------- setup
@@ -176,6 +180,19 @@ class CellDataModule(L.LightningDataModule):
         if len(set(m.loc[self.rows["train"], "label"])) < 2:
             raise StoreError(f"{self.path}: training images hold only one condition; need both")
         self.norm_lo, self.norm_hi = self._norm_ranges()
+        if self.level_imaging:
+            from protocell.data import levelling
+
+            if self.normalize != "cell":
+                raise ConfigError.invalid(
+                    "data.level_imaging",
+                    True,
+                    f"false with data.normalize={self.normalize}: levelling reads and adds pixel noise on cells "
+                    "normalised one by one (data.normalize=cell)",
+                )
+            every = np.flatnonzero(originals)  # label free, like normalisation: every well, scored ones too
+            self.levelling = levelling.estimate(store, every, self.channel_index, self.seed)
+            log.info("imaging levelling (data.level_imaging): %s", self.levelling.summary())
 
     def _say_validation_power(self, m) -> None:
         """Say, before training, what the validation cells can show at all (``stats.validation_power``):
@@ -249,6 +266,12 @@ class CellDataModule(L.LightningDataModule):
         """Rows of any crop store with this module's data handling (channels by name, crop size,
         normalisation and its training ranges, zeroed background and margin): how ``score`` reads
         another plate as the network was trained to see cells."""
+        if self.levelling is not None and store.root.resolve() != self.path.resolve():
+            raise ConfigError(
+                f"this run levelled the imaging of its own store's wells (data.level_imaging=true) and cannot yet "
+                f"level another store's ({store.root}) to the same target: score the plates of the store it trained "
+                "on, or retrain with data.level_imaging=false"
+            )
         missing = [c for c in self.channels if c not in store.channels]
         if missing:
             raise StoreError(
@@ -269,6 +292,7 @@ class CellDataModule(L.LightningDataModule):
             photometric=self.photometric,
             margin=self.zero_margin if self.zero_background else 0,
             labels=labels,
+            levelling=self.levelling,
         )
 
     # --------------------------------------------------------------------- loaders

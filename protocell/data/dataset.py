@@ -117,8 +117,10 @@ class CellDataset(Dataset):
         photometric: Photometric | None = None,
         margin: int = 0,
         labels: np.ndarray | None = None,
+        levelling=None,
     ):
-        """``labels``: one per row, instead of the manifest's well labels (``data.labels=truth``)."""
+        """``labels``: one per row, instead of the manifest's well labels (``data.labels=truth``);
+        ``levelling``: a ``levelling.LevellingPlan`` applied to every crop (``data.level_imaging``)."""
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.channels = list(channels)
@@ -136,6 +138,16 @@ class CellDataset(Dataset):
         source = store.manifest["label"].to_numpy()[self.rows] if labels is None else np.asarray(labels)
         self.labels = source.astype(np.int64)
         self.cell_ids = store.manifest["cell_id"].to_numpy()[self.rows].astype(np.int64)
+        self.level = None
+        if levelling is not None:
+            m = store.manifest
+            keys = m["plate"].astype(str).to_numpy()[self.rows] + "/" + m["well"].astype(str).to_numpy()[self.rows]
+            plans = {k: levelling.for_well(k) for k in set(keys)}
+            self.level = (
+                np.stack([plans[k][0] for k in keys]) if len(keys) else np.zeros((0, len(self.channels))),
+                np.stack([plans[k][1] for k in keys]) if len(keys) else np.zeros((0, len(self.channels), 2)),
+            )
+            self._level_range = np.full((len(self.rows), 2, len(self.channels)), np.nan)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -143,8 +155,23 @@ class CellDataset(Dataset):
     def __getitem__(self, item):
         i, epoch = item if isinstance(item, tuple) else (item, 0)
         r = int(self.rows[i])
-        crop = torch.from_numpy(self.store.crop(r)[self.channels].astype(np.float32))
+        stored = self.store.crop(r)[self.channels]
         raw_mask = self.store.mask(r)
+        if (
+            self.level is not None
+        ):  # the well's imaging brought to the plan's (levelling), noise per (seed, epoch, cell)
+            from protocell.data.levelling import blur, blurred_range, level
+
+            stream = (self.seed * 1_000_003 + epoch) * 1_000_033 if self.augment else 7_919
+            gen = torch.Generator().manual_seed((stream * 1_000_037 + int(self.cell_ids[i])) % (2**63 - 1))
+            draw = torch.randn(stored.shape, generator=gen).numpy()
+            blurred = blur(stored, self.level[0][i])
+            if np.isnan(self._level_range[i, 0, 0]):  # the blurred cell's range: once, then reused
+                self._level_range[i] = blurred_range(blurred, raw_mask)
+            stored = level(
+                blurred, raw_mask, np.zeros(len(self.channels)), self.level[1][i], draw, self._level_range[i]
+            )
+        crop = torch.from_numpy(stored.astype(np.float32))
         mask = torch.from_numpy(raw_mask.astype(np.float32))[None]
         keep = torch.from_numpy(zeroing_mask(raw_mask, self.margin).astype(np.float32))[None] if self.margin else mask
         if self.per_cell:

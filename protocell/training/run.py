@@ -263,6 +263,7 @@ def data_checks(dm) -> dict:
             "said": dm.normalize_why,
         },
         "split": {"by": dm.split_unit, "why": dm.split_why, **dm.split_info},
+        "levelling": None if dm.levelling is None else dm.levelling.as_dict(),
         "intensity_auroc": aurocs,
         "warnings": warnings,
     }

@@ -1,0 +1,99 @@
+"""Imaging levelling (``data.level_imaging``, protocell.data.levelling): each well's optics blur read from
+its cells against the generator's truth, every well brought to the blurriest and noisiest one, and the
+DataModule's wiring (seeded noise, refusals)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from protocell.data import levelling
+from protocell.data.store import CropStore
+from protocell.data.synthetic import WellSpec, build_store, well_imaging
+from protocell.errors import ConfigError
+from tests.conftest import tiny_data
+
+# wells imaged with optics σ 0.6–0.8 (Ref) against 0.8–1.0 px (Exp), nothing else differing
+BLUR_ONLY = {"gain": 0.0, "blur": 0.25, "noise": 0.0, "align": 1.0}
+
+
+@pytest.fixture(scope="module")
+def blurry(tmp_path_factory):
+    spec = WellSpec(
+        wells_per_condition=4, fields_per_well=2, field_size=320, cells_per_field=24, seed=11, well_effects=BLUR_ONLY
+    )
+    return build_store(tmp_path_factory.mktemp("blur"), spec), spec
+
+
+def _high_band_power(store, rows, channels, plan=None):
+    """Mean power above 0.42 cycles/px and in 0.2–0.32 of the cells as the DataModule reads them."""
+    from protocell.data.dataset import CellDataset
+
+    ds = CellDataset(store, rows, channels, 64, np.zeros(2), np.ones(2), per_cell=True, levelling=plan)
+    edges = np.linspace(0, 0.5, 26)
+    mid = (edges[:-1] + edges[1:]) / 2
+    power = [
+        levelling.radial_power(ds[i][0].numpy().astype(np.float64), ds[i][1][0].numpy(), edges) for i in range(len(ds))
+    ]
+    p = np.mean([q[0] for q in power if q is not None], axis=0)
+    return p[:, mid > 0.42].mean(1), p[:, (mid > 0.2) & (mid < 0.32)].mean(1)
+
+
+def test_the_blur_read_from_the_cells_follows_the_optics_and_levelling_removes_it(blurry):
+    path, spec = blurry
+    store = CropStore(path)
+    m = store.manifest
+    rows = np.flatnonzero(m["aug_of"].to_numpy() < 0)
+    plan = levelling.estimate(store, rows, [0, 1], seed=0)
+    truth = {w["well"]: w["blur"] ** 2 for w in well_imaging(spec)}
+    keys = sorted(plan.offsets)
+    t = np.array([truth[k.split("/")[1]] for k in keys])
+    e = np.array([plan.offsets[k].mean() for k in keys])
+    t, e = t - t.mean(), e - e.mean()
+    assert np.corrcoef(t, e)[0, 1] > 0.95
+    assert 0.75 < np.dot(t, e) / np.dot(t, t) < 1.25  # σ², not some other measure of sharpness
+    # the blurriest well gets (almost) nothing, the sharpest the most
+    blurriest, sharpest = keys[int(np.argmax(t))], keys[int(np.argmin(t))]
+    assert plan.blur[blurriest].max() < 0.2 and plan.blur[sharpest].min() > 0.5
+    assert set(plan.as_dict()["wells"]) == set(keys)
+
+    # as read by the network: before, the exposed (blurrier) wells' cells hold far less fine structure;
+    # levelled, the conditions agree at the finest scales and in the band the optics shape
+    ref, exp = (rows[(m["condition"].to_numpy()[rows] == c)][::3] for c in ("Ref", "Exp"))
+    (rf, rm), (ef, em) = _high_band_power(store, ref, [0, 1]), _high_band_power(store, exp, [0, 1])
+    assert (np.log(em / rm) < -0.2).all()
+    (rf, rm), (ef, em) = _high_band_power(store, ref, [0, 1], plan), _high_band_power(store, exp, [0, 1], plan)
+    assert (np.abs(np.log(em / rm)) < 0.12).all() and (np.abs(np.log(ef / rf)) < 0.12).all()
+
+
+def test_a_plate_imaged_alike_is_barely_touched(tiny_store):
+    store = CropStore(tiny_store)
+    rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
+    plan = levelling.estimate(store, rows, [0, 1], seed=0)
+    assert max(np.median(v) for v in plan.blur.values()) < 0.35  # the estimate's own scatter, not optics
+
+
+def test_the_datamodule_levels_every_split_with_seeded_noise_and_refuses_what_it_cannot(blurry, tiny_store):
+    path, _ = blurry
+    dm = tiny_data(path, normalize="cell", level_imaging=True, zero_background=True, seed=0)
+    dm.setup()
+    assert dm.levelling is not None and set(dm.levelling.blur) == {
+        f"{p}/{w}" for p, w in dm.store.manifest[["plate", "well"]].astype(str).itertuples(index=False)
+    }
+    test = dm.dataset("test")
+    a, b = test[0][0], test[0][0]
+    assert torch.equal(a, b)  # evaluation: the noise is the cell's own, every time
+    plain = tiny_data(path, normalize="cell", level_imaging=False, zero_background=True, seed=0)
+    plain.setup()
+    assert not torch.equal(plain.dataset("test")[0][0], a)
+    train = dm.dataset("train", augment=True)
+    assert not torch.equal(train[(0, 0)][0], train[(0, 1)][0])  # a new draw each epoch
+    x, mask, _, _ = train[(0, 0)]
+    assert (x[mask.expand_as(x) == 0] == 0).all()  # the background stays zeroed
+    # another store: the plan does not cover its wells, and score is told so
+    with pytest.raises(ConfigError, match="level_imaging"):
+        dm.dataset_of(CropStore(tiny_store), [0])
+    # levelling reads cells normalised one by one
+    with pytest.raises(ConfigError, match="data.level_imaging"):
+        tiny_data(path, normalize="dataset", level_imaging=True).setup()
