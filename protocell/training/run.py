@@ -228,6 +228,7 @@ def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, e
         interrupted=bool(trainer.interrupted),
         bag_size=int(getattr(dm, "bag_size", 1)),
         truth_labels=getattr(dm, "label_source", "well") == "truth",
+        levelled=getattr(dm, "levelling", None) is not None,
     )
     for w in status["warnings"]:
         log.warning("%s", w)

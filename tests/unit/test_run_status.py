@@ -57,6 +57,17 @@ def test_a_healthy_run_is_ok_and_a_saturated_slope_only_warns():
     assert s["status"] == "ok" and len(s["warnings"]) == 2
 
 
+def test_a_levelled_run_is_at_best_a_warning_with_its_fraction_marked_unreliable():
+    """data.level_imaging is experimental: one of its runs passed every check while wrong (docs/results.md)."""
+    from protocell.evaluate.status import LEVELLING_DOUBT
+
+    m = _ok_metrics(affected_fraction={"available": True, "conditions": {}})
+    s = _status(m, levelled=True)
+    assert s["status"] == "warning" and s["reasons"] == [LEVELLING_DOUBT] and "data.level_imaging" in LEVELLING_DOUBT
+    assert m["affected_fraction"]["reliable"] is False
+    assert _status(_ok_metrics())["status"] == "ok"
+
+
 @pytest.mark.parametrize(
     "change,reason",
     [
