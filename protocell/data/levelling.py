@@ -171,7 +171,13 @@ def estimate(
             if got is not None:
                 power.append(got[0])
         if not power:
-            raise ValueError(f"imaging levelling: no cell of well {key} is large enough to read its optics")
+            from protocell.data.store import StoreError
+
+            raise StoreError(
+                f"data.level_imaging: no cell of well {key} in {store.root} is large enough to read its optics "
+                f"(a {TAPER_ERODE} px erosion of its mask leaves fewer than 16 px): leave such wells out of the "
+                "store, or set data.level_imaging=false"
+            )
         spectra[key] = np.mean(power, axis=0)
     offsets = blur_offsets(spectra, edges)
     top = np.max([offsets[k] for k in offsets], axis=0)

@@ -97,3 +97,13 @@ def test_the_datamodule_levels_every_split_with_seeded_noise_and_refuses_what_it
     # levelling reads cells normalised one by one
     with pytest.raises(ConfigError, match="data.level_imaging"):
         tiny_data(path, normalize="dataset", level_imaging=True).setup()
+
+
+def test_a_well_whose_cells_are_too_small_to_read_is_refused_with_the_fix(tiny_store, monkeypatch):
+    from protocell.data.store import StoreError
+
+    monkeypatch.setattr(levelling, "radial_power", lambda *a: None)  # every cell smaller than the window
+    store = CropStore(tiny_store)
+    rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
+    with pytest.raises(StoreError, match=r"data.level_imaging: no cell of well .* data.level_imaging=false"):
+        levelling.estimate(store, rows, [0, 1], seed=0, cells_per_well=3)
