@@ -157,9 +157,8 @@ class CellDataset(Dataset):
         r = int(self.rows[i])
         stored = self.store.crop(r)[self.channels]
         raw_mask = self.store.mask(r)
-        if (
-            self.level is not None
-        ):  # the well's imaging brought to the plan's (levelling), noise per (seed, epoch, cell)
+        # the well's imaging brought to the plan's (protocell.data.levelling), the noise per (seed, epoch, cell)
+        if self.level is not None:
             from protocell.data.levelling import blur, blurred_range, level
 
             stream = (self.seed * 1_000_003 + epoch) * 1_000_033 if self.augment else 7_919

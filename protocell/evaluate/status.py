@@ -19,7 +19,7 @@ FAILING_BOUNDS = {
 }
 
 
-# data.level_imaging is measured on six built-in plates only, and there it once said nothing while wrong
+# data.level_imaging is measured on three built-in plates only (seven runs), and once said ok while wrong
 LEVELLING_DOUBT = (
     "imaging levelling (data.level_imaging) is experimental: on the built-in plates whose exposed wells were "
     "imaged differently it learnt the cell where the plain recipe read the wells, but one of its runs there "
