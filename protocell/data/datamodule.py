@@ -37,7 +37,7 @@ from protocell.data.levelling import LevellingPlan
 from protocell.data.normalization import auto_normalization
 from protocell.data.samplers import BagSampler, DistributedEpochSampler, ShardSampler
 from protocell.data.split import choose_split, split_rows
-from protocell.data.store import CropStore, StoreError
+from protocell.data.store import CropStore, StoreError, well_key
 from protocell.distributed import rank_and_world
 from protocell.errors import ConfigError
 from protocell.stats import validation_power
@@ -205,9 +205,7 @@ class CellDataModule(L.LightningDataModule):
         if len(counts) != 2:
             return
         perfect, good = validation_power(*counts.values())
-        wells = (
-            val.assign(_w=val["plate"].astype(str) + "/" + val["well"].astype(str)).groupby("condition")["_w"].nunique()
-        )
+        wells = val.assign(_w=well_key(val)).groupby("condition")["_w"].nunique()
         self.split_info["validation_power"] = {
             "cells": counts,
             "wells": {str(c): int(n) for c, n in wells.items()},
@@ -322,7 +320,7 @@ class CellDataModule(L.LightningDataModule):
     def wells_of(self, ds: CellDataset) -> np.ndarray:
         assert self.store is not None  # opened by setup (ds is one of its datasets)
         m = self.store.manifest
-        return (m["plate"].astype(str) + "/" + m["well"].astype(str)).to_numpy()[ds.rows]
+        return well_key(m).to_numpy()[ds.rows]
 
     def train_dataloader(self):
         """Shuffled training cells, online augmentation; in bags of ``bag_size`` cells of one well."""

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.functional import gaussian_blur
 
 from protocell.config import PhotometricConfig, check_fields
-from protocell.data.store import CropStore
+from protocell.data.store import CropStore, well_key
 
 
 class Photometric:
@@ -140,8 +140,7 @@ class CellDataset(Dataset):
         self.cell_ids = store.manifest["cell_id"].to_numpy()[self.rows].astype(np.int64)
         self.level = None
         if levelling is not None:
-            m = store.manifest
-            keys = m["plate"].astype(str).to_numpy()[self.rows] + "/" + m["well"].astype(str).to_numpy()[self.rows]
+            keys = well_key(store.manifest).to_numpy()[self.rows]
             plans = {k: levelling.for_well(k) for k in set(keys)}
             self.level = (
                 np.stack([plans[k][0] for k in keys]) if len(keys) else np.zeros((0, len(self.channels))),
@@ -159,7 +158,7 @@ class CellDataset(Dataset):
         raw_mask = self.store.mask(r)
         # the well's imaging brought to the plan's (protocell.data.levelling), the noise per (seed, epoch, cell)
         if self.level is not None:
-            from protocell.data.levelling import blur, blurred_range, level
+            from protocell.data.levelling import add_noise, blur, blurred_range
 
             stream = (self.seed * 1_000_003 + epoch) * 1_000_033 if self.augment else 7_919
             gen = torch.Generator().manual_seed((stream * 1_000_037 + int(self.cell_ids[i])) % (2**63 - 1))
@@ -167,9 +166,7 @@ class CellDataset(Dataset):
             blurred = blur(stored, self.level[0][i])
             if np.isnan(self._level_range[i, 0, 0]):  # the blurred cell's range: once, then reused
                 self._level_range[i] = blurred_range(blurred, raw_mask)
-            stored = level(
-                blurred, raw_mask, np.zeros(len(self.channels)), self.level[1][i], draw, self._level_range[i]
-            )
+            stored = add_noise(blurred, self.level[1][i], draw, self._level_range[i])
         crop = torch.from_numpy(stored.astype(np.float32))
         mask = torch.from_numpy(raw_mask.astype(np.float32))[None]
         keep = torch.from_numpy(zeroing_mask(raw_mask, self.margin).astype(np.float32))[None] if self.margin else mask

@@ -155,8 +155,9 @@ def estimate(
 ) -> LevellingPlan:
     """The plan over the wells of ``rows`` of ``store`` (module doc), from at most ``cells_per_well`` cells a
     well drawn with ``seed``."""
-    m = store.manifest
-    keys = m["plate"].astype(str).to_numpy()[rows] + "/" + m["well"].astype(str).to_numpy()[rows]
+    from protocell.data.store import well_key
+
+    keys = well_key(store.manifest).to_numpy()[rows]
     edges = np.linspace(0.0, 0.5, 26)
     rng = np.random.default_rng(seed)
     picks, spectra = {}, {}
@@ -253,7 +254,14 @@ def level(crop: np.ndarray, mask: np.ndarray, sigma: np.ndarray, add, draw, scal
     out = blur(crop, sigma)
     if add is None or draw is None:
         return out
-    lo, spread = blurred_range(out, mask) if scale is None else scale
+    return add_noise(out, add, draw, blurred_range(out, mask) if scale is None else scale)
+
+
+def add_noise(blurred: np.ndarray, add, draw: np.ndarray, scale) -> np.ndarray:
+    """``level``'s second step: ``draw`` scaled to variance a + b·y (``add`` (C, 2)) at each pixel's intensity
+    y in the blurred cell's (lo, spread) ``scale`` (2, C), added."""
+    out = blurred
+    lo, spread = scale
     add = np.asarray(add, np.float64)
     y = np.clip((out - lo[:, None, None]) / spread[:, None, None], 0.0, 1.0)
     var = np.maximum(add[:, :1, None] + add[:, 1:2, None] * y, 0.0)

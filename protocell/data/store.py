@@ -49,6 +49,12 @@ import pandas as pd
 from protocell.errors import ProtocellError
 from protocell.fsutil import atomic_save_npy, atomic_write_bytes, atomic_write_text
 
+
+def well_key(frame: pd.DataFrame) -> pd.Series:
+    """``plate/well`` of each row: the key a well has over a store spanning plates."""
+    return frame["plate"].astype(str) + "/" + frame["well"].astype(str)
+
+
 FORMAT = "protocell-cells"
 VERSION = 1
 

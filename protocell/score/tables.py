@@ -16,7 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from protocell.data.store import cell_feature_columns
+from protocell.data.store import (
+    cell_feature_columns,
+    well_key,
+)
 from protocell.evaluate.calibration import noisy_label_apply
 from protocell.evaluate.fraction import (
     bootstrap_wells,
@@ -86,10 +89,6 @@ def cell_table(
     return pd.concat(
         [base, pd.DataFrame(near), pd.DataFrame(sims, columns=[f"sim_p{j}" for j in range(sims.shape[1])])], axis=1
     )
-
-
-def well_key(df: pd.DataFrame) -> pd.Series:
-    return df["plate"].astype(str) + "/" + df["well"].astype(str)
 
 
 def logit(p) -> np.ndarray:
