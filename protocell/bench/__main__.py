@@ -6,7 +6,8 @@ repeats; threads are set explicitly. ``python -m protocell.bench --quick`` is a 
 RSS of a fresh scoring process at two store sizes (memory must not grow with the store).
 ``scale``: a plate of ≥ 10⁵ cells prepared and scored in one task and in two share tasks + merge
 (``protocell.bench.scale``; ``--quick``: a 16-image plate), and ``scale_screen`` the arithmetic of a
-20-plate screen on 50 nodes from those figures.
+20-plate screen on 50 nodes from those figures. Both files are rewritten after every stage
+(``complete: false`` until the last): a bench stopped mid-way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -356,6 +357,18 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _record(results: dict) -> None:
+    """bench.json and bench.md as they stand (written after every stage, atomically: a bench stopped or
+    killed mid-way keeps the figures of every stage it finished; ``complete`` says whether it ended)."""
+    from protocell.fsutil import atomic_write_json, atomic_write_text
+
+    atomic_write_json(OUT / "bench.json", results)
+    note = (
+        "" if results["complete"] else "Partial: the stages finished so far (the bench is running or was stopped).\n\n"
+    )
+    atomic_write_text(OUT / "bench.md", note + table(results))
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no full VGG-11, no make run")
@@ -364,30 +377,45 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     reps = 3 if args.quick else 7
-    results = {"machine": machine()}
-    results["train_default"] = bench_train_step("vgg11_narrow", 64, 64, reps)
+    results = {"machine": machine(), "complete": False}
+
+    def stage(name: str, measure) -> None:
+        t0 = time.perf_counter()
+        results[name] = measure()
+        _record(results)
+        print(
+            f"bench: {name} done in {time.perf_counter() - t0:.0f} s ({OUT / 'bench.json'})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def score() -> dict:
+        small, large = (score_peak_rss(n) for n in ((2, 4) if args.quick else (4, 16)))
+        return {
+            "cells_small": small["cells"],
+            "cells_large": large["cells"],
+            "store_mb_small": small["store_mb"],
+            "store_mb_large": large["store_mb"],
+            "pass_cells_per_s": large["pass_cells_per_s"],
+            "whole_cells_per_s": large["whole_cells_per_s"],
+            "peak_rss_mb_small": small["peak_rss_mb"],
+            "peak_rss_mb_large": large["peak_rss_mb"],
+        }
+
+    stage("train_default", lambda: bench_train_step("vgg11_narrow", 64, 64, reps))
     if not args.quick:
-        results["train_vgg11_128px"] = bench_train_step("vgg11", 128, 32, 3, width=1.0, max_rf=None)
-    results["data_push_inference"] = bench_data_push_inference(4 if args.quick else 8, 2 if args.quick else 3)
-    results["push_memory"] = {"peak_rss_mb_small": push_peak_rss(2), "peak_rss_mb_large": push_peak_rss(8)}
-    small, large = (score_peak_rss(n) for n in ((2, 4) if args.quick else (4, 16)))
-    results["score"] = {
-        "cells_small": small["cells"],
-        "cells_large": large["cells"],
-        "store_mb_small": small["store_mb"],
-        "store_mb_large": large["store_mb"],
-        "pass_cells_per_s": large["pass_cells_per_s"],
-        "whole_cells_per_s": large["whole_cells_per_s"],
-        "peak_rss_mb_small": small["peak_rss_mb"],
-        "peak_rss_mb_large": large["peak_rss_mb"],
-    }
-    results["prepare"] = prepare_run(quick=args.quick)
+        stage("train_vgg11_128px", lambda: bench_train_step("vgg11", 128, 32, 3, width=1.0, max_rf=None))
+    stage("data_push_inference", lambda: bench_data_push_inference(4 if args.quick else 8, 2 if args.quick else 3))
+    stage("push_memory", lambda: {"peak_rss_mb_small": push_peak_rss(2), "peak_rss_mb_large": push_peak_rss(8)})
+    stage("score", score)
+    stage("prepare", lambda: prepare_run(quick=args.quick))
     at_scale = scale_run(quick=args.quick)  # prepare and score in shares (protocell/bench/scale.py)
-    results["scale"], results["scale_screen"] = at_scale["scale"], at_scale["at_scale"]
+    results["scale"] = at_scale["scale"]
+    stage("scale_screen", lambda: at_scale["at_scale"])
     if not args.quick:
-        results["make_run"] = bench_make_run()
-    (OUT / "bench.json").write_text(json.dumps(results, indent=2))
-    (OUT / "bench.md").write_text(table(results))
+        stage("make_run", bench_make_run)
+    results["complete"] = True
+    _record(results)
     print(table(results))
     return results
 

@@ -394,20 +394,42 @@ def _crafted_run(tiny_run, tmp_path, key: str, attack: str, nested: bool = False
     return run, marker
 
 
+def _refusal(run: Path, key: str, attack: str, nested: bool) -> str:
+    where = f"{key}.gain" if nested else key
+    return f"{run / 'config.yaml'}: {where}._target_='{ATTACKS[attack](Path('x'))['_target_']}' is refused"
+
+
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 @pytest.mark.parametrize("key,nested", [("data.photometric", False), ("data.photometric", True), ("data", False)])
-def test_explain_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack, key, nested):
+def test_a_run_folder_names_no_code_that_reading_it_runs(tiny_run, tmp_path, attack, key, nested):
     """A run folder is data people mail each other: its config.yaml must never choose code to run
-    (issue 25: torch.load passed a module-prefix allow-list and unpickled a payload that ran a command)."""
+    (issue 25: torch.load passed a module-prefix allow-list and unpickled a payload that ran a command).
+    Every attack at every place, through ``load_run``: what explain.py and score.py read a run with."""
+    from protocell.errors import ConfigError
+
+    run, marker = _crafted_run(tiny_run, tmp_path, key, attack, nested)
+    with pytest.raises(ConfigError) as err:
+        load_run(run)
+    assert not marker.exists(), f"{attack} under {key} ran code"
+    assert str(err.value).startswith(_refusal(run, key, attack, nested)), str(err.value)
+    assert "never chooses code to run" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "attack,key,nested",
+    [
+        ("torch.load", "data.photometric", False),
+        ("os.system", "data.photometric", True),
+        ("torch.hub.load", "data", False),
+    ],
+)
+def test_explain_cli_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack, key, nested):
+    """The same refusal end to end (each place once): exit 2, one line, no traceback, nothing written."""
     run, marker = _crafted_run(tiny_run, tmp_path, key, attack, nested)
     proc = explain_cli(run)
     assert not marker.exists(), f"{attack} under {key} ran code"
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    where = f"{key}.gain" if nested else key
-    assert (
-        f"explain: {run / 'config.yaml'}: {where}._target_='{ATTACKS[attack](Path('x'))['_target_']}' is refused"
-        in proc.stderr
-    ), proc.stderr[-2000:]
+    assert f"explain: {_refusal(run, key, attack, nested)}" in proc.stderr, proc.stderr[-2000:]
     assert "never chooses code to run" in proc.stderr
     assert not (run / "explain").exists()
 
@@ -439,13 +461,21 @@ def test_score_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack):
     ],
 )
 def test_explain_refuses_a_run_config_outside_the_schema(tiny_run, tmp_path, edit, message):
+    """In-process through ``load_run`` (the CLI's one-line form of the same errors: the test above and
+    the interpolation case through explain.py below)."""
     import yaml
+
+    from protocell.errors import ProtocellError
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("explain", "report.html"))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     edit(cfg)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = explain_cli(run)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert message in proc.stderr and str(run / "config.yaml") in proc.stderr, proc.stderr[-2000:]
+    with pytest.raises(ProtocellError) as err:
+        load_run(run)
+    assert message in str(err.value) and str(run / "config.yaml") in str(err.value), str(err.value)
+    if "interpolation" in message:
+        proc = explain_cli(run)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert message in proc.stderr and str(run / "config.yaml") in proc.stderr, proc.stderr[-2000:]

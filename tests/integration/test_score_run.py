@@ -710,39 +710,32 @@ def test_cells_with_nan_or_inf_pixels_are_refused_naming_them(scored, tmp_path):
 
 
 def test_an_out_that_is_a_file_or_cannot_be_written_is_one_line(scored, tmp_path, unwritable):
-    """Before: FileExistsError and PermissionError tracebacks (debug=false)."""
+    """Before: FileExistsError and PermissionError tracebacks (debug=false). The first through score.py (one
+    line, exit 2), the others where score.py meets them, in ``score_run``."""
     run, _ = scored
     afile = tmp_path / "afile"
     afile.write_text("x")
+    proc = subprocess.run(
+        [sys.executable, "score.py", f"run={run}", f"out={afile}", "threads=1", "progress=false", "debug=false"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("score: ")]
+    fragment = (
+        f"config value out='{afile}' is invalid: a folder for score/ and score.html (created if absent); it is a file"
+    )
+    assert len(line) == 1 and fragment in line[0], proc.stderr[-2000:]
     for out, fragment in (
-        (
-            afile,
-            f"config value out='{afile}' is invalid: a folder for score/ and score.html "
-            "(created if absent); it is a file",
-        ),
         (afile / "o", f"it lies under the file {afile}"),
         (unwritable / "o", f"out={unwritable / 'o'} cannot be written ("),
     ):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "score.py",
-                f"run={run}",
-                f"out={out}",
-                "threads=1",
-                "progress=false",
-                "bootstrap=5",
-                "debug=false",
-            ],
-            cwd=ROOT,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        line = [ln for ln in proc.stderr.splitlines() if ln.startswith("score: ")]
-        assert len(line) == 1 and fragment in line[0], (fragment, proc.stderr[-2000:])
+        with pytest.raises(ProtocellError) as err:
+            _score(run, out=out)
+        assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
     assert afile.read_text() == "x"
 
 

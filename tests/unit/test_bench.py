@@ -109,3 +109,41 @@ def test_the_scale_figures_and_the_screen_arithmetic_follow_from_the_measured_ti
     assert at["raw_tb"] == pytest.approx(2.0 / 100 * 200 / 1e6) and at["stores_tb"] == pytest.approx(
         1000 / 30000 * 60000 / 1e6
     )
+
+
+def test_a_bench_stopped_mid_way_keeps_the_stages_it_finished(monkeypatch, tmp_path):
+    """bench.json/bench.md are written after every stage: a bench that fails (or is killed) at prepare
+    still holds the training, data, push and score figures, marked incomplete; a finished one is complete."""
+    import json
+
+    import torch
+
+    threads = torch.get_num_threads()  # main sets them; the test's worker keeps its own
+    monkeypatch.setattr(bench, "OUT", tmp_path)
+    monkeypatch.setattr(bench, "bench_train_step", lambda *a, **k: {"joint_cells_per_s": 10.0})
+    monkeypatch.setattr(bench, "bench_data_push_inference", lambda *a: {"push_seconds": 1.5})
+    monkeypatch.setattr(bench, "push_peak_rss", lambda n: 100.0 * n)
+    one = {"cells": 5, "store_mb": 1.0, "pass_cells_per_s": 9.0, "whole_cells_per_s": 8.0, "peak_rss_mb": 50.0}
+    monkeypatch.setattr(bench, "score_peak_rss", lambda n: one)
+
+    def stopped(quick):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "prepare_run", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--quick", "--threads", "1"])
+    partial = json.loads((tmp_path / "bench.json").read_text())
+    assert partial["complete"] is False and "prepare" not in partial
+    assert (
+        partial["train_default"] == {"joint_cells_per_s": 10.0} and partial["push_memory"]["peak_rss_mb_large"] == 800.0
+    )
+    md = (tmp_path / "bench.md").read_text()
+    assert md.startswith("Partial") and "| score | whole_cells_per_s | 8 |" in md
+    monkeypatch.setattr(bench, "prepare_run", lambda quick: {"seconds": 3.0})
+    monkeypatch.setattr(bench, "scale_run", lambda quick: {"scale": {"x": 1.0}, "at_scale": {"hours": 2.0}})
+    done = bench.main(["--quick", "--threads", "1"])
+    assert done["complete"] is True and json.loads((tmp_path / "bench.json").read_text()) == json.loads(
+        json.dumps(done)
+    )
+    assert not (tmp_path / "bench.md").read_text().startswith("Partial")
+    torch.set_num_threads(threads)
