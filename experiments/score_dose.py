@@ -160,16 +160,20 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def seeds_main(argv, doc: str, name: str, run_seed, tabulate) -> pd.DataFrame:
-    """The command line of a seeds experiment: ``run_seed(seed, out, threads, tiny)`` for each seed, then
-    ``tabulate(runs)`` written to ``<out>/<name>.csv`` and ``.md`` and printed."""
+def seeds_main(argv, doc: str, name: str, run_seed, tabulate, options=None) -> pd.DataFrame:
+    """The command line of a seeds experiment: ``run_seed(seed, out, threads, tiny, **more)`` for each seed, then
+    ``tabulate(runs)`` written to ``<out>/<name>.csv`` and ``.md`` and printed; ``options(parser)`` adds the
+    experiment's own arguments (``more``)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / name)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="tiny plates and schedule: checks the wiring only")
+    if options is not None:
+        options(ap)
     args = ap.parse_args(argv)
-    runs = [run_seed(s, args.out, args.threads, args.tiny) for s in args.seeds]
+    more = {k: v for k, v in vars(args).items() if k not in ("seeds", "out", "threads", "tiny")}
+    runs = [run_seed(s, args.out, args.threads, args.tiny, **more) for s in args.seeds]
     df = tabulate(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / f"{name}.csv", index=False)

@@ -15,6 +15,10 @@ extra uniform light (a plate effect) and its outer ring of wells at 0.7 of that 
   plate1 of the two-plate store), then ``score.py data.path=[<its store>, <plate2's store>]`` (two stores
   in one call; plate2's store is plate2 of the two-plate store, cell for cell).
 
+``--scenarios plate1`` runs one scenario; ``--level-imaging`` scores with ``level_imaging=true`` (each plate's
+wells read at its own noisiest well's imaging) into ``score_levelled/`` beside ``score/``, tabulated as the
+scenario ``<name>+levelled`` (the same trained runs).
+
 Runs already finished (``score/score.json`` present) are tabulated, not run again. Table
 (``<out>/score_plates.csv`` and ``.md``, printed): per seed, scenario and plate, over its 27 dose wells
 (vehicle included) the share of wells whose raw / per-plate normalised fraction is within ±0.08 of the share
@@ -59,8 +63,11 @@ def plate_spec(overrides: list[str], name: str):
     return replace(spec, plates=[p for p in spec.plates if p["name"] == name])
 
 
-def run_seed(seed: int, out: Path, threads: int, tiny: bool) -> dict[str, Path]:
-    """Train and score both scenarios of one seed (skipped when done); returns scenario → run folder."""
+def run_seed(
+    seed: int, out: Path, threads: int, tiny: bool, scenarios=("both", "plate1"), level_imaging: bool = False
+) -> dict[str, Path]:
+    """Train and score the scenarios of one seed (skipped when done); returns scenario → run folder (with
+    ``level_imaging``: also ``<scenario>+levelled`` → the same folder, scored into ``score_levelled/``)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     py = sys.executable
     common = [
@@ -73,9 +80,14 @@ def run_seed(seed: int, out: Path, threads: int, tiny: bool) -> dict[str, Path]:
         *(TINY if tiny else []),
     ]
     score = [f"threads={threads}", "progress=false", "wandb=false", *(["bootstrap=50", "min_cells=5"] if tiny else [])]
-    runs = {"both": out / f"seed{seed}" / "both", "plate1": out / f"seed{seed}" / "plate1"}
-    for scenario, run in runs.items():
-        if (run / "score" / "score.json").exists():
+    runs = {name: out / f"seed{seed}" / name for name in scenarios}
+    for scenario, run in list(runs.items()):
+        outs = [(run / "score", [])] + (
+            [(run / "score_levelled" / "score", ["level_imaging=true"])] if level_imaging else []
+        )
+        if level_imaging:
+            runs[f"{scenario}+levelled"] = run
+        if all((folder / "score.json").exists() for folder, _ in outs):
             continue
         extra = [] if scenario == "both" else [PLATE1_ONLY]
         if not (run / "metrics.json").exists():
@@ -90,13 +102,19 @@ def run_seed(seed: int, out: Path, threads: int, tiny: bool) -> dict[str, Path]:
             own = torch.load(run / "prototypes.pt", weights_only=True)["store"]
             plate2 = build_store(cache, plate_spec([f"data.synthetic.seed={seed}", *(TINY if tiny else [])], "plate2"))
             stores = [f"data.path=[{own},{plate2}]"]
-        subprocess.run([py, "score.py", f"run={run}", *stores, *score], cwd=ROOT, env=env, check=True)
+        for folder, more in outs:
+            if not (folder / "score.json").exists():
+                where = [f"out={folder.parent}"] if more else []
+                subprocess.run(
+                    [py, "score.py", f"run={run}", *stores, *score, *where, *more], cwd=ROOT, env=env, check=True
+                )
     return runs
 
 
 def plate_rows(scenario: str, run: Path) -> list[dict]:
-    """One row per plate of a scored run (score/wells.csv, dose_response.csv, qc.csv, hits.csv, score.json)."""
-    score = run / "score"
+    """One row per plate of a scored run (score/wells.csv, dose_response.csv, qc.csv, hits.csv, score.json;
+    a ``+levelled`` scenario: score_levelled/score/…)."""
+    score = run / "score_levelled" / "score" if scenario.endswith("+levelled") else run / "score"
     wells = pd.read_csv(score / "wells.csv", keep_default_na=False, na_values=[""])
     fits = pd.read_csv(score / "dose_response.csv", keep_default_na=False, na_values=[""])
     fits["plate"] = fits["plate"].fillna("")  # "": the curve over every plate
@@ -130,7 +148,7 @@ def plate_rows(scenario: str, run: Path) -> list[dict]:
             "seed": seed,
             "scenario": scenario,
             "plate": plate,
-            "trained_on": "both plates" if scenario == "both" else "plate1",
+            "trained_on": "both plates" if scenario.startswith("both") else "plate1",
             "true_auroc": metrics.get("true_label_auroc"),
             "dose_wells": len(dosed),
             "raw_within": float((raw <= TOL).mean()),
@@ -166,8 +184,13 @@ def tabulate(runs: list[dict[str, Path]]) -> pd.DataFrame:
     return pd.DataFrame([r for scenarios in runs for name, run in scenarios.items() for r in plate_rows(name, run)])
 
 
+def options(ap) -> None:
+    ap.add_argument("--scenarios", nargs="+", choices=["both", "plate1"], default=["both", "plate1"])
+    ap.add_argument("--level-imaging", action="store_true", help="also score with level_imaging=true")
+
+
 def main(argv=None) -> pd.DataFrame:
-    return seeds_main(argv, __doc__, "score_plates", run_seed, tabulate)
+    return seeds_main(argv, __doc__, "score_plates", run_seed, tabulate, options)
 
 
 if __name__ == "__main__":

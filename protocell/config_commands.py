@@ -59,6 +59,9 @@ class ScoreConfig:
     seed: int = 0
     fdr: float = rule(_number(lambda v: 0 < v < 1), "a false discovery rate in (0, 1), e.g. 0.05", 0.05)
     bscore: bool = rule(_bool, "true or false", False)
+    # each plate's wells brought to its own blurriest and noisiest well's imaging before the pass
+    # (protocell.data.levelling.estimate_plates): a dimmer outer ring then weakens every well alike
+    level_imaging: bool = rule(_bool, "true or false", False)
     progress: bool = True
     wandb: bool = True
     threads: int | None = threads_rule(2)

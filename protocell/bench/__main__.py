@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from protocell.bench.prepare_bench import run as prepare_run
+from protocell.bench.record import record, table
 from protocell.bench.scale import run as scale_run
 from protocell.training.callbacks import apply_phase
 from protocell.training.schedule import Phase, trainable_groups
@@ -339,36 +340,6 @@ def bench_make_run() -> dict:
     }
 
 
-def table(results: dict) -> str:
-    lines = [
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
-        f"{results['machine']['threads']} threads, torch {results['machine']['torch']}",
-        "",
-        "| stage | figure | value |",
-        "|---|---|---|",
-    ]
-    for section, vals in results.items():
-        if section == "machine" or not isinstance(vals, dict):
-            continue
-        for k, v in vals.items():
-            if isinstance(v, float):
-                v = f"{v:.3g}"
-            lines.append(f"| {section} | {k} | {v} |")
-    return "\n".join(lines) + "\n"
-
-
-def _record(results: dict) -> None:
-    """bench.json and bench.md as they stand (written after every stage, atomically: a bench stopped or
-    killed mid-way keeps the figures of every stage it finished; ``complete`` says whether it ended)."""
-    from protocell.fsutil import atomic_write_json, atomic_write_text
-
-    atomic_write_json(OUT / "bench.json", results)
-    note = (
-        "" if results["complete"] else "Partial: the stages finished so far (the bench is running or was stopped).\n\n"
-    )
-    atomic_write_text(OUT / "bench.md", note + table(results))
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no full VGG-11, no make run")
@@ -382,7 +353,7 @@ def main(argv=None) -> dict:
     def stage(name: str, measure) -> None:
         t0 = time.perf_counter()
         results[name] = measure()
-        _record(results)
+        record(results, OUT)
         print(
             f"bench: {name} done in {time.perf_counter() - t0:.0f} s ({OUT / 'bench.json'})",
             file=sys.stderr,
@@ -415,7 +386,7 @@ def main(argv=None) -> dict:
     if not args.quick:
         stage("make_run", bench_make_run)
     results["complete"] = True
-    _record(results)
+    record(results, OUT)
     print(table(results))
     return results
 

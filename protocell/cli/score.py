@@ -38,6 +38,7 @@ def _score(c: DictConfig):
         bscore=c.bscore,
         shards=c.shards,
         shard=c.shard,
+        level_imaging=bool(c.level_imaging),
     )
 
 

@@ -260,11 +260,14 @@ class CellDataModule(L.LightningDataModule):
         assert self.store is not None  # opened by setup
         return [self.store.channels[i] for i in self.channel_index]
 
-    def dataset_of(self, store: CropStore, rows, augment: bool = False, labels=None) -> CellDataset:
+    def dataset_of(
+        self, store: CropStore, rows, augment: bool = False, labels=None, levelling: LevellingPlan | None = None
+    ) -> CellDataset:
         """Rows of any crop store with this module's data handling (channels by name, crop size,
         normalisation and its training ranges, zeroed background and margin): how ``score`` reads
-        another plate as the network was trained to see cells."""
-        if self.levelling is not None and store.root.resolve() != self.path.resolve():
+        another plate as the network was trained to see cells. ``levelling``: a plan for ``store``'s wells
+        (``score.level_imaging``) instead of the run's own (``data.level_imaging``, its own store only)."""
+        if levelling is None and self.levelling is not None and store.root.resolve() != self.path.resolve():
             raise ConfigError(
                 f"this run levelled the imaging of its own store's wells (data.level_imaging=true) and cannot yet "
                 f"level another store's ({store.root}) to the same target: score the plates of the store it trained "
@@ -290,7 +293,7 @@ class CellDataModule(L.LightningDataModule):
             photometric=self.photometric,
             margin=self.zero_margin if self.zero_background else 0,
             labels=labels,
-            levelling=self.levelling,
+            levelling=self.levelling if levelling is None else levelling,
         )
 
     # --------------------------------------------------------------------- loaders

@@ -199,6 +199,23 @@ def estimate(
     return plan
 
 
+def estimate_plates(store, rows: np.ndarray, channels: list[int], seed: int) -> LevellingPlan:
+    """``score.level_imaging``: each plate of ``rows`` levelled to its *own* blurriest and noisiest well (one
+    ``estimate`` per plate, merged); ``target_noise`` the noisiest plate's. Imaging that varies across a plate
+    (a dimmer outer ring: fewer photons, more noise once each cell is normalised) then weakens every well's
+    cells alike, and the plate's own controls, which ``score`` normalises each plate by, see the same."""
+    plates = store.manifest["plate"].astype(str).to_numpy()[rows]
+    merged = LevellingPlan()
+    targets = []
+    for plate in sorted(set(plates)):
+        plan = estimate(store, rows[plates == plate], channels, seed)
+        for name in ("blur", "add_var", "offsets", "noise"):
+            getattr(merged, name).update(getattr(plan, name))
+        targets.append(np.asarray(plan.target_noise))
+    merged.target_noise = (np.max(targets, axis=0) if targets else np.zeros(len(channels))).tolist()
+    return merged
+
+
 NOISE_BINS = np.array([-0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.05])  # normalised intensity
 
 

@@ -38,7 +38,8 @@ def _score_cells(
     shares of a sharded score, ``protocell.score.shares``), else computed here."""
     rows = originals(store)
     if result is None:
-        result = run_network(run, store, rows, batch_size, num_workers, progress)
+        plan = models.get("levelling", {}).get(str(store.root))
+        result = run_network(run, store, rows, batch_size, num_workers, progress, plan)
     refuse_nonfinite(store, rows, result)
     run_split = None
     if own_store(run, store):  # the run's own cells: say which it trained on
@@ -51,10 +52,13 @@ def originals(store: CropStore) -> np.ndarray:
     return np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
 
 
-def run_network(run: Run, store: CropStore, rows: np.ndarray, batch_size, num_workers: int, progress: bool) -> dict:
+def run_network(
+    run: Run, store: CropStore, rows: np.ndarray, batch_size, num_workers: int, progress: bool, levelling=None
+) -> dict:
+    """The network's numbers for ``rows`` of ``store``; ``levelling``: the store's plan (score.level_imaging)."""
     return infer(
         run.net,
-        run.dm.dataset_of(store, rows),
+        run.dm.dataset_of(store, rows, levelling=levelling),
         positive_class(run.class_names),
         int(batch_size or run.dm.eval_batch_size),
         int(num_workers),

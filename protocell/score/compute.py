@@ -265,6 +265,12 @@ def compute_score(
         "bootstrap resamples": n_boot,
         "reference for enrichment": ref_note,
     }
+    if models.get("level_imaging"):
+        summary["imaging levelled"] = (
+            "each plate's wells brought to its own blurriest and noisiest well's imaging before the network read them "
+            "(level_imaging=true): fractions are read at that plate's worst imaging; compare wells of a plate, and "
+            "plates through their normalised fractions"
+        )
     top_rows = (
         enrich[enrich["level"] == "treatment"]
         .assign(a=lambda d: d["difference"].abs())
@@ -293,5 +299,10 @@ def compute_score(
         calibration=calibration,
         fraction_reference=anchors,
         run_status=models["status"],
-        options={"fdr": fdr, "bscore": bscore, "min_cells": min_cells},
+        options={
+            "fdr": fdr,
+            "bscore": bscore,
+            "min_cells": min_cells,
+            "level_imaging": bool(models.get("level_imaging")),
+        },
     )

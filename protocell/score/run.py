@@ -110,15 +110,17 @@ def score_share(
     batch_size=None,
     num_workers: int = 0,
     progress: bool = True,
+    levelling=None,
 ) -> Path:
     """One task of a sharded score (``protocell.score.shares``): the network's pass over share ``share`` of
-    ``shards`` of the store's cells, written to ``out/.score-shares/``; returns that file."""
+    ``shards`` of the store's cells, written to ``out/.score-shares/``; returns that file. ``levelling``: the
+    store's plan (``score.level_imaging``; every task draws the same one from the same cells and seed)."""
     t0 = time.time()
     rows = originals(store)
     batch = int(batch_size or run.dm.eval_batch_size)
-    ident = shares.identity(run.dir, store, batch, len(rows), shards, share)
+    ident = shares.identity(run.dir, store, batch, len(rows), shards, share, levelling is not None)
     mine = rows[slice(*ident["rows"])]
-    result = run_network(run, store, mine, batch, num_workers, progress)
+    result = run_network(run, store, mine, batch, num_workers, progress, levelling)
     refuse_nonfinite(store, mine, result)
     path = shares.write_share(out, result, ident, time.time() - t0)
     log.info(
@@ -129,6 +131,31 @@ def score_share(
         path,
     )
     return path
+
+
+def imaging_plans(run: Run, stores: list[CropStore], seed: int) -> dict:
+    """``score.level_imaging``: for each store (by its folder), every plate's wells brought to that plate's
+    blurriest and noisiest well's imaging (``protocell.data.levelling.estimate_plates``), label free, from the
+    cells as the run reads them. Refused for a run that cannot read levelled cells."""
+    from protocell.data.levelling import estimate_plates
+
+    if run.dm.levelling is not None:
+        raise ConfigError(
+            "level_imaging=true: this run levelled its own store's imaging in training (data.level_imaging=true) and "
+            "levels its own wells already; score it with level_imaging=false"
+        )
+    if run.dm.normalize != "cell":
+        raise ConfigError(
+            f"level_imaging=true needs a run trained with data.normalize=cell (this one: {run.dm.normalize}): the "
+            "levelling reads and adds pixel noise on cells normalised one by one; score with level_imaging=false"
+        )
+    plans = {}
+    for s in stores:
+        t0 = time.time()
+        channels = [s.channels.index(c) for c in run.dm.channels]
+        plans[str(s.root)] = plan = estimate_plates(s, originals(s), channels, seed)
+        log.info("score: imaging levelled per plate in %s (%.0f s): %s", s.root, time.time() - t0, plan.summary())
+    return plans
 
 
 def score_store(
@@ -157,14 +184,16 @@ def score_run(
     bscore: bool = ScoreConfig.bscore,
     shards: int = ScoreConfig.shards,
     shard: int | str = ScoreConfig.shard,
+    level_imaging: bool = ScoreConfig.level_imaging,
 ) -> Path:
     """Score ``store`` (a crop store, a list of them; default: the run's own) with the run in ``run_dir``
     (the defaults are score.py's: ``protocell.config_commands.ScoreConfig``);
     returns the ``score/`` folder. ``shard``: ``all`` (here, at once), a share 0 … ``shards`` − 1 (one task
     of a sharded score of one store: returns its file under ``out/.score-shares/``), or ``merge`` (the
     tables and page from the finished shares)."""
-    keys = ("bootstrap", "nearest", "top_prototypes", "min_cells", "fdr", "bscore", "shards", "shard")
-    broken = broken_rule(ScoreConfig, dict(zip(keys, (n_boot, nearest, top, min_cells, fdr, bscore, shards, shard))))
+    keys = ("bootstrap", "nearest", "top_prototypes", "min_cells", "fdr", "bscore", "shards", "shard", "level_imaging")
+    values = (n_boot, nearest, top, min_cells, fdr, bscore, shards, shard, level_imaging)
+    broken = broken_rule(ScoreConfig, dict(zip(keys, values)))
     if broken is not None:  # score.py's ranges (protocell.config_commands), checked for a Python caller too
         raise ConfigError.invalid(*broken)
     problem = folder_problem(out) if out is not None else None
@@ -185,10 +214,15 @@ def score_run(
             "call — sweep data.path over the stores (score.py -m 'data.path=a,b' shards=N …) or use shard=all"
         )
     batch = int(batch_size or run.dm.eval_batch_size)
+    if level_imaging:
+        models["level_imaging"] = True
+        if shard != "merge":  # a merge reads the shares' numbers: no pass, no plan
+            models["levelling"] = imaging_plans(run, stores, seed)
     if isinstance(shard, int):
-        return score_share(run, stores[0], out, shard, shards, batch, num_workers, progress)
+        plan = models.get("levelling", {}).get(str(stores[0].root))
+        return score_share(run, stores[0], out, shard, shards, batch, num_workers, progress, plan)
     result = (
-        shares.read_shares(out, run.dir, stores[0], batch, len(originals(stores[0])), shards)
+        shares.read_shares(out, run.dir, stores[0], batch, len(originals(stores[0])), shards, level_imaging)
         if shard == "merge"
         else None
     )

@@ -45,9 +45,12 @@ def share_path(out: Path, share: int, shards: int) -> Path:
     return Path(out) / SHARES / f"{share}-of-{shards}.npz"
 
 
-def identity(run_dir: Path, store: CropStore, batch: int, n: int, shards: int, share: int) -> dict:
+def identity(
+    run_dir: Path, store: CropStore, batch: int, n: int, shards: int, share: int, levelled: bool = False
+) -> dict:
     """What a share's numbers were computed from: the checkpoint and prototypes (path, size, mtime), the store
-    (folder and manifest hash), the batch size and the rows; the merge takes a share only when they match."""
+    (folder and manifest hash), the batch size, the rows and whether the imaging was levelled
+    (``level_imaging``); the merge takes a share only when they match."""
     folder = RunFolder(run_dir)
     files = {
         f.name: [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns]
@@ -63,6 +66,7 @@ def identity(run_dir: Path, store: CropStore, batch: int, n: int, shards: int, s
         "shards": shards,
         "share": share,
         "rows": [rows.start, rows.stop],
+        "level_imaging": bool(levelled),
     }
 
 
@@ -89,13 +93,15 @@ def write_share(out: Path, result: dict, ident: dict, seconds: float) -> Path:
     return path
 
 
-def read_shares(out: Path, run_dir: Path, store: CropStore, batch: int, n: int, shards: int) -> dict:
+def read_shares(
+    out: Path, run_dir: Path, store: CropStore, batch: int, n: int, shards: int, levelled: bool = False
+) -> dict:
     """The per-cell numbers of every share, concatenated in manifest order (``infer``'s dict); refused,
     naming the missing or stale shares and the command, unless all ``shards`` are there and current."""
     missing, stale, parts = [], [], []
     for k in range(shards):
         path = share_path(out, k, shards)
-        want = identity(run_dir, store, batch, n, shards, k)
+        want = identity(run_dir, store, batch, n, shards, k, levelled)
         try:
             with np.load(path, allow_pickle=False) as z:
                 got = json.loads(str(z["identity"]))
@@ -116,7 +122,7 @@ def read_shares(out: Path, run_dir: Path, store: CropStore, batch: int, n: int, 
     if missing or stale:
         redo = sorted(missing + stale)
         stale_why = (
-            "scored from another run checkpoint, store, batch size or share count, or damaged: share(s) "
+            "scored from another run checkpoint, store, batch size, share count or level_imaging, or damaged: share(s) "
             f"{', '.join(map(str, stale))}"
         )
         why = "; ".join(

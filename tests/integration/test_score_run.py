@@ -739,6 +739,28 @@ def test_an_out_that_is_a_file_or_cannot_be_written_is_one_line(scored, tmp_path
     assert afile.read_text() == "x"
 
 
+def test_level_imaging_levels_each_plate_before_the_pass_and_says_so(scored, tmp_path):
+    """score.level_imaging: every plate's wells read at its own worst imaging (the scores change), said in
+    score.json and on the page; a share scored without it is not merged into a levelled score."""
+    from protocell.score import shares
+
+    run, _ = scored
+    out = _score(run, out=tmp_path / "lv", level_imaging=True).parent
+    info = json.loads((out / "score" / "score.json").read_text())
+    assert info["options"]["level_imaging"] is True and "worst imaging" in info["imaging levelled"]
+    assert "imaging levelled" in (out / "score.html").read_text()
+    plain = pd.read_csv(run / "score" / "cells.csv")
+    levelled = pd.read_csv(out / "score" / "cells.csv")
+    assert (plain["cell_id"] == levelled["cell_id"]).all() and not np.allclose(plain["score"], levelled["score"])
+    store = _store(run)
+    n = len(levelled)
+    numbers = {k: np.zeros(n) for k in shares.ARRAYS}
+    shares.write_share(tmp_path / "sh", numbers, shares.identity(run, store, 64, n, 1, 0), 1.0)
+    assert len(shares.read_shares(tmp_path / "sh", run, store, 64, n, 1)["score"]) == n
+    with pytest.raises(ProtocellError, match=r"share count or level_imaging, or damaged: share\(s\) 0"):
+        shares.read_shares(tmp_path / "sh", run, store, 64, n, 1, levelled=True)
+
+
 def test_a_run_that_is_a_file_is_named_as_a_file(scored, tmp_path):
     """Before: "run folder … does not exist" for a file that exists."""
     run, _ = scored
@@ -810,10 +832,14 @@ def test_a_score_in_shares_through_the_local_launcher_equals_the_one_process_sco
         "data.batch_size=64",
     ]
     score = [sys.executable, "score.py"]
-    proc = subprocess.run(
-        [*score, *common, f"out={tmp_path / 'one'}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from protocell.score.run import score_run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as score.py threads=1: the one-process score, here in-process
+    try:
+        score_run(run, out=tmp_path / "one", n_boot=20, min_cells=5, batch_size=64, progress=False, log_wandb=False)
+    finally:
+        torch.set_num_threads(threads)
     out = tmp_path / "shares"
     _score(run, out=out, batch_size=64, shards=2, shard=0)
     with pytest.raises(
@@ -845,7 +871,7 @@ def test_a_score_in_shares_through_the_local_launcher_equals_the_one_process_sco
     with pytest.raises(
         ProtocellError,
         match=r"2 of 2 shares are not ready \(scored from another run checkpoint, "
-        r"store, batch size or share count, or damaged: share\(s\) 0, 1",
+        r"store, batch size, share count or level_imaging, or damaged: share\(s\) 0, 1",
     ):
         _score(run, out=out, batch_size=32, shards=2, shard="merge")
     proc = subprocess.run(

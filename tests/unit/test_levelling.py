@@ -107,3 +107,38 @@ def test_a_well_whose_cells_are_too_small_to_read_is_refused_with_the_fix(tiny_s
     rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
     with pytest.raises(StoreError, match=r"data.level_imaging: no cell of well .* data.level_imaging=false"):
         levelling.estimate(store, rows, [0, 1], seed=0, cells_per_well=3)
+
+
+def test_score_levels_each_plate_to_its_own_noisiest_well(tmp_path):
+    """score.level_imaging (levelling.estimate_plates): plate2 imaged at half the gain with a dimmer outer ring
+    (half again) — its wells' noise, as the network reads cells, spread 1.4–1.6× before; levelled within 1.25×,
+    at the ring's level. plate1 (no ring) is brought to its own noisiest well, not to plate2's."""
+    from protocell.data.store import well_key
+
+    dose = {"compound": "C1", "doses": [0, 1.0], "replicates": 4, "ec50": 0.5, "hill": 1.0}
+    spec = WellSpec(
+        wells_per_condition=4,
+        fields_per_well=1,
+        field_size=256,
+        cells_per_field=30,
+        seed=3,
+        dose_series={**dose, "bottom": 0.05, "top": 0.7, "stress": False},
+        plates=[{"name": "plate1"}, {"name": "plate2", "gain": 0.5, "offset": 0.05, "edge": 0.5}],
+    )
+    store = CropStore(build_store(tmp_path, spec))
+    rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
+    plan = levelling.estimate_plates(store, rows, [0, 1], seed=0)
+    keys = well_key(store.manifest).to_numpy()[rows]
+    assert set(plan.blur) == set(keys)
+    noise = {}
+    for k in sorted(set(keys)):
+        mine = rows[keys == k]
+        before = levelling._noise_profile(store, mine, [0, 1], np.zeros(2), None)[0]
+        after = levelling._noise_profile(store, mine, [0, 1], *plan.for_well(k))[0]
+        noise[k] = np.sqrt(np.median(before, 1)), np.sqrt(np.median(after, 1))
+    spread = {}
+    for plate in ("plate1", "plate2"):
+        b, a = (np.array([v[i] for k, v in noise.items() if k.startswith(plate)]) for i in (0, 1))
+        spread[plate] = b.max(0) / b.min(0), a.max(0) / a.min(0), a.mean(0)
+    assert (spread["plate2"][0] > 1.35).all() and (spread["plate2"][1] < 1.25).all(), spread
+    assert (spread["plate1"][2] < 0.85 * spread["plate2"][2]).all(), spread
