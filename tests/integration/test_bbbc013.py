@@ -109,6 +109,7 @@ def test_train_and_explain_show_the_confound_table_in_the_report(store, tmp_path
             "schedule.last_layer_epochs=1",
             "protopnet.prototypes_per_class=2",
             "report.unit=image",
+            "views=1",  # the report and its confound table, not the 8-orientation reading (tested elsewhere)
         ],
         cwd=ROOT,
         env=ENV,
