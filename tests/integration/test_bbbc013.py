@@ -5,7 +5,6 @@ with the confound section, in GFP green / DNA magenta, opened in a real headless
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ DATA = (ROOT / ".." / "shared" / "data" / "bbbc013_controls").resolve()
 WELLS = ["A01", "A02", "B01", "A12", "B12", "C12"]  # 3 untreated, 3 PI3K_inhibited
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 sys.path.insert(0, str(Path(__file__).parent))
+import warm  # noqa: E402
 from conftest import require_shared_data  # noqa: E402
 from test_explain_run import browser_images, require_chromium  # noqa: E402
 
@@ -29,7 +29,7 @@ def store(tmp_path_factory):
     plate = pd.read_csv(DATA / "plate_map.csv")
     plate[plate["well"].isin(WELLS)].to_csv(tmp / "plate_map.csv", index=False)
     out = tmp / "store"
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "prepare.py",
@@ -92,7 +92,7 @@ def test_the_features_are_those_of_the_stored_cells(store):
 
 def test_train_and_explain_show_the_confound_table_in_the_report(store, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "train.py",

@@ -4,7 +4,6 @@ real headless browser: the walk of docs/crops.md, at tiny size."""
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
+import warm  # noqa: E402
 from test_explain_run import browser_images, require_chromium  # noqa: E402
 from test_train_cli import train  # noqa: E402
 
@@ -50,7 +50,7 @@ def write_crops(tmp_path) -> Path:
 def crops_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("crops_run")
     crops = write_crops(tmp)
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "prepare.py",
@@ -72,7 +72,7 @@ def crops_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train on it: python train.py data=prepared" in proc.stdout
     train(tmp, store=tmp / "store")
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "explain.py",

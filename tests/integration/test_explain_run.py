@@ -23,6 +23,7 @@ from protocell.model.views import dihedral
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
+import warm  # noqa: E402
 from conftest import skip_or_fail  # noqa: E402
 from test_train_cli import TINY  # noqa: E402
 
@@ -47,7 +48,7 @@ LEARNING = [
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("explain")
     env = {**os.environ, "PROTOCELL_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
+    warm.run(
         [sys.executable, "train.py", f"hydra.run.dir={tmp / 'run'}", *LEARNING],
         cwd=ROOT,
         env=env,
@@ -203,7 +204,7 @@ def test_bad_run_folders_get_clear_messages(tiny_run, tmp_path):
 
 def test_cli_refuses_a_missing_run_folder_without_creating_it(tmp_path):
     missing = tmp_path / "no_such_run"
-    proc = subprocess.run(
+    proc = warm.run(
         [sys.executable, "explain.py", f"run={missing}"],
         cwd=ROOT,
         capture_output=True,
@@ -314,7 +315,7 @@ def test_the_browser_check_reports_a_missing_image(tiny_run, explained, tmp_path
 
 
 def explain_cli(run: Path):
-    return subprocess.run(
+    return warm.run(
         [sys.executable, "explain.py", f"run={run}", "bootstrap=20", "wandb=false", "threads=1"],
         cwd=ROOT,
         capture_output=True,
@@ -437,7 +438,7 @@ def test_explain_cli_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack,
 @pytest.mark.parametrize("attack", ["torch.load", "lightning.pytorch.cli.LightningCLI"])
 def test_score_runs_no_code_a_run_folder_names(tiny_run, tmp_path, attack):
     run, marker = _crafted_run(tiny_run, tmp_path, "data.photometric", attack)
-    proc = subprocess.run(
+    proc = warm.run(
         [sys.executable, "score.py", f"run={run}", "bootstrap=20", "wandb=false", "threads=1", "progress=false"],
         cwd=ROOT,
         capture_output=True,

@@ -20,6 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
+import warm  # noqa: E402
 from test_train_cli import TINY  # noqa: E402
 
 # 10 epochs: pretrain, warm, joint + push, last layer, joint, joint + push, last layer, joint, joint + push,
@@ -207,7 +208,7 @@ def test_a_folder_holding_another_run_or_in_use_is_refused(uninterrupted, tmp_pa
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and ".hydra" not in p.parts}
 
     def train(*overrides):
-        return subprocess.run(
+        return warm.run(
             [sys.executable, "train.py", f"hydra.run.dir={run}", *LONG, *overrides],
             cwd=ROOT,
             env=env_for(uninterrupted.parent),

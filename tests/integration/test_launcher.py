@@ -3,7 +3,6 @@ hydra/launcher=slurm), each job in its own process, leaves one complete run fold
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,13 +10,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
+import warm  # noqa: E402
 from test_train_cli import TINY  # noqa: E402
 
 
 def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     env = {**os.environ, "PROTOCELL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "train.py",
@@ -54,7 +54,7 @@ def test_submitit_local_launcher_runs_a_sweep(tmp_path):
 def test_slurm_launcher_config_composes_with_its_settings():
     """hydra/launcher=slurm composes onto the plugin's schema (a wrong key would fail here), with the
     GPU partition, GPUs per node, timeout and array parallelism as overridable settings."""
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "train.py",

@@ -2,12 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import warm
 from conftest import assert_store_folder, prepare_config
 
 from protocell.data.store import CropStore
@@ -30,7 +30,7 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
         "progress=false",
         f"hydra.run.dir={tmp_path / 'prep_run'}",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = warm.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"train on it: python train.py data=prepared data.path={out}" in proc.stdout
 
@@ -70,7 +70,7 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
         "trainer.enable_progress_bar=false",
         "threads=1",
     ]
-    proc = subprocess.run(train, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = warm.run(train, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     preds = pd.read_csv(tmp_path / "run" / "test_predictions.csv")
@@ -124,7 +124,7 @@ def test_a_store_of_wells_to_score_only_is_followed_by_the_score_command(tmp_pat
     plate["image"] = [str(synthetic_fields / p) for p in plate["image"]]
     plate.to_csv(tmp_path / "plate_map.csv", index=False)
     out = tmp_path / "store"
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "prepare.py",

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import warm
 from conftest import assert_store_folder, prepare_config, tiny_data
 
 from protocell.data.split import choose_split
@@ -84,7 +85,7 @@ def store_content(out: Path) -> dict:
 
 def test_two_share_tasks_through_the_local_launcher_merge_into_the_one_process_store(two_plates, one_process, tmp_path):
     out = tmp_path / "store"
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "prepare.py",
@@ -104,7 +105,7 @@ def test_two_share_tasks_through_the_local_launcher_merge_into_the_one_process_s
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))) == 2  # two tasks, not this process
     assert not (out / "store.json").exists() and not (out / "manifest.csv").exists()  # no store before the merge
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "prepare.py",

@@ -3,7 +3,6 @@
 refusals: tests/integration/test_explain_run.py)."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,12 +11,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
+import warm  # noqa: E402
 from test_train_cli import TINY  # noqa: E402
 
 
 def run(script, tmp_path, *overrides, env=None):
     env = {**os.environ, "PROTOCELL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
+    return warm.run(
         [sys.executable, script, f"hydra.run.dir={tmp_path / 'run'}", *overrides],
         cwd=ROOT,
         env=env,

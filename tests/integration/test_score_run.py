@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "experiments"))
 sys.path.insert(0, str(Path(__file__).parent))
 import score_dose  # noqa: E402
+import warm  # noqa: E402
 from test_explain_run import browser_images, require_chromium  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -190,7 +191,7 @@ def test_a_run_folder_without_prototypes_is_refused_by_the_cli_in_one_line(score
     broken = tmp_path / "run"
     shutil.copytree(run, broken, ignore=shutil.ignore_patterns("score", "score.html"))
     (broken / "prototypes.pt").unlink()
-    proc = subprocess.run(
+    proc = warm.run(
         [sys.executable, "score.py", f"run={broken}", "threads=1"],
         cwd=ROOT,
         env=ENV,
@@ -232,7 +233,7 @@ def test_a_failed_run_is_refused_and_a_warning_run_is_scored_under_a_banner(scor
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("score", "score.html"))
     m = json.loads((copy / "metrics.json").read_text())
     (copy / "metrics.json").write_text(json.dumps({**m, "status": "failed", "reasons": ["no epoch beat chance"]}))
-    proc = subprocess.run(
+    proc = warm.run(
         [sys.executable, "score.py", f"run={copy}", "threads=1", "progress=false", "wandb=false"],
         cwd=ROOT,
         env=ENV,
@@ -443,7 +444,7 @@ def several(scored, tmp_path_factory):
         ["C01", "C02", "D01"],
         {w: {"plate": "bare", "compound": "Z", "dose": "1"} for w in ("C01", "C02", "D01")},
     )
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "score.py",
@@ -616,7 +617,7 @@ def test_a_plate_prepared_from_raw_images_with_its_plate_map_is_scored(scored, t
             "summary.overlays=0",
         )
     )
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "score.py",
@@ -715,7 +716,7 @@ def test_an_out_that_is_a_file_or_cannot_be_written_is_one_line(scored, tmp_path
     run, _ = scored
     afile = tmp_path / "afile"
     afile.write_text("x")
-    proc = subprocess.run(
+    proc = warm.run(
         [sys.executable, "score.py", f"run={run}", f"out={afile}", "threads=1", "progress=false", "debug=false"],
         cwd=ROOT,
         env=ENV,
@@ -849,7 +850,7 @@ def test_a_score_in_shares_through_the_local_launcher_equals_the_one_process_sco
     ):
         _score(run, out=out, batch_size=64, shards=2, shard="merge")
     assert not (out / "score").exists() and not (out / "score.html").exists()
-    proc = subprocess.run(
+    proc = warm.run(
         [
             *score,
             "-m",
@@ -874,7 +875,7 @@ def test_a_score_in_shares_through_the_local_launcher_equals_the_one_process_sco
         r"store, batch size, share count or level_imaging, or damaged: share\(s\) 0, 1",
     ):
         _score(run, out=out, batch_size=32, shards=2, shard="merge")
-    proc = subprocess.run(
+    proc = warm.run(
         [*score, *common, f"out={out}", "shards=2", "shard=merge"],
         cwd=ROOT,
         env=ENV,

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import warm
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def train(tmp_path, *overrides, check=True, store=None):
     env = {**os.environ, "PROTOCELL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     tiny = TINY if store is None else ["data=prepared", f"data.path={store}", *TINY[len(TINY_WELLS) :]]
     cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *tiny, *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = warm.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])
     return proc

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
+import warm  # noqa: E402
 from test_train_cli import TINY  # noqa: E402
 
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # a fake, key-shaped API key
@@ -45,7 +45,7 @@ def test_wandb_offline_run_logs_factors_and_media_and_never_writes_the_key(tmp_p
         "WANDB_SILENT": "true",
     }
     args = [a for a in TINY if a != "explain=false"] + ["logger=wandb", "explain=true", "last_layer=frozen"]
-    first = subprocess.run(
+    first = warm.run(
         [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *args],
         cwd=ROOT,
         env=env,
@@ -66,7 +66,7 @@ def test_wandb_offline_run_logs_factors_and_media_and_never_writes_the_key(tmp_p
 
     # resume=<run>/checkpoints/last.ckpt continues the same W&B run, still without the key
     resumed = tmp_path / "resumed"
-    second = subprocess.run(
+    second = warm.run(
         [
             sys.executable,
             "train.py",

@@ -2,12 +2,12 @@
 explain columns optional."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import warm
 import yaml
 
 import protocell.compare as compare
@@ -121,7 +121,7 @@ def test_no_finished_run_is_an_error_naming_the_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(compare.CompareError, match="no finished run.*empty"):
         compare.compare([tmp_path / "empty"])
-    script = subprocess.run(
+    script = warm.run(
         [sys.executable, str(ROOT / "experiments" / "compare.py"), str(tmp_path / "missing")],
         capture_output=True,
         text=True,

@@ -1,7 +1,6 @@
 """Pre-cut crops → crop store (``prepare.py mode=crops``): the same pixels and masks back, bad inputs refused."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import warm
 
 from protocell.data.normalization import auto_normalization
 from protocell.data.store import CropStore
@@ -136,7 +136,7 @@ def test_bad_inputs_are_refused_clearly(crops_folder, tmp_path):
 def test_prepare_cli_refuses_a_bad_crop_folder_in_one_line(crops_folder, tmp_path):
     root, _ = crops_folder
     (root / "Ref" / "README.md").write_text("hi")
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "prepare.py",

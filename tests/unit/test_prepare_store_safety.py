@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import warm
 from conftest import assert_store_folder, prepare_config
 
 from protocell.data.store import CropStore
@@ -135,7 +136,6 @@ def test_the_repair_the_store_error_prints_repairs_the_store(plate, tmp_path):
     overwrite=true) gives back the original store, byte for byte. Before, the rerun exited 0 with "crop
     store written" and left the shards broken (prepare kept every shard whose masks file existed)."""
     import json
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -157,7 +157,7 @@ def test_the_repair_the_store_error_prints_repairs_the_store(plate, tmp_path):
     ]
 
     def prepare_cli(*extra):
-        proc = subprocess.run(
+        proc = warm.run(
             command + list(extra),
             cwd=root,
             capture_output=True,

@@ -3,12 +3,12 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import warm
 from conftest import tiny_data
 
 from protocell.data.store import CropStore, StoreError
@@ -110,7 +110,7 @@ def test_a_crop_size_above_the_stores_is_warned(tiny_store, caplog):
 def test_train_refuses_a_damaged_store_before_the_first_epoch(store, tmp_path):
     first_shard(store, "masks").write_bytes(b"\x93NUMPY")
     run = tmp_path / "run"
-    proc = subprocess.run(
+    proc = warm.run(
         [
             sys.executable,
             "train.py",
