@@ -21,13 +21,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from protocell.bench.prepare_bench import run as prepare_run
-from protocell.bench.record import record, table
+from protocell.bench.record import flat, record, table
 from protocell.bench.scale import run as scale_run
 from protocell.training.callbacks import apply_phase
 from protocell.training.schedule import Phase, trainable_groups
@@ -348,17 +349,14 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     reps = 3 if args.quick else 7
-    results = {"machine": machine(), "complete": False}
+    results: dict[str, Any] = {"machine": machine(), "complete": False}
 
     def stage(name: str, measure) -> None:
         t0 = time.perf_counter()
         results[name] = measure()
         record(results, OUT)
-        print(
-            f"bench: {name} done in {time.perf_counter() - t0:.0f} s ({OUT / 'bench.json'})",
-            file=sys.stderr,
-            flush=True,
-        )
+        took = f"{time.perf_counter() - t0:.0f} s"
+        print(f"bench: {name} done in {took} ({OUT / 'bench.json'})", file=sys.stderr, flush=True)
 
     def score() -> dict:
         small, large = (score_peak_rss(n) for n in ((2, 4) if args.quick else (4, 16)))
@@ -380,7 +378,13 @@ def main(argv=None) -> dict:
     stage("push_memory", lambda: {"peak_rss_mb_small": push_peak_rss(2), "peak_rss_mb_large": push_peak_rss(8)})
     stage("score", score)
     stage("prepare", lambda: prepare_run(quick=args.quick))
-    at_scale = scale_run(quick=args.quick)  # prepare and score in shares (protocell/bench/scale.py)
+
+    def scale_step(name: str, figures: dict) -> None:  # each of scale's runs recorded as it finishes
+        results.setdefault("scale_steps", {}).update(flat(figures, name))
+        record(results, OUT)
+        print(f"bench: scale {name} done ({OUT / 'bench.json'})", file=sys.stderr, flush=True)
+
+    at_scale = scale_run(quick=args.quick, step=scale_step)  # prepare and score in shares (bench/scale.py)
     results["scale"] = at_scale["scale"]
     stage("scale_screen", lambda: at_scale["at_scale"])
     if not args.quick:

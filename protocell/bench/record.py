@@ -23,6 +23,21 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def flat(figures: dict, prefix: str) -> dict:
+    """``{"merge": {"seconds": 2}, "tasks": [{"seconds": 3}]}`` → ``{"<prefix>.merge.seconds": 2,
+    "<prefix>.tasks.0.seconds": 3}``: one table row a number."""
+    out: dict = {}
+    for key, value in figures.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            out.update(flat(value, name))
+        elif isinstance(value, list):
+            out.update(flat(dict(enumerate(value)), name))
+        else:
+            out[name] = value
+    return out
+
+
 def record(results: dict, out: Path) -> None:
     """bench.json and bench.md as they stand (written after every stage, atomically: a bench stopped or
     killed mid-way keeps the figures of every stage it finished; ``complete`` says whether it ended)."""

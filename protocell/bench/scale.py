@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from protocell.bench.scale_figures import figures, screen, table
-from protocell.bench.scale_measure import ROOT, measure_prepare, measure_score, train_tiny_run
+from protocell.bench.scale_measure import ROOT, Step, _none, measure_prepare, measure_score, train_tiny_run
 from protocell.bench.scale_plate import write_plate
 
 FULL = {"wells": 96, "fields": 4, "size": 1080}
@@ -62,7 +62,10 @@ def run(
     plates: int = 20,
     nodes: int = 50,
     cores: int = 32,
+    step: Step = _none,
 ) -> dict:
+    """Generate (or reuse) the plate and measure it; ``step`` is told each measured run's figures as it
+    finishes (``make bench`` records them, so a bench stopped during ``scale`` keeps them)."""
     dims = {
         **(QUICK if quick else FULL),
         **{k: v for k, v in (("wells", wells), ("fields", fields), ("size", size)) if v is not None},
@@ -81,9 +84,10 @@ def run(
     from protocell.bench.ceiling import run as ceiling
 
     ceiling_figures = ceiling()  # what 2 processes can gain here at all, before protocell's tasks
-    p, store, quarter = measure_prepare(plate, work, env)
+    step("machine_ceiling", {"generate_seconds": generate, **ceiling_figures})
+    p, store, quarter = measure_prepare(plate, work, env, step)
     run_dir = train_tiny_run(work, env)
-    s = measure_score(run_dir, store, quarter, work, env)
+    s = measure_score(run_dir, store, quarter, work, env, step)
     f = {**figures(p, s, plate), **{f"machine_{k}": v for k, v in ceiling_figures.items()}}
     result: dict[str, Any] = {
         "machine": _machine(),

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,12 @@ from protocell.bench.prepare_bench import _WRAPPER
 from protocell.bench.scale_plate import CHANNELS
 
 ROOT = Path(__file__).resolve().parents[2]
+
+Step = Callable[[str, dict], None]  # told each measured run's figures as it finishes (make bench records them)
+
+
+def _none(name: str, figures: dict) -> None:
+    pass
 
 
 def timed(cmd: list[str], env: dict) -> dict:
@@ -93,17 +100,20 @@ def prepare_in_shares(plate: Path, plate_map: str, store: Path, logs: Path, env:
     }
 
 
-def measure_prepare(plate: Path, work: Path, env: dict) -> tuple[dict, Path, Path]:
-    """The prepare runs; returns (figures, the 2-task store, the quarter-plate store)."""
+def measure_prepare(plate: Path, work: Path, env: dict, step: Step = _none) -> tuple[dict, Path, Path]:
+    """The prepare runs; returns (figures, the 2-task store, the quarter-plate store). ``step`` is told each
+    run's figures as it finishes."""
     py = [sys.executable, "prepare.py"]
     res: dict[str, Any] = {}
     quarter = work / "store_quarter"
     res["quarter_two_tasks"] = prepare_in_shares(plate, "plate_map_quarter.csv", quarter, work / "logs_q", env)
+    step("prepare_quarter_two_tasks", res["quarter_two_tasks"])
 
     two_workers = work / "store_2w"
     res["one_task_two_workers"] = timed(
         [*py, *prepare_args(plate, "plate_map.csv", two_workers, work / "logs_2w"), "workers=2"], env
     )
+    step("prepare_one_task_two_workers", res["one_task_two_workers"])
     shutil.rmtree(two_workers)
 
     one = work / "store_1t"
@@ -117,10 +127,12 @@ def measure_prepare(plate: Path, work: Path, env: dict) -> tuple[dict, Path, Pat
         "megapixels": s1["megapixels"],
         "store_mb": disk_mb(one),
     }
+    step("prepare_one_task", res["one_task"])
 
     two = work / "store_2t"
     res["two_tasks"] = prepare_in_shares(plate, "plate_map.csv", two, work / "logs_2t", env)
     res["identical_to_one_task"] = files_digest(two) == files_digest(one)
+    step("prepare_two_tasks", {**res["two_tasks"], "identical_to_one_task": res["identical_to_one_task"]})
     shutil.rmtree(one)
     return res, two, quarter
 
@@ -175,18 +187,21 @@ def score_in_shares(py: list[str], store: Path, out: Path, logs: Path, env: dict
     return {"seconds": tasks["seconds"], "tasks": reports, "merge": merge, "cells": sum(r["cells"] for r in reports)}
 
 
-def measure_score(run: Path, store: Path, quarter: Path, work: Path, env: dict) -> dict:
+def measure_score(run: Path, store: Path, quarter: Path, work: Path, env: dict, step: Step = _none) -> dict:
     py = [sys.executable, "score.py", f"run={run}", "threads=1", "progress=false", "wandb=false"]
     res: dict[str, Any] = {
         "quarter_two_tasks": score_in_shares(py, quarter, work / "score_q", work / "logs_score_q", env)
     }
+    step("score_quarter_two_tasks", res["quarter_two_tasks"])
     one = timed([*py, f"data.path={store}", f"out={work / 'score_1t'}"], env)
     cells = len(pd.read_csv(work / "score_1t" / "score" / "cells.csv", usecols=["cell_id"]))
     res["one_task"] = {**one, "cells": cells}
+    step("score_one_task", res["one_task"])
     res["two_tasks"] = score_in_shares(py, store, work / "score_2t", work / "logs_score_2t", env)
     res["identical_to_one_task"] = all(
         (work / "score_2t" / "score" / f"{t}.csv").read_bytes()
         == (work / "score_1t" / "score" / f"{t}.csv").read_bytes()
         for t in ("cells", "wells", "treatments", "prototype_enrichment")
     )
+    step("score_two_tasks", {**res["two_tasks"], "identical_to_one_task": res["identical_to_one_task"]})
     return res

@@ -140,7 +140,30 @@ def test_a_bench_stopped_mid_way_keeps_the_stages_it_finished(monkeypatch, tmp_p
     md = (tmp_path / "bench.md").read_text()
     assert md.startswith("Partial") and "| score | whole_cells_per_s | 8 |" in md
     monkeypatch.setattr(bench, "prepare_run", lambda quick: {"seconds": 3.0})
-    monkeypatch.setattr(bench, "scale_run", lambda quick: {"scale": {"x": 1.0}, "at_scale": {"hours": 2.0}})
+    one_task = {"seconds": 40.0, "peak_rss_mb": 700.0, "tasks": [{"seconds": 20.0}], "merge": {"seconds": 2.0}}
+
+    def scale_stopped(quick, step):  # scale's runs are recorded one by one: a bench stopped in scale keeps them
+        step("prepare_one_task", one_task)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "scale_run", scale_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--quick", "--threads", "1"])
+    partial = json.loads((tmp_path / "bench.json").read_text())
+    assert partial["complete"] is False and partial["prepare"] == {"seconds": 3.0}
+    assert partial["scale_steps"] == {
+        "prepare_one_task.seconds": 40.0,
+        "prepare_one_task.peak_rss_mb": 700.0,
+        "prepare_one_task.tasks.0.seconds": 20.0,
+        "prepare_one_task.merge.seconds": 2.0,
+    }
+    assert "| scale_steps | prepare_one_task.merge.seconds | 2 |" in (tmp_path / "bench.md").read_text()
+
+    def scale_done(quick, step):
+        step("prepare_one_task", one_task)
+        return {"scale": {"x": 1.0}, "at_scale": {"hours": 2.0}}
+
+    monkeypatch.setattr(bench, "scale_run", scale_done)
     done = bench.main(["--quick", "--threads", "1"])
     assert done["complete"] is True and json.loads((tmp_path / "bench.json").read_text()) == json.loads(
         json.dumps(done)
