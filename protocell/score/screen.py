@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from protocell.data.store import cell_feature_columns
+from protocell.plate import outer_ring
 from protocell.score.export import feature_name
 from protocell.score.hits import hit_table
 from protocell.score.plates import b_scores, normalise, plate_effects, plate_qc, trends
@@ -71,6 +72,7 @@ def screen(
         wells.assign(log2_intensity=log_intensity),
         {"affected fraction": ("untrained_fraction", True), "log2 intensity": ("log2_intensity", False)},
     )
+    wells = ring_flags(wells, trend)
     hits = hit_table(wells, "normalised_fraction", "untrained_fraction", fdr)
     return wells, {"qc": qc, "plate_effects": effects, "trends": trend, "hits": hits, "plates_read_differently": reads}
 
@@ -116,3 +118,22 @@ def plates_read_differently(
             on = wells["plate"].astype(str) == str(plate)
             wells.loc[on, "flag"] = [f"{f}; {note}" if f else note for f in wells.loc[on, "flag"]]
     return wells, pd.DataFrame(rows)
+
+
+def ring_flags(wells: pd.DataFrame, trend: pd.DataFrame, measure: str = "log2 intensity") -> pd.DataFrame:
+    """Each outer-ring well of a plate whose ring is imaged differently from its inner wells (the ``trends``
+    row of the brightness flagged) says so in its flag: the plate's flag alone does not name the wells. Once
+    each cell is normalised, a dimmer well is a noisier one, and the network reads a noisier well's change as
+    weaker: on the built-in two-plate screen, ring wells at 0.7 of the gain read 0.07–0.12 low at high doses
+    after normalisation to controls that sit on the ring themselves (docs/score.md)."""
+    for t in trend[(trend["measure"] == measure) & trend["flag"]].itertuples():
+        on = (wells["plate"].astype(str) == str(t.plate)) & wells["row"].notna() & (wells["n_cells"] > 0)
+        ring = wells[on].index[outer_ring(wells[on])]
+        ratio = float(2.0 ** float(t.outer_minus_inner))
+        note = f"outer ring imaged at {ratio:.2f}× the inner wells' brightness (p = {float(t.p_value):.1g}): " + (
+            "a dimmer well is a noisier one, its fraction may read low"
+            if ratio < 1
+            else "its fraction may read unlike the inner wells'"
+        )
+        wells.loc[ring, "flag"] = [f"{f}; {note}" if f else note for f in wells.loc[ring, "flag"]]
+    return wells

@@ -206,6 +206,26 @@ def test_the_trend_check_finds_an_edge_effect_and_passes_a_plate_without_one():
     assert ring["flag"] and ring["row_effect_range"] == pytest.approx(0.1, abs=0.03)
 
 
+def test_the_wells_of_a_ring_imaged_dimmer_say_so_and_no_other_well_does():
+    """Before: the plate's trend row said its ring was dimmer, but each ring well's own flag was silent — on
+    the built-in screen the wells read 0.07–0.22 low were flagged only as 'plate read differently'."""
+    from protocell.score.screen import ring_flags
+
+    wells = _plate(0.0).assign(flag="", plate="p")
+    outer = np.isin(wells["row"], [0, 7]) | np.isin(wells["column"], [1, 12])
+    dim = wells.assign(log2_intensity=np.where(outer, np.log2(0.7), 0.0) + np.random.default_rng(2).normal(0, 0.05, 96))
+    flagged = ring_flags(dim.copy(), trends(dim, {"log2 intensity": ("log2_intensity", False)}))
+    assert (flagged["flag"] != "").to_numpy().tolist() == outer.tolist()
+    assert flagged.loc[outer, "flag"].str.contains(r"outer ring imaged at 0\.\d\d× the inner wells' brightness").all()
+    assert flagged.loc[outer, "flag"].str.contains("may read low").all()
+    even = wells.assign(log2_intensity=np.random.default_rng(2).normal(0, 0.05, 96))
+    assert (ring_flags(even.copy(), trends(even, {"log2 intensity": ("log2_intensity", False)}))["flag"] == "").all()
+    # a well flagged already keeps its flag, the ring's note added after it
+    dim.loc[outer.argmax(), "flag"] = "plate read differently"
+    both = ring_flags(dim.copy(), trends(dim, {"log2 intensity": ("log2_intensity", False)}))
+    assert both.loc[outer.argmax(), "flag"].startswith("plate read differently; outer ring imaged at")
+
+
 def test_the_plate_effect_check_is_a_kruskal_wallis_test_of_the_controls_across_plates():
     controls = pd.DataFrame(
         {"plate": ["p1"] * 4 + ["p2"] * 4, "role": "reference", "f": [0.05, 0.06, 0.04, 0.05, 0.15, 0.16, 0.14, 0.17]}
