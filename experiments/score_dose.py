@@ -47,6 +47,7 @@ TINY = [
     "data.synthetic.cells_per_field=40",
     "data.val_fraction=0.3",
     "data.batch_size=16",
+    "data.min_epoch_cells=0",
     "schedule.pretrain_epochs=60",
     "schedule.epochs=3",
     "schedule.warm_epochs=1",

@@ -186,6 +186,9 @@ class DataConfig:
     # every well brought to the blurriest and noisiest well's imaging before the network reads a cell
     # (protocell.data.levelling); off: the cells as stored
     level_imaging: bool = False
+    # an epoch goes round(min_epoch_cells / training cells) times (≥ 1) through the training cells: the
+    # schedule's epochs were set on the built-in plate (≈ 2,200 training cells); 0: once
+    min_epoch_cells: int = rule(_int(0), "an integer ≥ 0 (0: one pass an epoch)", 2000)
     seed: int = 0
     synthetic: Optional[SyntheticConfig] = None
 

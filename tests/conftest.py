@@ -45,6 +45,7 @@ TINY_DATA = {
     "bag_size": 1,
     "labels": "well",
     "level_imaging": False,
+    "min_epoch_cells": 0,
 }
 
 

@@ -198,7 +198,6 @@ def bench_train_step(backbone: str, crop: int, batch: int, repeats: int, **kw) -
 
 
 def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
-
     from protocell.data.synthetic import WellSpec, build_store
     from protocell.model.search import nearest_patches
 
@@ -227,11 +226,13 @@ def bench_data_push_inference(n_wells: int, repeats: int) -> dict:
     t_data = timed(data_pass, repeats)
     t_inf = timed(inference, repeats)
     t_push = timed(push, repeats)
+    epoch = len(dm.rows["train"]) * dm.epoch_repeats  # the cells an epoch reads (data.min_epoch_cells)
     return {
         "cells_train": len(dm.rows["train"]),
+        "cells_epoch": epoch,
         "cells_push": n_push,
-        "data_path_cells_per_s": len(dm.rows["train"]) / t_data,
-        "data_path_first_epoch_cells_per_s": len(dm.rows["train"]) / t_first,
+        "data_path_cells_per_s": epoch / t_data,
+        "data_path_first_epoch_cells_per_s": epoch / t_first,
         "inference_cells_per_s": n_push / t_inf,
         "push_seconds": t_push,
         "push_over_inference": t_push / t_inf,

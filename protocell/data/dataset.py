@@ -85,20 +85,25 @@ def zeroing_mask(mask: np.ndarray, margin: int) -> np.ndarray:
 
 
 class EpochSampler(Sampler):
-    """Shuffled indices from a generator seeded by (seed, epoch); yields (index, epoch) pairs."""
+    """Shuffled indices from a generator seeded by (seed, pass); yields (index, pass) pairs. An epoch is
+    ``repeats`` passes over the items (``data.min_epoch_cells``), pass ``epoch·repeats + r``, each with its
+    own order and augmentation; one pass (the default on a plate of the built-in size) is pass = epoch."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, int(seed), 0
+    def __init__(self, n: int, seed: int, repeats: int = 1):
+        self.n, self.seed, self.epoch, self.repeats = n, int(seed), 0, int(repeats)
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n
+        return self.n * self.repeats
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter([(int(i), self.epoch) for i in torch.randperm(self.n, generator=g)])
+        items = []
+        for p in range(self.epoch * self.repeats, (self.epoch + 1) * self.repeats):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
+            items += [(int(i), p) for i in torch.randperm(self.n, generator=g)]
+        return iter(items)
 
 
 class CellDataset(Dataset):

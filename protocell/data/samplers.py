@@ -32,10 +32,10 @@ class DistributedEpochSampler(DistributedSampler):
     """Training share of one rank: ``EpochSampler``'s (seed, epoch) permutation, padded by wrapping to
     a multiple of ``world``, then every ``world``-th item from ``rank``; yields (index, epoch) pairs."""
 
-    def __init__(self, n: int, seed: int, rank: int, world: int):
-        self.base = EpochSampler(n, seed)
+    def __init__(self, n: int, seed: int, rank: int, world: int, repeats: int = 1):
+        self.base = EpochSampler(n, seed, repeats)
         self.rank, self.num_replicas, self.epoch, self.shuffle = rank, world, 0, True
-        self.per_rank = -(-n // world)
+        self.per_rank = -(-len(self.base) // world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -53,37 +53,45 @@ class DistributedEpochSampler(DistributedSampler):
 class BagSampler(DistributedSampler):
     """Items in *bags*: runs of ``bag_size`` items from one well (``groups``: a well id per item).
 
-    Per epoch, each well's items are permuted with a generator seeded by (seed, epoch) and cut into
-    bags (a well's last < ``bag_size`` items sit the epoch out); the bags are shuffled (``shuffle``)
+    Per pass, each well's items are permuted with a generator seeded by (seed, pass) and cut into
+    bags (a well's last < ``bag_size`` items sit the pass out); the bags are shuffled (``shuffle``)
     and, under DDP, padded by wrapping to a multiple of ``world`` and dealt round-robin. A loader
-    whose batch size is a multiple of ``bag_size`` then yields whole bags. Yields (index, epoch)."""
+    whose batch size is a multiple of ``bag_size`` then yields whole bags. An epoch is ``repeats`` passes
+    (``EpochSampler``: pass ``epoch·repeats + r``; one pass, pass = epoch, by default). Yields (index, pass)."""
 
-    def __init__(self, groups, bag_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+    def __init__(
+        self, groups, bag_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1, repeats: int = 1
+    ):
         self.groups = np.asarray(groups)
-        self.bag_size, self.seed, self.shuffle = int(bag_size), int(seed), shuffle
+        self.bag_size, self.seed, self.shuffle, self.repeats = int(bag_size), int(seed), shuffle, int(repeats)
         self.rank, self.num_replicas, self.epoch = rank, world, 0
         self._order = {g: np.flatnonzero(self.groups == g) for g in sorted(set(self.groups.tolist()))}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def bags(self) -> list[np.ndarray]:
-        epoch = self.epoch if self.shuffle else 0
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        bags = []
-        for items in self._order.values():
-            items = items[torch.randperm(len(items), generator=g).numpy()] if self.shuffle else items
-            bags += [items[i : i + self.bag_size] for i in range(0, len(items) - self.bag_size + 1, self.bag_size)]
-        if self.shuffle and bags:
-            bags = [bags[i] for i in torch.randperm(len(bags), generator=g).tolist()]
+    def bags(self) -> list[tuple[int, np.ndarray]]:
+        """(pass, the bag's items) in the order this rank yields them."""
+        bags: list[tuple[int, np.ndarray]] = []
+        first = self.epoch * self.repeats if self.shuffle else 0
+        for p in range(first, first + (self.repeats if self.shuffle else 1)):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
+            passed = []
+            for items in self._order.values():
+                items = items[torch.randperm(len(items), generator=g).numpy()] if self.shuffle else items
+                passed += [
+                    (p, items[i : i + self.bag_size]) for i in range(0, len(items) - self.bag_size + 1, self.bag_size)
+                ]
+            if self.shuffle and passed:
+                passed = [passed[i] for i in torch.randperm(len(passed), generator=g).tolist()]
+            bags += passed
         if self.num_replicas > 1 and bags:
             per_rank = -(-len(bags) // self.num_replicas)
             bags = (bags + bags[: per_rank * self.num_replicas - len(bags)])[self.rank :: self.num_replicas]
         return bags
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self.bags())
+        return sum(len(b) for _, b in self.bags())
 
     def __iter__(self):
-        epoch = self.epoch if self.shuffle else 0
-        return iter([(int(i), epoch) for b in self.bags() for i in b])
+        return iter([(int(i), p) for p, b in self.bags() for i in b])

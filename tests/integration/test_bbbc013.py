@@ -102,6 +102,7 @@ def test_train_and_explain_show_the_confound_table_in_the_report(store, tmp_path
             "threads=1",
             "trainer.enable_progress_bar=false",
             "schedule.pretrain_epochs=2",
+            "data.min_epoch_cells=0",
             "schedule.epochs=3",
             "schedule.warm_epochs=1",
             "schedule.push_every=2",

@@ -59,6 +59,7 @@ def test_prepare_cli_then_train_on_the_store(tmp_path, synthetic_fields):
         f"data.path={out}",
         f"hydra.run.dir={tmp_path / 'run'}",
         "data.val_fraction=0.5",
+        "data.min_epoch_cells=0",
         "schedule.pretrain_epochs=1",
         "schedule.epochs=2",
         "schedule.warm_epochs=1",

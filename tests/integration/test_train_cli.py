@@ -23,6 +23,7 @@ TINY = [
     *TINY_WELLS,
     "data.val_fraction=0.3",
     "schedule.pretrain_epochs=1",
+    "data.min_epoch_cells=0",
     "schedule.epochs=3",
     "schedule.warm_epochs=1",
     "schedule.push_every=2",

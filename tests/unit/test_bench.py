@@ -40,8 +40,8 @@ def test_data_push_inference_bench_uses_the_default_data_handling_and_reports_bo
     fixed = iter([2.0, 0.5, 1.5])  # data pass, inference, push
     monkeypatch.setattr(bench, "timed", lambda fn, repeats: (fn(), next(fixed))[1])
     res = bench_data_push_inference(1, repeats=1)
-    n_train, n_push = res["cells_train"], res["cells_push"]
-    assert 0 < n_push <= n_train  # push: the training originals
+    n_train, n_push = res["cells_epoch"], res["cells_push"]  # an epoch's cells: passes × training cells
+    assert 0 < n_push <= res["cells_train"] <= n_train  # push: the training originals
     assert res["data_path_first_epoch_cells_per_s"] == n_train / 4.0
     assert res["data_path_cells_per_s"] == n_train / 2.0
     assert res["inference_cells_per_s"] == n_push / 0.5

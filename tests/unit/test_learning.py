@@ -198,3 +198,60 @@ def test_reference_similarity_is_the_reference_cells_largest_similarity_to_an_ex
     far = reference_similarity(d + 1e6, y, cls)
     assert 0 <= far.item() < 1e-5  # bounded: vanishes with distance
     assert reference_similarity(d, torch.tensor([1, 1, 1]), cls).item() == 0.0
+
+
+def test_an_epoch_of_several_passes_gives_each_pass_its_own_order_and_one_pass_is_the_epoch():
+    """data.min_epoch_cells: an epoch of a small plate makes several passes over its training cells, each with
+    its own order and its own augmentation stream (the pass number is what the dataset seeds them with); one
+    pass yields exactly what the samplers yielded before passes existed: pass = epoch, the same order."""
+    import torch
+
+    from protocell.data.dataset import EpochSampler
+    from protocell.data.samplers import BagSampler, DistributedEpochSampler
+
+    one = EpochSampler(10, seed=2)
+    one.set_epoch(5)
+    g = torch.Generator().manual_seed(2 * 1_000_003 + 5)
+    assert list(one) == [(int(i), 5) for i in torch.randperm(10, generator=g)]  # the order before passes
+    three = EpochSampler(10, seed=2, repeats=3)
+    three.set_epoch(5)
+    items = list(three)
+    assert len(items) == len(three) == 30 and [p for _, p in items] == [15] * 10 + [16] * 10 + [17] * 10
+    passes = [[i for i, p in items if p == q] for q in (15, 16, 17)]
+    assert all(sorted(x) == list(range(10)) for x in passes) and passes[0] != passes[1]
+    groups = np.array(["A"] * 10 + ["B"] * 7 + ["C"] * 3)
+    bags = BagSampler(groups, 4, seed=1, repeats=2)
+    bags.set_epoch(3)
+    got = list(bags)
+    assert len(got) == len(bags) == 24 and {p for _, p in got} == {6, 7}
+    single = BagSampler(groups, 4, seed=1)
+    single.set_epoch(6)
+    assert [i for i, p in got if p == 6] == [i for i, _ in single]  # a pass is the one-pass epoch of its number
+    ranks = [DistributedEpochSampler(10, seed=2, rank=r, world=2, repeats=3) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(5)
+    assert sorted(list(ranks[0]) + list(ranks[1])) == sorted(items)  # the ranks share the passes out
+
+
+def test_a_small_plate_makes_an_epoch_of_as_many_cells_as_the_built_in_plate(tiny_store, caplog):
+    """Before: the schedule counted epochs, so a plate with a third of the built-in plate's training cells got a
+    third of its optimisation (a 4-well plate at low light: true AUROC 0.78 and its fraction 0.14 low, status
+    ok; three passes an epoch: 0.94, 0.03 low)."""
+    import logging
+
+    from conftest import tiny_data
+
+    plain = tiny_data(tiny_store)
+    plain.setup()
+    n = len(plain.rows["train"])
+    assert plain.epoch_repeats == 1 and plain.split_info["epoch"] == {"training_cells": n, "passes": 1}
+    with caplog.at_level(logging.INFO, logger="protocell.data"):
+        floor = tiny_data(tiny_store, min_epoch_cells=4 * n + 1)
+        floor.setup()
+    assert floor.epoch_repeats == 4 and floor.split_info["epoch"]["passes"] == 4
+    assert f"training: {n} cells, each epoch goes through them 4 times" in caplog.text
+    loader = floor.train_dataloader()
+    assert len(loader.sampler) == 4 * n and len(floor.val_dataloader().sampler) == len(plain.val_dataloader().sampler)
+    big = tiny_data(tiny_store, min_epoch_cells=n // 2)  # a plate larger than the floor: one pass
+    big.setup()
+    assert big.epoch_repeats == 1
