@@ -11,10 +11,12 @@ sets them, protocell's own modules imported fresh, and the interpreter's exit (n
 handlers, ``SystemExit`` codes and messages, a traceback and status 1 on an uncaught exception) — without the
 module teardown a fresh interpreter would then do (≈ 1.7 s with torch loaded, and nothing a command writes).
 
-What it does not cover, and where that is tested cold: the interpreter's own start-up and third-party imports in a
-fresh process (tests/integration/test_installed_scripts.py runs the installed entry points; the kill/resume and
-signal tests and the launcher/DDP/share sweeps start real processes). ``run`` falls back to ``subprocess.run`` for
-any command that is not ``[sys.executable, script.py | -m module, …]`` or passes options it does not mirror.
+``Popen`` starts one in the background (the kill/resume and signal tests); the server forks a waiter per command and
+never waits itself, so commands run at once. What it does not cover, and where that is tested cold: the
+interpreter's own start-up and third-party imports in a fresh process (tests/integration/test_installed_scripts.py
+runs the installed entry points; the launchers and DDP start fresh processes). ``run`` falls back to
+``subprocess.run`` for any command that is not ``[sys.executable, script.py | -m module, …]`` or passes options it
+does not mirror.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 # imported once by the server: what every protocell script imports, without anything that starts a thread at
@@ -48,6 +50,7 @@ PRELOAD = (
 )
 
 _SERVER: subprocess.Popen | None = None
+_LOCK = threading.Lock()  # one request on the pipe at a time
 
 
 def _server() -> subprocess.Popen:
@@ -72,47 +75,106 @@ def _warmable(cmd) -> bool:
     return str(cmd[1]).endswith(".py")
 
 
+class Popen:
+    """``subprocess.Popen`` for a protocell script started from the warm interpreter: ``pid``, ``poll``,
+    ``wait``, ``send_signal``/``terminate``/``kill``, ``returncode`` (−N when killed by signal N). ``stdout``:
+    ``DEVNULL``, ``None`` (nothing kept), a path or an open file (written through its name); ``stderr``: the same
+    or ``STDOUT``. ``sigint_ignored``: the command starts with SIGINT ignored, as a background job of a
+    non-interactive shell does (what ``preexec_fn`` did for a fresh interpreter)."""
+
+    def __init__(self, cmd, *, cwd=None, env=None, stdout=None, stderr=None, sigint_ignored=False):
+        self.args = [str(c) for c in cmd]
+        self._tmp = tempfile.TemporaryDirectory(prefix="warm-")
+        self._rc = Path(self._tmp.name) / "rc"
+        out = _target(stdout)
+        request = {
+            "argv": self.args[1:],
+            "cwd": str(Path(cwd) if cwd is not None else Path.cwd()),
+            "env": dict(os.environ if env is None else env),
+            "out": out,
+            "err": out if stderr == subprocess.STDOUT else _target(stderr),
+            "rc": str(self._rc),
+            "sigint_ignored": bool(sigint_ignored),
+        }
+        server = _server()
+        with _LOCK:
+            server.stdin.write(json.dumps(request).encode() + b"\n")
+            server.stdin.flush()
+            self.pid = int(json.loads(server.stdout.readline())["pid"])
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._rc.exists():
+            self.returncode = int(self._rc.read_text())
+            self._tmp.cleanup()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _target(stream) -> str | None:
+    if stream is None or stream == subprocess.DEVNULL:
+        return None
+    if isinstance(stream, str | Path):
+        return str(stream)
+    if hasattr(stream, "name") and isinstance(stream.name, str):
+        stream.flush()
+        return stream.name
+    raise ValueError(f"tests/warm.py: cannot hand {stream!r} to a forked command (a path or an open file)")
+
+
 def run(cmd, *, cwd=None, env=None, capture_output=False, text=False, timeout=None, check=False, **other):
     """``subprocess.run`` for a protocell script, started from the warm interpreter (see the module's docstring)."""
     if other or not _warmable(cmd):
         return subprocess.run(
             cmd, cwd=cwd, env=env, capture_output=capture_output, text=text, timeout=timeout, check=check, **other
         )
-    cmd = [str(c) for c in cmd]
-    server = _server()
     with tempfile.TemporaryDirectory(prefix="warm-") as tmp:
         out, err = Path(tmp) / "out", Path(tmp) / "err"
-        request = {
-            "argv": cmd[1:],
-            "cwd": str(Path(cwd) if cwd is not None else Path.cwd()),
-            "env": dict(os.environ if env is None else env),
-            "out": str(out) if capture_output else None,
-            "err": str(err) if capture_output else None,
-        }
-        server.stdin.write(json.dumps(request).encode() + b"\n")
-        server.stdin.flush()
-        pid = json.loads(server.stdout.readline())["pid"]
-        ready, _, _ = select.select([server.stdout], [], [], timeout)
-        if not ready:  # like subprocess.run: kill the command (and what it started), then raise
-            for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-                try:
-                    kill()
-                except ProcessLookupError:
-                    pass
-            server.stdout.readline()
-            raise subprocess.TimeoutExpired(cmd, timeout)
-        code = json.loads(server.stdout.readline())["rc"]
+        proc = Popen(
+            cmd, cwd=cwd, env=env, stdout=out if capture_output else None, stderr=err if capture_output else None
+        )
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:  # like subprocess.run: kill the command (and what it started), raise
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.kill()
+            proc.wait()
+            raise
 
         def read(path: Path):
             if not capture_output:
                 return None
-            data = path.read_bytes()
+            data = path.read_bytes() if path.exists() else b""
             return data.decode() if text else data
 
-        proc = subprocess.CompletedProcess(cmd, code, read(out), read(err))
+        done = subprocess.CompletedProcess(proc.args, code, read(out), read(err))
     if check:
-        proc.check_returncode()
-    return proc
+        done.check_returncode()
+    return done
 
 
 def _serve() -> None:
@@ -124,6 +186,7 @@ def _serve() -> None:
     if threads != 1:
         print(f"tests/warm.py: {threads} threads after the imports; a fork would copy only one", file=sys.stderr)
         raise SystemExit(1)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the server never waits: its waiters are reaped for it
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     replies.write(b"ready\n")
     replies.flush()
@@ -131,13 +194,25 @@ def _serve() -> None:
         request = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            _child(request)  # never returns: the child exits as the interpreter would
+        r, w = os.pipe()
+        if os.fork() == 0:  # the waiter: forks the command, says its pid, writes its exit status when it ends
+            os.close(r)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                _child(request)  # never returns: the command exits as the interpreter would
+            os.write(w, f"{pid}\n".encode())
+            os.close(w)
+            _, status = os.waitpid(pid, 0)
+            rc = Path(request["rc"])
+            rc.with_suffix(".tmp").write_text(str(os.waitstatus_to_exitcode(status)))
+            rc.with_suffix(".tmp").rename(rc)
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as said:
+            pid = int(said.readline())
         replies.write(json.dumps({"pid": pid}).encode() + b"\n")
-        replies.flush()
-        _, status = os.waitpid(pid, 0)
-        replies.write(json.dumps({"rc": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
         replies.flush()
 
 
@@ -149,15 +224,21 @@ def _child(request: dict) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    opened: dict = {}  # stdout and stderr to one file share one open file (one offset), as 2>&1 does
     for fd, path in ((1, request["out"]), (2, request["err"])):
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if path else os.open(os.devnull, 1)
-        os.dup2(target, fd)
+        if path not in opened:
+            opened[path] = (
+                os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if path else os.open(os.devnull, 1)
+            )
+        os.dup2(opened[path], fd)
+    for target in opened.values():
         os.close(target)
     # what a fresh interpreter writing to files has: stdout block-buffered, stderr line-buffered, utf-8
     sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if request.get("sigint_ignored") else signal.default_int_handler)
     argv = request["argv"]
     try:
         if argv[0] == "-m":

@@ -34,10 +34,13 @@ def env_for(tmp):
     return {**os.environ, "PROTOCELL_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
 
 
-class Run(subprocess.Popen):
-    """train.py in the background, its output in a file (a pipe nobody reads could fill and block it)."""
+class Run(warm.Popen):
+    """train.py in the background (a real process, forked from the warm interpreter: tests/warm.py), its output
+    in a file (a pipe nobody reads could fill and block it); ``sigint_ignored``: started with SIGINT ignored."""
 
-    def __init__(self, run: Path, cache_dir: Path, *overrides, args=LONG, log: Path | None = None, preexec_fn=None):
+    def __init__(
+        self, run: Path, cache_dir: Path, *overrides, args=LONG, log: Path | None = None, sigint_ignored=False
+    ):
         self.log = log or run.parent / f"{run.name}.out"
         run.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "w") as fh:
@@ -47,7 +50,7 @@ class Run(subprocess.Popen):
                 env=env_for(cache_dir),
                 stdout=fh,
                 stderr=subprocess.STDOUT,
-                preexec_fn=preexec_fn,
+                sigint_ignored=sigint_ignored,
             )
 
     def finish(self, timeout: float = 400) -> str:
@@ -136,16 +139,12 @@ def test_kill_9_mid_run_then_resume_equals_the_uninterrupted_run(uninterrupted, 
     assert_same_run(uninterrupted, resumed)
 
 
-def _sigint_ignored():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job of a non-interactive shell starts
-
-
 @pytest.mark.parametrize(
     "sig,rc,ignored", [(signal.SIGINT, 130, False), (signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)]
 )
 def test_sigint_and_sigterm_stop_cleanly_and_name_the_resume_point(uninterrupted, tmp_path, sig, rc, ignored):
     run = tmp_path / "run"
-    proc = start(run, uninterrupted.parent, preexec_fn=_sigint_ignored if ignored else None)
+    proc = start(run, uninterrupted.parent, sigint_ignored=ignored)  # ignored: as a non-interactive shell's job
     ckpt = run / "checkpoints" / "last.ckpt"
     wait_for_checkpoint(proc, ckpt, 2)
     proc.send_signal(sig)

@@ -158,7 +158,7 @@ def test_a_missing_share_is_refused_by_name_and_a_killed_share_is_redone_alone(t
     images = out / ".prepare" / "images"
     share0 = {p.name: p.stat().st_mtime_ns for p in (*images.glob("*.json"), *(out / "shards").glob("*.npy"))}
     cmd = [sys.executable, "prepare.py", *args, "shards=2", "shard=1", f"hydra.run.dir={tmp_path / 'killed'}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = warm.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while len(list(images.glob("*.json"))) <= 8 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)

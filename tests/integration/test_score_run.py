@@ -778,7 +778,7 @@ def test_a_score_killed_with_sigkill_leaves_a_folder_the_next_score_removes(scor
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     before = {p.name: p.read_bytes() for p in (copy / "score").iterdir()}
-    proc = subprocess.Popen(
+    proc = warm.Popen(
         [sys.executable, "score.py", f"run={copy}", "threads=1", "progress=false", "wandb=false"],
         cwd=ROOT,
         env=ENV,

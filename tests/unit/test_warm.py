@@ -3,6 +3,7 @@ gets back must be what a fresh ``python script.py`` gives."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -69,3 +70,35 @@ def test_a_timeout_kills_the_command_and_the_next_one_runs(tmp_path):
     assert time.monotonic() - start < 30
     after = warm.run([sys.executable, str(script), "code"], cwd=tmp_path, capture_output=True, text=True)
     assert after.returncode == 3
+
+
+SIGNALLED = r"""
+import signal, sys, time
+print("sigint", "ignored" if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else "python's", flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_popen_runs_in_the_background_takes_signals_and_writes_both_streams_to_one_file(tmp_path, ignored):
+    script = tmp_path / "probe.py"
+    script.write_text(SIGNALLED)
+    logs = [tmp_path / f"{k}.out" for k in range(2)]
+    procs = []
+    for log in logs:  # two at once: the server does not wait for the first
+        with open(log, "w") as fh:
+            procs.append(
+                warm.Popen([sys.executable, str(script)], stdout=fh, stderr=subprocess.STDOUT, sigint_ignored=ignored)
+            )
+    deadline = time.monotonic() + 30
+    while not all(log.read_text().count("\n") == 2 for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in procs) and procs[0].pid != procs[1].pid
+    procs[0].send_signal(signal.SIGTERM)
+    procs[1].kill()
+    assert procs[0].wait(30) == 143 and procs[1].wait(30) == -signal.SIGKILL
+    for log in logs:
+        handler = "ignored" if ignored else "python's"
+        assert log.read_text() == f"sigint {handler}\nto stderr\n"
