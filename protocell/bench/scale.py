@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from protocell.bench.scale_figures import figures, screen, table
-from protocell.bench.scale_measure import ROOT, Step, _none, measure_prepare, measure_score, train_tiny_run
+from protocell.bench.scale_measure import ROOT, Step, measure_prepare, measure_score, no_step, train_tiny_run
 from protocell.bench.scale_plate import write_plate
 
 FULL = {"wells": 96, "fields": 4, "size": 1080}
@@ -62,7 +62,7 @@ def run(
     plates: int = 20,
     nodes: int = 50,
     cores: int = 32,
-    step: Step = _none,
+    step: Step = no_step,
 ) -> dict:
     """Generate (or reuse) the plate and measure it; ``step`` is told each measured run's figures as it
     finishes (``make bench`` records them, so a bench stopped during ``scale`` keeps them)."""

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 Step = Callable[[str, dict], None]  # told each measured run's figures as it finishes (make bench records them)
 
 
-def _none(name: str, figures: dict) -> None:
+def no_step(name: str, figures: dict) -> None:
     pass
 
 
@@ -100,7 +100,7 @@ def prepare_in_shares(plate: Path, plate_map: str, store: Path, logs: Path, env:
     }
 
 
-def measure_prepare(plate: Path, work: Path, env: dict, step: Step = _none) -> tuple[dict, Path, Path]:
+def measure_prepare(plate: Path, work: Path, env: dict, step: Step = no_step) -> tuple[dict, Path, Path]:
     """The prepare runs; returns (figures, the 2-task store, the quarter-plate store). ``step`` is told each
     run's figures as it finishes."""
     py = [sys.executable, "prepare.py"]
@@ -187,7 +187,7 @@ def score_in_shares(py: list[str], store: Path, out: Path, logs: Path, env: dict
     return {"seconds": tasks["seconds"], "tasks": reports, "merge": merge, "cells": sum(r["cells"] for r in reports)}
 
 
-def measure_score(run: Path, store: Path, quarter: Path, work: Path, env: dict, step: Step = _none) -> dict:
+def measure_score(run: Path, store: Path, quarter: Path, work: Path, env: dict, step: Step = no_step) -> dict:
     py = [sys.executable, "score.py", f"run={run}", "threads=1", "progress=false", "wandb=false"]
     res: dict[str, Any] = {
         "quarter_two_tasks": score_in_shares(py, quarter, work / "score_q", work / "logs_score_q", env)

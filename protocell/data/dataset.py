@@ -84,6 +84,12 @@ def zeroing_mask(mask: np.ndarray, margin: int) -> np.ndarray:
     return inner.astype(mask.dtype) if inner.any() else mask
 
 
+def epoch_passes(epoch: int, repeats: int) -> range:
+    """The pass numbers of an epoch of ``repeats`` passes: ``epoch·repeats … epoch·repeats + repeats − 1`` (one
+    pass: the epoch's own number). Each pass seeds its own order and augmentation."""
+    return range(epoch * repeats, (epoch + 1) * repeats)
+
+
 class EpochSampler(Sampler):
     """Shuffled indices from a generator seeded by (seed, pass); yields (index, pass) pairs. An epoch is
     ``repeats`` passes over the items (``data.min_epoch_cells``), pass ``epoch·repeats + r``, each with its
@@ -100,7 +106,7 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         items = []
-        for p in range(self.epoch * self.repeats, (self.epoch + 1) * self.repeats):
+        for p in epoch_passes(self.epoch, self.repeats):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
             items += [(int(i), p) for i in torch.randperm(self.n, generator=g)]
         return iter(items)

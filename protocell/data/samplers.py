@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from protocell.data.dataset import EpochSampler
+from protocell.data.dataset import EpochSampler, epoch_passes
 
 
 class ShardSampler(DistributedSampler):
@@ -73,8 +73,7 @@ class BagSampler(DistributedSampler):
     def bags(self) -> list[tuple[int, np.ndarray]]:
         """(pass, the bag's items) in the order this rank yields them."""
         bags: list[tuple[int, np.ndarray]] = []
-        first = self.epoch * self.repeats if self.shuffle else 0
-        for p in range(first, first + (self.repeats if self.shuffle else 1)):
+        for p in epoch_passes(self.epoch, self.repeats) if self.shuffle else (0,):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
             passed = []
             for items in self._order.values():

@@ -236,6 +236,11 @@ def b_scores(wells: pd.DataFrame, value: str) -> pd.Series:
     return out
 
 
+def on_grid(wells: pd.DataFrame) -> pd.Series:
+    """The wells a plate's position checks read: at a plate position, with cells (the ring is theirs)."""
+    return wells["row"].notna() & (wells["n_cells"] > 0)
+
+
 def trends(wells: pd.DataFrame, measures: dict[str, tuple[str, bool]]) -> pd.DataFrame:
     """Per plate and measure (display name → (column, by treatment)): each well's value minus a centre —
     with ``by treatment`` the median of its treatment's wells on the plate (treatments with ≥ 2 wells
@@ -247,7 +252,7 @@ def trends(wells: pd.DataFrame, measures: dict[str, tuple[str, bool]]) -> pd.Dat
     from scipy.stats import mannwhitneyu
 
     rows = []
-    placed = wells[wells["row"].notna() & (wells["n_cells"] > 0)]
+    placed = wells[on_grid(wells)]
     for plate, w in placed.groupby("plate", sort=True):
         reps = w.groupby("treatment")["well"].transform("count") >= 2
         edge = outer_ring(w)

@@ -16,7 +16,7 @@ from protocell.data.store import cell_feature_columns
 from protocell.plate import outer_ring
 from protocell.score.export import feature_name
 from protocell.score.hits import hit_table
-from protocell.score.plates import b_scores, normalise, plate_effects, plate_qc, trends
+from protocell.score.plates import b_scores, normalise, on_grid, plate_effects, plate_qc, trends
 from protocell.score.tables import well_key, well_readouts
 
 # the network's readouts in the QC table (names as in well_table.csv) → the control wells' column
@@ -127,7 +127,7 @@ def ring_flags(wells: pd.DataFrame, trend: pd.DataFrame, measure: str = "log2 in
     weaker: on the built-in two-plate screen, ring wells at 0.7 of the gain read 0.07–0.12 low at high doses
     after normalisation to controls that sit on the ring themselves (docs/score.md)."""
     for t in trend[(trend["measure"] == measure) & trend["flag"]].itertuples():
-        on = (wells["plate"].astype(str) == str(t.plate)) & wells["row"].notna() & (wells["n_cells"] > 0)
+        on = (wells["plate"].astype(str) == str(t.plate)) & on_grid(wells)
         ring = wells[on].index[outer_ring(wells[on])]
         ratio = float(2.0 ** float(t.outer_minus_inner))
         note = f"outer ring imaged at {ratio:.2f}× the inner wells' brightness (p = {float(t.p_value):.1g}): " + (
