@@ -480,3 +480,14 @@ def test_explain_refuses_a_run_config_outside_the_schema(tiny_run, tmp_path, edi
         proc = explain_cli(run)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert message in proc.stderr and str(run / "config.yaml") in proc.stderr, proc.stderr[-2000:]
+
+
+def test_score_reads_an_eight_view_run_as_its_own_predictions(tiny_run):
+    """score.py reads each cell in the run's 8 orientations, as its predictions did (score's own tests use
+    a one-view run: an eighth of the network passes)."""
+    from protocell.score import score_store
+
+    cells = score_store(tiny_run, progress=False).set_index("cell_id")
+    preds = pd.read_csv(tiny_run / "test_predictions.csv").set_index("cell_id")
+    assert load_run(tiny_run).views == 8
+    assert np.allclose(cells.loc[preds.index, "score"], preds["score"], atol=1e-2)
