@@ -129,9 +129,13 @@ class CellDataset(Dataset):
         margin: int = 0,
         labels: np.ndarray | None = None,
         levelling=None,
+        reimage=None,
     ):
         """``labels``: one per row, instead of the manifest's well labels (``data.labels=truth``);
-        ``levelling``: a ``levelling.LevellingPlan`` applied to every crop (``data.level_imaging``)."""
+        ``levelling``: a ``levelling.LevellingPlan`` applied to every crop (``data.level_imaging``);
+        ``reimage``: ``(crop (C, H, W) float32 in the store's units, mask, cell_id) → crop``, a change of
+        imaging applied after the levelling and before the normalisation, as a camera's would be
+        (``protocell.diagnostics.imaging``)."""
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.channels = list(channels)
@@ -143,6 +147,7 @@ class CellDataset(Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.per_cell = per_cell
+        self.reimage = reimage
         # per-cell (lo, hi) of each item, filled lazily (NaN: not yet computed); 16 bytes per cell and channel
         self._cell_range = np.full((len(self.rows), 2, len(self.channels)), np.nan, np.float32) if per_cell else None
         self.photometric = photometric if (augment and photometric) else None
@@ -178,6 +183,8 @@ class CellDataset(Dataset):
             if np.isnan(self._level_range[i, 0, 0]):  # the blurred cell's range: once, then reused
                 self._level_range[i] = blurred_range(blurred, raw_mask)
             stored = add_noise(blurred, self.level[1][i], draw, self._level_range[i])
+        if self.reimage is not None:
+            stored = self.reimage(stored.astype(np.float32), raw_mask, int(self.cell_ids[i]))
         crop = torch.from_numpy(stored.astype(np.float32))
         mask = torch.from_numpy(raw_mask.astype(np.float32))[None]
         keep = torch.from_numpy(zeroing_mask(raw_mask, self.margin).astype(np.float32))[None] if self.margin else mask

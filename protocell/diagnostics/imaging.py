@@ -1,6 +1,9 @@
-"""The imaging intervention: held-out cells re-imaged a little differently (noise doubled or halved in
-variance, focus softened or sharpened) and re-scored; the reference fraction must not rise (the package's
-doc)."""
+"""The imaging intervention: held-out cells re-imaged a little differently and re-scored; the reference
+fraction must not rise (the package's doc). Six changes: on the network's input, pixel noise doubled or
+halved in variance and focus softened or sharpened; on the stored image before the run's normalisation,
+the camera's noise variance ×1.25 or ÷1.25 (±20 % of exposure). The two noise models read different
+networks: one that read camera noise through the per-cell normalisation moved only under the camera
+changes, two that read cleanliness on the input only under the input's (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ from protocell.diagnostics.base import MIN_CELLS, check
 
 IMAGING = 0.10  # rise of the reference fraction when its cells are imaged a little differently
 FOCUS = 0.35  # px: the Gaussian blur added ("softer") or removed ("sharper") by the focus changes
+# the share by which the camera changes raise (×1.25) or lower (÷1.25) a cell's noise variance: what ±20 % of
+# exposure or gain between wells does to the shot noise a cell shows after per-cell normalisation
+NOISE = 0.25
 
 
 def imaging_stats(image, mask) -> np.ndarray:
@@ -70,9 +76,10 @@ def sharper(x, sigma: float):
     return out[:, pad:-pad, pad:-pad].to(x.dtype)
 
 
-def less_noise(x, sd):
-    """(C, H, W), each channel's white pixel-noise SD ``sd`` (C,) → the image with that noise's variance
-    about halved, the mirror of "noise doubled in variance": a spectral-subtraction estimate of the signal
+def less_noise(x, sd, keep: float = 1 / math.sqrt(2)):
+    """(C, H, W), each channel's white pixel-noise SD ``sd`` (C,) → the image with that noise's SD scaled
+    by about ``keep`` (by default its variance halved, the mirror of "noise doubled in variance"): a
+    spectral-subtraction estimate of the signal
     (each frequency's power, smoothed over 3 × 3 neighbours, less twice the noise's: the usual
     over-subtraction, without which the noise's own fluctuations keep a share of it) plus the residual
     scaled by 1/√2. Where noise dominates (the high frequencies ``imaging_stats`` reads) its variance is
@@ -88,17 +95,54 @@ def less_noise(x, sd):
     power = F.avg_pool2d(F.pad((spec.abs() ** 2)[None], (1, 1, 1, 1), mode="circular"), 3, stride=1)[0]
     noise = torch.as_tensor(np.asarray(sd), dtype=torch.float64).view(-1, 1, 1) ** 2 * big.shape[-1] * big.shape[-2]
     signal = torch.fft.ifft2((1 - 2 * noise / power.clamp_min(1e-30)).clamp(0, 1) * spec).real
-    out = signal + (big - signal) / math.sqrt(2)
+    out = signal + (big - signal) * keep
     return out[:, pad:-pad, pad:-pad].to(x.dtype)
 
 
-class _Imaged:
-    """Held-out cells as the network sees them, with an imaging change applied before the background is
-    zeroed (as the training augmentation is): ``noise`` (C,) Gaussian SD added (each cell's noise from its
-    own seeded generator), ``quiet`` (C,) the noise SD whose variance ``less_noise`` halves, ``blur`` σ in
-    px of a Gaussian blur, ``sharpen`` σ in px of one undone (``sharper``)."""
+class _Reimaged:
+    """A change of imaging: ``noise`` adds white Gaussian noise that raises the noise variance by that share
+    (1: doubled; each cell's noise from its own seeded generator), ``quiet`` divides it by 1 + ``quiet``
+    (``less_noise``), ``blur`` σ px blurs, ``sharpen`` σ px undoes a blur (``sharper``).
 
-    def __init__(self, dm, rows, noise=None, blur: float = 0.0, quiet=None, sharpen: float = 0.0):
+    ``camera=True``: made on the stored image (the camera's units, after any levelling) before the run's
+    normalisation, as another exposure would make it, with each cell's own noise SD (``imaging_stats`` on
+    its crop). With per-cell normalisation this is not the same as noise on the normalised image: more
+    camera noise also lowers the cell's 1st percentile, so its dark parts come out brighter.
+    ``camera=False``: made on the network's input (normalised) with the condition's median noise SD."""
+
+    def __init__(
+        self, noise: float = 0.0, quiet: float = 0.0, blur: float = 0.0, sharpen: float = 0.0, camera: bool = False
+    ):
+        self.noise, self.quiet, self.blur, self.sharpen = float(noise), float(quiet), float(blur), float(sharpen)
+        self.camera = camera
+
+    def __call__(self, crop: np.ndarray, mask: np.ndarray, cell_id: int, sd=None) -> np.ndarray:
+        import torch
+        from torchvision.transforms.functional import gaussian_blur
+
+        x = torch.from_numpy(crop)
+        if self.blur > 0.05:
+            k = 2 * int(np.ceil(3 * self.blur)) + 1
+            x = gaussian_blur(x, [k, k], [self.blur, self.blur])
+        if self.sharpen > 0.05:
+            x = sharper(x, self.sharpen)
+        if self.noise or self.quiet:
+            sd = np.nan_to_num(imaging_stats(crop, mask)[:, 0]) if sd is None else np.asarray(sd, np.float64)
+            if self.quiet:
+                x = less_noise(x, sd, keep=1 / math.sqrt(1 + self.quiet))
+            if self.noise:
+                g = torch.Generator().manual_seed(int(cell_id))
+                add = math.sqrt(self.noise) * torch.as_tensor(sd, dtype=x.dtype).view(-1, 1, 1)
+                x = x + add * torch.randn(x.shape, generator=g)
+        return x.numpy()
+
+
+class _Imaged:
+    """Held-out cells as the network sees them (the run's levelling and normalisation), re-imaged by
+    ``change`` if given (``sd``: the noise SD of a change on the network's input); the background is zeroed
+    here, after any change (as the training augmentation is)."""
+
+    def __init__(self, dm, rows, change: _Reimaged | None = None, sd=None):
         import torch
 
         from protocell.data.dataset import CellDataset, zeroing_mask
@@ -114,35 +158,27 @@ class _Imaged:
             False,
             dm.seed,
             per_cell=dm.normalize == "cell",
+            levelling=getattr(dm, "levelling", None),
+            reimage=change if change is not None and change.camera else None,
         )
+        self.after = change if change is not None and not change.camera else None
+        self.sd = sd
         self.keep = lambda m: (
             torch.from_numpy(zeroing_mask(m, dm.zero_margin).astype(np.float32))
             if dm.zero_margin
             else torch.from_numpy(m.astype(np.float32))
         )
         self.zero = bool(dm.zero_background)
-        self.noise = None if noise is None else torch.as_tensor(np.asarray(noise), dtype=torch.float32).view(-1, 1, 1)
-        self.quiet = None if quiet is None else np.asarray(quiet, dtype=np.float64)
-        self.blur, self.sharpen = float(blur), float(sharpen)
 
     def __len__(self):
         return len(self.ds)
 
     def __getitem__(self, i):
         import torch
-        from torchvision.transforms.functional import gaussian_blur
 
         x, m, y, cell_id = self.ds[i]
-        if self.blur > 0.05:
-            k = 2 * int(np.ceil(3 * self.blur)) + 1
-            x = gaussian_blur(x, [k, k], [self.blur, self.blur])
-        if self.sharpen > 0.05:
-            x = sharper(x, self.sharpen)
-        if self.quiet is not None:
-            x = less_noise(x, self.quiet)
-        if self.noise is not None:
-            g = torch.Generator().manual_seed(int(cell_id))
-            x = x + self.noise * torch.randn(x.shape, generator=g)
+        if self.after is not None:
+            x = torch.from_numpy(self.after(x.numpy(), m[0].numpy(), cell_id, self.sd))
         if self.zero:
             x = x * self.keep(m[0].numpy() > 0)[None]
         return x, m, y, cell_id
@@ -182,13 +218,13 @@ def fraction_of(module, cells, fit: dict) -> float:
     return mixture_fraction(reference_lr(_scores(module, cells), fit))
 
 
-CHANGES: dict[
-    str, tuple[str, dict[str, float | str]]
-] = {  # name: (what it is, _Imaged's argument: "sd" is the condition's own median noise SD)
-    "more_noise": ("pixel noise doubled in variance", {"noise": "sd"}),
-    "less_noise": ("pixel noise halved in variance", {"quiet": "sd"}),
-    "softer_focus": (f"focus softened by {FOCUS} px", {"blur": FOCUS}),
-    "sharper_focus": (f"focus sharpened by {FOCUS} px", {"sharpen": FOCUS}),
+CHANGES: dict[str, tuple[str, _Reimaged]] = {  # name: (what it is, the change)
+    "more_noise": ("pixel noise doubled in variance", _Reimaged(noise=1.0)),
+    "less_noise": ("pixel noise halved in variance", _Reimaged(quiet=1.0)),
+    "softer_focus": (f"focus softened by {FOCUS} px", _Reimaged(blur=FOCUS)),
+    "sharper_focus": (f"focus sharpened by {FOCUS} px", _Reimaged(sharpen=FOCUS)),
+    "less_light": (f"the camera's noise variance ×{1 + NOISE:g}", _Reimaged(noise=NOISE, camera=True)),
+    "more_light": (f"the camera's noise variance ÷{1 + NOISE:g}", _Reimaged(quiet=NOISE, camera=True)),
 }
 
 
@@ -196,10 +232,10 @@ def imaging_sensitivity(
     module, dm, held: pd.DataFrame, fit: dict, class_names: list[str], max_cells: int = 1000, seed: int = 0
 ) -> dict:
     """Each condition's affected fraction when its held-out cells are re-imaged a little differently
-    (``CHANGES``: noise doubled or halved in variance — the noise SD each condition's cells show,
-    measured by ``imaging_stats`` — and focus softened or sharpened by ``FOCUS`` px); fires when the
-    reference's rises by more than ``IMAGING`` (module doc). ``held``: held-out cells (cell_id,
-    condition)."""
+    (``CHANGES``: on the network's input the condition's median noise SD — measured by ``imaging_stats`` —
+    doubled or halved in variance and focus softened or sharpened by ``FOCUS`` px; on the stored image each
+    cell's own noise variance raised or lowered by ``NOISE``); fires when the reference's rises by more than
+    ``IMAGING`` (module doc). ``held``: held-out cells (cell_id, condition)."""
     ref, exp = class_names[0], class_names[-1]
     rows = held_rows(dm, held, (ref, exp), max_cells, np.random.default_rng(seed))
     noise = {}
@@ -221,8 +257,8 @@ def imaging_sensitivity(
     if min(len(rows[ref]), len(rows[exp])) < MIN_CELLS:
         return check(None, IMAGING, False, "too few held-out cells of a condition")
 
-    def fraction(cond: str, **change) -> float:
-        return fraction_of(module, _Imaged(dm, rows[cond], **change), fit)
+    def fraction(cond: str, change: _Reimaged | None = None) -> float:
+        return fraction_of(module, _Imaged(dm, rows[cond], change, noise[cond]), fit)
 
     shifts: dict[str, dict[str, float]] = {}
     why: list[str] = []
@@ -230,7 +266,7 @@ def imaging_sensitivity(
         base = fraction(cond)
         parts = []
         for name, (said, change) in CHANGES.items():
-            moved = fraction(cond, **{k: noise[cond] if v == "sd" else v for k, v in change.items()})
+            moved = fraction(cond, change)
             shifts[f"{cond}/{name}"] = {"from": base, "to": moved, "change": moved - base}
             parts.append(f"{moved:.3f} with {said}")
         why.append(f"{cond} {base:.3f} → " + ", ".join(parts))

@@ -195,7 +195,9 @@ def test_imaging_stats_measure_noise_and_focus():
 
 class NoiseReader(__import__("torch").nn.Module):
     """A network whose exposed score rises with the pixel noise of the crop (what a network that reads
-    imaging instead of cells does), or, with ``k = 0``, ignores it."""
+    imaging instead of cells does), or, with ``k = 0``, ignores it and reads the cell's size only (which
+    no imaging change touches: an intensity after per-cell normalisation moves with the noise, since the
+    noise moves the cell's percentiles)."""
 
     def __init__(self, k: float, centre: float = 0.0):
         super().__init__()
@@ -203,22 +205,22 @@ class NoiseReader(__import__("torch").nn.Module):
         self.views = 1  # read as cropped
 
     @staticmethod
-    def rough(x, m):
-        return (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1)
+    def rough(x, m):  # second differences: the pixel noise, little of the cell's structure
+        return (x[:, :, 2:, :] - 2 * x[:, :, 1:-1, :] + x[:, :, :-2, :]).abs().sum((1, 2, 3)) / m.sum(
+            (1, 2, 3)
+        ).clamp_min(1)
 
     def scores(self, x, m):
         import torch
 
-        z = self.k * (self.rough(x, m) / self.centre - 1) * 20 + 2 * (
-            x.sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1) - 0.3
-        )
+        z = self.k * (self.rough(x, m) / self.centre - 1) * 20 + (m.sum((1, 2, 3)) / 400 - 1)
         return torch.stack([-z / 2, z / 2], 1), None
 
 
 @pytest.fixture(scope="module")
 def imaged_apart(tmp_path_factory):
-    """A small plate whose exposed wells were imaged with far more light than its reference wells (gain
-    1–1.9 against 0.1–1): after per-cell normalisation the reference cells are the noisier."""
+    """A small plate whose exposed wells were imaged with more light than its reference wells (gain 1–1.3
+    against 0.7–1, as on another day): after per-cell normalisation the reference cells are the noisier."""
     from protocell.data.synthetic import WellSpec, build_store
 
     return build_store(
@@ -229,7 +231,7 @@ def imaged_apart(tmp_path_factory):
             field_size=192,
             cells_per_field=12,
             seed=3,
-            well_effects={"gain": 0.9, "align": 1.0},
+            well_effects={"gain": 0.3, "align": 1.0},
         ),
     )
 
@@ -244,25 +246,32 @@ def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_
     cells = dm.store.manifest[dm.store.manifest["label"] >= 0]
     held = pd.DataFrame({"cell_id": cells["cell_id"], "condition": cells["condition"]})
     fit = toy_reference_fit()  # affected cells score high
-    plain = _Imaged(dm, np.flatnonzero(dm.store.manifest["label"].to_numpy() >= 0))
-    centre = float(
-        np.median([NoiseReader.rough(x[None], m[None]).item() for x, m, _, _ in (plain[i] for i in range(60))])
-    )
+    # each toy network's boundary passes through its reference cells' median noise, as the network that read
+    # read noise on a random plate had it (docs/method.md): a little more or less noise moves them across
+    centre = {}
+    for cond in ("Ref", "Exp"):
+        plain = _Imaged(dm, np.flatnonzero(dm.store.manifest["condition"].to_numpy() == cond)[:60])
+        centre[cond] = float(np.median([NoiseReader.rough(x[None], m[None]).item() for x, m, _, _ in plain]))
     # the Ref wells had less light: their cells are the noisier after per-cell normalisation
+    assert centre["Ref"] > centre["Exp"]
     # a network that calls clean cells affected: the (noisy) reference cells made cleaner look affected
-    clean = imaging_sensitivity(NoiseReader(-3.0, centre), dm, held, fit, ["Ref", "Exp"], max_cells=80)
+    clean = imaging_sensitivity(NoiseReader(-3.0, centre["Ref"]), dm, held, fit, ["Ref", "Exp"], max_cells=80)
     assert clean["noise_sd"]["Ref"][0] > clean["noise_sd"]["Exp"][0]
-    assert clean["fires"] and clean["value"] == clean["shifts"]["Ref/less_noise"]["change"] > 0.10, clean["why"]
-    assert "pixel noise halved" in clean["why"]
+    rises = {k: clean["shifts"][f"Ref/{k}"]["change"] for k in ("less_noise", "more_light")}
+    assert clean["fires"] and clean["value"] == max(rises.values()) and min(rises.values()) > 0.10, clean["why"]
+    assert "pixel noise halved in variance" in clean["why"] and "the camera's noise variance ÷1.25" in clean["why"]
     # a network that calls noisy cells affected, with the clean (Exp-labelled) wells as its reference:
     # those cells given more noise look affected
-    noisy = imaging_sensitivity(NoiseReader(3.0, centre), dm, held, fit, ["Exp", "Ref"], max_cells=80)
-    assert noisy["fires"] and noisy["value"] == noisy["shifts"]["Exp/more_noise"]["change"] > 0.10, noisy["why"]
-    # a network that reads the cells' intensity only: no imaging change moves the reference
-    ignores = imaging_sensitivity(NoiseReader(0.0, centre), dm, held, fit, ["Ref", "Exp"], max_cells=80)
+    noisy = imaging_sensitivity(NoiseReader(3.0, centre["Exp"]), dm, held, fit, ["Exp", "Ref"], max_cells=80)
+    rises = {k: noisy["shifts"][f"Exp/{k}"]["change"] for k in ("more_noise", "less_light")}
+    assert noisy["fires"] and noisy["value"] == max(rises.values()) and min(rises.values()) > 0.10, noisy["why"]
+    # a network that reads the cells' size only: no imaging change moves the reference
+    ignores = imaging_sensitivity(NoiseReader(0.0, centre["Ref"]), dm, held, fit, ["Ref", "Exp"], max_cells=80)
     assert not ignores["fires"] and abs(ignores["value"]) < 0.05, ignores["why"]
     assert set(ignores["shifts"]) == {
-        f"{c}/{k}" for c in ("Ref", "Exp") for k in ("more_noise", "less_noise", "softer_focus", "sharper_focus")
+        f"{c}/{k}"
+        for c in ("Ref", "Exp")
+        for k in ("more_noise", "less_noise", "softer_focus", "sharper_focus", "less_light", "more_light")
     }
 
 
@@ -296,3 +305,47 @@ def test_the_imaging_changes_are_mirrors_of_each_other():
             assert 0.65 < imaging_stats(quiet.numpy(), mask)[0, 0] / before < 0.85
             inside = mask > 0
             assert np.abs(quiet[0].numpy() - signal)[inside].mean() < np.abs(noisy[0].numpy() - signal)[inside].mean()
+
+
+def test_the_imaging_changes_act_on_the_camera_image_before_the_normalisation(imaged_apart):
+    """``CellDataset``'s ``reimage`` runs on the stored crop before the normalisation: a change of gain
+    and offset there leaves a per-cell-normalised cell exactly as it was (and not a dataset-normalised
+    one). ``_Reimaged`` doubles or halves the variance of each cell's own camera noise, so a cell's
+    noise as the network sees it moves by about √2 either way — and with per-cell normalisation more
+    noise also lowers the cell's 1st percentile, which lifts its dark parts (what a noisier camera does,
+    and the same noise added to the normalised image does not)."""
+    import torch
+    from conftest import tiny_data
+
+    from protocell.data.dataset import CellDataset
+    from protocell.diagnostics.imaging import _Imaged, _Reimaged, imaging_stats
+
+    dm = tiny_data(imaged_apart, normalize="cell", zero_background=True, zero_margin=2, val_fraction=0.0, seed=0)
+    dm.setup()
+    rows = np.flatnonzero(dm.store.manifest["label"].to_numpy() >= 0)[:40]
+
+    def items(per_cell, reimage=None):
+        ds = CellDataset(
+            dm.store, rows, dm.channel_index, dm.crop_size, dm.norm_lo, dm.norm_hi, per_cell=per_cell, reimage=reimage
+        )
+        return torch.stack([ds[i][0] for i in range(len(ds))])
+
+    brighter = lambda crop, mask, cell_id: 3 * crop + 50  # noqa: E731
+    assert torch.allclose(items(True, brighter), items(True), atol=1e-5)
+    assert not torch.allclose(items(False, brighter), items(False), atol=1e-2)
+
+    def noise_and_dark(reimage=None):
+        cells = _Imaged(dm, rows, reimage)
+        sd, dark = [], []
+        for x, m, _, _ in (cells.ds[i] for i in range(len(cells))):
+            sd.append(imaging_stats(x.numpy(), m[0].numpy())[0, 0])
+            dark.append(float(np.quantile(x[0][m[0] > 0].numpy(), 0.1)))
+        return np.median(sd), np.median(dark)
+
+    (plain, dark), (more, dark_more), (less, _) = (
+        noise_and_dark(),
+        noise_and_dark(_Reimaged(noise=1.0, camera=True)),
+        noise_and_dark(_Reimaged(quiet=1.0, camera=True)),
+    )
+    assert 1.25 < more / plain < 1.6 and 0.6 < less / plain < 0.9, (plain, more, less)
+    assert dark_more > dark  # the 1st percentile fell further than the dark parts
