@@ -15,15 +15,14 @@ is also beyond sampling noise (false-alarm rates measured on the robustness matr
   than cells of wells never trained on (> 0.05 and beyond 1.96 standard errors): the network
   recognises the wells it trained on. Only where both kinds of held-out cells exist
   (``data.split_by=image``).
-- ``imaging_sensitivity``: the held-out cells of each condition re-imaged a little differently, both
-  ways on two axes — pixel noise variance ×1.25 or ÷1.25 (±20 % of exposure), focus softened or
-  sharpened by 0.35 px, each made on the stored image (after any levelling) before the run's
-  normalisation, as another exposure or focus would make it — and re-scored. It fires when the
-  **reference** cells' affected fraction rises by more than 0.10 under any of the four: a different
-  image of an unaffected cell is still an unaffected cell, so no imaging change can give reference
-  cells the exposed state's evidence — a network that finds it there reads imaging, and a reference
-  well imaged that way would be called affected. The exposed cells'
-  shifts are recorded but do not fire: a worse image can erase real evidence (an exposed fraction
+- ``imaging_sensitivity``: the held-out cells of each condition re-imaged a little differently and
+  re-scored: on the network's input, pixel noise doubled or halved in variance and focus softened or
+  sharpened by 0.35 px; on the stored image before the run's normalisation, the camera's noise variance
+  ×1.25 or ÷1.25 (±20 % of exposure). It fires when the **reference** cells' affected fraction rises by
+  more than 0.10 under any of the six: a different image of an unaffected cell is still an unaffected
+  cell, so no imaging change can give reference cells the exposed state's evidence — a network that
+  finds it there reads imaging, and a reference well imaged that way would be called affected. The
+  exposed cells' shifts are recorded but do not fire: a worse image can erase real evidence (an exposed fraction
   falling under noise is what a network that reads the cells does too: 0.05–0.19 on runs that met every
   bar), and with both directions on each axis a network that reads an imaging difference in either
   polarity moves the reference one way or the other. An intervention, not a correlation: it needs no
