@@ -158,7 +158,7 @@ class _Imaged:
             False,
             dm.seed,
             per_cell=dm.normalize == "cell",
-            levelling=getattr(dm, "levelling", None),
+            levelling=dm.levelling,
             reimage=change if change is not None and change.camera else None,
         )
         self.after = change if change is not None and not change.camera else None
