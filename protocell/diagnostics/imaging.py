@@ -19,6 +19,9 @@ FOCUS = 0.35  # px: the Gaussian blur added ("softer") or removed ("sharper") by
 # the share by which the camera changes raise (×1.25) or lower (÷1.25) a cell's noise variance: what ±20 % of
 # exposure or gain between wells does to the shot noise a cell shows after per-cell normalisation
 NOISE = 0.25
+SPECTRUM_EDGES = np.linspace(0.0, 0.5, 26)  # radial frequency bins (cycles / px), as imaging levelling reads blur
+HALF_NOISE = 1 / math.sqrt(2)  # the SD kept when the noise variance is halved
+SHARPEN_FLOOR = 0.25  # the smallest blur response ``sharper`` inverts: a gain of at most 4 at any frequency
 
 
 def imaging_stats(image, mask) -> np.ndarray:
@@ -65,21 +68,22 @@ def _blur_response(sigma: float, n: int):
 
 def sharper(x, sigma: float):
     """(C, H, W) → the image with a ``gaussian_blur`` of σ = ``sigma`` px undone (the inverse filter of
-    that kernel, bounded: its response at σ = 0.35 never falls below 0.87), reflect-padded so the crop's
+    that kernel, its gain bounded by 1 / ``SHARPEN_FLOOR``: at σ = 0.35 the response never falls below 0.76,
+    so the bound only acts on the larger σ a plate's own cameras can ask for), reflect-padded so the crop's
     edges do not wrap: the mirror of "focus softened by σ"."""
     import torch
 
     pad = 8
     big = _reflect_pad(x.double(), pad)
-    gain = 1.0 / (_blur_response(sigma, big.shape[-2])[:, None] * _blur_response(sigma, big.shape[-1])[None, :])
-    out = torch.fft.ifft2(torch.fft.fft2(big) * gain).real
+    response = _blur_response(sigma, big.shape[-2])[:, None] * _blur_response(sigma, big.shape[-1])[None, :]
+    out = torch.fft.ifft2(torch.fft.fft2(big) / response.clamp_min(SHARPEN_FLOOR)).real
     return out[:, pad:-pad, pad:-pad].to(x.dtype)
 
 
-def less_noise(x, sd, keep: float = 1 / math.sqrt(2)):
+def less_noise(x, sd, keep: float | np.ndarray = HALF_NOISE):
     """(C, H, W), each channel's white pixel-noise SD ``sd`` (C,) → the image with that noise's SD scaled
-    by about ``keep`` (by default its variance halved, the mirror of "noise doubled in variance"): a
-    spectral-subtraction estimate of the signal
+    by about ``keep`` (a number or one a channel; by default its variance halved, the mirror of "noise
+    doubled in variance"): a spectral-subtraction estimate of the signal
     (each frequency's power, smoothed over 3 × 3 neighbours, less twice the noise's: the usual
     over-subtraction, without which the noise's own fluctuations keep a share of it) plus the residual
     scaled by 1/√2. Where noise dominates (the high frequencies ``imaging_stats`` reads) its variance is
@@ -95,14 +99,17 @@ def less_noise(x, sd, keep: float = 1 / math.sqrt(2)):
     power = F.avg_pool2d(F.pad((spec.abs() ** 2)[None], (1, 1, 1, 1), mode="circular"), 3, stride=1)[0]
     noise = torch.as_tensor(np.asarray(sd), dtype=torch.float64).view(-1, 1, 1) ** 2 * big.shape[-1] * big.shape[-2]
     signal = torch.fft.ifft2((1 - 2 * noise / power.clamp_min(1e-30)).clamp(0, 1) * spec).real
-    out = signal + (big - signal) * keep
+    kept = torch.as_tensor(np.broadcast_to(np.asarray(keep, np.float64), (x.shape[0],)).copy()).view(-1, 1, 1)
+    out = signal + (big - signal) * kept
     return out[:, pad:-pad, pad:-pad].to(x.dtype)
 
 
 class _Reimaged:
     """A change of imaging: ``noise`` adds white Gaussian noise that raises the noise variance by that share
     (1: doubled; each cell's noise from its own seeded generator), ``quiet`` divides it by 1 + ``quiet``
-    (``less_noise``), ``blur`` σ px blurs, ``sharpen`` σ px undoes a blur (``sharper``).
+    (``less_noise``), ``blur`` σ px blurs, ``sharpen`` σ px undoes a blur (``sharper``); each a number or
+    one a channel. The noise is read after any blur or sharpening, so it is raised or lowered from what the
+    changed focus left.
 
     ``camera=True``: made on the stored image (the camera's units, after any levelling) before the run's
     normalisation, as another exposure would make it, with each cell's own noise SD (``imaging_stats`` on
@@ -110,29 +117,39 @@ class _Reimaged:
     camera noise also lowers the cell's 1st percentile, so its dark parts come out brighter.
     ``camera=False``: made on the network's input (normalised) with the condition's median noise SD."""
 
-    def __init__(
-        self, noise: float = 0.0, quiet: float = 0.0, blur: float = 0.0, sharpen: float = 0.0, camera: bool = False
-    ):
-        self.noise, self.quiet, self.blur, self.sharpen = float(noise), float(quiet), float(blur), float(sharpen)
+    def __init__(self, noise=0.0, quiet=0.0, blur=0.0, sharpen=0.0, camera: bool = False):
+        self.noise, self.quiet, self.blur, self.sharpen = (
+            np.atleast_1d(np.asarray(v, np.float64)) for v in (noise, quiet, blur, sharpen)
+        )
         self.camera = camera
 
     def __call__(self, crop: np.ndarray, mask: np.ndarray, cell_id: int, sd=None) -> np.ndarray:
         import torch
         from torchvision.transforms.functional import gaussian_blur
 
+        C = crop.shape[0]
+        noise, quiet, blur, sharpen = (
+            np.broadcast_to(v, (C,)) for v in (self.noise, self.quiet, self.blur, self.sharpen)
+        )
         x = torch.from_numpy(crop)
-        if self.blur > 0.05:
-            k = 2 * int(np.ceil(3 * self.blur)) + 1
-            x = gaussian_blur(x, [k, k], [self.blur, self.blur])
-        if self.sharpen > 0.05:
-            x = sharper(x, self.sharpen)
-        if self.noise or self.quiet:
-            sd = np.nan_to_num(imaging_stats(crop, mask)[:, 0]) if sd is None else np.asarray(sd, np.float64)
-            if self.quiet:
-                x = less_noise(x, sd, keep=1 / math.sqrt(1 + self.quiet))
-            if self.noise:
+        if (blur > 0.05).any() or (sharpen > 0.05).any():
+            planes = []
+            for c in range(C):
+                plane = x[c : c + 1]
+                if blur[c] > 0.05:
+                    k = 2 * int(np.ceil(3 * blur[c])) + 1
+                    plane = gaussian_blur(plane, [k, k], [float(blur[c])] * 2)
+                if sharpen[c] > 0.05:
+                    plane = sharper(plane, float(sharpen[c]))
+                planes.append(plane)
+            x = torch.cat(planes)
+        if noise.any() or quiet.any():
+            sd = np.nan_to_num(imaging_stats(x.numpy(), mask)[:, 0]) if sd is None else np.asarray(sd, np.float64)
+            if quiet.any():
+                x = less_noise(x, sd, keep=1 / np.sqrt(1 + quiet))
+            if noise.any():
                 g = torch.Generator().manual_seed(int(cell_id))
-                add = math.sqrt(self.noise) * torch.as_tensor(sd, dtype=x.dtype).view(-1, 1, 1)
+                add = torch.as_tensor(np.sqrt(noise) * sd, dtype=x.dtype).view(-1, 1, 1)
                 x = x + add * torch.randn(x.shape, generator=g)
         return x.numpy()
 
@@ -142,7 +159,7 @@ class _Imaged:
     ``change`` if given (``sd``: the noise SD of a change on the network's input); the background is zeroed
     here, after any change (as the training augmentation is)."""
 
-    def __init__(self, dm, rows, change: _Reimaged | None = None, sd=None):
+    def __init__(self, dm, rows, change: _Reimaged | _Stored | None = None, sd=None):
         import torch
 
         from protocell.data.dataset import CellDataset, zeroing_mask
@@ -228,6 +245,81 @@ CHANGES: dict[str, tuple[str, _Reimaged]] = {  # name: (what it is, the change)
 }
 
 
+class _Stored:
+    """A camera-side ``reimage`` hook that changes nothing and keeps what it is given: the cells as the
+    run's camera (and any levelling) left them, before the normalisation."""
+
+    camera = True
+
+    def __init__(self) -> None:
+        self.cells: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __call__(self, crop: np.ndarray, mask: np.ndarray, cell_id: int, sd=None) -> np.ndarray:
+        self.cells.append((crop.copy(), mask))
+        return crop
+
+
+def _camera_of(cells, change: _Reimaged | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stored cells (crop, mask) → (C,) median noise SD and (C, bins) mean radial power of the cells
+    normalised to their 1st–99.8th percentiles, after ``change`` if given."""
+    from protocell.data.levelling import normalised, radial_power
+
+    noise, power = [], []
+    for i, (crop, mask) in enumerate(cells):
+        y = normalised(change(crop, mask, i) if change is not None else crop, mask)
+        noise.append(imaging_stats(y, mask)[:, 0])
+        got = radial_power(y, mask, SPECTRUM_EDGES)
+        if got is not None:
+            power.append(got[0])
+    return np.nanmedian(noise, axis=0), np.mean(power, axis=0)
+
+
+def plate_cameras(dm, rows: dict[str, np.ndarray], ref: str, exp: str) -> dict:
+    """How this plate's two conditions were imaged, read from their held-out cells (``rows``: store rows a
+    condition, ≤ 200 used), and the change that gives each condition's cells the other's camera: the
+    optics blur as σ² against each other from the cells' radial power spectra (``levelling.blur_offsets``:
+    the Gaussian roll-off, not the amplitude), then the pixel noise the normalised cells show, read once the
+    focus is matched. ``{"blur_px2": (C,) σ²_exp − σ²_ref, "noise_sd": {cond: (C,)}, "changes": {cond:
+    _Reimaged}}``. The biology moves the reading a little: on a plate imaged alike (gain spread 0), all-
+    affected against unaffected cells read +0.06 px² blurrier and 7 % less noisy (docs/method.md)."""
+    from protocell.data.levelling import blur_offsets
+
+    stored = {}
+    for cond in (ref, exp):
+        hook = _Stored()
+        cells = _Imaged(dm, rows[cond][:200], hook)
+        for i in range(len(cells)):
+            cells.ds[i]
+        stored[cond] = hook.cells
+    seen = {cond: _camera_of(stored[cond]) for cond in (ref, exp)}
+    offsets = blur_offsets({cond: seen[cond][1] for cond in (ref, exp)}, SPECTRUM_EDGES)
+    apart = offsets[exp] - offsets[ref]  # σ²_exp − σ²_ref per channel
+    changes = {}
+    for cond, other, sign in ((ref, exp, 1.0), (exp, ref, -1.0)):
+        d = sign * apart  # the blur the other condition's camera adds over this one's
+        focus = _Reimaged(blur=np.sqrt(np.maximum(d, 0)), sharpen=np.sqrt(np.maximum(-d, 0)), camera=True)
+        focused = _camera_of(stored[cond], focus)[0]
+        ratio = (seen[other][0] / np.maximum(focused, 1e-9)) ** 2  # the noise variance to reach the other's
+        changes[cond] = _Reimaged(
+            blur=focus.blur,
+            sharpen=focus.sharpen,
+            noise=np.maximum(ratio - 1, 0),
+            quiet=np.maximum(1 / ratio - 1, 0),
+            camera=True,
+        )
+    return {"blur_px2": apart, "noise_sd": {c: seen[c][0] for c in (ref, exp)}, "changes": changes}
+
+
+def _said(change: _Reimaged, other: str) -> str:
+    """``change`` in words, as the other condition's camera."""
+    parts = [f"blur +{b:.2f} px" for b in change.blur if b > 0.05] + [
+        f"sharpened {b:.2f} px" for b in change.sharpen if b > 0.05
+    ]
+    var = (1 + change.noise) / (1 + change.quiet)
+    parts.append("noise variance ×" + "/".join(f"{v:.2f}" for v in var))
+    return f"the {other} wells' camera ({', '.join(parts)})"
+
+
 def imaging_sensitivity(
     module, dm, held: pd.DataFrame, fit: dict, class_names: list[str], max_cells: int = 1000, seed: int = 0
 ) -> dict:
@@ -260,17 +352,21 @@ def imaging_sensitivity(
     def fraction(cond: str, change: _Reimaged | None = None) -> float:
         return fraction_of(module, _Imaged(dm, rows[cond], change, noise[cond]), fit)
 
+    cameras = plate_cameras(dm, rows, ref, exp)
     shifts: dict[str, dict[str, float]] = {}
     why: list[str] = []
-    for cond in (ref, exp):
+    said: dict[str, str] = {}
+    for cond, other in ((ref, exp), (exp, ref)):
         base = fraction(cond)
         parts = []
-        for name, (said, change) in CHANGES.items():
+        mine = {**CHANGES, "other_camera": (_said(cameras["changes"][cond], other), cameras["changes"][cond])}
+        for name, (words, change) in mine.items():
             moved = fraction(cond, change)
             shifts[f"{cond}/{name}"] = {"from": base, "to": moved, "change": moved - base}
-            parts.append(f"{moved:.3f} with {said}")
+            parts.append(f"{moved:.3f} with {words}")
+            said.setdefault(name, words)
         why.append(f"{cond} {base:.3f} → " + ", ".join(parts))
-    rises = {name: shifts[f"{ref}/{name}"]["change"] for name in CHANGES}
+    rises = {name: shifts[f"{ref}/{name}"]["change"] for name in said}
     worst = max(rises, key=lambda name: rises[name])
     fires = rises[worst] > IMAGING
     return check(
@@ -280,7 +376,7 @@ def imaging_sensitivity(
         "affected fraction when the held-out cells are imaged a little differently: "
         + "; ".join(why)
         + (
-            f": the reference cells, imaged with {CHANGES[worst][0]}, look {rises[worst]:.2f} more affected — "
+            f": the reference cells, imaged with {said[worst]}, look {rises[worst]:.2f} more affected — "
             "no imaging change gives unaffected cells the exposed state's evidence, so the network reads "
             "imaging, and wells imaged apart (another day, another focus) would change the answer"
             if fires
@@ -288,4 +384,8 @@ def imaging_sensitivity(
         ),
         shifts=shifts,
         noise_sd={c: np.round(v, 4).tolist() for c, v in noise.items() if v is not None},
+        cameras={
+            "blur_px2": np.round(cameras["blur_px2"], 4).tolist(),
+            "noise_sd": {c: np.round(v, 4).tolist() for c, v in cameras["noise_sd"].items()},
+        },
     )

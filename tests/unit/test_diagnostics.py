@@ -257,21 +257,33 @@ def test_the_imaging_sensitivity_fires_for_a_network_that_reads_noise_in_either_
     # a network that calls clean cells affected: the (noisy) reference cells made cleaner look affected
     clean = imaging_sensitivity(NoiseReader(-3.0, centre["Ref"]), dm, held, fit, ["Ref", "Exp"], max_cells=80)
     assert clean["noise_sd"]["Ref"][0] > clean["noise_sd"]["Exp"][0]
-    rises = {k: clean["shifts"][f"Ref/{k}"]["change"] for k in ("less_noise", "more_light")}
-    assert clean["fires"] and clean["value"] == max(rises.values()) and min(rises.values()) > 0.10, clean["why"]
+    rises = {k: clean["shifts"][f"Ref/{k}"]["change"] for k in ("less_noise", "more_light", "other_camera")}
+    every = max(v["change"] for k, v in clean["shifts"].items() if k.startswith("Ref/"))
+    assert clean["fires"] and clean["value"] == every and min(rises.values()) > 0.10, clean["why"]
+    # the plate's own cameras: the reference wells had less light, so their change to the exposed camera is quieter
+    assert clean["cameras"]["noise_sd"]["Ref"][0] > clean["cameras"]["noise_sd"]["Exp"][0]
     assert "pixel noise halved in variance" in clean["why"] and "the camera's noise variance ÷1.25" in clean["why"]
     # a network that calls noisy cells affected, with the clean (Exp-labelled) wells as its reference:
     # those cells given more noise look affected
     noisy = imaging_sensitivity(NoiseReader(3.0, centre["Exp"]), dm, held, fit, ["Exp", "Ref"], max_cells=80)
-    rises = {k: noisy["shifts"][f"Exp/{k}"]["change"] for k in ("more_noise", "less_light")}
-    assert noisy["fires"] and noisy["value"] == max(rises.values()) and min(rises.values()) > 0.10, noisy["why"]
+    rises = {k: noisy["shifts"][f"Exp/{k}"]["change"] for k in ("more_noise", "less_light", "other_camera")}
+    every = max(v["change"] for k, v in noisy["shifts"].items() if k.startswith("Exp/"))
+    assert noisy["fires"] and noisy["value"] == every and min(rises.values()) > 0.10, noisy["why"]
     # a network that reads the cells' size only: no imaging change moves the reference
     ignores = imaging_sensitivity(NoiseReader(0.0, centre["Ref"]), dm, held, fit, ["Ref", "Exp"], max_cells=80)
     assert not ignores["fires"] and abs(ignores["value"]) < 0.05, ignores["why"]
     assert set(ignores["shifts"]) == {
         f"{c}/{k}"
         for c in ("Ref", "Exp")
-        for k in ("more_noise", "less_noise", "softer_focus", "sharper_focus", "less_light", "more_light")
+        for k in (
+            "more_noise",
+            "less_noise",
+            "softer_focus",
+            "sharper_focus",
+            "less_light",
+            "more_light",
+            "other_camera",
+        )
     }
 
 
@@ -349,3 +361,49 @@ def test_the_imaging_changes_act_on_the_camera_image_before_the_normalisation(im
     )
     assert 1.25 < more / plain < 1.6 and 0.6 < less / plain < 0.9, (plain, more, less)
     assert dark_more > dark  # the 1st percentile fell further than the dark parts
+
+
+def test_the_plate_cameras_are_read_from_the_cells_and_given_to_the_other_condition(tmp_path):
+    """``plate_cameras`` reads how each condition's wells were imaged from their cells (optics blur from the
+    spectra's roll-off, pixel noise once the focus is matched) and builds the change that gives the
+    reference cells the exposed wells' camera. On a plate whose exposed wells are blurrier and noisier
+    (blur and read-noise spreads lined up with the condition, gain equal) the blur reads near the truth,
+    and the reference cells so changed read as the exposed wells do: the blur mostly gone between them,
+    the noise within 20 %. The other way (sharpening, then removing noise) is an approximation: only
+    recorded, never the check's alarm."""
+    from conftest import tiny_data
+
+    from protocell.data.levelling import blur_offsets
+    from protocell.data.synthetic import WellSpec, build_store, well_imaging
+    from protocell.diagnostics.imaging import SPECTRUM_EDGES, _camera_of, _Imaged, _Stored, plate_cameras
+
+    spec = WellSpec(
+        wells_per_condition=2,
+        fields_per_well=2,
+        field_size=192,
+        cells_per_field=12,
+        seed=3,
+        well_effects={"gain": 0.0, "blur": 0.3, "noise": 0.5, "align": 1.0},
+    )
+    dm = tiny_data(build_store(tmp_path, spec), normalize="cell", zero_background=True, val_fraction=0.0, seed=0)
+    dm.setup()
+    rows = {c: np.flatnonzero(dm.store.manifest["condition"].to_numpy() == c) for c in ("Ref", "Exp")}
+    imaging = pd.DataFrame(well_imaging(spec)).groupby("condition")["blur"].apply(lambda s: float((s**2).mean()))
+    truth = imaging["Exp"] - imaging["Ref"]  # σ² of the optics, px²: 0.36 here
+    cams = plate_cameras(dm, rows, "Ref", "Exp")
+    assert np.all(np.abs(cams["blur_px2"] - truth) < 0.3 * truth), (cams["blur_px2"], truth)
+    to_exp, to_ref = cams["changes"]["Ref"], cams["changes"]["Exp"]
+    assert np.all(to_exp.blur > 0.4) and not to_exp.sharpen.any() and np.all(to_exp.noise > 0)
+    assert np.all(to_ref.sharpen > 0.4) and not to_ref.blur.any()
+    stored = {}
+    for cond in rows:
+        hook = _Stored()
+        cells = _Imaged(dm, rows[cond], hook)
+        for i in range(len(cells)):
+            cells.ds[i]
+        stored[cond] = hook.cells
+    noise, power = _camera_of(stored["Ref"], to_exp)
+    exp_noise, exp_power = _camera_of(stored["Exp"])
+    left = blur_offsets({"Ref": power, "Exp": exp_power}, SPECTRUM_EDGES)
+    assert np.all(np.abs(left["Exp"] - left["Ref"]) < 0.35 * np.abs(cams["blur_px2"])), left
+    assert np.all(np.abs(noise / exp_noise - 1) < 0.2), (noise, exp_noise)
