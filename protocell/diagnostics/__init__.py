@@ -18,18 +18,21 @@ is also beyond sampling noise (false-alarm rates measured on the robustness matr
 - ``imaging_sensitivity``: the held-out cells of each condition re-imaged a little differently and
   re-scored: on the network's input, pixel noise doubled or halved in variance and focus softened or
   sharpened by 0.35 px; on the stored image before the run's normalisation, the camera's noise variance
-  ×1.25 or ÷1.25 (±20 % of exposure). It fires when the **reference** cells' affected fraction rises by
-  more than 0.10 under any of the six: a different image of an unaffected cell is still an unaffected
+  ×1.25 or ÷1.25 (±20 % of exposure), and **the other condition's camera** as this plate's cells show it
+  (``plate_cameras``: optics blur from the cells' spectra, then the pixel noise — the reference cells
+  imaged as the exposed wells were, however far apart the two were imaged). It fires when the
+  **reference** cells' affected fraction rises by more than 0.10 under any of the seven: a different image of an unaffected cell is still an unaffected
   cell, so no imaging change can give reference cells the exposed state's evidence — a network that
   finds it there reads imaging, and a reference well imaged that way would be called affected. The
   exposed cells' shifts are recorded but do not fire: a worse image can erase real evidence (an exposed fraction
   falling under noise is what a network that reads the cells does too: 0.05–0.19 on runs that met every
   bar), and with both directions on each axis a network that reads an imaging difference in either
-  polarity moves the reference one way or the other. An intervention, not a correlation: it needs no
-  spread of imaging within a condition, and no estimate of how this plate's wells differ (which
-  per-cell statistics miss: on a plate whose exposed wells were imaged brighter and blurrier, the
-  medians of noise and sharpness differed by 0.003 while the network told the conditions' unaffected
-  cells apart at AUROC 0.92). Measured: docs/method.md.
+  polarity moves the reference one way or the other. An intervention, not a correlation: the six fixed
+  changes need no estimate of how this plate's wells differ (per-cell medians of noise and sharpness can
+  miss it: 0.003 apart on a plate whose unaffected cells the network told apart at AUROC 0.92); the
+  seventh reads the difference from the spectra's roll-off, which those medians do not, and reaches
+  cameras further apart than ±20 % (a plate whose exposed wells had +45 % read noise and +26 % blur
+  said ``ok`` with the fraction 0.66 too high under the six). Measured: docs/method.md.
 - ``surroundings_sensitivity``: the held-out cells of each condition re-scored inside the surroundings
   (background, neighbours, debris) of the other condition's cells, their own pixels kept. It fires when
   the reference fraction rises or the exposed fraction falls by more than 0.10: nothing of the cells

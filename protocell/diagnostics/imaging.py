@@ -1,9 +1,12 @@
 """The imaging intervention: held-out cells re-imaged a little differently and re-scored; the reference
-fraction must not rise (the package's doc). Six changes: on the network's input, pixel noise doubled or
+fraction must not rise (the package's doc). Seven changes: on the network's input, pixel noise doubled or
 halved in variance and focus softened or sharpened; on the stored image before the run's normalisation,
-the camera's noise variance ×1.25 or ÷1.25 (±20 % of exposure). The two noise models read different
-networks: one that read camera noise through the per-cell normalisation moved only under the camera
-changes, two that read cleanliness on the input only under the input's (docs/method.md)."""
+the camera's noise variance ×1.25 or ÷1.25 (±20 % of exposure), and the other condition's camera as this
+plate's cells show it (``plate_cameras``). The two noise models read different networks: one that read
+camera noise through the per-cell normalisation moved only under the camera changes, two that read
+cleanliness on the input only under the input's (docs/method.md). The fixed changes are sized by
+principle (what another day's imaging does); the seventh by the plate, so a camera difference beyond
+them is reached."""
 
 from __future__ import annotations
 
@@ -326,8 +329,9 @@ def imaging_sensitivity(
     """Each condition's affected fraction when its held-out cells are re-imaged a little differently
     (``CHANGES``: on the network's input the condition's median noise SD — measured by ``imaging_stats`` —
     doubled or halved in variance and focus softened or sharpened by ``FOCUS`` px; on the stored image each
-    cell's own noise variance raised or lowered by ``NOISE``); fires when the reference's rises by more than
-    ``IMAGING`` (module doc). ``held``: held-out cells (cell_id, condition)."""
+    cell's own noise variance raised or lowered by ``NOISE``; ``other_camera``: the other condition's camera,
+    ``plate_cameras``); fires when the reference's rises by more than ``IMAGING`` (module doc). ``held``:
+    held-out cells (cell_id, condition)."""
     ref, exp = class_names[0], class_names[-1]
     rows = held_rows(dm, held, (ref, exp), max_cells, np.random.default_rng(seed))
     noise = {}
