@@ -282,12 +282,22 @@ class CellDataModule(L.LightningDataModule):
         return [self.store.channels[i] for i in self.channel_index]
 
     def dataset_of(
-        self, store: CropStore, rows, augment: bool = False, labels=None, levelling: LevellingPlan | None = None
+        self,
+        store: CropStore,
+        rows,
+        augment: bool = False,
+        labels=None,
+        levelling: LevellingPlan | None = None,
+        zero_background: bool | None = None,
+        reimage=None,
     ) -> CellDataset:
         """Rows of any crop store with this module's data handling (channels by name, crop size,
         normalisation and its training ranges, zeroed background and margin): how ``score`` reads
         another plate as the network was trained to see cells. ``levelling``: a plan for ``store``'s wells
-        (``score.level_imaging``) instead of the run's own (``data.level_imaging``, its own store only)."""
+        (``score.level_imaging``) instead of the run's own (``data.level_imaging``, its own store only).
+        ``zero_background=False``: the background kept, for a caller that zeroes it after a change of its
+        own (the imaging check); ``reimage``: ``CellDataset``'s change of imaging before the normalisation."""
+        zero = self.zero_background if zero_background is None else zero_background
         if levelling is None and self.levelling is not None and store.root.resolve() != self.path.resolve():
             raise ConfigError(
                 f"this run levelled the imaging of its own store's wells (data.level_imaging=true) and cannot yet "
@@ -307,14 +317,15 @@ class CellDataModule(L.LightningDataModule):
             self.crop_size,
             self.norm_lo,
             self.norm_hi,
-            self.zero_background,
+            zero,
             augment,
             self.seed,
             per_cell=self.normalize == "cell",
             photometric=self.photometric,
-            margin=self.zero_margin if self.zero_background else 0,
+            margin=self.zero_margin if zero else 0,
             labels=labels,
             levelling=self.levelling if levelling is None else levelling,
+            reimage=reimage,
         )
 
     # --------------------------------------------------------------------- loaders

@@ -165,21 +165,10 @@ class _Imaged:
     def __init__(self, dm, rows, change: _Reimaged | _Stored | None = None, sd=None):
         import torch
 
-        from protocell.data.dataset import CellDataset, zeroing_mask
+        from protocell.data.dataset import zeroing_mask
 
-        self.ds = CellDataset(
-            dm.store,
-            rows,
-            dm.channel_index,
-            dm.crop_size,
-            dm.norm_lo,
-            dm.norm_hi,
-            False,
-            False,
-            dm.seed,
-            per_cell=dm.normalize == "cell",
-            levelling=dm.levelling,
-            reimage=change if change is not None and change.camera else None,
+        self.ds = dm.dataset_of(
+            dm.store, rows, zero_background=False, reimage=change if change is not None and change.camera else None
         )
         self.after = change if change is not None and not change.camera else None
         self.sd = sd
