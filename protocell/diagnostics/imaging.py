@@ -251,9 +251,10 @@ class _Stored:
         return crop
 
 
-def _camera_of(cells, change: _Reimaged | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _camera_of(cells, change: _Reimaged | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Stored cells (crop, mask) → (C,) median noise SD and (C, bins) mean radial power of the cells
-    normalised to their 1st–99.8th percentiles, after ``change`` if given."""
+    normalised to their 1st–99.8th percentiles, after ``change`` if given; None for the power when no cell
+    is large enough for a spectrum (``levelling.radial_power``)."""
     from protocell.data.levelling import normalised, radial_power
 
     noise, power = [], []
@@ -263,7 +264,7 @@ def _camera_of(cells, change: _Reimaged | None = None) -> tuple[np.ndarray, np.n
         got = radial_power(y, mask, SPECTRUM_EDGES)
         if got is not None:
             power.append(got[0])
-    return np.nanmedian(noise, axis=0), np.mean(power, axis=0)
+    return np.nanmedian(noise, axis=0), (np.mean(power, axis=0) if power else None)
 
 
 def plate_cameras(dm, rows: dict[str, np.ndarray], ref: str, exp: str) -> dict:
@@ -271,9 +272,10 @@ def plate_cameras(dm, rows: dict[str, np.ndarray], ref: str, exp: str) -> dict:
     condition, ≤ 200 used), and the change that gives each condition's cells the other's camera: the
     optics blur as σ² against each other from the cells' radial power spectra (``levelling.blur_offsets``:
     the Gaussian roll-off, not the amplitude), then the pixel noise the normalised cells show, read once the
-    focus is matched. ``{"blur_px2": (C,) σ²_exp − σ²_ref, "noise_sd": {cond: (C,)}, "changes": {cond:
-    _Reimaged}}``. The biology moves the reading a little: on a plate imaged alike (gain spread 0), all-
-    affected against unaffected cells read +0.06 px² blurrier and 7 % less noisy (docs/method.md)."""
+    focus is matched. ``{"blur_px2": (C,) σ²_exp − σ²_ref (None when no cell is large enough for a spectrum:
+    then the noise alone is matched), "noise_sd": {cond: (C,)}, "changes": {cond: _Reimaged}}``. The biology
+    moves the reading a little: on a plate imaged alike (gain spread 0), all-affected against unaffected cells
+    read +0.06 px² blurrier and 7 % less noisy (docs/method.md)."""
     from protocell.data.levelling import blur_offsets
 
     stored = {}
@@ -284,8 +286,12 @@ def plate_cameras(dm, rows: dict[str, np.ndarray], ref: str, exp: str) -> dict:
             cells.ds[i]
         stored[cond] = hook.cells
     seen = {cond: _camera_of(stored[cond]) for cond in (ref, exp)}
-    offsets = blur_offsets({cond: seen[cond][1] for cond in (ref, exp)}, SPECTRUM_EDGES)
-    apart = offsets[exp] - offsets[ref]  # σ²_exp − σ²_ref per channel
+    spectra = {cond: seen[cond][1] for cond in (ref, exp)}
+    if any(v is None for v in spectra.values()):  # cells too small for a spectrum: the noise alone is matched
+        apart = np.zeros_like(seen[ref][0])
+    else:
+        offsets = blur_offsets(spectra, SPECTRUM_EDGES)
+        apart = offsets[exp] - offsets[ref]  # σ²_exp − σ²_ref per channel
     changes = {}
     for cond, other, sign in ((ref, exp, 1.0), (exp, ref, -1.0)):
         d = sign * apart  # the blur the other condition's camera adds over this one's
@@ -299,7 +305,8 @@ def plate_cameras(dm, rows: dict[str, np.ndarray], ref: str, exp: str) -> dict:
             quiet=np.maximum(1 / ratio - 1, 0),
             camera=True,
         )
-    return {"blur_px2": apart, "noise_sd": {c: seen[c][0] for c in (ref, exp)}, "changes": changes}
+    blur = None if any(v is None for v in spectra.values()) else apart
+    return {"blur_px2": blur, "noise_sd": {c: seen[c][0] for c in (ref, exp)}, "changes": changes}
 
 
 def _said(change: _Reimaged, other: str) -> str:
@@ -378,7 +385,7 @@ def imaging_sensitivity(
         shifts=shifts,
         noise_sd={c: np.round(v, 4).tolist() for c, v in noise.items() if v is not None},
         cameras={
-            "blur_px2": np.round(cameras["blur_px2"], 4).tolist(),
+            "blur_px2": None if cameras["blur_px2"] is None else np.round(cameras["blur_px2"], 4).tolist(),
             "noise_sd": {c: np.round(v, 4).tolist() for c, v in cameras["noise_sd"].items()},
         },
     )

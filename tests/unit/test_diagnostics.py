@@ -407,3 +407,19 @@ def test_the_plate_cameras_are_read_from_the_cells_and_given_to_the_other_condit
     left = blur_offsets({"Ref": power, "Exp": exp_power}, SPECTRUM_EDGES)
     assert np.all(np.abs(left["Exp"] - left["Ref"]) < 0.35 * np.abs(cams["blur_px2"])), left
     assert np.all(np.abs(noise / exp_noise - 1) < 0.2), (noise, exp_noise)
+
+
+def test_cells_too_small_for_a_spectrum_are_read_for_their_noise_alone():
+    """A cell whose mask leaves fewer than 16 px after the spectrum's erosion gives no power spectrum:
+    ``_camera_of`` says so (None) instead of averaging nothing into NaN, and its noise is still read."""
+    from protocell.diagnostics.imaging import _camera_of
+
+    rng = np.random.default_rng(0)
+    crop = (100 + rng.normal(0, 5, (2, 32, 32))).astype(np.float32)
+    small = np.zeros((32, 32), np.uint8)
+    small[12:20, 12:20] = 1
+    noise, power = _camera_of([(crop, small)] * 3)
+    assert power is None and noise.shape == (2,) and np.all(noise > 0)
+    big = np.zeros((32, 32), np.uint8)
+    big[4:28, 4:28] = 1
+    assert _camera_of([(crop, big)])[1].shape == (2, 25)
