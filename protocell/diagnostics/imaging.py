@@ -310,13 +310,12 @@ def plate_cameras(dm, rows: dict[str, np.ndarray], ref: str, exp: str) -> dict:
 
 
 def _said(change: _Reimaged, other: str) -> str:
-    """``change`` in words, as the other condition's camera."""
-    parts = [f"blur +{b:.2f} px" for b in change.blur if b > 0.05] + [
-        f"sharpened {b:.2f} px" for b in change.sharpen if b > 0.05
-    ]
-    var = (1 + change.noise) / (1 + change.quiet)
-    parts.append("noise variance ×" + "/".join(f"{v:.2f}" for v in var))
-    return f"the {other} wells' camera ({', '.join(parts)})"
+    """``change`` in words, as the other condition's camera (a value a channel, separated by /)."""
+    each = lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
+    parts = [f"blur +{each(change.blur)} px"] if (change.blur > 0.05).any() else []
+    parts += [f"sharpened {each(change.sharpen)} px"] if (change.sharpen > 0.05).any() else []
+    parts.append(f"noise variance ×{each((1 + change.noise) / (1 + change.quiet))}")
+    return f"the {other} wells' camera ({', '.join(parts)}; a value a channel)"
 
 
 def imaging_sensitivity(
