@@ -27,11 +27,12 @@ HALF_NOISE = 1 / math.sqrt(2)  # the SD kept when the noise variance is halved
 SHARPEN_FLOOR = 0.25  # the smallest blur response ``sharper`` inverts: a gain of at most 4 at any frequency
 
 
-def imaging_stats(image, mask) -> np.ndarray:
+def imaging_stats(image, mask, sharpness: bool = True) -> np.ndarray:
     """Per channel (noise, sharpness) of a normalised crop inside its cell (mask eroded by 3 px):
     noise = 1.4826·MAD / √6 of the second differences along rows and columns (the SD of white pixel
     noise: they cancel any linear gradient, and the MAD ignores the few steps of structure), sharpness =
-    mean |Laplacian| after a σ = 0.5 px smoothing (focus). (C, S, S), (S, S) → (C, 2)."""
+    mean |Laplacian| after a σ = 0.5 px smoothing (focus; NaN with ``sharpness=False``, for callers that read
+    the noise only). (C, S, S), (S, S) → (C, 2)."""
     from scipy import ndimage as ndi
 
     inner = ndi.binary_erosion(np.asarray(mask) > 0, iterations=3)
@@ -46,7 +47,8 @@ def imaging_stats(image, mask) -> np.ndarray:
         d = np.concatenate([diff(x)[both] for both, diff in triples])
         if len(d):
             out[c, 0] = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(6)
-            out[c, 1] = np.abs(ndi.laplace(ndi.gaussian_filter(x, 0.5)))[inner].mean()
+            if sharpness:
+                out[c, 1] = np.abs(ndi.laplace(ndi.gaussian_filter(x, 0.5)))[inner].mean()
     return out
 
 
@@ -147,7 +149,9 @@ class _Reimaged:
                 planes.append(plane)
             x = torch.cat(planes)
         if noise.any() or quiet.any():
-            sd = np.nan_to_num(imaging_stats(x.numpy(), mask)[:, 0]) if sd is None else np.asarray(sd, np.float64)
+            sd = (
+                np.nan_to_num(imaging_stats(x.numpy(), mask, False)[:, 0]) if sd is None else np.asarray(sd, np.float64)
+            )
             if quiet.any():
                 x = less_noise(x, sd, keep=1 / np.sqrt(1 + quiet))
             if noise.any():
@@ -260,7 +264,7 @@ def _camera_of(cells, change: _Reimaged | None = None) -> tuple[np.ndarray, np.n
     noise, power = [], []
     for i, (crop, mask) in enumerate(cells):
         y = normalised(change(crop, mask, i) if change is not None else crop, mask)
-        noise.append(imaging_stats(y, mask)[:, 0])
+        noise.append(imaging_stats(y, mask, False)[:, 0])
         got = radial_power(y, mask, SPECTRUM_EDGES)
         if got is not None:
             power.append(got[0])
@@ -336,7 +340,7 @@ def imaging_sensitivity(
             np.nanmedian(
                 np.stack(
                     [
-                        imaging_stats(x.numpy(), m[0].numpy())[:, 0]
+                        imaging_stats(x.numpy(), m[0].numpy(), False)[:, 0]
                         for x, m, _, _ in (plain[i] for i in range(len(plain)))
                     ]
                 ),

@@ -182,8 +182,11 @@ def test_imaging_stats_measure_noise_and_focus():
     mask = ((yy - 24) ** 2 + (xx - 24) ** 2 < 20**2).astype(np.uint8)
     smooth = 0.5 + 0.2 * np.sin(yy / 6.0) * np.cos(xx / 7.0)
     for sd in (0.01, 0.03):
-        got = imaging_stats((smooth + rng.normal(0, sd, smooth.shape))[None], mask)
+        noisy = (smooth + rng.normal(0, sd, smooth.shape))[None]
+        got = imaging_stats(noisy, mask)
         assert got[0, 0] == pytest.approx(sd, rel=0.35)  # the MAD of the median residual
+        only = imaging_stats(noisy, mask, sharpness=False)  # the noise alone: the same noise, no sharpness
+        assert only[0, 0] == got[0, 0] and np.isnan(only[0, 1]) and np.isfinite(got[0, 1])
     spots = smooth.copy()
     spots[rng.integers(8, 40, 30), rng.integers(8, 40, 30)] += 1.0
     sharp, blurred = (
