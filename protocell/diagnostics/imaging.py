@@ -271,9 +271,21 @@ def _camera_of(cells, change: _Reimaged | None = None) -> tuple[np.ndarray, np.n
     return np.nanmedian(noise, axis=0), (np.mean(power, axis=0) if power else None)
 
 
-def plate_cameras(dm, rows: dict[str, np.ndarray], ref: str, exp: str) -> dict:
-    """How this plate's two conditions were imaged, read from their held-out cells (``rows``: store rows a
-    condition, ≤ 200 used), and the change that gives each condition's cells the other's camera: the
+def sampled(dm, rows) -> tuple[np.ndarray | None, list[tuple[np.ndarray, np.ndarray]]]:
+    """One read of the cells of ``rows``: (the median noise SD ``imaging_stats`` reads on them as the network
+    sees them, (C,) — None without cells; the cells as the camera left them, (crop, mask) for
+    ``plate_cameras``)."""
+    hook = _Stored()
+    cells = _Imaged(dm, rows, hook)
+    stats = [
+        imaging_stats(x.numpy(), m[0].numpy(), False)[:, 0] for x, m, _, _ in (cells[i] for i in range(len(cells)))
+    ]
+    return (np.nanmedian(np.stack(stats), axis=0) if stats else None), hook.cells
+
+
+def plate_cameras(stored: dict[str, list], ref: str, exp: str) -> dict:
+    """How this plate's two conditions were imaged, read from their held-out cells (``stored``: a condition's
+    cells as the camera left them, ``sampled``), and the change that gives each condition's cells the other's camera: the
     optics blur as σ² against each other from the cells' radial power spectra (``levelling.blur_offsets``:
     the Gaussian roll-off, not the amplitude), then the pixel noise the normalised cells show, read once the
     focus is matched. ``{"blur_px2": (C,) σ²_exp − σ²_ref (None when no cell is large enough for a spectrum:
@@ -282,13 +294,6 @@ def plate_cameras(dm, rows: dict[str, np.ndarray], ref: str, exp: str) -> dict:
     read +0.06 px² blurrier and 7 % less noisy (docs/method.md)."""
     from protocell.data.levelling import blur_offsets
 
-    stored = {}
-    for cond in (ref, exp):
-        hook = _Stored()
-        cells = _Imaged(dm, rows[cond][:200], hook)
-        for i in range(len(cells)):
-            cells.ds[i]
-        stored[cond] = hook.cells
     seen = {cond: _camera_of(stored[cond]) for cond in (ref, exp)}
     spectra = {cond: seen[cond][1] for cond in (ref, exp)}
     if any(v is None for v in spectra.values()):  # cells too small for a spectrum: the noise alone is matched
@@ -333,29 +338,16 @@ def imaging_sensitivity(
     held-out cells (cell_id, condition)."""
     ref, exp = class_names[0], class_names[-1]
     rows = held_rows(dm, held, (ref, exp), max_cells, np.random.default_rng(seed))
-    noise = {}
-    for cond in (ref, exp):
-        plain = _Imaged(dm, rows[cond][:200])
-        noise[cond] = (
-            np.nanmedian(
-                np.stack(
-                    [
-                        imaging_stats(x.numpy(), m[0].numpy(), False)[:, 0]
-                        for x, m, _, _ in (plain[i] for i in range(len(plain)))
-                    ]
-                ),
-                axis=0,
-            )
-            if len(plain)
-            else None
-        )
+    noise, stored = {}, {}
+    for cond in (ref, exp):  # one read of up to 200 cells a condition: the input's noise SD and the cameras
+        noise[cond], stored[cond] = sampled(dm, rows[cond][:200])
     if min(len(rows[ref]), len(rows[exp])) < MIN_CELLS:
         return check(None, IMAGING, False, "too few held-out cells of a condition")
 
     def fraction(cond: str, change: _Reimaged | None = None) -> float:
         return fraction_of(module, _Imaged(dm, rows[cond], change, noise[cond]), fit)
 
-    cameras = plate_cameras(dm, rows, ref, exp)
+    cameras = plate_cameras(stored, ref, exp)
     shifts: dict[str, dict[str, float]] = {}
     why: list[str] = []
     said: dict[str, str] = {}
