@@ -12,7 +12,7 @@ shares of affected cells (0.12–0.60, 0–0.10), the per-well imaging spread (g
 fields a well (4, 6), cells a field (40, 60, 90) and the photon count (250–1200). The draws are written
 before any training, so a run cannot choose its plate.
 
-Each run: ``train.py`` with the draw's overrides, ``threads=2``, ``explain=false`` (nothing of the answer
+Each run: ``train.py`` with the draw's overrides, ``threads=2`` (``--threads``), ``explain=false`` (nothing of the answer
 depends on explain), one at a time. The table classifies every finished run against the bar of issue 22:
 **wrong** when an affected-fraction error exceeds 0.10 or the true AUROC is below 0.85; a wrong run that
 says ``ok`` is **silent**, a right one that does not is a **false alarm**.
@@ -77,15 +77,22 @@ def verdict(metrics: dict) -> dict:
     }
 
 
-def train(folder: Path, python: str) -> None:
+def train(folder: Path, python: str, threads: int = 2) -> None:
     for d in json.loads((folder / "draws.json").read_text()):
         run = folder / d["name"]
         if (run / "metrics.json").exists():
             continue
         overrides = [f"{k}={v}" for k, v in d.items() if k != "name"]
-        cmd = [python, "train.py", *overrides, "threads=2", "explain=false", "trainer.enable_progress_bar=false"]
+        cmd = [
+            python,
+            "train.py",
+            *overrides,
+            f"threads={threads}",
+            "explain=false",
+            "trainer.enable_progress_bar=false",
+        ]
         t = time.time()
-        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         proc = subprocess.run([*cmd, f"hydra.run.dir={run}"], cwd=ROOT, env=env, capture_output=True, text=True)
         (folder / f"{d['name']}.log").write_text(proc.stdout[-20000:] + "\n----\n" + proc.stderr[-20000:])
         print(f"{d['name']}: exit {proc.returncode} in {time.time() - t:.0f} s", flush=True)
@@ -116,6 +123,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--csv", type=Path)
+    ap.add_argument("--threads", type=int, default=2, help="train.py's threads (a result must hold at 1 and 2)")
     a = ap.parse_args(argv)
     if a.what == "draw":
         if (a.folder / "draws.json").exists():
@@ -123,7 +131,7 @@ def main(argv=None) -> None:
         a.folder.mkdir(parents=True, exist_ok=True)
         (a.folder / "draws.json").write_text(json.dumps(draw(a.n, random.SystemRandom()), indent=1))
     elif a.what == "train":
-        train(a.folder, a.python)
+        train(a.folder, a.python, a.threads)
     else:
         t = table(a.folder)
         if a.csv:
