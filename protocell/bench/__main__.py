@@ -257,10 +257,10 @@ def bench_score(n_wells: int, tables: bool = True) -> dict:
     import numpy as np
 
     from protocell.config import DEFAULT_VIEWS
+    from protocell.data.plate_map import plate_wells
     from protocell.data.synthetic import WellSpec, build_store
     from protocell.evaluate.fraction import fit_reference
     from protocell.score.infer import infer
-    from protocell.score.source import plate_wells
     from protocell.score.tables import cell_table, enrichment, treatment_table, well_table
 
     store = build_store(ROOT / "outputs" / "cache", WellSpec(wells_per_condition=n_wells, fields_per_well=4))

@@ -40,35 +40,34 @@ def well_brightness(store, rows: np.ndarray, rng: np.random.Generator) -> float:
     return float(np.log2(np.median(positive))) if positive else float("nan")
 
 
-def wells_with_brightness(manifest: pd.DataFrame, store, seed: int = 0) -> pd.DataFrame:
-    """One row per well of the store's original cells: plate, well, row, column, n_cells, condition
-    ('' for wells without one), treatment (``protocell.plate.treatment_name``, as score names it; a well
-    with none is its own) and ``log2 intensity``. (``score.source.plate_wells`` tabulates a store's wells
-    with score's validation of the plate map; the diagnostics, an earlier stage, cannot call it.)"""
-    from protocell.plate import parse_well, treatment_name
+def wells_with_brightness(store, seed: int = 0) -> pd.DataFrame:
+    """One row per plate position of the store's original cells (``protocell.data.plate_map.plate_wells``, the plate
+    map validated as score reads it): plate, well, row, column, n_cells, condition ('' for wells whose
+    cells carry no label), treatment (named from that condition, compound and dose; a well with none is
+    its own) and ``log2 intensity``."""
+    from protocell.data.plate_map import plate_wells
+    from protocell.plate import treatment_name
 
-    m = manifest[manifest["aug_of"].to_numpy() < 0]
+    m = store.manifest[store.manifest["aug_of"].to_numpy() < 0]
+    members = m.groupby(["plate", "well"], sort=True).indices
     rng = np.random.default_rng(seed)
     out = []
-    for (plate, well), g in m.groupby(["plate", "well"], sort=True):
-        pos = parse_well(str(well))
-        if pos is None:
+    for w in plate_wells(store, "", "").itertuples(index=False):
+        if w.row is None:
             continue
-        labelled = g["label"].to_numpy() >= 0
-        condition = str(g["condition"].iloc[0]) if labelled.all() else ""
-        compound = str(g["compound"].iloc[0]) if "compound" in g.columns and g["compound"].notna().all() else ""
-        dose = pd.to_numeric(g["dose"], errors="coerce").iloc[0] if "dose" in g.columns else np.nan
-        treatment = treatment_name(condition, compound, float(dose)) or f"well {plate}/{well}"
+        rows = m.index.to_numpy()[members[(w.plate, w.well)]]
+        labelled = (store.manifest.loc[rows, "label"].to_numpy() >= 0).all()
+        condition = str(w.condition) if labelled else ""
         out.append(
             {
-                "plate": str(plate),
-                "well": str(well),
-                "row": pos[0],
-                "column": pos[1],
-                "n_cells": len(g),
+                "plate": str(w.plate),
+                "well": str(w.well),
+                "row": int(w.row),
+                "column": int(w.column),
+                "n_cells": len(rows),
                 "condition": condition,
-                "treatment": treatment,
-                "log2 intensity": well_brightness(store, g.index.to_numpy(), rng),
+                "treatment": treatment_name(condition, w.compound, float(w.dose)) or f"well {w.plate}/{w.well}",
+                "log2 intensity": well_brightness(store, rows, rng),
             }
         )
     return pd.DataFrame(out)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from protocell.data.plate_map import empty_wells
 from protocell.data.store import CropStore
 from protocell.evaluate.fraction import ASSUMPTION, ESTIMATOR, IDENTIFIED
 from protocell.runs import Run
@@ -22,7 +23,7 @@ from protocell.score.dose import dose_response
 from protocell.score.export import METADATA, well_export
 from protocell.score.notes import call_note, normalisation_note, read_differently_note
 from protocell.score.screen import screen
-from protocell.score.source import empty_wells, is_mixture
+from protocell.score.source import is_mixture
 from protocell.score.tables import (
     enrichment,
     similarities,

@@ -29,6 +29,7 @@ import pandas as pd
 from protocell.artifacts import RunFolder
 from protocell.config import broken_rule
 from protocell.config_commands import SHARES, ScoreConfig, ScoreDataConfig
+from protocell.data.plate_map import plate_wells
 from protocell.data.store import CropStore
 from protocell.errors import ConfigError, check
 from protocell.fsutil import exclusive_lock, folder_problem, output_errors
@@ -36,7 +37,7 @@ from protocell.runs import Run, load_run
 from protocell.score import shares
 from protocell.score.cells import originals, refuse_nonfinite, run_network, score_stores
 from protocell.score.compute import compute_score
-from protocell.score.source import ScoreError, open_store, plate_wells, run_calibration, run_reference, run_status
+from protocell.score.source import ScoreError, open_store, run_calibration, run_reference, run_status
 from protocell.score.write import write_score
 
 log = logging.getLogger("protocell.score")

@@ -131,7 +131,7 @@ def _ratio_flag(value: pd.Series, reference: pd.Series, what: str, slack: float 
 def well_table(
     cells: pd.DataFrame, wells: pd.DataFrame, n_boot: int = 200, seed: int = 0, min_cells: int = 20, reference_scores=()
 ) -> pd.DataFrame:
-    """``wells`` (``source.plate_wells``) with, per well: n_cells, affected_fraction and its 95 % CI
+    """``wells`` (``protocell.data.plate_map.plate_wells``) with, per well: n_cells, affected_fraction and its 95 % CI
     over the well's cells, the graded readouts mean_p_affected and score_shift (``well_readouts``, shift
     from ``reference_scores``), truth (share of cells truly affected) and error where the truth is known,
     n_train_cells (cells the run trained on) and untrained_fraction (the fraction of the others: what

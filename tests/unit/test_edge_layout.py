@@ -65,7 +65,7 @@ def test_wells_with_brightness_reads_the_stored_brightness_per_well(tiny_store):
     from protocell.data.store import CropStore
 
     store = CropStore(tiny_store)
-    wells = wells_with_brightness(store.manifest, store)
+    wells = wells_with_brightness(store)
     m = store.manifest[store.manifest["aug_of"] < 0]
     assert len(wells) == m.groupby(["plate", "well"]).ngroups
     first = wells.iloc[0]
@@ -87,3 +87,23 @@ def test_run_diagnostics_runs_the_layout_check_on_the_runs_own_store(tiny_store)
     cells = pd.DataFrame({"well": ["A01"], "condition": ["Ref"], "label": [0], "score": [0.5], "split": ["test"]})
     out = run_diagnostics(cells, None, set(), ["Ref", "Exp"], {"available": False}, dm=SimpleNamespace(store=store))
     assert not out["edge_layout"]["fires"] and "not tested" in out["edge_layout"]["why"]
+
+
+def test_a_plate_map_score_would_refuse_leaves_the_layout_untested_and_names_the_well(tiny_store):
+    """The diagnostics tabulate wells as score does (``protocell.plate.plate_wells``); a store whose map it
+    refuses (a dose that is no number) does not crash the end of a run: the layout check says why it could
+    not test, naming the well."""
+    from types import SimpleNamespace
+
+    from protocell.data.store import CropStore
+    from protocell.diagnostics import run_diagnostics
+
+    store = CropStore(tiny_store)
+    first = store.manifest.index[0]
+    store.manifest["dose"] = ""
+    store.manifest.loc[store.manifest["well"] == store.manifest.at[first, "well"], "dose"] = "high"
+    cells = pd.DataFrame({"well": ["A01"], "condition": ["Ref"], "label": [0], "score": [0.5], "split": ["test"]})
+    out = run_diagnostics(cells, None, set(), ["Ref", "Exp"], {"available": False}, dm=SimpleNamespace(store=store))
+    why = out["edge_layout"]["why"]
+    assert not out["edge_layout"]["fires"] and why.startswith("not tested:")
+    assert f"/{store.manifest.at[first, 'well']} ('high')" in why and "dose must be a number" in why

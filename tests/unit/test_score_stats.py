@@ -172,12 +172,8 @@ def test_top_prototypes_rank_the_largest_treatment_difference():
 
 
 def test_well_names_parse_to_plate_positions_and_doses_must_be_numbers():
-    from protocell.score.source import (  # parse_well: protocell.plate
-        ScoreError,
-        parse_doses,
-        parse_well,
-        treatment_name,
-    )
+    from protocell.data.plate_map import PlateMapError, parse_doses
+    from protocell.plate import parse_well, treatment_name
 
     assert parse_well("B07") == (1, 7) and parse_well("b7") == (1, 7) and parse_well("P24") == (15, 24)
     assert parse_well("AF48") == (31, 48) and parse_well("AA01") == (26, 1)
@@ -185,9 +181,9 @@ def test_well_names_parse_to_plate_positions_and_doses_must_be_numbers():
     idx = pd.MultiIndex.from_tuples([("p", "A01"), ("p", "A02"), ("p", "A03"), ("p", "A04")])
     doses = parse_doses(pd.Series(["0.1", "", "1e-3", "nan"], index=idx), "plate_map.csv")
     assert doses.iloc[0] == 0.1 and np.isnan(doses.iloc[1]) and doses.iloc[2] == 1e-3 and np.isnan(doses.iloc[3])
-    with pytest.raises(ScoreError, match=r"plate_map.csv: dose must be a number.*well\(s\) p/A02 \('high'\)"):
+    with pytest.raises(PlateMapError, match=r"plate_map.csv: dose must be a number.*well\(s\) p/A02 \('high'\)"):
         parse_doses(pd.Series(["1", "high", "2", "3"], index=idx), "plate_map.csv")
-    with pytest.raises(ScoreError, match="≥ 0"):
+    with pytest.raises(PlateMapError, match="≥ 0"):
         parse_doses(pd.Series(["1", "-2", "2", "3"], index=idx), "plate_map.csv")
     assert treatment_name("", "C1", 0.3) == "C1 · 0.3" and treatment_name("Ref", "", np.nan) == "Ref"
 
@@ -222,9 +218,9 @@ def test_the_fraction_is_biased_when_a_wells_unaffected_cells_do_not_look_like_t
 
 def test_an_infinite_dose_is_refused_by_score_too():
     """Before, ``inf`` (and 1e400, which reads as inf) passed score's dose check (issue 25 / 23.7)."""
-    from protocell.score.source import ScoreError, parse_doses
+    from protocell.data.plate_map import PlateMapError, parse_doses
 
     idx = pd.MultiIndex.from_tuples([("p", "A01"), ("p", "A02")])
     for bad in ("inf", "1e400", "-inf", "Infinity"):
-        with pytest.raises(ScoreError, match=rf"finite .* p/A02 \('{bad}'\)"):
+        with pytest.raises(PlateMapError, match=rf"finite .* p/A02 \('{bad}'\)"):
             parse_doses(pd.Series(["1", bad], index=idx), "manifest.csv")
