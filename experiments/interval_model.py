@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from interval_replay import held_out  # noqa: E402
 
-from protocell.evaluate.fraction import ci, fit_reference, mixture_fraction, reference_lr  # noqa: E402
+from protocell.evaluate.fraction import ci, condition_fractions, fit_reference, refit_draws  # noqa: E402
 
 JITTER = 0.15  # of the pool's logit SD: a smoothed bootstrap, so that no two re-drawn cells tie
 
@@ -40,24 +40,17 @@ JITTER = 0.15  # of the pool's logit SD: a smoothed bootstrap, so that no two re
 def estimate(cells: pd.DataFrame) -> dict | None:
     """Each target condition's fraction, as a run reports it (``affected_fractions``' point estimate)."""
     fit = fit_reference(cells["score"].to_numpy(), cells["exposed"].to_numpy())
-    if not fit["ok"]:
-        return None
-    t = cells[cells["target"]]
-    lr = reference_lr(t["score"].to_numpy(), fit)
-    return {c: mixture_fraction(lr[(t["condition"] == c).to_numpy()]) for c in dict.fromkeys(t["condition"])}
+    return condition_fractions(cells, fit, conditions(cells)) if fit["ok"] else None
 
 
 def interval(cells: pd.DataFrame, rng: np.random.Generator, n_boot: int = 200) -> dict:
-    """The shipped interval's draws: wells resampled within each condition, the reference refitted."""
-    wells_of = {c: cells.loc[cells["condition"] == c, "well"].unique() for c in cells["condition"].unique()}
-    groups = cells.groupby("well").indices
-    draws = []
-    for _ in range(n_boot):
-        pick = np.concatenate([groups[w] for ws in wells_of.values() for w in rng.choice(ws, len(ws))])
-        e = estimate(cells.iloc[pick])
-        if e is not None:
-            draws.append(e)
+    """The shipped interval's draws (``refit_draws``), per condition."""
+    draws = refit_draws(cells, conditions(cells), n_boot, rng)
     return {c: np.array([d[c] for d in draws]) for c in (draws[0] if draws else {})}
+
+
+def conditions(cells: pd.DataFrame) -> list:
+    return list(dict.fromkeys(cells.loc[cells["target"], "condition"]))
 
 
 def redraw(cells: pd.DataFrame, by: list[str], rng: np.random.Generator) -> pd.DataFrame:

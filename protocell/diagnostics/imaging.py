@@ -296,11 +296,11 @@ def plate_cameras(stored: dict[str, list], ref: str, exp: str) -> dict:
 
     seen = {cond: _camera_of(stored[cond]) for cond in (ref, exp)}
     spectra = {cond: seen[cond][1] for cond in (ref, exp)}
-    if any(v is None for v in spectra.values()):  # cells too small for a spectrum: the noise alone is matched
-        apart = np.zeros_like(seen[ref][0])
-    else:
+    blur = None  # cells too small for a spectrum: the noise alone is matched
+    if all(v is not None for v in spectra.values()):
         offsets = blur_offsets(spectra, SPECTRUM_EDGES)
-        apart = offsets[exp] - offsets[ref]  # σ²_exp − σ²_ref per channel
+        blur = offsets[exp] - offsets[ref]  # σ²_exp − σ²_ref per channel
+    apart = np.zeros_like(seen[ref][0]) if blur is None else blur
     changes = {}
     for cond, other, sign in ((ref, exp, 1.0), (exp, ref, -1.0)):
         d = sign * apart  # the blur the other condition's camera adds over this one's
@@ -314,7 +314,6 @@ def plate_cameras(stored: dict[str, list], ref: str, exp: str) -> dict:
             quiet=np.maximum(1 / ratio - 1, 0),
             camera=True,
         )
-    blur = None if any(v is None for v in spectra.values()) else apart
     return {"blur_px2": blur, "noise_sd": {c: seen[c][0] for c in (ref, exp)}, "changes": changes}
 
 

@@ -293,6 +293,32 @@ def well_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd.
     return pd.DataFrame(rows)
 
 
+def condition_fractions(cells: pd.DataFrame, fit: dict, conds, lr=None) -> dict:
+    """Each condition's fraction of the *target* cells of ``cells`` under the reference ``fit`` (``lr``: those
+    cells' likelihood ratios, when already computed)."""
+    t = cells[cells["target"]]
+    lr = reference_lr(t["score"].to_numpy(), fit) if lr is None else lr
+    return {c: mixture_fraction(lr[(t["condition"] == c).to_numpy()]) for c in conds}
+
+
+def refit_draws(cells: pd.DataFrame, conds, n_boot: int, rng: np.random.Generator) -> list[dict]:
+    """The condition interval's draws: wells resampled with replacement within each condition, the reference
+    refitted on each draw, ``condition_fractions`` of it (draws whose fit finds no evidence are left out;
+    none when a condition has a single well)."""
+    wells_of = {c: cells.loc[cells["condition"] == c, "well"].unique() for c in cells["condition"].unique()}
+    if not all(len(w) > 1 for w in wells_of.values()):
+        return []
+    groups = cells.groupby("well").indices
+    draws = []
+    for _ in range(n_boot):
+        pick = np.concatenate([groups[w] for ws in wells_of.values() for w in rng.choice(ws, len(ws))])
+        sample = cells.iloc[pick]
+        f = fit_reference(sample["score"].to_numpy(), sample["exposed"].to_numpy())
+        if f["ok"]:
+            draws.append(condition_fractions(sample, f, conds))
+    return draws
+
+
 def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> dict:
     """Per condition and per well, the affected fraction of the *target* cells.
 
@@ -308,24 +334,10 @@ def affected_fractions(cells: pd.DataFrame, n_boot: int = 200, seed: int = 0) ->
     if not fit["ok"]:
         return {"available": False, "reason": fit["reason"], "fit": fit}
 
-    def estimate(sample: pd.DataFrame, f: dict, lr=None) -> dict:
-        t = sample[sample["target"]]
-        lr = reference_lr(t["score"].to_numpy(), f) if lr is None else lr
-        return {c: mixture_fraction(lr[(t["condition"] == c).to_numpy()]) for c in conds}
-
     target = cells[cells["target"]]
     target_lr = reference_lr(target["score"].to_numpy(), fit)
-    point = estimate(cells, fit, target_lr)
-    wells_of = {c: cells.loc[cells["condition"] == c, "well"].unique() for c in cells["condition"].unique()}
-    groups = {w: idx for w, idx in cells.groupby("well").indices.items()}
-    boots = []
-    if all(len(w) > 1 for w in wells_of.values()):
-        for _ in range(n_boot):
-            pick = np.concatenate([groups[w] for ws in wells_of.values() for w in rng.choice(ws, len(ws))])
-            sample = cells.iloc[pick]
-            f = fit_reference(sample["score"].to_numpy(), sample["exposed"].to_numpy())
-            if f["ok"]:
-                boots.append(estimate(sample, f))
+    point = condition_fractions(cells, fit, conds, target_lr)
+    boots = refit_draws(cells, conds, n_boot, rng)
     conditions: dict[str, dict] = {}
     out = {
         "available": True,
