@@ -30,6 +30,7 @@ from protocell.diagnostics import run_diagnostics  # noqa: E402
 from protocell.evaluate.calibration import calibrate  # noqa: E402
 from protocell.evaluate.predictions import fractions  # noqa: E402
 from protocell.evaluate.truth import well_cue  # noqa: E402
+from protocell.runs import run_views  # noqa: E402
 from protocell.stats import auroc  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def rebuild(run: Path, store: str, imaging: bool):
     dm.setup("fit")
     if not imaging or not (run / "checkpoints" / "last.ckpt").exists():
         return dm, None
-    module, state = load_module(run / "checkpoints" / "last.ckpt")
+    module, state = load_module(run / "checkpoints" / "last.ckpt", run_views(cfg, run / "config.yaml"))
     if type(dm).__qualname__ in state:
         dm.load_state_dict(state[type(dm).__qualname__])
     return dm, module

@@ -198,9 +198,11 @@ def build_module(cfg, dm):
     return module
 
 
-def load_module(checkpoint: str | Path):
+def load_module(checkpoint: str | Path, views: int):
     """The ProtoPNetModule a checkpoint holds, rebuilt from its own hyperparameters, on the CPU, in
-    eval mode. ImageNet weights are never fetched: the checkpoint has the trained ones."""
+    eval mode, reading its cells in ``views`` orientations as the run's predictions did (the run's
+    config.yaml holds it, not the checkpoint: ``protocell.runs.run_views``). ImageNet weights are never
+    fetched: the checkpoint has the trained ones."""
     from protocell.model.module import ProtoPNetModule
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -208,4 +210,5 @@ def load_module(checkpoint: str | Path):
     spec = {**hp["net_spec"], "backbone": {**hp["net_spec"]["backbone"], "pretrained": False}}
     module = ProtoPNetModule(**{**hp, "net_spec": spec})
     module.load_state_dict(state["state_dict"])
+    module.views = int(views)
     return module.eval(), state

@@ -200,6 +200,19 @@ def read_run_config(folder: RunFolder):
     return cfg
 
 
+def run_views(cfg, config: Path) -> int:
+    """The orientations a run's predictions averaged (``views`` in its config.yaml; a run trained before
+    ``views`` existed read its cells as cropped: 1). Every reader of a run's checkpoint passes it to
+    ``build.load_module``, so a re-read cell scores as the run scored it."""
+    views = cfg.get("views", 1)
+    if isinstance(views, bool) or views not in VIEWS:
+        raise RunFolderError(
+            f"{config} says views={views!r}, which is not one of {VIEWS}: the orientations this run's "
+            "predictions averaged; restore the value training wrote, or retrain"
+        )
+    return int(views)
+
+
 def load_run(run_dir: str | Path) -> Run:
     folder = RunFolder(Path(run_dir))
     if folder.root.is_file():
@@ -220,8 +233,9 @@ def load_run(run_dir: str | Path) -> Run:
     cfg = read_run_config(folder)
     if "data" not in cfg:
         raise RunFolderError(f"{folder.config} has no 'data' section: not a protocell train.py config")
+    views = run_views(cfg, folder.config)
     try:
-        module, state = load_module(folder.checkpoint)
+        module, state = load_module(folder.checkpoint, views)
     except Exception as e:  # truncated file, another program's pickle, a network that does not fit
         raise RunFolderError(
             f"{folder.checkpoint} cannot be loaded as this run's checkpoint ({type(e).__name__}: "
@@ -250,10 +264,4 @@ def load_run(run_dir: str | Path) -> Run:
             raise RunFolderError(
                 f"{folder.test_predictions} has no column '{col}': written by another protocell version; retrain"
             )
-    views = cfg.get("views", 1)  # a run trained before ``views`` existed read its cells as cropped
-    if isinstance(views, bool) or views not in VIEWS:
-        raise RunFolderError(
-            f"{folder.config} says views={views!r}, which is not one of {VIEWS}: the orientations this run's "
-            "predictions averaged; restore the value training wrote, or retrain"
-        )
-    return Run(folder.root, cfg, record, net, dm, preds, views=int(views))
+    return Run(folder.root, cfg, record, net, dm, preds, views=views)

@@ -491,3 +491,26 @@ def test_score_reads_an_eight_view_run_as_its_own_predictions(tiny_run):
     preds = pd.read_csv(tiny_run / "test_predictions.csv").set_index("cell_id")
     assert load_run(tiny_run).views == 8
     assert np.allclose(cells.loc[preds.index, "score"], preds["score"], atol=1e-2)
+
+
+def test_a_replay_scores_the_cells_as_the_run_did(tiny_run):
+    """``experiments/diagnose.py`` replays the label-free checks on a finished run's checkpoint: its module
+    reads each cell in the run's 8 orientations (``build.load_module(…, views)``), so it reproduces the
+    stored predictions. Read at one orientation it did not (a replay of the imaging check gave 0.277 where
+    the run had recorded 0.337)."""
+    import importlib.util
+
+    from lightning import Trainer
+
+    spec = importlib.util.spec_from_file_location("diagnose", ROOT / "experiments" / "diagnose.py")
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    store = torch.load(tiny_run / "prototypes.pt", weights_only=True)["store"]
+    dm, module = diagnose.rebuild(tiny_run, store, imaging=True)
+    assert module.views == 8
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    batches = trainer.predict(module, dataloaders=dm.predict_dataloader("test"))
+    ids = torch.cat([b["cell_id"] for b in batches]).numpy()
+    score = torch.cat([b["probs"] for b in batches])[:, 1].numpy()
+    preds = pd.read_csv(tiny_run / "test_predictions.csv").set_index("cell_id")
+    assert np.allclose(preds.loc[ids, "score"], score, atol=1e-5)
