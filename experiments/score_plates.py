@@ -17,7 +17,8 @@ extra uniform light (a plate effect) and its outer ring of wells at 0.7 of that 
 
 ``--scenarios plate1`` runs one scenario; ``--level-imaging`` scores with ``level_imaging=true`` (each plate's
 wells read at its own noisiest well's imaging) into ``score_levelled/`` beside ``score/``, tabulated as the
-scenario ``<name>+levelled`` (the same trained runs).
+scenario ``<name>+levelled`` (the same trained runs); ``--match-imaging`` likewise with ``match_imaging=true``
+(each plate zone read against the run's control cells imaged as it is) into ``score_matched/``, ``<name>+matched``.
 
 Runs already finished (``score/score.json`` present) are tabulated, not run again. Table
 (``<out>/score_plates.csv`` and ``.md``, printed): per seed, scenario and plate, over its 27 dose wells
@@ -63,11 +64,22 @@ def plate_spec(overrides: list[str], name: str):
     return replace(spec, plates=[p for p in spec.plates if p["name"] == name])
 
 
+# a scoring option measured beside the default: scenario suffix → (folder beside score/, score.py override)
+VARIANTS = {"+levelled": ("score_levelled", "level_imaging=true"), "+matched": ("score_matched", "match_imaging=true")}
+
+
 def run_seed(
-    seed: int, out: Path, threads: int, tiny: bool, scenarios=("both", "plate1"), level_imaging: bool = False
+    seed: int,
+    out: Path,
+    threads: int,
+    tiny: bool,
+    scenarios=("both", "plate1"),
+    level_imaging: bool = False,
+    match_imaging: bool = False,
 ) -> dict[str, Path]:
     """Train and score the scenarios of one seed (skipped when done); returns scenario → run folder (with
-    ``level_imaging``: also ``<scenario>+levelled`` → the same folder, scored into ``score_levelled/``)."""
+    ``level_imaging`` / ``match_imaging``: also ``<scenario>+levelled`` / ``+matched`` → the same folder, scored
+    into ``score_levelled/`` / ``score_matched/``)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     py = sys.executable
     common = [
@@ -81,12 +93,11 @@ def run_seed(
     ]
     score = [f"threads={threads}", "progress=false", "wandb=false", *(["bootstrap=50", "min_cells=5"] if tiny else [])]
     runs = {name: out / f"seed{seed}" / name for name in scenarios}
+    wanted = [suffix for suffix, on in (("+levelled", level_imaging), ("+matched", match_imaging)) if on]
     for scenario, run in list(runs.items()):
-        outs = [(run / "score", [])] + (
-            [(run / "score_levelled" / "score", ["level_imaging=true"])] if level_imaging else []
-        )
-        if level_imaging:
-            runs[f"{scenario}+levelled"] = run
+        outs = [(run / "score", [])] + [(run / VARIANTS[s][0] / "score", [VARIANTS[s][1]]) for s in wanted]
+        for suffix in wanted:
+            runs[f"{scenario}{suffix}"] = run
         if all((folder / "score.json").exists() for folder, _ in outs):
             continue
         extra = [] if scenario == "both" else [PLATE1_ONLY]
@@ -114,7 +125,8 @@ def run_seed(
 def plate_rows(scenario: str, run: Path) -> list[dict]:
     """One row per plate of a scored run (score/wells.csv, dose_response.csv, qc.csv, hits.csv, score.json;
     a ``+levelled`` scenario: score_levelled/score/…)."""
-    score = run / "score_levelled" / "score" if scenario.endswith("+levelled") else run / "score"
+    suffix = next((s for s in VARIANTS if scenario.endswith(s)), None)
+    score = run / VARIANTS[suffix][0] / "score" if suffix else run / "score"
     wells = pd.read_csv(score / "wells.csv", keep_default_na=False, na_values=[""])
     fits = pd.read_csv(score / "dose_response.csv", keep_default_na=False, na_values=[""])
     fits["plate"] = fits["plate"].fillna("")  # "": the curve over every plate
@@ -187,6 +199,7 @@ def tabulate(runs: list[dict[str, Path]]) -> pd.DataFrame:
 def options(ap) -> None:
     ap.add_argument("--scenarios", nargs="+", choices=["both", "plate1"], default=["both", "plate1"])
     ap.add_argument("--level-imaging", action="store_true", help="also score with level_imaging=true")
+    ap.add_argument("--match-imaging", action="store_true", help="also score with match_imaging=true")
 
 
 def main(argv=None) -> pd.DataFrame:

@@ -39,6 +39,7 @@ def _score(c: DictConfig):
         shards=c.shards,
         shard=c.shard,
         level_imaging=bool(c.level_imaging),
+        match_imaging=bool(c.match_imaging),
     )
 
 

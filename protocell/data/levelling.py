@@ -48,6 +48,7 @@ import numpy as np
 # radial frequency band (cycles / px) where the cells' structure dominates, and where the noise floor is read
 SIGNAL_BAND = (0.08, 0.32)
 NOISE_BAND = 0.42
+EDGES = np.linspace(0.0, 0.5, 26)  # radial frequency bins (cycles / px) the optics blur is read in
 CELLS_PER_WELL = 150  # cells sampled a well for the estimate
 TAPER_ERODE, TAPER_SIGMA = 4, 2.0  # the cell's mask eroded (px) and smoothed (σ, px): a window without edges
 
@@ -85,6 +86,44 @@ def radial_power(image: np.ndarray, mask: np.ndarray, edges: np.ndarray) -> tupl
         p = (np.abs(np.fft.fft2(w)) ** 2).ravel()
         out[c] = np.bincount(which[ok], weights=p[ok], minlength=len(edges) - 1) / np.maximum(counts, 1)
     return out, float((taper**2).sum())
+
+
+def mean_power(store, rows, channels: list[int]) -> np.ndarray | None:
+    """(C, bins) mean radial power (``EDGES``) of ``rows``' cells normalised one by one; None when no cell
+    is large enough for a window."""
+    power = []
+    for r in rows:
+        mask = store.mask(int(r))
+        got = radial_power(normalised(store.crop(int(r))[channels], mask), mask, EDGES)
+        if got is not None:
+            power.append(got[0])
+    return np.mean(power, axis=0) if power else None
+
+
+def camera_match(source, source_rows, source_channels, target, target_rows, target_channels) -> dict | None:
+    """What gives ``source``'s cells (a store, rows, the network's channels in it) the imaging ``target``'s
+    cells show, read as ``estimate`` reads a well against the plate's worst (module doc): the extra blur σ
+    (C,) from the two sets' radial spectra, then the noise to add, (C, 2) (a, b) of a variance a + b·y, from
+    the gap between their noise profiles once that blur is made (read twice, as the noise widens the cell's
+    range). It cannot sharpen or denoise: where the target is sharper or cleaner that part is left as it is
+    (``sharper_px2``: the σ² by which the target is sharper, 0 where it is not). ``{"blur": σ, "add_var": (a, b),
+    "sharper_px2": (C,)}``; None when either set has no cell large enough to read its optics."""
+    spectra = {
+        "source": mean_power(source, source_rows, source_channels),
+        "target": mean_power(target, target_rows, target_channels),
+    }
+    if any(v is None for v in spectra.values()):
+        return None
+    offsets = blur_offsets(spectra, EDGES)
+    apart = offsets["target"] - offsets["source"]
+    sigma = np.sqrt(np.maximum(apart, 0.0))
+    want, _ = _noise_profile(target, target_rows, target_channels, np.zeros(len(target_channels)), None)
+    have, count = _noise_profile(source, source_rows, source_channels, sigma, None)
+    add = _line(want - have, count)
+    if np.abs(add).max() > 0:
+        again, count = _noise_profile(source, source_rows, source_channels, sigma, add)
+        add = _line(want - again, count, start=add)
+    return {"blur": sigma, "add_var": add, "sharper_px2": np.maximum(-apart, 0.0)}
 
 
 def blur_offsets(spectra: dict, edges: np.ndarray) -> dict:
@@ -158,20 +197,13 @@ def estimate(
     from protocell.data.store import well_key
 
     keys = well_key(store.manifest).to_numpy()[rows]
-    edges = np.linspace(0.0, 0.5, 26)
     rng = np.random.default_rng(seed)
     picks, spectra = {}, {}
     for key in sorted(set(keys)):
         mine = rows[keys == key]
         picks[key] = pick = rng.choice(mine, size=min(cells_per_well, len(mine)), replace=False)
-        power = []
-        for r in pick:
-            mask = store.mask(int(r))
-            y = normalised(store.crop(int(r))[channels], mask)
-            got = radial_power(y, mask, edges)
-            if got is not None:
-                power.append(got[0])
-        if not power:
+        power = mean_power(store, pick, channels)
+        if power is None:
             from protocell.data.store import StoreError
 
             raise StoreError(
@@ -179,8 +211,8 @@ def estimate(
                 f"(a {TAPER_ERODE} px erosion of its mask leaves fewer than 16 px): leave such wells out of the "
                 "store, or set data.level_imaging=false"
             )
-        spectra[key] = np.mean(power, axis=0)
-    offsets = blur_offsets(spectra, edges)
+        spectra[key] = power
+    offsets = blur_offsets(spectra, EDGES)
     top = np.max([offsets[k] for k in offsets], axis=0)
     plan = LevellingPlan(offsets=offsets)
     for k in offsets:

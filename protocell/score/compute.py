@@ -33,6 +33,8 @@ from protocell.score.tables import (
     well_table,
 )
 from protocell.score.truth import dose_design, truth_checks
+from protocell.score.zones import said, zone_names
+from protocell.score.zones import summary as zone_summary
 
 log = logging.getLogger("protocell.score")
 
@@ -74,6 +76,7 @@ class ScoreResult:
     fraction_reference: dict  # the fraction's reference (protocell.evaluate.fraction)
     run_status: dict
     options: dict  # fdr, bscore, min_cells
+    imaging_zones: dict  # score.match_imaging: each zone's camera, levels and note (protocell.score.zones)
 
 
 def _reference(run: Run, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -183,6 +186,13 @@ def compute_score(
 
     extra = [c for c in wells.columns if c not in METADATA]  # the plate map's other columns
     wells = well_table(cells, wells, n_boot, seed, min_cells, reference["score"].to_numpy(np.float64))
+    zones = models.get("zones")
+    if zones:  # score.match_imaging (protocell.score.zones)
+        wells["zone"] = zone_names(wells)
+        unmapped = wells["zone"].map(
+            {k: "" if z["mapped"] else f"imaging not matched: {z['note']}" for k, z in zones.items()}
+        )
+        wells["flag"] = ["; ".join(f for f in fs if f) for fs in zip(wells["flag"], unmapped)]
     empty = pd.concat(
         [
             empty_wells(s, wells, run.ref, run.exp).assign(**({"store": str(s.root)} if len(stores) > 1 else {}))
@@ -205,7 +215,9 @@ def compute_score(
         ("treatment_ci_high", "ci_high"),
     ):
         wells[col] = wells["treatment"].map(per[src])
-    wells, tables = screen(cells, wells, reference["score"].to_numpy(np.float64), fdr, bscore, is_mixture(calibration))
+    wells, tables = screen(
+        cells, wells, reference["score"].to_numpy(np.float64), fdr, bscore, is_mixture(calibration), zones
+    )
     classes = [run.class_names[int(c)] for c in run.record["prototype_class"]]
     enrich = enrichment(cells, wells, reference, classes, n_boot, seed)
     fits, doses = dose_fits(wells, enrich, classes, n_boot, seed, min_cells, top)
@@ -272,6 +284,12 @@ def compute_score(
             "(level_imaging=true): fractions are read at that plate's worst imaging; compare wells of a plate, and "
             "plates through their normalised fractions"
         )
+    if zones:
+        summary["imaging matched"] = (
+            "each plate zone (outer ring, inner wells) read against the run's held-out control cells re-imaged as "
+            "that zone is, and its fractions mapped onto the run's imaging by those cells (match_imaging=true): "
+            + "; ".join(f"{k}: {said(z)}" for k, z in zones.items())
+        )
     top_rows = (
         enrich[enrich["level"] == "treatment"]
         .assign(a=lambda d: d["difference"].abs())
@@ -305,5 +323,7 @@ def compute_score(
             "bscore": bscore,
             "min_cells": min_cells,
             "level_imaging": bool(models.get("level_imaging")),
+            "match_imaging": bool(zones),
         },
+        imaging_zones=zone_summary(zones) if zones else {},
     )

@@ -39,6 +39,7 @@ from protocell.score.cells import originals, refuse_nonfinite, run_network, scor
 from protocell.score.compute import compute_score
 from protocell.score.source import ScoreError, open_store, run_calibration, run_reference, run_status
 from protocell.score.write import write_score
+from protocell.score.zones import imaging_zones
 
 log = logging.getLogger("protocell.score")
 SCORE_LOCK = ".score.lock"  # held while a score writes into its out= folder (one writer per folder)
@@ -186,14 +187,26 @@ def score_run(
     shards: int = ScoreConfig.shards,
     shard: int | str = ScoreConfig.shard,
     level_imaging: bool = ScoreConfig.level_imaging,
+    match_imaging: bool = ScoreConfig.match_imaging,
 ) -> Path:
     """Score ``store`` (a crop store, a list of them; default: the run's own) with the run in ``run_dir``
     (the defaults are score.py's: ``protocell.config_commands.ScoreConfig``);
     returns the ``score/`` folder. ``shard``: ``all`` (here, at once), a share 0 … ``shards`` − 1 (one task
     of a sharded score of one store: returns its file under ``out/.score-shares/``), or ``merge`` (the
     tables and page from the finished shares)."""
-    keys = ("bootstrap", "nearest", "top_prototypes", "min_cells", "fdr", "bscore", "shards", "shard", "level_imaging")
-    values = (n_boot, nearest, top, min_cells, fdr, bscore, shards, shard, level_imaging)
+    keys = (
+        "bootstrap",
+        "nearest",
+        "top_prototypes",
+        "min_cells",
+        "fdr",
+        "bscore",
+        "shards",
+        "shard",
+        "level_imaging",
+        "match_imaging",
+    )
+    values = (n_boot, nearest, top, min_cells, fdr, bscore, shards, shard, level_imaging, match_imaging)
     broken = broken_rule(ScoreConfig, dict(zip(keys, values)))
     if broken is not None:  # score.py's ranges (protocell.config_commands), checked for a Python caller too
         raise ConfigError.invalid(*broken)
@@ -215,10 +228,18 @@ def score_run(
             "call — sweep data.path over the stores (score.py -m 'data.path=a,b' shards=N …) or use shard=all"
         )
     batch = int(batch_size or run.dm.eval_batch_size)
+    if level_imaging and match_imaging:
+        raise ConfigError(
+            "level_imaging=true and match_imaging=true: two answers to one problem (a plate zone imaged otherwise) — "
+            "level_imaging reads every well at its plate's worst imaging, match_imaging reads each zone against the "
+            "run's control cells imaged as it is; set one of them to false"
+        )
     if level_imaging:
         models["level_imaging"] = True
         if shard != "merge":  # a merge reads the shares' numbers: no pass, no plan
             models["levelling"] = imaging_plans(run, stores, seed)
+    if match_imaging and not isinstance(shard, int):  # a share task computes the network's numbers only
+        models["zones"] = imaging_zones(run, stores, wells, models["fraction"], seed, batch)
     if isinstance(shard, int):
         plan = models.get("levelling", {}).get(str(stores[0].root))
         return score_share(run, stores[0], out, shard, shards, batch, num_workers, progress, plan)

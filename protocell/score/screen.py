@@ -18,6 +18,7 @@ from protocell.score.export import feature_name
 from protocell.score.hits import hit_table
 from protocell.score.plates import b_scores, normalise, on_grid, plate_effects, plate_qc, trends
 from protocell.score.tables import well_key, well_readouts
+from protocell.score.zones import matched
 
 # the network's readouts in the QC table (names as in well_table.csv) → the control wells' column
 NETWORK = {
@@ -54,15 +55,23 @@ def screen(
     fdr: float = 0.05,
     bscore: bool = False,
     mixture: bool = False,
+    zones: dict | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """(``wells`` with percent_of_control, robust_z, normalised_fraction and, with ``bscore``, b_score;
     the tables: ``qc`` (plate × readout), ``plate_effects`` (several plates), ``trends`` (plate ×
-    measure), ``hits`` (treatment))."""
+    measure), ``hits`` (treatment)). ``zones`` (``score.match_imaging``; ``wells`` then has ``zone``): each
+    plate is normalised on its wells' ``imaging_matched_fraction`` (``protocell.score.zones.matched``)."""
     ctrl = control_wells(cells, wells, reference_scores)
     plates = sorted(wells["plate"].astype(str).unique())
     qc = plate_qc(ctrl, qc_readouts(cells, mixture), plates)
     own = cells.loc[cells["run_split"].astype(str) != "", "plate"].astype(str).unique()  # the run's own store
-    wells = normalise(wells, ctrl, "untrained_fraction", anchors=own)
+    value = "untrained_fraction"
+    if zones:
+        value = "imaging_matched_fraction"
+        wells = wells.assign(**{value: matched(wells["untrained_fraction"], wells["zone"], zones)})
+        zone_of = dict(zip(well_key(wells), wells["zone"]))
+        ctrl = ctrl.assign(**{value: matched(ctrl["untrained_fraction"], well_key(ctrl).map(zone_of), zones)})
+    wells = normalise(wells, ctrl, value, anchors=own)
     wells, reads = plates_read_differently(wells, ctrl, own)
     if bscore:
         wells["b_score"] = b_scores(wells, "untrained_fraction")

@@ -31,6 +31,7 @@ from protocell.evaluate.fraction import (
 )
 from protocell.model.prototypes import log_similarity
 from protocell.score.source import is_mixture
+from protocell.score.zones import zone_of_cells
 
 BUDGET = 2_000_000  # entries of a bootstrap weight matrix held at once
 
@@ -62,7 +63,15 @@ def cell_table(
         raise RuntimeError("scored cells are not in manifest order")  # a bug, not an input problem
     sims = similarities(result["min_d"])
     score = result["score"].astype(np.float64)  # float64 in the table: cells.csv reproduces p_affected exactly
-    lr = reference_lr(score, models["fraction"])
+    zones = models.get("zones")
+    if zones:  # score.match_imaging: each cell read against its zone's reference (protocell.score.zones)
+        zone = zone_of_cells(rows, wells)
+        lr = np.empty(len(score))
+        for name in np.unique(zone):
+            on = zone == name
+            lr[on] = reference_lr(score[on], zones[name]["fit"])
+    else:
+        lr = reference_lr(score, models["fraction"])
     if is_mixture(models["call"]):  # one model: each cell's posterior at its well's fraction
         p, _ = cell_posteriors(lr, well_key(rows).to_numpy())
     else:

@@ -87,6 +87,7 @@ def write_score(out: Path, result: ScoreResult, t0: float) -> None:
                 "truth": r.truth,
                 "design": r.design,
                 "options": r.options,
+                "imaging_zones": r.imaging_zones,
                 "qc": _records(tables["qc"]),
                 "plate_effects": _records(tables["plate_effects"]),
                 "trends": _records(tables["trends"]),

@@ -892,3 +892,53 @@ def test_a_score_in_shares_through_the_local_launcher_equals_the_one_process_sco
         assert (out / "score" / f"{name}.csv").read_bytes() == (tmp_path / "one" / "score" / f"{name}.csv").read_bytes()
     cells = pd.read_csv(out / "score" / "cells.csv")
     assert len(cells) > 128 and (out / "score.html").exists() and not (out / ".score-shares").exists()
+
+
+def test_match_imaging_reads_each_plate_zone_against_the_runs_controls_imaged_as_it_is(scored, several, tmp_path):
+    """score.match_imaging (protocell.score.zones): plate p2 (half the gain, extra light, a dimmer ring) gets
+    noise added to the run's control cells in both its zones, more on its ring than the run's own plate gets;
+    each zone's fit gives its cells their likelihood ratio; a plate is normalised on its wells' fractions mapped
+    by the zone's virtual controls; said in score.json, wells.csv and the page. With level_imaging it is refused."""
+    from protocell.score.plates import normalise
+
+    run, _ = scored
+    own, two, _bare = several[1]
+    out = _score(run, [own, two], out=tmp_path / "m", match_imaging=True, min_cells=5).parent
+    info = json.loads((out / "score" / "score.json").read_text())
+    assert info["options"]["match_imaging"] is True and "imaging matched" in info
+    zones = info["imaging_zones"]
+    assert {"p2 ring", "p2 inner", "plate1 ring", "plate1 inner", "p3 ring", "p3 inner"} <= set(zones), sorted(zones)
+    noise = {k: np.mean([a for a, _ in z["noise_var"]]) for k, z in zones.items() if "noise_var" in z}
+    assert noise["p2 ring"] > noise["p2 inner"] > max(noise["plate1 ring"], noise["plate1 inner"]), noise
+    for z in zones.values():
+        assert z["said"] and len(z["levels_as_run_imaged"]) == 2
+    assert zones["plate1 inner"]["mapped"] and zones["p2 ring"]["mapped"], {k: z["said"] for k, z in zones.items()}
+    wells = pd.read_csv(out / "score" / "wells.csv", keep_default_na=False, na_values=[""])
+    assert {"zone", "imaging_matched_fraction"} <= set(wells.columns)
+    for name, z in zones.items():
+        w = wells[wells["zone"] == name]
+        if z["mapped"]:
+            (r0, e0), (rz, ez) = z["levels_as_run_imaged"], z["levels_at_zone_imaging"]
+            want = r0 + (w["untrained_fraction"] - rz) * (e0 - r0) / (ez - rz)
+            assert np.allclose(w["imaging_matched_fraction"], want, equal_nan=True)
+        else:
+            assert np.allclose(w["imaging_matched_fraction"], w["untrained_fraction"], equal_nan=True)
+            assert w["flag"].str.contains("imaging not matched").all()
+    ctrl = wells[wells["role"].isin(["reference", "exposed"])][["plate", "well", "role", "imaging_matched_fraction"]]
+    again = normalise(
+        wells.drop(columns=["percent_of_control", "robust_z", "normalised_fraction"]),
+        ctrl,
+        "imaging_matched_fraction",
+        anchors=["plate1"],
+    )
+    assert np.allclose(again["normalised_fraction"], wells["normalised_fraction"], equal_nan=True)
+    cells = pd.read_csv(out / "score" / "cells.csv", keep_default_na=False, na_values=[""])
+    plain = pd.read_csv(several[0] / "score" / "cells.csv", keep_default_na=False, na_values=[""])
+    both = cells.merge(plain, on=["plate", "well", "cell_id"], suffixes=("", "_plain"))
+    assert len(both) == len(cells)
+    assert np.allclose(both["score"], both["score_plain"])  # the same pass; only the reading of it differs
+    on_p2 = (both["plate"] == "p2").to_numpy()
+    assert not np.allclose(both.loc[on_p2, "likelihood_ratio"], both.loc[on_p2, "likelihood_ratio_plain"])
+    assert "imaging matched" in (out / "score.html").read_text()
+    with pytest.raises(ProtocellError, match="level_imaging=true and match_imaging=true"):
+        _score(run, out=tmp_path / "both", level_imaging=True, match_imaging=True)

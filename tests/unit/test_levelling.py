@@ -142,3 +142,32 @@ def test_score_levels_each_plate_to_its_own_noisiest_well(tmp_path):
         spread[plate] = b.max(0) / b.min(0), a.max(0) / a.min(0), a.mean(0)
     assert (spread["plate2"][0] > 1.35).all() and (spread["plate2"][1] < 1.25).all(), spread
     assert (spread["plate1"][2] < 0.85 * spread["plate2"][2]).all(), spread
+
+
+def test_camera_match_gives_one_set_of_cells_the_optics_and_noise_of_another(blurry):
+    """score.match_imaging (levelling.camera_match): the reference wells' cells (optics σ 0.6–0.8 px) given the
+    exposed wells' camera (0.8–1.0 px) get the σ² the optics differ by, and then read as noisy as the exposed
+    wells' cells at every intensity; the other way round nothing can be added: the blur the target lacks is
+    said (``sharper_px2``), none is added."""
+    path, spec = blurry
+    store = CropStore(path)
+    m = store.manifest
+    rows = np.flatnonzero(m["aug_of"].to_numpy() < 0)
+    truth = {w["well"]: w["blur"] ** 2 for w in well_imaging(spec)}
+    ref = rows[(m["condition"].to_numpy()[rows] == "Ref")][::2]
+    exp = rows[(m["condition"].to_numpy()[rows] == "Exp")][::2]
+    gap = np.mean([truth[w] for w in m["well"].to_numpy()[exp]]) - np.mean(
+        [truth[w] for w in m["well"].to_numpy()[ref]]
+    )
+    got = levelling.camera_match(store, ref, [0, 1], store, exp, [0, 1])
+    assert np.all(np.abs(got["blur"] ** 2 - gap) < 0.35 * gap), (got["blur"] ** 2, gap)
+    assert np.all(got["sharper_px2"] == 0)
+    want = levelling._noise_profile(store, exp, [0, 1], np.zeros(2), None)
+    made = levelling._noise_profile(store, ref, [0, 1], got["blur"], got["add_var"])
+    before = levelling._noise_profile(store, ref, [0, 1], np.zeros(2), None)
+    ok = (want[1] >= 200) & (made[1] >= 200)
+    ratio = np.sqrt(made[0][ok] / want[0][ok])
+    assert np.all(np.abs(ratio - 1) < 0.15), ratio  # as noisy as the target at every intensity
+    assert np.abs(np.sqrt(before[0][ok] / want[0][ok]) - 1).max() > np.abs(ratio - 1).max()  # and not before
+    back = levelling.camera_match(store, exp, [0, 1], store, ref, [0, 1])
+    assert np.all(back["blur"] < 0.2) and np.all(np.abs(back["sharper_px2"] - gap) < 0.35 * gap)
