@@ -81,7 +81,7 @@ def screen(
         wells.assign(log2_intensity=log_intensity),
         {"affected fraction": ("untrained_fraction", True), "log2 intensity": ("log2_intensity", False)},
     )
-    wells = ring_flags(wells, trend)
+    wells = ring_flags(wells, trend, zones=zones)
     hits = hit_table(wells, "normalised_fraction", "untrained_fraction", fdr)
     return wells, {"qc": qc, "plate_effects": effects, "trends": trend, "hits": hits, "plates_read_differently": reads}
 
@@ -129,12 +129,15 @@ def plates_read_differently(
     return wells, pd.DataFrame(rows)
 
 
-def ring_flags(wells: pd.DataFrame, trend: pd.DataFrame, measure: str = "log2 intensity") -> pd.DataFrame:
+def ring_flags(
+    wells: pd.DataFrame, trend: pd.DataFrame, measure: str = "log2 intensity", zones: dict | None = None
+) -> pd.DataFrame:
     """Each outer-ring well of a plate whose ring is imaged differently from its inner wells (the ``trends``
     row of the brightness flagged) says so in its flag: the plate's flag alone does not name the wells. Once
     each cell is normalised, a dimmer well is a noisier one, and the network reads a noisier well's change as
     weaker: on the built-in two-plate screen, ring wells at 0.7 of the gain read 0.07–0.12 low at high doses
-    after normalisation to controls that sit on the ring themselves (docs/score.md)."""
+    after normalisation to controls that sit on the ring themselves (docs/score.md). The flag says what reads it
+    at the ring's own imaging (``match_imaging=true``), or that it was read so (``zones``: its zone mapped)."""
     for t in trend[(trend["measure"] == measure) & trend["flag"]].itertuples():
         on = (wells["plate"].astype(str) == str(t.plate)) & on_grid(wells)
         ring = wells[on].index[outer_ring(wells[on])]
@@ -144,5 +147,10 @@ def ring_flags(wells: pd.DataFrame, trend: pd.DataFrame, measure: str = "log2 in
             if ratio < 1
             else "its fraction may read unlike the inner wells'"
         )
+        zone = (zones or {}).get(f"{t.plate} ring")
+        if zone is not None and zone["mapped"]:
+            note += "; read against the run's control cells imaged as the ring is (match_imaging)"
+        elif zones is None:
+            note += "; match_imaging=true reads it against the run's control cells imaged as the ring is"
         wells.loc[ring, "flag"] = [f"{f}; {note}" if f else note for f in wells.loc[ring, "flag"]]
     return wells

@@ -940,5 +940,11 @@ def test_match_imaging_reads_each_plate_zone_against_the_runs_controls_imaged_as
     on_p2 = (both["plate"] == "p2").to_numpy()
     assert not np.allclose(both.loc[on_p2, "likelihood_ratio"], both.loc[on_p2, "likelihood_ratio_plain"])
     assert "imaging matched" in (out / "score.html").read_text()
+    # a ring the trend check flags names the option as read, and says it was applied when it was
+    before = pd.read_csv(several[0] / "score" / "wells.csv", keep_default_na=False, na_values=[""])
+    ringed = before["flag"].fillna("").str.contains("outer ring imaged")
+    assert ringed.any() and before.loc[ringed, "flag"].str.contains("match_imaging=true reads it").all()
+    ringed = wells["flag"].fillna("").str.contains("outer ring imaged")
+    assert ringed.any() and wells.loc[ringed, "flag"].str.contains(r"imaged as the ring is \(match_imaging\)").all()
     with pytest.raises(ProtocellError, match="level_imaging=true and match_imaging=true"):
         _score(run, out=tmp_path / "both", level_imaging=True, match_imaging=True)

@@ -224,6 +224,17 @@ def test_the_wells_of_a_ring_imaged_dimmer_say_so_and_no_other_well_does():
     dim.loc[outer.argmax(), "flag"] = "plate read differently"
     both = ring_flags(dim.copy(), trends(dim, {"log2 intensity": ("log2_intensity", False)}))
     assert both.loc[outer.argmax(), "flag"].startswith("plate read differently; outer ring imaged at")
+    # the fix it names (docs/score.md measures it), and that it was applied when it was
+    assert (
+        flagged.loc[outer, "flag"]
+        .str.endswith("match_imaging=true reads it against the run's control cells imaged as the ring is")
+        .all()
+    )
+    t = trends(dim, {"log2 intensity": ("log2_intensity", False)})
+    read = ring_flags(dim.copy(), t, zones={"p ring": {"mapped": True}, "p inner": {"mapped": True}})
+    assert read.loc[outer, "flag"].str.endswith("imaged as the ring is (match_imaging)").all()
+    not_read = ring_flags(dim.copy(), t, zones={"p ring": {"mapped": False}})
+    assert not not_read.loc[outer, "flag"].str.contains("match_imaging").any()  # its own flag says why
 
 
 def test_the_plate_effect_check_is_a_kruskal_wallis_test_of_the_controls_across_plates():
