@@ -88,40 +88,54 @@ def radial_power(image: np.ndarray, mask: np.ndarray, edges: np.ndarray) -> tupl
     return out, float((taper**2).sum())
 
 
-def mean_power(store, rows, channels: list[int]) -> np.ndarray | None:
-    """(C, bins) mean radial power (``EDGES``) of ``rows``' cells normalised one by one; None when no cell
-    is large enough for a window."""
-    power = []
+def powers(store, rows, channels: list[int]) -> list[np.ndarray]:
+    """(C, bins) radial power (``EDGES``) of each of ``rows``' cells normalised one by one that is large enough
+    for a window."""
+    out = []
     for r in rows:
         mask = store.mask(int(r))
         got = radial_power(normalised(store.crop(int(r))[channels], mask), mask, EDGES)
         if got is not None:
-            power.append(got[0])
-    return np.mean(power, axis=0) if power else None
+            out.append(got[0])
+    return out
 
 
-def camera_match(source, source_rows, source_channels, target, target_rows, target_channels) -> dict | None:
-    """What gives ``source``'s cells (a store, rows, the network's channels in it) the imaging ``target``'s
-    cells show, read as ``estimate`` reads a well against the plate's worst (module doc): the extra blur σ
-    (C,) from the two sets' radial spectra, then the noise to add, (C, 2) (a, b) of a variance a + b·y, from
-    the gap between their noise profiles once that blur is made (read twice, as the noise widens the cell's
-    range). It cannot sharpen or denoise: where the target is sharper or cleaner that part is left as it is
-    (``sharper_px2``: the σ² by which the target is sharper, 0 where it is not). ``{"blur": σ, "add_var": (a, b),
-    "sharper_px2": (C,)}``; None when either set has no cell large enough to read its optics."""
-    spectra = {
-        "source": mean_power(source, source_rows, source_channels),
-        "target": mean_power(target, target_rows, target_channels),
-    }
-    if any(v is None for v in spectra.values()):
+def mean_power(store, rows, channels: list[int]) -> np.ndarray | None:
+    """(C, bins) mean radial power of ``rows``' cells (``powers``); None when no cell is large enough for a
+    window."""
+    got = powers(store, rows, channels)
+    return np.mean(got, axis=0) if got else None
+
+
+def _pooled_profile(parts, sigma, add) -> tuple[np.ndarray, np.ndarray]:
+    """``_noise_profile`` over the cells of several (store, rows, channels) ``parts``, pooled pixel-weighted."""
+    got = [_noise_profile(store, rows, channels, sigma, add) for store, rows, channels in parts]
+    count = np.sum([n for _, n in got], axis=0)
+    return np.sum([mean * n for mean, n in got], axis=0) / np.maximum(count, 1), count
+
+
+def camera_match(source: tuple, target: list[tuple]) -> dict | None:
+    """What gives ``source``'s cells (store, rows, the network's channels in it) the imaging the cells of
+    ``target`` (one or more such triples: a zone may span stores) show, read as ``estimate`` reads a well
+    against the plate's worst (module doc): the extra blur σ (C,) from the two sets' radial spectra, then the
+    noise to add, (C, 2) (a, b) of a variance a + b·y, from the gap between their noise profiles once that
+    blur is made (read twice, as the noise widens the cell's range). It cannot sharpen or denoise: where the
+    target is sharper or cleaner that part is left as it is (``sharper_px2``: the σ² by which the target is
+    sharper, 0 where it is not). ``{"blur": σ, "add_var": (a, b), "sharper_px2": (C,)}``; None when either side
+    has no cell large enough to read its optics."""
+    theirs = [p for store, rows, channels in target for p in powers(store, rows, channels)]
+    spectra = {"source": mean_power(*source), "target": np.mean(theirs, axis=0) if theirs else None}
+    if spectra["source"] is None or spectra["target"] is None:
         return None
     offsets = blur_offsets(spectra, EDGES)
     apart = offsets["target"] - offsets["source"]
     sigma = np.sqrt(np.maximum(apart, 0.0))
-    want, _ = _noise_profile(target, target_rows, target_channels, np.zeros(len(target_channels)), None)
-    have, count = _noise_profile(source, source_rows, source_channels, sigma, None)
+    want, _ = _pooled_profile(target, np.zeros(len(source[2])), None)
+    store, rows, channels = source
+    have, count = _noise_profile(store, rows, channels, sigma, None)
     add = _line(want - have, count)
     if np.abs(add).max() > 0:
-        again, count = _noise_profile(source, source_rows, source_channels, sigma, add)
+        again, count = _noise_profile(store, rows, channels, sigma, add)
         add = _line(want - again, count, start=add)
     return {"blur": sigma, "add_var": add, "sharper_px2": np.maximum(-apart, 0.0)}
 

@@ -118,18 +118,25 @@ def imaging_zones(
     out: dict[str, dict] = {}
     for name in sorted(zone.unique()):
         mine = wells[zone == name]
-        store = by_root[str(mine["store"].iloc[0])] if "store" in mine else stores[0]
-        m = store.manifest
-        keys = set(well_key(mine))
-        rows = np.flatnonzero((m["aug_of"].to_numpy() < 0) & well_key(m).isin(keys).to_numpy())
         entry: dict = {"wells": int(len(mine)), "levels_as_run_imaged": [r0, e0], "fit": fit, "mapped": False}
         out[name] = entry
-        if not len(rows):
+        parts = []  # the zone's cells in each store holding its wells (one plate may span stores)
+        for root, w in mine.groupby("store", sort=True) if "store" in mine else [("", mine)]:
+            store = by_root[str(root)] if root else stores[0]
+            m = store.manifest
+            rows = np.flatnonzero((m["aug_of"].to_numpy() < 0) & well_key(m).isin(set(well_key(w))).to_numpy())
+            parts.append((store, rows, [store.channels.index(c) for c in run.dm.channels]))
+        total = sum(len(rows) for _, rows, _ in parts)
+        if not total:
             entry["note"] = "no cells"
             continue
-        picked = np.sort(rng.choice(rows, min(ZONE_CELLS, len(rows)), replace=False))
-        channels = [store.channels.index(c) for c in run.dm.channels]
-        camera = camera_match(run.store, src_rows, src_channels, store, picked, channels)
+        # up to ZONE_CELLS of the zone's cells, each store in proportion to the cells it holds
+        parts = [
+            (store, np.sort(rng.choice(rows, min(len(rows), round(ZONE_CELLS * len(rows) / total)), replace=False)), ch)
+            for store, rows, ch in parts
+            if len(rows)
+        ]
+        camera = camera_match((run.store, src_rows, src_channels), parts)
         if camera is None:
             entry["note"] = "no cell large enough to read its optics: read with the run's reference"
             continue

@@ -159,7 +159,7 @@ def test_camera_match_gives_one_set_of_cells_the_optics_and_noise_of_another(blu
     gap = np.mean([truth[w] for w in m["well"].to_numpy()[exp]]) - np.mean(
         [truth[w] for w in m["well"].to_numpy()[ref]]
     )
-    got = levelling.camera_match(store, ref, [0, 1], store, exp, [0, 1])
+    got = levelling.camera_match((store, ref, [0, 1]), [(store, exp[::2], [0, 1]), (store, exp[1::2], [0, 1])])
     assert np.all(np.abs(got["blur"] ** 2 - gap) < 0.35 * gap), (got["blur"] ** 2, gap)
     assert np.all(got["sharper_px2"] == 0)
     want = levelling._noise_profile(store, exp, [0, 1], np.zeros(2), None)
@@ -169,5 +169,5 @@ def test_camera_match_gives_one_set_of_cells_the_optics_and_noise_of_another(blu
     ratio = np.sqrt(made[0][ok] / want[0][ok])
     assert np.all(np.abs(ratio - 1) < 0.15), ratio  # as noisy as the target at every intensity
     assert np.abs(np.sqrt(before[0][ok] / want[0][ok]) - 1).max() > np.abs(ratio - 1).max()  # and not before
-    back = levelling.camera_match(store, exp, [0, 1], store, ref, [0, 1])
+    back = levelling.camera_match((store, exp, [0, 1]), [(store, ref, [0, 1])])
     assert np.all(back["blur"] < 0.2) and np.all(np.abs(back["sharper_px2"] - gap) < 0.35 * gap)
