@@ -114,7 +114,7 @@ def _pooled_profile(parts, sigma, add) -> tuple[np.ndarray, np.ndarray]:
     return np.sum([mean * n for mean, n in got], axis=0) / np.maximum(count, 1), count
 
 
-def camera_match(source: tuple, target: list[tuple]) -> dict | None:
+def camera_match(source: tuple, target: list[tuple], source_power: np.ndarray | None = None) -> dict | None:
     """What gives ``source``'s cells (store, rows, the network's channels in it) the imaging the cells of
     ``target`` (one or more such triples: a zone may span stores) show, read as ``estimate`` reads a well
     against the plate's worst (module doc): the extra blur σ (C,) from the two sets' radial spectra, then the
@@ -122,9 +122,11 @@ def camera_match(source: tuple, target: list[tuple]) -> dict | None:
     blur is made (read twice, as the noise widens the cell's range). It cannot sharpen or denoise: where the
     target is sharper or cleaner that part is left as it is (``sharper_px2``: the σ² by which the target is
     sharper, 0 where it is not). ``{"blur": σ, "add_var": (a, b), "sharper_px2": (C,)}``; None when either side
-    has no cell large enough to read its optics."""
+    has no cell large enough to read its optics. ``source_power``: ``mean_power`` of the source, when one source
+    is matched to several targets."""
     theirs = [p for store, rows, channels in target for p in powers(store, rows, channels)]
-    spectra = {"source": mean_power(*source), "target": np.mean(theirs, axis=0) if theirs else None}
+    mine = mean_power(*source) if source_power is None else source_power
+    spectra = {"source": mine, "target": np.mean(theirs, axis=0) if theirs else None}
     if spectra["source"] is None or spectra["target"] is None:
         return None
     offsets = blur_offsets(spectra, EDGES)

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from protocell.data.levelling import EDGES as SPECTRUM_EDGES  # the radial bins imaging levelling reads blur in
 from protocell.diagnostics.base import MIN_CELLS, check
 
 IMAGING = 0.10  # rise of the reference fraction when its cells are imaged a little differently
@@ -22,7 +23,6 @@ FOCUS = 0.35  # px: the Gaussian blur added ("softer") or removed ("sharper") by
 # the share by which the camera changes raise (×1.25) or lower (÷1.25) a cell's noise variance: what ±20 % of
 # exposure or gain between wells does to the shot noise a cell shows after per-cell normalisation
 NOISE = 0.25
-SPECTRUM_EDGES = np.linspace(0.0, 0.5, 26)  # radial frequency bins (cycles / px), as imaging levelling reads blur
 HALF_NOISE = 1 / math.sqrt(2)  # the SD kept when the noise variance is halved
 SHARPEN_FLOOR = 0.25  # the smallest blur response ``sharper`` inverts: a gain of at most 4 at any frequency
 

@@ -194,20 +194,19 @@ def score_run(
     returns the ``score/`` folder. ``shard``: ``all`` (here, at once), a share 0 … ``shards`` − 1 (one task
     of a sharded score of one store: returns its file under ``out/.score-shares/``), or ``merge`` (the
     tables and page from the finished shares)."""
-    keys = (
-        "bootstrap",
-        "nearest",
-        "top_prototypes",
-        "min_cells",
-        "fdr",
-        "bscore",
-        "shards",
-        "shard",
-        "level_imaging",
-        "match_imaging",
-    )
-    values = (n_boot, nearest, top, min_cells, fdr, bscore, shards, shard, level_imaging, match_imaging)
-    broken = broken_rule(ScoreConfig, dict(zip(keys, values)))
+    options = {
+        "bootstrap": n_boot,
+        "nearest": nearest,
+        "top_prototypes": top,
+        "min_cells": min_cells,
+        "fdr": fdr,
+        "bscore": bscore,
+        "shards": shards,
+        "shard": shard,
+        "level_imaging": level_imaging,
+        "match_imaging": match_imaging,
+    }
+    broken = broken_rule(ScoreConfig, options)
     if broken is not None:  # score.py's ranges (protocell.config_commands), checked for a Python caller too
         raise ConfigError.invalid(*broken)
     problem = folder_problem(out) if out is not None else None

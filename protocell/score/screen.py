@@ -18,7 +18,7 @@ from protocell.score.export import feature_name
 from protocell.score.hits import hit_table
 from protocell.score.plates import b_scores, normalise, on_grid, plate_effects, plate_qc, trends
 from protocell.score.tables import well_key, well_readouts
-from protocell.score.zones import matched
+from protocell.score.zones import matched, zone_name
 
 # the network's readouts in the QC table (names as in well_table.csv) → the control wells' column
 NETWORK = {
@@ -147,7 +147,7 @@ def ring_flags(
             if ratio < 1
             else "its fraction may read unlike the inner wells'"
         )
-        zone = (zones or {}).get(f"{t.plate} ring")
+        zone = (zones or {}).get(zone_name(str(t.plate), True))
         if zone is not None and zone["mapped"]:
             note += "; read against the run's control cells imaged as the ring is (match_imaging)"
         elif zones is None:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from protocell.artifacts import RunFolder, positive_class
-from protocell.data.levelling import camera_match, level
+from protocell.data.levelling import camera_match, level, mean_power
 from protocell.data.store import CropStore, well_key
 from protocell.evaluate.fraction import fit_reference, mixture_fraction, reference_lr
 from protocell.plate import outer_ring
@@ -54,6 +54,11 @@ ZONE_CELLS = 2 * HELD_CELLS
 MIN_SPREAD = 0.05  # e_z − r_z below which a zone's virtual controls do not separate: the zone is not mapped
 
 
+def zone_name(plate: str, ring: bool) -> str:
+    """The zone of a plate's outer ring (``ring``) or of its inner wells."""
+    return f"{plate} {'ring' if ring else 'inner'}"
+
+
 def zone_names(wells: pd.DataFrame) -> pd.Series:
     """Per well (``plate_wells``): its zone — ``<plate> ring`` / ``<plate> inner`` when the plate's wells have
     plate positions and both kinds exist, else ``<plate>``."""
@@ -62,7 +67,7 @@ def zone_names(wells: pd.DataFrame) -> pd.Series:
     for plate, w in wells[grid].groupby(wells.loc[grid, "plate"].astype(str)):
         ring = outer_ring(w)
         if ring.any() and (~ring).any():
-            out.loc[w.index] = np.where(ring, f"{plate} ring", f"{plate} inner")
+            out.loc[w.index] = np.where(ring, zone_name(plate, True), zone_name(plate, False))
     return out
 
 
@@ -110,8 +115,8 @@ def imaging_zones(
     well (with ``store`` when there are several stores)."""
     rng = np.random.default_rng(seed)
     held = _held_controls(run, rng)
-    src_rows = held["row"].to_numpy()
-    src_channels = list(run.dm.channel_index)
+    source = (run.store, held["row"].to_numpy(), list(run.dm.channel_index))
+    source_power = mean_power(*source)  # the control cells' spectrum: one read for every zone
     r0, e0 = (_fraction(held.loc[held["exposed"] == flag, "score"].to_numpy(), fit) for flag in (False, True))
     zone = zone_names(wells)
     by_root = {str(s.root): s for s in stores}
@@ -136,7 +141,7 @@ def imaging_zones(
             for store, rows, ch in parts
             if len(rows)
         ]
-        camera = camera_match((run.store, src_rows, src_channels), parts)
+        camera = camera_match(source, parts, source_power)
         if camera is None:
             entry["note"] = "no cell large enough to read its optics: read with the run's reference"
             continue
