@@ -15,10 +15,12 @@ extra uniform light (a plate effect) and its outer ring of wells at 0.7 of that 
   plate1 of the two-plate store), then ``score.py data.path=[<its store>, <plate2's store>]`` (two stores
   in one call; plate2's store is plate2 of the two-plate store, cell for cell).
 
-``--scenarios plate1`` runs one scenario; ``--level-imaging`` scores with ``level_imaging=true`` (each plate's
-wells read at its own noisiest well's imaging) into ``score_levelled/`` beside ``score/``, tabulated as the
-scenario ``<name>+levelled`` (the same trained runs); ``--match-imaging`` likewise with ``match_imaging=true``
-(each plate zone read against the run's control cells imaged as it is) into ``score_matched/``, ``<name>+matched``.
+``--scenarios plate1`` runs one scenario. ``score/`` is score.py's default (``match_imaging=true``: each plate
+zone read against the run's control cells imaged as it is); ``--as-read`` also scores with ``match_imaging=false``
+(every cell against the run's own imaging) into ``score_as_read/`` beside it, tabulated as the scenario
+``<name>+as_read`` (the same trained runs); ``--level-imaging`` likewise with ``level_imaging=true`` (each plate's
+wells read at its own noisiest well's imaging) into ``score_levelled/``, ``<name>+levelled``. Tables of
+2026-12-07 and before: ``score/`` was then scored as read and ``<name>+matched`` with the option.
 
 Runs already finished (``score/score.json`` present) are tabulated, not run again. Table
 (``<out>/score_plates.csv`` and ``.md``, printed): per seed, scenario and plate, over its 27 dose wells
@@ -65,7 +67,10 @@ def plate_spec(overrides: list[str], name: str):
 
 
 # a scoring option measured beside the default: scenario suffix → (folder beside score/, score.py override)
-VARIANTS = {"+levelled": ("score_levelled", "level_imaging=true"), "+matched": ("score_matched", "match_imaging=true")}
+VARIANTS = {
+    "+levelled": ("score_levelled", ["level_imaging=true", "match_imaging=false"]),
+    "+as_read": ("score_as_read", ["match_imaging=false"]),
+}
 
 
 def run_seed(
@@ -75,11 +80,11 @@ def run_seed(
     tiny: bool,
     scenarios=("both", "plate1"),
     level_imaging: bool = False,
-    match_imaging: bool = False,
+    as_read: bool = False,
 ) -> dict[str, Path]:
     """Train and score the scenarios of one seed (skipped when done); returns scenario → run folder (with
-    ``level_imaging`` / ``match_imaging``: also ``<scenario>+levelled`` / ``+matched`` → the same folder, scored
-    into ``score_levelled/`` / ``score_matched/``)."""
+    ``level_imaging`` / ``as_read``: also ``<scenario>+levelled`` / ``+as_read`` → the same folder, scored
+    into ``score_levelled/`` / ``score_as_read/``)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     py = sys.executable
     common = [
@@ -93,9 +98,9 @@ def run_seed(
     ]
     score = [f"threads={threads}", "progress=false", "wandb=false", *(["bootstrap=50", "min_cells=5"] if tiny else [])]
     runs = {name: out / f"seed{seed}" / name for name in scenarios}
-    wanted = [suffix for suffix, on in (("+levelled", level_imaging), ("+matched", match_imaging)) if on]
+    wanted = [suffix for suffix, on in (("+levelled", level_imaging), ("+as_read", as_read)) if on]
     for scenario, run in list(runs.items()):
-        outs = [(run / "score", [])] + [(run / VARIANTS[s][0] / "score", [VARIANTS[s][1]]) for s in wanted]
+        outs = [(run / "score", [])] + [(run / VARIANTS[s][0] / "score", VARIANTS[s][1]) for s in wanted]
         for suffix in wanted:
             runs[f"{scenario}{suffix}"] = run
         if all((folder / "score.json").exists() for folder, _ in outs):
@@ -161,6 +166,7 @@ def plate_rows(scenario: str, run: Path) -> list[dict]:
             "scenario": scenario,
             "plate": plate,
             "trained_on": "both plates" if scenario.startswith("both") else "plate1",
+            "match_imaging": bool(info["options"].get("match_imaging", False)),  # absent: scored before the option
             "true_auroc": metrics.get("true_label_auroc"),
             "dose_wells": len(dosed),
             "raw_within": float((raw <= TOL).mean()),
@@ -199,7 +205,7 @@ def tabulate(runs: list[dict[str, Path]]) -> pd.DataFrame:
 def options(ap) -> None:
     ap.add_argument("--scenarios", nargs="+", choices=["both", "plate1"], default=["both", "plate1"])
     ap.add_argument("--level-imaging", action="store_true", help="also score with level_imaging=true")
-    ap.add_argument("--match-imaging", action="store_true", help="also score with match_imaging=true")
+    ap.add_argument("--as-read", action="store_true", help="also score with match_imaging=false")
 
 
 def main(argv=None) -> pd.DataFrame:

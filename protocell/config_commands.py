@@ -63,8 +63,8 @@ class ScoreConfig:
     # (protocell.data.levelling.estimate_plates): a dimmer outer ring then weakens every well alike
     level_imaging: bool = rule(_bool, "true or false", False)
     # each plate zone (outer ring, inner wells) read against the run's control cells re-imaged as that zone is
-    # (protocell.score.zones): a dimmer ring or plate no longer reads low
-    match_imaging: bool = rule(_bool, "true or false", False)
+    # (protocell.score.zones): a dimmer ring or plate no longer reads low; on by default (docs/score.md)
+    match_imaging: bool = rule(_bool, "true or false", True)
     progress: bool = True
     wandb: bool = True
     threads: int | None = threads_rule(2)

@@ -90,11 +90,13 @@ def radial_power(image: np.ndarray, mask: np.ndarray, edges: np.ndarray) -> tupl
 
 def powers(store, rows, channels: list[int]) -> list[np.ndarray]:
     """(C, bins) radial power (``EDGES``) of each of ``rows``' cells normalised one by one that is large enough
-    for a window."""
+    for a window (a cell with a non-finite pixel shows no imaging: skipped — score refuses it by name)."""
     out = []
     for r in rows:
-        mask = store.mask(int(r))
-        got = radial_power(normalised(store.crop(int(r))[channels], mask), mask, EDGES)
+        mask, crop = store.mask(int(r)), store.crop(int(r))[channels]
+        if not np.isfinite(crop).all():
+            continue
+        got = radial_power(normalised(crop, mask), mask, EDGES)
         if got is not None:
             out.append(got[0])
     return out
@@ -271,7 +273,7 @@ def _noise_profile(store, rows, channels, sigma, add) -> tuple[np.ndarray, np.nd
     """((C, bins) mean square of the second differences along rows (/√6: white noise of variance v adds v),
     (C, bins) pixel counts) of ``rows``' cells read through ``level`` with ``add`` (None: the blur alone),
     binned by the local mean of the three pixels; inside the cell eroded by 2 px (noise drawn with a
-    fixed seed)."""
+    fixed seed; a cell with a non-finite pixel skipped, as in ``powers``)."""
     from scipy import ndimage as ndi
 
     C, nb = len(channels), len(NOISE_BINS) - 1
@@ -281,6 +283,8 @@ def _noise_profile(store, rows, channels, sigma, add) -> tuple[np.ndarray, np.nd
         mask = store.mask(int(r))
         crop = store.crop(int(r))[channels]
         draw = None if add is None else rng.standard_normal(crop.shape).astype(np.float32)
+        if not np.isfinite(crop).all():
+            continue
         y = normalised(level(crop, mask, sigma, add, draw), mask)
         inner = ndi.binary_erosion(mask > 0, iterations=2)
         keep = inner[:, 2:] & inner[:, 1:-1] & inner[:, :-2]

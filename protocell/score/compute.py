@@ -76,7 +76,7 @@ class ScoreResult:
     fraction_reference: dict  # the fraction's reference (protocell.evaluate.fraction)
     run_status: dict
     options: dict  # fdr, bscore, min_cells
-    imaging_zones: dict  # score.match_imaging: each zone's camera, levels and note (protocell.score.zones)
+    imaging_zones: dict  # score.match_imaging: each zone's camera, levels, note and fit (protocell.score.zones)
 
 
 def _reference(run: Run, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:

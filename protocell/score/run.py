@@ -231,7 +231,7 @@ def score_run(
         raise ConfigError(
             "level_imaging=true and match_imaging=true: two answers to one problem (a plate zone imaged otherwise) — "
             "level_imaging reads every well at its plate's worst imaging, match_imaging reads each zone against the "
-            "run's control cells imaged as it is; set one of them to false"
+            "run's control cells imaged as it is (on by default); to level the wells instead, add match_imaging=false"
         )
     if level_imaging:
         models["level_imaging"] = True

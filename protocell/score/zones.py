@@ -46,11 +46,14 @@ from protocell.score.infer import infer
 
 log = logging.getLogger("protocell.score")
 
-HELD_CELLS = 1000  # held-out cells a control condition re-imaged for each zone
-# a zone's cells its camera is read from: as many as the control side gives, so neither reading dominates the
-# difference's sampling error (on the built-in screen, readings from 300 and from 400 cells put one seed's plate-2
-# wells within ±0.08 at 93 % and at 100 %: docs/score.md)
-ZONE_CELLS = 2 * HELD_CELLS
+# held-out cells of a control condition re-imaged for each zone: every cell the run's reference was fitted on, up
+# to this many — so a zone imaged as the run's cells gets the run's own reference back, not a resample of it (at
+# 1,000 a condition, BBBC013's inner wells, read with no blur or noise added, moved the rank-4 wells by +0.014)
+HELD_CELLS = 5000
+# a zone's cells its camera is read from: as many as the control side of a typical run gives, so neither reading
+# dominates the difference's sampling error (on the built-in screen, readings from 300 and from 400 cells put one
+# seed's plate-2 wells within ±0.08 at 93 % and at 100 %: docs/score.md)
+ZONE_CELLS = 2000
 MIN_SPREAD = 0.05  # e_z − r_z below which a zone's virtual controls do not separate: the zone is not mapped
 
 
@@ -72,8 +75,8 @@ def zone_names(wells: pd.DataFrame) -> pd.Series:
 
 
 def _held_controls(run: Run, rng: np.random.Generator) -> pd.DataFrame:
-    """Up to ``HELD_CELLS`` held-out cells of each control condition (test and validation: the cells the run's
-    reference was fitted on), with their store row, well label and score as the run read them."""
+    """The held-out cells of each control condition (test and validation: the cells the run's reference was
+    fitted on), up to ``HELD_CELLS`` a condition, with their store row, well label and score as the run read them."""
     folder = RunFolder(run.dir)
     parts = [run.preds] + (
         [pd.read_csv(folder.val_predictions, dtype={"well": str})] if folder.val_predictions.exists() else []
@@ -188,8 +191,10 @@ def said(zone: dict) -> str:
 
 
 def summary(zones: dict[str, dict]) -> dict[str, dict]:
-    """``imaging_zones`` for score.json: each zone's camera, levels and note, without its fitted curve."""
-    return {k: {f: v for f, v in z.items() if f != "fit"} | {"said": said(z)} for k, z in zones.items()}
+    """``imaging_zones`` for score.json: each zone's camera, levels, note and the reference its cells were read
+    with (``fit``: the run's, refitted at the zone's imaging — as metrics.json → affected_fraction.fit), so a
+    reader recomputes every cell's likelihood ratio (``evaluate.fraction.reference_lr``) by hand."""
+    return {k: {**z, "said": said(z)} for k, z in zones.items()}
 
 
 def zone_of_cells(cells: pd.DataFrame, wells: pd.DataFrame) -> np.ndarray:

@@ -125,7 +125,17 @@ def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(sco
     cal = json.loads((run / "metrics.json").read_text())["calibration"]
     assert cal["method"].startswith("mixture")  # the default: the call is the fraction's own posterior
     fit = json.loads((run / "metrics.json").read_text())["affected_fraction"]["fit"]  # the fraction's reference
-    assert np.allclose(cells["likelihood_ratio"], reference_lr(cells["score"].to_numpy(), fit), rtol=1e-6)
+    zones = json.loads((run / "score" / "score.json").read_text())["imaging_zones"]  # match_imaging, the default
+    wells = pd.read_csv(run / "score" / "wells.csv", keep_default_na=False, na_values=[""])
+    zone = cells["well"].map(dict(zip(wells["well"], wells["zone"])))
+    assert set(zone) == set(zones) == {"plate1 ring", "plate1 inner"}
+    for name, z in zones.items():  # each cell read with its zone's reference: the run's, refitted at its imaging
+        assert z["fit"]["rho_exp"] == fit["rho_exp"] and z["fit"]["rho_ref"] == fit["rho_ref"]
+        # refitted on every cell the run's reference was fitted on (zones.HELD_CELLS), not a resample of them
+        assert (z["fit"]["n_ref"], z["fit"]["n_exp"]) == (fit["n_ref"], fit["n_exp"])
+        on = (zone == name).to_numpy()
+        lr = reference_lr(cells.loc[on, "score"].to_numpy(), z["fit"])
+        assert np.allclose(cells.loc[on, "likelihood_ratio"], lr, rtol=1e-6)
     p = pd.Series(np.nan, index=cells.index)
     for _, g in cells.groupby("well"):  # each cell at its well's maximum-likelihood fraction
         lr = g["likelihood_ratio"].to_numpy()
@@ -134,7 +144,6 @@ def test_cell_numbers_equal_the_runs_predictions_and_the_calibration_by_hand(sco
     assert (cells["call"] == (p > 0.5)).all()
     best = cells[[f"sim_p{j}" for j in range(P)]].to_numpy().argmax(1)
     assert (cells["nearest_1"].to_numpy() == best).all()
-    wells = pd.read_csv(run / "score" / "wells.csv", keep_default_na=False, na_values=[""])
     for w in wells.itertuples():  # one estimator, per well
         lr = cells.loc[cells["well"] == w.well, "likelihood_ratio"]
         assert w.affected_fraction == pytest.approx(mixture_fraction(lr.to_numpy()), abs=1e-9)
@@ -461,6 +470,7 @@ def several(scored, tmp_path_factory):
             "progress=false",
             "bscore=true",
             "wandb=false",
+            "match_imaging=false",  # as read: the several-plates baseline the match_imaging test compares with
         ],
         cwd=ROOT,
         env=ENV,
@@ -750,7 +760,7 @@ def test_level_imaging_levels_each_plate_before_the_pass_and_says_so(scored, tmp
     from protocell.score import shares
 
     run, _ = scored
-    out = _score(run, out=tmp_path / "lv", level_imaging=True).parent
+    out = _score(run, out=tmp_path / "lv", level_imaging=True, match_imaging=False).parent
     info = json.loads((out / "score" / "score.json").read_text())
     assert info["options"]["level_imaging"] is True and "worst imaging" in info["imaging levelled"]
     assert "imaging levelled" in (out / "score.html").read_text()
@@ -903,7 +913,7 @@ def test_match_imaging_reads_each_plate_zone_against_the_runs_controls_imaged_as
 
     run, _ = scored
     own, two, _bare = several[1]
-    out = _score(run, [own, two], out=tmp_path / "m", match_imaging=True, min_cells=5).parent
+    out = _score(run, [own, two], out=tmp_path / "m", min_cells=5).parent  # on by default
     info = json.loads((out / "score" / "score.json").read_text())
     assert info["options"]["match_imaging"] is True and "imaging matched" in info
     zones = info["imaging_zones"]

@@ -171,3 +171,26 @@ def test_camera_match_gives_one_set_of_cells_the_optics_and_noise_of_another(blu
     assert np.abs(np.sqrt(before[0][ok] / want[0][ok]) - 1).max() > np.abs(ratio - 1).max()  # and not before
     back = levelling.camera_match((store, exp, [0, 1]), [(store, ref, [0, 1])])
     assert np.all(back["blur"] < 0.2) and np.all(np.abs(back["sharper_px2"] - gap) < 0.35 * gap)
+
+
+def test_a_cell_with_a_non_finite_pixel_carries_no_imaging(blurry):
+    """A zone holding a cell with a NaN pixel (score refuses it by name after the pass) reads the camera of its
+    other cells, not NaN (before: numpy warnings and a NaN camera for every cell of the zone)."""
+    store = CropStore(blurry[0])
+    rows = np.flatnonzero(store.manifest["aug_of"].to_numpy() < 0)
+    ref, exp = rows[: len(rows) // 2 : 2], rows[len(rows) // 2 :: 2]
+
+    class Damaged:  # the same store, its first exposed cell with one NaN pixel
+        def mask(self, r):
+            return store.mask(r)
+
+        def crop(self, r):
+            crop = store.crop(r).astype(np.float32)
+            if r == exp[0]:
+                crop[0, 10, 10] = np.nan
+            return crop
+
+    got = levelling.camera_match((store, ref, [0, 1]), [(Damaged(), exp, [0, 1])])
+    want = levelling.camera_match((store, ref, [0, 1]), [(store, exp[1:], [0, 1])])
+    assert np.isfinite(got["add_var"]).all() and np.isfinite(got["blur"]).all()
+    assert np.allclose(got["blur"], want["blur"]) and np.allclose(got["add_var"], want["add_var"])
