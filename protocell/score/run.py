@@ -161,11 +161,23 @@ def imaging_plans(run: Run, stores: list[CropStore], seed: int) -> dict:
 
 
 def score_store(
-    run, store=None, batch_size: int | None = None, num_workers: int = 0, progress: bool = True, nearest: int = 3
+    run,
+    store=None,
+    batch_size: int | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    nearest: int = 3,
+    match_imaging: bool = ScoreConfig.match_imaging,
+    seed: int = ScoreConfig.seed,
 ) -> pd.DataFrame:
     """Score every cell of ``store`` (a crop-store folder, a list of them; default: the run's own) with
-    ``run`` (a run folder or a loaded ``Run``): the ``cells.csv`` table (``tables.cell_table``), nothing written."""
+    ``run`` (a run folder or a loaded ``Run``): the ``cells.csv`` table (``tables.cell_table``), nothing written;
+    ``match_imaging``, ``seed``: as score.py's (each plate zone's cells read with its zone's reference)."""
     run, models, stores, wells = _inputs(run, store)
+    if match_imaging:
+        models["zones"] = imaging_zones(
+            run, stores, wells, models["fraction"], seed, int(batch_size or run.dm.eval_batch_size)
+        )
     return score_stores(run, stores, wells, models, batch_size, num_workers, progress, nearest)
 
 

@@ -160,6 +160,12 @@ def test_score_store_returns_the_cells_table_and_another_store_is_scored_alike(s
     cells = score_store(run, progress=False)
     written = pd.read_csv(run / "score" / "cells.csv", keep_default_na=False, na_values=[""])
     assert np.allclose(cells["score"], written["score"]) and list(cells.columns) == list(written.columns)
+    # read as score.py reads them by default (each zone's reference: match_imaging), and as read when asked
+    assert np.allclose(cells["likelihood_ratio"], written["likelihood_ratio"], rtol=1e-6)
+    plain = score_store(run, progress=False, match_imaging=False)
+    assert np.allclose(plain["score"], cells["score"]) and not np.allclose(
+        plain["likelihood_ratio"], cells["likelihood_ratio"], rtol=1e-6
+    )
     # a copy of the store (as another plate prepared alike): same cells, same scores, none marked trained on
     copy = tmp_path / "other_plate"
     shutil.copytree(_store(run).root, copy)
