@@ -284,6 +284,8 @@ def compute_score(
             "(level_imaging=true): fractions are read at that plate's worst imaging; compare wells of a plate, and "
             "plates through their normalised fractions"
         )
+    if models.get("imaging_note"):
+        summary["imaging matched"] = models["imaging_note"]
     if zones:
         summary["imaging matched"] = (
             "each plate zone (outer ring, inner wells) read against the run's held-out control cells re-imaged as "

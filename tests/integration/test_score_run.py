@@ -910,6 +910,31 @@ def test_a_score_in_shares_through_the_local_launcher_equals_the_one_process_sco
     assert len(cells) > 128 and (out / "score.html").exists() and not (out / ".score-shares").exists()
 
 
+def test_a_run_that_levels_its_own_wells_is_scored_without_match_imaging_and_says_so(scored, tmp_path):
+    """A run trained with data.level_imaging=true reads every well of its store at the plate's worst imaging: the
+    default match_imaging does not read its zones again (said in score.json and on the page), it is refused
+    another store, and score's own level_imaging is refused for it, each naming the fix."""
+    run, _ = scored
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("score", "score.html"))
+    config = (copy / "config.yaml").read_text()
+    assert "  level_imaging: false\n" in config
+    (copy / "config.yaml").write_text(config.replace("  level_imaging: false\n", "  level_imaging: true\n"))
+    out = _score(copy, out=tmp_path / "o", min_cells=5).parent
+    info = json.loads((out / "score" / "score.json").read_text())
+    assert info["options"]["match_imaging"] is False and info["imaging_zones"] == {}
+    assert "levels its own wells' imaging in training" in info["imaging matched"]
+    assert "levels its own wells&#x27; imaging in training" in (out / "score.html").read_text()
+    other = tmp_path / "other_plate"
+    shutil.copytree(_store(run).root, other)
+    with pytest.raises(
+        ProtocellError, match=r"cannot yet level another store's .* retrain with data.level_imaging=false"
+    ):
+        _score(copy, other, out=tmp_path / "o2")
+    with pytest.raises(ProtocellError, match=r"levels its own wells already; score it with level_imaging=false"):
+        _score(copy, out=tmp_path / "o3", level_imaging=True, match_imaging=False)
+
+
 def test_match_imaging_reads_each_plate_zone_against_the_runs_controls_imaged_as_it_is(scored, several, tmp_path):
     """score.match_imaging (protocell.score.zones): plate p2 (half the gain, extra light, a dimmer ring) gets
     noise added to the run's control cells in both its zones, more on its ring than the run's own plate gets;
