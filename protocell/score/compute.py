@@ -284,14 +284,14 @@ def compute_score(
             "(level_imaging=true): fractions are read at that plate's worst imaging; compare wells of a plate, and "
             "plates through their normalised fractions"
         )
-    if models.get("imaging_note"):
-        summary["imaging matched"] = models["imaging_note"]
     if zones:
         summary["imaging matched"] = (
             "each plate zone (outer ring, inner wells) read against the run's held-out control cells re-imaged as "
             "that zone is, and its fractions mapped onto the run's imaging by those cells (match_imaging=true): "
             + "; ".join(f"{k}: {said(z)}" for k, z in zones.items())
         )
+    elif models.get("imaging_note"):  # match_imaging asked for and not applied, and why
+        summary["imaging matched"] = models["imaging_note"]
     top_rows = (
         enrich[enrich["level"] == "treatment"]
         .assign(a=lambda d: d["difference"].abs())

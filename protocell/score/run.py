@@ -160,18 +160,21 @@ def imaging_plans(run: Run, stores: list[CropStore], seed: int) -> dict:
     return plans
 
 
-def matching(run: Run, match_imaging: bool, models: dict) -> bool:
-    """``score.match_imaging`` for this run: not for a run that levels its own wells' imaging in training
+def read_zones(run: Run, stores: list[CropStore], wells: pd.DataFrame, models: dict, on: bool, seed: int, batch: int):
+    """``score.match_imaging`` (``on``): each plate zone's reference into ``models["zones"]``
+    (``zones.imaging_zones``) — not for a run that levels its own wells' imaging in training
     (``data.level_imaging=true``: every well it reads is at its plate's worst imaging already, and it scores only
-    its own store) — said in ``models["imaging_note"]``, hence on the page and in score.json."""
-    if match_imaging and run.dm.levelling is not None:
+    its own store), which ``models["imaging_note"]`` says, hence the page and score.json."""
+    if not on:
+        return
+    if run.dm.levelling is not None:
         models["imaging_note"] = (
             "not applied: this run levels its own wells' imaging in training (data.level_imaging=true), so every "
             "well is read at its plate's worst imaging already"
         )
         log.info("score: match_imaging %s", models["imaging_note"])
-        return False
-    return match_imaging
+        return
+    models["zones"] = imaging_zones(run, stores, wells, models["fraction"], seed, batch)
 
 
 def score_store(
@@ -188,10 +191,7 @@ def score_store(
     ``run`` (a run folder or a loaded ``Run``): the ``cells.csv`` table (``tables.cell_table``), nothing written;
     ``match_imaging``, ``seed``: as score.py's (each plate zone's cells read with its zone's reference)."""
     run, models, stores, wells = _inputs(run, store)
-    if matching(run, match_imaging, models):
-        models["zones"] = imaging_zones(
-            run, stores, wells, models["fraction"], seed, int(batch_size or run.dm.eval_batch_size)
-        )
+    read_zones(run, stores, wells, models, match_imaging, seed, int(batch_size or run.dm.eval_batch_size))
     return score_stores(run, stores, wells, models, batch_size, num_workers, progress, nearest)
 
 
@@ -263,8 +263,8 @@ def score_run(
         models["level_imaging"] = True
         if shard != "merge":  # a merge reads the shares' numbers: no pass, no plan
             models["levelling"] = imaging_plans(run, stores, seed)
-    if matching(run, match_imaging, models) and not isinstance(shard, int):  # a share task: the network's numbers only
-        models["zones"] = imaging_zones(run, stores, wells, models["fraction"], seed, batch)
+    if not isinstance(shard, int):  # a share task computes the network's numbers only
+        read_zones(run, stores, wells, models, match_imaging, seed, batch)
     if isinstance(shard, int):
         plan = models.get("levelling", {}).get(str(stores[0].root))
         return score_share(run, stores[0], out, shard, shards, batch, num_workers, progress, plan)
