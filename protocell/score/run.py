@@ -263,11 +263,10 @@ def score_run(
         models["level_imaging"] = True
         if shard != "merge":  # a merge reads the shares' numbers: no pass, no plan
             models["levelling"] = imaging_plans(run, stores, seed)
-    if not isinstance(shard, int):  # a share task computes the network's numbers only
-        read_zones(run, stores, wells, models, match_imaging, seed, batch)
-    if isinstance(shard, int):
+    if isinstance(shard, int):  # a share task computes the network's numbers only: no zones
         plan = models.get("levelling", {}).get(str(stores[0].root))
         return score_share(run, stores[0], out, shard, shards, batch, num_workers, progress, plan)
+    read_zones(run, stores, wells, models, match_imaging, seed, batch)
     result = (
         shares.read_shares(out, run.dir, stores[0], batch, len(originals(stores[0])), shards, level_imaging)
         if shard == "merge"
