@@ -184,8 +184,9 @@ class DataConfig:
     # ceiling measured on built-in wells, never an answer (docs/results.md)
     labels: str = rule(_one_of(LABEL_SOURCES), f"one of {LABEL_SOURCES}", "well")
     # every well brought to the blurriest and noisiest well's imaging before the network reads a cell
-    # (protocell.data.levelling); off: the cells as stored
-    level_imaging: bool = False
+    # (protocell.data.levelling); auto: only when the wells' optics blur lines up with the condition
+    # (protocell.data.imaging_alignment); false: the cells as stored
+    level_imaging: Any = rule(lambda v: isinstance(v, bool) or v == "auto", "true, false or auto", False)
     # an epoch goes round(min_epoch_cells / training cells) times (≥ 1) through the training cells: the
     # schedule's epochs were set on the built-in plate (≈ 2,200 training cells); 0: once
     min_epoch_cells: int = rule(_int(0), "an integer ≥ 0 (0: one pass an epoch)", 2000)

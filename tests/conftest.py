@@ -18,6 +18,21 @@ def tiny_store(tmp_path_factory):
     return build_store(root, spec)
 
 
+# wells imaged with optics σ 0.6–0.8 (Ref) against 0.8–1.0 px (Exp), nothing else differing
+BLUR_ONLY = {"gain": 0.0, "blur": 0.25, "noise": 0.0, "align": 1.0}
+
+
+@pytest.fixture(scope="session")
+def blurry(tmp_path_factory):
+    """(store, spec): 4 wells a condition whose optics blur lines up with it (``BLUR_ONLY``)."""
+    from protocell.data.synthetic import WellSpec, build_store
+
+    spec = WellSpec(
+        wells_per_condition=4, fields_per_well=2, field_size=320, cells_per_field=24, seed=11, well_effects=BLUR_ONLY
+    )
+    return build_store(tmp_path_factory.mktemp("blur"), spec), spec
+
+
 @pytest.fixture()
 def tiny_dm(tiny_store):
     dm = tiny_training_data(tiny_store, test_fraction=0.5, val_fraction=0.0)

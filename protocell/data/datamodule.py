@@ -110,10 +110,11 @@ class CellDataModule(L.LightningDataModule):
                 bag_size,
                 "1 with data.labels=truth: a bag takes one label, and true labels differ from cell to cell",
             )
-        self.level_imaging = bool(level_imaging)
+        self.level_imaging = level_imaging  # True, False or "auto" (the schema's rule)
         self.min_epoch_cells = int(min_epoch_cells)
         self.epoch_repeats = 1  # passes over the training cells an epoch makes (setup: data.min_epoch_cells)
         self.levelling: LevellingPlan | None = None  # over every well of the store, made in setup
+        self.imaging_alignment: dict | None = None  # data.level_imaging=auto: the test and its verdict
         self.store: CropStore | None = None
 
     # --------------------------------------------------------------------- setup
@@ -184,19 +185,19 @@ class CellDataModule(L.LightningDataModule):
             raise StoreError(f"{self.path}: training images hold only one condition; need both")
         self._set_epoch_repeats()
         self.norm_lo, self.norm_hi = self._norm_ranges()
-        if self.level_imaging:
-            from protocell.data import levelling
-
+        if self.level_imaging is not False:
             if self.normalize != "cell":
                 raise ConfigError.invalid(
                     "data.level_imaging",
-                    True,
+                    self.level_imaging,
                     f"false with data.normalize={self.normalize}: levelling reads and adds pixel noise on cells "
                     "normalised one by one (data.normalize=cell)",
                 )
-            every = np.flatnonzero(originals)  # label free, like normalisation: every well, scored ones too
-            self.levelling = levelling.estimate(store, every, self.channel_index, self.seed)
-            log.info("imaging levelling (data.level_imaging): %s", self.levelling.summary())
+            from protocell.data.imaging_alignment import levelling_plan
+
+            self.levelling, self.imaging_alignment = levelling_plan(
+                store, originals, self.channel_index, self.class_names, self.seed, auto=self.level_imaging == "auto"
+            )
 
     def _set_epoch_repeats(self) -> None:
         """An epoch makes round(data.min_epoch_cells / training cells) passes (≥ 1) over the training cells, each

@@ -265,6 +265,7 @@ def data_checks(dm) -> dict:
         },
         "split": {"by": dm.split_unit, "why": dm.split_why, **dm.split_info},
         "levelling": None if dm.levelling is None else dm.levelling.as_dict(),
+        "imaging_alignment": getattr(dm, "imaging_alignment", None),  # data.level_imaging=auto's test
         "intensity_auroc": aurocs,
         "warnings": warnings,
     }

@@ -14,17 +14,6 @@ from protocell.data.synthetic import WellSpec, build_store, well_imaging
 from protocell.errors import ConfigError
 from tests.conftest import tiny_data
 
-# wells imaged with optics σ 0.6–0.8 (Ref) against 0.8–1.0 px (Exp), nothing else differing
-BLUR_ONLY = {"gain": 0.0, "blur": 0.25, "noise": 0.0, "align": 1.0}
-
-
-@pytest.fixture(scope="module")
-def blurry(tmp_path_factory):
-    spec = WellSpec(
-        wells_per_condition=4, fields_per_well=2, field_size=320, cells_per_field=24, seed=11, well_effects=BLUR_ONLY
-    )
-    return build_store(tmp_path_factory.mktemp("blur"), spec), spec
-
 
 def _high_band_power(store, rows, channels, plan=None):
     """Mean power above 0.42 cycles/px and in 0.2–0.32 of the cells as the DataModule reads them."""
