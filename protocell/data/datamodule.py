@@ -186,7 +186,7 @@ class CellDataModule(L.LightningDataModule):
         self._set_epoch_repeats()
         self.norm_lo, self.norm_hi = self._norm_ranges()
         if self.level_imaging is not False:
-            if self.normalize != "cell":
+            if self.level_imaging is True and self.normalize != "cell":
                 raise ConfigError.invalid(
                     "data.level_imaging",
                     self.level_imaging,
@@ -196,7 +196,13 @@ class CellDataModule(L.LightningDataModule):
             from protocell.data.imaging_alignment import levelling_plan
 
             self.levelling, self.imaging_alignment = levelling_plan(
-                store, originals, self.channel_index, self.class_names, self.seed, auto=self.level_imaging == "auto"
+                store,
+                originals,
+                self.channel_index,
+                self.class_names,
+                self.seed,
+                auto=self.level_imaging == "auto",
+                normalize=self.normalize,
             )
 
     def _set_epoch_repeats(self) -> None:

@@ -95,30 +95,51 @@ def lines_up(offsets: dict, exposed_wells: dict, plates: dict, channels: list[st
     }
 
 
-def levelling_plan(store, originals: np.ndarray, channel_index: list[int], class_names: list, seed: int, auto: bool):
-    """``data.level_imaging`` (true or auto) → (the ``LevellingPlan`` or None, the test or None). The plan is
-    made label free, like normalisation, over every well of the store (the scored ones too); ``auto`` then tests
-    the labelled wells' blur readings against their condition (``lines_up``; the last class is the exposed one) and
-    keeps the plan only when it fires."""
+def store_lines_up(store, originals: np.ndarray, channel_index: list[int], class_names: list, seed: int) -> dict:
+    """``lines_up`` on the labelled wells among ``originals`` of ``store`` (the last class the exposed one), their
+    blur read from at most ``levelling.CELLS_PER_WELL`` cells a well drawn with ``seed``."""
     from protocell.data import levelling
     from protocell.data.store import well_key
 
-    plan = levelling.estimate(store, np.flatnonzero(originals), channel_index, seed)
+    labelled = originals & (store.manifest["label"].to_numpy() >= 0)
+    m = store.manifest[labelled]
+    keys = well_key(m).to_numpy()
+    _, spectra = levelling.well_spectra(store, np.flatnonzero(labelled), channel_index, seed)
+    return lines_up(
+        levelling.blur_offsets(spectra, levelling.EDGES),
+        dict(zip(keys, m["label"].to_numpy() == len(class_names) - 1)),
+        dict(zip(keys, m["plate"].astype(str))),
+        [str(store.channels[i]) for i in channel_index],
+        (str(class_names[0]), str(class_names[-1])),
+        seed,
+    )
+
+
+def levelling_plan(
+    store, originals: np.ndarray, channel_index: list[int], class_names: list, seed: int, auto: bool, normalize: str
+):
+    """``data.level_imaging`` (true or auto) → (the ``LevellingPlan`` or None, the test or None). The plan is
+    made label free, like normalisation, over every well of the store (the scored ones too); ``auto`` first
+    tests the labelled wells' blur readings against their condition (``lines_up``; the last class is the
+    exposed one) and makes the plan only when it fires — and ``normalize`` is ``cell``: levelling reads and adds
+    pixel noise on cells normalised one by one, so with another normalisation a test that fires is said (the
+    run's status takes it as a doubt) and nothing is levelled."""
+    from protocell.data import levelling
+
     verdict = None
     if auto:
-        m = store.manifest[originals & (store.manifest["label"].to_numpy() >= 0)]
-        keys = well_key(m).to_numpy()
-        exposed = dict(zip(keys, m["label"].to_numpy() == len(class_names) - 1))
-        verdict = lines_up(
-            {k: plan.offsets[k] for k in exposed},
-            exposed,
-            dict(zip(keys, m["plate"].astype(str))),
-            [str(store.channels[i]) for i in channel_index],
-            (str(class_names[0]), str(class_names[-1])),
-            seed,
-        )
+        verdict = store_lines_up(store, originals, channel_index, class_names, seed)
+        if verdict["fires"] and normalize != "cell":
+            verdict["levelled"] = False
+            verdict["why"] = verdict["why"].replace(
+                ": every well is levelled to the blurriest and noisiest well's imaging",
+                f", and it is not levelled: levelling needs data.normalize=cell (this run: {normalize}); set "
+                "data.normalize=cell, or read the answer as possibly the wells' imaging",
+            )
         log.info("data.level_imaging=auto: %s", verdict["why"])
-        if not verdict["fires"]:
+        if not verdict["fires"] or normalize != "cell":
             return None, verdict
+        verdict["levelled"] = True
+    plan = levelling.estimate(store, np.flatnonzero(originals), channel_index, seed)
     log.info("imaging levelling (data.level_imaging): %s", plan.summary())
     return plan, verdict

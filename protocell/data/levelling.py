@@ -212,6 +212,30 @@ def estimate(
 ) -> LevellingPlan:
     """The plan over the wells of ``rows`` of ``store`` (module doc), from at most ``cells_per_well`` cells a
     well drawn with ``seed``."""
+    picks, spectra = well_spectra(store, rows, channels, seed, cells_per_well)
+    offsets = blur_offsets(spectra, EDGES)
+    top = np.max([offsets[k] for k in offsets], axis=0)
+    plan = LevellingPlan(offsets=offsets)
+    for k in offsets:
+        plan.blur[k] = np.sqrt(np.maximum(top - offsets[k], 0.0))
+    # the noise, as a function of the normalised intensity, once every well has the plan's blur
+    profiles = {k: _noise_profile(store, picks[k], channels, plan.blur[k], None) for k in offsets}
+    plan.noise = {k: np.sqrt(np.maximum(np.median(profiles[k][0], axis=1), 0.0)) for k in offsets}
+    target = np.max([profiles[k][0] for k in profiles], axis=0)  # (C, bins): the noisiest well, bin by bin
+    for k in offsets:
+        add = _line(target - profiles[k][0], profiles[k][1])
+        if np.abs(add).max() > 0:  # once more through the whole reading: the noise also widens the cell's range
+            again = _noise_profile(store, picks[k], channels, plan.blur[k], add)
+            add = _line(target - again[0], again[1], start=add)
+        plan.add_var[k] = add
+    plan.target_noise = np.sqrt(np.maximum(np.nanmedian(target, axis=1), 0.0))  # a typical SD, for the log
+    return plan
+
+
+def well_spectra(store, rows: np.ndarray, channels: list[int], seed: int, cells_per_well: int = CELLS_PER_WELL):
+    """({well: sampled rows}, {well: (C, bins) mean radial power}) of the wells of ``rows``: at most
+    ``cells_per_well`` cells a well drawn with ``seed``, wells in sorted order (what ``estimate`` reads the blur
+    from; ``blur_offsets`` of the spectra give each well's σ² against the pool)."""
     from protocell.data.store import well_key
 
     keys = well_key(store.manifest).to_numpy()[rows]
@@ -230,23 +254,7 @@ def estimate(
                 "store, or set data.level_imaging=false"
             )
         spectra[key] = power
-    offsets = blur_offsets(spectra, EDGES)
-    top = np.max([offsets[k] for k in offsets], axis=0)
-    plan = LevellingPlan(offsets=offsets)
-    for k in offsets:
-        plan.blur[k] = np.sqrt(np.maximum(top - offsets[k], 0.0))
-    # the noise, as a function of the normalised intensity, once every well has the plan's blur
-    profiles = {k: _noise_profile(store, picks[k], channels, plan.blur[k], None) for k in offsets}
-    plan.noise = {k: np.sqrt(np.maximum(np.median(profiles[k][0], axis=1), 0.0)) for k in offsets}
-    target = np.max([profiles[k][0] for k in profiles], axis=0)  # (C, bins): the noisiest well, bin by bin
-    for k in offsets:
-        add = _line(target - profiles[k][0], profiles[k][1])
-        if np.abs(add).max() > 0:  # once more through the whole reading: the noise also widens the cell's range
-            again = _noise_profile(store, picks[k], channels, plan.blur[k], add)
-            add = _line(target - again[0], again[1], start=add)
-        plan.add_var[k] = add
-    plan.target_noise = np.sqrt(np.maximum(np.nanmedian(target, axis=1), 0.0))  # a typical SD, for the log
-    return plan
+    return picks, spectra
 
 
 def estimate_plates(store, rows: np.ndarray, channels: list[int], seed: int) -> LevellingPlan:

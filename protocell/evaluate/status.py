@@ -129,6 +129,7 @@ def run_status(
     val_auroc: list[tuple[float, float]] | None = None,
     truth_labels: bool = False,
     levelled: bool = False,
+    imaging_alignment: dict | None = None,
 ) -> dict:
     """``{"status": "ok" | "warning" | "incomplete" | "failed", "reasons": [...], "warnings": [...]}`` of a
     finished run.
@@ -155,7 +156,9 @@ def run_status(
     The test cells' well-label AUROC at chance (``test_failure``) is failed too. A run trained on the
     cells' true labels (``truth_labels``, ``data.labels=truth``) is at best ``warning``: a ceiling, not an
     answer. So is a run whose imaging was levelled (``levelled``, ``data.level_imaging``) and its fraction
-    marked unreliable: the option is experimental (``LEVELLING_DOUBT``)."""
+    marked unreliable: the option is experimental (``LEVELLING_DOUBT``); and one whose wells' optics blur lines up
+    with the condition but could not be levelled (``imaging_alignment``, ``data.level_imaging=auto`` with another
+    normalisation than per cell)."""
     failed, incomplete, warnings = [], [], []
     if interrupted or epochs_run < epochs_planned:
         incomplete.append(
@@ -222,6 +225,8 @@ def run_status(
     doubts = [d["why"] for d in (metrics.get("diagnostics") or {}).values() if d.get("fires")]
     if levelled:
         doubts.append(LEVELLING_DOUBT)
+    elif imaging_alignment is not None and imaging_alignment.get("fires"):
+        doubts.append(imaging_alignment["why"])
     if doubts and frac.get("available"):
         frac["reliable"] = False
     elif frac.get("available"):

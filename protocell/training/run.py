@@ -229,6 +229,7 @@ def status_of(metrics: dict, trainer, module, dm, history: ValAccuracyHistory, e
         bag_size=int(getattr(dm, "bag_size", 1)),
         truth_labels=getattr(dm, "label_source", "well") == "truth",
         levelled=getattr(dm, "levelling", None) is not None,
+        imaging_alignment=getattr(dm, "imaging_alignment", None),
     )
     for w in status["warnings"]:
         log.warning("%s", w)

@@ -92,3 +92,14 @@ def test_the_datamodule_levels_a_plate_whose_blur_lines_up_and_leaves_one_imaged
     assert plain.imaging_alignment is None
     a, b = alike.dataset("test")[0][0], plain.dataset("test")[0][0]
     assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_with_another_normalisation_a_test_that_fires_is_said_not_levelled_and_the_fix_levels(blurry):
+    dm = tiny_data(blurry[0], normalize="dataset", level_imaging="auto", zero_background=True, seed=0)
+    dm.setup()
+    said = dm.imaging_alignment
+    assert said["fires"] and said["levelled"] is False and dm.levelling is None
+    assert "set data.normalize=cell" in said["why"] and "(this run: dataset)" in said["why"]
+    fixed = tiny_data(blurry[0], normalize="cell", level_imaging="auto", zero_background=True, seed=0)
+    fixed.setup()
+    assert fixed.imaging_alignment["levelled"] is True and fixed.levelling is not None

@@ -68,6 +68,16 @@ def test_a_levelled_run_is_at_best_a_warning_with_its_fraction_marked_unreliable
     assert _status(_ok_metrics())["status"] == "ok"
 
 
+def test_wells_whose_blur_lines_up_unlevelled_make_a_warning_and_a_test_that_did_not_fire_nothing():
+    """data.level_imaging=auto whose test fired on a run that could not level (another normalisation)."""
+    fired = {"fires": True, "levelled": False, "why": "the optics blur … lines up … set data.normalize=cell"}
+    m = _ok_metrics(affected_fraction={"available": True, "conditions": {}})
+    s = _status(m, imaging_alignment=fired)
+    assert s["status"] == "warning" and s["reasons"] == [fired["why"]]
+    assert m["affected_fraction"]["reliable"] is False
+    assert _status(_ok_metrics(), imaging_alignment={"fires": False, "why": "not levelled"})["status"] == "ok"
+
+
 @pytest.mark.parametrize(
     "change,reason",
     [
