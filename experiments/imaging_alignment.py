@@ -66,7 +66,7 @@ def test_plate(job: tuple[str, list[str], dict]) -> dict:
         dm = build_datamodule(cfg)
     originals = dm.store.manifest["aug_of"].to_numpy() < 0
     verdict = store_lines_up(dm.store, originals, dm.channel_index, dm.class_names, dm.seed)
-    row = {"plate": name, **{k: v for k, v in knobs.items() if not isinstance(v, dict)}}
+    row = {"name": name, **{k: v for k, v in knobs.items() if not isinstance(v, dict)}}
     row.update(fires=verdict["fires"], p=verdict.get("p"))
     for c, v in (verdict.get("channels") or {}).items():
         row[f"{c}_exposed_minus_reference_px2"] = v["exposed_minus_reference_px2"]
@@ -93,7 +93,7 @@ def main(argv=None) -> None:
         rows = []
         for row in pool.map(test_plate, jobs):
             rows.append(row)
-            print(f"{row['plate']}: fires {row['fires']} (p = {row['p']})", flush=True)
+            print(f"{row['name']}: fires {row['fires']} (p = {row['p']})", flush=True)
     df = pd.DataFrame(rows)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(a.out, index=False, float_format="%.4f")

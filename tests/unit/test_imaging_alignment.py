@@ -45,7 +45,14 @@ def test_a_difference_within_the_wells_spread_or_below_the_floor_does_not_fire()
     # a consistent difference far beyond the spread, but smaller than the floor (what biology does to the
     # reading on plates imaged alike): significant, not levelled, and the verdict says which of the two failed
     small = _test(*_wells(BLUR_FLOOR / 2, spread=0.005))
-    assert small["p"] < ALPHA and not small["fires"] and "largest difference" in small["why"]
+    assert small["p"] < ALPHA and not small["fires"] and "smallest difference" in small["why"]
+    # a large difference in one channel only (a change of texture the biology makes, not the optics, which blur
+    # every channel of a field), or in opposite directions: not the camera
+    offsets, exposed, plates = _wells(0.0, spread=0.005)
+    for shift in ((0.3, 0.0), (0.3, -0.3)):
+        moved = {k: v + np.array(shift) * exposed[k] for k, v in offsets.items()}
+        one = _test(moved, exposed, plates)
+        assert one["p"] < ALPHA and not one["fires"] and "smallest difference over the channels" in one["why"]
     wide = _test(*_wells(0.2, n=3, spread=0.3))
     assert not wide["fires"] and f"≥ {ALPHA}" in wide["why"]
 
