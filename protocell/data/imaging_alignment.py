@@ -83,7 +83,11 @@ def lines_up(offsets: dict, exposed_wells: dict, plates: dict, channels: list[st
             "blurriest and noisiest well's imaging"
         )
     else:
-        short = f"p = {p:.4f} ≥ {ALPHA}" if p >= ALPHA else f"smallest difference over the channels, in one direction, {large:.3f} < {BLUR_FLOOR:.3f} px²"
+        short = (
+            f"p = {p:.4f} ≥ {ALPHA}"
+            if p >= ALPHA
+            else f"smallest difference over the channels, in one direction, {large:.3f} < {BLUR_FLOOR:.3f} px²"
+        )
         why = f"the optics blur of the {n} does not line up with the condition ({sizes}; {short}): not levelled"
     return {
         "fires": bool(fires),
