@@ -65,7 +65,7 @@ def test_plate(job: tuple[str, list[str], dict]) -> dict:
         HydraConfig.instance().set_config(cfg)
         dm = build_datamodule(cfg)
     originals = dm.store.manifest["aug_of"].to_numpy() < 0
-    verdict = store_lines_up(dm.store, originals, dm.channel_index, dm.class_names, dm.seed)
+    verdict, _ = store_lines_up(dm.store, originals, dm.channel_index, dm.class_names, dm.seed)
     row = {"name": name, **{k: v for k, v in knobs.items() if not isinstance(v, dict)}}
     row.update(fires=verdict["fires"], p=verdict.get("p"))
     for c, v in (verdict.get("channels") or {}).items():

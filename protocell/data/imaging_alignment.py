@@ -40,12 +40,15 @@ BLUR_FLOOR = 0.35**2 / 2  # px²: the smallest blur difference between the condi
 PERMUTATIONS = 4000
 
 
+def _aurocs(values: np.ndarray, exposed: np.ndarray) -> np.ndarray:
+    """(C,) AUROC of each channel of (wells, C) ``values``, ``exposed`` wells against the others (ties halved)."""
+    a, b = values[exposed][:, None, :], values[~exposed][None, :, :]
+    return (a > b).mean(axis=(0, 1)) + (a == b).mean(axis=(0, 1)) / 2
+
+
 def _separation(values: np.ndarray, exposed: np.ndarray) -> float:
-    """max over channels of |AUROC − ½| of (wells, C) ``values`` between ``exposed`` wells and the others."""
-    a, b = values[exposed], values[~exposed]
-    gt = (a[:, None, :] > b[None, :, :]).mean(axis=(0, 1))
-    eq = (a[:, None, :] == b[None, :, :]).mean(axis=(0, 1))
-    return float(np.max(np.abs(gt + eq / 2 - 0.5)))
+    """max over channels of |AUROC − ½| (``_aurocs``)."""
+    return float(np.max(np.abs(_aurocs(values, exposed) - 0.5)))
 
 
 def lines_up(offsets: dict, exposed_wells: dict, plates: dict, channels: list[str], names: tuple, seed: int) -> dict:
@@ -69,8 +72,7 @@ def lines_up(offsets: dict, exposed_wells: dict, plates: dict, channels: list[st
         beaten += _separation(values, shuffled) >= observed - 1e-12
     p = (1 + beaten) / (1 + PERMUTATIONS)
     diff = np.median(values[exposed], axis=0) - np.median(values[~exposed], axis=0)
-    a, b = values[exposed], values[~exposed]
-    auroc = (a[:, None, :] > b[None, :, :]).mean(axis=(0, 1)) + (a[:, None, :] == b[None, :, :]).mean(axis=(0, 1)) / 2
+    auroc = _aurocs(values, exposed)
     # the optics blur every channel alike: the smallest difference, in one direction, is the camera's share
     large = float(np.min(np.abs(diff))) if (diff > 0).all() or (diff < 0).all() else 0.0
     fires = p < ALPHA and large >= BLUR_FLOOR
@@ -79,8 +81,7 @@ def lines_up(offsets: dict, exposed_wells: dict, plates: dict, channels: list[st
     if fires:
         why = (
             f"the optics blur of the {n} lines up with the condition ({names[1]} − {names[0]}: {sizes}; permutation "
-            f"p = {p:.4f} < {ALPHA}, every channel at least {BLUR_FLOOR:.3f} px² apart): every well is levelled to the "
-            "blurriest and noisiest well's imaging"
+            f"p = {p:.4f} < {ALPHA}, every channel at least {BLUR_FLOOR:.3f} px² apart)"
         )
     else:
         short = (
@@ -103,17 +104,19 @@ def lines_up(offsets: dict, exposed_wells: dict, plates: dict, channels: list[st
     }
 
 
-def store_lines_up(store, originals: np.ndarray, channel_index: list[int], class_names: list, seed: int) -> dict:
-    """``lines_up`` on the labelled wells among ``originals`` of ``store`` (the last class the exposed one), their
-    blur read from at most ``levelling.CELLS_PER_WELL`` cells a well drawn with ``seed``."""
+def store_lines_up(store, originals: np.ndarray, channel_index: list[int], class_names: list, seed: int):
+    """(``lines_up`` on the labelled wells among ``originals`` of ``store`` (the last class the exposed one), their
+    blur read from at most ``levelling.CELLS_PER_WELL`` cells a well drawn with ``seed``; the wells' sampled rows and
+    spectra (``levelling.well_spectra``) when the labelled wells are all of ``originals``' wells — what
+    ``levelling.estimate`` would read again — else None)."""
     from protocell.data import levelling
     from protocell.data.store import well_key
 
     labelled = originals & (store.manifest["label"].to_numpy() >= 0)
     m = store.manifest[labelled]
     keys = well_key(m).to_numpy()
-    _, spectra = levelling.well_spectra(store, np.flatnonzero(labelled), channel_index, seed)
-    return lines_up(
+    picks, spectra = levelling.well_spectra(store, np.flatnonzero(labelled), channel_index, seed)
+    verdict = lines_up(
         levelling.blur_offsets(spectra, levelling.EDGES),
         dict(zip(keys, m["label"].to_numpy() == len(class_names) - 1)),
         dict(zip(keys, m["plate"].astype(str))),
@@ -121,6 +124,7 @@ def store_lines_up(store, originals: np.ndarray, channel_index: list[int], class
         (str(class_names[0]), str(class_names[-1])),
         seed,
     )
+    return verdict, ((picks, spectra) if labelled.sum() == originals.sum() else None)
 
 
 def levelling_plan(
@@ -134,20 +138,20 @@ def levelling_plan(
     run's status takes it as a doubt) and nothing is levelled."""
     from protocell.data import levelling
 
-    verdict = None
+    verdict, read = None, None
     if auto:
-        verdict = store_lines_up(store, originals, channel_index, class_names, seed)
-        if verdict["fires"] and normalize != "cell":
-            verdict["levelled"] = False
-            verdict["why"] = verdict["why"].replace(
-                ": every well is levelled to the blurriest and noisiest well's imaging",
-                f", and it is not levelled: levelling needs data.normalize=cell (this run: {normalize}); set "
-                "data.normalize=cell, or read the answer as possibly the wells' imaging",
+        verdict, read = store_lines_up(store, originals, channel_index, class_names, seed)
+        if verdict["fires"]:
+            verdict["levelled"] = normalize == "cell"
+            verdict["why"] += (
+                ": every well is levelled to the blurriest and noisiest well's imaging"
+                if verdict["levelled"]
+                else f", and it is not levelled: levelling needs data.normalize=cell (this run: {normalize}); set "
+                "data.normalize=cell, or read the answer as possibly the wells' imaging"
             )
         log.info("data.level_imaging=auto: %s", verdict["why"])
-        if not verdict["fires"] or normalize != "cell":
+        if not verdict.get("levelled"):
             return None, verdict
-        verdict["levelled"] = True
-    plan = levelling.estimate(store, np.flatnonzero(originals), channel_index, seed)
+    plan = levelling.estimate(store, np.flatnonzero(originals), channel_index, seed, read=read)
     log.info("imaging levelling (data.level_imaging): %s", plan.summary())
     return plan, verdict

@@ -208,11 +208,11 @@ class LevellingPlan:
 
 
 def estimate(
-    store, rows: np.ndarray, channels: list[int], seed: int, cells_per_well: int = CELLS_PER_WELL
+    store, rows: np.ndarray, channels: list[int], seed: int, cells_per_well: int = CELLS_PER_WELL, read=None
 ) -> LevellingPlan:
     """The plan over the wells of ``rows`` of ``store`` (module doc), from at most ``cells_per_well`` cells a
-    well drawn with ``seed``."""
-    picks, spectra = well_spectra(store, rows, channels, seed, cells_per_well)
+    well drawn with ``seed``; ``read``: ``well_spectra`` of the same rows and seed, when already read."""
+    picks, spectra = read if read is not None else well_spectra(store, rows, channels, seed, cells_per_well)
     offsets = blur_offsets(spectra, EDGES)
     top = np.max([offsets[k] for k in offsets], axis=0)
     plan = LevellingPlan(offsets=offsets)
