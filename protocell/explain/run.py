@@ -81,7 +81,8 @@ def cell_similarities(run: Run) -> pd.DataFrame:
         preds = preds.drop(columns=[c for c in preds if c.startswith("min_d_")]).merge(
             _test_min_distances(run), on="cell_id"
         )
-    sim = log_similarity(torch.as_tensor(preds[cols].to_numpy(), dtype=torch.float64)).numpy()
+    # torch.tensor copies: pandas hands out read-only arrays, which torch.as_tensor would share
+    sim = log_similarity(torch.tensor(preds[cols].to_numpy(np.float64))).numpy()
     sims = pd.DataFrame(sim, columns=[f"p{j}" for j in range(P)])
     where = run.manifest.set_index("cell_id")[["plate", "image_id", "field"]]
     ids = preds[["cell_id", "well", "condition"]].reset_index(drop=True).join(where, on="cell_id")

@@ -55,7 +55,8 @@ def crops_folder(tmp_path):
                     np.save(root / f"{name}.npy", x)
                     truth[f"{name}.npy"] = (x, body)
                 else:
-                    tifffile.imwrite(root / f"{name}.tif", np.moveaxis(x, 0, -1))
+                    # YXC with the samples contiguous, as exports write them (said, not left to tifffile's default)
+                    tifffile.imwrite(root / f"{name}.tif", np.moveaxis(x, 0, -1), photometric="rgb")
                     truth[f"{name}.tif"] = (x, body)
     given = disk(40, 20, 20, 9)
     np.save(root / "Ref/A01_s1_c0.mask.npy", given.astype(np.uint8))
@@ -177,7 +178,7 @@ def test_float_crops_with_nan_or_inf_are_refused_before_anything_is_written(crop
         if f.endswith(".npy"):
             np.save(root / f, x)
         else:
-            tifffile.imwrite(root / f, np.moveaxis(x, 0, -1))
+            tifffile.imwrite(root / f, np.moveaxis(x, 0, -1), photometric="rgb")
     x = np.load(root / "Ref/A02_s1_c1.npy")
     x[1, 7, 9] = np.nan  # tubulin: the channel the default masks segment
     np.save(root / "Ref/A02_s1_c1.npy", x)
