@@ -19,15 +19,13 @@ FAILING_BOUNDS = {
 }
 
 
-# data.level_imaging: of its runs on built-in plates, four passed every other check while wrong — matrix v2's
-# plate 8936 at 20 % (2026-12-06; session 45 seed 2) and random draw a08, both fractions 0.12–0.24 too high, and
-# 8936 at 30 % seed 0 (true AUROC 0.84): docs/results.md
+# levelled runs that passed every other check while wrong: docs/method.md ("Wells imaged differently") counts them
 LEVELLING_DOUBT = (
     "imaging levelling (data.level_imaging) reads every well at the worst well's imaging, which weakens the cells' "
     "scores: on built-in plates whose exposed wells were imaged differently it learnt the cell where the plain "
     "recipe read the wells, but some levelled runs there passed every other check while wrong (both fractions "
-    "0.12–0.24 too high, or a true AUROC of 0.84; docs/results.md, 'Wells imaged differently, levelled'); until a "
-    "check sees that, read its fraction as unconfirmed"
+    "0.12–0.24 too high, or a true AUROC of 0.84; docs/method.md, 'Wells imaged differently'); until a check sees "
+    "that, read its fraction as unconfirmed"
 )
 
 
